@@ -1,0 +1,276 @@
+"""Report figures: forest plots, distributions, Bland-Altman, detection by size, case overlays.
+
+Every builder returns a :class:`matplotlib.figure.Figure` (never pyplot-managed, so nothing leaks
+between reports); :func:`to_uri` turns one into a PNG data URI for the self-contained HTML.
+Figures are sized for a laptop screen and rendered at a modest dpi so a 1,000-case report stays
+small.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from medseg_xai import viz
+
+__all__ = [
+    "bland_altman_plot",
+    "case_overlay",
+    "detection_by_size_plot",
+    "distribution_plot",
+    "explanation_overlay",
+    "forest_plot",
+    "to_uri",
+]
+
+DPI = 80
+_STATUS_COLOURS = {"PASS": "#009E73", "FAIL": "#D55E00", "INSUFFICIENT DATA": "#999999"}
+
+
+def to_uri(fig: Figure, dpi: float = DPI) -> str:
+    """PNG data URI of a figure (the figure is released)."""
+    with warnings.catch_warnings():
+        # Site names in scripts the bundled font lacks render as boxes; the tables keep the text.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        return viz.fig_to_data_uri(fig, dpi=dpi)
+
+
+def _finite(values: Any) -> np.ndarray:
+    a = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
+    return a[np.isfinite(a)]
+
+
+def forest_plot(
+    rows: pd.DataFrame,
+    metrics: Sequence[str],
+    *,
+    overall: dict[str, tuple[float, float, float]] | None = None,
+    title: str | None = None,
+    flagged: set[tuple[str, str]] | None = None,
+) -> Figure:
+    """Estimates with CIs per group, one panel per metric, against the overall value.
+
+    Parameters
+    ----------
+    rows : DataFrame
+        Subgroup rows of one stratum: ``group, metric, n, estimate, ci_low, ci_high``.
+    metrics : sequence of str
+        One panel per metric, in this order.
+    overall : dict, optional
+        ``metric -> (estimate, ci_low, ci_high)``: drawn as a line and a shaded band.
+    flagged : set of (group, metric), optional
+        Drawn in the highlight colour.
+    """
+    metrics = [m for m in metrics if (rows["metric"] == m).any()]
+    groups = list(dict.fromkeys(rows["group"].astype(str)))
+    n_groups = max(len(groups), 1)
+    fig = Figure(figsize=(2.6 * max(len(metrics), 1) + 1.4, 0.32 * n_groups + 1.0))
+    if not metrics:
+        fig.text(0.5, 0.5, "no metric to plot", ha="center", va="center")
+        return fig
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    y = np.arange(n_groups)[::-1]
+    flagged = flagged or set()
+    for ax, metric in zip(axes, metrics):
+        sub = rows[rows["metric"] == metric].copy()
+        sub["group"] = sub["group"].astype(str)
+        sub = sub.set_index("group").reindex(groups)
+        est = pd.to_numeric(sub["estimate"], errors="coerce").to_numpy(dtype=float)
+        lo = pd.to_numeric(sub["ci_low"], errors="coerce").to_numpy(dtype=float)
+        hi = pd.to_numeric(sub["ci_high"], errors="coerce").to_numpy(dtype=float)
+        if overall and metric in overall:
+            o, olo, ohi = overall[metric]
+            if np.isfinite(olo) and np.isfinite(ohi):
+                ax.axvspan(olo, ohi, color="#56B4E9", alpha=0.2, lw=0)
+            if np.isfinite(o):
+                ax.axvline(o, color="#0072B2", lw=1, ls="--")
+        colours = ["#D55E00" if (g, metric) in flagged else "#333333" for g in groups]
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(est)
+        ax.hlines(y[ok], lo[ok], hi[ok], colors=np.array(colours, dtype=object)[ok], lw=1.5)
+        ax.scatter(est, y, c=colours, s=18, zorder=3)
+        ax.set_title(metric, fontsize="small")
+        ax.tick_params(labelsize="x-small")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y)
+    axes[0].set_yticklabels([f"{g} (n={_n(rows, g)})" for g in groups], fontsize="x-small")
+    axes[0].set_ylim(-0.7, n_groups - 0.3)
+    if title:
+        fig.suptitle(title, fontsize="small")
+    fig.subplots_adjust(
+        left=min(0.45, 0.06 + 0.012 * max(len(s) for s in groups) + 0.9 / fig.get_figwidth()),
+        right=0.98,
+        bottom=0.8 / fig.get_figheight(),
+        top=1 - 0.45 / fig.get_figheight(),
+        wspace=0.08,
+    )
+    return fig
+
+
+def _n(rows: pd.DataFrame, group: str) -> str:
+    n = rows.loc[rows["group"].astype(str) == group, "n"]
+    return str(int(n.max())) if len(n) and pd.notna(n.max()) else "?"
+
+
+def distribution_plot(cases: pd.DataFrame, metrics: Sequence[str]) -> Figure:
+    """Histogram of each metric over the evaluated cases, with mean and median marked."""
+    metrics = [m for m in metrics if m in cases.columns and _finite(cases[m]).size]
+    fig = Figure(figsize=(2.6 * max(len(metrics), 1), 2.2))
+    if not metrics:
+        fig.text(0.5, 0.5, "no evaluated case", ha="center", va="center")
+        return fig
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        v = _finite(cases[metric])
+        ax.hist(v, bins=min(30, max(5, int(np.sqrt(v.size)))), color="#0072B2", alpha=0.8)
+        ax.axvline(v.mean(), color="#D55E00", lw=1, label="mean")
+        ax.axvline(np.median(v), color="#333333", lw=1, ls=":", label="median")
+        ax.set_title(f"{metric} (n={v.size})", fontsize="small")
+        ax.tick_params(labelsize="x-small")
+    axes[0].legend(fontsize="xx-small")
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.85, wspace=0.3)
+    return fig
+
+
+def bland_altman_plot(measured: Any, reference: Any, summary: dict[str, float]) -> Figure:
+    """Difference against mean of predicted and reference volumes, with bias and limits."""
+    m = pd.to_numeric(pd.Series(measured), errors="coerce").to_numpy(dtype=float)
+    r = pd.to_numeric(pd.Series(reference), errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(m) & np.isfinite(r)
+    m, r = m[keep], r[keep]
+    fig = Figure(figsize=(4.6, 3.0))
+    ax = fig.add_subplot()
+    ax.scatter((m + r) / 2, m - r, s=8, alpha=0.6, color="#0072B2")
+    for key, style in (("bias", "-"), ("loa_low", "--"), ("loa_high", "--")):
+        v = summary.get(key, float("nan"))
+        if np.isfinite(v):
+            ax.axhline(v, color="#D55E00", ls=style, lw=1)
+            ax.annotate(
+                f"{key} {v:.1f}",
+                (1.0, v),
+                xycoords=("axes fraction", "data"),
+                fontsize="xx-small",
+                ha="right",
+                va="bottom",
+            )
+    ax.axhline(0, color="#999999", lw=0.5)
+    ax.set_xlabel("mean of predicted and reference volume (mm³)", fontsize="x-small")
+    ax.set_ylabel("predicted − reference (mm³)", fontsize="x-small")
+    ax.tick_params(labelsize="x-small")
+    fig.subplots_adjust(left=0.17, right=0.97, bottom=0.16, top=0.95)
+    return fig
+
+
+def detection_by_size_plot(table: pd.DataFrame) -> Figure:
+    """Lesion detection rate per size bin with Wilson intervals (``bin, rate, ci_low, ci_high, n``)."""
+    fig = Figure(figsize=(4.6, 2.6))
+    ax = fig.add_subplot()
+    x = np.arange(len(table))
+    rate = table["rate"].to_numpy(dtype=float)
+    err = np.vstack(
+        [
+            rate - table["ci_low"].to_numpy(dtype=float),
+            table["ci_high"].to_numpy(dtype=float) - rate,
+        ]
+    )
+    ax.bar(x, rate, color="#009E73", alpha=0.8)
+    ax.errorbar(x, rate, yerr=np.nan_to_num(err), fmt="none", ecolor="#333333", capsize=3)
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [f"{b}\n(n={n})" for b, n in zip(table["bin"], table["n"])], fontsize="xx-small"
+    )
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("detected", fontsize="x-small")
+    ax.tick_params(labelsize="x-small")
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.25, top=0.95)
+    return fig
+
+
+def _error_centre(ref: np.ndarray, pred: np.ndarray) -> tuple[int, ...] | None:
+    """The largest missed region, else the largest false positive, else the reference lesion."""
+    for mask in (ref & ~pred, pred & ~ref, ref):
+        if mask.any():
+            return viz.lesion_centre(mask)
+    return None
+
+
+def case_overlay(
+    image: np.ndarray,
+    ref: np.ndarray,
+    pred: np.ndarray,
+    *,
+    spacing: Sequence[float] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Image, reference / prediction outlines and error map of one case.
+
+    3D cases: the three planes through the largest error; 2D cases: the slice twice, with
+    outlines and with the error map.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    r = np.asarray(ref) != 0
+    p = np.asarray(pred) != 0
+    if img.ndim == r.ndim + 1:
+        img = img[0]
+    if r.ndim == 3:
+        return viz.three_plane(
+            img,
+            center=_error_centre(r, p),
+            ref=r,
+            pred=p,
+            error=True,
+            contours=True,
+            spacing=spacing,
+            title=title,
+            panel_size=2.0,
+            alpha=0.45,
+        )
+    fig = Figure(figsize=(4.4, 2.5))
+    axes = fig.subplots(1, 2)
+    viz.show_slice(axes[0], img, ref=r, pred=p, spacing=spacing)
+    viz.show_slice(axes[1], img, ref=r, pred=p, error=True, spacing=spacing, alpha=0.5)
+    axes[0].set_title("outlines", fontsize="x-small")
+    axes[1].set_title("error map", fontsize="x-small")
+    if title:
+        fig.suptitle(title, fontsize="small")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.82, wspace=0.05)
+    return fig
+
+
+def explanation_overlay(
+    image: np.ndarray,
+    attribution: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    spacing: Sequence[float] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Attribution heatmap over the image, centred on the explained lesion (outlined)."""
+    img = np.asarray(image, dtype=np.float32)
+    att = np.asarray(attribution, dtype=np.float32)
+    if img.ndim == att.ndim + 1:
+        img = img[0]
+    m = None if mask is None else np.asarray(mask) != 0
+    if att.ndim == 3:
+        centre = viz.lesion_centre(m) if m is not None and m.any() else None
+        return viz.three_plane(
+            img,
+            center=centre,
+            ref=m,
+            heatmap=att,
+            spacing=spacing,
+            title=title,
+            panel_size=2.0,
+            alpha=0.7,
+        )
+    fig = Figure(figsize=(2.6, 2.7))
+    ax = fig.add_subplot()
+    viz.show_slice(ax, img, ref=m, heatmap=att, spacing=spacing, alpha=0.7)
+    if title:
+        ax.set_title(title, fontsize="x-small")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88)
+    return fig
