@@ -1,0 +1,200 @@
+"""``evaluate_case``: every metric of one case, sharing work between them.
+
+Per class the masks are counted once (overlap and volume metrics) and their surfaces extracted
+once, with one KD-tree query per direction feeding HD, HD95, ASSD and NSD together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medseg_xai._validation import (
+    check_label_map,
+    check_labels,
+    check_mask,
+    check_probabilities,
+    check_same_shape,
+    check_spacing,
+)
+from medseg_xai.metrics.overlap import (
+    check_empty_policy,
+    confusion_counts,
+    edge_case,
+    overlap_from_counts,
+    volumes_from_counts,
+)
+from medseg_xai.metrics.surface import (
+    _check_percentile,
+    _check_tolerance,
+    surface_distances,
+    surface_metrics,
+)
+
+__all__ = ["METRIC_KEYS", "evaluate_case"]
+
+#: Numeric keys of a binary :func:`evaluate_case` result, in order.
+METRIC_KEYS = (
+    "dice",
+    "jaccard",
+    "precision",
+    "recall",
+    "specificity",
+    "hd",
+    "hd95",
+    "assd",
+    "nsd",
+    "volume_pred_mm3",
+    "volume_ref_mm3",
+    "volume_diff_mm3",
+    "abs_volume_diff_mm3",
+    "volume_diff_pct",
+)
+
+
+def _present_labels(label_map: np.ndarray) -> set[int]:
+    """Label values occurring in a non-negative integer map (bincount: no sort of the volume)."""
+    if label_map.size == 0:
+        return set()
+    top = int(label_map.max())
+    if top < 1 << 16:
+        return set(np.flatnonzero(np.bincount(label_map.ravel(), minlength=top + 1)).tolist())
+    return set(np.unique(label_map).tolist())
+
+
+def _binary_case(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: tuple[float, ...],
+    tolerance: float,
+    percentile: float | None,
+    empty: str,
+    prob: np.ndarray | None,
+) -> dict[str, Any]:
+    tp, n_pred, n_ref, n_total = confusion_counts(pred, ref)
+    out: dict[str, Any] = overlap_from_counts(tp, n_pred, n_ref, n_total, empty=empty)
+    sd = surface_distances(pred, ref, spacing)
+    out.update(surface_metrics(sd, percentile=percentile, tolerance=tolerance, empty=empty))
+    out.update(volumes_from_counts(n_pred, n_ref, float(np.prod(spacing))))
+    if prob is not None:
+        p = prob.astype(np.float64, copy=False)
+        sum_p = float(p.sum())
+        inter = float(p[ref].sum())
+        # Soft Dice: 2 sum(p * r) / (sum(p) + sum(r)); both empty and all-zero p counts as 1.
+        den = sum_p + n_ref
+        out["soft_dice"] = 2 * inter / den if den else (1.0 if empty == "worst" else float("nan"))
+        # Brier score of the foreground probability against the reference, over the image.
+        out["brier"] = float(((p - ref) ** 2).mean())
+    out["edge_case"] = edge_case(n_pred, n_ref)
+    return out
+
+
+def evaluate_case(
+    pred: Any,
+    ref: Any,
+    spacing: Any = None,
+    labels: Any = None,
+    *,
+    tolerance: float = 1.0,
+    percentile: float | None = 95,
+    empty: str = "worst",
+    probabilities: Any = None,
+) -> dict[str, Any]:
+    """Compute every segmentation metric of one case.
+
+    Parameters
+    ----------
+    pred, ref : array-like
+        Binary masks (``labels=None``) or integer label maps (``labels`` given) of the same
+        2D ``(H, W)`` or 3D ``(D, H, W)`` shape.
+    spacing : sequence of float, optional
+        Voxel size in mm per axis (default 1.0).
+    labels : list of int or dict, optional
+        Label values to evaluate (``[1, 2]``) or ``{label: class name}``. Any other non-zero
+        value in the maps raises (unknown label).
+    tolerance : float
+        NSD tolerance in mm (default 1.0).
+    percentile : float or None
+        Percentile of the ``hd95`` key (default 95; None or 100 = maximum). ``hd`` is always
+        the maximum.
+    empty : {"worst", "nan"}
+        Empty-mask policy (see :mod:`medseg_xai.metrics.overlap` and
+        :mod:`medseg_xai.metrics.surface`).
+    probabilities : array-like, optional
+        Binary case: foreground probabilities with the masks' shape. Multi-class: ``(K, *spatial)``
+        class probabilities, channel ``k`` for label ``k``. Adds ``soft_dice`` and ``brier``
+        (mean squared error of the probability against the reference over the image).
+
+    Returns
+    -------
+    dict
+        Binary: ``dice, jaccard, precision, recall, specificity, hd, hd95, assd, nsd,
+        volume_pred_mm3, volume_ref_mm3, volume_diff_mm3, abs_volume_diff_mm3, volume_diff_pct``
+        (floats), ``edge_case`` (``"none" | "both_empty" | "pred_empty" | "ref_empty"``) and
+        ``empty_policy``. Multi-class: ``"{metric}_{name}"`` and ``"edge_case_{name}"`` per class,
+        the plain metric names holding the mean over classes (NaN if any class is NaN: no
+        class drops out of the mean silently), ``edge_case`` ``"none"`` when every class is
+        ``"none"``, else ``"name:case"`` entries of the other classes joined by ``";"``, and
+        ``empty_policy``.
+    """
+    check_empty_policy(empty)
+    percentile = _check_percentile(percentile)
+    tolerance = _check_tolerance(tolerance)
+    if labels is None:
+        pred_b = check_mask(pred, "pred")
+        ref_b = check_mask(ref, "ref")
+        check_same_shape(pred_b, ref_b, ("pred", "ref"))
+        sp = check_spacing(spacing, pred_b.ndim)
+        prob = None
+        if probabilities is not None:
+            prob = check_probabilities(probabilities, "probabilities", shape=pred_b.shape)
+        out = _binary_case(pred_b, ref_b, sp, tolerance, percentile, empty, prob)
+        out["empty_policy"] = empty
+        return out
+
+    pred_l = check_label_map(pred, "pred")
+    ref_l = check_label_map(ref, "ref")
+    check_same_shape(pred_l, ref_l, ("pred", "ref"))
+    sp = check_spacing(spacing, pred_l.ndim)
+    present = _present_labels(pred_l) | _present_labels(ref_l)
+    classes = check_labels(labels, present)
+    probs = None
+    if probabilities is not None:
+        probs = check_probabilities(probabilities, "probabilities")
+        need = max(classes) + 1
+        if (
+            probs.ndim != pred_l.ndim + 1
+            or probs.shape[1:] != pred_l.shape
+            or probs.shape[0] < need
+        ):
+            raise ValueError(
+                f"probabilities: expected shape (K >= {need}, *{pred_l.shape}) with channel k for "
+                f"label k, got {tuple(probs.shape)}"
+            )
+
+    out: dict[str, Any] = {}
+    per_class: dict[str, list[float]] = {}
+    cases: list[str] = []
+    for lab, name in classes.items():
+        res = _binary_case(
+            pred_l == lab,
+            ref_l == lab,
+            sp,
+            tolerance,
+            percentile,
+            empty,
+            None if probs is None else probs[lab],
+        )
+        case = res.pop("edge_case")
+        out[f"edge_case_{name}"] = case
+        if case != "none":
+            cases.append(f"{name}:{case}")
+        for key, value in res.items():
+            out[f"{key}_{name}"] = value
+            per_class.setdefault(key, []).append(value)
+    for key, values in per_class.items():
+        out[key] = float(np.mean(values))
+    out["edge_case"] = ";".join(cases) if cases else "none"
+    out["empty_policy"] = empty
+    return out

@@ -1,0 +1,350 @@
+"""Lesion-wise analysis: connected components, matching, detected / missed / false positive.
+
+Matching rules
+--------------
+- Lesions are the connected components of the reference and of the prediction (full
+  connectivity by default: 8-connected in 2D, 26-connected in 3D).
+- A reference lesion is *detected* when the share of its voxels covered by the prediction,
+  ``|ref_lesion ∩ pred| / |ref_lesion|`` (``overlap_fraction``), reaches ``overlap_threshold``;
+  otherwise it is *missed*.
+- Its ``dice`` compares the lesion with the union of every predicted component that overlaps it,
+  and ``matched`` lists those components.
+- ``merge`` is ``"merged"`` when one predicted component overlapping the lesion also overlaps
+  another reference lesion (many-to-one), ``"split"`` when two or more predicted components
+  overlap it (one-to-many); a lesion that is both is reported as ``"merged"``.
+- A predicted component that overlaps no *detected* reference lesion is a *false positive* and
+  gets its own row (its ``overlap_fraction`` is the share of its voxels inside the reference and
+  ``matched`` lists the missed reference lesions it touches).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from medseg_xai._validation import (
+    check_mask,
+    check_probabilities,
+    check_same_shape,
+    check_spacing,
+)
+
+__all__ = ["LESION_COLUMNS", "label_lesions", "lesion_summary", "lesions"]
+
+LESION_COLUMNS = [
+    "lesion_id",
+    "source",
+    "status",
+    "volume_voxels",
+    "volume_mm3",
+    "dice",
+    "overlap_fraction",
+    "matched",
+    "merge",
+    "centroid_voxel",
+    "centroid_mm",
+    "bbox",
+    "max_prob",
+    "mean_prob",
+]
+
+
+def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
+    if connectivity is None:
+        connectivity = ndim
+    if isinstance(connectivity, bool) or not isinstance(connectivity, (int, np.integer)):
+        raise ValueError(
+            f"connectivity: expected an integer 1..{ndim} or None, got {connectivity!r}"
+        )
+    if not 1 <= connectivity <= ndim:
+        raise ValueError(
+            f"connectivity: expected 1 (face) .. {ndim} (full) for {ndim}D masks, got {connectivity}"
+        )
+    return ndimage.generate_binary_structure(ndim, int(connectivity))
+
+
+def label_lesions(mask: Any, connectivity: int | None = None) -> tuple[np.ndarray, int]:
+    """Label the connected components of a binary mask.
+
+    Parameters
+    ----------
+    mask : array-like
+        Binary 2D or 3D mask.
+    connectivity : int, optional
+        Neighbourhood rank as in ``scipy.ndimage.generate_binary_structure``: 1 = face
+        neighbours only, ``mask.ndim`` = full connectivity (the default).
+
+    Returns
+    -------
+    labels : numpy.ndarray of int32
+        0 for background, 1..n for the components.
+    n : int
+        Number of components.
+    """
+    mask = check_mask(mask, "mask")
+    labels, n = ndimage.label(mask, structure=_structure(mask.ndim, connectivity))
+    return labels.astype(np.int32, copy=False), int(n)
+
+
+def _reduce_at(ufunc: np.ufunc, values: np.ndarray, lab: np.ndarray, n: int) -> np.ndarray:
+    """Per-label reduction (``np.minimum`` / ``np.maximum``) of ``values`` over labels 0..n."""
+    start = np.iinfo(np.int64).max if ufunc is np.minimum else np.iinfo(np.int64).min
+    out = np.full(n + 1, start, dtype=np.int64)
+    ufunc.at(out, lab, values)
+    return out
+
+
+def _foreground_box(mask: np.ndarray) -> tuple[slice, ...]:
+    """Smallest box holding every foreground voxel (the whole image when it is empty)."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 0))
+    return tuple(box)
+
+
+def _component_stats(
+    labels: np.ndarray, n: int, probs: np.ndarray | None, offset: tuple[int, ...]
+) -> dict[str, np.ndarray | list]:
+    """Voxel count, centroid, bbox and probability stats of components 1..n.
+
+    ``labels`` (and ``probs``) are a crop of the image starting at voxel ``offset``; centroids
+    and boxes are returned in the coordinates of the whole image.
+    """
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat)
+    lab = flat[idx]
+    counts = np.bincount(lab, minlength=n + 1).astype(np.int64)
+    coords = tuple(c + o for c, o in zip(np.unravel_index(idx, labels.shape), offset))
+    safe = np.maximum(counts, 1)
+    centroids = np.stack(
+        [np.bincount(lab, weights=c, minlength=n + 1) / safe for c in coords], axis=1
+    )
+    # Bounding boxes from the foreground coordinates: cheaper than find_objects on the volume.
+    lo = np.stack([_reduce_at(np.minimum, c, lab, n) for c in coords], axis=1)
+    hi = np.stack([_reduce_at(np.maximum, c, lab, n) for c in coords], axis=1)
+    bboxes = [tuple((int(a), int(b) + 1) for a, b in zip(lo[i], hi[i])) for i in range(1, n + 1)]
+    if probs is not None:
+        p = probs.ravel()[idx].astype(np.float64)
+        mean_p = np.bincount(lab, weights=p, minlength=n + 1) / safe
+        max_p = np.full(n + 1, -np.inf)
+        np.maximum.at(max_p, lab, p)
+    else:
+        mean_p = np.full(n + 1, np.nan)
+        max_p = np.full(n + 1, np.nan)
+    return {
+        "counts": counts,
+        "centroids": centroids,
+        "bboxes": bboxes,
+        "mean": mean_p,
+        "max": max_p,
+    }
+
+
+def _row(
+    lesion_id: str,
+    source: str,
+    status: str,
+    i: int,
+    stats: dict,
+    voxel_mm3: float,
+    spacing: tuple[float, ...],
+    dice: float,
+    overlap_fraction: float,
+    matched: list[str],
+    merge: str,
+) -> dict[str, Any]:
+    centroid = tuple(float(v) for v in stats["centroids"][i])
+    return {
+        "lesion_id": lesion_id,
+        "source": source,
+        "status": status,
+        "volume_voxels": int(stats["counts"][i]),
+        "volume_mm3": float(stats["counts"][i]) * voxel_mm3,
+        "dice": float(dice),
+        "overlap_fraction": float(overlap_fraction),
+        "matched": ",".join(matched),
+        "merge": merge,
+        "centroid_voxel": centroid,
+        "centroid_mm": tuple(c * s for c, s in zip(centroid, spacing)),
+        "bbox": stats["bboxes"][i - 1],
+        "max_prob": float(stats["max"][i]),
+        "mean_prob": float(stats["mean"][i]),
+    }
+
+
+def lesions(
+    pred: Any,
+    ref: Any,
+    spacing: Any = None,
+    probabilities: Any = None,
+    *,
+    connectivity: int | None = None,
+    overlap_threshold: float = 0.1,
+) -> pd.DataFrame:
+    """Match reference lesions and predicted components of one case.
+
+    Parameters
+    ----------
+    pred, ref : array-like
+        Binary masks of the same 2D or 3D shape.
+    spacing : sequence of float, optional
+        Voxel size in mm per axis (default 1.0).
+    probabilities : array-like, optional
+        Foreground probabilities in [0, 1] with the masks' shape; fills ``max_prob`` and
+        ``mean_prob`` (NaN otherwise).
+    connectivity : int, optional
+        Component connectivity (see :func:`label_lesions`); default full connectivity.
+    overlap_threshold : float
+        Minimum covered share of a reference lesion, in (0, 1], for it to count as detected.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per reference lesion (``"ref-k"``) and per false-positive predicted component
+        (``"pred-k"``), with the columns of :data:`LESION_COLUMNS`; matching rules in the
+        module docstring.
+    """
+    pred = check_mask(pred, "pred")
+    ref = check_mask(ref, "ref")
+    check_same_shape(pred, ref, ("pred", "ref"))
+    sp = check_spacing(spacing, pred.ndim)
+    thr = float(overlap_threshold)
+    if not (0 < thr <= 1):
+        raise ValueError(
+            f"overlap_threshold: expected a fraction in (0, 1], got {overlap_threshold!r}"
+        )
+    probs = None
+    if probabilities is not None:
+        probs = check_probabilities(probabilities, "probabilities", shape=pred.shape)
+
+    # Components lie inside the box of the union: labelling the box gives the same components
+    # at a fraction of the cost of labelling the volume.
+    box = _foreground_box(pred | ref)
+    offset = tuple(b.start for b in box)
+    pred, ref = pred[box], ref[box]
+    probs = None if probs is None else probs[box]
+    ref_lab, n_ref = label_lesions(ref, connectivity)
+    pred_lab, n_pred = label_lesions(pred, connectivity)
+    rs = _component_stats(ref_lab, n_ref, probs, offset)
+    ps = _component_stats(pred_lab, n_pred, probs, offset)
+    voxel_mm3 = float(np.prod(sp))
+
+    # Overlap table: inter[r, p] = voxels shared by reference lesion r and predicted component p.
+    both = np.flatnonzero(pred.ravel() & ref.ravel())
+    r_ids = ref_lab.ravel()[both].astype(np.int64)
+    p_ids = pred_lab.ravel()[both].astype(np.int64)
+    pair, pair_count = np.unique(r_ids * (n_pred + 1) + p_ids, return_counts=True)
+    inter = np.zeros((n_ref + 1, n_pred + 1), dtype=np.int64)
+    inter[pair // (n_pred + 1), pair % (n_pred + 1)] = pair_count
+
+    covered = inter[:, 1:].sum(axis=1)  # voxels of each reference lesion covered by pred
+    ref_frac = covered / np.maximum(rs["counts"], 1)
+    detected = ref_frac >= thr
+    detected[0] = False
+    touches = inter > 0
+    n_refs_per_pred = touches[1:, :].sum(axis=0)  # reference lesions each component overlaps
+
+    rows: list[dict[str, Any]] = []
+    for r in range(1, n_ref + 1):
+        comps = np.flatnonzero(touches[r, 1:]) + 1
+        union = int(ps["counts"][comps].sum())
+        d = 2.0 * covered[r] / (rs["counts"][r] + union)
+        if np.any(n_refs_per_pred[comps] > 1):
+            merge = "merged"
+        elif comps.size > 1:
+            merge = "split"
+        else:
+            merge = "none"
+        rows.append(
+            _row(
+                f"ref-{r}",
+                "reference",
+                "detected" if detected[r] else "missed",
+                r,
+                rs,
+                voxel_mm3,
+                sp,
+                d,
+                ref_frac[r],
+                [f"pred-{p}" for p in comps],
+                merge,
+            )
+        )
+    for p in range(1, n_pred + 1):
+        refs = np.flatnonzero(touches[1:, p]) + 1
+        if np.any(detected[refs]):
+            continue  # part of a detection, reported on the reference lesion's row
+        frac = inter[1:, p].sum() / max(int(ps["counts"][p]), 1)
+        rows.append(
+            _row(
+                f"pred-{p}",
+                "prediction",
+                "false_positive",
+                p,
+                ps,
+                voxel_mm3,
+                sp,
+                0.0,
+                frac,
+                [f"ref-{r}" for r in refs],
+                "none",
+            )
+        )
+    df = pd.DataFrame(rows, columns=LESION_COLUMNS)
+    return df.astype({"volume_voxels": "int64"}) if len(df) else df
+
+
+def lesion_summary(df: pd.DataFrame, n_cases: int | None = None) -> dict[str, float]:
+    """Case-level lesion detection figures from a :func:`lesions` table.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Output of :func:`lesions`, or several cases' tables concatenated with a ``case_id``
+        column (false positives per case then divide by the number of distinct cases).
+    n_cases : int, optional
+        Number of cases the table covers; needed for ``fp_per_case`` when cases without any
+        lesion row (no reference lesion and no false positive) belong to the cohort.
+
+    Returns
+    -------
+    dict
+        ``n_ref_lesions, n_pred_lesions`` (all predicted components, matched or not),
+        ``n_detected, n_missed, n_false_positive``, ``lesion_sensitivity`` (detected / reference
+        lesions; NaN without reference lesions), ``fp_per_case`` and ``lesion_f1``
+        (2 TP / (2 TP + missed + FP), TP = detected lesions; NaN when there are neither
+        reference lesions nor false positives).
+    """
+    missing = {"lesion_id", "source", "status", "matched"} - set(df.columns)
+    if missing:
+        raise ValueError(f"df: expected a lesions() table, missing columns {sorted(missing)}")
+    case = df["case_id"].astype(str) if "case_id" in df.columns else pd.Series("", index=df.index)
+    if n_cases is None:
+        n_cases = max(int(case.nunique()), 1)
+    elif int(n_cases) < 1:
+        raise ValueError(f"n_cases: expected a positive number of cases, got {n_cases!r}")
+    is_ref = df["source"] == "reference"
+    n_ref = int(is_ref.sum())
+    n_det = int((df["status"] == "detected").sum())
+    n_miss = int((df["status"] == "missed").sum())
+    n_fp = int((df["status"] == "false_positive").sum())
+    # Predicted components: those named on reference rows plus the false-positive rows.
+    preds: set[tuple[str, str]] = set()
+    for c, m in zip(case[is_ref], df.loc[is_ref, "matched"]):
+        preds.update((c, x) for x in str(m).split(",") if x)
+    preds.update(zip(case[~is_ref], df.loc[~is_ref, "lesion_id"]))
+    denom = 2 * n_det + n_miss + n_fp
+    return {
+        "n_ref_lesions": n_ref,
+        "n_pred_lesions": len(preds),
+        "n_detected": n_det,
+        "n_missed": n_miss,
+        "n_false_positive": n_fp,
+        "lesion_sensitivity": n_det / n_ref if n_ref else float("nan"),
+        "fp_per_case": n_fp / n_cases,
+        "lesion_f1": 2 * n_det / denom if denom else float("nan"),
+    }
