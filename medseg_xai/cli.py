@@ -250,7 +250,12 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prediction", help="predicted label map (NIfTI)")
     p.add_argument("reference", help="reference label map (NIfTI)")
     p.add_argument("--tolerance", type=float, default=1.0, help="NSD tolerance in mm")
+    p.add_argument("--percentile", type=float, default=95, help="Hausdorff percentile")
+    p.add_argument("--empty", choices=["worst", "nan"], default="worst",
+                   help="empty-mask policy (default: %(default)s)")
     p.add_argument("--labels", type=int, nargs="*", default=None, help="foreground labels")
+    p.add_argument("--lesions", default=None, metavar="CSV",
+                   help="also match lesions; write the lesion table to CSV and print a summary")
     p.set_defaults(func=_run_metrics)
 
 
@@ -266,7 +271,14 @@ def _run_metrics(args: argparse.Namespace) -> int:
     pred = np.asarray(nib.load(args.prediction).dataobj)
     ref = np.asarray(ref_img.dataobj)
     spacing = tuple(float(s) for s in ref_img.header.get_zooms()[: ref.ndim])
-    values = evaluate_case(pred, ref, spacing=spacing, labels=args.labels, tolerance=args.tolerance)
+    values = evaluate_case(pred, ref, spacing=spacing, labels=args.labels,
+                           tolerance=args.tolerance, percentile=args.percentile, empty=args.empty)
+    if args.lesions:
+        from medseg_xai.metrics import lesion_summary, lesions
+
+        table = lesions(pred > 0, ref > 0, spacing=spacing)
+        table.to_csv(args.lesions, index=False)
+        values["lesions"] = lesion_summary(table)
     print(json.dumps(values, indent=2, default=str))
     return 0
 
