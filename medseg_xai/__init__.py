@@ -20,7 +20,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 # --- core (eager; one line per module, added as modules land) -------------------------------
-from medseg_xai import metrics  # noqa: E402
+from medseg_xai import (
+    metrics,  # noqa: E402
+    targets,  # noqa: E402
+)
+from medseg_xai.adapters import SegmentationAdapter  # noqa: E402
+from medseg_xai.audit import AuditResult, audit, compare  # noqa: E402
+from medseg_xai.cohort import Cohort  # noqa: E402
+from medseg_xai.explain import Explanation, activations, explain  # noqa: E402
 
 # --- lazy optional sub-packages ------------------------------------------------------------
 _LAZY_MODULES = {"widgets", "demo", "reports", "viz"}
@@ -34,4 +41,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'medseg_xai' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "metrics"]
+__all__ = ["__version__", "metrics", "SegmentationAdapter", "targets", "explain", "Explanation", "activations", "Cohort", "audit", "compare", "AuditResult"]

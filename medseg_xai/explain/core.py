@@ -1,0 +1,198 @@
+"""``explain()``: one entry point for every attribution method, and the :class:`Explanation`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg_xai.adapters import SegmentationAdapter
+from medseg_xai.explain.captum_methods import HOOKING_METHODS, INPUT_METHODS, attribute_input
+from medseg_xai.explain.gradcam import layer_cam
+from medseg_xai.explain.provenance import provenance
+from medseg_xai.targets import Target
+
+__all__ = ["explain", "Explanation", "METHODS", "LAYER_METHODS", "prepare_image"]
+
+LAYER_METHODS = ("gradcam", "gradcam++")
+METHODS: tuple[str, ...] = (*INPUT_METHODS, *LAYER_METHODS)
+
+
+@dataclass
+class Explanation:
+    """An attribution map with everything needed to read and reproduce it.
+
+    Attributes
+    ----------
+    attribution : numpy.ndarray
+        float32 map with the input's spatial shape (the sum over input channels for input
+        methods; the upsampled class activation map for Grad-CAM methods).
+    channel_attribution : numpy.ndarray
+        ``(C, *spatial)`` per input channel for input methods; ``(1, *spatial)`` for Grad-CAM
+        methods, which do not resolve input channels.
+    method, target, layer, params, elapsed_s, provenance
+        Method name, the :class:`~medseg_xai.targets.Target` (or callable), the layer name
+        (Grad-CAM methods, else None), the method's parameters, wall time in seconds, and
+        library versions / model fingerprint / settings.
+    convergence_delta : float or None
+        Largest absolute completeness error reported by Captum (integrated gradients,
+        deeplift): ``|sum(attribution) - (target(x) - target(baseline))|``.
+    """
+
+    attribution: np.ndarray
+    channel_attribution: np.ndarray
+    method: str
+    target: Any
+    layer: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    convergence_delta: float | None = None
+
+    @property
+    def target_description(self) -> str:
+        """The target in words (``describe()`` when it has one)."""
+        describe = getattr(self.target, "describe", None)
+        return describe() if callable(describe) else repr(self.target)
+
+    def to_nifti(self, path: str | Path, affine: np.ndarray | None = None) -> Path:
+        """Save ``attribution`` as NIfTI (axes in the array's order) with the image's affine.
+
+        Parameters
+        ----------
+        path : str or Path
+            Output file, ``.nii`` or ``.nii.gz``.
+        affine : array (4, 4), optional
+            The source image's affine (identity when omitted) so the map overlays the image.
+        """
+        import nibabel as nib
+
+        aff = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise ValueError(f"affine: expected a finite 4x4 array, got shape {aff.shape}")
+        p = Path(path)
+        if not (p.name.endswith(".nii") or p.name.endswith(".nii.gz")):
+            raise ValueError(f"path: expected a .nii or .nii.gz file name, got {p.name!r}")
+        img = nib.Nifti1Image(np.asarray(self.attribution, dtype=np.float32), aff)
+        img.header["descrip"] = f"medseg-xai {self.method}"[:79].encode()
+        nib.save(img, str(p))
+        return p
+
+
+def prepare_image(adapter: SegmentationAdapter, image: Any) -> torch.Tensor:
+    """One image (numpy or tensor ``(C, *spatial)``, ``(*spatial)`` or ``(1, C, *spatial)``)
+    as a float tensor ``(1, C, *spatial)`` on the adapter's device."""
+    x, _ = adapter.as_batch(image, name="image")
+    if x.shape[0] != 1:
+        raise ValueError(f"image: explain() takes one image, got a batch of {x.shape[0]}")
+    if not torch.isfinite(x).all():
+        raise ValueError("image: contains NaN or infinite values")
+    return x.detach().float()
+
+
+def _check_target(target: Any, spatial: tuple[int, ...]) -> None:
+    if isinstance(target, Target):
+        if target.mask.shape != spatial:
+            raise ValueError(
+                f"target: mask shape {target.mask.shape} differs from the image's spatial shape "
+                f"{spatial}"
+            )
+    elif not callable(target):
+        raise ValueError(
+            f"target: expected a medseg_xai.targets.Target or a callable logits -> (N,), got "
+            f"{type(target).__name__}"
+        )
+
+
+def explain(
+    adapter: SegmentationAdapter,
+    image: Any,
+    target: Target | Callable[[torch.Tensor], torch.Tensor],
+    method: str = "gradcam",
+    layer: str | None = None,
+    batch_size: int | None = None,
+    **kwargs: Any,
+) -> Explanation:
+    """Explain why the model scores ``target`` as it does on ``image``.
+
+    Parameters
+    ----------
+    adapter : SegmentationAdapter
+        The wrapped model.
+    image : array or tensor
+        One image ``(C, *spatial)`` (``(*spatial)`` gets ``C=1``).
+    target : Target or callable
+        Reduces logits ``(N, K, *spatial)`` to ``(N,)``; see :mod:`medseg_xai.targets`.
+    method : str
+        One of :data:`METHODS`: ``saliency``, ``integrated_gradients`` (``n_steps=32``,
+        ``baseline=0``), ``smoothgrad`` (``n_samples=16``, ``noise=0.15`` of the intensity
+        range, ``seed=0``), ``input_x_gradient``, ``guided_backprop``, ``deeplift``
+        (``baseline``), ``occlusion`` (``window``, ``stride`` per spatial axis, default 1/8 of
+        the image; ``baseline``), ``feature_ablation`` (per input channel), ``gradcam``,
+        ``gradcam++``.
+    layer : str, optional
+        Layer for Grad-CAM methods; default :meth:`SegmentationAdapter.default_layer`.
+    batch_size : int, optional
+        Bounds memory for many-pass methods: examples per forward pass for integrated
+        gradients / smoothgrad, perturbations per forward pass for occlusion / ablation.
+
+    Returns
+    -------
+    Explanation
+
+    Notes
+    -----
+    The model runs in ``eval()`` mode with frozen parameters; its training flags,
+    ``requires_grad`` and hooks are as before when this returns or raises.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    x = prepare_image(adapter, image)
+    spatial = tuple(x.shape[2:])
+    _check_target(target, spatial)
+    if adapter.is_scripted and (method in LAYER_METHODS or method in HOOKING_METHODS):
+        raise ValueError(
+            f"method {method!r} needs hooks on the model's layers, and TorchScript models do not "
+            f"support hooks; explain the original nn.Module (unscripted), or use an "
+            f"input-attribution method such as 'saliency', 'integrated_gradients' or 'occlusion'"
+        )
+    if layer is not None and method not in LAYER_METHODS:
+        raise ValueError(f"layer: only {list(LAYER_METHODS)} use a layer, got method {method!r}")
+
+    start = time.perf_counter()
+    delta = None
+    with adapter.frozen():
+        if method in LAYER_METHODS:
+            if kwargs:
+                raise ValueError(f"method {method!r}: unknown keyword arguments {sorted(kwargs)}")
+            layer_name = layer if layer is not None else adapter.default_layer(tuple(x.shape))
+            module = adapter.get_layer(layer_name)
+            attr = layer_cam(adapter, x, target, module, plusplus=method == "gradcam++")
+            params: dict[str, Any] = {"upsampling": "linear"}
+        else:
+            layer_name = None
+            attr, params, delta = attribute_input(method, adapter, x, target, batch_size, kwargs)
+    elapsed = time.perf_counter() - start
+
+    channel = attr[0].detach().float().cpu().numpy()
+    attribution = channel.sum(axis=0) if channel.shape[0] > 1 else channel[0].copy()
+    if batch_size is not None:
+        params["batch_size"] = int(batch_size)
+    return Explanation(
+        attribution=attribution.astype(np.float32),
+        channel_attribution=channel.astype(np.float32),
+        method=method,
+        target=target,
+        layer=layer_name,
+        params=params,
+        elapsed_s=elapsed,
+        provenance=provenance(adapter),
+        convergence_delta=delta,
+    )

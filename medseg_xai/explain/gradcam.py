@@ -1,0 +1,140 @@
+"""Grad-CAM and Grad-CAM++ for segmentation targets, in 2D and 3D.
+
+Grad-CAM uses Captum's :class:`~captum.attr.LayerGradCam` (channel weights = spatial mean of the
+target's gradient at the layer, ReLU of the weighted sum of feature maps). Grad-CAM++ follows
+Chattopadhyay et al. 2018 as implemented in MONAI's ``GradCAMpp`` but takes our target instead of
+a summed class channel (MONAI's extra ``exp(score)`` factor is a positive constant per example
+and is left out). Maps are upsampled to the input grid with N-D linear interpolation
+(``align_corners=False``, as MONAI's default upsampler).
+
+With ``adapter.slice_axis`` the layer sees one slice per batch item, so each slice gets its own
+weights and the slice maps are stacked back into the volume. With ``adapter.sliding_window``
+every window gets the Grad-CAM of the target restricted to that window and the windows are
+blended by MONAI's sliding-window inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from torch import nn
+
+from medseg_xai.adapters import SegmentationAdapter
+from medseg_xai.targets import Target
+
+__all__ = ["layer_cam", "upsample"]
+
+_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def upsample(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """N-D linear upsampling of ``(B, 1, *s)`` maps to ``size`` (MONAI's default upsampler)."""
+    if tuple(cam.shape[2:]) == tuple(size):
+        return cam
+    return F.interpolate(cam, size=tuple(size), mode=_LINEAR[len(size)], align_corners=False)
+
+
+def _gradcam_pp(
+    forward: Any, module: nn.Module, x: torch.Tensor
+) -> torch.Tensor:
+    """Grad-CAM++ map at ``module``'s output, ``(B', 1, *layer_spatial)``."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise ValueError("gradcam++: the chosen layer does not output a single tensor")
+        if not out.requires_grad:  # frozen parameters and a plain input: start the graph here
+            out.requires_grad_(True)
+        store["acti"] = out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        score = forward(x)
+    finally:
+        handle.remove()
+    if "acti" not in store:
+        raise ValueError("gradcam++: the chosen layer was not called during the forward pass")
+    acti = store["acti"]
+    (grad,) = torch.autograd.grad(score.sum(), acti)
+    b, c = grad.shape[:2]
+    ones = [1] * (grad.ndim - 2)
+    g2, g3 = grad.pow(2), grad.pow(3)
+    denom = 2 * g2 + (acti * g3).reshape(b, c, -1).sum(-1).reshape(b, c, *ones)
+    denom = torch.where(denom != 0, denom, torch.ones_like(denom))
+    alpha = g2 / (denom + 1e-7)
+    weights = (alpha * F.relu(grad)).reshape(b, c, -1).sum(-1).reshape(b, c, *ones)
+    return F.relu((weights * acti).sum(1, keepdim=True)).detach()
+
+
+def _cam_at_layer(
+    adapter: SegmentationAdapter,
+    x: torch.Tensor,
+    target: Target,
+    module: nn.Module,
+    plusplus: bool,
+) -> torch.Tensor:
+    """CAM for a batch the model sees without sliding windows, on the input grid."""
+
+    def forward(t: torch.Tensor) -> torch.Tensor:
+        return target(adapter._model_forward(t))
+
+    with torch.enable_grad():
+        if plusplus:
+            cam = _gradcam_pp(forward, module, x)
+        else:
+            cam = LayerGradCam(forward, module).attribute(x, relu_attributions=True).detach()
+    if isinstance(cam, tuple):
+        raise ValueError("gradcam: the chosen layer has several outputs; pick a convolution")
+    if adapter.slice_axis is None:
+        return upsample(cam, x.shape[2:])
+    # slices were folded into the batch: (N*S, 1, h, w) -> (N, 1, *volume)
+    ax = 2 + adapter.slice_axis
+    n = x.shape[0]
+    moved = x.movedim(ax, 2)
+    s, a, b = moved.shape[2:]
+    cam = upsample(cam, (a, b)).reshape(n, s, 1, a, b).permute(0, 2, 1, 3, 4)
+    return cam.movedim(2, ax)
+
+
+def _pad_like_monai(mask_shape: Sequence[int], roi: Sequence[int]) -> list[tuple[int, int]]:
+    """(before, after) padding sliding_window_inference applies when the image is small."""
+    out = []
+    for s, r in zip(mask_shape, roi):
+        diff = max(r - s, 0)
+        out.append((diff // 2, diff - diff // 2))
+    return out
+
+
+def layer_cam(
+    adapter: SegmentationAdapter,
+    x: torch.Tensor,
+    target: Target,
+    module: nn.Module,
+    plusplus: bool = False,
+) -> torch.Tensor:
+    """Grad-CAM (or ++) of ``target`` at ``module``, upsampled to ``x``'s grid ``(N, 1, *s)``."""
+    if adapter.sliding_window is None:
+        return _cam_at_layer(adapter, x, target, module, plusplus)
+
+    import numpy as np
+    from monai.inferers import sliding_window_inference
+
+    cfg = adapter.sliding_window
+    pads = _pad_like_monai(target.mask.shape, cfg["roi_size"])
+    padded = replace(target, mask=np.pad(target.mask, pads), _cache={})
+
+    def predictor(win: torch.Tensor, coords: list[list[slice]]) -> torch.Tensor:
+        maps = []
+        for i, sl in enumerate(coords):
+            sub = padded.crop(sl[2:])
+            maps.append(_cam_at_layer(adapter, win[i : i + 1], sub, module, plusplus))
+        return torch.cat(maps)
+
+    with torch.no_grad():  # the predictor re-enables gradients inside each window
+        cam = sliding_window_inference(x, predictor=predictor, with_coord=True, **cfg)
+    return cam.as_tensor() if hasattr(cam, "as_tensor") else cam

@@ -1,0 +1,42 @@
+"""Provenance of an explanation: library versions, model fingerprint, device, time."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from importlib import metadata
+from typing import Any
+
+__all__ = ["library_versions", "provenance"]
+
+_LIBRARIES = ("medseg-xai", "torch", "monai", "captum", "numpy", "scipy")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries an explanation depends on (plus Python)."""
+    out = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def provenance(adapter: Any) -> dict[str, Any]:
+    """Everything needed to tell which model and software produced an explanation."""
+    return {
+        "versions": library_versions(),
+        "model_class": type(adapter.model).__name__,
+        "model_fingerprint": adapter.fingerprint,
+        "activation": adapter.activation,
+        "spatial_dims": adapter.spatial_dims,
+        "slice_axis": adapter.slice_axis,
+        "sliding_window": (
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in adapter.sliding_window.items()}
+            if adapter.sliding_window
+            else None
+        ),
+        "device": str(adapter.device),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }

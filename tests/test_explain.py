@@ -1,0 +1,256 @@
+"""explain(): every method in 2D and 3D, completeness, MONAI Grad-CAM parity, model state."""
+
+from __future__ import annotations
+
+import copy
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import UNet
+from monai.visualize import GradCAM
+from torch import nn
+
+import medseg_xai as mx
+from medseg_xai import targets
+from medseg_xai.explain import METHODS, Explanation, activations, explain
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
+
+
+class Small(nn.Module):
+    """Conv encoder-decoder with ReLUs (guided backprop has something to guide)."""
+
+    def __init__(self, dims: int, c_in: int = 1) -> None:
+        super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.enc = conv(c_in, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.dec = conv(6, 6, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.head = conv(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act2(self.dec(self.act(self.enc(x)))))
+
+
+@pytest.fixture(scope="module")
+def case3d():
+    torch.manual_seed(0)
+    model = Small(3, c_in=2)
+    image = np.random.default_rng(0).random((2, 12, 12, 12)).astype(np.float32)
+    ref = np.zeros((12, 12, 12), bool)
+    ref[4:8, 4:8, 4:8] = True
+    return mx.SegmentationAdapter(model), image, targets.reference(1, ref)
+
+
+@pytest.fixture(scope="module")
+def case2d():
+    torch.manual_seed(1)
+    model = UNet(2, 1, 2, (4, 8), (2,), num_res_units=1, norm="batch")  # piecewise linear in eval
+    image = np.random.default_rng(1).random((1, 16, 16)).astype(np.float32)
+    ref = np.zeros((16, 16), bool)
+    ref[5:10, 6:12] = True
+    return mx.SegmentationAdapter(model, spatial_dims=2), image, targets.reference(1, ref)
+
+
+def _kwargs(method: str) -> dict:
+    return {"occlusion": {"window": 4}, "smoothgrad": {"n_samples": 3},
+            "integrated_gradients": {"n_steps": 8}}.get(method, {})
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", ["case3d", "case2d"])
+def test_every_method_gives_finite_maps_of_the_input_shape(method, case, request):
+    adapter, image, target = request.getfixturevalue(case)
+    model = adapter.model
+    model.train()
+    exp = explain(adapter, image, target, method=method, batch_size=2, **_kwargs(method))
+    spatial = image.shape[1:]
+    assert isinstance(exp, Explanation) and exp.method == method
+    assert exp.attribution.shape == spatial and exp.attribution.dtype == np.float32
+    c = 1 if method in ("gradcam", "gradcam++") else image.shape[0]
+    assert exp.channel_attribution.shape == (c, *spatial)
+    assert np.isfinite(exp.channel_attribution).all()
+    assert np.abs(exp.attribution).sum() > 0
+    assert (exp.layer is not None) == (method in ("gradcam", "gradcam++"))
+    assert exp.provenance["model_fingerprint"] == adapter.fingerprint
+    assert exp.provenance["versions"]["captum"] and exp.elapsed_s > 0
+    assert model.training and _hooks(model) == 0
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("case", ["case3d", "case2d"])
+def test_integrated_gradients_completeness(case, request):
+    adapter, image, target = request.getfixturevalue(case)
+    exp = explain(adapter, image, target, "integrated_gradients", n_steps=64)
+    with torch.no_grad():
+        gap = float(target(adapter.logits(image)) - target(adapter.logits(np.zeros_like(image))))
+    total = float(exp.channel_attribution.sum())
+    assert abs(gap) > 1e-3
+    assert total == pytest.approx(gap, rel=0.02, abs=1e-4)
+    assert exp.convergence_delta == pytest.approx(abs(total - gap), abs=1e-3)
+
+
+def test_integrated_gradients_batch_size_does_not_change_the_map(case3d):
+    adapter, image, target = case3d
+    a = explain(adapter, image, target, "integrated_gradients", n_steps=8)
+    b = explain(adapter, image, target, "integrated_gradients", n_steps=8, batch_size=3)
+    np.testing.assert_allclose(a.channel_attribution, b.channel_attribution, rtol=1e-4, atol=1e-6)
+
+
+def test_saliency_is_the_gradient_of_the_target(case2d):
+    adapter, image, target = case2d
+    x = torch.from_numpy(image)[None].requires_grad_(True)
+    adapter.model.eval()
+    target(adapter.model(x)).sum().backward()
+    exp = explain(adapter, image, target, "saliency", abs=False)
+    np.testing.assert_allclose(exp.channel_attribution, x.grad[0].numpy(), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_gradcam_equals_monai_gradcam_for_the_whole_class_channel(dims):
+    torch.manual_seed(3)
+    model = UNet(dims, 1, 2, (4, 8, 16), (2, 2), num_res_units=1)
+    size = 32 if dims == 2 else 16
+    image = np.random.default_rng(3).random((1, *(size,) * dims)).astype(np.float32)
+    adapter = mx.SegmentationAdapter(model, spatial_dims=dims)
+    layer = adapter.default_layer(image.shape)
+    target = targets.region(1, np.ones((size,) * dims, bool))
+    ours = explain(adapter, image, target, "gradcam", layer=layer).attribution
+    assert ours.max() > ours.min()  # a degenerate (constant) map would compare trivially
+
+    monai_model = copy.deepcopy(model)  # MONAI leaves its hooks on the module it wraps
+    cam = GradCAM(nn_module=monai_model, target_layers=layer)
+    theirs = cam(torch.from_numpy(image)[None], class_idx=1)[0, 0].numpy()
+    # MONAI's default normaliser maps (min, max) to (1, 0); bring ours to the same scale
+    ours_scaled = 1.0 - (ours - ours.min()) / (ours.max() - ours.min())
+    np.testing.assert_allclose(ours_scaled, theirs, atol=1e-4)
+
+
+def test_model_state_is_restored_after_an_exception_mid_explanation(case3d):
+    adapter, image, _ = case3d
+    model = adapter.model
+    model.train()
+    model.enc.bias.requires_grad_(False)
+
+    def exploding(logits: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("exploding target")
+
+    for method in ("gradcam", "gradcam++", "deeplift", "guided_backprop", "saliency"):
+        with pytest.raises(RuntimeError, match="exploding"):
+            explain(adapter, image, exploding, method=method)
+        assert _hooks(model) == 0, method
+        assert model.training and all(m.training for m in model.modules())
+        assert not model.enc.bias.requires_grad and model.enc.weight.requires_grad
+    model.enc.bias.requires_grad_(True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_scripted_model_input_methods_work_and_layer_methods_say_why_not(case2d):
+    adapter, image, target = case2d
+    scripted = torch.jit.script(copy.deepcopy(adapter.model).eval())
+    sad = mx.SegmentationAdapter(scripted, spatial_dims=2)
+    ref = explain(adapter, image, target, "saliency")
+    got = explain(sad, image, target, "saliency")
+    np.testing.assert_allclose(got.attribution, ref.attribution, rtol=1e-4, atol=1e-7)
+    for method in ("gradcam", "gradcam++", "deeplift"):
+        with pytest.raises(ValueError, match="TorchScript.*hooks.*unscripted"):
+            explain(sad, image, target, method)
+    with pytest.raises(ValueError, match="TorchScript"):
+        activations(sad, image, "model.0")
+
+
+def test_gradcam_under_sliding_window_and_slice_axis(case3d):
+    adapter, image, target = case3d
+    whole = explain(adapter, image, target, "gradcam", layer="dec").attribution
+    # one window covering the image gives the plain Grad-CAM
+    sw1 = mx.SegmentationAdapter(adapter.model, sliding_window=(12, 12, 12))
+    np.testing.assert_allclose(
+        explain(sw1, image, target, "gradcam", layer="dec").attribution, whole, rtol=1e-4,
+        atol=1e-8)
+    # smaller windows: only windows that contain the target region get a map
+    sw = mx.SegmentationAdapter(adapter.model, sliding_window={"roi_size": 6, "overlap": 0.0})
+    cam = explain(sw, image, target, "gradcam", layer="dec").attribution
+    assert cam.shape == image.shape[1:] and np.isfinite(cam).all() and cam.max() > 0
+    ig = explain(sw, image, target, "integrated_gradients", n_steps=4)
+    assert np.isfinite(ig.attribution).all() and np.abs(ig.attribution).sum() > 0
+
+    torch.manual_seed(0)
+    model2d = Small(2, c_in=2)
+    sl = mx.SegmentationAdapter(model2d, spatial_dims=3, slice_axis=1)
+    cam = explain(sl, image, target, "gradcam", layer="dec").attribution
+    assert cam.shape == image.shape[1:]
+    # slice 0 along axis 1 lies outside the target: its own Grad-CAM weights are zero
+    assert np.all(cam[:, 0, :] == 0) and cam[:, 5, :].max() > 0
+    feats = activations(sl, image, "dec")
+    assert feats.shape == (6, 12, 12, 12)
+
+
+def test_occlusion_and_feature_ablation_measure_the_drop(case3d):
+    adapter, image, target = case3d
+    exp = explain(adapter, image, target, "occlusion", window=12, stride=12)
+    with torch.no_grad():
+        drop = float(target(adapter.logits(image)) - target(adapter.logits(np.zeros_like(image))))
+    # one window covering everything: every voxel carries the whole drop
+    np.testing.assert_allclose(exp.channel_attribution, drop, rtol=1e-4)
+    fa = explain(adapter, image, target, "feature_ablation")
+    for c in range(image.shape[0]):
+        only = image.copy()
+        only[c] = 0
+        with torch.no_grad():
+            d = float(target(adapter.logits(image)) - target(adapter.logits(only)))
+        np.testing.assert_allclose(fa.channel_attribution[c], d, rtol=1e-4)
+
+
+def test_arguments_are_checked(case2d):
+    adapter, image, target = case2d
+    with pytest.raises(ValueError, match="method"):
+        explain(adapter, image, target, method="lime")
+    with pytest.raises(ValueError, match="batch_size"):
+        explain(adapter, image, target, "saliency", batch_size=0)
+    with pytest.raises(ValueError, match="mask shape"):
+        explain(adapter, image[:, :8], target, "saliency")
+    with pytest.raises(ValueError, match="unknown keyword"):
+        explain(adapter, image, target, "saliency", steps=3)
+    with pytest.raises(ValueError, match="not a sub-module"):
+        explain(adapter, image, target, "gradcam", layer="nope")
+    with pytest.raises(ValueError, match="window"):
+        explain(adapter, image, target, "occlusion", window=(40, 4))
+    with pytest.raises(ValueError, match="one image"):
+        explain(adapter, torch.from_numpy(np.stack([image, image])), target, "saliency")
+
+
+def test_to_nifti_round_trip_keeps_the_affine(case3d, tmp_path):
+    adapter, image, target = case3d
+    exp = explain(adapter, image, target, "saliency")
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [10, -5, 3]
+    path = exp.to_nifti(tmp_path / "sal.nii.gz", affine=affine)
+    img = nib.load(str(path))
+    np.testing.assert_allclose(img.affine, affine)
+    np.testing.assert_allclose(np.asarray(img.dataobj), exp.attribution)
+    with pytest.raises(ValueError, match="affine"):
+        exp.to_nifti(tmp_path / "x.nii", affine=np.eye(3))
+
+
+def test_activations_return_the_layer_feature_maps(case2d):
+    adapter, image, _ = case2d
+    layer = adapter.default_layer(image.shape)
+    feats = activations(adapter, image, layer)
+    shape = adapter.layers(image.shape).set_index("name").loc[layer, "output_shape"]
+    assert feats.shape == tuple(shape[1:])
+    store = {}
+    handle = adapter.get_layer(layer).register_forward_hook(lambda m, i, o: store.update(o=o))
+    try:
+        adapter.logits(image)
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(feats, store["o"][0].numpy(), rtol=1e-5)
