@@ -1,0 +1,325 @@
+"""Subgroup tables of an audit, computed from the per-case and per-lesion tables.
+
+Every table starts with the whole cohort (``stratum="overall"``, ``group="all"``) followed by
+one block per stratum. Groups below ``min_n`` keep their numbers but are flagged
+``"insufficient data"`` and take no part in tests or verdicts.
+
+``subgroups`` flags: ``"insufficient data"`` (n < min_n), ``"worse"`` / ``"better"`` (adjusted
+p-value below ``alpha`` and the gap to the overall value points that way), ``"ok"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_xai.audit import stats
+from medseg_xai.audit.strata import (
+    DERIVED_STRATA,
+    Stratum,
+    add_derived_columns,
+    group_labels,
+    lesion_size_labels,
+)
+
+__all__ = [
+    "INSUFFICIENT",
+    "OVERALL",
+    "SUBGROUP_COLUMNS",
+    "detection_table",
+    "false_positive_table",
+    "stratum_groups",
+    "subgroup_table",
+    "volume_agreement_table",
+]
+
+OVERALL = Stratum("overall", ())
+INSUFFICIENT = "insufficient data"
+SUBGROUP_COLUMNS = [
+    "stratum", "group", "metric", "n", "n_clusters", "estimate", "median", "ci_low", "ci_high",
+    "gap", "gap_ci_low", "gap_ci_high", "gap_best", "gap_best_ci_low", "gap_best_ci_high",
+    "best_group", "p_value", "p_kruskal", "p_adjusted", "flag",
+]
+
+
+def stratum_groups(
+    cases: pd.DataFrame, stratum: Stratum, orders: Mapping[str, list[str]]
+) -> tuple[pd.Series, list[str]]:
+    """Group label per case and the list of groups (in display order) of a stratum."""
+    if stratum is OVERALL or not stratum.columns:
+        return pd.Series("all", index=cases.index, dtype=object), ["all"]
+    derived = any(c in DERIVED_STRATA for c in stratum.columns)
+    labels = group_labels(cases, stratum, derived=derived)
+    present = [g for g in pd.unique(labels.dropna())]
+    if len(stratum.columns) == 1 and stratum.columns[0] in orders:
+        order = list(orders[stratum.columns[0]])
+        order += sorted(g for g in present if g not in order)
+    else:
+        order = sorted(present, key=str)
+    return labels, order
+
+
+def _clusters(cases: pd.DataFrame) -> tuple[pd.Series, bool]:
+    if "patient_id" in cases.columns and cases["patient_id"].notna().any():
+        cl = cases["patient_id"].astype(object).where(cases["patient_id"].notna(),
+                                                     "case:" + cases["case_id"].astype(str))
+        return cl.astype(str), True
+    return cases["case_id"].astype(str), False
+
+
+def _flag(n: int, min_n: int, gap: float, p_adj: float, direction: int, alpha: float) -> str:
+    if n < min_n:
+        return INSUFFICIENT
+    if np.isfinite(p_adj) and p_adj < alpha and np.isfinite(gap) and gap != 0 and direction != 0:
+        return "worse" if np.sign(gap) != direction else "better"
+    return "ok"
+
+
+def subgroup_table(
+    cases: pd.DataFrame,
+    strata: Sequence[Stratum],
+    metrics: Sequence[str],
+    *,
+    orders: Mapping[str, list[str]] | None = None,
+    seed: int = 0,
+    min_n: int = 10,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    ci_method: str = "BCa",
+    test: str = "mannwhitney",
+    correction: str = "holm",
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Per-subgroup estimate, bootstrap CI, gaps, tests and flags of every metric.
+
+    Parameters
+    ----------
+    cases : pandas.DataFrame
+        Cases table (``status``, metric columns, stratum columns, optional ``patient_id``).
+    strata : sequence of Stratum
+        Splits to report after the overall row.
+    metrics : sequence of str
+        Metric columns to summarise (NaN values are left out of that metric's n).
+    orders : mapping, optional
+        Display order of derived strata.
+    seed : int
+        Seeds the bootstrap; each (stratum, metric) gets its own stream so tables do not shift
+        when a stratum is added.
+    min_n : int
+        Groups with fewer evaluated values are flagged ``"insufficient data"`` and not tested.
+    n_resamples, confidence, ci_method
+        Bootstrap settings (``ci_method`` applies without patient ids; with them the cluster
+        bootstrap uses the percentile interval).
+    test : {"mannwhitney", "permutation"}
+        Group-vs-rest test; Kruskal-Wallis across groups is reported as ``p_kruskal``.
+    correction : {"holm", "bh"}
+        Multiple-comparison correction over the whole family of group-vs-rest tests.
+    alpha : float
+        Level at which an adjusted p-value flags a group.
+    """
+    if correction not in ("holm", "bh"):
+        raise ValueError(f"correction: expected 'holm' or 'bh', got {correction!r}")
+    orders = orders or {}
+    ok = cases[cases["status"] == "ok"]
+    clusters_all, clustered = _clusters(cases)
+    rows: list[dict[str, Any]] = []
+    for s_idx, stratum in enumerate([OVERALL, *strata]):
+        labels_all, order = stratum_groups(cases, stratum, orders)
+        labels = labels_all.loc[ok.index]
+        for m_idx, metric in enumerate(metrics):
+            if metric not in ok.columns:
+                continue
+            rng = np.random.default_rng([int(seed), s_idx, m_idx])
+            values = pd.to_numeric(ok[metric], errors="coerce").to_numpy(dtype=float)
+            finite = np.isfinite(values)
+            cl = clusters_all.loc[ok.index].to_numpy()
+            cl_codes, cl_names = pd.factorize(cl)
+            n_cl = len(cl_names)
+            g_codes = np.array([order.index(g) if g in order else -1
+                                for g in labels.to_numpy()], dtype=int)
+            n_groups = len(order)
+            keep = finite & (g_codes >= 0)
+            sums = np.zeros((n_cl, n_groups))
+            counts = np.zeros((n_cl, n_groups))
+            np.add.at(sums, (cl_codes[keep], g_codes[keep]), values[keep])
+            np.add.at(counts, (cl_codes[keep], g_codes[keep]), 1.0)
+            o_sums = np.zeros(n_cl)
+            o_counts = np.zeros(n_cl)
+            np.add.at(o_sums, cl_codes[finite], values[finite])
+            np.add.at(o_counts, cl_codes[finite], 1.0)
+            weights = stats.cluster_weights(n_cl, n_resamples, rng)
+            boot_groups = stats.weighted_means(weights, sums, counts)
+            boot_overall = stats.weighted_means(weights, o_sums, o_counts)
+            overall = float(values[finite].mean()) if finite.any() else float("nan")
+            direction = stats.metric_direction(metric)
+            ests = np.array([values[keep & (g_codes == j)].mean() if (keep & (g_codes == j)).any()
+                             else np.nan for j in range(n_groups)])
+            ns = np.array([int((keep & (g_codes == j)).sum()) for j in range(n_groups)])
+            eligible = [j for j in range(n_groups) if ns[j] >= min_n and np.isfinite(ests[j])]
+            if not eligible:
+                eligible = [j for j in range(n_groups) if np.isfinite(ests[j])]
+            best = None
+            if eligible:
+                score = {1: -ests, -1: ests, 0: np.abs(ests)}[direction]
+                best = min(eligible, key=lambda j: score[j])  # noqa: B023 - used immediately
+            tested = [j for j in range(n_groups) if ns[j] >= min_n]
+            p_kw = (stats.kruskal_test([values[keep & (g_codes == j)] for j in tested])
+                    if stratum is not OVERALL and len(tested) >= 2 else float("nan"))
+            for j, group in enumerate(order):
+                sel = keep & (g_codes == j)
+                v = values[sel]
+                n = int(sel.sum())
+                ci = stats.bootstrap_mean_ci(
+                    v, clusters=cl[sel] if clustered else None, n_resamples=n_resamples,
+                    confidence=confidence, method=ci_method, rng=rng,
+                )
+                est = float(ests[j])
+                if stratum is OVERALL:
+                    gap = gap_ci = (0.0, 0.0, 0.0)
+                else:
+                    gap_ci = (est - overall, *stats.percentile_interval(
+                        boot_groups[:, j] - boot_overall, confidence))
+                    gap = gap_ci
+                if best is None:
+                    gbest = (float("nan"),) * 3
+                elif best == j:
+                    gbest = (0.0, 0.0, 0.0)
+                else:
+                    gbest = (est - float(ests[best]), *stats.percentile_interval(
+                        boot_groups[:, j] - boot_groups[:, best], confidence))
+                p = float("nan")
+                if stratum is not OVERALL and n >= min_n and len(order) > 1:
+                    rest = values[keep & (g_codes != j) & (g_codes >= 0)]
+                    p = stats.group_vs_rest_test(v, rest, test=test, n_resamples=n_resamples,
+                                                 rng=rng)
+                rows.append({
+                    "stratum": stratum.name, "group": str(group), "metric": metric, "n": n,
+                    "n_clusters": int(len(np.unique(cl[sel]))) if n else 0,
+                    "estimate": est, "median": float(np.median(v)) if n else float("nan"),
+                    "ci_low": ci[0], "ci_high": ci[1],
+                    "gap": gap[0], "gap_ci_low": gap[1], "gap_ci_high": gap[2],
+                    "gap_best": gbest[0], "gap_best_ci_low": gbest[1], "gap_best_ci_high": gbest[2],
+                    "best_group": "" if best is None else str(order[best]),
+                    "p_value": p, "p_kruskal": p_kw, "_direction": direction,
+                })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=SUBGROUP_COLUMNS)
+    adjust = stats.holm if correction == "holm" else stats.bh
+    table["p_adjusted"] = adjust(table["p_value"].to_numpy(dtype=float))
+    table["flag"] = [
+        _flag(n, min_n, g, pa, d, alpha)
+        for n, g, pa, d in zip(table["n"], table["gap"], table["p_adjusted"], table["_direction"])
+    ]
+    return table[SUBGROUP_COLUMNS].reset_index(drop=True)
+
+
+def _groups_iter(
+    cases: pd.DataFrame, strata: Sequence[Stratum], orders: Mapping[str, list[str]]
+) -> list[tuple[str, str, pd.Index]]:
+    """(stratum, group, case index) for the overall cohort and every group of every stratum."""
+    out = []
+    for stratum in [OVERALL, *strata]:
+        labels, order = stratum_groups(cases, stratum, orders)
+        for g in order:
+            out.append((stratum.name, str(g), labels.index[labels == g]))
+    return out
+
+
+def detection_table(
+    cases: pd.DataFrame,
+    lesions: pd.DataFrame,
+    strata: Sequence[Stratum],
+    *,
+    bins: Sequence[float] = (0, 100, 1000, 10000),
+    orders: Mapping[str, list[str]] | None = None,
+    confidence: float = 0.95,
+    min_n: int = 10,
+) -> pd.DataFrame:
+    """Lesion detection rate with Wilson CIs by reference-lesion size bin, per subgroup.
+
+    Columns: ``stratum, group, size_bin, n_lesions, n_detected, rate, ci_low, ci_high, flag``;
+    ``size_bin="all"`` covers every size.
+    """
+    orders = orders or {}
+    ref = lesions[lesions["source"] == "reference"] if len(lesions) else lesions
+    size_labels, size_order = (lesion_size_labels(ref["volume_mm3"], list(bins))
+                               if len(ref) else (pd.Series(dtype=object), ["empty"]))
+    size_order = [s for s in size_order if s != "empty"]
+    rows = []
+    by_case = {cid: idx for idx, cid in zip(cases.index, cases["case_id"])}
+    ref_case_idx = ref["case_id"].map(by_case) if len(ref) else pd.Series(dtype=float)
+    for stratum, group, idx in _groups_iter(cases, strata, orders):
+        members = ref_case_idx.isin(idx) if len(ref) else pd.Series(dtype=bool)
+        for size in ["all", *size_order]:
+            sel = members if size == "all" else members & (size_labels == size)
+            n = int(sel.sum()) if len(ref) else 0
+            k = int((ref.loc[sel, "status"] == "detected").sum()) if n else 0
+            lo, hi = stats.wilson_ci(k, n, confidence)
+            rows.append({"stratum": stratum, "group": group, "size_bin": size, "n_lesions": n,
+                         "n_detected": k, "rate": k / n if n else float("nan"),
+                         "ci_low": lo, "ci_high": hi,
+                         "flag": INSUFFICIENT if n < min_n else "ok"})
+    return pd.DataFrame(rows, columns=["stratum", "group", "size_bin", "n_lesions", "n_detected",
+                                       "rate", "ci_low", "ci_high", "flag"])
+
+
+def false_positive_table(
+    cases: pd.DataFrame, strata: Sequence[Stratum], *,
+    orders: Mapping[str, list[str]] | None = None, confidence: float = 0.95, min_n: int = 10,
+) -> pd.DataFrame:
+    """False positives on scans whose reference is empty, per subgroup.
+
+    Columns: ``stratum, group, n_scans, n_with_fp`` (scans with any predicted voxel),
+    ``fp_scan_rate`` and its Wilson ``ci_low, ci_high``, ``fp_per_scan`` (mean number of false
+    positive components), ``flag``.
+    """
+    orders = orders or {}
+    ok = cases["status"] == "ok"
+    vol_ref = pd.to_numeric(cases.get("volume_ref_mm3"), errors="coerce")
+    vol_pred = pd.to_numeric(cases.get("volume_pred_mm3"), errors="coerce")
+    fp = pd.to_numeric(cases.get("n_false_positive"), errors="coerce")
+    empty = ok & (vol_ref == 0)
+    rows = []
+    for stratum, group, idx in _groups_iter(cases, strata, orders):
+        sel = empty & cases.index.isin(idx)
+        n = int(sel.sum())
+        k = int((vol_pred[sel] > 0).sum())
+        lo, hi = stats.wilson_ci(k, n, confidence)
+        rows.append({"stratum": stratum, "group": group, "n_scans": n, "n_with_fp": k,
+                     "fp_scan_rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
+                     "fp_per_scan": float(fp[sel].mean()) if n else float("nan"),
+                     "flag": INSUFFICIENT if n < min_n else "ok"})
+    return pd.DataFrame(rows, columns=["stratum", "group", "n_scans", "n_with_fp", "fp_scan_rate",
+                                       "ci_low", "ci_high", "fp_per_scan", "flag"])
+
+
+def volume_agreement_table(
+    cases: pd.DataFrame, strata: Sequence[Stratum], *,
+    orders: Mapping[str, list[str]] | None = None, confidence: float = 0.95, min_n: int = 10,
+) -> pd.DataFrame:
+    """Bland-Altman agreement of predicted and reference volumes (mm^3), per subgroup."""
+    orders = orders or {}
+    ok = cases["status"] == "ok"
+    rows = []
+    for stratum, group, idx in _groups_iter(cases, strata, orders):
+        sel = ok & cases.index.isin(idx)
+        ba = stats.bland_altman(
+            pd.to_numeric(cases.loc[sel, "volume_pred_mm3"], errors="coerce").to_numpy(),
+            pd.to_numeric(cases.loc[sel, "volume_ref_mm3"], errors="coerce").to_numpy(),
+            confidence,
+        ) if "volume_pred_mm3" in cases else stats.bland_altman(np.array([]), np.array([]))
+        rows.append({"stratum": stratum, "group": group, **ba,
+                     "flag": INSUFFICIENT if ba["n"] < min_n else "ok"})
+    return pd.DataFrame(rows, columns=["stratum", "group", "n", "bias", "sd", "loa_low",
+                                       "loa_high", "bias_ci_low", "bias_ci_high", "flag"])
+
+
+def prepare_cases(
+    cases: pd.DataFrame, lesion_size_bins: int | Sequence[float]
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Cases table with derived strata columns and their display orders."""
+    return add_derived_columns(cases, lesion_size_bins)

@@ -1,0 +1,327 @@
+"""Pre-specified acceptance criteria -> PASS / FAIL / INSUFFICIENT DATA.
+
+Criteria are a list of small mappings (a Python list, a dict ``{"criteria": [...]}``, or the
+same in a YAML/JSON file). Each criterion has:
+
+``name``
+    Free text shown in the report (default: generated from the other fields).
+``kind``
+    ``"metric"`` (default): a statistic of one metric, checked in every group of the listed
+    strata. ``"gap"``: the largest absolute gap of a metric within each listed stratum.
+    ``"detection"``: lesion detection rate, optionally for a lesion-size range, per group.
+    ``"false_positive"``: share of empty-reference scans with any predicted voxel, per group.
+``metric``
+    Metric column for ``metric`` / ``gap`` criteria (``"dice"``, ``"hd95"``...).
+``statistic``
+    ``metric``: ``estimate`` (mean, default), ``median``, ``ci_low``, ``ci_high``.
+    ``gap``: ``gap`` (to the overall value, default) or ``gap_best`` (to the best group).
+    ``detection`` / ``false_positive``: ``rate`` (default), ``ci_low``, ``ci_high``.
+``op`` and ``threshold``
+    Comparison ``>=``, ``>``, ``<=``, ``<`` against a number.
+``strata``
+    List of strata names (``["device"]``), ``"all"`` (every stratum of the audit) or
+    ``"overall"`` (default; the whole cohort). The overall cohort is always checked when listed.
+``min_volume_mm3`` / ``max_volume_mm3``
+    Lesion-size range of a ``detection`` criterion (reference lesion volume, mm^3).
+``min_n``
+    Groups (or lesion counts) below it give INSUFFICIENT DATA (default: the audit's ``min_n``).
+
+Example (YAML)::
+
+    criteria:
+      - name: Dice lower CI >= 0.70 in every device group
+        metric: dice
+        statistic: ci_low
+        op: ">="
+        threshold: 0.70
+        strata: [device]
+      - name: largest Dice gap <= 0.05
+        kind: gap
+        metric: dice
+        op: "<="
+        threshold: 0.05
+        strata: all
+      - name: detection >= 0.9 for lesions >= 100 mm3
+        kind: detection
+        min_volume_mm3: 100
+        op: ">="
+        threshold: 0.9
+
+The result has one row per criterion and group: ``criterion, kind, stratum, group, metric,
+statistic, n, value, op, threshold, status``; :func:`verdicts` folds it to one verdict per
+criterion (FAIL if any group fails, else INSUFFICIENT DATA if any group lacks data, else PASS).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_xai.audit.stats import wilson_ci
+
+__all__ = [
+    "CRITERIA_COLUMNS",
+    "DEFAULT_CRITERIA",
+    "FAIL",
+    "INSUFFICIENT",
+    "PASS",
+    "evaluate_criteria",
+    "load_criteria",
+    "verdicts",
+]
+
+PASS, FAIL, INSUFFICIENT = "PASS", "FAIL", "INSUFFICIENT DATA"
+CRITERIA_COLUMNS = ["criterion", "kind", "stratum", "group", "metric", "statistic", "n", "value",
+                    "op", "threshold", "status"]
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_STATISTICS = {
+    "metric": ("estimate", "median", "ci_low", "ci_high"),
+    "gap": ("gap", "gap_best"),
+    "detection": ("rate", "ci_low", "ci_high"),
+    "false_positive": ("rate", "ci_low", "ci_high"),
+}
+_KEYS = {"name", "kind", "metric", "statistic", "op", "threshold", "strata", "min_volume_mm3",
+         "max_volume_mm3", "min_n"}
+
+#: Sensible defaults: Dice lower CI >= 0.70 in every group, largest Dice gap <= 0.05 within every
+#: stratum, detection >= 0.90 for reference lesions of at least 100 mm^3.
+DEFAULT_CRITERIA: list[dict[str, Any]] = [
+    {"name": "Dice lower 95% CI >= 0.70 in every subgroup", "kind": "metric", "metric": "dice",
+     "statistic": "ci_low", "op": ">=", "threshold": 0.70, "strata": "all"},
+    {"name": "Largest Dice gap to the overall mean <= 0.05", "kind": "gap", "metric": "dice",
+     "statistic": "gap", "op": "<=", "threshold": 0.05, "strata": "all"},
+    {"name": "Detection rate >= 0.90 for lesions >= 100 mm3", "kind": "detection",
+     "statistic": "rate", "op": ">=", "threshold": 0.90, "min_volume_mm3": 100.0,
+     "strata": "overall"},
+]
+
+
+def load_criteria(source: str | Path | Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+                  ) -> list[dict[str, Any]]:
+    """Read and validate criteria from a YAML/JSON file, a dict or a list.
+
+    Parameters
+    ----------
+    source : str, Path, mapping or sequence, optional
+        File path (``.yaml``/``.yml``/``.json``), ``{"criteria": [...]}``, a list of criteria,
+        ``"default"`` for :data:`DEFAULT_CRITERIA`, or None (no criteria).
+
+    Returns
+    -------
+    list of dict
+        Normalised criteria (every key filled).
+
+    Raises
+    ------
+    ValueError
+        Naming the criterion and the field that is wrong.
+    """
+    if source is None:
+        return []
+    if isinstance(source, str) and source == "default":
+        source = DEFAULT_CRITERIA
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if not p.is_file():
+            raise ValueError(f"criteria: expected a YAML or JSON file, got {str(p)!r} (not found)")
+        text = p.read_text(encoding="utf-8")
+        if p.suffix.lower() == ".json":
+            source = json.loads(text)
+        else:
+            import yaml
+
+            try:
+                source = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise ValueError(f"criteria: {str(p)!r} is not valid YAML ({exc})") from exc
+    if isinstance(source, Mapping):
+        if "criteria" not in source:
+            raise ValueError(f"criteria: expected a list or a mapping with key 'criteria', got "
+                             f"keys {sorted(source)}")
+        source = source["criteria"]
+    if not isinstance(source, Sequence) or isinstance(source, (str, bytes)):
+        raise ValueError(f"criteria: expected a list of criteria, got {type(source).__name__}")
+    return [_normalise(i, c) for i, c in enumerate(source)]
+
+
+def _normalise(i: int, crit: Any) -> dict[str, Any]:
+    where = f"criteria[{i}]"
+    if not isinstance(crit, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(crit).__name__}")
+    unknown = set(crit) - _KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(_KEYS)}")
+    kind = crit.get("kind", "metric")
+    if kind not in _STATISTICS:
+        raise ValueError(f"{where}: kind: expected one of {sorted(_STATISTICS)}, got {kind!r}")
+    statistic = crit.get("statistic", _STATISTICS[kind][0])
+    if statistic not in _STATISTICS[kind]:
+        raise ValueError(f"{where}: statistic: expected one of {_STATISTICS[kind]} for kind "
+                         f"{kind!r}, got {statistic!r}")
+    metric = crit.get("metric")
+    if kind in ("metric", "gap") and not isinstance(metric, str):
+        raise ValueError(f"{where}: metric: expected a metric name for kind {kind!r}, got {metric!r}")
+    op = crit.get("op")
+    if op not in _OPS:
+        raise ValueError(f"{where}: op: expected one of {sorted(_OPS)}, got {op!r}")
+    threshold = crit.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+        raise ValueError(f"{where}: threshold: expected a finite number, got {threshold!r}")
+    strata = crit.get("strata", "overall")
+    if isinstance(strata, str):
+        strata = strata if strata in ("all", "overall") else [strata]
+    elif isinstance(strata, Sequence) and all(isinstance(s, str) for s in strata):
+        strata = list(strata)
+    else:
+        raise ValueError(f"{where}: strata: expected 'all', 'overall' or a list of names, got {strata!r}")
+    min_n = crit.get("min_n")
+    if min_n is not None and (not isinstance(min_n, int) or min_n < 1):
+        raise ValueError(f"{where}: min_n: expected a positive int, got {min_n!r}")
+    out = {
+        "kind": kind, "metric": metric if kind in ("metric", "gap") else None,
+        "statistic": statistic, "op": op, "threshold": float(threshold), "strata": strata,
+        "min_volume_mm3": crit.get("min_volume_mm3"), "max_volume_mm3": crit.get("max_volume_mm3"),
+        "min_n": min_n,
+    }
+    out["name"] = str(crit.get("name") or _auto_name(out))
+    return out
+
+
+def _auto_name(c: Mapping[str, Any]) -> str:
+    what = c["metric"] or c["kind"]
+    scope = c["strata"] if isinstance(c["strata"], str) else " / ".join(c["strata"])
+    return f"{what} {c['statistic']} {c['op']} {c['threshold']:g} ({scope})"
+
+
+def _strata_names(spec: Any, audit_strata: Sequence[str]) -> list[str]:
+    if spec == "overall":
+        return ["overall"]
+    if spec == "all":
+        return ["overall", *audit_strata]
+    return list(spec)
+
+
+def _status(value: float, op: str, threshold: float, enough: bool) -> str:
+    if not enough or not np.isfinite(value):
+        return INSUFFICIENT
+    return PASS if _OPS[op](value, threshold) else FAIL
+
+
+def evaluate_criteria(
+    criteria: Sequence[Mapping[str, Any]],
+    *,
+    subgroups: pd.DataFrame,
+    cases: pd.DataFrame,
+    lesions: pd.DataFrame,
+    false_positives: pd.DataFrame,
+    group_index: Mapping[tuple[str, str], pd.Index],
+    audit_strata: Sequence[str],
+    min_n: int,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Check normalised criteria against an audit's tables.
+
+    Parameters
+    ----------
+    criteria : sequence of mapping
+        From :func:`load_criteria`.
+    subgroups, cases, lesions, false_positives : pandas.DataFrame
+        The audit's tables.
+    group_index : mapping
+        ``(stratum, group) -> index of cases`` for every group (overall included).
+    audit_strata : sequence of str
+        The audit's strata names (what ``"all"`` expands to).
+    min_n : int
+        Default minimum group size.
+    """
+    rows: list[dict[str, Any]] = []
+    groups_by_stratum: dict[str, list[str]] = {}
+    for s, g in group_index:
+        groups_by_stratum.setdefault(s, []).append(g)
+    for crit in criteria:
+        need = int(crit.get("min_n") or min_n)
+        base = {"criterion": crit["name"], "kind": crit["kind"], "metric": crit["metric"] or "",
+                "statistic": crit["statistic"], "op": crit["op"], "threshold": crit["threshold"]}
+        for stratum in _strata_names(crit["strata"], audit_strata):
+            if crit["kind"] == "gap" and stratum == "overall" and crit["strata"] == "all":
+                continue  # the whole cohort has no gap to itself
+            if stratum not in groups_by_stratum:
+                rows.append({**base, "stratum": stratum, "group": "", "n": 0,
+                             "value": float("nan"), "status": INSUFFICIENT})
+                continue
+            if crit["kind"] == "metric":
+                sub = subgroups[(subgroups["stratum"] == stratum)
+                                & (subgroups["metric"] == crit["metric"])]
+                if sub.empty:
+                    raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
+                                     f"among the audit's metrics")
+                for _, r in sub.iterrows():
+                    value = float(r[crit["statistic"]])
+                    rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n"]),
+                                 "value": value,
+                                 "status": _status(value, crit["op"], crit["threshold"], r["n"] >= need)})
+            elif crit["kind"] == "gap":
+                sub = subgroups[(subgroups["stratum"] == stratum)
+                                & (subgroups["metric"] == crit["metric"])]
+                if sub.empty:
+                    raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
+                                     f"among the audit's metrics")
+                enough = sub[sub["n"] >= need]
+                col = crit["statistic"]
+                if len(enough) < 2 or not np.isfinite(enough[col].astype(float)).any():
+                    rows.append({**base, "stratum": stratum, "group": "", "n": int(enough["n"].sum()),
+                                 "value": float("nan"), "status": INSUFFICIENT})
+                    continue
+                absgap = enough[col].astype(float).abs()
+                worst = enough.loc[absgap.idxmax()]
+                value = float(absgap.max())
+                rows.append({**base, "stratum": stratum, "group": str(worst["group"]),
+                             "n": int(enough["n"].sum()), "value": value,
+                             "status": _status(value, crit["op"], crit["threshold"], True)})
+            elif crit["kind"] == "detection":
+                ref = lesions[lesions["source"] == "reference"] if len(lesions) else lesions
+                if len(ref):
+                    vol = ref["volume_mm3"].astype(float)
+                    keep = pd.Series(True, index=ref.index)
+                    if crit["min_volume_mm3"] is not None:
+                        keep &= vol >= float(crit["min_volume_mm3"])
+                    if crit["max_volume_mm3"] is not None:
+                        keep &= vol < float(crit["max_volume_mm3"])
+                    ref = ref[keep]
+                for group in groups_by_stratum[stratum]:
+                    ids = set(cases.loc[group_index[(stratum, group)], "case_id"])
+                    sel = ref[ref["case_id"].isin(ids)] if len(ref) else ref
+                    n = len(sel)
+                    k = int((sel["status"] == "detected").sum()) if n else 0
+                    lo, hi = wilson_ci(k, n, confidence)
+                    value = {"rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi}[crit["statistic"]]
+                    rows.append({**base, "stratum": stratum, "group": group, "n": n, "value": value,
+                                 "status": _status(value, crit["op"], crit["threshold"], n >= need)})
+            else:  # false_positive
+                sub = false_positives[false_positives["stratum"] == stratum]
+                col = {"rate": "fp_scan_rate", "ci_low": "ci_low", "ci_high": "ci_high"}[crit["statistic"]]
+                for _, r in sub.iterrows():
+                    value = float(r[col])
+                    rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n_scans"]),
+                                 "value": value,
+                                 "status": _status(value, crit["op"], crit["threshold"], r["n_scans"] >= need)})
+    return pd.DataFrame(rows, columns=CRITERIA_COLUMNS)
+
+
+def verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per criterion: FAIL if any group fails, else INSUFFICIENT DATA if any group
+    lacks data, else PASS. Columns ``criterion, status, n_pass, n_fail, n_insufficient``."""
+    out = []
+    for name, sub in table.groupby("criterion", sort=False):
+        counts = sub["status"].value_counts()
+        n_fail, n_ins, n_pass = (int(counts.get(s, 0)) for s in (FAIL, INSUFFICIENT, PASS))
+        status = FAIL if n_fail else (INSUFFICIENT if n_ins else PASS)
+        out.append({"criterion": name, "status": status, "n_pass": n_pass, "n_fail": n_fail,
+                    "n_insufficient": n_ins})
+    return pd.DataFrame(out, columns=["criterion", "status", "n_pass", "n_fail", "n_insufficient"])

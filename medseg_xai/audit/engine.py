@@ -1,0 +1,345 @@
+"""``audit()``: evaluate every case of a cohort and build the subgroup tables."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata as _md
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_xai.audit import analysis
+from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
+from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
+from medseg_xai.audit.runner import CASE_SETTING_KEYS, run_tasks, tasks_for
+from medseg_xai.audit.strata import parse_strata
+from medseg_xai.cohort import Cohort, pseudonym
+
+__all__ = ["DEFAULT_METRICS", "audit", "build_result"]
+
+#: Metrics summarised per subgroup when ``metrics=None`` (those present in the cases table).
+DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
+                   "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
+_PATIENT_SALT = "medseg-xai-patient"
+_LESION_DROP = ("lesions", "timing", "row", "from_cache")
+
+
+def _version(pkg: str) -> str:
+    try:
+        return _md.version(pkg)
+    except _md.PackageNotFoundError:
+        return "not installed"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("medseg-xai", "numpy", "scipy", "pandas", "monai", "torch", "nibabel"):
+        out[pkg] = _version(pkg)
+    return out
+
+
+def audit(
+    cohort: Cohort,
+    strata: Sequence[str | Sequence[str]] | str | None = None,
+    adapter: Any = None,
+    seed: int = 0,
+    criteria: Any = None,
+    executor: str | Any | None = None,
+    workers: int | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    labels: Sequence[int] | Mapping[int, str] | None = None,
+    tolerance: float = 1.0,
+    percentile: float = 95,
+    empty: str = "worst",
+    connectivity: int | None = None,
+    overlap_threshold: float = 0.1,
+    lesion_size_bins: int | Sequence[float] = 3,
+    detection_bins: Sequence[float] = (0, 100, 1000, 10000),
+    min_n: int = 10,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    ci_method: str = "BCa",
+    test: str = "mannwhitney",
+    correction: str = "holm",
+    alpha: float = 0.05,
+    dask_scheduler: str | None = None,
+    progress: bool = True,
+    mp_context: str | None = None,
+) -> AuditResult:
+    """Audit a segmentation model on a cohort, per case and per subgroup.
+
+    Parameters
+    ----------
+    cohort : Cohort
+        The cases (stored predictions in a ``prediction`` column, or an ``adapter``).
+    strata : str or sequence, optional
+        Metadata columns (``"device"``), derived strata (``"lesion_size"``, ``"lesion_count"``,
+        ``"empty_reference"``) and intersections (``"device x site"``).
+    adapter : SegmentationAdapter, optional
+        Run inference instead of reading stored predictions; records per-case inference time
+        and peak memory.
+    seed : int
+        Seeds every bootstrap and permutation; same inputs and seed -> same JSON.
+    criteria : str, Path, dict, list or "default", optional
+        Acceptance criteria (see :mod:`medseg_xai.audit.criteria`).
+    executor : {"serial", "process", "dask"} or distributed.Client, optional
+        Default: ``"serial"`` when ``workers == 1`` or an adapter runs without ``workers``,
+        ``"dask"`` with ``dask_scheduler``, else a process pool.
+    workers : int, optional
+        Processes of the pool (default: all cores).
+    cache_dir : str or Path, optional
+        Per-case cache; rerunning an interrupted audit recomputes only missing cases.
+    metrics : sequence of str, optional
+        Metrics summarised per subgroup (default :data:`DEFAULT_METRICS`).
+    labels, tolerance, percentile, empty
+        Passed to ``metrics.evaluate_case`` (``empty`` is the empty-mask policy).
+    connectivity, overlap_threshold
+        Passed to ``metrics.lesions``.
+    lesion_size_bins : int or sequence of float
+        Quantile count or edges (mm^3) of the ``lesion_size`` stratum.
+    detection_bins : sequence of float
+        Lesion-volume edges (mm^3) of the detection table.
+    min_n : int
+        Groups below it are "insufficient data".
+    n_resamples, confidence, ci_method, test, correction, alpha
+        Statistics settings (see :func:`medseg_xai.audit.analysis.subgroup_table`).
+    dask_scheduler : str, optional
+        Address of a Dask scheduler (``"tcp://host:8786"``).
+    progress : bool
+        Show a progress bar.
+    mp_context : str, optional
+        Start method of the process pool.
+
+    Returns
+    -------
+    AuditResult
+
+    Raises
+    ------
+    ValueError
+        Bad arguments (unknown stratum column, executor, criteria...), named in the message.
+    """
+    if not isinstance(cohort, Cohort):
+        raise ValueError(f"cohort: expected a medseg_xai.Cohort, got {type(cohort).__name__}")
+    if int(min_n) < 1:
+        raise ValueError(f"min_n: expected a positive int, got {min_n!r}")
+    strata_list = parse_strata(strata)
+    crit = load_criteria(criteria)
+    metric_list = _metric_list(metrics, crit, labels)
+    names = {s.name for s in strata_list} | {"overall"}
+    for c in crit:
+        if isinstance(c["strata"], list) and not set(c["strata"]) <= names:
+            raise ValueError(
+                f"criteria {c['name']!r}: strata {sorted(set(c['strata']) - names)} are not "
+                f"audited; expected some of {sorted(names)} (add them to strata=)"
+            )
+    known = set(cohort.manifest.columns) | set(analysis.DERIVED_STRATA)
+    for s in strata_list:
+        unknown = [c for c in s.columns if c not in known]
+        if unknown:
+            raise ValueError(
+                f"strata: column(s) {unknown} of {s.name!r} not in the cohort; expected one of "
+                f"{sorted(cohort.metadata_columns) + list(analysis.DERIVED_STRATA)}"
+            )
+    if adapter is None and "prediction" not in cohort.manifest.columns:
+        raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
+                         "got neither")
+    case_settings = {
+        "labels": (dict(labels) if isinstance(labels, Mapping) else
+                   (list(labels) if labels is not None else None)),
+        "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
+        "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
+    }
+    assert set(case_settings) == set(CASE_SETTING_KEYS)
+    if executor is None:
+        if dask_scheduler is not None:
+            executor = "dask"
+        elif workers == 1 or (adapter is not None and workers is None) or len(cohort) < 2:
+            executor = "serial"
+        else:
+            executor = "process"
+    client = None
+    if dask_scheduler is not None:
+        from distributed import Client
+
+        client = Client(dask_scheduler)
+        executor = client
+    fingerprint = getattr(adapter, "fingerprint", None) if adapter is not None else None
+    cache_extra = f"{_version('medseg-xai')}|{fingerprint or ''}"
+    started = time.perf_counter()
+    try:
+        records = run_tasks(
+            tasks_for(cohort), case_settings, executor=executor, workers=workers,
+            cache_dir=None if cache_dir is None else str(cache_dir), adapter=adapter,
+            cache_extra=cache_extra, progress=progress, mp_context=mp_context,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    elapsed = time.perf_counter() - started
+    cases, lesions = _tables(cohort, records)
+    settings = {
+        "strata": [s.name for s in strata_list], "seed": int(seed),
+        "metrics": metric_list, **case_settings,
+        "lesion_size_bins": (int(lesion_size_bins) if isinstance(lesion_size_bins, (int, np.integer))
+                             else [float(x) for x in lesion_size_bins]),
+        "detection_bins": [float(x) for x in detection_bins], "min_n": int(min_n),
+        "n_resamples": int(n_resamples), "confidence": float(confidence), "ci_method": ci_method,
+        "test": test, "correction": correction, "alpha": float(alpha), "criteria": crit,
+        "inference": adapter is not None,
+    }
+    provenance = {
+        "versions": _versions(),
+        "seed": int(seed),
+        "empty_policy": empty,
+        "manifest_hash": cohort.fingerprint(),
+        "manifest_source": Path(cohort.source).name if cohort.source else None,
+        "inputs_hash": hashlib.sha256(
+            "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
+        "model_fingerprint": fingerprint,
+        "pseudonymised": cohort.pseudonymised,
+    }
+    run = {
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": round(elapsed, 3),
+        "executor": executor if isinstance(executor, str) else type(executor).__name__,
+        "workers": workers if workers is not None else (os.cpu_count() if executor == "process" else 1),
+        "n_from_cache": int(sum(bool(r.get("from_cache")) for r in records)),
+        "cache_dir": None if cache_dir is None else str(cache_dir),
+    }
+    return build_result(cases, lesions, settings, provenance, run)
+
+
+_LESION_KEYS = ("n_ref_lesions", "n_pred_lesions", "n_detected", "n_missed", "n_false_positive",
+                "lesion_sensitivity", "fp_per_case", "lesion_f1")
+
+
+def _metric_list(metrics: Sequence[str] | None, crit: list[dict[str, Any]],
+                 labels: Any) -> list[str]:
+    """Metrics to summarise: the requested ones plus any a criterion needs; typos fail early."""
+    from medseg_xai.metrics import METRIC_KEYS
+
+    out = list(DEFAULT_METRICS if metrics is None else metrics)
+    for c in crit:
+        if c["metric"] and c["metric"] not in out:
+            out.append(c["metric"])
+    if labels is None:  # binary: every column name is known before any case runs
+        known = set(METRIC_KEYS) | set(_LESION_KEYS) | {"soft_dice", "brier"}
+        unknown = [m for m in out if m not in known]
+        if unknown:
+            raise ValueError(f"metrics: unknown metric(s) {unknown}; expected some of "
+                             f"{sorted(known)}")
+    return out
+
+
+def _tables(cohort: Cohort, records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cases and lesions tables from the per-case records, metadata joined in."""
+    meta_cols = cohort.metadata_columns
+    manifest = cohort.manifest
+    rows, lesion_rows = [], []
+    for rec, (_, m) in zip(records, manifest.iterrows()):
+        row: dict[str, Any] = {"case_id": rec["case_id"]}
+        if "patient_id" in manifest.columns:
+            pid = m["patient_id"]
+            row["patient_id"] = (None if pd.isna(pid) else
+                                 (str(pid) if cohort.pseudonymised else pseudonym(pid, _PATIENT_SALT, "p-")))
+        row.update({"status": rec["status"], "error": rec.get("error", ""),
+                    "input_hash": rec.get("input_hash", "")})
+        for col in meta_cols:
+            row[col] = m[col]
+        for k, v in rec.items():
+            if k in _LESION_DROP or k in row or k == "case_id":
+                continue
+            row[k] = v
+        for k, v in (rec.get("timing") or {}).items():
+            row[k] = v
+        rows.append(row)
+        for les in rec.get("lesions") or []:
+            lesion_rows.append({"case_id": rec["case_id"], **les})
+    cases = pd.DataFrame(rows)
+    if "edge_case" in cases:
+        cases["edge_case"] = cases["edge_case"].astype(object)
+    # keep timing columns last
+    timing = [c for c in TIMING_COLUMNS if c in cases.columns]
+    cases = cases[[c for c in cases.columns if c not in timing] + timing]
+    lesions = pd.DataFrame(lesion_rows)
+    if lesions.empty:
+        from medseg_xai.metrics import LESION_COLUMNS
+
+        lesions = pd.DataFrame(columns=["case_id", *LESION_COLUMNS])
+    for col in ("centroid_voxel", "centroid_mm", "bbox"):
+        if col in lesions:
+            lesions[col] = [tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                            if isinstance(v, list) else v for v in lesions[col]]
+    if len(lesions) and meta_cols:
+        meta = cases.set_index("case_id")[meta_cols]
+        lesions = lesions.join(meta, on="case_id")
+    return cases, lesions
+
+
+def build_result(
+    cases: pd.DataFrame,
+    lesions: pd.DataFrame,
+    settings: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    run: Mapping[str, Any] | None = None,
+) -> AuditResult:
+    """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
+
+    Used by :func:`audit` and to re-analyse stored cases (e.g. other strata or criteria) without
+    re-evaluating them.
+    """
+    settings = dict(settings)
+    strata_list = parse_strata(settings.get("strata"))
+    cases, orders = analysis.prepare_cases(cases, settings.get("lesion_size_bins", 3))
+    metric_names = [m for m in (settings.get("metrics") or DEFAULT_METRICS) if m in cases.columns]
+    min_n = int(settings.get("min_n", 10))
+    confidence = float(settings.get("confidence", 0.95))
+    subgroups = analysis.subgroup_table(
+        cases, strata_list, metric_names, orders=orders, seed=int(settings.get("seed", 0)),
+        min_n=min_n, n_resamples=int(settings.get("n_resamples", 2000)), confidence=confidence,
+        ci_method=settings.get("ci_method", "BCa"), test=settings.get("test", "mannwhitney"),
+        correction=settings.get("correction", "holm"), alpha=float(settings.get("alpha", 0.05)),
+    )
+    detection = analysis.detection_table(
+        cases, lesions, strata_list, bins=settings.get("detection_bins", (0, 100, 1000, 10000)),
+        orders=orders, confidence=confidence, min_n=min_n)
+    fps = analysis.false_positive_table(cases, strata_list, orders=orders,
+                                        confidence=confidence, min_n=min_n)
+    agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
+                                                confidence=confidence, min_n=min_n)
+    group_index = {}
+    for stratum in [analysis.OVERALL, *strata_list]:
+        labels, order = analysis.stratum_groups(cases, stratum, orders)
+        ok_labels = labels[cases["status"] == "ok"]
+        for g in order:
+            group_index[(stratum.name, str(g))] = ok_labels.index[ok_labels == g]
+    crit = load_criteria(settings.get("criteria")) if settings.get("criteria") else []
+    criteria_table = evaluate_criteria(
+        crit, subgroups=subgroups, cases=cases, lesions=lesions, false_positives=fps,
+        group_index=group_index, audit_strata=[s.name for s in strata_list], min_n=min_n,
+        confidence=confidence)
+    settings["metrics"] = list(metric_names)
+    provenance = dict(provenance)
+    ok = cases["status"] == "ok"
+    edge = cases.loc[ok, "edge_case"].value_counts() if "edge_case" in cases else pd.Series(dtype=int)
+    provenance["edge_cases"] = {k: int(edge.get(k, 0))
+                                for k in ("none", "both_empty", "pred_empty", "ref_empty")}
+    provenance["n_rows"] = len(cases)
+    provenance["n_evaluated"] = int(ok.sum())
+    provenance["n_failed"] = int((cases["status"] == "failed").sum())
+    return AuditResult(
+        cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
+        lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
+        verdicts=verdicts(criteria_table), settings=settings, provenance=provenance,
+        run=dict(run or {}),
+    )

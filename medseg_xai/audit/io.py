@@ -1,0 +1,90 @@
+"""Writing audit outputs (JSON + CSV tables) and the body of ``medseg-xai audit``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medseg_xai.audit.result import TABLES, AuditResult
+
+__all__ = ["read_cohort", "run_audit_cli", "write_outputs"]
+
+
+def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``audit.json`` and one CSV per table (``cases.csv``, ``subgroups.csv``...).
+
+    Returns
+    -------
+    dict
+        Name -> path of every file written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"json": out / "audit.json"}
+    result.to_json(written["json"])
+    for name in TABLES:
+        path = out / f"{name}.csv"
+        getattr(result, name).to_csv(path, index=False, lineterminator="\n")
+        written[name] = path
+    return written
+
+
+def read_cohort(manifest: str | Path) -> Any:
+    """Cohort from a manifest path: Decathlon ``dataset.json``, Parquet, or CSV."""
+    from medseg_xai.cohort import Cohort
+
+    p = Path(manifest)
+    if p.name == "dataset.json":
+        return Cohort.from_decathlon(p)
+    if p.suffix.lower() in (".parquet", ".pq"):
+        return Cohort.from_parquet(p)
+    return Cohort.from_csv(p)
+
+
+_read_cohort = read_cohort  # name used by the CLI
+
+
+def run_audit_cli(
+    manifest: str | Path,
+    out_dir: str | Path,
+    strata: Sequence[str] | None = None,
+    criteria: str | Path | None = None,
+    workers: int | None = None,
+    dask_scheduler: str | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    seed: int = 0,
+    html: bool = False,
+    progress: bool = True,
+    **audit_kwargs: Any,
+) -> tuple[AuditResult, dict[str, Path]]:
+    """Run an audit from a manifest file and write its outputs (what the CLI calls).
+
+    Parameters
+    ----------
+    manifest : str or Path
+        CSV, Parquet or Decathlon ``dataset.json``.
+    out_dir : str or Path
+        Output folder (``audit.json`` + CSV tables, ``report.html`` with ``html=True``).
+    strata, criteria, workers, dask_scheduler, cache_dir, seed
+        As in :func:`medseg_xai.audit`; ``criteria`` may be a YAML/JSON file or ``"default"``.
+    html : bool
+        Also write the HTML report (needs :mod:`medseg_xai.reports`).
+
+    Returns
+    -------
+    result : AuditResult
+    written : dict
+        Paths written.
+    """
+    from medseg_xai.audit.engine import audit
+
+    cohort = read_cohort(manifest)
+    result = audit(cohort, strata=list(strata) if strata else None, seed=seed, criteria=criteria,
+                   workers=workers, dask_scheduler=dask_scheduler, cache_dir=cache_dir,
+                   progress=progress, **audit_kwargs)
+    written = write_outputs(result, out_dir)
+    if html:
+        written["html"] = Path(result.to_html(Path(out_dir) / "report.html"))
+    return result, written

@@ -1,0 +1,272 @@
+"""AuditResult: the tables of an audit, its settings and provenance, and its JSON form.
+
+JSON layout (``schema = "medseg-xai/audit"``, ``schema_version``)::
+
+    {"schema", "schema_version", "settings", "provenance",
+     "tables": {name: {"columns": [...], "dtypes": [...], "data": [[...], ...]}},
+     "run": {...}, "timings": {...}}
+
+Keys are sorted, floats are written with Python's shortest round-trip repr, NaN becomes
+``null`` and infinities the strings ``"inf"``/``"-inf"``. The same inputs and seed give the same
+bytes except for ``run`` (timestamp, wall time, executor, cache hits) and ``timings`` (per-case
+inference time and memory), which describe one execution rather than the cohort.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
+
+SCHEMA = "medseg-xai/audit"
+SCHEMA_VERSION = "1.0"
+TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
+          "volume_agreement", "verdicts")
+TIMING_COLUMNS = ("inference_s", "peak_memory_mb", "peak_gpu_memory_mb")
+VOLATILE_KEYS = ("run", "timings")
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_cell(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _cell(v) for k, v in value.items()}
+    if isinstance(value, (bool, int, str)):
+        return value
+    try:
+        if pd.isna(value):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return str(value)
+
+
+def _dtype_name(series: pd.Series) -> str:
+    kind = series.dtype.kind
+    if kind == "b":
+        return "bool"
+    if kind in "iu":
+        return "int"
+    if kind == "f":
+        return "float"
+    return "object"
+
+
+def table_to_json(df: pd.DataFrame) -> dict[str, Any]:
+    """A DataFrame as ``{"columns", "dtypes", "data"}`` with JSON-safe cells."""
+    return {
+        "columns": [str(c) for c in df.columns],
+        "dtypes": [_dtype_name(df[c]) for c in df.columns],
+        "data": [[_cell(v) for v in row] for row in df.itertuples(index=False, name=None)],
+    }
+
+
+def table_from_json(obj: dict[str, Any]) -> pd.DataFrame:
+    """Inverse of :func:`table_to_json` (dtypes restored, ``"inf"`` strings to floats)."""
+    cols = obj["columns"]
+    if not obj["data"]:
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame(obj["data"], columns=cols)
+    for col, dtype in zip(cols, obj["dtypes"]):
+        if dtype == "float":
+            df[col] = pd.to_numeric(df[col].replace({"inf": math.inf, "-inf": -math.inf}),
+                                    errors="coerce").astype(float)
+        elif dtype == "int":
+            df[col] = df[col].astype("int64")
+        elif dtype == "bool":
+            df[col] = df[col].astype(bool)
+        else:
+            df[col] = df[col].astype(object)
+            df[col] = [tuple(v) if isinstance(v, list) else v for v in df[col]]
+    return df
+
+
+def _plain(obj: Any) -> Any:
+    """Settings/provenance values to JSON (tuples -> lists, NaN -> None)."""
+    return _cell(obj) if not isinstance(obj, dict) else {str(k): _plain(v) for k, v in obj.items()}
+
+
+@dataclass
+class AuditResult:
+    """Everything an audit produced.
+
+    Attributes
+    ----------
+    cases : pandas.DataFrame
+        One row per manifest row (failed rows kept): ``case_id, status ("ok"|"failed"), error,
+        input_hash``, metadata, metric columns of ``evaluate_case``, lesion summary columns,
+        derived strata (``lesion_size, lesion_count, empty_reference``) and, with inference,
+        ``inference_s, peak_memory_mb``. ``patient_id`` is always a pseudonym.
+    subgroups : pandas.DataFrame
+        ``stratum, group, metric, n, n_clusters, estimate, median, ci_low, ci_high, gap,
+        gap_ci_low, gap_ci_high, gap_best, gap_best_ci_low, gap_best_ci_high, best_group,
+        p_value, p_kruskal, p_adjusted, flag``.
+    lesions : pandas.DataFrame
+        Every case's lesion rows plus ``case_id`` (see ``metrics.lesions``).
+    criteria : pandas.DataFrame
+        ``criterion, kind, stratum, group, metric, statistic, n, value, op, threshold, status``.
+    lesion_detection : pandas.DataFrame
+        Detection rate with Wilson CI by size bin and subgroup.
+    false_positives : pandas.DataFrame
+        False positives on empty-reference scans, per subgroup.
+    volume_agreement : pandas.DataFrame
+        Bland-Altman bias and limits of predicted vs reference volume, per subgroup.
+    verdicts : pandas.DataFrame
+        One verdict per criterion.
+    settings, provenance, run : dict
+        Settings of the audit; provenance (versions, hashes, seed, empty-mask policy, edge-case
+        counts, row counts); ``run`` describes the execution (timestamp, wall time, executor).
+    """
+
+    cases: pd.DataFrame
+    subgroups: pd.DataFrame
+    lesions: pd.DataFrame
+    criteria: pd.DataFrame
+    lesion_detection: pd.DataFrame
+    false_positives: pd.DataFrame
+    volume_agreement: pd.DataFrame
+    verdicts: pd.DataFrame
+    settings: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    # -- counts and views --------------------------------------------------------------------
+
+    @property
+    def n_rows(self) -> int:
+        """Manifest rows (= n_evaluated + n_failed)."""
+        return len(self.cases)
+
+    @property
+    def n_evaluated(self) -> int:
+        return int((self.cases["status"] == "ok").sum())
+
+    @property
+    def n_failed(self) -> int:
+        return int((self.cases["status"] == "failed").sum())
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """``case_id, error`` of the failed rows."""
+        return self.cases.loc[self.cases["status"] == "failed", ["case_id", "error"]]
+
+    @property
+    def strata(self) -> list[str]:
+        """Names of the strata of this audit (without ``"overall"``)."""
+        return list(self.settings.get("strata", []))
+
+    @property
+    def verdict(self) -> str:
+        """Overall verdict: FAIL if any criterion fails, INSUFFICIENT DATA if any lacks data,
+        PASS if all pass, ``"NO CRITERIA"`` without criteria."""
+        if self.verdicts is None or self.verdicts.empty:
+            return "NO CRITERIA"
+        status = set(self.verdicts["status"])
+        for s in ("FAIL", "INSUFFICIENT DATA"):
+            if s in status:
+                return s
+        return "PASS"
+
+    def metric(self, metric: str, stratum: str = "overall") -> pd.DataFrame:
+        """Subgroup rows of one metric and stratum."""
+        sub = self.subgroups
+        return sub[(sub["metric"] == metric) & (sub["stratum"] == stratum)].reset_index(drop=True)
+
+    def summary(self) -> str:
+        """A few plain lines: counts, overall Dice, verdict."""
+        lines = [f"audit: {self.n_rows} rows, {self.n_evaluated} evaluated, {self.n_failed} failed"]
+        overall = self.metric("dice")
+        if len(overall):
+            r = overall.iloc[0]
+            lines.append(f"Dice {r['estimate']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f})")
+        worse = self.subgroups[self.subgroups["flag"] == "worse"]
+        for _, r in worse.iterrows():
+            lines.append(f"worse: {r['stratum']}={r['group']} {r['metric']} gap {r['gap']:+.3f}")
+        lines.append(f"verdict: {self.verdict}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"AuditResult(n_rows={self.n_rows}, n_evaluated={self.n_evaluated}, "
+                f"n_failed={self.n_failed}, strata={self.strata}, verdict={self.verdict!r})")
+
+    # -- JSON --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document as a dict (see module docstring)."""
+        timing_cols = [c for c in TIMING_COLUMNS if c in self.cases.columns]
+        tables = {name: table_to_json(getattr(self, name)) for name in TABLES}
+        tables["cases"] = table_to_json(self.cases.drop(columns=timing_cols))
+        timings = table_to_json(self.cases[["case_id", *timing_cols]]) if timing_cols else None
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "settings": _plain(self.settings),
+            "provenance": _plain(self.provenance),
+            "tables": tables,
+            "run": _plain(self.run),
+            "timings": timings,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Write (when ``path`` is given) and return the schema-versioned JSON text."""
+        text = json.dumps(self.to_dict(), sort_keys=True, indent=1, ensure_ascii=False,
+                          allow_nan=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> AuditResult:
+        """Read a result written by :meth:`to_json` (a path or the JSON text itself).
+
+        Raises
+        ------
+        ValueError
+            If the document is not an audit result or has an unknown major schema version.
+        """
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            p = Path(source)
+            if not p.is_file():
+                raise ValueError(f"from_json: expected an audit JSON file, got {text!r} (not found)")
+            text = p.read_text(encoding="utf-8")
+        data = json.loads(text)
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"from_json: expected schema {SCHEMA!r}, got {data.get('schema')!r}")
+        major = str(data.get("schema_version", "")).split(".")[0]
+        if major != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"from_json: expected schema version {SCHEMA_VERSION.split('.')[0]}.x, "
+                             f"got {data.get('schema_version')!r}")
+        tables = {name: table_from_json(data["tables"][name]) for name in TABLES}
+        if data.get("timings"):
+            timings = table_from_json(data["timings"])
+            cases = tables["cases"]
+            for col in timings.columns[1:]:
+                cases[col] = timings[col].to_numpy()
+        return cls(**tables, settings=data.get("settings", {}), provenance=data.get("provenance", {}),
+                   run=data.get("run", {}))
+
+    # -- HTML --------------------------------------------------------------------------------
+
+    def to_html(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write the self-contained HTML report (``medseg_xai.reports.write_html``)."""
+        from medseg_xai.reports import write_html
+
+        return write_html(self, path, **kwargs)

@@ -1,0 +1,351 @@
+"""Statistics for subgroup audits: bootstrap CIs, tests, multiple-comparison control.
+
+All randomness comes from an explicit ``numpy.random.Generator`` so that the same seed gives the
+same numbers. When a cohort has several scans per patient, resampling must happen at the patient
+level (cluster bootstrap): scans of one patient are correlated and treating them as independent
+makes the intervals too narrow. :func:`cluster_weights` draws the resampling as multinomial
+counts per cluster, so every statistic that is a ratio of weighted sums (group means, gaps to the
+overall mean, gaps between groups) is one matrix product over all resamples at once.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "CI_METHODS",
+    "bh",
+    "bland_altman",
+    "bootstrap_mean_ci",
+    "cluster_weights",
+    "group_vs_rest_test",
+    "holm",
+    "kruskal_test",
+    "metric_direction",
+    "percentile_interval",
+    "weighted_means",
+    "wilson_ci",
+]
+
+CI_METHODS = ("BCa", "percentile")
+
+# Metrics where a larger value is better; prefixes so per-class names ("dice_liver") match too.
+_HIGHER_BETTER = (
+    "dice",
+    "jaccard",
+    "precision",
+    "recall",
+    "specificity",
+    "nsd",
+    "lesion_sensitivity",
+    "lesion_f1",
+)
+_LOWER_BETTER = ("hd", "hd95", "assd", "abs_volume_diff_mm3", "fp_per_case", "n_false_positive")
+
+
+def metric_direction(metric: str) -> int:
+    """Return +1 if larger is better, -1 if smaller is better, 0 if closest to zero is best.
+
+    Parameters
+    ----------
+    metric : str
+        Metric name as in :func:`medseg_xai.metrics.evaluate_case`, optionally with a class
+        suffix (``"dice_liver"``).
+    """
+    for names, sign in ((_LOWER_BETTER, -1), (_HIGHER_BETTER, 1)):
+        for name in names:
+            if metric == name or metric.startswith(name + "_"):
+                return sign
+    return 0
+
+
+def _check_method(method: str) -> str:
+    if method not in CI_METHODS:
+        raise ValueError(f"ci_method: expected one of {CI_METHODS}, got {method!r}")
+    return method
+
+
+def cluster_weights(n_clusters: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap resampling as counts: row ``b`` says how often each cluster was drawn.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of independent units (patients, or cases when no patient id is known).
+    n_resamples : int
+        Number of bootstrap resamples ``B``.
+    rng : numpy.random.Generator
+        Seeded generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, n_clusters)`` float array of draw counts; every row sums to ``n_clusters``.
+    """
+    if n_clusters < 1:
+        return np.zeros((n_resamples, 0))
+    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_resamples).astype(
+        float
+    )
+
+
+def weighted_means(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Means of resampled data from per-cluster sums and counts.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        ``(B, P)`` draw counts from :func:`cluster_weights`.
+    sums, counts : numpy.ndarray
+        ``(P, G)`` (or ``(P,)``) sum of the values and number of values of each cluster in each
+        group.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(B, G)`` (or ``(B,)``) resampled means; NaN where a resample holds no value of a group.
+    """
+    num = weights @ sums
+    den = weights @ counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap samples along axis 0, ignoring NaN resamples."""
+    samples = np.asarray(samples, dtype=float)
+    finite = samples[np.isfinite(samples)]
+    if finite.size < 2:
+        return (float("nan"), float("nan"))
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(finite, [alpha, 1.0 - alpha])
+    return (float(low), float(high))
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    clusters: Sequence[object] | np.ndarray | None = None,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    method: str = "BCa",
+    rng: np.random.Generator | None = None,
+) -> tuple[float, float]:
+    """Bootstrap confidence interval of the mean.
+
+    Without ``clusters`` this is :func:`scipy.stats.bootstrap` (``method`` BCa or percentile).
+    With ``clusters`` (e.g. patient ids) whole clusters are resampled and the interval is the
+    percentile interval of the ratio-of-sums mean (vectorised, see :func:`cluster_weights`).
+
+    Parameters
+    ----------
+    values : array-like of float
+        Observations; NaN values are dropped first.
+    clusters : array-like, optional
+        Cluster label per observation (same length as ``values``).
+    n_resamples : int
+        Number of bootstrap resamples.
+    confidence : float
+        Confidence level in (0, 1).
+    method : {"BCa", "percentile"}
+        Interval method for the unclustered case.
+    rng : numpy.random.Generator, optional
+        Seeded generator (a fresh ``default_rng(0)`` when omitted).
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``; NaN when fewer than two observations (or clusters) remain; a
+        zero-width interval when every observation is equal.
+    """
+    _check_method(method)
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence: expected a number in (0, 1), got {confidence!r}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    x = np.asarray(values, dtype=float)
+    keep = np.isfinite(x)
+    x = x[keep]
+    if clusters is not None:
+        codes = np.unique(np.asarray(clusters, dtype=object)[keep].astype(str), return_inverse=True)[1]
+        n_units = int(codes.max()) + 1 if codes.size else 0
+    else:
+        codes = None
+        n_units = x.size
+    if n_units < 2:
+        return (float("nan"), float("nan"))
+    if np.all(x == x[0]):
+        # Degenerate data: every resample has the same mean (BCa would return NaN).
+        return (float(x[0]), float(x[0]))
+    if codes is not None:
+        sums = np.bincount(codes, weights=x, minlength=n_units)
+        counts = np.bincount(codes, minlength=n_units).astype(float)
+        means = weighted_means(cluster_weights(n_units, n_resamples, rng), sums, counts)
+        return percentile_interval(means, confidence)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DegenerateDataWarning on near-constant data
+        res = stats.bootstrap(
+            (x,),
+            np.mean,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method=method,
+            vectorized=True,
+            rng=rng,
+        )
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        # BCa can fail on heavily tied data; fall back to the percentile interval.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(
+                (x,),
+                np.mean,
+                n_resamples=n_resamples,
+                confidence_level=confidence,
+                method="percentile",
+                vectorized=True,
+                rng=rng,
+            )
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return (low, high)
+
+
+def group_vs_rest_test(
+    group: np.ndarray,
+    rest: np.ndarray,
+    *,
+    test: str = "mannwhitney",
+    n_resamples: int = 2000,
+    rng: np.random.Generator | None = None,
+) -> float:
+    """Two-sided p-value for a difference between one group and the rest of the cohort.
+
+    Parameters
+    ----------
+    group, rest : numpy.ndarray
+        Values of the group and of every other evaluated case (NaN dropped).
+    test : {"mannwhitney", "permutation"}
+        Mann-Whitney U (ranks, no distribution assumption) or a permutation test of the
+        difference in means.
+    n_resamples : int
+        Permutations for ``test="permutation"``.
+    rng : numpy.random.Generator, optional
+        Seeded generator for the permutation test.
+
+    Returns
+    -------
+    float
+        The p-value; NaN when either side is empty or all values are identical.
+    """
+    a = np.asarray(group, dtype=float)
+    b = np.asarray(rest, dtype=float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if a.size == 0 or b.size == 0:
+        return float("nan")
+    if np.all(np.concatenate([a, b]) == a[0]):
+        return 1.0
+    if test == "mannwhitney":
+        return float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    if test == "permutation":
+        rng = np.random.default_rng(0) if rng is None else rng
+
+        def diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+            return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+        res = stats.permutation_test(
+            (a, b), diff, n_resamples=n_resamples, vectorized=True, rng=rng
+        )
+        return float(res.pvalue)
+    raise ValueError(f"test: expected 'mannwhitney' or 'permutation', got {test!r}")
+
+
+def kruskal_test(groups: Sequence[np.ndarray]) -> float:
+    """Kruskal-Wallis p-value across groups (NaN dropped); NaN with fewer than two groups."""
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    arrays = [g[np.isfinite(g)] for g in arrays]
+    arrays = [g for g in arrays if g.size > 0]
+    if len(arrays) < 2:
+        return float("nan")
+    if np.all(np.concatenate(arrays) == arrays[0][0]):
+        return 1.0
+    return float(stats.kruskal(*arrays).pvalue)
+
+
+def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values (family-wise error control); NaN entries are skipped.
+
+    The adjusted value of the i-th smallest of m p-values is
+    ``max_{j <= i} min(1, (m - j + 1) * p_(j))``.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = valid.size
+    if m == 0:
+        return out
+    order = valid[np.argsort(p[valid], kind="stable")]
+    scaled = (m - np.arange(m)) * p[order]
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
+def bh(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate); NaN entries are skipped."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.isfinite(p)
+    if valid.any():
+        out[valid] = stats.false_discovery_control(p[valid], method="bh")
+    return out
+
+
+def wilson_ci(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (NaN when there are no trials)."""
+    if trials <= 0:
+        return (float("nan"), float("nan"))
+    ci = stats.binomtest(int(successes), int(trials)).proportion_ci(
+        confidence_level=confidence, method="wilson"
+    )
+    return (float(ci.low), float(ci.high))
+
+
+def bland_altman(
+    measured: np.ndarray, reference: np.ndarray, confidence: float = 0.95
+) -> dict[str, float]:
+    """Bland-Altman agreement of two measurements of the same quantity (e.g. volumes).
+
+    Returns
+    -------
+    dict
+        ``n``, ``bias`` (mean of measured - reference), ``sd`` of the differences,
+        ``loa_low`` / ``loa_high`` (bias -/+ 1.96 sd) and a t-interval of the bias
+        (``bias_ci_low``, ``bias_ci_high``); NaN where undefined.
+    """
+    m = np.asarray(measured, dtype=float)
+    r = np.asarray(reference, dtype=float)
+    keep = np.isfinite(m) & np.isfinite(r)
+    d = m[keep] - r[keep]
+    n = int(d.size)
+    nan = float("nan")
+    if n == 0:
+        return {"n": 0, "bias": nan, "sd": nan, "loa_low": nan, "loa_high": nan,
+                "bias_ci_low": nan, "bias_ci_high": nan}
+    bias = float(d.mean())
+    sd = float(d.std(ddof=1)) if n > 1 else nan
+    if n > 1:
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+    else:
+        half = nan
+    return {
+        "n": n,
+        "bias": bias,
+        "sd": sd,
+        "loa_low": bias - 1.96 * sd,
+        "loa_high": bias + 1.96 * sd,
+        "bias_ci_low": bias - half,
+        "bias_ci_high": bias + half,
+    }

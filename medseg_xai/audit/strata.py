@@ -1,0 +1,246 @@
+"""Strata: which column(s) split the cohort into subgroups, and the derived size strata.
+
+A stratum is a metadata column (``"device"``), a derived column (``"lesion_size"``,
+``"lesion_count"``, ``"empty_reference"``) or an intersection of columns written
+``"device x site"`` (or passed as a tuple ``("device", "site")``). Every stratum turns into one
+string label per case; missing metadata becomes the group ``"(missing)"`` rather than silently
+dropping the case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "DERIVED_STRATA",
+    "MISSING",
+    "Stratum",
+    "add_derived_columns",
+    "group_labels",
+    "lesion_size_labels",
+    "parse_strata",
+]
+
+MISSING = "(missing)"
+EMPTY = "empty"
+DERIVED_STRATA = ("lesion_size", "lesion_count", "empty_reference")
+_SEP = " x "
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One way of splitting the cohort.
+
+    Attributes
+    ----------
+    name : str
+        Display name (``"device x site"`` for intersections).
+    columns : tuple of str
+        Columns of the cases table whose values define the groups.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+
+    @property
+    def is_intersection(self) -> bool:
+        return len(self.columns) > 1
+
+
+def parse_strata(strata: Sequence[str | Sequence[str]] | str | None) -> list[Stratum]:
+    """Normalise the ``strata`` argument of :func:`medseg_xai.audit` into :class:`Stratum`s.
+
+    Parameters
+    ----------
+    strata : str or sequence of (str or sequence of str), optional
+        ``"device"``, ``"device x site"`` or ``("device", "site")``; duplicates are removed.
+
+    Returns
+    -------
+    list of Stratum
+    """
+    if strata is None:
+        return []
+    if isinstance(strata, str):
+        strata = [strata]
+    out: list[Stratum] = []
+    seen: set[tuple[str, ...]] = set()
+    for item in strata:
+        if isinstance(item, str):
+            cols = tuple(c.strip() for c in item.split(_SEP))
+        elif isinstance(item, Sequence) and all(isinstance(c, str) for c in item):
+            cols = tuple(c.strip() for c in item)
+        else:
+            raise ValueError(
+                f"strata: expected column names or 'a x b' intersections, got {item!r}"
+            )
+        if not cols or any(not c for c in cols):
+            raise ValueError(f"strata: empty column name in {item!r}")
+        if cols in seen:
+            continue
+        seen.add(cols)
+        out.append(Stratum(_SEP.join(cols), cols))
+    return out
+
+
+def _fmt(x: float) -> str:
+    if np.isinf(x):
+        return "inf"
+    return f"{x:g}"
+
+
+def lesion_size_labels(
+    volumes_mm3: pd.Series, bins: int | Sequence[float] = 3
+) -> tuple[pd.Series, list[str]]:
+    """Bin reference volumes (mm^3) into lesion-size groups.
+
+    Parameters
+    ----------
+    volumes_mm3 : pandas.Series
+        Reference volume per case; 0 means an empty reference (own group ``"empty"``);
+        NaN (failed case) stays NaN.
+    bins : int or sequence of float
+        An int ``q`` gives ``q`` quantile bins of the non-empty volumes; a sequence gives bin
+        edges in mm^3 (left-closed, right-open; volumes beyond the last edge fall in an
+        open-ended top bin).
+
+    Returns
+    -------
+    labels : pandas.Series
+        Label per case, e.g. ``"[100, 1000) mm3"``.
+    order : list of str
+        Labels in size order (``"empty"`` first), including bins with no case.
+    """
+    v = pd.to_numeric(volumes_mm3, errors="coerce").astype(float)
+    positive = v[v > 0]
+    if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool):
+        if bins < 1:
+            raise ValueError(f"lesion_size_bins: expected a positive int or edges, got {bins!r}")
+        if positive.empty:
+            edges = np.array([0.0, np.inf])
+        else:
+            qs = np.quantile(positive.to_numpy(), np.linspace(0, 1, int(bins) + 1)[1:-1])
+            edges = np.unique(np.concatenate([[0.0], qs, [np.inf]]))
+    else:
+        edges = np.asarray(list(bins), dtype=float)
+        if edges.size < 1 or np.any(np.diff(edges) <= 0):
+            raise ValueError(
+                f"lesion_size_bins: expected increasing bin edges in mm^3, got {list(bins)!r}"
+            )
+        if edges[0] > 0:
+            edges = np.concatenate([[0.0], edges])
+        if not np.isinf(edges[-1]):
+            edges = np.concatenate([edges, [np.inf]])
+    names = [f"[{_fmt(lo)}, {_fmt(hi)}) mm3" for lo, hi in zip(edges[:-1], edges[1:])]
+    idx = np.searchsorted(edges, v.to_numpy(), side="right") - 1
+    labels = pd.Series(np.full(len(v), None, dtype=object), index=v.index)
+    pos = (v > 0).to_numpy()
+    labels[pos] = [names[min(max(i, 0), len(names) - 1)] for i in idx[pos]]
+    labels[(v == 0).to_numpy()] = EMPTY
+    return labels, [EMPTY, *names]
+
+
+def _count_label(n: float) -> object:
+    if not np.isfinite(n):
+        return None
+    n = int(n)
+    return str(n) if n < 3 else "3+"
+
+
+def add_derived_columns(
+    cases: pd.DataFrame, lesion_size_bins: int | Sequence[float] = 3
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Add ``lesion_size``, ``lesion_count`` and ``empty_reference`` to a cases table.
+
+    Uses ``volume_ref_mm3`` and ``n_ref_lesions`` of evaluated cases (failed cases get NaN and
+    join no derived group). Existing columns of those names (user metadata) are kept.
+
+    Returns
+    -------
+    cases : pandas.DataFrame
+        A copy with the derived columns.
+    orders : dict
+        Group order of each derived stratum (size order rather than alphabetical).
+    """
+    out = cases.copy()
+    orders: dict[str, list[str]] = {}
+    ok = out["status"] == "ok" if "status" in out else pd.Series(True, index=out.index)
+    if "lesion_size" not in cases and "volume_ref_mm3" in out:
+        vol = pd.to_numeric(out["volume_ref_mm3"], errors="coerce").where(ok)
+        out["lesion_size"], orders["lesion_size"] = lesion_size_labels(vol, lesion_size_bins)
+    if "lesion_count" not in cases and "n_ref_lesions" in out:
+        counts = pd.to_numeric(out["n_ref_lesions"], errors="coerce").where(ok)
+        out["lesion_count"] = [_count_label(c) for c in counts]
+        orders["lesion_count"] = ["0", "1", "2", "3+"]
+    if "empty_reference" not in cases and "volume_ref_mm3" in out:
+        vol = pd.to_numeric(out["volume_ref_mm3"], errors="coerce").where(ok)
+        out["empty_reference"] = [
+            None if not np.isfinite(x) else ("empty" if x == 0 else "non-empty") for x in vol
+        ]
+        orders["empty_reference"] = ["non-empty", "empty"]
+    return out, orders
+
+
+def group_labels(cases: pd.DataFrame, stratum: Stratum, derived: bool = False) -> pd.Series:
+    """String group label of every case for ``stratum``.
+
+    Parameters
+    ----------
+    cases : pandas.DataFrame
+        Cases table holding the stratum's columns.
+    stratum : Stratum
+        The split.
+    derived : bool
+        Derived strata only exist for evaluated cases: their missing values stay NaN (the case
+        joins no group) instead of forming a ``"(missing)"`` group.
+
+    Raises
+    ------
+    ValueError
+        If a column of the stratum is not in the table.
+    """
+    missing = [c for c in stratum.columns if c not in cases.columns]
+    if missing:
+        raise ValueError(
+            f"strata: column(s) {missing} of stratum {stratum.name!r} not found; available "
+            f"columns: {sorted(map(str, cases.columns))}"
+        )
+    parts = []
+    for col in stratum.columns:
+        values = cases[col]
+        labels = values.map(lambda x: None if _is_missing(x) else _label(x))
+        parts.append(labels)
+    if len(parts) == 1:
+        out = parts[0]
+    else:
+        frame = pd.concat(parts, axis=1)
+        out = frame.apply(
+            lambda r: None if (derived and r.isna().any()) else _SEP.join(
+                MISSING if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+                for v in r
+            ),
+            axis=1,
+        )
+    if not derived:
+        out = out.map(lambda x: MISSING if x is None or (isinstance(x, float) and np.isnan(x)) else x)
+    return out.astype(object)
+
+
+def _is_missing(x: object) -> bool:
+    if x is None:
+        return True
+    try:
+        return bool(pd.isna(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _label(x: object) -> str:
+    # 3.0 and 3 from a CSV are the same group; keep the shortest form.
+    if isinstance(x, (float, np.floating)) and float(x).is_integer():
+        return str(int(x))
+    return str(x)

@@ -1,0 +1,560 @@
+"""Cohorts: a manifest of cases (image, reference, optional prediction) plus metadata.
+
+A manifest is a table with one row per case::
+
+    case_id, image, label[, prediction][, probability][, patient_id][, any metadata ...]
+
+Paths may be relative; they resolve against the manifest's folder (``from_csv``,
+``from_parquet``, ``from_decathlon``) or ``root`` (``from_dataframe``). Volumes load through
+MONAI's ``LoadImage`` (NIfTI with nibabel; DICOM series folders with pydicom, ``dicom`` extra)
+keeping the voxel grid as stored: spacing and orientation come from the affine, nothing is
+resampled. A prediction or reference on another grid than its image makes the case fail with a
+message saying so, never a silent resample.
+
+Acquisition metadata (device, site, field strength, slice thickness, kernel, study date) is read
+from DICOM headers and BIDS-style JSON sidecars into columns where the manifest does not already
+give them. Direct identifiers (patient names, ids from headers, birth dates) are never kept; case
+and patient ids can be pseudonymised with a salted HMAC (``pseudonymise=True, salt=...``).
+
+Validation happens up front: missing columns and duplicate case ids raise ``ValueError``;
+per-row problems (missing or empty paths) are listed in :attr:`Cohort.problems` and turn into
+failed rows of an audit instead of aborting it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_xai._dicom import IDENTIFYING_FIELDS, dicom_metadata, sidecar_metadata
+
+__all__ = ["Case", "Cohort", "load_volume", "pseudonym"]
+
+REQUIRED_COLUMNS = ("case_id", "image", "label")
+PATH_COLUMNS = ("image", "label", "prediction", "probability")
+RESERVED_COLUMNS = (*PATH_COLUMNS, "case_id", "patient_id")
+_GRID_ATOL_MM = 1e-3
+
+
+@dataclass
+class Case:
+    """One loaded case.
+
+    Attributes
+    ----------
+    case_id : str
+    image : numpy.ndarray
+        ``(C, *spatial)`` float32.
+    label : numpy.ndarray or None
+        Reference label map, spatial shape.
+    prediction : numpy.ndarray or None
+        Stored predicted label map, spatial shape.
+    probability : numpy.ndarray or None
+        Stored probabilities, ``(K, *spatial)`` or spatial shape (foreground probability).
+    spacing : tuple of float
+        Voxel size in mm per spatial axis (from the image affine).
+    affine : numpy.ndarray
+        ``(ndim + 1, ndim + 1)`` voxel-to-world matrix of the image.
+    metadata : dict
+        Manifest metadata of the row (no path columns).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    prediction: np.ndarray | None
+    probability: np.ndarray | None
+    spacing: tuple[float, ...]
+    affine: np.ndarray
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def pseudonym(value: object, salt: str | bytes, prefix: str = "") -> str:
+    """Salted HMAC-SHA256 pseudonym of an identifier (16 hex characters).
+
+    The same value and salt always give the same pseudonym, so patients stay grouped; without
+    the salt the original cannot be recovered by hashing guesses.
+    """
+    key = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
+    digest = hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+    return f"{prefix}{digest[:16]}"
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+_LOADERS: dict[tuple[str, bool], Any] = {}
+
+
+def _loader(kind: str, is_image: bool) -> Any:
+    """Cached MONAI ``LoadImage`` (building one costs more than reading a small volume)."""
+    key = (kind, is_image)
+    if key not in _LOADERS:
+        from monai.transforms import LoadImage
+
+        reader = "PydicomReader" if kind == "dicom" else "NibabelReader"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _LOADERS[key] = LoadImage(
+                image_only=False,
+                ensure_channel_first=True,
+                reader=reader,
+                dtype=np.float32 if is_image else None,
+            )
+    return _LOADERS[key]
+
+
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(".dcm"):
+        return "dicom"
+    return "nifti"
+
+
+def load_volume(
+    path: str | Path, *, is_image: bool = True, what: str = "image", case_id: str = "?"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load one volume with MONAI, keeping its grid.
+
+    Parameters
+    ----------
+    path : str or Path
+        NIfTI file or DICOM series folder / file.
+    is_image : bool
+        Images are cast to float32; masks keep their stored dtype.
+    what, case_id : str
+        Used in error messages.
+
+    Returns
+    -------
+    array : numpy.ndarray
+        ``(C, *spatial)``.
+    affine : numpy.ndarray
+        Voxel-to-world matrix.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or unreadable, naming the case, field and path.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"case {case_id!r}: {what} file not found: expected a file at {str(p)!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data, meta = _loader(_kind(p), is_image)(str(p))
+    except Exception as exc:  # noqa: BLE001 - readers raise many types for corrupt files
+        raise ValueError(
+            f"case {case_id!r}: could not read {what} file {str(p)!r}: expected a readable "
+            f"NIfTI file or DICOM series ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    array = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data)
+    affine = meta.get("affine", getattr(data, "affine", None))
+    if affine is None:
+        affine = np.eye(array.ndim)
+    affine = np.asarray(affine.detach().cpu().numpy() if hasattr(affine, "detach") else affine,
+                        dtype=np.float64)
+    return array, affine
+
+
+def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
+    return tuple(float(np.linalg.norm(affine[:ndim, i])) for i in range(ndim))
+
+
+def _as_mask(array: np.ndarray, what: str, case_id: str) -> np.ndarray:
+    if array.ndim >= 3 and array.shape[0] == 1:
+        array = array[0]
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"case {case_id!r}: {what} contains NaN or infinite values")
+    if array.dtype.kind == "f":
+        if not np.all(array == np.round(array)):
+            raise ValueError(
+                f"case {case_id!r}: {what}: expected an integer label map, got non-integer values"
+            )
+        array = array.astype(np.int16 if array.max(initial=0) < 2**15 else np.int32)
+    return array
+
+
+def _check_grid(
+    case_id: str, what: str, shape: tuple[int, ...], affine: np.ndarray,
+    ref_shape: tuple[int, ...], ref_affine: np.ndarray,
+) -> None:
+    if tuple(shape) != tuple(ref_shape):
+        raise ValueError(
+            f"case {case_id!r}: {what} grid does not match the image: expected spatial shape "
+            f"{tuple(ref_shape)}, got {tuple(shape)}"
+        )
+    if affine.shape != ref_affine.shape or not np.allclose(affine, ref_affine, atol=_GRID_ATOL_MM):
+        raise ValueError(
+            f"case {case_id!r}: {what} grid does not match the image: expected affine "
+            f"{np.round(ref_affine, 4).tolist()}, got {np.round(affine, 4).tolist()}"
+        )
+
+
+def load_case_from_paths(
+    case_id: str,
+    paths: Mapping[str, str | None],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    load_image: bool = True,
+) -> Case:
+    """Load a case from its path columns and check that every volume shares the image grid.
+
+    Parameters
+    ----------
+    case_id : str
+    paths : mapping
+        ``image`` and ``label`` (required), ``prediction`` and ``probability`` (optional).
+    metadata : mapping, optional
+        Stored on the case unchanged.
+    load_image : bool
+        Always True in audits (the image grid is the reference grid and NaN images must fail).
+
+    Raises
+    ------
+    ValueError
+        Naming the case and the field for missing/unreadable files, grid mismatches, NaN values.
+    """
+    image, affine = load_volume(paths["image"], is_image=True, what="image", case_id=case_id)
+    if image.ndim < 3:
+        raise ValueError(
+            f"case {case_id!r}: image: expected a 2D or 3D volume, got shape {image.shape[1:]}"
+        )
+    if not np.all(np.isfinite(image)):
+        n_bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise ValueError(
+            f"case {case_id!r}: image contains {n_bad} NaN or infinite voxels; expected finite "
+            "intensities"
+        )
+    spatial = image.shape[1:]
+    ndim = len(spatial)
+    volumes: dict[str, np.ndarray | None] = {"label": None, "prediction": None, "probability": None}
+    for what in ("label", "prediction", "probability"):
+        path = paths.get(what)
+        if path is None or (isinstance(path, float) and np.isnan(path)) or path == "":
+            continue
+        arr, aff = load_volume(path, is_image=what == "probability", what=what, case_id=case_id)
+        if what == "probability":
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"case {case_id!r}: probability contains NaN or infinite values")
+            _check_grid(case_id, what, arr.shape[1:], aff, spatial, affine)
+            volumes[what] = arr.astype(np.float32, copy=False)
+        else:
+            mask = _as_mask(arr, what, case_id)
+            _check_grid(case_id, what, mask.shape, aff, spatial, affine)
+            volumes[what] = mask
+    if volumes["label"] is None:
+        raise ValueError(f"case {case_id!r}: label: expected a reference file path, got none")
+    return Case(
+        case_id=case_id,
+        image=image.astype(np.float32, copy=False),
+        label=volumes["label"],
+        prediction=volumes["prediction"],
+        probability=volumes["probability"],
+        spacing=_spacing(affine, ndim),
+        affine=affine,
+        metadata=dict(metadata or {}),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# cohort
+
+
+def _empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip() == ""
+
+
+class Cohort:
+    """A validated manifest of cases.
+
+    Parameters
+    ----------
+    manifest : pandas.DataFrame
+        Columns ``case_id, image, label``; optional ``prediction, probability, patient_id`` and
+        any metadata columns.
+    root : str or Path, optional
+        Folder that relative paths resolve against (default: the current directory).
+    read_metadata : bool
+        Fill acquisition columns (``device``, ``site``, ``manufacturer``, ``model``,
+        ``field_strength``, ``slice_thickness``, ``kernel``, ``study_date``...) from DICOM headers
+        and JSON sidecars where the manifest leaves them empty.
+    pseudonymise : bool
+        Replace case ids and patient ids by salted HMAC pseudonyms (requires ``salt``).
+    salt : str or bytes, optional
+        Secret salt of the pseudonyms; keep it to map results back to cases.
+
+    Raises
+    ------
+    ValueError
+        Missing required columns, duplicate or empty case ids, a missing salt.
+
+    Attributes
+    ----------
+    manifest : pandas.DataFrame
+        Validated manifest with absolute path strings.
+    problems : pandas.DataFrame
+        ``case_id, field, message`` for per-row problems (missing files...); these rows fail in
+        an audit with the message as their error.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        root: str | Path | None = None,
+        *,
+        read_metadata: bool = True,
+        pseudonymise: bool = False,
+        salt: str | bytes | None = None,
+        source: str | None = None,
+    ) -> None:
+        if not isinstance(manifest, pd.DataFrame):
+            raise ValueError(f"manifest: expected a pandas DataFrame, got {type(manifest).__name__}")
+        missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
+        if missing:
+            raise ValueError(
+                f"manifest: missing required column(s) {missing}; expected at least "
+                f"{list(REQUIRED_COLUMNS)}, got {list(map(str, manifest.columns))}"
+            )
+        if pseudonymise and salt is None:
+            raise ValueError("salt: expected a secret str or bytes when pseudonymise=True, got None")
+        df = manifest.copy().reset_index(drop=True)
+        ids = df["case_id"]
+        empty_ids = [i for i, v in enumerate(ids) if _empty(v)]
+        if empty_ids:
+            raise ValueError(
+                f"manifest: case_id: expected a non-empty id in every row, got empty ids in rows "
+                f"{empty_ids[:10]}"
+            )
+        df["case_id"] = [str(v) if not isinstance(v, float) else f"{v:g}" for v in ids]
+        dup = df["case_id"][df["case_id"].duplicated()].unique().tolist()
+        if dup:
+            raise ValueError(
+                f"manifest: case_id: expected unique ids, got duplicates {dup[:10]}"
+                + (f" (and {len(dup) - 10} more)" if len(dup) > 10 else "")
+            )
+        dropped = [c for c in df.columns if str(c).lower() in IDENTIFYING_FIELDS]
+        if dropped:
+            warnings.warn(
+                f"manifest: dropping direct-identifier column(s) {dropped}; they are never kept",
+                stacklevel=2,
+            )
+            df = df.drop(columns=dropped)
+        base = Path(root) if root is not None else Path.cwd()
+        problems: list[dict[str, str]] = []
+        for col in PATH_COLUMNS:
+            if col not in df.columns:
+                continue
+            resolved: list[object] = []
+            for cid, value in zip(df["case_id"], df[col]):
+                if _empty(value):
+                    if col in REQUIRED_COLUMNS:
+                        problems.append({"case_id": cid, "field": col, "message":
+                                         f"case {cid!r}: {col}: expected a file path, got an empty value"})
+                    resolved.append(None)
+                    continue
+                p = Path(str(value)).expanduser()
+                p = p if p.is_absolute() else base / p
+                p = Path(os.path.normpath(p))
+                if not p.exists():
+                    problems.append({"case_id": cid, "field": col, "message":
+                                     f"case {cid!r}: {col} file not found: expected a file at {str(p)!r}"})
+                resolved.append(str(p))
+            df[col] = pd.Series(resolved, index=df.index, dtype=object)
+        if read_metadata:
+            df = self._fill_metadata(df, problems)
+        if pseudonymise:
+            assert salt is not None
+            mapping = {cid: pseudonym(cid, salt, "c-") for cid in df["case_id"]}
+            df["case_id"] = df["case_id"].map(mapping)
+            for prob in problems:
+                prob["message"] = prob["message"].replace(repr(prob["case_id"]),
+                                                          repr(mapping[prob["case_id"]]))
+                prob["case_id"] = mapping[prob["case_id"]]
+            if "patient_id" in df.columns:
+                df["patient_id"] = [None if _empty(v) else pseudonym(v, salt, "p-")
+                                    for v in df["patient_id"]]
+        self.manifest: pd.DataFrame = df
+        self.problems: pd.DataFrame = pd.DataFrame(problems, columns=["case_id", "field", "message"])
+        self.root = base
+        self.source = source
+        self.pseudonymised = bool(pseudonymise)
+        self._index = {cid: i for i, cid in enumerate(df["case_id"])}
+        if len(self.problems):
+            warnings.warn(
+                f"cohort: {len(self.problems)} row problem(s), these cases will fail: "
+                + "; ".join(self.problems["message"].head(3)),
+                stacklevel=2,
+            )
+
+    # -- constructors ------------------------------------------------------------------------
+
+    @classmethod
+    def from_dataframe(cls, df: pd.DataFrame, root: str | Path | None = None, **kwargs: Any) -> Cohort:
+        """Cohort from a DataFrame; relative paths resolve against ``root`` (default: cwd)."""
+        return cls(df, root=root, **kwargs)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, root: str | Path | None = None, **kwargs: Any) -> Cohort:
+        """Cohort from a CSV manifest; relative paths resolve against its folder."""
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"manifest: expected a CSV file, got {str(p)!r} (not found)")
+        df = pd.read_csv(p, dtype={"case_id": str, "patient_id": str}, keep_default_na=True)
+        return cls(df, root=root if root is not None else p.parent, source=str(p), **kwargs)
+
+    @classmethod
+    def from_parquet(cls, path: str | Path, root: str | Path | None = None, **kwargs: Any) -> Cohort:
+        """Cohort from a Parquet manifest (``parquet`` extra); relative paths resolve against its
+        folder."""
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"manifest: expected a Parquet file, got {str(p)!r} (not found)")
+        return cls(pd.read_parquet(p), root=root if root is not None else p.parent,
+                   source=str(p), **kwargs)
+
+    @classmethod
+    def from_decathlon(
+        cls,
+        path: str | Path,
+        *,
+        section: str = "training",
+        predictions_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> Cohort:
+        """Cohort from a Medical Segmentation Decathlon ``dataset.json``.
+
+        Parameters
+        ----------
+        path : str or Path
+            The ``dataset.json``; its ``training`` entries hold ``image`` and ``label`` paths.
+        section : str
+            Which list to read (``"training"``; ``"test"`` entries have no labels).
+        predictions_dir : str or Path, optional
+            Folder with one prediction per case named like the image file.
+        """
+        import json
+
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"dataset.json: expected a readable JSON file at {str(p)!r} ({exc})") from exc
+        entries = data.get(section)
+        if not isinstance(entries, list) or not entries:
+            raise ValueError(
+                f"dataset.json: expected a non-empty list under {section!r}, got "
+                f"{type(entries).__name__}"
+            )
+        rows = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                entry = {"image": entry}
+            if not isinstance(entry, dict) or "image" not in entry:
+                raise ValueError(f"dataset.json: {section}[{i}]: expected an object with 'image'")
+            image = str(entry["image"])
+            name = Path(image).name
+            case_id = name[:-7] if name.endswith(".nii.gz") else Path(name).stem
+            row = {"case_id": case_id, "image": image, "label": entry.get("label")}
+            if predictions_dir is not None:
+                row["prediction"] = str(Path(predictions_dir) / name)
+            if isinstance(data.get("modality"), dict):
+                row["modality"] = ",".join(str(v) for v in data["modality"].values())
+            rows.append(row)
+        kwargs.setdefault("root", p.parent)
+        return cls(pd.DataFrame(rows), source=str(p), **kwargs)
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _fill_metadata(df: pd.DataFrame, problems: list[dict[str, str]]) -> pd.DataFrame:
+        found: list[dict[str, Any]] = []
+        for cid, image in zip(df["case_id"], df["image"]):
+            meta: dict[str, Any] = {}
+            if image is not None and Path(image).exists():
+                try:
+                    if _kind(Path(image)) == "dicom":
+                        meta.update(dicom_metadata(image))
+                    meta.update(sidecar_metadata(image))
+                except ValueError as exc:
+                    problems.append({"case_id": cid, "field": "metadata", "message": f"case {cid!r}: {exc}"})
+            found.append(meta)
+        columns = sorted({k for m in found for k in m})
+        for col in columns:
+            values = [m.get(col) for m in found]
+            if col in df.columns:
+                df[col] = [v if _empty(old) else old for old, v in zip(df[col], values)]
+            else:
+                df[col] = pd.Series(values, index=df.index, dtype=object)
+        return df
+
+    # -- access ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.case_ids)
+
+    def __repr__(self) -> str:
+        return (f"Cohort({len(self)} cases, metadata={self.metadata_columns}, "
+                f"problems={len(self.problems)})")
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Case ids in manifest order."""
+        return self.manifest["case_id"].tolist()
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """Columns that are neither paths nor ids (candidates for strata)."""
+        return [str(c) for c in self.manifest.columns if c not in RESERVED_COLUMNS]
+
+    @property
+    def has_predictions(self) -> bool:
+        """True when every row names a stored prediction."""
+        return "prediction" in self.manifest and bool(self.manifest["prediction"].notna().all())
+
+    def row(self, case_id: str) -> dict[str, Any]:
+        """Manifest row of a case as a dict."""
+        if case_id not in self._index:
+            raise ValueError(f"case_id: expected one of the cohort's {len(self)} ids, got {case_id!r}")
+        return self.manifest.iloc[self._index[case_id]].to_dict()
+
+    def metadata(self, case_id: str) -> dict[str, Any]:
+        """Metadata columns of a case."""
+        row = self.row(case_id)
+        return {k: row[k] for k in self.metadata_columns}
+
+    def paths(self, case_id: str) -> dict[str, str | None]:
+        """Path columns of a case (absolute, None when absent)."""
+        row = self.row(case_id)
+        return {c: (None if _empty(row.get(c)) else row.get(c)) for c in PATH_COLUMNS}
+
+    def load_case(self, case_id: str) -> Case:
+        """Load image, reference, prediction and probability of one case (grid-checked)."""
+        return load_case_from_paths(case_id, self.paths(case_id), self.metadata(case_id))
+
+    def fingerprint(self) -> str:
+        """SHA-256 (16 hex) of the manifest content (ids, file names, metadata)."""
+        df = self.manifest.copy()
+        for col in PATH_COLUMNS:
+            if col in df:
+                df[col] = [None if _empty(v) else Path(v).name for v in df[col]]
+        text = df.to_csv(index=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
