@@ -191,7 +191,8 @@ def section_identification(
         ("Report generated", generated),
         (
             "Audit run",
-            prov.get("created") or prov.get("timestamp") or prov.get("date") or "not recorded",
+            (getattr(result, "run", None) or {}).get("created_at")
+            or prov.get("created") or prov.get("timestamp") or prov.get("date") or "not recorded",
         ),
         (
             "Intended use",
@@ -974,7 +975,8 @@ def section_reproducibility(result: Any, config: Mapping[str, Any], adapter: Any
         rows.append(("model weights sha256 (adapter)", str(adapter.fingerprint)))
     seed = settings.get("seed", prov.get("seed"))
     command = (
-        prov.get("command")
+        config.get("command_line")
+        or prov.get("command")
         or prov.get("command_line")
         or " ".join([sys.argv[0].rsplit("/", 1)[-1], *sys.argv[1:]])
     )
