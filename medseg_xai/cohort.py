@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,10 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai._dicom import IDENTIFYING_FIELDS, dicom_metadata, sidecar_metadata
+
+# MONAI's DICOM reader warns once per process that the optional GPU decoder (nvImageCodec) is
+# absent; on CPU machines that is expected, and with a process pool it floods the console.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 __all__ = ["Case", "Cohort", "load_volume", "pseudonym"]
 
