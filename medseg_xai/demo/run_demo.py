@@ -204,7 +204,9 @@ def run_demo(
     t0 = time.perf_counter()
     say("[5/5] writing the report ...")
     explanations = [explained] if explained else None
-    report = Path(result.to_html(out / "report.html", config=_REPORT_CONFIG, cohort=cohort,
+    # Predictions were stored, so the audit never saw the model: name its weights here.
+    config = {**_REPORT_CONFIG, "model_fingerprint": adapter.fingerprint}
+    report = Path(result.to_html(out / "report.html", config=config, cohort=cohort,
                                  explanations=explanations))
     files["html"] = report
     timings["report_s"] = time.perf_counter() - t0

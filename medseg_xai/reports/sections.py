@@ -174,6 +174,7 @@ def section_identification(
         or prov.get("model_fingerprint")
         or prov.get("weights_sha256")
         or settings.get("model_fingerprint")
+        or config.get("model_fingerprint")
     )
     rows = [
         (
