@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DemoOutputs", "DEMO_STRATA", "run_demo", "worst_missed_lesion"]
+__all__ = ["DemoOutputs", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA", "run_demo", "worst_missed_lesion"]
 
 #: Strata of the demo audit: the acquisition device (one was absent from training), the site
 #: (confounded with device and lesion size, as in practice) and the derived lesion-size bins.
 DEMO_STRATA: tuple[str, ...] = ("device", "site", "lesion_size")
+#: Fixed, readable edges (mm^3 of reference lesion per scan) instead of data-driven quantiles.
+DEMO_LESION_SIZE_BINS: tuple[float, ...] = (0.0, 250.0, 1000.0)
 
 _REPORT_CONFIG: dict[str, Any] = {
     "title": "medseg-xai demo: audit of the bundled lesion segmentation model",
@@ -185,7 +187,7 @@ def run_demo(
     say("[3/5] auditing by device, site and lesion size ...")
     cohort = Cohort.from_csv(manifest)
     result = audit(cohort, strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
-                   workers=workers, progress=progress)
+                   lesion_size_bins=DEMO_LESION_SIZE_BINS, workers=workers, progress=progress)
     files = write_outputs(result, out)
     timings["audit_s"] = time.perf_counter() - t0
 
