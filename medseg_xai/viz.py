@@ -639,10 +639,16 @@ def montage(
 
 
 # --------------------------------------------------------------------------- export
-def fig_to_png_bytes(fig: Figure, dpi: float = 100, *, close: bool = True) -> bytes:
-    """Render a figure to PNG bytes (``close`` also releases a pyplot-managed figure)."""
+def fig_to_png_bytes(
+    fig: Figure, dpi: float = 100, *, close: bool = True, tight: bool = False
+) -> bytes:
+    """Render a figure to PNG bytes (``close`` also releases a pyplot-managed figure).
+
+    ``tight`` crops the canvas to the drawn content (for documents; widgets keep a fixed size).
+    """
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    extra = {"bbox_inches": "tight", "pad_inches": 0.05} if tight else {}
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None}, **extra)
     if close and "matplotlib.pyplot" in sys.modules:
         # Only pyplot keeps a reference to figures; a bare Figure is freed by the GC.
         sys.modules["matplotlib.pyplot"].close(fig)
@@ -656,6 +662,8 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def fig_to_data_uri(fig: Figure, dpi: float = 100, *, close: bool = True) -> str:
+def fig_to_data_uri(
+    fig: Figure, dpi: float = 100, *, close: bool = True, tight: bool = False
+) -> str:
     """Render a figure straight to a PNG data URI."""
-    return png_data_uri(fig_to_png_bytes(fig, dpi=dpi, close=close))
+    return png_data_uri(fig_to_png_bytes(fig, dpi=dpi, close=close, tight=tight))

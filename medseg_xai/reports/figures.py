@@ -37,7 +37,7 @@ def to_uri(fig: Figure, dpi: float = DPI) -> str:
     with warnings.catch_warnings():
         # Site names in scripts the bundled font lacks render as boxes; the tables keep the text.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        return viz.fig_to_data_uri(fig, dpi=dpi)
+        return viz.fig_to_data_uri(fig, dpi=dpi, tight=True)
 
 
 def _finite(values: Any) -> np.ndarray:
