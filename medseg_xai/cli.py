@@ -189,7 +189,15 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="image NIfTI")
     p.add_argument("--model", default="demo", help="'demo' or a TorchScript file")
     p.add_argument("--ref", default=None, help="reference label NIfTI (for reference / missed)")
-    p.add_argument("--target", choices=["missed", "reference", "prediction"], default="missed")
+    p.add_argument("--target", choices=["missed", "reference", "lesion", "prediction"],
+                   default="missed",
+                   help="what to explain: the missed voxels (default), the whole reference, one "
+                        "reference lesion (--lesion), or the predicted region")
+    p.add_argument("--lesion", default=None,
+                   help="with --target lesion: its number (1-based, scipy label order) or id "
+                        "such as ref-2")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="bounds memory for many-pass methods (IG, occlusion, smoothgrad)")
     p.add_argument("--class-index", type=int, default=1)
     p.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")
     p.add_argument("--layer", default=None, help="layer for Grad-CAM (default: chosen by model)")
@@ -223,9 +231,15 @@ def _run_explain(args: argparse.Namespace) -> int:
         ref = np.asarray(nib.load(args.ref).dataobj)
         if args.target == "reference":
             target = targets.reference(args.class_index, ref)
+        elif args.target == "lesion":
+            if args.lesion is None:
+                raise ValueError("--target lesion needs --lesion N (or an id such as ref-2)")
+            which = int(args.lesion) if str(args.lesion).isdigit() else args.lesion
+            target = targets.lesion(args.class_index, ref, which)
         else:
             target = targets.missed(args.class_index, ref, pred)
-    exp = explain(adapter, image[None], target, method=args.method, layer=args.layer)
+    exp = explain(adapter, image[None], target, method=args.method, layer=args.layer,
+                  batch_size=args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.method}_{args.target}"

@@ -94,3 +94,28 @@ def test_audit_then_report_commands(tmp_path: Path, capsys) -> None:
     again = tmp_path / "again.html"
     assert main(["report", str(out / "audit.json"), "--out", str(again)]) == 0
     assert again.stat().st_size > 10_000
+
+
+def test_explain_command_writes_attribution_on_the_source_grid(tmp_path: Path, capsys) -> None:
+    manifest = mx.demo.make_cohort(tmp_path / "c", n_cases=3, seed=4, shape=(24, 40, 40))
+    rows = pd.read_csv(manifest)
+    with_lesion = rows[rows["n_lesions"] > 0].iloc[0]
+    image = tmp_path / "c" / with_lesion["image"]
+    label = tmp_path / "c" / with_lesion["label"]
+    out = tmp_path / "exp"
+    code = main(["explain", str(image), "--ref", str(label), "--target", "lesion",
+                 "--lesion", "1", "--method", "saliency", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    share = float(printed.split("inside the target: ")[1].split()[0])
+    assert 0.0 <= share <= 1.0
+    saved = nib.load(str(out / "saliency_lesion.nii.gz"))
+    src = nib.load(str(image))
+    assert saved.shape == src.shape
+    np.testing.assert_allclose(saved.affine, src.affine)
+    assert np.isfinite(saved.get_fdata()).all() and saved.get_fdata().any()
+    assert (out / "saliency_lesion.png").read_bytes()[:4] == b"\x89PNG"
+    # Asking for a lesion target without saying which lesion is a clear error.
+    assert main(["explain", str(image), "--ref", str(label), "--target", "lesion",
+                 "--out", str(out)]) == 2
+    assert "--lesion" in capsys.readouterr().err
