@@ -18,6 +18,7 @@ from medseg_xai.demo import UNSEEN_DEVICE, load_model, make_cohort, predict_coho
 from medseg_xai.demo.cohort import generate_cases
 from medseg_xai.demo.evaluation import case_dice, lesion_rows
 from medseg_xai.demo.model import (
+    ARCHITECTURE,
     RECORD_FILE,
     WEIGHTS_FILE,
     DemoSegmenter,
@@ -26,10 +27,15 @@ from medseg_xai.demo.model import (
     normalise_intensity,
     training_record,
 )
+from medseg_xai.demo.scanners import DEVICES
 
-# Held-out cohort: its seed is neither the training (1000) nor the validation seed (2000).
+# Held-out cohorts: their seeds are neither the training (1000) nor the validation seed (2000).
+# Scoring is cheap (tens of ms a scan), so the cohorts are large enough for stable means.
 HELD_OUT_SEED = 33
-HELD_OUT_CASES = 28
+HELD_OUT_SEEN_CASES = 60  # seen devices only: about 40 scans with lesions
+UNSEEN_SEED = 34
+UNSEEN_CASES = 20  # the unseen device only, at the two sites that run it
+UNSEEN_SITES = ("Hôpital Saint-Éloi", "Lakeside & Valley Imaging")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,10 +69,20 @@ def _score(model: torch.nn.Module, cases) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def held_out(adapter):
-    cases = list(generate_cases(HELD_OUT_CASES, HELD_OUT_SEED))
+    cases = list(generate_cases(HELD_OUT_SEEN_CASES, HELD_OUT_SEED,
+                                exclude_devices=(UNSEEN_DEVICE,)))
     trained = _score(adapter.model, cases)
     untrained = _score(build_model(seed=0), cases)
     return cases, trained, untrained
+
+
+@pytest.fixture(scope="module")
+def held_out_unseen(adapter):
+    others = [d for d in DEVICES if d != UNSEEN_DEVICE]
+    cases = list(generate_cases(UNSEEN_CASES, UNSEEN_SEED, sites=UNSEEN_SITES,
+                                exclude_devices=others))
+    assert {c.device.name for c in cases} == {UNSEEN_DEVICE}
+    return _score(adapter.model, cases)
 
 
 def test_weights_are_small_state_dict_loadable_safely():
@@ -87,6 +103,9 @@ def test_training_record_describes_the_shipped_weights():
     assert record["weights_bytes"] == (_weights_dir() / WEIGHTS_FILE).stat().st_size
     assert record["time_s"]["train"] > 0
     assert 0.0 <= record["validation"]["seen_devices"]["dice"] <= 1.0
+    # The record belongs to this architecture, and its own validation agrees with the tests.
+    assert record["architecture"]["channels"] == list(ARCHITECTURE["channels"])
+    assert record["validation"]["seen_devices"]["dice_with_lesion"] > 0.7
 
 
 def test_load_model_returns_ready_adapter(adapter):
@@ -145,38 +164,39 @@ def test_case_dice_matches_monai(held_out):
 
 def test_model_is_really_trained_on_seen_devices(held_out):
     _, (cases, _), (untrained, _) = held_out
-    seen = cases[(cases.device != UNSEEN_DEVICE) & cases.has_lesion]
-    # Scans whose Dice is not dominated by tiny lesions (those are tested separately below).
-    measurable = seen[seen.load_mm3 >= 300]
-    assert len(seen) >= 10 and len(measurable) >= 5
-    assert measurable["dice"].mean() > 0.7
-    assert untrained.loc[measurable.index, "dice"].mean() < 0.2
-    # Every seen scan with a lesion, tiny ones included: clearly above an untrained model.
-    assert seen["dice"].mean() > 0.55
-    assert seen["dice"].mean() > untrained.loc[seen.index, "dice"].mean() + 0.4
+    assert set(cases.device) == {d for d in DEVICES if d != UNSEEN_DEVICE}
+    seen = cases[cases.has_lesion]
+    assert len(seen) >= 30
+    # Every held-out scan with a lesion counts, including those holding only tiny lesions
+    # (which the model misses by design, see below).
+    assert seen["dice"].mean() > 0.7
+    assert untrained.loc[seen.index, "dice"].mean() < 0.2
+    assert seen["dice"].mean() > untrained.loc[seen.index, "dice"].mean() + 0.5
+    # Each seen device, the thick-slice GE one included, is well segmented.
+    per_device = seen.groupby("device")["dice"].mean()
+    assert per_device.min() > 0.5, per_device.to_dict()
     # Scans without lesions stay (mostly) empty.
-    empty = cases[(cases.device != UNSEEN_DEVICE) & ~cases.has_lesion]
-    assert len(empty) == 0 or empty["dice"].mean() > 0.6
+    empty = cases[~cases.has_lesion]
+    assert len(empty) >= 5 and empty["dice"].mean() > 0.8
 
 
-def test_model_is_weaker_on_the_unseen_device(held_out):
+def test_model_is_weaker_on_the_unseen_device(held_out, held_out_unseen):
     _, (cases, _), _ = held_out
-    with_lesion = cases[cases.has_lesion]
-    seen = with_lesion[with_lesion.device != UNSEEN_DEVICE]["dice"]
-    unseen = with_lesion[with_lesion.device == UNSEEN_DEVICE]["dice"]
-    assert len(unseen) >= 4
-    assert unseen.mean() < seen.mean() - 0.2
+    unseen_cases, _ = held_out_unseen
+    seen = cases[cases.has_lesion]["dice"]
+    unseen = unseen_cases[unseen_cases.has_lesion]["dice"]
+    assert len(unseen) >= 8
+    assert unseen.mean() < seen.mean() - 0.3
 
 
 def test_model_misses_small_lesions_more(held_out):
     _, (_, lesions), _ = held_out
-    seen = lesions[lesions.device != UNSEEN_DEVICE]
-    small = seen[seen.volume_mm3 < 30]
-    larger = seen[seen.volume_mm3 >= 30]
-    assert len(small) >= 3 and len(larger) >= 10
-    assert larger["detected"].mean() > 0.8
+    small = lesions[lesions.volume_mm3 < 30]
+    larger = lesions[lesions.volume_mm3 >= 30]
+    assert len(small) >= 8 and len(larger) >= 30
+    assert larger["detected"].mean() > 0.85
     assert small["detected"].mean() < larger["detected"].mean() - 0.4
-    assert small["dice"].mean() < larger["dice"].mean() - 0.3
+    assert small["dice"].mean() < larger["dice"].mean() - 0.4
 
 
 @pytest.fixture(scope="module")
