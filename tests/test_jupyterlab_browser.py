@@ -6,7 +6,8 @@ Playwright-managed browsers are never downloaded), run every cell through Jupyte
 command registry, interact with the widgets and check what the page shows.
 
 Without Chromium or Playwright the tests skip with the reason, unless the environment sets
-``MEDSEG_XAI_REQUIRE_BROWSER=1`` (CI), where a missing browser is a failure.
+``MEDSEG_XAI_REQUIRE_BROWSER=1`` (CI), where a missing browser is a failure (the ``chromium``
+fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -31,39 +32,9 @@ pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = Path(os.environ.get("MEDSEG_XAI_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-REQUIRE_BROWSER = os.environ.get("MEDSEG_XAI_REQUIRE_BROWSER", "") == "1"
 SERVER_START_TIMEOUT_S = 90.0
 # Generous: notebook 01 loads torch, builds a demo cohort and runs a model on two CPU cores.
 RUN_ALL_TIMEOUT_MS = 240_000
-
-
-def _missing_browser_reason() -> str | None:
-    if not CHROMIUM.exists():
-        return f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        return f"playwright is not importable: {exc}"
-    return None
-
-
-def _require_browser() -> None:
-    reason = _missing_browser_reason()
-    if reason is None:
-        return
-    if REQUIRE_BROWSER:
-        pytest.fail(f"MEDSEG_XAI_REQUIRE_BROWSER=1 but {reason}")
-    pytest.skip(reason)
 
 
 def _free_port() -> int:
@@ -106,9 +77,12 @@ def _wait_for_server(server: LabServer) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
-    """Start JupyterLab (``--allow-root``, free port, random token, temporary root)."""
-    _require_browser()
+def lab(tmp_path_factory: pytest.TempPathFactory, chromium: object) -> Iterator[LabServer]:
+    """Start JupyterLab (``--allow-root``, free port, random token, temporary root).
+
+    Asks for ``chromium`` (tests/conftest.py) first, so the module skips, or fails under
+    ``MEDSEG_XAI_REQUIRE_BROWSER=1``, before any server starts.
+    """
     base = tmp_path_factory.mktemp("jupyterlab")
     root = base / "root"
     root.mkdir()
@@ -153,15 +127,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
 
 
 @pytest.fixture(scope="module")
-def browser(lab: LabServer) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+def browser(lab: LabServer, chromium: object) -> object:
+    """The shared headless Chromium, once JupyterLab answers."""
+    return chromium
 
 
 # --- page helpers ---------------------------------------------------------------------------

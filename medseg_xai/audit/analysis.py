@@ -28,6 +28,7 @@ from medseg_xai.audit.strata import (
 __all__ = [
     "INSUFFICIENT",
     "OVERALL",
+    "STATS_DEFAULTS",
     "SUBGROUP_COLUMNS",
     "detection_table",
     "false_positive_table",
@@ -37,6 +38,14 @@ __all__ = [
 ]
 
 OVERALL = Stratum("overall", ())
+#: Statistics defaults of an audit. ``audit()`` and :func:`subgroup_table` spell them out in
+#: their signatures (tests keep the three in step); :func:`~medseg_xai.audit.build_result` and
+#: ``compare()`` fall back on them for settings a stored result does not record.
+STATS_DEFAULTS: dict[str, Any] = {
+    "seed": 0, "min_n": 10, "n_resamples": 2000, "confidence": 0.95, "ci_method": "BCa",
+    "test": "mannwhitney", "correction": "holm", "alpha": 0.05, "lesion_size_bins": 3,
+    "detection_bins": (0, 100, 1000, 10000),
+}
 INSUFFICIENT = "insufficient data"
 SUBGROUP_COLUMNS = [
     "stratum", "group", "metric", "n", "n_clusters", "estimate", "median", "ci_low", "ci_high",
@@ -267,6 +276,13 @@ def detection_table(
                                        "rate", "ci_low", "ci_high", "flag"])
 
 
+def _numeric(cases: pd.DataFrame, column: str) -> pd.Series:
+    """A metric column as floats; all NaN when absent (every case failed: no metric columns)."""
+    if column not in cases.columns:
+        return pd.Series(np.nan, index=cases.index, dtype=float)
+    return pd.to_numeric(cases[column], errors="coerce")
+
+
 def false_positive_table(
     cases: pd.DataFrame, strata: Sequence[Stratum], *,
     orders: Mapping[str, list[str]] | None = None, confidence: float = 0.95, min_n: int = 10,
@@ -279,9 +295,9 @@ def false_positive_table(
     """
     orders = orders or {}
     ok = cases["status"] == "ok"
-    vol_ref = pd.to_numeric(cases.get("volume_ref_mm3"), errors="coerce")
-    vol_pred = pd.to_numeric(cases.get("volume_pred_mm3"), errors="coerce")
-    fp = pd.to_numeric(cases.get("n_false_positive"), errors="coerce")
+    vol_ref = _numeric(cases, "volume_ref_mm3")
+    vol_pred = _numeric(cases, "volume_pred_mm3")
+    fp = _numeric(cases, "n_false_positive")
     empty = ok & (vol_ref == 0)
     rows = []
     for stratum, group, idx in _groups_iter(cases, strata, orders):

@@ -116,10 +116,13 @@ def compare(
     sa = result_a.settings
     strata_list = parse_strata(list(strata) if strata is not None else sa.get("strata", []))
     metric_names = list(metrics) if metrics is not None else list(sa.get("metrics") or [])
-    seed = int(sa.get("seed", 0) if seed is None else seed)
-    n_resamples = int(sa.get("n_resamples", 2000) if n_resamples is None else n_resamples)
-    confidence = float(sa.get("confidence", 0.95) if confidence is None else confidence)
-    min_n = int(sa.get("min_n", 10) if min_n is None else min_n)
+    dflt = analysis.STATS_DEFAULTS
+    seed = int(sa.get("seed", dflt["seed"]) if seed is None else seed)
+    n_resamples = int(sa.get("n_resamples", dflt["n_resamples"]) if n_resamples is None
+                      else n_resamples)
+    confidence = float(sa.get("confidence", dflt["confidence"]) if confidence is None
+                       else confidence)
+    min_n = int(sa.get("min_n", dflt["min_n"]) if min_n is None else min_n)
 
     a = result_a.cases.set_index("case_id")
     b = result_b.cases.set_index("case_id")
@@ -137,7 +140,7 @@ def compare(
                                                          paired["case_id"]).astype(str).to_numpy()
                 if clustered else None)
     rows = []
-    orders = analysis.prepare_cases(paired, sa.get("lesion_size_bins", 3))[1]
+    orders = analysis.prepare_cases(paired, sa.get("lesion_size_bins", dflt["lesion_size_bins"]))[1]
     prepared = paired  # derived strata columns are already stored in result.cases
     for s_idx, stratum in enumerate([analysis.OVERALL, *strata_list]):
         labels, order = analysis.stratum_groups(prepared, stratum, orders)
@@ -151,7 +154,7 @@ def compare(
                 lo, hi = stats.bootstrap_mean_ci(
                     d, clusters=None if clusters is None else clusters[sel],
                     n_resamples=n_resamples, confidence=confidence,
-                    method=sa.get("ci_method", "BCa"), rng=rng)
+                    method=sa.get("ci_method", dflt["ci_method"]), rng=rng)
                 p = float("nan")
                 if n >= min_n and np.any(d != 0):
                     p = float(sps.wilcoxon(d).pvalue)

@@ -241,6 +241,7 @@ def evaluate_criteria(
         Default minimum group size.
     """
     rows: list[dict[str, Any]] = []
+    evaluated = "status" in cases.columns and bool((cases["status"] == "ok").any())
     groups_by_stratum: dict[str, list[str]] = {}
     for s, g in group_index:
         groups_by_stratum.setdefault(s, []).append(g)
@@ -258,6 +259,10 @@ def evaluate_criteria(
             if crit["kind"] == "metric":
                 sub = subgroups[(subgroups["stratum"] == stratum)
                                 & (subgroups["metric"] == crit["metric"])]
+                if sub.empty and not evaluated:  # no metric columns at all: every case failed
+                    rows.append({**base, "stratum": stratum, "group": "", "n": 0,
+                                 "value": float("nan"), "status": INSUFFICIENT})
+                    continue
                 if sub.empty:
                     raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
                                      f"among the audit's metrics")
@@ -269,6 +274,10 @@ def evaluate_criteria(
             elif crit["kind"] == "gap":
                 sub = subgroups[(subgroups["stratum"] == stratum)
                                 & (subgroups["metric"] == crit["metric"])]
+                if sub.empty and not evaluated:  # no metric columns at all: every case failed
+                    rows.append({**base, "stratum": stratum, "group": "", "n": 0,
+                                 "value": float("nan"), "status": INSUFFICIENT})
+                    continue
                 if sub.empty:
                     raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
                                      f"among the audit's metrics")

@@ -20,14 +20,13 @@ from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
 from medseg_xai.audit.runner import CASE_SETTING_KEYS, run_tasks, tasks_for
 from medseg_xai.audit.strata import parse_strata
-from medseg_xai.cohort import Cohort, pseudonym
+from medseg_xai.cohort import Cohort
 
 __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 
 #: Metrics summarised per subgroup when ``metrics=None`` (those present in the cases table).
 DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
                    "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
-_PATIENT_SALT = "medseg-xai-patient"
 _LESION_DROP = ("lesions", "timing", "row", "from_cache")
 
 
@@ -132,6 +131,8 @@ def audit(
         raise ValueError(f"cohort: expected a medseg_xai.Cohort, got {type(cohort).__name__}")
     if int(min_n) < 1:
         raise ValueError(f"min_n: expected a positive int, got {min_n!r}")
+    _check_settings(empty=empty, ci_method=ci_method, test=test, correction=correction,
+                    n_resamples=n_resamples, confidence=confidence, alpha=alpha)
     strata_list = parse_strata(strata)
     crit = load_criteria(criteria)
     metric_list = _metric_list(metrics, crit, labels)
@@ -219,6 +220,25 @@ def audit(
     return build_result(cases, lesions, settings, provenance, run)
 
 
+def _check_settings(**given: Any) -> None:
+    """Reject bad settings before any case runs: a typo in ``empty`` would otherwise fail every
+    case one by one, and one in ``test`` would surface only after all of them were evaluated."""
+    from medseg_xai.audit.stats import CI_METHODS
+    from medseg_xai.metrics import EMPTY_POLICIES
+
+    choices = {"empty": EMPTY_POLICIES, "ci_method": CI_METHODS,
+               "test": ("mannwhitney", "permutation"), "correction": ("holm", "bh")}
+    for name, allowed in choices.items():
+        if given[name] not in allowed:
+            raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {given[name]!r}")
+    if not isinstance(given["n_resamples"], (int, np.integer)) or given["n_resamples"] < 1:
+        raise ValueError(f"n_resamples: expected a positive int, got {given['n_resamples']!r}")
+    for name in ("confidence", "alpha"):
+        if not 0.0 < float(given[name]) < 1.0:
+            raise ValueError(f"{name}: expected a number strictly between 0 and 1, "
+                             f"got {given[name]!r}")
+
+
 _LESION_KEYS = ("n_ref_lesions", "n_pred_lesions", "n_detected", "n_missed", "n_false_positive",
                 "lesion_sensitivity", "fp_per_case", "lesion_f1")
 
@@ -241,17 +261,38 @@ def _metric_list(metrics: Sequence[str] | None, crit: list[dict[str, Any]],
     return out
 
 
+def _patient_labels(manifest: pd.DataFrame, pseudonymised: bool) -> list[str | None]:
+    """Patient column of the cases table: grouping kept, identity not.
+
+    A hash with a salt written in this source would be reversible by hashing candidate record
+    numbers, so unsalted ids become ``p-0001, p-0002, ...`` in order of first appearance
+    (deterministic for a given manifest, meaningless outside it). Ids the cohort already
+    pseudonymised with the user's secret salt are kept.
+    """
+    labels: dict[str, str] = {}
+    out: list[str | None] = []
+    for pid in manifest["patient_id"]:
+        if pd.isna(pid):
+            out.append(None)
+        elif pseudonymised:
+            out.append(str(pid))
+        else:
+            out.append(labels.setdefault(str(pid), f"p-{len(labels) + 1:04d}"))
+    return out
+
+
 def _tables(cohort: Cohort, records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cases and lesions tables from the per-case records, metadata joined in."""
     meta_cols = cohort.metadata_columns
     manifest = cohort.manifest
     rows, lesion_rows = [], []
-    for rec, (_, m) in zip(records, manifest.iterrows()):
+    has_patients = "patient_id" in manifest.columns
+    patients = (_patient_labels(manifest, cohort.pseudonymised) if has_patients
+                else [None] * len(manifest))
+    for rec, (_, m), pid in zip(records, manifest.iterrows(), patients):
         row: dict[str, Any] = {"case_id": rec["case_id"]}
-        if "patient_id" in manifest.columns:
-            pid = m["patient_id"]
-            row["patient_id"] = (None if pd.isna(pid) else
-                                 (str(pid) if cohort.pseudonymised else pseudonym(pid, _PATIENT_SALT, "p-")))
+        if has_patients:
+            row["patient_id"] = pid
         row.update({"status": rec["status"], "error": rec.get("error", ""),
                     "input_hash": rec.get("input_hash", "")})
         for col in meta_cols:
@@ -299,19 +340,21 @@ def build_result(
     re-evaluating them.
     """
     settings = dict(settings)
+    stat = {**analysis.STATS_DEFAULTS,
+            **{k: v for k, v in settings.items() if k in analysis.STATS_DEFAULTS}}
     strata_list = parse_strata(settings.get("strata"))
-    cases, orders = analysis.prepare_cases(cases, settings.get("lesion_size_bins", 3))
+    cases, orders = analysis.prepare_cases(cases, stat["lesion_size_bins"])
     metric_names = [m for m in (settings.get("metrics") or DEFAULT_METRICS) if m in cases.columns]
-    min_n = int(settings.get("min_n", 10))
-    confidence = float(settings.get("confidence", 0.95))
+    min_n = int(stat["min_n"])
+    confidence = float(stat["confidence"])
     subgroups = analysis.subgroup_table(
-        cases, strata_list, metric_names, orders=orders, seed=int(settings.get("seed", 0)),
-        min_n=min_n, n_resamples=int(settings.get("n_resamples", 2000)), confidence=confidence,
-        ci_method=settings.get("ci_method", "BCa"), test=settings.get("test", "mannwhitney"),
-        correction=settings.get("correction", "holm"), alpha=float(settings.get("alpha", 0.05)),
+        cases, strata_list, metric_names, orders=orders, seed=int(stat["seed"]),
+        min_n=min_n, n_resamples=int(stat["n_resamples"]), confidence=confidence,
+        ci_method=stat["ci_method"], test=stat["test"], correction=stat["correction"],
+        alpha=float(stat["alpha"]),
     )
     detection = analysis.detection_table(
-        cases, lesions, strata_list, bins=settings.get("detection_bins", (0, 100, 1000, 10000)),
+        cases, lesions, strata_list, bins=stat["detection_bins"],
         orders=orders, confidence=confidence, min_n=min_n)
     fps = analysis.false_positive_table(cases, strata_list, orders=orders,
                                         confidence=confidence, min_n=min_n)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_xai._privacy import redact_paths
 from medseg_xai.audit.cache import CaseCache, input_hash
 from medseg_xai.cohort import Cohort, load_case_from_paths
 
@@ -214,13 +215,14 @@ def evaluate_task(
     -------
     dict
         ``row, case_id, status, error, input_hash, from_cache`` and, for evaluated cases,
-        metric values, lesion summary, ``lesions`` (list of dicts) and ``timing``.
+        metric values, lesion summary, ``lesions`` (list of dicts) and ``timing``. The error
+        text names files by their file name only (never their folders).
     """
     if isinstance(adapter, str) and adapter == "worker":
         adapter = _WORKER_ADAPTER
     base = {"row": task.row, "case_id": task.case_id, "from_cache": False, "input_hash": ""}
     if task.problem:
-        return {**base, "status": "failed", "error": task.problem}
+        return {**base, "status": "failed", "error": _error_text(task.problem, task)}
     try:
         key = input_hash(task.paths, settings, cache_extra)
         base["input_hash"] = key[:16]
@@ -237,7 +239,16 @@ def evaluate_task(
         msg = str(exc)
         if task.case_id not in msg:
             msg = f"case {task.case_id!r}: {type(exc).__name__}: {msg}"
-        return {**base, "status": "failed", "error": msg}
+        return {**base, "status": "failed", "error": _error_text(msg, task)}
+
+
+def _error_text(message: str, task: CaseTask) -> str:
+    """A failed case's error as stored in results: paths reduced to their file names.
+
+    Results and reports are shared beyond the machine that ran the audit, and hospital folder
+    names often carry patient names or record numbers.
+    """
+    return redact_paths(message, task.paths.values())
 
 
 # --------------------------------------------------------------------------------------------

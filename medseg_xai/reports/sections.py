@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai._privacy import redact_paths
 from medseg_xai.reports import figures
 from medseg_xai.reports.tables import Cell, Table, cell, fmt, identifying, table_from_frame
 
@@ -80,7 +81,14 @@ def ok_cases(cases: pd.DataFrame) -> pd.DataFrame:
 def failed_cases(cases: pd.DataFrame) -> pd.DataFrame:
     if "status" not in cases.columns:
         return cases.iloc[0:0]
-    return cases[cases["status"].astype(str) != "ok"]
+    failed = cases[cases["status"].astype(str) != "ok"]
+    if "error" in failed.columns:
+        # Results from older runs (or built by hand) may still hold full paths, whose folders
+        # can name patients: the report shows file names only.
+        failed = failed.assign(
+            error=[v if _na(v) else redact_paths(str(v)) for v in failed["error"]]
+        )
+    return failed
 
 
 def is_overall(stratum: Any) -> bool:
@@ -981,6 +989,7 @@ def section_reproducibility(result: Any, config: Mapping[str, Any], adapter: Any
         or prov.get("command_line")
         or " ".join([sys.argv[0].rsplit("/", 1)[-1], *sys.argv[1:]])
     )
+    command = redact_paths(str(command))  # folder names on a command line can name patients
     approvers = config.get("approvers") or [
         {"role": "Prepared by"},
         {"role": "Reviewed by (clinical)"},
@@ -991,7 +1000,7 @@ def section_reproducibility(result: Any, config: Mapping[str, Any], adapter: Any
         "versions": sorted((versions or {}).items()) if isinstance(versions, Mapping) else [],
         "report_versions": sorted(library_versions().items()),
         "seed": fmt(seed),
-        "command": str(command),
+        "command": command,
         "approvers": [
             {"role": str(_get(a, "role", "")), "name": str(_get(a, "name", "") or "")}
             if isinstance(a, (Mapping,))
