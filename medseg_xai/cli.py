@@ -82,7 +82,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", default=None, help="per-case cache folder (resume an interrupted run)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--model", default=None,
-                   help="'demo' to run the bundled demo model instead of stored predictions")
+                   help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
+                        "predictions; a TorchScript file is code: load only files you trust")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_audit)
@@ -187,7 +188,8 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("image", help="image NIfTI")
-    p.add_argument("--model", default="demo", help="'demo' or a TorchScript file")
+    p.add_argument("--model", default="demo",
+                   help="'demo' or a TorchScript file (it is code: load only files you trust)")
     p.add_argument("--ref", default=None, help="reference label NIfTI (for reference / missed)")
     p.add_argument("--target", choices=["missed", "reference", "lesion", "prediction"],
                    default="missed",
