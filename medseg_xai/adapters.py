@@ -478,7 +478,9 @@ class SegmentationAdapter:
 
         The last decoder convolution before the head: among convolutions in execution order,
         the last one whose output has more channels than the model has classes (the head and
-        the layers fused into it output exactly K channels). Falls back to the last convolution.
+        the layers fused into it output exactly K channels), then the largest block enclosing
+        it with the same output shape (so the map is taken after normalisation and
+        activation). Falls back to the last convolution.
         """
         key = (tuple(int(v) for v in input_shape), id(self.model))
         cached = self._default_layers.get(key)
@@ -499,8 +501,45 @@ class SegmentationAdapter:
             k = self.forward_logits(x).shape[1]
         wide = df[df["output_shape"].map(lambda s: s[1] > k)]
         name = str((wide if not wide.empty else df)["name"].iloc[-1])
+        name = self._enclosing_block(name, x)
         self._default_layers[key] = name  # saves a tracing pass on every Grad-CAM call
         return name
+
+    def _enclosing_block(self, name: str, x: torch.Tensor) -> str:
+        """Climb from a convolution to the largest enclosing block with the same output shape.
+
+        Grad-CAM weighs channels by the spatial mean of their gradients. Straight after a
+        convolution that feeds an instance or batch norm those means are ~0 (the norm removes
+        each channel's mean, so its input gradient sums to zero), and the map degenerates to
+        numerical noise. The enclosing block's output is the normalised, activated feature map
+        of the same shape, where Grad-CAM is meaningful.
+        """
+        modules = dict(self.model.named_modules())
+        parts = name.split(".")
+        ancestors = [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+        ancestors = [a for a in ancestors if a in modules]
+        if not ancestors:
+            return name
+        shapes: dict[str, tuple[int, ...]] = {}
+
+        def record(key: str, _m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                shapes[key] = tuple(out.shape)
+
+        hooks = [modules[n].register_forward_hook(
+            lambda m, i, o, key=n: record(key, m, i, o)) for n in [name, *ancestors]]
+        try:
+            with torch.no_grad(), self.frozen(freeze_parameters=False):
+                self.forward_logits(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        best = name
+        for anc in ancestors:
+            if shapes.get(anc) != shapes.get(name):
+                break
+            best = anc
+        return best
 
     def get_layer(self, name: str) -> nn.Module:
         """The sub-module called ``name`` (ValueError listing close names when missing)."""

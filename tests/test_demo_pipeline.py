@@ -59,6 +59,12 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         src = nib.load(str(tmp_path / "demo" / "cohort" / "images" / f"{e['case_id']}.nii.gz"))
         assert img.shape == src.shape[-3:]
         np.testing.assert_allclose(img.affine, src.affine)
-        assert 0.0 <= e["localisation"] <= 1.0
+        # Share of positive attribution inside the lesion; undefined (NaN) only when the
+        # signed Grad-CAM has no positive value anywhere.
+        if (e["attribution"] > 0).any():
+            assert 0.0 <= e["localisation"] <= 1.0
+        else:
+            assert np.isnan(e["localisation"])
+        assert e["explanation"].params["relu"] is False
         assert out.files["explanation_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert e["case_id"] in html

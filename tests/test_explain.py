@@ -135,6 +135,50 @@ def test_gradcam_equals_monai_gradcam_for_the_whole_class_channel(dims):
     np.testing.assert_allclose(ours_scaled, theirs, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_signed_gradcam_keeps_negative_evidence_and_relu_of_it_is_the_default(method):
+    torch.manual_seed(5)
+    model = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1)
+    image = np.random.default_rng(5).random((1, 16, 16, 16)).astype(np.float32)
+    adapter = mx.SegmentationAdapter(model, spatial_dims=3)
+    mask = np.zeros((16, 16, 16), bool)
+    mask[4:8, 4:8, 4:8] = True
+    target = targets.region(1, mask)
+    signed = explain(adapter, image, target, method, relu=False)
+    plain = explain(adapter, image, target, method)
+    assert signed.params["relu"] is False and plain.params["relu"] is True
+    assert signed.layer == plain.layer
+    # Linear upsampling commutes with nothing non-linear, so compare on the layer's sign:
+    # where the signed map is clearly positive the default map agrees, and the signed map
+    # holds the negative evidence the ReLU drops.
+    assert (signed.attribution < 0).any()
+    pos = signed.attribution > 1e-6 * np.abs(signed.attribution).max()
+    assert np.all(plain.attribution[pos] > 0)
+    assert plain.attribution.min() >= 0
+    with pytest.raises(ValueError, match="relu"):
+        explain(adapter, image, target, method, relu="yes")
+
+
+def test_default_gradcam_layer_is_after_the_normalisation():
+    """Right after a conv feeding InstanceNorm the spatial-mean gradients are ~0 (the norm
+    removes each channel's mean), so Grad-CAM there is numerical noise; the default layer must
+    be the enclosing normalised, activated block."""
+    torch.manual_seed(6)
+    model = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1, norm="instance")
+    image = np.random.default_rng(6).random((1, 16, 16, 16)).astype(np.float32)
+    adapter = mx.SegmentationAdapter(model, spatial_dims=3)
+    layer = adapter.default_layer(image.shape)
+    module = adapter.get_layer(layer)
+    store = {}
+    handle = module.register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+    x = torch.from_numpy(image)[None]
+    score = adapter.logits(x)[:, 1].mean()
+    handle.remove()
+    (grad,) = torch.autograd.grad(score, store["a"])
+    weights = grad.mean(dim=(2, 3, 4))
+    assert weights.abs().max() > 1e-3 * grad.abs().max()
+
+
 def test_model_state_is_restored_after_an_exception_mid_explanation(case3d):
     adapter, image, _ = case3d
     model = adapter.model

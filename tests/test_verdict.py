@@ -152,6 +152,19 @@ def test_small_faint_lesion_verdict_states_the_numbers() -> None:
     assert "<b>" in v.to_html()
 
 
+def test_verdict_when_a_signed_map_has_no_positive_evidence() -> None:
+    # localisation() is NaN when a signed map (relu=False Grad-CAM) has no positive value.
+    v = miss_verdict(_missed(), DETECTED, attribution_inside=float("nan"), lesion_fraction=0.01,
+                     method="gradcam")
+    by_name = {f.name: f for f in v.findings}
+    assert np.isnan(by_name["attribution_inside"].value)
+    assert "no positive evidence for a lesion anywhere" in v.text
+    assert "attention_elsewhere" not in v.reasons
+    # No explanation at all: no attribution finding.
+    plain = miss_verdict(_missed(), DETECTED)
+    assert "attribution_inside" not in {f.name for f in plain.findings}
+
+
 def test_verdict_when_nothing_explains_the_miss() -> None:
     sweep = pd.DataFrame({"factor": [1.0, 3.0], "max_prob": [0.2, 0.3], "mean_prob": [0.1, 0.2],
                           "covered_fraction": [0.0, 0.0], "detected": [False, False]})

@@ -96,7 +96,8 @@ def _explain_lesion(cohort: Any, adapter: Any, row: pd.Series, out_dir: Path) ->
     missed_part = one.mask & ~pred if pred is not None else one.mask
     # The missed voxels of this lesion are what the model should have called lesion.
     target = targets.region(1, missed_part) if missed_part.any() else one
-    exp = explain(adapter, case.image, target, method="gradcam")
+    # Signed Grad-CAM: a missed lesion often has only evidence against it, which a ReLU blanks.
+    exp = explain(adapter, case.image, target, method="gradcam", relu=False)
     score = localisation(exp.attribution, one.mask)
     stem = f"gradcam_{row['case_id']}_{row['lesion_id']}"
     nifti = exp.to_nifti(out_dir / f"{stem}.nii.gz", affine=case.affine)
@@ -247,10 +248,12 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
         lines.append("acceptance criteria: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
     if outputs.explained:
         e = outputs.explained
-        lines.append(
-            f"worst missed lesion: {e['lesion_id']} in case {e['case_id']}; "
-            f"{e['localisation']:.0%} of the Grad-CAM mass lies inside it"
+        where = (
+            f"{e['localisation']:.0%} of the positive (signed) Grad-CAM mass lies inside it"
+            if np.isfinite(e["localisation"])
+            else "signed Grad-CAM finds only evidence against a lesion, none for it"
         )
+        lines.append(f"worst missed lesion: {e['lesion_id']} in case {e['case_id']}; {where}")
     lines.append(f"report: {outputs.report}")
     for name, path in outputs.files.items():
         if name != "html":

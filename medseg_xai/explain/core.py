@@ -170,12 +170,17 @@ def explain(
     delta = None
     with adapter.frozen():
         if method in LAYER_METHODS:
+            relu = kwargs.pop("relu", True)
             if kwargs:
-                raise ValueError(f"method {method!r}: unknown keyword arguments {sorted(kwargs)}")
+                raise ValueError(f"method {method!r}: unknown keyword arguments {sorted(kwargs)}; "
+                                 f"expected only 'relu'")
+            if not isinstance(relu, bool):
+                raise ValueError(f"relu: expected True or False, got {relu!r}")
             layer_name = layer if layer is not None else adapter.default_layer(tuple(x.shape))
             module = adapter.get_layer(layer_name)
-            attr = layer_cam(adapter, x, target, module, plusplus=method == "gradcam++")
-            params: dict[str, Any] = {"upsampling": "linear"}
+            attr = layer_cam(adapter, x, target, module, plusplus=method == "gradcam++",
+                             relu=relu)
+            params: dict[str, Any] = {"upsampling": "linear", "relu": relu}
         else:
             layer_name = None
             attr, params, delta = attribute_input(method, adapter, x, target, batch_size, kwargs)

@@ -40,7 +40,7 @@ def upsample(cam: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def _gradcam_pp(
-    forward: Any, module: nn.Module, x: torch.Tensor
+    forward: Any, module: nn.Module, x: torch.Tensor, relu: bool = True
 ) -> torch.Tensor:
     """Grad-CAM++ map at ``module``'s output, ``(B', 1, *layer_spatial)``."""
     store: dict[str, torch.Tensor] = {}
@@ -68,7 +68,8 @@ def _gradcam_pp(
     denom = torch.where(denom != 0, denom, torch.ones_like(denom))
     alpha = g2 / (denom + 1e-7)
     weights = (alpha * F.relu(grad)).reshape(b, c, -1).sum(-1).reshape(b, c, *ones)
-    return F.relu((weights * acti).sum(1, keepdim=True)).detach()
+    cam = (weights * acti).sum(1, keepdim=True)
+    return (F.relu(cam) if relu else cam).detach()
 
 
 def _cam_at_layer(
@@ -77,6 +78,7 @@ def _cam_at_layer(
     target: Target,
     module: nn.Module,
     plusplus: bool,
+    relu: bool = True,
 ) -> torch.Tensor:
     """CAM for a batch the model sees without sliding windows, on the input grid."""
 
@@ -85,9 +87,9 @@ def _cam_at_layer(
 
     with torch.enable_grad():
         if plusplus:
-            cam = _gradcam_pp(forward, module, x)
+            cam = _gradcam_pp(forward, module, x, relu=relu)
         else:
-            cam = LayerGradCam(forward, module).attribute(x, relu_attributions=True).detach()
+            cam = LayerGradCam(forward, module).attribute(x, relu_attributions=relu).detach()
     if isinstance(cam, tuple):
         raise ValueError("gradcam: the chosen layer has several outputs; pick a convolution")
     if adapter.slice_axis is None:
@@ -116,10 +118,15 @@ def layer_cam(
     target: Target,
     module: nn.Module,
     plusplus: bool = False,
+    relu: bool = True,
 ) -> torch.Tensor:
-    """Grad-CAM (or ++) of ``target`` at ``module``, upsampled to ``x``'s grid ``(N, 1, *s)``."""
+    """Grad-CAM (or ++) of ``target`` at ``module``, upsampled to ``x``'s grid ``(N, 1, *s)``.
+
+    ``relu=False`` keeps the sign: negative values are evidence against the target, which is
+    what a missed lesion often shows (the ReLU'd map of a miss can be all zero).
+    """
     if adapter.sliding_window is None:
-        return _cam_at_layer(adapter, x, target, module, plusplus)
+        return _cam_at_layer(adapter, x, target, module, plusplus, relu)
 
     import numpy as np
     from monai.inferers import sliding_window_inference
@@ -132,7 +139,7 @@ def layer_cam(
         maps = []
         for i, sl in enumerate(coords):
             sub = padded.crop(sl[2:])
-            maps.append(_cam_at_layer(adapter, win[i : i + 1], sub, module, plusplus))
+            maps.append(_cam_at_layer(adapter, win[i : i + 1], sub, module, plusplus, relu))
         return torch.cat(maps)
 
     with torch.no_grad():  # the predictor re-enables gradients inside each window

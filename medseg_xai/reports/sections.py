@@ -814,7 +814,8 @@ def _explain_missed(adapter: Any, case: Any, lesion_id: str, class_index: int) -
         if mask is None:
             raise ValueError(f"lesion {lesion_id!r} not found in the reference")
         target = mx.targets.region(class_index, mask)
-        exp = mx.explain(adapter, case.image, target, method="gradcam")
+        # Signed: a missed lesion often carries only negative evidence, blank after a ReLU.
+        exp = mx.explain(adapter, case.image, target, method="gradcam", relu=False)
         score = _localisation(exp.attribution, mask)
         entry.update(
             method=str(exp.method),

@@ -321,6 +321,8 @@ class CaseExplorer(W.VBox):
             try:
                 layers = [str(n) for n in self.adapter.layers(self.image.shape)["name"]]
                 default_layer = self.adapter.default_layer(self.image.shape)
+                if default_layer not in layers:  # a block enclosing a convolution
+                    layers.append(default_layer)
             except (ValueError, RuntimeError):  # scripted or layer-less models: no layer choice
                 layers = []
         self.layer = W.Dropdown(options=layers, value=default_layer if default_layer in layers
@@ -553,7 +555,11 @@ class CaseExplorer(W.VBox):
                 from medseg_xai.explain import explain
 
                 target = self._make_target(target_key[0])
-                value = explain(self.adapter, self.image, target, method=method, layer=layer)
+                # Signed Grad-CAM: a miss often has only negative evidence (blue), which the
+                # usual ReLU would blank out entirely.
+                extra = {"relu": False} if method in ("gradcam", "gradcam++") else {}
+                value = explain(self.adapter, self.image, target, method=method, layer=layer,
+                                **extra)
             self.cache.put(*key, value)
             self.progress.value, self.progress.bar_style = 1, "success"
             self._set_status(f"{method} done in {time.perf_counter() - t0:.1f} s")

@@ -412,6 +412,12 @@ def miss_verdict(
         findings.append(Finding("attribution_inside", share, text, elsewhere))
         if elsewhere:
             reasons.append("attention_elsewhere")
+    elif attribution_inside is not None:
+        # A signed map with no positive value: nothing in the image argues for a lesion.
+        who = f"{method} attribution" if method else "Attribution"
+        text = (f"{who}: no positive evidence for a lesion anywhere in the image; the model "
+                f"sees only evidence against it.")
+        findings.append(Finding("attribution_inside", float("nan"), text, False))
 
     if sweep is not None and len(sweep):
         sw = sweep.sort_values("factor")
