@@ -177,7 +177,9 @@ def _heatmap_rgba(
 ) -> np.ndarray:
     """Colour an attribution map; opacity grows with |value| so weak attribution stays clear."""
     h = np.nan_to_num(np.asarray(heat, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    signed = bool((h < 0).any() and (h > 0).any())
+    # Any negative value -> diverging map (blue = against): negative evidence, e.g. of a
+    # missed lesion under signed Grad-CAM, must never look like warm positive attention.
+    signed = bool((h < 0).any())
     scale = float(hmax) if hmax is not None else float(np.abs(h).max())
     if scale <= 0:
         return np.zeros(h.shape + (4,), dtype=np.float32)

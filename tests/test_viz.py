@@ -249,3 +249,21 @@ def test_png_export_and_data_uri_round_trip():
     assert int.from_bytes(png[16:20], "big") == 100
     with pytest.raises(ValueError, match="PNG"):
         viz.png_data_uri(b"GIF89a")
+
+
+def test_negative_only_heatmap_is_drawn_cold_not_warm() -> None:
+    """Signed Grad-CAM of a missed lesion can be all negative: it must read as evidence
+    against (blue), never as warm positive attention."""
+    from medseg_xai.viz import _heatmap_rgba
+    from medseg_xai.widgets.render import compose_rgb
+
+    heat = np.zeros((8, 8), np.float32)
+    heat[2:6, 2:6] = -1.0
+    rgba = _heatmap_rgba(heat, 1.0, None, None)
+    strong = rgba[3, 3]
+    assert strong[2] > strong[0] and strong[3] > 0.9
+    assert rgba[0, 0, 3] == 0.0  # zero attribution stays transparent
+    rgb = compose_rgb(np.full((8, 8), 0.5, np.float32), heatmap=heat, alpha=1.0, vmin=0.0, vmax=1.0)
+    assert int(rgb[3, 3, 2]) > int(rgb[3, 3, 0])
+    positive = _heatmap_rgba(-heat, 1.0, None, None)[3, 3]
+    assert positive[0] > positive[2]  # positive attribution stays warm

@@ -69,7 +69,9 @@ def compose_rgb(
         h = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         scale = float(hmax) if hmax else float(np.abs(h).max())
         if scale > 0:
-            signed = bool((h < 0).any() and (h > 0).any())
+            # Any negative value -> diverging map (blue = against): negative evidence, e.g. of a
+            # missed lesion under signed Grad-CAM, must never look like warm positive attention.
+            signed = bool((h < 0).any())
             if signed:
                 norm = np.clip(h / scale, -1.0, 1.0)
                 idx = ((norm + 1) / 2 * (_LUT_SIZE - 1)).astype(np.intp)
