@@ -93,10 +93,10 @@ def _run_audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medseg_xai.audit import audit, write_outputs
-    from medseg_xai.audit.io import _read_cohort
+    from medseg_xai.audit.io import read_cohort
 
     adapter = _load_model(args.model) if args.model else None
-    cohort = _read_cohort(args.manifest)
+    cohort = read_cohort(args.manifest)
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
                    cache_dir=args.cache, progress=not args.quiet)
@@ -163,14 +163,14 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     from medseg_xai.audit import AuditResult, compare
-    from medseg_xai.audit.io import _read_cohort
+    from medseg_xai.audit.io import read_cohort
     from medseg_xai.reports import write_html
 
     result = AuditResult.from_json(args.result)
     comparison = None
     if args.compare:
         comparison = compare(AuditResult.from_json(args.compare), result)
-    cohort = _read_cohort(args.manifest) if args.manifest else None
+    cohort = read_cohort(args.manifest) if args.manifest else None
     path = write_html(result, args.out, config=args.config, cohort=cohort,
                       comparison=comparison, max_gallery=args.max_gallery)
     print(f"wrote {path}")

@@ -256,7 +256,7 @@ def evaluate_criteria(
                 rows.append({**base, "stratum": stratum, "group": "", "n": 0,
                              "value": float("nan"), "status": INSUFFICIENT})
                 continue
-            if crit["kind"] == "metric":
+            if crit["kind"] in ("metric", "gap"):
                 sub = subgroups[(subgroups["stratum"] == stratum)
                                 & (subgroups["metric"] == crit["metric"])]
                 if sub.empty and not evaluated:  # no metric columns at all: every case failed
@@ -266,21 +266,13 @@ def evaluate_criteria(
                 if sub.empty:
                     raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
                                      f"among the audit's metrics")
+            if crit["kind"] == "metric":
                 for _, r in sub.iterrows():
                     value = float(r[crit["statistic"]])
                     rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n"]),
                                  "value": value,
                                  "status": _status(value, crit["op"], crit["threshold"], r["n"] >= need)})
             elif crit["kind"] == "gap":
-                sub = subgroups[(subgroups["stratum"] == stratum)
-                                & (subgroups["metric"] == crit["metric"])]
-                if sub.empty and not evaluated:  # no metric columns at all: every case failed
-                    rows.append({**base, "stratum": stratum, "group": "", "n": 0,
-                                 "value": float("nan"), "status": INSUFFICIENT})
-                    continue
-                if sub.empty:
-                    raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
-                                     f"among the audit's metrics")
                 enough = sub[sub["n"] >= need]
                 col = crit["statistic"]
                 if len(enough) < 2 or not np.isfinite(enough[col].astype(float)).any():

@@ -42,7 +42,6 @@ def read_cohort(manifest: str | Path) -> Any:
     return Cohort.from_csv(p)
 
 
-_read_cohort = read_cohort  # name used by the CLI
 
 
 def run_audit_cli(

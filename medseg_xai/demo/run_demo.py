@@ -90,8 +90,8 @@ def _explain_lesion(cohort: Any, adapter: Any, row: pd.Series, out_dir: Path) ->
 
     case = cohort.load_case(str(row["case_id"]))
     ref = np.asarray(case.label) > 0
-    centre = tuple(int(round(c)) for c in row["centroid_voxel"])
-    one = targets.lesion(1, ref, point=_inside(ref, centre, row))
+    # Audit lesion ids ("ref-N") follow metrics.label_lesions, as targets.lesion does.
+    one = targets.lesion(1, ref, str(row["lesion_id"]))
     pred = np.asarray(case.prediction) > 0 if case.prediction is not None else None
     missed_part = one.mask & ~pred if pred is not None else one.mask
     # The missed voxels of this lesion are what the model should have called lesion.
@@ -119,17 +119,6 @@ def _explain_lesion(cohort: Any, adapter: Any, row: pd.Series, out_dir: Path) ->
         "nifti": Path(nifti) if nifti is not None else out_dir / f"{stem}.nii.gz",
         "png": png,
     }
-
-
-def _inside(mask: np.ndarray, centre: tuple[int, ...], row: pd.Series) -> tuple[int, ...]:
-    """A voxel inside the lesion: its centroid when inside, else the nearest lesion voxel."""
-    if all(0 <= c < s for c, s in zip(centre, mask.shape)) and mask[centre]:
-        return centre
-    # Non-convex lesions can have their centroid outside; pick the closest voxel in the bbox.
-    box = tuple(slice(int(a), int(b)) for a, b in row["bbox"])
-    pts = np.argwhere(mask[box]) + np.array([s.start for s in box])
-    best = pts[np.argmin(((pts - np.array(centre)) ** 2).sum(axis=1))]
-    return tuple(int(v) for v in best)
 
 
 def run_demo(

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai._privacy import redact_paths
+from medseg_xai.explain.quality import localisation
 from medseg_xai.reports import figures
 from medseg_xai.reports.tables import Cell, Table, cell, fmt, identifying, table_from_frame
 
@@ -761,7 +762,7 @@ def _from_given(case_id: str, lesion_id: str, given: Any, case: Any) -> dict[str
         mask = _lesion_mask(case.label, lesion_id)
     score = _get(given, "localisation")
     if score is None and att is not None and mask is not None:
-        score = _localisation(att, mask)
+        score = float(localisation(att, mask))
     image = _get(given, "image")
     if image is None and case is not None:
         image = case.image
@@ -786,16 +787,6 @@ def _from_given(case_id: str, lesion_id: str, given: Any, case: Any) -> dict[str
     }
 
 
-def _localisation(att: Any, mask: Any) -> float:
-    try:
-        from medseg_xai.explain.quality import localisation
-    except ImportError:
-        a = np.clip(np.asarray(att, dtype=float), 0, None)
-        total = a.sum()
-        return float(a[np.asarray(mask) != 0].sum() / total) if total > 0 else float("nan")
-    return float(localisation(att, mask))
-
-
 def _explain_missed(adapter: Any, case: Any, lesion_id: str, class_index: int) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "case_id": str(case.case_id),
@@ -816,7 +807,7 @@ def _explain_missed(adapter: Any, case: Any, lesion_id: str, class_index: int) -
         target = mx.targets.region(class_index, mask)
         # Signed: a missed lesion often carries only negative evidence, blank after a ReLU.
         exp = mx.explain(adapter, case.image, target, method="gradcam", relu=False)
-        score = _localisation(exp.attribution, mask)
+        score = float(localisation(exp.attribution, mask))
         entry.update(
             method=str(exp.method),
             localisation=fmt(score),

@@ -20,6 +20,7 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
+from medseg_xai.explain.quality import localisation
 from medseg_xai.widgets.lesion_table import CaseLesions
 from medseg_xai.widgets.render import PlaneRenderer
 from medseg_xai.widgets.state import ExplanationCache, ViewState
@@ -34,17 +35,6 @@ TARGETS: tuple[tuple[str, str], ...] = (
     ("the class region", "region"),
 )
 ACTIVATIONS = "activations"
-
-
-def _localisation(attribution: np.ndarray, mask: np.ndarray) -> float:
-    """Share of positive attribution inside ``mask`` (explain.quality's when available)."""
-    try:
-        from medseg_xai.explain.quality import localisation
-    except ImportError:  # quality module not installed in this build: same definition here
-        pos = np.clip(attribution, 0, None)
-        total = float(pos.sum())
-        return float(pos[mask].sum() / total) if total > 0 else float("nan")
-    return float(localisation(attribution, mask))
 
 
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -480,7 +470,7 @@ class CaseExplorer(W.VBox):
         if (exp is not None and self.explanation_key is not None
                 and self.explanation_key[1] == ("lesion", lid)
                 and self.explanation_key[0] != ACTIVATIONS):
-            inside = _localisation(np.asarray(exp.attribution), self.lesions.mask(lid))
+            inside = localisation(np.asarray(exp.attribution), self.lesions.mask(lid))
             method = self.explanation_key[0]
         return miss_verdict(row.to_dict(), detected, threshold=self.threshold,
                             overlap_threshold=self.lesions.overlap_threshold,
