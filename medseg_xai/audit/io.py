@@ -42,8 +42,6 @@ def read_cohort(manifest: str | Path) -> Any:
     return Cohort.from_csv(p)
 
 
-
-
 def run_audit_cli(
     manifest: str | Path,
     out_dir: str | Path,
