@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
@@ -73,6 +74,8 @@ def audit(
     dask_scheduler: str | None = None,
     progress: bool = True,
     mp_context: str | None = None,
+    binarize: bool = False,
+    keep_columns: Sequence[str] | None = None,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -117,6 +120,13 @@ def audit(
         Show a progress bar.
     mp_context : str, optional
         Start method of the process pool.
+    binarize : bool
+        Count every label / prediction value ``> 0`` as foreground. Without it, label maps
+        must hold only the declared ``labels`` (binary ``{0, 1}`` when None); a case with other
+        values fails with the values found.
+    keep_columns : sequence of str, optional
+        Metadata columns to keep in the result besides the strata; the others never reach the
+        result (direct-identifier columns are dropped by the cohort in any case).
 
     Returns
     -------
@@ -151,6 +161,9 @@ def audit(
                 f"strata: column(s) {unknown} of {s.name!r} not in the cohort; expected one of "
                 f"{sorted(cohort.metadata_columns) + list(analysis.DERIVED_STRATA)}"
             )
+    # privacy: only metadata used as strata or declared to keep reaches the result
+    kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
+    cohort = cohort.with_metadata([*kept, *(keep_columns or ())])
     if adapter is None and "prediction" not in cohort.manifest.columns:
         raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
                          "got neither")
@@ -159,6 +172,7 @@ def audit(
                    (list(labels) if labels is not None else None)),
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
+        "binarize": bool(binarize),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     if executor is None:
@@ -215,7 +229,7 @@ def audit(
         "executor": executor if isinstance(executor, str) else type(executor).__name__,
         "workers": workers if workers is not None else (os.cpu_count() if executor == "process" else 1),
         "n_from_cache": int(sum(bool(r.get("from_cache")) for r in records)),
-        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "cache_dir": None if cache_dir is None else redact_paths(str(Path(cache_dir).absolute())),
     }
     return build_result(cases, lesions, settings, provenance, run)
 

@@ -229,7 +229,9 @@ class AuditResult:
         text = json.dumps(self.to_dict(), sort_keys=True, indent=1, ensure_ascii=False,
                           allow_nan=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            from medseg_xai._io import atomic_write  # never a truncated audit.json
+
+            atomic_write(path, text + "\n")
         return text
 
     @classmethod

@@ -27,7 +27,7 @@ __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "CaseTask", "evaluate_task", "run_t
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold")
+                     "overlap_threshold", "binarize")
 
 _WORKER_ADAPTER: Any = None  # set once per worker process by the pool initializer
 
@@ -123,7 +123,8 @@ def _compute_case(
     """Load, (infer,) evaluate and match lesions of one case; raises on any problem."""
     from medseg_xai.metrics import evaluate_case, lesion_summary, lesions
 
-    case = load_case_from_paths(case_id, paths)
+    case = load_case_from_paths(case_id, paths, labels=settings.get("labels"),
+                                binarize=bool(settings.get("binarize")))
     labels = settings.get("labels")
     timing: dict[str, float] = {}
     class_probs = None
