@@ -146,7 +146,7 @@ def _run_audit(args: argparse.Namespace) -> int:
                    binarize=args.binarize, keep_columns=args.keep_columns)
     written = write_outputs(result, out)
     if not args.no_html:
-        config.setdefault("command_line", _command_line())
+        config.setdefault("command_line", _command_line(args.argv))
         written["html"] = Path(result.to_html(out / "report.html", config=config,
                                               adapter=adapter, cohort=cohort))
     n_failed = _print_audit_summary(result, written)
@@ -208,7 +208,7 @@ def _print_audit_summary(result, written) -> int:
     return n_failed
 
 
-def _command_line() -> str:
+def _command_line(argv: Sequence[str]) -> str:
     """The command as recorded in the report: every path argument reduced to its name, so no
     folder name (often a patient's name or record number) is shared."""
     import shlex
@@ -222,7 +222,7 @@ def _command_line() -> str:
             value = value[0]
         return f"{flag}{eq}{value}"
 
-    return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *sys.argv[1:]]))
+    return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *argv]))
 
 
 def _load_model(spec: str):
@@ -425,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medseg-xai`` console script (exit codes: :data:`EXIT_CODES`)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints one line, exit 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_OK
