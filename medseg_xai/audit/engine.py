@@ -31,7 +31,7 @@ __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
                    "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
 _LESION_DROP = ("lesions", "timing", "row", "from_cache")
-_READ_CHUNK = 4096  # records turned into column arrays at a time when the tables are built
+_READ_CHUNK = 512  # records turned into column arrays at a time when the tables are built
 
 
 def _version(pkg: str) -> str:
