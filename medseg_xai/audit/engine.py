@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata as _md
@@ -38,10 +37,9 @@ def _version(pkg: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("medseg-xai", "numpy", "scipy", "pandas", "monai", "torch", "nibabel"):
-        out[pkg] = _version(pkg)
-    return out
+    from medseg_xai.versions import library_versions
+
+    return library_versions()
 
 
 def audit(
@@ -73,6 +71,7 @@ def audit(
     dask_scheduler: str | None = None,
     progress: bool = True,
     mp_context: str | None = None,
+    report: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -117,6 +116,11 @@ def audit(
         Show a progress bar.
     mp_context : str, optional
         Start method of the process pool.
+    report : mapping, optional
+        Report configuration stored in the result (and its JSON): ``intended_use``,
+        ``model_name``, ``model_version``, ``model_fingerprint`` (recorded as the model's
+        fingerprint when no adapter runs), ``reference_standard``... (see
+        :mod:`medseg_xai.reports`).
 
     Returns
     -------
@@ -206,7 +210,7 @@ def audit(
         "manifest_source": Path(cohort.source).name if cohort.source else None,
         "inputs_hash": hashlib.sha256(
             "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
-        "model_fingerprint": fingerprint,
+        "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
         "pseudonymised": cohort.pseudonymised,
     }
     run = {
@@ -217,7 +221,7 @@ def audit(
         "n_from_cache": int(sum(bool(r.get("from_cache")) for r in records)),
         "cache_dir": None if cache_dir is None else str(cache_dir),
     }
-    return build_result(cases, lesions, settings, provenance, run)
+    return build_result(cases, lesions, settings, provenance, run, report=report)
 
 
 def _check_settings(**given: Any) -> None:
@@ -333,6 +337,8 @@ def build_result(
     settings: Mapping[str, Any],
     provenance: Mapping[str, Any],
     run: Mapping[str, Any] | None = None,
+    *,
+    report: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
@@ -353,13 +359,14 @@ def build_result(
         ci_method=stat["ci_method"], test=stat["test"], correction=stat["correction"],
         alpha=float(stat["alpha"]),
     )
+    tests = {"alpha": float(stat["alpha"]), "correction": stat["correction"]}
     detection = analysis.detection_table(
         cases, lesions, strata_list, bins=stat["detection_bins"],
-        orders=orders, confidence=confidence, min_n=min_n)
+        orders=orders, confidence=confidence, min_n=min_n, **tests)
     fps = analysis.false_positive_table(cases, strata_list, orders=orders,
-                                        confidence=confidence, min_n=min_n)
+                                        confidence=confidence, min_n=min_n, **tests)
     agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
-                                                confidence=confidence, min_n=min_n)
+                                                confidence=confidence, min_n=min_n, **tests)
     group_index = {}
     for stratum in [analysis.OVERALL, *strata_list]:
         labels, order = analysis.stratum_groups(cases, stratum, orders)
@@ -383,6 +390,7 @@ def build_result(
     return AuditResult(
         cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
         lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
-        verdicts=verdicts(criteria_table), settings=settings, provenance=provenance,
-        run=dict(run or {}),
+        verdicts=verdicts(criteria_table),
+        group_counts=analysis.group_counts_table(cases, strata_list, orders),
+        settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
     )
