@@ -18,7 +18,9 @@ Criterion statuses (``AuditResult.criteria``, ``.verdicts``, ``.verdict``):
 
 Flags (``subgroups``, ``lesion_detection``, ``false_positives``, ``volume_agreement`` and the
 comparison table) compare a group with the rest of the cohort (or model B with model A):
-``ok``, ``worse``, ``better``, ``insufficient data``, and ``no change`` in comparisons.
+``ok``, ``worse``, ``better``, ``insufficient data``, ``not tested`` (large enough but nothing to
+compare with: the whole cohort, or a group that holds every lesion of its size bin) and
+``no change`` in comparisons.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "FLAG_BETTER",
     "FLAG_INSUFFICIENT",
     "FLAG_NO_CHANGE",
+    "FLAG_NOT_TESTED",
     "FLAG_OK",
     "FLAG_WORSE",
     "INSUFFICIENT",
@@ -54,7 +57,8 @@ FLAG_WORSE = "worse"
 FLAG_BETTER = "better"
 FLAG_INSUFFICIENT = "insufficient data"
 FLAG_NO_CHANGE = "no change"
-FLAGS = (FLAG_OK, FLAG_WORSE, FLAG_BETTER, FLAG_INSUFFICIENT, FLAG_NO_CHANGE)
+FLAG_NOT_TESTED = "not tested"
+FLAGS = (FLAG_OK, FLAG_WORSE, FLAG_BETTER, FLAG_INSUFFICIENT, FLAG_NO_CHANGE, FLAG_NOT_TESTED)
 
 
 def overall_verdict(statuses: list[str] | tuple[str, ...] | set[str]) -> str:

@@ -11,8 +11,8 @@ The lesion-detection, false-positive and volume-agreement tables are flagged the
 group is tested against the rest of the cohort in its stratum (Fisher's exact test for rates,
 Mann-Whitney U for volume differences), p-values adjusted over the table's family, so a group
 reads ``"ok"`` only when it is large enough *and* not significantly different from the rest.
-Overall rows (the whole cohort, nothing to compare with) read ``"ok"`` or
-``"insufficient data"``.
+Rows large enough but with nothing to compare with (the whole cohort; a group holding every
+lesion of its size bin) read ``"not tested"``.
 
 :func:`rank_worst` is the one ranking of worst cases (direction from
 ``audit.stats.metric_direction``); scans without reference lesions are left out of a ranking by
@@ -36,7 +36,13 @@ from medseg_xai.audit.strata import (
     group_labels,
     lesion_size_labels,
 )
-from medseg_xai.status import FLAG_BETTER, FLAG_INSUFFICIENT, FLAG_OK, FLAG_WORSE
+from medseg_xai.status import (
+    FLAG_BETTER,
+    FLAG_INSUFFICIENT,
+    FLAG_NOT_TESTED,
+    FLAG_OK,
+    FLAG_WORSE,
+)
 
 __all__ = [
     "GROUP_COUNT_COLUMNS",
@@ -282,7 +288,7 @@ def _rate_flags(rows: list[dict[str, Any]], *, n_key: str, k_key: str, rest: Map
         if r[n_key] < min_n:
             r["flag"] = FLAG_INSUFFICIENT
             continue
-        r["flag"] = FLAG_OK
+        r["flag"] = FLAG_OK if np.isfinite(pa) else FLAG_NOT_TESTED
         if np.isfinite(pa) and pa < alpha:
             k_tot, n_tot = rest[(r["stratum"], r.get("size_bin"))]
             n_r = n_tot - r[n_key]
@@ -426,7 +432,7 @@ def volume_agreement_table(
         elif np.isfinite(pa) and pa < alpha:
             r["flag"] = FLAG_WORSE if abs(r["bias"]) > abs(r["_rest_bias"]) else FLAG_BETTER
         else:
-            r["flag"] = FLAG_OK
+            r["flag"] = FLAG_OK if np.isfinite(pa) else FLAG_NOT_TESTED
     return pd.DataFrame(rows, columns=["stratum", "group", "n", "bias", "sd", "loa_low",
                                        "loa_high", "bias_ci_low", "bias_ci_high", "p_value",
                                        "p_adjusted", "flag"])
