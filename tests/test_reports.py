@@ -103,7 +103,7 @@ def test_criteria_definitions_apart_from_results_and_not_evaluated_reasons(real_
     assert "not evaluated (no strata were audited" in html
 
 
-def test_scans_without_reference_lesions_are_their_own_category(real_audit):
+def test_scans_without_reference_lesions_are_their_own_category(real_audit, html):
     cases = real_audit.cases
     empty_ids = set(cases.loc[cases["volume_ref_mm3"] == 0, "case_id"])
     assert empty_ids
@@ -116,7 +116,6 @@ def test_scans_without_reference_lesions_are_their_own_category(real_audit):
     assert worst and not {e["case_id"] for e in worst} & empty_ids
     fp = [e for e in gallery if e["category"] == "false_positive_scan"]
     assert fp and {e["case_id"] for e in fp} <= empty_ids
-    html = render_html(real_audit)
     assert "Scans without reference lesions, with false positives" in html
     assert "Scans without reference lesions</h3>" in html  # the choice is written down
 
@@ -175,14 +174,14 @@ def test_flags_mean_something_at_every_level(real_audit):
         assert set(table["flag"]) <= {"ok", "worse", "better", "insufficient data", "not tested"}
 
 
-def test_reference_standard_from_config_or_not_stated(real_audit):
-    html = render_html(real_audit)
+def test_reference_standard_from_config_or_not_stated(real_audit, html):
+    from medseg_xai.reports import sec_reference_standard
+
     rows = dict(re.findall(r'<tr><th scope="row">(.*?)</th><td>(.*?)</td>', html))
     assert rows["How the reference labels were made"] == "generator masks"
     assert rows["Adjudication of disagreements"] == "not stated"
-    html = render_html(real_audit, config={"annotators": "3 neuroradiologists",
-                                            "adjudication": "majority vote"})
-    rows = dict(re.findall(r'<tr><th scope="row">(.*?)</th><td>(.*?)</td>', html))
+    cfg = {**real_audit.report, "annotators": "3 neuroradiologists", "adjudication": "majority vote"}
+    rows = dict(sec_reference_standard.build(real_audit, cfg)["rows"])
     assert rows["Annotators (number, profession, experience)"] == "3 neuroradiologists"
     assert rows["Adjudication of disagreements"] == "majority vote"
 
