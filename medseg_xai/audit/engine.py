@@ -6,7 +6,6 @@ import contextlib
 import datetime as _dt
 import hashlib
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,10 +42,9 @@ def _version(pkg: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("medseg-xai", "numpy", "scipy", "pandas", "monai", "torch", "nibabel"):
-        out[pkg] = _version(pkg)
-    return out
+    from medseg_xai.versions import library_versions
+
+    return library_versions()
 
 
 def audit(
@@ -82,6 +80,7 @@ def audit(
     keep_columns: Sequence[str] | None = None,
     case_timeout: float | None = None,
     stream: str | Path | None = None,
+    report: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -140,6 +139,11 @@ def audit(
         JSON-lines file that receives each case's record the moment it is evaluated (default:
         a temporary file, removed afterwards). An interrupted audit leaves its finished cases
         there; the tables are built from it, so the client never holds per-case objects.
+    report : mapping, optional
+        Report configuration stored in the result (and its JSON): ``intended_use``,
+        ``model_name``, ``model_version``, ``model_fingerprint`` (recorded as the model's
+        fingerprint when no adapter runs), ``reference_standard``... (see
+        :mod:`medseg_xai.reports`).
 
     Returns
     -------
@@ -245,7 +249,7 @@ def audit(
         "manifest_source": Path(cohort.source).name if cohort.source else None,
         "inputs_hash": hashlib.sha256(
             "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
-        "model_fingerprint": fingerprint,
+        "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
         "pseudonymised": cohort.pseudonymised,
     }
     run = {
@@ -259,7 +263,7 @@ def audit(
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
     }
-    return build_result(cases, lesions, settings, provenance, run)
+    return build_result(cases, lesions, settings, provenance, run, report=report)
 
 
 def _check_execution(*, workers: Any, case_timeout: Any) -> None:
@@ -457,6 +461,8 @@ def build_result(
     settings: Mapping[str, Any],
     provenance: Mapping[str, Any],
     run: Mapping[str, Any] | None = None,
+    *,
+    report: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
@@ -477,13 +483,14 @@ def build_result(
         ci_method=stat["ci_method"], test=stat["test"], correction=stat["correction"],
         alpha=float(stat["alpha"]),
     )
+    tests = {"alpha": float(stat["alpha"]), "correction": stat["correction"]}
     detection = analysis.detection_table(
         cases, lesions, strata_list, bins=stat["detection_bins"],
-        orders=orders, confidence=confidence, min_n=min_n)
+        orders=orders, confidence=confidence, min_n=min_n, **tests)
     fps = analysis.false_positive_table(cases, strata_list, orders=orders,
-                                        confidence=confidence, min_n=min_n)
+                                        confidence=confidence, min_n=min_n, **tests)
     agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
-                                                confidence=confidence, min_n=min_n)
+                                                confidence=confidence, min_n=min_n, **tests)
     group_index = {}
     for stratum in [analysis.OVERALL, *strata_list]:
         labels, order = analysis.stratum_groups(cases, stratum, orders)
@@ -507,6 +514,7 @@ def build_result(
     return AuditResult(
         cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
         lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
-        verdicts=verdicts(criteria_table), settings=settings, provenance=provenance,
-        run=dict(run or {}),
+        verdicts=verdicts(criteria_table),
+        group_counts=analysis.group_counts_table(cases, strata_list, orders),
+        settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
     )
