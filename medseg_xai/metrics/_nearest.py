@@ -23,6 +23,7 @@ formula, so both paths give identical floats.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -33,7 +34,7 @@ __all__ = ["box_of", "directed_distances", "lattice_distance", "pad_crop"]
 # benchmarks/bench_metrics.py); below it the tree is cheaper than the per-offset overhead.
 SCAN_MIN_POINTS = 4000
 # Offsets scanned before the unresolved rest goes to the KD-tree.
-SCAN_MAX_OFFSETS = 400
+SCAN_MAX_OFFSETS = 1000
 
 
 def box_of(*masks: np.ndarray) -> tuple[slice, ...] | None:
@@ -108,10 +109,19 @@ def _offsets(spacing: tuple[float, ...], pad: tuple[int, ...], radius: float):
     return grid[order], dist[order]
 
 
+@lru_cache(maxsize=64)
+def _shells(spacing: tuple[float, ...]):
+    """Scanned offsets grouped by equal length: [(flat offsets per stride set, length)]."""
+    pad = scan_pad(spacing)
+    offs, lens = _offsets(spacing, pad, scan_radius(spacing))
+    cut = np.flatnonzero(np.diff(lens)) + 1
+    return [(o, float(d[0])) for o, d in zip(np.split(offs, cut), np.split(lens, cut))]
+
+
 def directed_distances(
     src: np.ndarray,
     dst_mask: np.ndarray,
-    dst_points: np.ndarray,
+    dst: np.ndarray,
     spacing: tuple[float, ...],
     *,
     scan: bool,
@@ -120,13 +130,12 @@ def directed_distances(
 
     Parameters
     ----------
-    src : (n, ndim) int array
-        Lattice coordinates of the source points in the padded crop.
+    src, dst : int arrays
+        Flat (C-order) indices of the source points and of the other surface's points in
+        ``dst_mask``'s grid.
     dst_mask : bool array
-        The other surface on the padded crop; its padding must exceed every scanned offset
-        (:func:`scan_pad`).
-    dst_points : (m, ndim) int array
-        Coordinates of ``dst_mask``'s points (for the KD-tree).
+        The other surface on the padded crop, C-contiguous; its padding must exceed every
+        scanned offset (:func:`scan_pad`).
     spacing : tuple of float
         Lattice spacing in mm.
     scan : bool
@@ -136,27 +145,37 @@ def directed_distances(
     out = np.empty(n, dtype=np.float64)
     if n == 0:
         return out
-    if dst_points.shape[0] == 0:
+    if dst.shape[0] == 0:
         out.fill(np.inf)
         return out
     todo = np.arange(n)
     if scan:
-        pad = scan_pad(spacing)
-        offs, lens = _offsets(spacing, pad, scan_radius(spacing))
         strides = np.array(dst_mask.strides, dtype=np.int64)  # bool: strides are element steps
         flat_dst = dst_mask.ravel()
-        cur = src.astype(np.int64) @ strides
-        flat_offs = offs.astype(np.int64) @ strides
-        for off, d in zip(flat_offs.tolist(), lens.tolist()):
-            hit = flat_dst[cur + off]
-            if hit.any():
+        cur = src.astype(np.int64)
+        for offs, d in _shells(spacing):
+            # One compaction per shell of equal-length offsets, not per offset.
+            flat_offs = (offs.astype(np.int64) @ strides).tolist()
+            hit = flat_dst[cur + flat_offs[0]]
+            for off in flat_offs[1:]:
+                hit |= flat_dst[cur + off]
+            k = int(np.count_nonzero(hit))
+            if k:
+                if k == cur.size:
+                    out[todo] = d
+                    return out
                 out[todo[hit]] = d
                 miss = ~hit
                 todo, cur = todo[miss], cur[miss]
-                if todo.size == 0:
-                    return out
+        src = cur
+    else:
+        src = src[todo]
+    shape = dst_mask.shape
     scale = np.asarray(spacing, dtype=np.float64)
-    tree = cKDTree(dst_points * scale, leafsize=32)
-    _, j = tree.query(src[todo] * scale, k=1)
-    out[todo] = lattice_distance(dst_points[j] - src[todo], spacing)
+    dst_pts = np.stack(np.unravel_index(dst, shape), axis=1).reshape(-1, len(shape))
+    src_pts = np.stack(np.unravel_index(src, shape), axis=1).reshape(-1, len(shape))
+    # An unbalanced tree builds about twice as fast; queries stay exact.
+    tree = cKDTree(dst_pts * scale, leafsize=16, balanced_tree=False, compact_nodes=False)
+    _, j = tree.query(src_pts * scale, k=1)
+    out[todo] = lattice_distance(dst_pts[j] - src_pts, spacing)
     return out

@@ -159,7 +159,7 @@ def surface_distances(
     pad = scan_pad(sp)
     ep = _edges_padded(pad_crop(pred, box, pad), pad)
     er = _edges_padded(pad_crop(ref, box, pad), pad)
-    pts_p, pts_r = np.argwhere(ep), np.argwhere(er)
+    pts_p, pts_r = np.flatnonzero(ep), np.flatnonzero(er)
     return SurfaceDistances(
         pred_to_ref=directed_distances(pts_p, er, pts_r, sp, scan=len(pts_p) >= SCAN_MIN_POINTS),
         ref_to_pred=directed_distances(pts_r, ep, pts_p, sp, scan=len(pts_r) >= SCAN_MIN_POINTS),

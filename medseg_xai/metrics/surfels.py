@@ -85,8 +85,8 @@ def surfels(
     -------
     border : bool array
         Shape ``padded.shape - 1``: cube ``c`` spans voxels ``c .. c + 1`` of ``padded``.
-    points : (n, ndim) int array
-        Cube positions of the surfels, in C order.
+    points : (n,) int array
+        Flat (C-order) indices of the surfels in ``border``.
     areas : (n,) float64
         Their areas.
     """
@@ -99,6 +99,6 @@ def surfels(
         code[padded[sl]] += np.uint8(weight)
     full = 2 ** (2**ndim) - 1
     border = (code != 0) & (code != full)
-    points = np.argwhere(border)
+    points = np.flatnonzero(border)
     areas = area_table(spacing, precision)[code[border]]
     return border, points, areas
