@@ -34,6 +34,7 @@ __all__ = [
     "CONVENTIONS",
     "Geometry",
     "SliceView",
+    "add_scale_bar",
     "annotate_plane",
     "error_map",
     "fig_to_data_uri",
@@ -471,6 +472,29 @@ def scale_bar_mm(width_mm: float) -> float:
 _TEXT = {"color": "white", "fontsize": "x-small", "fontweight": "bold"}
 
 
+def add_scale_bar(ax: Axes, geometry: Geometry, plane: str,
+                  visible_cols: float | None = None) -> tuple[Any, float]:
+    """A round-length scale bar (mm, or voxels without spacing) in the lower left of ``ax``.
+
+    ``visible_cols``: how many columns are on screen (zoomed views); default the whole plane.
+    Returns ``(artist, length)``; the bar is drawn in data units, so it stays true under zoom.
+    """
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    rows, cols = geometry.display_shape(plane)
+    _, col_mm = geometry.pixel_spacing(plane)
+    shown = float(cols if visible_cols is None else visible_cols)
+    length = scale_bar_mm(shown * col_mm)
+    unit = "mm" if geometry.spacing_known else "voxels"
+    bar = AnchoredSizeBar(ax.transData, length / col_mm, f"{length:g} {unit}", "lower left",
+                          pad=0.3, color="white", frameon=False,
+                          size_vertical=max(rows * shown / cols / 150, 0.3),
+                          fontproperties={"size": "xx-small"})
+    bar.set_gid("scale-bar")
+    ax.add_artist(bar)
+    return bar, length
+
+
 def annotate_plane(ax: Axes, geometry: Geometry, plane: str, *, note: bool = True,
                    scale_bar: bool = True) -> dict[str, Any]:
     """Orientation letters on each edge, a mm scale bar and the geometry note on ``ax``.
@@ -491,18 +515,7 @@ def annotate_plane(ax: Axes, geometry: Geometry, plane: str, *, note: bool = Tru
                                            va=va, path_effects=halo, gid=f"letter-{edge}",
                                            **_TEXT)
     if scale_bar:
-        _, col_mm = geometry.pixel_spacing(plane)
-        ncols = geometry.display_shape(plane)[1]
-        length = scale_bar_mm(ncols * col_mm)
-        unit = "mm" if geometry.spacing_known else "voxels"
-        bar = AnchoredSizeBar(ax.transData, length / col_mm, f"{length:g} {unit}",
-                              "lower left", pad=0.3, color="white", frameon=False,
-                              size_vertical=max(ax.get_ylim()[0] / 150, 0.3),
-                              fontproperties={"size": "xx-small"})
-        bar.set_gid("scale-bar")
-        ax.add_artist(bar)
-        out["scale_bar"] = bar
-        out["scale_bar_mm"] = length
+        out["scale_bar"], out["scale_bar_mm"] = add_scale_bar(ax, geometry, plane)
     if note and geometry.note:
         out["note"] = ax.text(0.98, 0.02, geometry.note, transform=ax.transAxes, ha="right",
                               va="bottom", color="#FFD700", fontsize="xx-small",

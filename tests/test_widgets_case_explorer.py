@@ -46,9 +46,17 @@ def case():
 @pytest.fixture()
 def explorer(adapter, case):
     img, ref, pred = case
-    affine = np.diag([*SPACING, 1.0])
+    return CaseExplorer(adapter, img, ref, pred, SPACING, affine=_demo_affine(),
+                        case_id="case-7")
+
+
+def _demo_affine():
+    """The demo's layout (``demo.phantom.device_affine``): stored axis 0 runs inferior ->
+    superior, 1 posterior -> anterior, 2 left -> right, so axis 0 is the axial slice index."""
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = SPACING[2], SPACING[1], SPACING[0], 1
     affine[:3, 3] = (10.0, -5.0, 3.0)
-    return CaseExplorer(adapter, img, ref, pred, SPACING, affine=affine, case_id="case-7")
+    return affine
 
 
 def _pngs(ex: CaseExplorer) -> list[bytes]:
