@@ -1089,7 +1089,15 @@ class CaseExplorer(W.VBox):
 
     # ------------------------------------------------------------------ export
     def export_png(self, path: str | Path) -> Path:
-        """Save the planes as shown now, side by side, as one PNG.
+        """Save the planes as shown now, side by side, as one PNG (:meth:`export_figure`)."""
+        p = Path(path)
+        if p.suffix.lower() != ".png":
+            raise ValueError(f"path: expected a .png file name, got {p.name!r}")
+        self.export_figure().savefig(p, format="png", metadata={"Software": None})
+        return p
+
+    def export_figure(self) -> Any:
+        """The planes as shown now in one matplotlib figure.
 
         Each panel is the plane's picture with its orientation letters, scale bar and legend
         (colour bars included), titled with the plane and slice; the figure title names the
@@ -1099,9 +1107,6 @@ class CaseExplorer(W.VBox):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        p = Path(path)
-        if p.suffix.lower() != ".png":
-            raise ValueError(f"path: expected a .png file name, got {p.name!r}")
         pics = [mpimg.imread(io.BytesIO(img.value), format="png") for img in self.plane_images]
         fig = Figure(figsize=(3.2 * len(pics), 3.8), dpi=150)
         FigureCanvasAgg(fig)
@@ -1119,8 +1124,7 @@ class CaseExplorer(W.VBox):
         fig.suptitle(f"{self.case_id or 'case'} · {self.channel_names[self.state.channel]} · "
                      f"{orient}" + (f" · {geo.note}" if geo.note and geo.known else ""),
                      fontsize=9)
-        fig.savefig(p, format="png", metadata={"Software": None})
-        return p
+        return fig
 
     def export_attribution(self, path: str | Path) -> Path:
         """Save the shown attribution as NIfTI on the stored grid with the source affine."""
