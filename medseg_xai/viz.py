@@ -502,7 +502,6 @@ def annotate_plane(ax: Axes, geometry: Geometry, plane: str, *, note: bool = Tru
     Returns the artists: ``{"letters": {edge: Text}, "scale_bar": artist, "note": Text}``.
     """
     from matplotlib import patheffects
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     halo = [patheffects.withStroke(linewidth=2, foreground="black")]
     out: dict[str, Any] = {"letters": {}, "scale_bar": None, "note": None}
