@@ -295,7 +295,7 @@ def test_dask_local_cluster_equals_serial(serial_result, cohort_dir):
         r = audit(Cohort.from_csv(cohort_dir / "manifest.csv"),
                   strata=["device", "site", "lesion_size", "device x site"],
                   dask_scheduler=cluster.scheduler_address, **FAST)
-    assert r.run["executor"] == "Client"
+    assert r.run["executor"] == "dask" and r.run["workers"] == 2
     assert json.dumps(_stable(r)) == json.dumps(_stable(serial_result))
 
 
