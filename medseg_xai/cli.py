@@ -477,8 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # disk full, read-only or unwritable folder: the machine, not data
         if args.debug:
             raise
-        _fail(args, f"error: {_one_line(err)} (nothing was left half-written; free space or "
-                    "fix permissions and rerun, --cache resumes)")
+        text = _one_line(err)
+        if "rerun" not in text:  # the engine's infrastructure errors already say what to do
+            text += " (nothing was left half-written; free space or fix permissions and rerun, "
+            text += "--cache resumes)"
+        _fail(args, f"error: {text}")
         return EXIT_INTERNAL
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if args.debug:
@@ -492,8 +495,8 @@ def _one_line(err: BaseException) -> str:
     from medseg_xai._privacy import redact_paths
 
     text = str(err) or type(err).__name__
-    if isinstance(err, OSError) and err.strerror and err.filename:
-        text = f"{err.strerror}: {err.filename}"
+    if isinstance(err, OSError) and err.strerror:  # no "[Errno 28]" prefix
+        text = f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
     return redact_paths(" ".join(text.split()))
 
 

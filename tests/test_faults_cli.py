@@ -147,6 +147,21 @@ def test_disk_full_and_internal_errors_exit_1_with_one_line(manifest, tmp_path, 
               "--quiet", "--no-html"])
 
 
+def test_unwritable_cache_aborts_the_audit_with_one_line(manifest, tmp_path, monkeypatch,
+                                                         capsys):
+    from medseg_xai.audit.cache import CaseCache
+
+    def full(self, key, record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(CaseCache, "put", full)
+    code = _audit(manifest, tmp_path / "o", "--cache", str(tmp_path / "cache"))
+    err = capsys.readouterr().err
+    assert code == 1 and len(_lines(err)) == 1, err
+    assert "cannot write the cache (No space left on device)" in err and "[Errno" not in err
+    assert not (tmp_path / "o" / "cases.csv").exists()  # no table of "failed" computed cases
+
+
 def test_metrics_command_applies_the_label_and_grid_rules(tmp_path, capsys):
     lab = np.zeros(SHAPE, np.uint8)
     lab[1:4, 2:6, 2:6] = 1
