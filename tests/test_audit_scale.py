@@ -290,3 +290,35 @@ def _wait_for(path: Path, seconds: float = 60) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_efficiency_summary_and_report_section(baseline):
+    eff = baseline.run["efficiency"]
+    cases = baseline.cases
+    assert eff["n_cases"] == 60 and eff["cases_per_s"] == pytest.approx(60 / eff["elapsed_s"])
+    for stage in ("load", "metrics", "lesions", "cache", "total"):
+        v = cases[f"{stage}_s"].dropna()
+        st = eff["stages"][stage]
+        assert st["total_s"] == pytest.approx(v.sum())
+        assert st["median_s"] == pytest.approx(v.median()) and st["max_s"] == v.max()
+    shares = [st["share"] for k, st in eff["stages"].items() if k != "total"]
+    assert sum(shares) == pytest.approx(1.0)
+    assert eff["slowest"][0]["total_s"] == cases["total_s"].max()
+    back = AuditResult.from_json(baseline.to_json())  # volatile, but kept in the JSON
+    assert back.run["efficiency"]["stages"]["load"]["total_s"] == pytest.approx(
+        eff["stages"]["load"]["total_s"])
+
+    import jinja2
+
+    from medseg_xai.reports import sec_efficiency
+
+    s = sec_efficiency.build(baseline, {})
+    assert [r["stage"] for r in s["stages"]][:2] == ["loading volumes", "metrics"]
+    assert dict(s["facts"])["Executor"] == "serial × 1"
+    folder = Path(sec_efficiency.__file__).with_name("templates")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True)
+    html = env.get_template("sec_efficiency.html.j2").render(s=s)
+    assert "lesion matching" in html and eff["slowest"][0]["case_id"] in html
+    assert sec_efficiency.build(AuditResult(**{k: getattr(baseline, k) for k in (
+        "cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
+        "volume_agreement", "verdicts")}), {}) is None  # a result without timings: no section
