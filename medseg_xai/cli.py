@@ -80,6 +80,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--workers", type=int, default=None, help="local processes")
     group.add_argument("--dask-scheduler", default=None, help="dask.distributed scheduler address")
     p.add_argument("--cache", default=None, help="per-case cache folder (resume an interrupted run)")
+    p.add_argument("--case-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a case that takes longer than this (loading, inference, metrics); "
+                        "each finished case is streamed to --out/cases.jsonl as it completes")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--model", default=None,
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
@@ -99,7 +102,8 @@ def _run_audit(args: argparse.Namespace) -> int:
     cohort = read_cohort(args.manifest)
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
-                   cache_dir=args.cache, progress=not args.quiet)
+                   cache_dir=args.cache, progress=not args.quiet,
+                   case_timeout=args.case_timeout, stream=Path(args.out) / "cases.jsonl")
     written = write_outputs(result, args.out)
     if not args.no_html:
         from medseg_xai.reports.render import load_config

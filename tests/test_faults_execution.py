@@ -286,3 +286,33 @@ def test_kill_9_of_the_client_leaves_no_workers_and_resume_recomputes_only_missi
         runner._compute_case = real
     assert resumed.n_rows == 24 and resumed.n_failed == 0
     assert resumed.run["n_from_cache"] == finished and len(calls) == 24 - finished
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_cli_case_timeout_stream_and_refusals(manifest, tmp_path, capsys):
+    from medseg_xai.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["audit", str(manifest), "--out", str(out), "--case-timeout", "120",
+               "--workers", "1", "--no-html", "--quiet"])
+    assert rc in (0, None) or rc == 0
+    run = json.loads((out / "audit.json").read_text())["run"]
+    assert run["case_timeout_s"] == 120.0 and run["executor"] == "serial"
+    lines = (out / "cases.jsonl").read_text().splitlines()  # streamed as the cases finished
+    assert len(lines) == 8 and {json.loads(x)["case_id"] for x in lines} == {
+        f"case-{i}" for i in range(8)}
+    capsys.readouterr()
+    assert main(["audit", str(manifest), "--out", str(out), "--workers", "0", "--quiet"]) == 2
+    assert "workers" in capsys.readouterr().err
+    assert main(["audit", str(manifest), "--out", str(out), "--case-timeout", "-1",
+                 "--quiet"]) == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    try:
+        rc = main(["audit", str(manifest), "--out", str(out), "--cache", str(blocker / "c"),
+                   "--workers", "1", "--no-html", "--quiet"])
+    except InfrastructureError:
+        rc = 1  # before the command line maps it to its exit code
+    assert rc not in (0, 2, 3)
