@@ -316,3 +316,34 @@ def test_cli_case_timeout_stream_and_refusals(manifest, tmp_path, capsys):
     except InfrastructureError:
         rc = 1  # before the command line maps it to its exit code
     assert rc not in (0, 2, 3)
+
+
+def test_killed_pool_worker_aborts_and_resume_recomputes_only_missing(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    manifest = write_cohort(tmp_path / "c", n=16)
+    cache = tmp_path / "cache"
+    real = runner._compute_case
+
+    def dying(cid, *a, **k):
+        if cid == "case-9":
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker is killed mid-run
+        return real(cid, *a, **k)
+
+    monkeypatch.setattr(runner, "_compute_case", dying)  # fork: the workers inherit it
+    with pytest.raises(BrokenProcessPool):
+        audit(Cohort.from_csv(manifest), executor="process", workers=2, mp_context="fork",
+              cache_dir=cache, **FAST)
+    finished = {p.name for p in cache.glob("*.json")}
+    assert len(finished) < 16
+    calls: list[str] = []
+
+    def counting(cid, *a, **k):
+        calls.append(cid)
+        return real(cid, *a, **k)
+
+    monkeypatch.setattr(runner, "_compute_case", counting)
+    resumed = audit(Cohort.from_csv(manifest), executor="serial", cache_dir=cache, **FAST)
+    assert resumed.n_rows == 16 and resumed.n_failed == 0
+    assert resumed.run["n_from_cache"] == len(finished) and len(calls) == 16 - len(finished)
+    assert "case-9" in calls
