@@ -29,7 +29,7 @@ from medseg_xai.cohort import Cohort
 FAST = {"n_resamples": 100, "progress": False, "min_n": 2}
 SHAPE = (8, 12, 12)
 SETTINGS = {"labels": None, "tolerance": 1.0, "percentile": 95, "empty": "worst",
-            "connectivity": None, "overlap_threshold": 0.1}
+            "connectivity": None, "overlap_threshold": 0.1, "binarize": False}
 
 
 def write_repeated_cohort(folder: Path, n_rows: int, n_files: int = 6, bad_every: int = 0) -> Path:
@@ -317,8 +317,12 @@ def test_efficiency_summary_and_report_section(baseline):
     assert dict(s["facts"])["Executor"] == "serial × 1"
     folder = Path(sec_efficiency.__file__).with_name("templates")
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True)
-    html = env.get_template("sec_efficiency.html.j2").render(s=s)
+    html = env.get_template("sec_efficiency.html.j2").render(s=s)  # autoescaped, like the report
     assert "lesion matching" in html and eff["slowest"][0]["case_id"] in html
+    from medseg_xai.reports.render import render_html
+
+    page = render_html(baseline)  # registered: part of the report
+    assert sec_efficiency.TITLE in page and 'id="efficiency-stages"' in page
     assert sec_efficiency.build(AuditResult(**{k: getattr(baseline, k) for k in (
         "cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
         "volume_agreement", "verdicts")}), {}) is None  # a result without timings: no section

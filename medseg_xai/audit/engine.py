@@ -6,7 +6,6 @@ import contextlib
 import datetime as _dt
 import hashlib
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
@@ -42,10 +42,9 @@ def _version(pkg: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("medseg-xai", "numpy", "scipy", "pandas", "monai", "torch", "nibabel"):
-        out[pkg] = _version(pkg)
-    return out
+    from medseg_xai.versions import library_versions
+
+    return library_versions()
 
 
 def audit(
@@ -77,8 +76,11 @@ def audit(
     dask_scheduler: str | None = None,
     progress: bool = True,
     mp_context: str | None = None,
+    binarize: bool = False,
+    keep_columns: Sequence[str] | None = None,
     case_timeout: float | None = None,
     stream: str | Path | None = None,
+    report: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -123,6 +125,13 @@ def audit(
         Show a progress bar.
     mp_context : str, optional
         Start method of the process pool.
+    binarize : bool
+        Count every label / prediction value ``> 0`` as foreground. Without it, label maps
+        must hold only the declared ``labels`` (binary ``{0, 1}`` when None); a case with other
+        values fails with the values found.
+    keep_columns : sequence of str, optional
+        Metadata columns to keep in the result besides the strata; the others never reach the
+        result (direct-identifier columns are dropped by the cohort in any case).
     case_timeout : float, optional
         Seconds one case may take (loading, inference, evaluation); a case past it fails with
         a message saying so, the audit goes on.
@@ -130,6 +139,11 @@ def audit(
         JSON-lines file that receives each case's record the moment it is evaluated (default:
         a temporary file, removed afterwards). An interrupted audit leaves its finished cases
         there; the tables are built from it, so the client never holds per-case objects.
+    report : mapping, optional
+        Report configuration stored in the result (and its JSON): ``intended_use``,
+        ``model_name``, ``model_version``, ``model_fingerprint`` (recorded as the model's
+        fingerprint when no adapter runs), ``reference_standard``... (see
+        :mod:`medseg_xai.reports`).
 
     Returns
     -------
@@ -169,6 +183,9 @@ def audit(
                 f"strata: column(s) {unknown} of {s.name!r} not in the cohort; expected one of "
                 f"{sorted(cohort.metadata_columns) + list(analysis.DERIVED_STRATA)}"
             )
+    # privacy: only metadata used as strata or declared to keep reaches the result
+    kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
+    cohort = cohort.with_metadata([*kept, *(keep_columns or ())])
     if adapter is None and "prediction" not in cohort.manifest.columns:
         raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
                          "got neither")
@@ -177,6 +194,7 @@ def audit(
                    (list(labels) if labels is not None else None)),
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
+        "binarize": bool(binarize),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     if executor is None:
@@ -231,7 +249,7 @@ def audit(
         "manifest_source": Path(cohort.source).name if cohort.source else None,
         "inputs_hash": hashlib.sha256(
             "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
-        "model_fingerprint": fingerprint,
+        "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
         "pseudonymised": cohort.pseudonymised,
     }
     run = {
@@ -240,13 +258,13 @@ def audit(
         "executor": info.executor,
         "workers": info.workers,
         "n_from_cache": info.n_from_cache,
-        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "cache_dir": None if cache_dir is None else redact_paths(str(Path(cache_dir).absolute())),
         "case_timeout_s": None if case_timeout is None else float(case_timeout),
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
         "efficiency": efficiency_summary(cases, elapsed),
     }
-    return build_result(cases, lesions, settings, provenance, run)
+    return build_result(cases, lesions, settings, provenance, run, report=report)
 
 
 def efficiency_summary(cases: pd.DataFrame, elapsed_s: float) -> dict[str, Any]:
@@ -476,6 +494,8 @@ def build_result(
     settings: Mapping[str, Any],
     provenance: Mapping[str, Any],
     run: Mapping[str, Any] | None = None,
+    *,
+    report: Mapping[str, Any] | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
@@ -496,13 +516,14 @@ def build_result(
         ci_method=stat["ci_method"], test=stat["test"], correction=stat["correction"],
         alpha=float(stat["alpha"]),
     )
+    tests = {"alpha": float(stat["alpha"]), "correction": stat["correction"]}
     detection = analysis.detection_table(
         cases, lesions, strata_list, bins=stat["detection_bins"],
-        orders=orders, confidence=confidence, min_n=min_n)
+        orders=orders, confidence=confidence, min_n=min_n, **tests)
     fps = analysis.false_positive_table(cases, strata_list, orders=orders,
-                                        confidence=confidence, min_n=min_n)
+                                        confidence=confidence, min_n=min_n, **tests)
     agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
-                                                confidence=confidence, min_n=min_n)
+                                                confidence=confidence, min_n=min_n, **tests)
     group_index = {}
     for stratum in [analysis.OVERALL, *strata_list]:
         labels, order = analysis.stratum_groups(cases, stratum, orders)
@@ -526,6 +547,7 @@ def build_result(
     return AuditResult(
         cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
         lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
-        verdicts=verdicts(criteria_table), settings=settings, provenance=provenance,
-        run=dict(run or {}),
+        verdicts=verdicts(criteria_table),
+        group_counts=analysis.group_counts_table(cases, strata_list, orders),
+        settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
     )

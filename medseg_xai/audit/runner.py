@@ -45,7 +45,7 @@ __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "STAGES", "TORCH_THREADS", "CaseTas
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold")
+                     "overlap_threshold", "binarize")
 #: Per-case stage timings (seconds) in every record's ``timing``: loading the volumes, model
 #: inference (only with an adapter), the metrics, lesion matching, and the cache (input hash,
 #: lookup, store); ``total_s`` is the whole case as the worker saw it.
@@ -173,7 +173,8 @@ def _compute_case(
 
     clock = time.perf_counter
     t0 = clock()
-    case = load_case_from_paths(case_id, paths)
+    case = load_case_from_paths(case_id, paths, labels=settings.get("labels"),
+                                binarize=bool(settings.get("binarize")))
     timing: dict[str, float] = {"load_s": clock() - t0}
     labels = settings.get("labels")
     class_probs = None
@@ -431,12 +432,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _fix_threads() -> None:
     """Pin torch's intra-op threads (identical numbers on every executor)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return
+    try:  # a plain import: it waits for another thread's import of torch to finish
+        import torch
+    except ImportError:  # pragma: no cover
+        return
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
 
