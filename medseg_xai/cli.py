@@ -102,6 +102,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--workers", type=int, default=None, help="local processes")
     group.add_argument("--dask-scheduler", default=None, help="dask.distributed scheduler address")
     p.add_argument("--cache", default=None, help="per-case cache folder (resume an interrupted run)")
+    p.add_argument("--case-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a case that takes longer than this (loading, inference, metrics); "
+                        "each finished case is streamed to --out/cases.jsonl as it completes")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--model", default=None,
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
@@ -171,7 +174,8 @@ def _run_audit(args: argparse.Namespace) -> int:
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
                    cache_dir=args.cache, progress=not args.quiet, labels=args.labels,
                    binarize=args.binarize, keep_columns=args.keep_columns,
-                   lesion_size_bins=lesion_size_bins, report=config, **extra)
+                   lesion_size_bins=lesion_size_bins, report=config,
+                   case_timeout=args.case_timeout, stream=out / "cases.jsonl", **extra)
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
                                            seed=args.seed)
     written = write_outputs(result, out)

@@ -432,12 +432,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _fix_threads() -> None:
     """Pin torch's intra-op threads (identical numbers on every executor)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return
+    try:  # a plain import: it waits for another thread's import of torch to finish
+        import torch
+    except ImportError:  # pragma: no cover
+        return
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
 

@@ -32,5 +32,6 @@ SECTIONS: tuple[str, ...] = (
     "failures",
     "comparison",
     "limitations",
+    "efficiency",
     "reproducibility",
 )
