@@ -86,6 +86,14 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "predictions; a TorchScript file is code: load only files you trust")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--convention", default="monai",
+                   choices=["monai", "medpy", "deepmind", "metricsreloaded", "panoptica"],
+                   help="surface-metric definitions (default: %(default)s)")
+    p.add_argument("--matching", default="overlap", choices=["overlap", "hungarian"],
+                   help="lesion matching: covered fraction, or one-to-one IoU (default: "
+                        "%(default)s)")
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="smallest IoU of a match with --matching hungarian (default: %(default)s)")
     p.set_defaults(func=_run_audit)
 
 
@@ -99,7 +107,9 @@ def _run_audit(args: argparse.Namespace) -> int:
     cohort = read_cohort(args.manifest)
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
-                   cache_dir=args.cache, progress=not args.quiet)
+                   cache_dir=args.cache, progress=not args.quiet,
+                   convention=args.convention, matching=args.matching,
+                   iou_threshold=args.iou_threshold)
     written = write_outputs(result, args.out)
     if not args.no_html:
         from medseg_xai.reports.render import load_config

@@ -27,7 +27,8 @@ __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "CaseTask", "evaluate_task", "run_t
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold")
+                     "overlap_threshold", "convention", "use_subvoxels", "matching",
+                     "iou_threshold")
 
 _WORKER_ADAPTER: Any = None  # set once per worker process by the pool initializer
 
@@ -157,12 +158,16 @@ def _compute_case(
         pred_eval, ref_eval, case.spacing, labels,
         tolerance=settings["tolerance"], percentile=settings["percentile"],
         empty=settings["empty"], probabilities=probs_eval,
+        convention=settings.get("convention", "monai"),
+        use_subvoxels=settings.get("use_subvoxels", False),
     )
     pred_fg, ref_fg = _foreground(pred, labels), _foreground(ref, labels)
     table = lesions(
         pred_fg, ref_fg, case.spacing,
         probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0),
         connectivity=settings["connectivity"], overlap_threshold=settings["overlap_threshold"],
+        matching=settings.get("matching", "overlap"),
+        iou_threshold=settings.get("iou_threshold", 0.5),
     )
     summary = lesion_summary(table, n_cases=1)
     record: dict[str, Any] = {"status": "ok", "error": ""}

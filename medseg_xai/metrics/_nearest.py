@@ -176,6 +176,12 @@ def directed_distances(
     src_pts = np.stack(np.unravel_index(src, shape), axis=1).reshape(-1, len(shape))
     # An unbalanced tree builds about twice as fast; queries stay exact.
     tree = cKDTree(dst_pts * scale, leafsize=16, balanced_tree=False, compact_nodes=False)
-    _, j = tree.query(src_pts * scale, k=1)
-    out[todo] = lattice_distance(dst_pts[j] - src_pts, spacing)
+    # Offsets of equal length in mm can differ by an ulp once rounded; like the scan (and the
+    # distance transform), keep the smallest float among the nearest few.
+    k = min(8, dst_pts.shape[0])
+    _, j = tree.query(src_pts * scale, k=k)
+    j = j.reshape(len(src_pts), k)
+    cand = np.stack([lattice_distance(dst_pts[j[:, c]] - src_pts, spacing) for c in range(k)],
+                    axis=1)
+    out[todo] = cand.min(axis=1)
     return out
