@@ -81,7 +81,9 @@ def cldice(pred: Any, ref: Any, *, empty: str = "worst") -> float:
     pred, ref : array-like
         Binary masks of the same shape.
     empty : {"worst", "nan", "convention"}
-        Both empty -> 1 (``"worst"``) or NaN; one empty -> 0.
+        Both empty -> 1 (``"worst"``) or NaN; one empty -> 0. Neither skeleton inside the
+        other mask (a 0/0 harmonic mean): 0 (``"worst"``) or NaN (``"nan"``, ``"convention"``:
+        panoptica's value).
     """
     check_empty_policy(empty)
     pred, ref, _ = _pair(pred, ref)
@@ -92,8 +94,8 @@ def cldice(pred: Any, ref: Any, *, empty: str = "worst") -> float:
     sp, sr = skeleton(p), skeleton(r)
     t_prec = np.count_nonzero(sp & r) / max(np.count_nonzero(sp), 1)
     t_sens = np.count_nonzero(sr & p) / max(np.count_nonzero(sr), 1)
-    if t_prec + t_sens == 0:
-        return 0.0
+    if t_prec + t_sens == 0:  # no centreline inside the other mask: 0/0 harmonic mean
+        return 0.0 if empty == "worst" else float("nan")
     return float(2 * t_prec * t_sens / (t_prec + t_sens))
 
 
