@@ -190,6 +190,10 @@ def evaluate_case(
         )
     percentile = _check_percentile(percentile)
     tolerance = _check_tolerance(tolerance)
+    extra = tuple(extra)
+    unknown = [e for e in extra if e not in EXTRA_METRICS]
+    if unknown:
+        raise ValueError(f"extra: expected names from {EXTRA_METRICS}, got {unknown}")
     if labels is None:
         pred_b = check_mask(pred, "pred")
         ref_b = check_mask(ref, "ref")
