@@ -318,3 +318,27 @@ def test_evaluate_case_records_the_convention_and_matches_single_metrics():
     multi = M.evaluate_case(pred.astype(int), ref.astype(int) * 2 + (ref == 0) * 0, sp,
                             labels=[1, 2], convention="deepmind")
     assert multi["convention"] == "deepmind"
+
+
+@pytest.mark.parametrize("ignore_empty", [True, False])
+def test_documented_recipe_reproduces_monai_dicemetric_cohort_mean(ignore_empty):
+    from monai.metrics import DiceMetric
+
+    rng = np.random.default_rng(11)
+    shape = (8, 12, 12)
+    cases = []
+    for i in range(8):
+        ref = _blobs(rng, shape, 0.2) if i % 3 else np.zeros(shape, bool)
+        pred = _blobs(rng, shape, 0.2) if i % 4 else np.zeros(shape, bool)
+        cases.append((pred, ref))
+    metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=ignore_empty)
+    for pred, ref in cases:
+        metric(torch.from_numpy(pred[None, None].astype(np.float32)),
+               torch.from_numpy(ref[None, None].astype(np.float32)))
+    theirs = metric.aggregate().item()
+    rows = [M.evaluate_case(p, r) for p, r in cases]
+    if ignore_empty:
+        ours = np.mean([r["dice"] for r in rows if r["volume_ref_mm3"] > 0])
+    else:
+        ours = np.mean([r["dice"] for r in rows])
+    assert ours == pytest.approx(theirs, rel=1e-6)
