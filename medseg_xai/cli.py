@@ -126,6 +126,14 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
                    "or WeasyPrint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--convention", default="monai",
+                   choices=["monai", "medpy", "deepmind", "metricsreloaded", "panoptica"],
+                   help="surface-metric definitions (default: %(default)s)")
+    p.add_argument("--matching", default="overlap", choices=["overlap", "hungarian"],
+                   help="lesion matching: covered fraction, or one-to-one IoU (default: "
+                        "%(default)s)")
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="smallest IoU of a match with --matching hungarian (default: %(default)s)")
     p.set_defaults(func=_run_audit)
 
 
@@ -175,7 +183,9 @@ def _run_audit(args: argparse.Namespace) -> int:
                    cache_dir=args.cache, progress=not args.quiet, labels=args.labels,
                    binarize=args.binarize, keep_columns=args.keep_columns,
                    lesion_size_bins=lesion_size_bins, report=config,
-                   case_timeout=args.case_timeout, stream=out / "cases.jsonl", **extra)
+                   case_timeout=args.case_timeout, stream=out / "cases.jsonl",
+                   convention=args.convention, matching=args.matching,
+                   iou_threshold=args.iou_threshold, **extra)
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
                                            seed=args.seed)
     written = write_outputs(result, out)

@@ -64,6 +64,10 @@ def audit(
     empty: str = "worst",
     connectivity: int | None = None,
     overlap_threshold: float = 0.1,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
+    matching: str = "overlap",
+    iou_threshold: float = 0.5,
     lesion_size_bins: int | Sequence[float] = 3,
     detection_bins: Sequence[float] = (0, 100, 1000, 10000),
     min_n: int = 10,
@@ -111,6 +115,13 @@ def audit(
         Passed to ``metrics.evaluate_case`` (``empty`` is the empty-mask policy).
     connectivity, overlap_threshold
         Passed to ``metrics.lesions``.
+    convention, use_subvoxels
+        Surface-metric convention (``"monai"``, ``"medpy"``, ``"deepmind"``,
+        ``"metricsreloaded"``, ``"panoptica"``) and MONAI's sub-voxel NSD, passed to
+        ``metrics.evaluate_case``; recorded in ``settings``.
+    matching, iou_threshold
+        Lesion matching mode (``"overlap"``: covered fraction; ``"hungarian"``: one-to-one
+        IoU >= ``iou_threshold``), passed to ``metrics.lesions``; recorded in ``settings``.
     lesion_size_bins : int or sequence of float
         Quantile count or edges (mm^3) of the ``lesion_size`` stratum.
     detection_bins : sequence of float
@@ -165,6 +176,15 @@ def audit(
     _check_execution(workers=workers, case_timeout=case_timeout)
     _check_settings(empty=empty, ci_method=ci_method, test=test, correction=correction,
                     n_resamples=n_resamples, confidence=confidence, alpha=alpha)
+    from medseg_xai.metrics.conventions import check_convention
+    from medseg_xai.metrics.lesions import check_matching
+
+    check_convention(convention)
+    check_matching(matching)
+    if use_subvoxels and convention != "monai":
+        raise ValueError(f"use_subvoxels: expected convention='monai', got {convention!r}")
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ValueError(f"iou_threshold: expected an IoU in (0, 1], got {iou_threshold!r}")
     strata_list = parse_strata(strata)
     crit = load_criteria(criteria)
     metric_list = _metric_list(metrics, crit, labels)
@@ -195,6 +215,8 @@ def audit(
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
         "binarize": bool(binarize),
+        "convention": convention, "use_subvoxels": bool(use_subvoxels), "matching": matching,
+        "iou_threshold": float(iou_threshold),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     if executor is None:

@@ -45,7 +45,8 @@ __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "STAGES", "TORCH_THREADS", "CaseTas
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold", "binarize")
+                     "overlap_threshold", "binarize", "convention", "use_subvoxels", "matching",
+                     "iou_threshold")
 #: Per-case stage timings (seconds) in every record's ``timing``: loading the volumes, model
 #: inference (only with an adapter), the metrics, lesion matching, and the cache (input hash,
 #: lookup, store); ``total_s`` is the whole case as the worker saw it.
@@ -210,6 +211,8 @@ def _compute_case(
         pred_eval, ref_eval, case.spacing, labels,
         tolerance=settings["tolerance"], percentile=settings["percentile"],
         empty=settings["empty"], probabilities=probs_eval,
+        convention=settings.get("convention", "monai"),
+        use_subvoxels=settings.get("use_subvoxels", False),
     )
     timing["metrics_s"] = clock() - t0
     t0 = clock()
@@ -218,6 +221,8 @@ def _compute_case(
         pred_fg, ref_fg, case.spacing,
         probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0),
         connectivity=settings["connectivity"], overlap_threshold=settings["overlap_threshold"],
+        matching=settings.get("matching", "overlap"),
+        iou_threshold=settings.get("iou_threshold", 0.5),
     )
     summary = lesion_summary(table, n_cases=1)
     timing["lesions_s"] = clock() - t0
