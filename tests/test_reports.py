@@ -262,3 +262,24 @@ def test_write_html_is_atomic_and_bad_arguments_raise(real_audit, tmp_path):
     ("case_id", False), ("site", False), ("device", False), ("dice", False)])
 def test_identifying_columns(column, hidden):
     assert identifying(column) is hidden
+
+
+def test_write_pdf_says_what_is_missing(real_audit, tmp_path, monkeypatch):
+    import builtins
+
+    from medseg_xai.reports import render as R
+
+    html_path = write_html(real_audit, tmp_path / "r.html")
+    monkeypatch.setattr(R, "find_chromium", lambda: None)
+    real_import = builtins.__import__
+
+    def no_weasyprint(name, *a, **kw):
+        if name == "weasyprint":
+            raise ImportError("no weasyprint")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_weasyprint)
+    with pytest.raises(RuntimeError, match="Chromium.*WeasyPrint"):
+        R.write_pdf(html_path, tmp_path / "r.pdf")
+    with pytest.raises(ValueError, match="html_path"):
+        R.write_pdf(tmp_path / "missing.html", tmp_path / "r.pdf")
