@@ -59,6 +59,7 @@ def test_rerendered_from_json_equals_the_original(real_audit, html, tmp_path):
     assert without_provenance_line(again) == without_provenance_line(html)
 
 
+@pytest.mark.slow
 def test_confidence_label_follows_the_setting_everywhere(real_audit):
     r90 = reanalysed(real_audit, confidence=0.9, n_resamples=100)
     html = render_html(r90)
@@ -82,6 +83,7 @@ def test_verdict_block_states_the_verdict_cohort_and_failures(real_audit, html, 
     assert re.search(r'<h2>1\. Verdict</h2>', html)
 
 
+@pytest.mark.slow
 def test_criteria_definitions_apart_from_results_and_not_evaluated_reasons(real_audit):
     # Without strata a gap criterion cannot be checked: NOT EVALUATED with its reason.
     r = reanalysed(real_audit, strata=[])
@@ -199,6 +201,7 @@ def test_gallery_is_drawn_from_the_result_with_colour_bars(real_audit, html):
     assert max(len(json.dumps(e)) for e in entries) < 150_000
 
 
+@pytest.mark.slow
 def test_comparison_names_which_file_is_a_and_which_is_b(real_audit):
     other = reanalysed(real_audit)
     comp = compare(real_audit, other, name_a="old_model.json", name_b="new <model>.json")
