@@ -38,7 +38,8 @@ TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "fals
           "volume_agreement", "verdicts", "group_counts")
 #: Tables added after schema 1.0: read as empty from older documents.
 _OPTIONAL_TABLES = ("group_counts",)
-TIMING_COLUMNS = ("inference_s", "peak_memory_mb", "peak_gpu_memory_mb")
+TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
+                  "peak_memory_mb", "peak_gpu_memory_mb")
 VOLATILE_KEYS = ("run", "timings")
 
 
@@ -271,7 +272,9 @@ class AuditResult:
         text = json.dumps(self.to_dict(), sort_keys=True, indent=1, ensure_ascii=False,
                           allow_nan=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            from medseg_xai._io import atomic_write  # never a truncated audit.json
+
+            atomic_write(path, text + "\n")
         return text
 
     @classmethod

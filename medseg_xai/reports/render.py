@@ -136,9 +136,9 @@ def write_html(result: Any, path: str | os.PathLike, *,
     html = render_html(result, config=config, comparison=comparison)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, out)  # atomic: a reader never sees half a report
+    from medseg_xai._io import atomic_write  # never a truncated report
+
+    atomic_write(out, html)
     if pdf:
         write_pdf(out, out.with_suffix(".pdf") if pdf is True else Path(pdf))
     return out
