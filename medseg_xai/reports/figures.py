@@ -223,8 +223,8 @@ def gallery_figure(payload: dict[str, Any], *, method: str | None = None) -> Fig
     signed = any(h is not None and (h < 0).any() for h in heats)
     fig = Figure(figsize=(2.3 * len(planes) + (0.6 if has_heat else 0.0), 2.7))
     axes = fig.subplots(1, len(planes), squeeze=False)[0]
-    affine = payload.get("affine")
     for ax, plane, heat in zip(axes, planes, heats):
+        affine = plane.get("affine")
         image = decode_plane(plane["image"])
         ref = decode_plane(plane.get("target")) if plane.get("target") else decode_plane(plane["ref"])
         pred = decode_plane(plane.get("pred"))
@@ -234,12 +234,10 @@ def gallery_figure(payload: dict[str, Any], *, method: str | None = None) -> Fig
         else:
             kw = {"ref": decode_plane(plane["ref"]), "pred": pred, "error": pred is not None,
                   "contours": True, "alpha": 0.45, "spacing": plane.get("spacing")}
-        if affine is not None and _accepts(viz.show_slice, "affine"):
-            try:  # orientation letters and scale bar where viz can draw them
-                viz.show_slice(ax, image, affine=np.asarray(affine), **kw)
-            except (TypeError, ValueError):
-                ax.clear()
-                viz.show_slice(ax, image, **kw)
+        oriented = affine is not None and _accepts(viz.show_slice, "affine")
+        if oriented:  # anatomical plane, orientation letters and scale bar
+            kw.pop("spacing")
+            viz.show_slice(ax, image, affine=np.asarray(affine), **kw)
         else:
             viz.show_slice(ax, image, **kw)
         where = ("slice" if plane["axis"] is None else
