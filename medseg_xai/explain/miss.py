@@ -15,8 +15,9 @@ location   the lesion moved to up to 3 plausible positions of the same image, an
 ========== ===================================================================================
 
 A cause is named only when one of its settings *fixes the error*: a missed lesion becomes
-detected, or its highest probability rises by at least ``margin`` (0.2); for a false positive
-(or a detected lesion) it disappears, or its highest probability falls by ``margin``; for the
+detected, or its lesion probability (the mean class probability over the lesion, which one
+noisy voxel cannot move) rises by at least ``margin`` (0.2); for a false positive (or a
+detected lesion) it disappears, or its lesion probability falls by ``margin``; for the
 location swap, the detected lesion moved here is missed or loses ``margin``. Causes are ordered
 by strength: settings that flip detection first, then by the largest change of probability.
 
@@ -52,7 +53,7 @@ __all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "PROBES", "explain_miss"]
 CAUSES: tuple[str, ...] = ("contrast", "size", "intensity", "noise", "location")
 #: Probe names (one per cause).
 PROBES: tuple[str, ...] = CAUSES
-#: Smallest change of the lesion's highest probability that counts as an effect.
+#: Smallest change of the lesion probability (mean over the lesion) that counts as an effect.
 DEFAULT_MARGIN = 0.2
 #: Default probe settings when the error is a miss (make it appear) / otherwise (make it vanish).
 SETTINGS_MISS: dict[str, tuple[float, ...]] = {
@@ -93,7 +94,7 @@ class MissAnalysis:
         detected lesions, which have no error to explain).
     probes : pandas.DataFrame
         One row per probe setting, the first the image as acquired: ``probe, setting, value,
-        max_prob, mean_prob, covered_fraction, detected, change`` (change of the highest
+        max_prob, mean_prob, covered_fraction, detected, change`` (change of the mean lesion
         probability in the direction that fixes the error), ``effect`` (bool: passes the rule).
     evidence : pandas.DataFrame
         One row per attribution method: ``method, layer, baseline, enrichment`` (share of the
@@ -348,7 +349,7 @@ def _run_probes(
     sign = 1.0 if want_detect else -1.0
     for (name, words, value, _img, m2), p in zip(jobs, probs):
         st = _stats(p, m2, threshold, overlap)
-        change = sign * (st["max_prob"] - base["max_prob"])
+        change = sign * (st["mean_prob"] - base["mean_prob"])
         flipped = st["detected"] != base["detected"] and st["detected"] == want_detect
         rows.append({"probe": name, "setting": words, "value": value, **st, "change": change,
                      "effect": bool(flipped or change >= margin)})
@@ -356,7 +357,7 @@ def _run_probes(
         st = _stats(probs[-1], swap[2], threshold, overlap)
         d = donor[2]
         # supports "location" when the place makes a detected lesion vanish (or fade)
-        change = d["max_prob"] - st["max_prob"]
+        change = d["mean_prob"] - st["mean_prob"]
         flipped = d["detected"] and not st["detected"]
         rows.append({"probe": "location", "setting": swap[0], "value": float("nan"), **st,
                      "change": change if want_detect else -change,
@@ -449,7 +450,9 @@ def _evidence(
             fx, fb = (float(v) for v in target(adapter.logits(torch.cat([x, xb]))))
         err = completeness_error(row["total"], fx, fb)
         row["completeness_error"] = err
-        if err > COMPLETENESS_TOLERANCE:
+        if not (np.isfinite(fx) and np.isfinite(fb)):
+            reasons.append("the target is not finite at the baseline (the model cannot take it)")
+        elif err > COMPLETENESS_TOLERANCE:
             reasons.append(f"completeness error {err:.0%} > {COMPLETENESS_TOLERANCE:.0%}")
     if not gate:
         try:
@@ -516,11 +519,12 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
         "predicted": f"{lid} is a region the model calls lesion (no reference given)",
     }[status]
     lines = [f"{headline}: at threshold {thr:.2f} on the class {st['class_index']} probability its "
-             f"highest probability is {_fmt_p(o['max_prob'])} and {o['covered_fraction']:.0%} of "
-             f"its voxels are called lesion ({ov:.0%} needed to count as detected)."]
+             f"highest probability is {_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
+             f"{o['covered_fraction']:.0%} of its voxels are called lesion ({ov:.0%} needed to "
+             f"count as detected)."]
     want = "detected" if status == "missed" else "no longer called lesion"
-    rule = (f"a cause is named when a probe makes it {want} or moves its highest probability by "
-            f"at least {st['margin']:g} that way")
+    rule = (f"a cause is named when a probe makes it {want} or moves its mean lesion "
+            f"probability by at least {st['margin']:g} that way")
     if status == "detected":
         dep = [c for c in CAUSES if bool(table[(table["probe"] == c)]["effect"].any())]
         lines.append("Probes re-run through the model: its detection depends on "
@@ -535,8 +539,8 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
             continue
         best = rows.iloc[int(np.argmax(rows["change"].to_numpy()))]
         parts = "; ".join(
-            f"{r.setting}: {_fmt_p(r.max_prob)}{' (detected)' if r.detected else ''}"
-            for r in rows.itertuples())
+            f"{r.setting}: mean {_fmt_p(r.mean_prob)}, max {_fmt_p(r.max_prob)}"
+            f"{' (detected)' if r.detected else ''}" for r in rows.itertuples())
         tag = "effect" if rows["effect"].any() else "no effect"
         lines.append(f"- {name} ({tag}; best change {best['change']:+.2f}): {parts}.")
     for name in skipped:
@@ -668,7 +672,7 @@ def explain_miss(
     min_comparison : int
         Fewest detected lesions a comparison is made with.
     margin : float
-        Smallest change of the highest lesion probability that counts as an effect.
+        Smallest change of the mean lesion probability that counts as an effect.
     overlap_threshold : float
         Share of lesion voxels that must be called for a detection.
     layer : str, optional

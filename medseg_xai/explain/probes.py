@@ -278,9 +278,9 @@ def fill_lesion(image: Any, mask: Any, *, exclude: Any = None, sigma: float | No
         den = ndimage.gaussian_filter(w, s, mode="nearest")
         fill = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-6)
         if np.any(den[m[box]] <= 1e-6):  # no background within reach: the ring median
-            ring = _ring(m, 3) & keep
-            med = float(np.median(img[c][ring])) if ring.any() else float(np.median(img[c][keep]))
-            fill[den <= 1e-6] = med
+            ring = _ring(m, 3)
+            pool = next((p for p in (ring & keep, keep, ring, ~m) if p.any()), m)
+            fill[den <= 1e-6] = float(np.median(img[c][pool]))
         sub = out[c][box]
         sub[m[box]] = fill[m[box]].astype(np.float32)
     return out
@@ -448,8 +448,9 @@ def plausible_positions(
     image, it overlaps neither the lesion's own place (dilated by its radius) nor ``exclude``,
     and the smoothed intensity there (channel 0, Gaussian of the lesion's radius) is within
     ``tolerance`` robust standard deviations (1.4826 MAD of the image's above-mean voxels) of
-    the lesion's local background. Among plausible positions on a grid, ``n`` are chosen by
-    farthest-point sampling (the first farthest from the lesion), so they spread over the image.
+    the median of the lesion's surrounding ring (its radius wide). Among plausible positions on
+    a grid, ``n`` are chosen by farthest-point sampling (the first farthest from the lesion), so
+    they spread over the image.
 
     Returns
     -------
@@ -464,7 +465,8 @@ def plausible_positions(
     filled = fill_lesion(img[:1], m, exclude=exclude)[0]
     smooth = ndimage.gaussian_filter(np.where(keep, ch, filled), r, mode="nearest")
     centre = _centroid(m)
-    bg_here = float(filled[m].mean())
+    ring = _ring(m, max(1, int(round(r)))) & keep
+    bg_here = float(np.median(ch[ring])) if ring.any() else float(filled[m].mean())
     tissue = ch[ch > ch.mean()]
     spread = 1.4826 * float(np.median(np.abs(tissue - np.median(tissue)))) if tissue.size else 0.0
     spread = spread or float(ch.std()) or 1.0
