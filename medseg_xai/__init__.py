@@ -28,7 +28,7 @@ from medseg_xai.adapters import SegmentationAdapter  # noqa: E402
 from medseg_xai.audit import AuditResult, audit, compare  # noqa: E402
 from medseg_xai.cohort import Cohort  # noqa: E402
 from medseg_xai.explain import Explanation, activations, explain  # noqa: E402
-from medseg_xai.explain.miss import MissAnalysis, explain_miss  # noqa: E402
+from medseg_xai.explain.miss import MissAnalysis, explain_miss  # noqa: E402, F401 (public API)
 
 # --- lazy optional sub-packages ------------------------------------------------------------
 _LAZY_MODULES = {"widgets", "demo", "reports", "viz"}
