@@ -18,7 +18,8 @@ A cause is named only when one of its settings *fixes the error*: a missed lesio
 detected, or its lesion probability (the mean class probability over the lesion, which one
 noisy voxel cannot move) rises by at least ``margin`` (0.2); for a false positive (or a
 detected lesion) it disappears, or its lesion probability falls by ``margin``; for the
-location swap, the detected lesion moved here is missed or loses ``margin``. Causes are ordered
+location swap, the detected lesion moved here is missed (a mere drop of its probability does
+not count: it may be larger than the missed lesion, or of another contrast). Causes are ordered
 by strength: settings that flip detection first, then by the largest change of probability.
 
 Attributions are supporting evidence only, and gated (``explain.quality``): a constant or
@@ -361,7 +362,8 @@ def _run_probes(
         flipped = d["detected"] and not st["detected"]
         rows.append({"probe": "location", "setting": swap[0], "value": float("nan"), **st,
                      "change": change if want_detect else -change,
-                     "effect": bool(want_detect and (flipped or change >= margin))})
+                     # only a detected lesion that is *missed* here says the place is why
+                     "effect": bool(want_detect and flipped)})
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
 
 

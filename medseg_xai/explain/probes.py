@@ -479,17 +479,19 @@ def plausible_positions(
     if any(a.size == 0 for a in axes):
         return []
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, m.ndim)
-    idx = np.nonzero(m)
-    candidates = []
-    for shift in grid:
-        new = tuple(i + s for i, s in zip(idx, shift))
-        if blocked[new].any():
-            continue
-        c = tuple(int(round(v)) for v in centre + shift)
-        if abs(smooth[c] - bg_here) > tolerance * spread:
-            continue
-        candidates.append(shift)
-    if not candidates:
+    # blocked voxels under the shifted lesion, for every shift at once: correlate the blocked
+    # map with the lesion's crop ('valid' position a = the crop's corner placed at a)
+    from scipy.signal import fftconvolve
+
+    crop = m[tuple(slice(a, b + 1) for a, b in zip(lo, hi))].astype(np.float64)
+    hits = fftconvolve(blocked.astype(np.float64), crop[(slice(None, None, -1),) * m.ndim],
+                       mode="valid")
+    corner = grid + lo
+    free = hits[tuple(corner.T)] < 0.5
+    centres = np.rint(centre + grid).astype(int)
+    similar = np.abs(smooth[tuple(centres.T)] - bg_here) <= tolerance * spread
+    candidates = grid[free & similar]
+    if not len(candidates):
         return []
     cand = np.array(candidates, dtype=np.float64)
     rng = np.random.default_rng(seed)
