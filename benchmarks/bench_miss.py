@@ -7,7 +7,7 @@ Run by hand::
 Prints, in one run:
 
 - ``explain_miss`` with default probes and methods (Grad-CAM + integrated gradients) on the
-  demo cohort's first missed lesion, as a multiple of one forward pass of the demo model on the
+  first missed lesion of the demo cohort's largest scans (48 x 64 x 64), as a multiple of one forward pass of the demo model on the
   same image (median of ``--repeats`` rounds, each round timing the forward pass right before
   the analysis so that load on a shared machine hits both)          target < 60
 - its wall time                                                       target < 5 s
@@ -37,7 +37,8 @@ def _cases(n: int):
 def _first_missed(adapter, cases):
     from medseg_xai.metrics import label_lesions
 
-    for c in cases:
+    # the largest grid first (the 1 mm device, 48 x 64 x 64): the slowest demo case
+    for c in sorted(cases, key=lambda c: -c.image.size):
         p = adapter.probabilities(c.image[None]).numpy()[0, 1]
         lab, n = label_lesions(c.label > 0)
         for k in range(1, n + 1):
