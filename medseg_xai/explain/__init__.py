@@ -12,3 +12,8 @@ from medseg_xai.explain.miss import MissAnalysis, explain_miss
 
 __all__ = ["explain", "Explanation", "activations", "METHODS", "LAYER_METHODS", "explain_miss",
            "MissAnalysis"]
+
+# ``mx.explain(...)`` calls explain(); the package stays importable (``explain.quality``).
+from medseg_xai._callable_module import make_callable  # noqa: E402
+
+make_callable(__name__)

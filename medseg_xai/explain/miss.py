@@ -174,36 +174,47 @@ def _clean(v: Any) -> Any:
 
 # ----------------------------------------------------------------------------- helpers
 class _Model:
-    """The adapter's foreground probability of one class, batched, with a pass counter."""
+    """The adapter's class probability and call (``adapters.label_map``), batched and counted."""
 
-    def __init__(self, adapter: Any, class_index: int | None, batch: int = 4) -> None:
+    def __init__(self, adapter: Any, class_index: int | None, threshold: float,
+                 batch: int = 4) -> None:
         self.adapter = adapter
         self.class_index = class_index
+        self.threshold = threshold
         self.batch = batch
         self.n_images = 0
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(probability, called) per image, both spatial; called = the toolkit's decision."""
         import torch
 
-        out: list[np.ndarray] = []
+        from medseg_xai.adapters import label_map
+
+        out: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.batch):
             chunk = np.stack(images[start:start + self.batch]).astype(np.float32)
             t = torch.from_numpy(chunk).to(self.adapter.device)
             p = self.adapter.probabilities(t).detach().float().cpu().numpy()
+            k = p.shape[1]
             if self.class_index is None:
-                self.class_index = 1 if p.shape[1] > 1 else 0
-            if not 0 <= self.class_index < p.shape[1]:
+                self.class_index = 1 if k > 1 else 0
+            if not 0 <= self.class_index < k:
                 raise ValueError(
-                    f"class_index: the model has {p.shape[1]} output channels, got "
-                    f"{self.class_index}")
-            out.extend(p[:, self.class_index])
+                    f"class_index: the model has {k} output channels, got {self.class_index}")
+            # label value of this channel under label_map: the channel (softmax), else 1 + it
+            value = self.class_index if (self.adapter.activation != "sigmoid" and k > 1) \
+                else self.class_index + 1
+            labels = label_map(p, self.threshold, activation=self.adapter.activation,
+                               channel_axis=1)
+            out.extend(zip(p[:, self.class_index], np.asarray(labels) == value))
             self.n_images += len(chunk)
         return out
 
 
-def _stats(p: np.ndarray, mask: np.ndarray, threshold: float, overlap: float) -> dict[str, Any]:
+def _stats(pc: tuple[np.ndarray, np.ndarray], mask: np.ndarray, overlap: float) -> dict[str, Any]:
+    p, called = pc
     vals = p[mask]
-    covered = float((vals > threshold).mean())
+    covered = float(called[mask].mean())
     return {"max_prob": float(vals.max()), "mean_prob": float(vals.mean()),
             "covered_fraction": covered, "detected": bool(covered >= overlap)}
 
@@ -349,13 +360,13 @@ def _run_probes(
              "change": 0.0, "effect": False}]
     sign = 1.0 if want_detect else -1.0
     for (name, words, value, _img, m2), p in zip(jobs, probs):
-        st = _stats(p, m2, threshold, overlap)
+        st = _stats(p, m2, overlap)
         change = sign * (st["mean_prob"] - base["mean_prob"])
         flipped = st["detected"] != base["detected"] and st["detected"] == want_detect
         rows.append({"probe": name, "setting": words, "value": value, **st, "change": change,
                      "effect": bool(flipped or change >= margin)})
     if swap is not None:
-        st = _stats(probs[-1], swap[2], threshold, overlap)
+        st = _stats(probs[-1], swap[2], overlap)
         d = donor[2]
         # supports "location" when the place makes a detected lesion vanish (or fade)
         change = d["mean_prob"] - st["mean_prob"]
@@ -654,9 +665,10 @@ def explain_miss(
     spacing : sequence of float, optional
         Voxel size in mm (volumes).
     threshold : float
-        A voxel is called lesion when its class probability exceeds it; a lesion counts as
-        detected when at least ``overlap_threshold`` of its voxels are called (the rule of
-        ``metrics.lesions``).
+        A voxel is called lesion by ``adapters.label_map(probabilities, threshold)`` (the
+        toolkit's one decision rule: for one channel or two classes, class probability >
+        threshold); a lesion counts as detected when at least ``overlap_threshold`` of its
+        voxels are called (the rule of ``metrics.lesions``).
     reference_images : sequence of arrays, optional
         Images from a group where the model works, for the intensity probe.
     probes : None, sequence of str or mapping
@@ -703,14 +715,14 @@ def explain_miss(
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != len(shape) or min(spacing) <= 0:
         raise ValueError(f"spacing: expected {len(shape)} positive numbers, got {spacing}")
-    model = _Model(adapter, class_index)
+    model = _Model(adapter, class_index, float(threshold))
     p0 = model([img])[0]
     ci = int(model.class_index)
-    pred_fg = p0 > threshold if pred is None else _foreground(pred, ci, "pred", shape)
+    pred_fg = p0[1] if pred is None else _foreground(pred, ci, "pred", shape)
     ref_fg = None if ref is None else _foreground(ref, ci, "ref", shape)
     lid, mask, source = _resolve_lesion(lesion, ref_fg, pred_fg, shape)
 
-    base = _stats(p0, mask, threshold, overlap_threshold)
+    base = _stats(p0, mask, overlap_threshold)
     if source == "reference":
         status = "detected" if float(pred_fg[mask].mean()) >= overlap_threshold else "missed"
     elif source == "prediction":
@@ -735,7 +747,7 @@ def explain_miss(
             mj = labels == j
             if (mj & mask).any():
                 continue
-            sj = _stats(p0, mj, threshold, overlap_threshold)
+            sj = _stats(p0, mj, overlap_threshold)
             if sj["detected"]:
                 detected_rows.append({"lesion_id": f"ref-{j}",
                                       "volume_mm3": float(mj.sum() * np.prod(spacing)),
