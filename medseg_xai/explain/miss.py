@@ -338,7 +338,6 @@ def _run_probes(
     exclude: np.ndarray,
     donor: tuple[str, np.ndarray, dict[str, Any]] | None,
     reference_images: Sequence[Any] | None,
-    threshold: float,
     overlap: float,
     margin: float,
     seed: int,
@@ -760,7 +759,7 @@ def explain_miss(
     if "intensity" in spec and not reference_images:
         skipped.append("intensity")
     table = _run_probes(model, img, mask, base, want_detect, spec, exclude, donor,
-                        reference_images, threshold, overlap_threshold, margin, seed)
+                        reference_images, overlap_threshold, margin, seed)
     if "location" in spec and not (table["probe"] == "location").any():
         skipped.append("location")
     causes = _causes(table) if status != "detected" else []
