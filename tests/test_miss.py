@@ -315,3 +315,29 @@ def test_size_and_intensity_models_name_their_cause() -> None:
 def test_causes_are_known_words() -> None:
     assert CAUSES == ("contrast", "size", "intensity", "noise", "location")
     assert mx.explain_miss is explain_miss and mx.MissAnalysis is MissAnalysis
+
+
+def test_probe_settings_can_be_given_and_two_channel_images_work(contrast_model) -> None:
+    img, lab = scan([((24, 20), 3, 0.15)], seed=3)
+    a = explain_miss(contrast_model, img, lab, "ref-1", methods=(),
+                     probes={"contrast": (3.0,), "size": None})
+    assert a.probes["setting"].tolist() == ["as acquired", "contrast x3 over local background",
+                                            "lesion resampled x1.5 per axis",
+                                            "lesion resampled x2 per axis"]
+    assert a.settings["probes"] == {"contrast": [3.0], "size": [1.5, 2.0]}
+
+    class TwoChannel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.c = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(x)
+
+    ad = SegmentationAdapter(TwoChannel().eval(), spatial_dims=2, activation="softmax")
+    two = np.concatenate([img, 2 * img])
+    b = explain_miss(ad, two, lab, "ref-1", methods=("integrated_gradients",),
+                     probes=["contrast", "location"])
+    assert b.settings["class_index"] == 1 and b.attributions["integrated_gradients"].shape == (40, 40)
+    assert b.evidence["completeness_error"].iloc[0] < 0.05  # linear model: exact up to rounding
