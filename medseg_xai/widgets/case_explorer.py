@@ -105,6 +105,9 @@ class CaseExplorer(W.VBox):
     background : bool
         Run explanations and sweeps started from the buttons in a thread (the kernel stays
         responsive; progress bar and cancel button). Method calls wait unless ``wait=False``.
+    method_options : dict, optional
+        Keyword arguments per explanation method, passed to
+        :func:`~medseg_xai.explain.explain` (e.g. ``{"occlusion": {"window": 4, "stride": 4}}``).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class CaseExplorer(W.VBox):
         channel_names: Any = None,
         convention: str = "radiological",
         background: bool = True,
+        method_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         if image is None:
@@ -138,6 +142,7 @@ class CaseExplorer(W.VBox):
         self.affine = None if affine is None else np.asarray(affine, dtype=float)
         self.sweep_factors = tuple(sweep_factors)
         self.background = bool(background)
+        self.method_options = {str(k): dict(v) for k, v in (method_options or {}).items()}
         self.last_error: Exception | None = None
         self._moving = False
         self._job: threading.Thread | None = None
@@ -892,8 +897,16 @@ class CaseExplorer(W.VBox):
         """Forward passes a method makes (for the progress bar), when it is known."""
         spatial = self.state.shape
         if method == "occlusion":  # explain()'s default window and stride: 1/8 of each axis
-            win = [max(1, s // 8) for s in spatial]
-            return 1 + int(np.prod([(s - w) // w + 1 for s, w in zip(spatial, win)]))
+            opts = self.method_options.get("occlusion", {})
+
+            def per_axis(v: Any, default: list[int]) -> list[int]:
+                if v is None:
+                    return default
+                return [int(v)] * len(spatial) if np.ndim(v) == 0 else [int(x) for x in v]
+
+            win = per_axis(opts.get("window"), [max(1, s // 8) for s in spatial])
+            stride = per_axis(opts.get("stride"), win)
+            return 1 + int(np.prod([(s - w) // st + 1 for s, w, st in zip(spatial, win, stride)]))
         if method == "feature_ablation":
             return 1 + self.image.shape[0]
         return None
@@ -986,7 +999,8 @@ class CaseExplorer(W.VBox):
             # Signed Grad-CAM: a miss often has only negative evidence (blue), which the
             # usual ReLU would blank out entirely.
             extra: dict[str, Any] = {"relu": False} if method in ("gradcam", "gradcam++") else {}
-            if method == "feature_ablation":
+            extra.update(self.method_options.get(method, {}))
+            if method == "feature_ablation" and "baseline" not in extra:
                 extra["baseline"] = self.modality_baseline()
 
             def work(adapter: Any) -> Any:
