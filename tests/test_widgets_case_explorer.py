@@ -421,7 +421,7 @@ def test_png_export_carries_case_plane_slice_and_legend(explorer, tmp_path) -> N
     fig = explorer.export_figure()
     assert fig._suptitle.get_text().startswith("case-7 · channel 0 · ")
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[0] == f"axial · slice 5 of {SHAPE[0]}" and titles[1].startswith("coronal")
+    assert titles[0] == f"axial · slice 5 (0-{SHAPE[0] - 1})" and titles[1].startswith("coronal")
     # each panel is the plane's picture, legend strip (error colours) included
     for i in range(3):
         assert explorer.renderer.displayed(i)["legend"][0] == "true positive"

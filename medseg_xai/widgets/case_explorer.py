@@ -1129,7 +1129,7 @@ class CaseExplorer(W.VBox):
             ax = fig.add_subplot(1, len(pics), i + 1)
             ax.imshow(pic)
             where = "" if info["slice"] is None else \
-                f" · slice {info['slice']} of {self.state.shape[info['axis']]}"
+                f" · slice {info['slice']} (0-{self.state.shape[info['axis']] - 1})"
             ax.set_title(f"{info['plane']}{where}", fontsize=8)
             ax.set_axis_off()
         geo = self.geometry

@@ -298,7 +298,7 @@ class PlaneRenderer:
             self._legend(pl)
             index = self.state.center[pl.axis] if pl.axis >= 0 else None
             pl.title.set_text(pl.name if index is None else
-                              f"{pl.name} {index + 1}/{self.state.shape[pl.axis]}")
+                              f"{pl.name} {index} (0-{self.state.shape[pl.axis] - 1})")
             out[i] = pl.fig
         return out
 
