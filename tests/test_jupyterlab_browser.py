@@ -320,8 +320,10 @@ def test_notebook_01_explorer_in_jupyterlab(lab: LabServer, browser: object) -> 
             "s => s.options[s.selectedIndex].text").replace("\xa0", " ").strip()
         assert "· missed ·" in chosen
         _select(page, "mx-lesion-select", "(no lesion selected)")
+        # Choosing none redraws too (the lesion outline goes): wait for that picture first.
+        unselected = _wait_digest_change(page, axial, moved)
         picked = _select(page, "mx-lesion-select", chosen)
-        centred = _wait_digest_change(page, axial, moved)
+        centred = _wait_digest_change(page, axial, unselected)
         centred_view = _view_digest(page, view)
         page.wait_for_function(
             "(id) => document.querySelector('.mx-case-explorer .mx-verdict').innerText"
