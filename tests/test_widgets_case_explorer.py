@@ -150,13 +150,13 @@ def test_choosing_a_lesion_centres_every_plane_inside_it(explorer) -> None:
     assert explorer.lesions.mask("ref-2")[c]
     assert [explorer.sliders[a].value for a in range(3)] == list(c)
     # Before the analysis runs, the panel says what the lesion table holds and how to ask why.
-    assert "ref-2</b>: missed" in explorer.verdict_html.value
+    assert "ref-2 was missed</b>" in explorer.verdict_html.value
     assert "why?" in explorer.verdict_html.value
     # The target follows the lesion's status: no "missed part" for a detected lesion.
     explorer.target.value = "missed"
     explorer.select_lesion("ref-1")
     assert explorer.target.value == "lesion"
-    assert "ref-1</b>: detected" in explorer.verdict_html.value
+    assert "ref-1 was detected</b>" in explorer.verdict_html.value
     with pytest.raises(ValueError, match="lesion_id"):
         explorer.select_lesion("ref-99")
 
@@ -283,7 +283,7 @@ def test_two_dimensional_case_has_one_view_and_no_slider() -> None:
     assert len(ex.plane_images) == 1 and ex.sliders == {}
     assert ex.run_button.disabled and ex.sweep_button.disabled
     ex.select_lesion("ref-1")
-    assert "ref-1</b>: missed" in ex.verdict_html.value
+    assert "ref-1 was missed</b>" in ex.verdict_html.value
     assert "needs a model" in ex.verdict_html.value
     with pytest.raises(ValueError, match="plane"):
         ex.set_slice("axial", 1)
@@ -416,7 +416,7 @@ def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
     assert set(ex.lesions.table["status"]) == {"predicted"}
     blob = ex.lesions.ids[0]
     ex.select_lesion(blob)
-    assert f"{blob}</b>: predicted" in ex.verdict_html.value
+    assert f"{blob} was predicted (no reference)</b>" in ex.verdict_html.value
     analysis = ex.analyse()  # why did the model call this blob? (no reference needed)
     assert ex.last_error is None, ex.status.value
     assert analysis.status == "predicted" and analysis.lesion_id == blob

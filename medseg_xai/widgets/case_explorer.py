@@ -814,8 +814,12 @@ class CaseExplorer(W.VBox):
         prob = "n/a" if not np.isfinite(row["max_prob"]) else f"{row['max_prob']:.2f}"
         how = ("Press <b>why?</b> to run the miss analysis (probes re-run through the model)."
                if self.adapter is not None else "The miss analysis needs a model (adapter).")
+        status = str(row["status"])
+        said = {"missed": "was missed", "detected": "was detected",
+                "false_positive": "is a false positive",
+                "predicted": "was predicted (no reference)"}.get(status, status)
         self.verdict_html.value = (
-            f"<b>{html.escape(lid)}</b>: {html.escape(str(row['status']).replace('_', ' '))}, "
+            f"<b>{html.escape(lid)} {html.escape(said)}</b>: "
             f"{row['volume_mm3']:.0f} {self.lesions.size_unit}, max probability {prob} "
             f"(threshold {self.threshold:.2f}). {how}")
 
