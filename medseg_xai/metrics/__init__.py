@@ -6,6 +6,8 @@ conventions (edge voxels, distances between voxel centres) and equal its values 
 masks. Empty masks follow the ``empty=`` policy ("worst" by default, "nan" to opt out).
 """
 
+from medseg_xai.metrics.agreement import AGREEMENT_COLUMNS, agreement
+from medseg_xai.metrics.consensus import CONSENSUS_METHODS, Consensus, consensus
 from medseg_xai.metrics.evaluate import METRIC_KEYS, evaluate_case
 from medseg_xai.metrics.lesions import LESION_COLUMNS, label_lesions, lesion_summary, lesions
 from medseg_xai.metrics.overlap import (
@@ -28,6 +30,11 @@ from medseg_xai.metrics.surface import (
 )
 
 __all__ = [
+    "AGREEMENT_COLUMNS",
+    "CONSENSUS_METHODS",
+    "Consensus",
+    "agreement",
+    "consensus",
     "EMPTY_POLICIES",
     "LESION_COLUMNS",
     "METRIC_KEYS",
