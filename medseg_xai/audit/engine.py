@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 #: Metrics summarised per subgroup when ``metrics=None`` (those present in the cases table).
 DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
                    "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
-_LESION_DROP = ("lesions", "timing", "row", "from_cache")
+_LESION_DROP = ("lesions", "timing", "row", "from_cache", "readers", "reader_lesions")
 
 
 def _version(pkg: str) -> str:
@@ -73,6 +73,8 @@ def audit(
     dask_scheduler: str | None = None,
     progress: bool = True,
     mp_context: str | None = None,
+    reference: str | None = None,
+    allow_missing_readers: bool = False,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -117,6 +119,13 @@ def audit(
         Show a progress bar.
     mp_context : str, optional
         Start method of the process pool.
+    reference : {"staple", "majority"} or str, optional
+        Reference standard when the manifest has reader columns ``label_<reader>``: a consensus
+        rule or one reader's name (default: the ``label`` column). See
+        :mod:`medseg_xai.audit.readers` for the reader tables this adds.
+    allow_missing_readers : bool
+        Analyse a case with the readers present when a reader file is missing (default: the
+        row fails, naming the reader).
 
     Returns
     -------
@@ -151,6 +160,9 @@ def audit(
                 f"strata: column(s) {unknown} of {s.name!r} not in the cohort; expected one of "
                 f"{sorted(cohort.metadata_columns) + list(analysis.DERIVED_STRATA)}"
             )
+    from medseg_xai.audit.readers import check_reference
+
+    check_reference(reference, cohort.readers, "label" in cohort.manifest.columns)
     if adapter is None and "prediction" not in cohort.manifest.columns:
         raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
                          "got neither")
@@ -159,6 +171,7 @@ def audit(
                    (list(labels) if labels is not None else None)),
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
+        "reference": reference, "allow_missing_readers": bool(allow_missing_readers),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     if executor is None:
@@ -179,7 +192,7 @@ def audit(
     started = time.perf_counter()
     try:
         records = run_tasks(
-            tasks_for(cohort), case_settings, executor=executor, workers=workers,
+            tasks_for(cohort, bool(allow_missing_readers)), case_settings, executor=executor, workers=workers,
             cache_dir=None if cache_dir is None else str(cache_dir), adapter=adapter,
             cache_extra=cache_extra, progress=progress, mp_context=mp_context,
         )
@@ -188,6 +201,9 @@ def audit(
             client.close()
     elapsed = time.perf_counter() - started
     cases, lesions = _tables(cohort, records)
+    from medseg_xai.audit.readers import records_tables
+
+    reader_cases = records_tables(records) if cohort.readers else None
     settings = {
         "strata": [s.name for s in strata_list], "seed": int(seed),
         "metrics": metric_list, **case_settings,
@@ -217,7 +233,7 @@ def audit(
         "n_from_cache": int(sum(bool(r.get("from_cache")) for r in records)),
         "cache_dir": None if cache_dir is None else str(cache_dir),
     }
-    return build_result(cases, lesions, settings, provenance, run)
+    return build_result(cases, lesions, settings, provenance, run, readers=reader_cases)
 
 
 def _check_settings(**given: Any) -> None:
@@ -333,11 +349,13 @@ def build_result(
     settings: Mapping[str, Any],
     provenance: Mapping[str, Any],
     run: Mapping[str, Any] | None = None,
+    readers: Mapping[str, pd.DataFrame] | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
     Used by :func:`audit` and to re-analyse stored cases (e.g. other strata or criteria) without
-    re-evaluating them.
+    re-evaluating them. ``readers`` holds the per-case ``readers`` and ``reader_lesions``
+    tables of a multi-reader audit (:mod:`medseg_xai.audit.readers`).
     """
     settings = dict(settings)
     stat = {**analysis.STATS_DEFAULTS,
@@ -367,10 +385,16 @@ def build_result(
         for g in order:
             group_index[(stratum.name, str(g))] = ok_labels.index[ok_labels == g]
     crit = load_criteria(settings.get("criteria")) if settings.get("criteria") else []
+    from medseg_xai.audit import readers as _readers
+
+    reader = dict(readers or {})
+    reader.update(_readers.reader_tables(
+        cases, reader.get("readers"), reader.get("reader_lesions"),
+        analysis._groups_iter(cases, strata_list, orders), stat, crit))
     criteria_table = evaluate_criteria(
         crit, subgroups=subgroups, cases=cases, lesions=lesions, false_positives=fps,
         group_index=group_index, audit_strata=[s.name for s in strata_list], min_n=min_n,
-        confidence=confidence)
+        confidence=confidence, noninferiority=reader["reader_noninferiority"])
     settings["metrics"] = list(metric_names)
     provenance = dict(provenance)
     ok = cases["status"] == "ok"
@@ -384,5 +408,5 @@ def build_result(
         cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
         lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
         verdicts=verdicts(criteria_table), settings=settings, provenance=provenance,
-        run=dict(run or {}),
+        run=dict(run or {}), **{k: v for k, v in reader.items() if k in _readers.READER_TABLES},
     )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg_xai.audit.result import TABLES, AuditResult
+from medseg_xai.audit.result import READER_TABLES, TABLES, AuditResult
 
 __all__ = ["read_cohort", "run_audit_cli", "write_outputs"]
 
@@ -27,6 +27,11 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
         path = out / f"{name}.csv"
         getattr(result, name).to_csv(path, index=False, lineterminator="\n")
         written[name] = path
+    for name in READER_TABLES:  # several readers per case only
+        if len(getattr(result, name)):
+            path = out / f"{name}.csv"
+            getattr(result, name).to_csv(path, index=False, lineterminator="\n")
+            written[name] = path
     return written
 
 

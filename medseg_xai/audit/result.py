@@ -23,12 +23,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
+__all__ = ["READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
 SCHEMA = "medseg-xai/audit"
 SCHEMA_VERSION = "1.0"
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
           "volume_agreement", "verdicts")
+#: Multi-reader tables (``medseg_xai.audit.readers``): empty without reader columns; optional
+#: in stored JSON (results written before they existed read back with empty tables).
+READER_TABLES = ("readers", "reader_lesions", "reader_subgroups", "reader_noninferiority",
+                 "reader_detection")
 TIMING_COLUMNS = ("inference_s", "peak_memory_mb", "peak_gpu_memory_mb")
 VOLATILE_KEYS = ("run", "timings")
 
@@ -130,6 +134,13 @@ class AuditResult:
         Bland-Altman bias and limits of predicted vs reference volume, per subgroup.
     verdicts : pandas.DataFrame
         One verdict per criterion.
+    readers, reader_lesions, reader_subgroups, reader_noninferiority, reader_detection
+        Several readers per case (``label_<reader>`` columns; empty otherwise), see
+        :mod:`medseg_xai.audit.readers`: per case every comparison (reader pairs, model vs each
+        reader and the consensus, STAPLE sensitivity / specificity); the readers' union lesions
+        with the readers that marked them; per subgroup estimates with CIs, the non-inferiority
+        of model-vs-reader against reader-vs-reader agreement, and detection of lesions all /
+        a majority of / any reader marked.
     settings, provenance, run : dict
         Settings of the audit; provenance (versions, hashes, seed, empty-mask policy, edge-case
         counts, row counts); ``run`` describes the execution (timestamp, wall time, executor).
@@ -146,6 +157,11 @@ class AuditResult:
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
+    readers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_lesions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_noninferiority: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_detection: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- counts and views --------------------------------------------------------------------
 
@@ -211,7 +227,7 @@ class AuditResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document as a dict (see module docstring)."""
         timing_cols = [c for c in TIMING_COLUMNS if c in self.cases.columns]
-        tables = {name: table_to_json(getattr(self, name)) for name in TABLES}
+        tables = {name: table_to_json(getattr(self, name)) for name in (*TABLES, *READER_TABLES)}
         tables["cases"] = table_to_json(self.cases.drop(columns=timing_cols))
         timings = table_to_json(self.cases[["case_id", *timing_cols]]) if timing_cols else None
         return {
@@ -255,6 +271,8 @@ class AuditResult:
             raise ValueError(f"from_json: expected schema version {SCHEMA_VERSION.split('.')[0]}.x, "
                              f"got {data.get('schema_version')!r}")
         tables = {name: table_from_json(data["tables"][name]) for name in TABLES}
+        tables.update({name: table_from_json(data["tables"][name]) for name in READER_TABLES
+                       if name in data["tables"]})
         if data.get("timings"):
             timings = table_from_json(data["timings"])
             cases = tables["cases"]

@@ -27,7 +27,7 @@ __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "CaseTask", "evaluate_task", "run_t
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold")
+                     "overlap_threshold", "reference", "allow_missing_readers")
 
 _WORKER_ADAPTER: Any = None  # set once per worker process by the pool initializer
 
@@ -42,10 +42,18 @@ class CaseTask:
     problem: str | None = None
 
 
-def tasks_for(cohort: Cohort) -> list[CaseTask]:
-    """One task per manifest row; rows with validation problems carry their message."""
+def tasks_for(cohort: Cohort, allow_missing_readers: bool = False) -> list[CaseTask]:
+    """One task per manifest row; rows with validation problems carry their message.
+
+    With ``allow_missing_readers`` a missing or empty ``label_<reader>`` file is no problem of
+    the row (the case is analysed with the readers present).
+    """
     problems: dict[str, list[str]] = {}
-    for cid, msg in zip(cohort.problems["case_id"], cohort.problems["message"]):
+    skip = {f"label_{r}" for r in cohort.readers} if allow_missing_readers else set()
+    for cid, fld, msg in zip(cohort.problems["case_id"], cohort.problems["field"],
+                             cohort.problems["message"]):
+        if fld in skip:
+            continue
         problems.setdefault(cid, []).append(msg)
     tasks = []
     for i, cid in enumerate(cohort.case_ids):
@@ -123,7 +131,8 @@ def _compute_case(
     """Load, (infer,) evaluate and match lesions of one case; raises on any problem."""
     from medseg_xai.metrics import evaluate_case, lesion_summary, lesions
 
-    case = load_case_from_paths(case_id, paths)
+    case = load_case_from_paths(case_id, paths,
+                                allow_missing_readers=bool(settings.get("allow_missing_readers")))
     labels = settings.get("labels")
     timing: dict[str, float] = {}
     class_probs = None
@@ -147,6 +156,11 @@ def _compute_case(
                 class_probs = p
                 fg_prob = 1.0 - p[0]
     ref = case.label
+    reader_ctx = None
+    if case.readers or case.missing_readers or settings.get("reference"):
+        from medseg_xai.audit.readers import case_reference
+
+        ref, reader_ctx = case_reference(case, settings)
     if labels is None:
         pred_eval, ref_eval = pred > 0, ref > 0
         probs_eval = fg_prob
@@ -165,6 +179,11 @@ def _compute_case(
         connectivity=settings["connectivity"], overlap_threshold=settings["overlap_threshold"],
     )
     summary = lesion_summary(table, n_cases=1)
+    reader_part = None
+    if reader_ctx is not None:  # several readers: agreement, model vs readers (audit.readers)
+        from medseg_xai.audit.readers import case_readers
+
+        reader_part = case_readers(pred_fg, ref_fg, reader_ctx, case.spacing, settings, table)
     record: dict[str, Any] = {"status": "ok", "error": ""}
     record.update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()})
     record.update(summary)
@@ -172,6 +191,7 @@ def _compute_case(
     record["spacing"] = ",".join(f"{s:g}" for s in case.spacing)
     record["lesions"] = _lesion_records(table)
     record["timing"] = timing
+    record.update(reader_part or {})
     return record
 
 
