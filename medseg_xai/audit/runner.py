@@ -50,15 +50,20 @@ def tasks_for(cohort: Cohort, allow_missing_readers: bool = False) -> list[CaseT
     """
     problems: dict[str, list[str]] = {}
     skip = {f"label_{r}" for r in cohort.readers} if allow_missing_readers else set()
+    absent: dict[str, set[str]] = {}
     for cid, fld, msg in zip(cohort.problems["case_id"], cohort.problems["field"],
                              cohort.problems["message"]):
-        if fld in skip:
+        if fld in skip:  # an allowed missing reader: its path is dropped, not hashed
+            absent.setdefault(cid, set()).add(fld)
             continue
         problems.setdefault(cid, []).append(msg)
     tasks = []
     for i, cid in enumerate(cohort.case_ids):
         msgs = problems.get(cid)
-        tasks.append(CaseTask(i, cid, cohort.paths(cid), "; ".join(msgs) if msgs else None))
+        paths = cohort.paths(cid)
+        for fld in absent.get(cid, ()):
+            paths[fld] = None
+        tasks.append(CaseTask(i, cid, paths, "; ".join(msgs) if msgs else None))
     return tasks
 
 
