@@ -86,6 +86,12 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "predictions; a TorchScript file is code: load only files you trust")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--reference", default=None,
+                   help="reference standard from reader columns label_<reader>: staple, majority "
+                        "or a reader name (default: the label column)")
+    p.add_argument("--allow-missing-readers", action="store_true",
+                   help="analyse a case with the readers present when a reader file is missing "
+                        "(default: that row fails, naming the reader)")
     p.set_defaults(func=_run_audit)
 
 
@@ -99,7 +105,8 @@ def _run_audit(args: argparse.Namespace) -> int:
     cohort = read_cohort(args.manifest)
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
-                   cache_dir=args.cache, progress=not args.quiet)
+                   cache_dir=args.cache, progress=not args.quiet, reference=args.reference,
+                   allow_missing_readers=args.allow_missing_readers)
     written = write_outputs(result, args.out)
     if not args.no_html:
         from medseg_xai.reports.render import load_config

@@ -293,3 +293,53 @@ def test_noninferiority_criterion_validation(crit, match):
         load_criteria([crit])
     ok = load_criteria([{"kind": "noninferiority", "margin": 0.1}])[0]
     assert (ok["metric"], ok["op"], ok["threshold"], ok["margin"]) == ("dice", ">=", -0.1, 0.1)
+
+
+def _render_section(result, config=None):
+    """The section as the report renders it (registry protocol: ``s``, ``num``, ``title``)."""
+    import jinja2
+
+    from medseg_xai.reports import sec_reference_standard_readers as sec
+
+    data = sec.build(result, dict(config or {}))
+    if data is None:
+        return None
+    env = jinja2.Environment(loader=jinja2.PackageLoader("medseg_xai.reports", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    body = env.get_template("sec_reference_standard_readers.html.j2").render(
+        s=data, num=3, title=sec.TITLE, anchor="reference-standard-readers")
+    return data, body
+
+
+def test_report_section_shows_agreement_and_noninferiority_per_device(staple_result):
+    data, html = _render_section(staple_result)
+    assert 'id="reader-agreement"' in html and 'id="reader-noninferiority"' in html
+    assert "r1 vs r2" in html and "model vs consensus" in html and "STAPLE consensus" in html
+    ni = staple_result.reader_noninferiority
+    for _, r in ni[ni["stratum"] == "device"].iterrows():
+        assert r["group"] in html
+    assert {r["status"] for _, r in ni.iterrows()} <= {
+        "within reader variability", "not shown", "insufficient data"}
+    for status in set(ni["status"]):
+        assert status in html
+    # Numbers shown are the result's own (formatted), never recomputed.
+    from medseg_xai.reports.tables import fmt
+
+    sub = staple_result.reader_subgroups
+    pair = sub[(sub["stratum"] == "overall") & (sub["reader_a"] == "r1")
+               & (sub["reader_b"] == "r2") & (sub["metric"] == "dice")].iloc[0]
+    assert f"{fmt(pair['estimate'])} ({fmt(pair['ci_low'])} to {fmt(pair['ci_high'])})" in html
+    assert data["figure"].startswith("data:image/png;base64,")
+    assert "<script" not in html
+
+
+def test_report_section_is_left_out_without_readers_and_escapes_names(cohort_dir, staple_result):
+    df = pd.read_csv(cohort_dir / "manifest.csv").drop(columns=["label_r1", "label_r2",
+                                                                "label_r3"])
+    single = mx.audit(mx.Cohort.from_dataframe(df, root=cohort_dir), **AUDIT)
+    assert _render_section(single) is None
+    back = mx.AuditResult.from_json(staple_result.to_json())
+    back.readers = back.readers.replace({"r1": "<b>r1</b>"})
+    back.reader_subgroups = back.reader_subgroups.replace({"r1": "<b>r1</b>"})
+    _, html = _render_section(back)
+    assert "<b>r1</b>" not in html and "&lt;b&gt;r1&lt;/b&gt;" in html
