@@ -24,11 +24,13 @@ def _readers(seed, shape=(12, 16, 16)):
     }
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_staple_equals_simpleitk_filter_on_the_same_inputs(seed):
+@pytest.mark.parametrize("backend", ["counts", "simpleitk"])
+@pytest.mark.parametrize(("seed", "weight"), [(0, 1.0), (1, 1.0), (2, 0.5), (3, 2.0)])
+def test_staple_equals_simpleitk_filter_on_the_same_inputs(seed, weight, backend):
     masks = _readers(seed)
-    out = consensus(masks, method="staple")
+    out = consensus(masks, method="staple", confidence_weight=weight, backend=backend)
     f = sitk.STAPLEImageFilter()
+    f.SetConfidenceWeight(weight)
     f.SetForegroundValue(1)
     prob = sitk.GetArrayFromImage(f.Execute(*[sitk.GetImageFromArray(m.astype(np.uint8))
                                               for m in masks.values()]))

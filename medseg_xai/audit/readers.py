@@ -209,6 +209,7 @@ def case_readers(
     spacing: tuple[float, ...],
     settings: Mapping[str, Any],
     lesion_table: pd.DataFrame | None = None,
+    main: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reader analysis of one case: record keys for the cases table and the reader tables.
 
@@ -224,6 +225,9 @@ def case_readers(
     lesion_table : pandas.DataFrame, optional
         The case's ``metrics.lesions`` table; its reference rows get ``n_readers_marked``
         (in place).
+    main : mapping, optional
+        The case's metrics against the reference (``evaluate_case`` plus ``lesion_f1``), reused
+        for "model vs consensus" when the consensus is the reference (binary audits only).
 
     Returns
     -------
@@ -243,7 +247,11 @@ def case_readers(
         rows.append({"comparison": "model", "reader_a": r, "reader_b": MODEL,
                      **_pair(masks[r], pred_fg, spacing, settings)})
     cons = ctx.majority if ctx.majority is not None else ctx.staple
-    if cons is not None:
+    if cons is not None and main is not None and ctx.reference in ("staple", "majority"):
+        # The consensus is the reference: the case's own metrics are the comparison.
+        rows.append({"comparison": "model", "reader_a": CONSENSUS, "reader_b": MODEL,
+                     **{k: float(main[k]) for k in READER_METRICS}})
+    elif cons is not None:
         rows.append({"comparison": "model", "reader_a": CONSENSUS, "reader_b": MODEL,
                      **_pair(cons.mask, pred_fg, spacing, settings)})
     if ctx.staple is not None:

@@ -188,7 +188,8 @@ def _compute_case(
     if reader_ctx is not None:  # several readers: agreement, model vs readers (audit.readers)
         from medseg_xai.audit.readers import case_readers
 
-        reader_part = case_readers(pred_fg, ref_fg, reader_ctx, case.spacing, settings, table)
+        reader_part = case_readers(pred_fg, ref_fg, reader_ctx, case.spacing, settings, table,
+                                   {**metrics, **summary} if labels is None else None)
     record: dict[str, Any] = {"status": "ok", "error": ""}
     record.update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()})
     record.update(summary)

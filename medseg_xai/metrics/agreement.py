@@ -95,12 +95,16 @@ def pair_metrics(
     (``edge_case`` as in :func:`~medseg_xai.metrics.evaluate_case` with ``b`` as prediction).
     """
     from medseg_xai.metrics.evaluate import evaluate_case
-    from medseg_xai.metrics.lesions import lesion_summary, lesions
+    from medseg_xai.metrics.lesions import lesions
 
     m = evaluate_case(b, a, spacing, tolerance=tolerance, percentile=percentile, empty=empty)
     table = lesions(b, a, spacing, connectivity=connectivity, overlap_threshold=overlap_threshold)
     out: dict[str, Any] = {k: float(m[k]) for k in PAIR_METRICS if k != "lesion_f1"}
-    out["lesion_f1"] = float(lesion_summary(table, n_cases=1)["lesion_f1"])
+    # lesion_summary's F1, 2 TP / (2 TP + missed + FP), from the status column alone (cheaper).
+    status = table["status"].to_numpy(dtype=object)
+    tp = int((status == "detected").sum())
+    den = 2 * tp + int((status == "missed").sum()) + int((status == "false_positive").sum())
+    out["lesion_f1"] = 2 * tp / den if den else float("nan")
     out["volume_a_mm3"] = float(m["volume_ref_mm3"])
     out["volume_b_mm3"] = float(m["volume_pred_mm3"])
     out["edge_case"] = m["edge_case"]
