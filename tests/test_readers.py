@@ -343,3 +343,54 @@ def test_report_section_is_left_out_without_readers_and_escapes_names(cohort_dir
     back.reader_subgroups = back.reader_subgroups.replace({"r1": "<b>r1</b>"})
     _, html = _render_section(back)
     assert "<b>r1</b>" not in html and "&lt;b&gt;r1&lt;/b&gt;" in html
+
+
+def test_widget_view_shows_the_result_tables(staple_result):
+    from medseg_xai.widgets.readers import ReaderAgreementView, agreement_rows
+
+    view = ReaderAgreementView(staple_result)
+    assert view.stratum.options == ("overall", "device")
+    rows = agreement_rows(staple_result, "overall", "dice")
+    assert "r1 vs r2" in set(rows["comparison"]) and "model vs consensus" in set(rows["comparison"])
+    assert "r1 vs r2" in view.table.value and view.plot.value[:4] == b"\x89PNG"
+    view.stratum.value = "device"
+    view.metric.value = "hd95"
+    dev = agreement_rows(staple_result, "device", "hd95")
+    assert set(dev["group"]) == set(staple_result.cases["device"])
+    sub = staple_result.reader_subgroups
+    first = sub[(sub["stratum"] == "device") & (sub["metric"] == "hd95")].iloc[0]
+    assert dev.iloc[0]["estimate"] == first["estimate"]
+    assert html_escape(str(first["group"])) in view.table.value
+    from medseg_xai.audit.result import TABLES
+
+    single = mx.AuditResult(**{k: getattr(staple_result, k) for k in TABLES})
+    with pytest.raises(ValueError, match="several readers"):
+        ReaderAgreementView(single)
+
+
+def html_escape(text):
+    import html
+
+    return html.escape(text)
+
+
+def test_reader_layers_for_the_case_explorer():
+    from matplotlib.figure import Figure
+
+    from medseg_xai.widgets.readers import draw_readers, reader_outlines, reader_votes
+
+    a = np.zeros((3, 8, 8), bool)
+    a[1, 2:6, 2:6] = True
+    b = a.copy()
+    b[1, 2:6, 5] = False
+    c = np.zeros_like(a)
+    votes, dis = reader_votes({"r1": a, "r2": b, "r3": c})
+    assert votes.max() == 2 and votes[1, 3, 3] == 2 and votes[1, 3, 5] == 1
+    np.testing.assert_array_equal(dis, (votes > 0) & (votes < 3))
+    lines = reader_outlines({"r1": a, "r2": b})
+    assert set(lines) == {"r1", "r2"} and lines["r1"].shape == (8, 8)
+    np.testing.assert_array_equal(lines["r1"], a[1] & ~ndimage.binary_erosion(a[1]))
+    ax = Figure().subplots()
+    draw_readers(ax, np.zeros((8, 8)), {"r1": a[1], "r2": b[1]}, readers=["r2"])
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["r2", "readers differ"]
