@@ -394,3 +394,23 @@ def test_reader_layers_for_the_case_explorer():
     draw_readers(ax, np.zeros((8, 8)), {"r1": a[1], "r2": b[1]}, readers=["r2"])
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["r2", "readers differ"]
+
+
+def test_cli_reference_and_allow_missing_readers(cohort_dir, tmp_path, capsys):
+    from medseg_xai.cli import main
+
+    df = pd.read_csv(cohort_dir / "manifest.csv").drop(columns=["label"])
+    for col in ("image", "prediction", "label_r1", "label_r2", "label_r3"):
+        df[col] = [str(cohort_dir / p) for p in df[col]]
+    df.loc[1, "label_r3"] = str(tmp_path / "absent.nii.gz")
+    df.to_csv(tmp_path / "m.csv", index=False)
+    args = ["audit", str(tmp_path / "m.csv"), "--strata", "device", "--no-html", "--quiet",
+            "--reference", "majority"]
+    main([*args, "--out", str(tmp_path / "strict")])
+    strict = json.loads((tmp_path / "strict" / "audit.json").read_text())
+    assert strict["provenance"]["n_failed"] == 1 and strict["settings"]["reference"] == "majority"
+    main([*args, "--allow-missing-readers", "--out", str(tmp_path / "loose")])
+    loose = mx.AuditResult.from_json(tmp_path / "loose" / "audit.json")
+    assert loose.n_failed == 0 and loose.settings["allow_missing_readers"] is True
+    assert (tmp_path / "loose" / "reader_noninferiority.csv").is_file()
+    capsys.readouterr()
