@@ -357,10 +357,12 @@ def render(
 #: Simulated readers: (name, threshold offset on the partial-volume fraction, share of small
 #: lesions missed, what counts as small in mm^3). r2 outlines generously, r3 tightly and misses
 #: small lesions more often.
+#: Amplitude of each reader's boundary jitter (threshold units of the partial-volume fraction).
+READER_JITTER = 0.2
 READER_PROFILES: tuple[tuple[str, float, float, float], ...] = (
     ("r1", 0.0, 0.1, 150.0),
-    ("r2", -0.12, 0.1, 150.0),
-    ("r3", 0.1, 0.6, 150.0),
+    ("r2", -0.15, 0.1, 150.0),
+    ("r3", 0.12, 0.6, 150.0),
 )
 
 
@@ -399,7 +401,7 @@ def simulate_readers(
     for i in range(int(n_readers)):
         base, offset, p_miss, small = READER_PROFILES[i % len(READER_PROFILES)]
         name = base if i < len(READER_PROFILES) else f"r{i + 1}"
-        jitter = 0.12 * _smooth_field(rng, fraction.shape, sigma=2.0)
+        jitter = READER_JITTER * _smooth_field(rng, fraction.shape, sigma=2.0)
         mask = box & (fraction >= np.clip(0.5 + offset + jitter, 0.15, 0.9))
         lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
         if n:
