@@ -321,7 +321,8 @@ def _nanmean(values: Sequence[float]) -> float:
 def records_tables(records: Sequence[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
     """The per-case ``readers`` and ``reader_lesions`` tables from the audit's case records."""
     rows, les = [], []
-    for rec in records:
+    # Records may arrive in completion order: tables follow the manifest (``row``).
+    for rec in sorted(records, key=lambda r: r.get("row", 0)):
         for r in rec.get("readers") or []:
             rows.append({"case_id": rec["case_id"], **r})
         for r in rec.get("reader_lesions") or []:
@@ -494,10 +495,11 @@ def noninferiority_rows(crit: Mapping[str, Any], table: pd.DataFrame, strata: Se
     """Rows of the criteria table for one ``kind="noninferiority"`` criterion.
 
     PASS in a group when the lower CI bound of (model vs readers - reader vs reader) is at least
-    ``-margin``; FAIL when it is below; INSUFFICIENT DATA below ``min_n`` cases or without
-    readers.
+    ``-margin``; FAIL when it is below; INSUFFICIENT DATA below ``min_n`` cases (or without a
+    finite interval); NOT EVALUATED without multi-reader cases in that stratum. Rows carry a
+    ``reason`` when not PASS / FAIL.
     """
-    from medseg_xai.audit.criteria import FAIL, PASS
+    from medseg_xai.audit.criteria import FAIL, NOT_EVALUATED, PASS
     from medseg_xai.audit.criteria import INSUFFICIENT as INS
 
     metric = crit.get("metric") or "dice"
@@ -511,14 +513,18 @@ def noninferiority_rows(crit: Mapping[str, Any], table: pd.DataFrame, strata: Se
                if table is not None and len(table) else pd.DataFrame())
         if sub.empty:
             rows.append({**base, "stratum": stratum, "group": "", "n": 0,
-                         "value": float("nan"), "status": INS})
+                         "value": float("nan"), "status": NOT_EVALUATED,
+                         "reason": "no case with two or more readers in this stratum"})
             continue
         for _, r in sub.iterrows():
             value = float(r["ci_low"])
+            reason = ""
             if int(r["n"]) < need or not np.isfinite(value):
                 status = INS
+                reason = (f"{int(r['n'])} multi-reader case(s), fewer than {need}"
+                          if int(r["n"]) < need else "no finite confidence interval")
             else:
                 status = PASS if value >= -margin else FAIL
             rows.append({**base, "stratum": stratum, "group": str(r["group"]), "n": int(r["n"]),
-                         "value": value, "status": status})
+                         "value": value, "status": status, "reason": reason})
     return rows

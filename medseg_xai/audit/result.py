@@ -2,9 +2,16 @@
 
 JSON layout (``schema = "medseg-xai/audit"``, ``schema_version``)::
 
-    {"schema", "schema_version", "settings", "provenance",
+    {"schema", "schema_version", "verdict", "settings", "provenance", "report",
      "tables": {name: {"columns": [...], "dtypes": [...], "data": [[...], ...]}},
-     "run": {...}, "timings": {...}}
+     "explanations": [...], "run": {...}, "timings": {...}}
+
+``verdict`` is the overall verdict (:func:`medseg_xai.status.overall_verdict` of the
+``verdicts`` table). ``report`` is the report configuration (intended use, model identity,
+reference standard, approvers...: everything the report shows that the audit did not measure).
+``explanations`` are the failure-gallery entries of :func:`medseg_xai.audit.explanations.
+explain_failures` (case, lesion, why it was picked, the miss analysis and compact slices), so
+``medseg-xai report audit.json`` re-renders the same report without the images or the model.
 
 Keys are sorted, floats are written with Python's shortest round-trip repr, NaN becomes
 ``null`` and infinities the strings ``"inf"``/``"-inf"``. The same inputs and seed give the same
@@ -26,14 +33,17 @@ import pandas as pd
 __all__ = ["READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
 SCHEMA = "medseg-xai/audit"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.0"  # additive keys since 1.0 (verdict, report, explanations, group_counts) are read tolerantly
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
-          "volume_agreement", "verdicts")
-#: Multi-reader tables (``medseg_xai.audit.readers``): empty without reader columns; optional
-#: in stored JSON (results written before they existed read back with empty tables).
+          "volume_agreement", "verdicts", "group_counts")
+#: Tables added after schema 1.0: read as empty from older documents.
+_OPTIONAL_TABLES = ("group_counts",)
+#: Multi-reader tables (``medseg_xai.audit.readers``): empty without reader columns, read as
+#: empty from documents written before them.
 READER_TABLES = ("readers", "reader_lesions", "reader_subgroups", "reader_noninferiority",
                  "reader_detection")
-TIMING_COLUMNS = ("inference_s", "peak_memory_mb", "peak_gpu_memory_mb")
+TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
+                  "peak_memory_mb", "peak_gpu_memory_mb")
 VOLATILE_KEYS = ("run", "timings")
 
 
@@ -133,7 +143,15 @@ class AuditResult:
     volume_agreement : pandas.DataFrame
         Bland-Altman bias and limits of predicted vs reference volume, per subgroup.
     verdicts : pandas.DataFrame
-        One verdict per criterion.
+        One verdict per criterion (``criterion, status, n_rows, n_pass, n_fail, n_insufficient,
+        n_not_evaluated, reason``).
+    group_counts : pandas.DataFrame
+        Manifest rows per group: ``n_rows, n_evaluated, n_failed, n_with_reference_lesions,
+        n_without_reference_lesions``.
+    report : dict
+        Report configuration carried with the result (see :mod:`medseg_xai.reports`).
+    explanations : list of dict
+        Failure-gallery entries (:func:`medseg_xai.audit.explanations.explain_failures`).
     readers, reader_lesions, reader_subgroups, reader_noninferiority, reader_detection
         Several readers per case (``label_<reader>`` columns; empty otherwise), see
         :mod:`medseg_xai.audit.readers`: per case every comparison (reader pairs, model vs each
@@ -154,9 +172,12 @@ class AuditResult:
     false_positives: pd.DataFrame
     volume_agreement: pd.DataFrame
     verdicts: pd.DataFrame
+    group_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    explanations: list[dict[str, Any]] = field(default_factory=list)
     readers: pd.DataFrame = field(default_factory=pd.DataFrame)
     reader_lesions: pd.DataFrame = field(default_factory=pd.DataFrame)
     reader_subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -190,15 +211,33 @@ class AuditResult:
 
     @property
     def verdict(self) -> str:
-        """Overall verdict: FAIL if any criterion fails, INSUFFICIENT DATA if any lacks data,
-        PASS if all pass, ``"NO CRITERIA"`` without criteria."""
+        """Overall verdict: FAIL if any criterion fails, INSUFFICIENT DATA if any lacks data or
+        could not be evaluated, PASS if all pass, ``"NO CRITERIA"`` without criteria."""
+        from medseg_xai.status import overall_verdict
+
         if self.verdicts is None or self.verdicts.empty:
-            return "NO CRITERIA"
-        status = set(self.verdicts["status"])
-        for s in ("FAIL", "INSUFFICIENT DATA"):
-            if s in status:
-                return s
-        return "PASS"
+            return overall_verdict([])
+        return overall_verdict(list(self.verdicts["status"]))
+
+    @property
+    def confidence(self) -> float:
+        """Confidence level of every interval of this audit (``settings["confidence"]``)."""
+        return float(self.settings.get("confidence", 0.95))
+
+    @property
+    def criteria_definitions(self) -> pd.DataFrame:
+        """The pre-specified criteria as defined (metric, statistic, op, threshold, strata,
+        size range, minimum n), one row each, apart from their results in :attr:`criteria`."""
+        from medseg_xai.audit.criteria import criterion_definitions
+
+        return criterion_definitions(self.settings.get("criteria") or [],
+                                     min_n=int(self.settings.get("min_n", 10)))
+
+    def with_report(self, config: dict[str, Any] | None) -> AuditResult:
+        """A copy whose report configuration is ``config`` merged over the current one."""
+        import dataclasses
+
+        return dataclasses.replace(self, report={**self.report, **dict(config or {})})
 
     def metric(self, metric: str, stratum: str = "overall") -> pd.DataFrame:
         """Subgroup rows of one metric and stratum."""
@@ -211,7 +250,8 @@ class AuditResult:
         overall = self.metric("dice")
         if len(overall):
             r = overall.iloc[0]
-            lines.append(f"Dice {r['estimate']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f})")
+            lines.append(f"Dice {r['estimate']:.3f} ({self.confidence:.0%} CI "
+                         f"{r['ci_low']:.3f}-{r['ci_high']:.3f})")
         worse = self.subgroups[self.subgroups["flag"] == "worse"]
         for _, r in worse.iterrows():
             lines.append(f"worse: {r['stratum']}={r['group']} {r['metric']} gap {r['gap']:+.3f}")
@@ -233,9 +273,12 @@ class AuditResult:
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
+            "verdict": self.verdict,
             "settings": _plain(self.settings),
             "provenance": _plain(self.provenance),
+            "report": _plain(self.report),
             "tables": tables,
+            "explanations": [_plain(e) for e in self.explanations],
             "run": _plain(self.run),
             "timings": timings,
         }
@@ -245,7 +288,9 @@ class AuditResult:
         text = json.dumps(self.to_dict(), sort_keys=True, indent=1, ensure_ascii=False,
                           allow_nan=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            from medseg_xai._io import atomic_write  # never a truncated audit.json
+
+            atomic_write(path, text + "\n")
         return text
 
     @classmethod
@@ -270,7 +315,8 @@ class AuditResult:
         if major != SCHEMA_VERSION.split(".")[0]:
             raise ValueError(f"from_json: expected schema version {SCHEMA_VERSION.split('.')[0]}.x, "
                              f"got {data.get('schema_version')!r}")
-        tables = {name: table_from_json(data["tables"][name]) for name in TABLES}
+        tables = {name: table_from_json(data["tables"][name]) for name in TABLES
+                  if name in data["tables"] or name not in _OPTIONAL_TABLES}
         tables.update({name: table_from_json(data["tables"][name]) for name in READER_TABLES
                        if name in data["tables"]})
         if data.get("timings"):
@@ -279,12 +325,14 @@ class AuditResult:
             for col in timings.columns[1:]:
                 cases[col] = timings[col].to_numpy()
         return cls(**tables, settings=data.get("settings", {}), provenance=data.get("provenance", {}),
-                   run=data.get("run", {}))
+                   run=data.get("run", {}), report=data.get("report") or {},
+                   explanations=list(data.get("explanations") or []))
 
     # -- HTML --------------------------------------------------------------------------------
 
     def to_html(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write the self-contained HTML report (``medseg_xai.reports.write_html``)."""
+        """Write the self-contained HTML report (``medseg_xai.reports.write_html``; a view,
+        imported only here so the core never loads it otherwise)."""
         from medseg_xai.reports import write_html
 
         return write_html(self, path, **kwargs)

@@ -15,6 +15,7 @@ from medseg_xai.metrics.overlap import (
     dice,
     edge_case,
     jaccard,
+    mcc,
     precision,
     recall,
     specificity,
@@ -26,12 +27,15 @@ from medseg_xai.metrics.surface import (
     edge_voxels,
     hausdorff_distance,
     image_diagonal_mm,
+    mean_average_surface_distance,
     normalized_surface_dice,
 )
+from medseg_xai.metrics.conventions import CONVENTIONS
 
 __all__ = [
     "AGREEMENT_COLUMNS",
     "CONSENSUS_METHODS",
+    "CONVENTIONS",
     "Consensus",
     "agreement",
     "consensus",
@@ -49,6 +53,8 @@ __all__ = [
     "label_lesions",
     "lesion_summary",
     "lesions",
+    "mcc",
+    "mean_average_surface_distance",
     "normalized_surface_dice",
     "precision",
     "recall",
