@@ -414,3 +414,12 @@ def test_cli_reference_and_allow_missing_readers(cohort_dir, tmp_path, capsys):
     assert loose.n_failed == 0 and loose.settings["allow_missing_readers"] is True
     assert (tmp_path / "loose" / "reader_noninferiority.csv").is_file()
     capsys.readouterr()
+
+
+def test_full_report_has_the_reader_section(staple_result, tmp_path):
+    html = staple_result.to_html(tmp_path / "report.html").read_text(encoding="utf-8")
+    assert '<section class="report" id="reference-standard-readers">' in html
+    assert 'href="#reference-standard-readers"' in html
+    assert 'id="reader-noninferiority"' in html and "Is the model within inter-reader" in html
+    for device in set(staple_result.cases["device"]):
+        assert html_escape(device) in html
