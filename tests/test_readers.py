@@ -423,3 +423,20 @@ def test_full_report_has_the_reader_section(staple_result, tmp_path):
     assert 'id="reader-noninferiority"' in html and "Is the model within inter-reader" in html
     for device in set(staple_result.cases["device"]):
         assert html_escape(device) in html
+
+
+def test_reader_case_view_and_dashboard_tab(cohort_dir, staple_result):
+    from medseg_xai.widgets import AuditDashboard
+    from medseg_xai.widgets.readers import ReaderCaseView
+
+    cohort = mx.Cohort.from_csv(cohort_dir / "manifest.csv")
+    cid = staple_result.reader_lesions["case_id"].iloc[0]
+    view = ReaderCaseView.from_cohort(cohort, cid)
+    assert view.picture.value[:4] == b"\x89PNG" and view.choose.value == ("r1", "r2", "r3")
+    img, masks = view.slices()
+    assert any(m.any() for m in masks.values())  # opens on the slice with the most votes
+    view.choose.value = ("r3",)
+    view.slice.value = 0
+    assert view.slices()[0].shape == img.shape
+    dash = AuditDashboard(staple_result)
+    assert dash.readers is not None and dash.readers.widget in dash.children

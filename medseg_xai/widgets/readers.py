@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["READER_COLOURS", "ReaderAgreementView", "agreement_rows", "draw_readers",
+__all__ = ["READER_COLOURS", "ReaderAgreementView", "ReaderCaseView", "agreement_rows", "draw_readers",
            "noninferiority_figure", "reader_outlines", "reader_votes"]
 
 #: Colour-blind-safe outline colours (Okabe-Ito), one per reader in order.
@@ -235,6 +235,102 @@ class ReaderAgreementView:
             self.result.reader_noninferiority["metric"]) else "dice"
         self.plot.value = fig_to_png_bytes(
             noninferiority_figure(self.result, self.stratum.value, ni_metric), dpi=90)
+
+    def _ipython_display_(self) -> None:  # pragma: no cover - notebook display
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class ReaderCaseView:
+    """One case's readers on a slice: each reader's outline (selectable) and the disagreement map.
+
+    A companion of the :class:`~medseg_xai.widgets.CaseExplorer` for multi-reader cohorts
+    (``ReaderCaseView.from_cohort(cohort, case_id)``). Slices are array slices along ``axis``
+    (voxel axes, as the title says); the explorer's geometry-true planes stay its own.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(C, *spatial)`` or spatial image (the first channel is shown).
+    readers : mapping
+        Reader -> mask of the image's spatial shape.
+    axis : int
+        Slicing axis of 3D volumes.
+    case_id : str, optional
+        Shown in the title.
+
+    Attributes
+    ----------
+    widget : ipywidgets.VBox
+    slice : ipywidgets.IntSlider
+    choose : ipywidgets.SelectMultiple
+        The readers outlined.
+    disagreement : ipywidgets.Checkbox
+    picture : ipywidgets.Image
+    """
+
+    def __init__(self, image: Any, readers: Mapping[str, Any], *, axis: int = 0,
+                 case_id: str | None = None) -> None:
+        import ipywidgets as W
+
+        self.masks = _masks(readers)
+        img = np.asarray(image, dtype=float)
+        shape = next(iter(self.masks.values())).shape
+        self.image = img[0] if img.ndim == len(shape) + 1 else img
+        if self.image.shape != shape:
+            raise ValueError(f"image: expected spatial shape {shape} (the readers' masks), got "
+                             f"{self.image.shape}")
+        self.axis = int(axis)
+        self.case_id = case_id
+        votes, _ = reader_votes(self.masks)
+        if len(shape) == 3:
+            per = votes.sum(axis=tuple(a for a in range(3) if a != self.axis))
+            start = int(np.argmax(per))
+            self.slice = W.IntSlider(value=start, min=0, max=shape[self.axis] - 1,
+                                     description="slice")
+        else:
+            self.slice = W.IntSlider(value=0, min=0, max=0, description="slice", disabled=True)
+        names = list(self.masks)
+        self.choose = W.SelectMultiple(options=names, value=tuple(names), description="readers")
+        self.disagreement = W.Checkbox(value=True, description="disagreement map", indent=False)
+        self.picture = W.Image(format="png")
+        for w in (self.slice, self.choose, self.disagreement):
+            w.observe(lambda _change: self.redraw(), names="value")
+        self.widget = W.VBox([W.HBox([self.slice, self.choose, self.disagreement]), self.picture])
+        self.redraw()
+
+    @classmethod
+    def from_cohort(cls, cohort: Any, case_id: str, **kwargs: Any) -> ReaderCaseView:
+        """Open the readers of manifest row ``case_id`` (columns ``label_<reader>``)."""
+        case = cohort.load_case(str(case_id))
+        if not case.readers:
+            raise ValueError(f"case {case_id!r}: readers: expected label_<reader> columns, "
+                             "got none")
+        return cls(case.image, case.readers, case_id=case.case_id, **kwargs)
+
+    def slices(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The image slice and each reader's mask slice at the current position."""
+        if self.image.ndim == 2:
+            return self.image, dict(self.masks)
+        i = int(self.slice.value)
+        return (np.take(self.image, i, axis=self.axis),
+                {k: np.take(m, i, axis=self.axis) for k, m in self.masks.items()})
+
+    def redraw(self) -> None:
+        from matplotlib.figure import Figure
+
+        from medseg_xai.viz import fig_to_png_bytes
+
+        img, masks = self.slices()
+        fig = Figure(figsize=(4.2, 4.2))
+        ax = fig.subplots()
+        draw_readers(ax, img, masks, readers=list(self.choose.value),
+                     disagreement=bool(self.disagreement.value))
+        where = f"axis {self.axis} slice {int(self.slice.value)}" if self.image.ndim == 3 else ""
+        ax.set_title(f"{self.case_id or 'case'}: readers, voxel axes {where}".strip(),
+                     fontsize="small")
+        self.picture.value = fig_to_png_bytes(fig, dpi=80)
 
     def _ipython_display_(self) -> None:  # pragma: no cover - notebook display
         from IPython.display import display
