@@ -182,6 +182,7 @@ def test_lesion_reader_counts_and_detection_sets(cohort_dir, staple_result):
     assert ref_rows["n_readers_marked"].between(1, 3).all()
 
 
+@pytest.mark.slow
 def test_reference_can_be_one_reader_or_majority(cohort_dir):
     cohort = mx.Cohort.from_csv(cohort_dir / "manifest.csv")
     by_r2 = mx.audit(cohort, reference="r2", **AUDIT)
@@ -201,6 +202,7 @@ def test_reference_can_be_one_reader_or_majority(cohort_dir):
     assert cons_row["dice"] == pytest.approx(cv["dice"])
 
 
+@pytest.mark.slow
 def test_missing_reader_fails_its_row_or_is_allowed(cohort_dir, tmp_path):
     df = pd.read_csv(cohort_dir / "manifest.csv")
     for col in ("image", "label", "prediction", "label_r1", "label_r2", "label_r3"):
@@ -250,6 +252,7 @@ def test_reader_on_another_grid_fails_its_row(cohort_dir, tmp_path):
     assert "label_r1 grid does not match the image" in res.failed["error"].iloc[0]
 
 
+@pytest.mark.slow
 def test_json_round_trip_and_same_seed_same_bytes(cohort_dir, staple_result):
     text = staple_result.to_json()
     back = mx.AuditResult.from_json(text)
@@ -396,6 +399,7 @@ def test_reader_layers_for_the_case_explorer():
     assert labels == ["r2", "readers differ"]
 
 
+@pytest.mark.slow
 def test_cli_reference_and_allow_missing_readers(cohort_dir, tmp_path, capsys):
     from medseg_xai.cli import main
 
@@ -425,6 +429,7 @@ def test_full_report_has_the_reader_section(staple_result, tmp_path):
         assert html_escape(device) in html
 
 
+@pytest.mark.slow
 def test_reader_case_view_and_dashboard_tab(cohort_dir, staple_result):
     from medseg_xai.widgets import AuditDashboard
     from medseg_xai.widgets.readers import ReaderCaseView
