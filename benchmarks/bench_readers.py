@@ -10,9 +10,9 @@ predictions (the generator's truth, eroded or dilated, so no model runs), then t
 and interleaved over ``--repeats`` rounds:
 
 - ``single``: the audit of the same manifest without the reader columns (``label`` reference);
-- ``readers``: the audit with ``label_r1..r3`` and ``reference="staple"`` (STAPLE consensus as
-  reference, plus the per-case agreement of 3 reader pairs, the model against 3 readers and the
-  consensus, majority-free lesion counting).
+- ``readers``: the audit with ``label_r1..r3`` and ``--reference`` (default ``staple``: the
+  STAPLE consensus as reference, plus the per-case agreement of 3 reader pairs, the model against
+  3 readers and the consensus, the readers' lesion counts).
 
 Printed: per-case seconds of the case phase (load + evaluate: what ``audit.runner`` does per
 case) for both, the median of the per-round paired ratios (target: <= 4x) and the whole-audit
@@ -88,19 +88,23 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=3, default=(48, 64, 64))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--reference", default="staple",
+                    help="reference of the three-reader audit: staple (default), majority, r1 "
+                         "or label (the label column; the consensus is then one more comparison)")
     args = ap.parse_args()
+    ref = None if args.reference == "label" else args.reference
     with tempfile.TemporaryDirectory() as tmp:
         single, readers = _cohort(Path(tmp), args.cases, tuple(args.shape))
         _time(single, None, 10)  # warm-up: imports, MONAI loaders
-        _time(readers, "staple", 10)
+        _time(readers, ref, 10)
         rows = []
         for _ in range(args.repeats):
             s_case, s_all = _time(single, None, args.resamples)
-            r_case, r_all = _time(readers, "staple", args.resamples)
+            r_case, r_all = _time(readers, ref, args.resamples)
             rows.append((s_case, r_case, s_all, r_all))
     n = args.cases
-    print(f"{n} cases of shape {tuple(args.shape)} (demo cohort, 3 simulated readers), serial, "
-          f"{args.repeats} interleaved rounds")
+    print(f"{n} cases of shape {tuple(args.shape)} (demo cohort, 3 simulated readers, reference "
+          f"{args.reference}), serial, {args.repeats} interleaved rounds")
     for s_case, r_case, s_all, r_all in rows:
         print(f"  single {s_case / n * 1000:7.1f} ms/case   readers {r_case / n * 1000:7.1f} "
               f"ms/case   ratio {r_case / s_case:4.2f}x   (whole audit {s_all:5.1f} s vs "
