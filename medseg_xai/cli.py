@@ -134,6 +134,12 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "%(default)s)")
     p.add_argument("--iou-threshold", type=float, default=0.5,
                    help="smallest IoU of a match with --matching hungarian (default: %(default)s)")
+    p.add_argument("--reference", default=None,
+                   help="reference standard from reader columns label_<reader>: staple, majority "
+                        "or a reader name (default: the label column)")
+    p.add_argument("--allow-missing-readers", action="store_true",
+                   help="analyse a case with the readers present when a reader file is missing "
+                        "(default: that row fails, naming the reader)")
     p.set_defaults(func=_run_audit)
 
 
@@ -185,7 +191,8 @@ def _run_audit(args: argparse.Namespace) -> int:
                    lesion_size_bins=lesion_size_bins, report=config,
                    case_timeout=args.case_timeout, stream=out / "cases.jsonl",
                    convention=args.convention, matching=args.matching,
-                   iou_threshold=args.iou_threshold, **extra)
+                   iou_threshold=args.iou_threshold, reference=args.reference,
+                   allow_missing_readers=args.allow_missing_readers, **extra)
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
                                            seed=args.seed)
     written = write_outputs(result, out)
