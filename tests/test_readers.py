@@ -445,3 +445,12 @@ def test_reader_case_view_and_dashboard_tab(cohort_dir, staple_result):
     assert view.slices()[0].shape == img.shape
     dash = AuditDashboard(staple_result)
     assert dash.readers is not None and dash.readers.widget in dash.children
+
+
+def test_report_says_where_the_margin_came_from(staple_result):
+    _, html = _render_section(staple_result)
+    assert "pre-specified as an acceptance criterion" in html  # the fixture's criteria
+    bare = mx.AuditResult.from_json(staple_result.to_json())
+    bare.settings = {**bare.settings, "criteria": []}
+    _, html = _render_section(bare)
+    assert "the default: no acceptance criterion" in html
