@@ -186,8 +186,9 @@ def load_volume(
             data, meta = _loader(kind, is_image)(str(p))
     except MemoryError as exc:
         raise ValueError(
-            f"case {case_id!r}: {what} file {p.name!r}: its header declares shape {shape}, too "
-            "large to load (out of memory); expected a volume of the image's size"
+            f"case {case_id!r}: could not read {what} file {p.name!r}: its header declares "
+            f"shape {shape}, too large to load (out of memory); expected a volume of the "
+            "image's size"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - readers raise many types for corrupt files
         raise ValueError(
@@ -202,8 +203,8 @@ def load_volume(
                         dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise ValueError(
-            f"case {case_id!r}: {what} file {p.name!r}: its affine (voxel-to-world matrix) holds "
-            "NaN or infinite values; expected a finite qform/sform in the header"
+            f"case {case_id!r}: could not read {what} file {p.name!r}: its affine "
+            "(voxel-to-world matrix) holds NaN or infinite values; expected a finite one"
         )
     return array, affine
 
@@ -235,25 +236,33 @@ def _check_nifti(p: Path, what: str, case_id: str) -> tuple[int, ...] | None:
                  else f"not gzip data, its first bytes are {first!r}")
         raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI "
                          f"file ({state}); expected a .nii.gz NIfTI file") from exc
-    if len(head) < 348:
-        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, "
-                         f"{len(head)} header bytes, expected a NIfTI header of 348 or more")
-    for order in ("little", "big"):
-        hdr_size = int.from_bytes(head[:4], order)
-        if hdr_size in _NIFTI_MAGIC:
-            at, magics = _NIFTI_MAGIC[hdr_size]
-            if head[at:at + 4] in magics or hdr_size == 348:  # 348 without magic: Analyze 7.5
-                break
-    else:
+    sizes = {int.from_bytes(head[:4], order) for order in ("little", "big")} & set(_NIFTI_MAGIC)
+    if len(head) < 4 or not sizes:
         raise ValueError(
             f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI file (its "
             f"first bytes are {head[:8]!r}); expected a NIfTI-1/2 image (.nii or .nii.gz)"
+        )
+    hdr_size = sizes.pop()
+    if len(head) < hdr_size:
+        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, "
+                         f"{len(head)} header bytes, expected a NIfTI header of {hdr_size}")
+    at, magics = _NIFTI_MAGIC[hdr_size]
+    if head[at:at + 4] not in magics and hdr_size != 348:  # 348 without magic: Analyze 7.5
+        raise ValueError(
+            f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI file (no "
+            f"NIfTI magic); expected a NIfTI-1/2 image (.nii or .nii.gz)"
         )
     try:
         import nibabel as nib
 
         img = nib.load(str(p))
         shape = tuple(int(n) for n in img.shape)
+        if not np.all(np.isfinite(img.affine)):  # MONAI would silently fall back to identity
+            raise ValueError(
+                f"case {case_id!r}: could not read {what} file {p.name!r}: its affine "
+                "(voxel-to-world matrix) holds NaN or infinite values; expected a finite "
+                "qform/sform in the header"
+            )
         if not gz:
             need = int(img.dataobj.offset) + int(np.prod(shape, dtype=np.int64)) * \
                 img.get_data_dtype().itemsize

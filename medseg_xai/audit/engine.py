@@ -20,7 +20,7 @@ from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
-from medseg_xai.audit.runner import CASE_SETTING_KEYS, iter_tasks, run_tasks
+from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
 from medseg_xai.audit.strata import parse_strata
 from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
 from medseg_xai.cohort import Cohort
@@ -64,6 +64,10 @@ def audit(
     empty: str = "worst",
     connectivity: int | None = None,
     overlap_threshold: float = 0.1,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
+    matching: str = "overlap",
+    iou_threshold: float = 0.5,
     lesion_size_bins: int | Sequence[float] = 3,
     detection_bins: Sequence[float] = (0, 100, 1000, 10000),
     min_n: int = 10,
@@ -113,6 +117,13 @@ def audit(
         Passed to ``metrics.evaluate_case`` (``empty`` is the empty-mask policy).
     connectivity, overlap_threshold
         Passed to ``metrics.lesions``.
+    convention, use_subvoxels
+        Surface-metric convention (``"monai"``, ``"medpy"``, ``"deepmind"``,
+        ``"metricsreloaded"``, ``"panoptica"``) and MONAI's sub-voxel NSD, passed to
+        ``metrics.evaluate_case``; recorded in ``settings``.
+    matching, iou_threshold
+        Lesion matching mode (``"overlap"``: covered fraction; ``"hungarian"``: one-to-one
+        IoU >= ``iou_threshold``), passed to ``metrics.lesions``; recorded in ``settings``.
     lesion_size_bins : int or sequence of float
         Quantile count or edges (mm^3) of the ``lesion_size`` stratum.
     detection_bins : sequence of float
@@ -174,6 +185,15 @@ def audit(
     _check_execution(workers=workers, case_timeout=case_timeout)
     _check_settings(empty=empty, ci_method=ci_method, test=test, correction=correction,
                     n_resamples=n_resamples, confidence=confidence, alpha=alpha)
+    from medseg_xai.metrics.conventions import check_convention
+    from medseg_xai.metrics.lesions import check_matching
+
+    check_convention(convention)
+    check_matching(matching)
+    if use_subvoxels and convention != "monai":
+        raise ValueError(f"use_subvoxels: expected convention='monai', got {convention!r}")
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ValueError(f"iou_threshold: expected an IoU in (0, 1], got {iou_threshold!r}")
     strata_list = parse_strata(strata)
     crit = load_criteria(criteria)
     metric_list = _metric_list(metrics, crit, labels)
@@ -207,6 +227,8 @@ def audit(
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
         "binarize": bool(binarize),
+        "convention": convention, "use_subvoxels": bool(use_subvoxels), "matching": matching,
+        "iou_threshold": float(iou_threshold),
         "reference": reference, "allow_missing_readers": bool(allow_missing_readers),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
@@ -277,9 +299,42 @@ def audit(
         "case_timeout_s": None if case_timeout is None else float(case_timeout),
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
+        "efficiency": efficiency_summary(cases, elapsed),
     }
     return build_result(cases, lesions, settings, provenance, run, report=report,
                         readers=reader_cases)
+
+
+def efficiency_summary(cases: pd.DataFrame, elapsed_s: float) -> dict[str, Any]:
+    """Where the time went: per stage the seconds summed over cases, their share, and the
+    per-case mean, median, 95th percentile and maximum; cases per second of the per-case phase;
+    the slowest cases; the largest peak memory. What the report's efficiency section shows."""
+    n = len(cases)
+    stages: dict[str, dict[str, float]] = {}
+    work = [s for s in STAGES if s != "total_s" and s in cases.columns]
+    busy = float(sum(np.nansum(cases[s].to_numpy(dtype=float)) for s in work)) or 1.0
+    for stage in [*work, *(["total_s"] if "total_s" in cases.columns else [])]:
+        v = cases[stage].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            continue
+        stages[stage[:-2]] = {
+            "total_s": float(v.sum()), "share": float(v.sum() / busy) if stage != "total_s" else 1.0,
+            "mean_s": float(v.mean()), "median_s": float(np.median(v)),
+            "p95_s": float(np.percentile(v, 95)), "max_s": float(v.max()),
+        }
+    out: dict[str, Any] = {
+        "n_cases": n, "elapsed_s": float(elapsed_s),
+        "cases_per_s": float(n / elapsed_s) if elapsed_s > 0 else None, "stages": stages,
+    }
+    if "total_s" in cases.columns and n:
+        slow = cases.nlargest(5, "total_s")
+        out["slowest"] = [{"case_id": str(c), "total_s": float(t), "status": str(st)}
+                          for c, t, st in zip(slow["case_id"], slow["total_s"], slow["status"])]
+    for col in ("peak_memory_mb", "peak_gpu_memory_mb"):
+        if col in cases.columns and cases[col].notna().any():
+            out[f"max_{col}"] = float(cases[col].max())
+    return out
 
 
 def _check_execution(*, workers: Any, case_timeout: Any) -> None:

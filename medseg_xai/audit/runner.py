@@ -45,7 +45,8 @@ __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "STAGES", "TORCH_THREADS", "CaseTas
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold", "binarize", "reference", "allow_missing_readers")
+                     "overlap_threshold", "binarize", "convention", "use_subvoxels", "matching",
+                     "iou_threshold", "reference", "allow_missing_readers")
 #: Per-case stage timings (seconds) in every record's ``timing``: loading the volumes, model
 #: inference (only with an adapter), the metrics, lesion matching, and the cache (input hash,
 #: lookup, store); ``total_s`` is the whole case as the worker saw it.
@@ -227,6 +228,8 @@ def _compute_case(
         pred_eval, ref_eval, case.spacing, labels,
         tolerance=settings["tolerance"], percentile=settings["percentile"],
         empty=settings["empty"], probabilities=probs_eval,
+        convention=settings.get("convention", "monai"),
+        use_subvoxels=settings.get("use_subvoxels", False),
     )
     timing["metrics_s"] = clock() - t0
     t0 = clock()
@@ -235,6 +238,8 @@ def _compute_case(
         pred_fg, ref_fg, case.spacing,
         probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0),
         connectivity=settings["connectivity"], overlap_threshold=settings["overlap_threshold"],
+        matching=settings.get("matching", "overlap"),
+        iou_threshold=settings.get("iou_threshold", 0.5),
     )
     summary = lesion_summary(table, n_cases=1)
     timing["lesions_s"] = clock() - t0
@@ -458,12 +463,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _fix_threads() -> None:
     """Pin torch's intra-op threads (identical numbers on every executor)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return
+    try:  # a plain import: it waits for another thread's import of torch to finish
+        import torch
+    except ImportError:  # pragma: no cover
+        return
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
 

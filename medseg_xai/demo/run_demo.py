@@ -108,7 +108,9 @@ def _explain_lesion(cohort: Any, adapter: Any, row: pd.Series, out_dir: Path) ->
     # Signed Grad-CAM: a missed lesion often has only evidence against it, which a ReLU blanks.
     exp = explain(adapter, case.image, target, method="gradcam", relu=False)
     score = localisation(exp.attribution, one.mask)
-    stem = f"gradcam_{row['case_id']}_{row['lesion_id']}"
+    from medseg_xai._privacy import safe_file_name  # ids become file names: stay in out_dir
+
+    stem = safe_file_name(f"gradcam_{row['case_id']}_{row['lesion_id']}")
     nifti = exp.to_nifti(out_dir / f"{stem}.nii.gz", affine=case.affine)
     image = case.image[0] if case.image.ndim == ref.ndim + 1 else case.image
     fig = viz.three_plane(image, center=viz.lesion_centre(one.mask), ref=ref, pred=pred,
@@ -204,7 +206,9 @@ def run_demo(
         explained = _explain_lesion(cohort, adapter, worst, figures)
     extra = [(explained["case_id"], explained["lesion_id"])] if explained else []
     # The gallery lives in the result (and audit.json): the report only draws it.
-    result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed)
+    # explain_miss re-runs probes through the model: two gallery lesions plus the worst one.
+    result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed,
+                                           max_explanations=2)
     timings["explain_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -33,5 +33,6 @@ SECTIONS: tuple[str, ...] = (
     "failures",
     "comparison",
     "limitations",
+    "efficiency",
     "reproducibility",
 )
