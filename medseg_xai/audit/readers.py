@@ -198,7 +198,11 @@ def _pair(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...],
     m = pair_metrics(a, b, spacing, tolerance=settings["tolerance"],
                      percentile=settings["percentile"], empty=settings["empty"],
                      connectivity=settings["connectivity"],
-                     overlap_threshold=settings["overlap_threshold"])
+                     overlap_threshold=settings["overlap_threshold"],
+                     convention=settings.get("convention", "monai"),
+                     use_subvoxels=bool(settings.get("use_subvoxels", False)),
+                     matching=settings.get("matching", "overlap"),
+                     iou_threshold=settings.get("iou_threshold", 0.5))
     return {k: m[k] for k in READER_METRICS}
 
 
