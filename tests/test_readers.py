@@ -459,3 +459,12 @@ def test_report_says_where_the_margin_came_from(staple_result):
     bare.settings = {**bare.settings, "criteria": []}
     _, html = _render_section(bare)
     assert "the default: no acceptance criterion" in html
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_reader_tables(cohort_dir, staple_result):
+    res = mx.audit(mx.Cohort.from_csv(cohort_dir / "manifest.csv"), reference="staple",
+                   criteria=staple_result.settings["criteria"], executor="process",
+                   mp_context="fork", **{**AUDIT, "workers": 2})
+    for name in ("readers", "reader_lesions", "reader_subgroups", "reader_noninferiority"):
+        pd.testing.assert_frame_equal(getattr(res, name), getattr(staple_result, name))
