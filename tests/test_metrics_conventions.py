@@ -344,9 +344,14 @@ def test_documented_recipe_reproduces_monai_dicemetric_cohort_mean(ignore_empty)
     assert ours == pytest.approx(theirs, rel=1e-6)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_sparse_small_structures_path_equals_a_distance_transform(seed):
-    # a few tiny lesions far apart in a large image: edges come from the foreground voxels
+@pytest.mark.parametrize("seed, scan", [(0, False), (1, False), (2, True), (3, True)])
+def test_sparse_small_structures_path_equals_a_distance_transform(seed, scan, monkeypatch):
+    # a few tiny lesions far apart in a large image: edges come from the foreground voxels,
+    # then the KD-tree (few points) or the offset scan on a scattered crop (forced here)
+    import medseg_xai.metrics.surface as surface
+
+    if scan:
+        monkeypatch.setattr(surface, "SCAN_MIN_POINTS", 1)
     rng = np.random.default_rng(seed)
     shape = (20, 48, 40)
     pred = np.zeros(shape, bool)
