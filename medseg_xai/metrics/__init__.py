@@ -9,6 +9,8 @@ out, "convention" for the peer library's values). Each metric's direction, range
 definition: :mod:`medseg_xai.metrics.metadata`.
 """
 
+from medseg_xai.metrics.agreement import AGREEMENT_COLUMNS, agreement
+from medseg_xai.metrics.consensus import CONSENSUS_METHODS, Consensus, consensus
 from medseg_xai.metrics.conventions import CONVENTIONS
 from medseg_xai.metrics.evaluate import EXTRA_METRICS, METRIC_KEYS, evaluate_case
 from medseg_xai.metrics.instances import match_instances, panoptic_quality
@@ -43,7 +45,12 @@ from medseg_xai.metrics.surface import (
 )
 
 __all__ = [
+    "AGREEMENT_COLUMNS",
+    "CONSENSUS_METHODS",
     "CONVENTIONS",
+    "Consensus",
+    "agreement",
+    "consensus",
     "EMPTY_POLICIES",
     "EXTRA_METRICS",
     "LESION_COLUMNS",
