@@ -182,6 +182,12 @@ class AuditDashboard(W.VBox):
             W.HTML("<b>Acceptance criteria</b>"), self.criteria,
             W.HTML("<b>Worst cases</b>"), self.group, self.worst, self.status, self.explorer_box,
         ]
+        self.readers = None  # several readers per case: agreement table and plot (widgets.readers)
+        if len(getattr(result, "reader_subgroups", ())):
+            from medseg_xai.widgets.readers import ReaderAgreementView
+
+            self.readers = ReaderAgreementView(result)
+            self.children = [*self.children, W.HTML("<b>Readers</b>"), self.readers.widget]
         self.add_class("mx-audit-dashboard")
         self.refresh()
 
