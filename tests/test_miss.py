@@ -341,3 +341,18 @@ def test_probe_settings_can_be_given_and_two_channel_images_work(contrast_model)
                      probes=["contrast", "location"])
     assert b.settings["class_index"] == 1 and b.attributions["integrated_gradients"].shape == (40, 40)
     assert b.evidence["completeness_error"].iloc[0] < 0.05  # linear model: exact up to rounding
+
+
+@settings(max_examples=12, deadline=None)
+@given(cy=st.integers(0, 39), cx=st.integers(0, 39), radius=st.sampled_from([0, 1, 2.5, 4]),
+       contrast=st.sampled_from([0.1, 0.5]))
+def test_any_lesion_position_and_size_gives_a_valid_analysis(cy, cx, radius, contrast) -> None:
+    ad = _adapter(ContrastDetector())
+    img, lab = scan([((cy, cx), radius, contrast)], seed=cy * 40 + cx)
+    a = explain_miss(ad, img, lab, "ref-1", methods=())
+    assert a.status in ("missed", "detected")
+    assert set(a.causes) <= set(CAUSES) and len(set(a.causes)) == len(a.causes)
+    if a.status == "detected":
+        assert a.causes == []
+    json.dumps(a.to_dict(), allow_nan=False)
+    assert a.probes["mean_prob"].between(0, 1).all()
