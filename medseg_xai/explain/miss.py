@@ -403,6 +403,7 @@ def _evidence(
     layer: str | None,
     kwargs: dict[str, Any],
     seed: int,
+    randomised: dict[str, Any],
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     import torch
 
@@ -468,7 +469,9 @@ def _evidence(
             reasons.append(f"completeness error {err:.0%} > {COMPLETENESS_TOLERANCE:.0%}")
     if not gate:
         try:
-            rand = randomised_copy(adapter, seed)
+            if "adapter" not in randomised:  # one re-initialised copy serves every method
+                randomised["adapter"] = randomised_copy(adapter, seed)
+            rand = randomised["adapter"]
             kr = dict(kw)
             if method == "integrated_gradients":  # rank similarity needs no accurate integral
                 kr["n_steps"] = max(2, int(kw["n_steps"]) // 2)
@@ -766,10 +769,10 @@ def explain_miss(
 
     # supporting evidence
     target = _target(adapter, mask, ci, 2 if adapter.activation == "softmax" else 1)
-    rows, maps = [], {}
+    rows, maps, randomised = [], {}, {}
     for method in methods:
         kw = dict((method_kwargs or {}).get(method, {}))
-        row, a = _evidence(adapter, img, mask, target, method, layer, kw, seed)
+        row, a = _evidence(adapter, img, mask, target, method, layer, kw, seed, randomised)
         rows.append(row)
         if a is not None:
             maps[method] = a
