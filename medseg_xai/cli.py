@@ -102,6 +102,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--workers", type=int, default=None, help="local processes")
     group.add_argument("--dask-scheduler", default=None, help="dask.distributed scheduler address")
     p.add_argument("--cache", default=None, help="per-case cache folder (resume an interrupted run)")
+    p.add_argument("--case-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a case that takes longer than this (loading, inference, metrics); "
+                        "each finished case is streamed to --out/cases.jsonl as it completes")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--model", default=None,
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
@@ -123,6 +126,20 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
                    "or WeasyPrint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--convention", default="monai",
+                   choices=["monai", "medpy", "deepmind", "metricsreloaded", "panoptica"],
+                   help="surface-metric definitions (default: %(default)s)")
+    p.add_argument("--matching", default="overlap", choices=["overlap", "hungarian"],
+                   help="lesion matching: covered fraction, or one-to-one IoU (default: "
+                        "%(default)s)")
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="smallest IoU of a match with --matching hungarian (default: %(default)s)")
+    p.add_argument("--reference", default=None,
+                   help="reference standard from reader columns label_<reader>: staple, majority "
+                        "or a reader name (default: the label column)")
+    p.add_argument("--allow-missing-readers", action="store_true",
+                   help="analyse a case with the readers present when a reader file is missing "
+                        "(default: that row fails, naming the reader)")
     p.set_defaults(func=_run_audit)
 
 
@@ -163,15 +180,19 @@ def _run_audit(args: argparse.Namespace) -> int:
     load_criteria(args.criteria)
     lesion_size_bins = _lesion_size_bins(args.lesion_size_bins)
     out = _output_folder(args.out)
-    cohort = read_cohort(_input_file(args.manifest, "manifest"))
+    cohort = read_cohort(_input_file(args.manifest, "manifest", table=True))
     adapter = _load_model(args.model) if args.model else None
-    config.setdefault("command_line", _command_line())  # stored in audit.json: `report` re-renders
+    config.setdefault("command_line", _command_line(args.argv))  # stored in audit.json: `report` re-renders
     extra = {} if args.detection_bins is None else {"detection_bins": args.detection_bins}
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
                    cache_dir=args.cache, progress=not args.quiet, labels=args.labels,
                    binarize=args.binarize, keep_columns=args.keep_columns,
-                   lesion_size_bins=lesion_size_bins, report=config, **extra)
+                   lesion_size_bins=lesion_size_bins, report=config,
+                   case_timeout=args.case_timeout, stream=out / "cases.jsonl",
+                   convention=args.convention, matching=args.matching,
+                   iou_threshold=args.iou_threshold, reference=args.reference,
+                   allow_missing_readers=args.allow_missing_readers, **extra)
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
                                            seed=args.seed)
     written = write_outputs(result, out)
@@ -209,7 +230,7 @@ def _output_folder(path: str):
     return out
 
 
-def _input_file(path: str, what: str) -> str:
+def _input_file(path: str, what: str, *, table: bool = False) -> str:
     """A named input must be a regular file: a FIFO or a device would block the reader."""
     from pathlib import Path
 
@@ -220,7 +241,7 @@ def _input_file(path: str, what: str) -> str:
         raise InputError(f"{what}: expected a file, found nothing at {path!r}")
     if not p.is_file():
         raise InputError(f"{what}: expected a regular file, got {file_kind(p)} at {path!r}")
-    if p.stat().st_size == 0:
+    if table and p.stat().st_size == 0:  # volumes: the loader names empty files itself
         raise InputError(f"{what}: expected a table, got an empty file {path!r}")
     return path
 
@@ -239,7 +260,7 @@ def _print_audit_summary(result, written) -> int:
     return n_failed
 
 
-def _command_line() -> str:
+def _command_line(argv: Sequence[str]) -> str:
     """The command as recorded in the report: every path argument reduced to its name, so no
     folder name (often a patient's name or record number) is shared."""
     import shlex
@@ -253,7 +274,7 @@ def _command_line() -> str:
             value = value[0]
         return f"{flag}{eq}{value}"
 
-    return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *sys.argv[1:]]))
+    return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *argv]))
 
 
 def _load_model(spec: str):
@@ -572,6 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medseg-xai`` console script (exit codes: :data:`EXIT_CODES`)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints one line, exit 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_OK
@@ -587,8 +609,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # disk full, read-only or unwritable folder: the machine, not data
         if args.debug:
             raise
-        _fail(args, f"error: {_one_line(err)} (nothing was left half-written; free space or "
-                    "fix permissions and rerun, --cache resumes)")
+        text = _one_line(err)
+        if "rerun" not in text:  # the engine's infrastructure errors already say what to do
+            text += " (nothing was left half-written; free space or fix permissions and rerun, "
+            text += "--cache resumes)"
+        _fail(args, f"error: {text}")
         return EXIT_INTERNAL
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if args.debug:
@@ -602,8 +627,8 @@ def _one_line(err: BaseException) -> str:
     from medseg_xai._privacy import redact_paths
 
     text = str(err) or type(err).__name__
-    if isinstance(err, OSError) and err.strerror and err.filename:
-        text = f"{err.strerror}: {err.filename}"
+    if isinstance(err, OSError) and err.strerror:  # no "[Errno 28]" prefix
+        text = f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
     return redact_paths(" ".join(text.split()))
 
 
