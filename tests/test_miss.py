@@ -181,6 +181,8 @@ def test_input_errors_name_the_field(contrast_model) -> None:
         explain_miss(contrast_model, img, lab, "lesion-1", methods=())
     with pytest.raises(ValueError, match="threshold"):
         explain_miss(contrast_model, img, lab, "ref-1", threshold=1.5)
+    with pytest.raises(ValueError, match="methods: unknown"):
+        explain_miss(contrast_model, img, lab, "ref-1", methods=("gradcam", "lime"))
     with pytest.raises(ValueError, match="probes: unknown probe 'blur'"):
         explain_miss(contrast_model, img, lab, "ref-1", probes=["blur"], methods=())
 

@@ -710,6 +710,13 @@ def explain_miss(
         raise ValueError(f"overlap_threshold: expected a share in (0, 1], got {overlap_threshold!r}")
     if not 0.0 < float(margin) < 1.0:
         raise ValueError(f"margin: expected a probability change in (0, 1), got {margin!r}")
+    from medseg_xai.explain.core import METHODS
+
+    if isinstance(methods, str):
+        methods = (methods,)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
     img = P.as_image(image, adapter.spatial_dims)
     shape = tuple(img.shape[1:])
     if spacing is None:
