@@ -358,3 +358,13 @@ def test_any_lesion_position_and_size_gives_a_valid_analysis(cy, cx, radius, con
         assert a.causes == []
     json.dumps(a.to_dict(), allow_nan=False)
     assert a.probes["mean_prob"].between(0, 1).all()
+
+
+def test_label_maps_with_several_classes(contrast_model) -> None:
+    img, lab = scan([((24, 20), 3, 0.15), ((30, 32), 3, 0.45)], seed=3)
+    two = lab.copy()
+    two[_disc((30, 32), 3)] = 2  # a second class: not the lesion class of a one-channel model
+    with pytest.raises(ValueError, match=r"ref: labels \[1, 2\] do not include the lesion class 0"):
+        explain_miss(contrast_model, img, two, "ref-1", methods=())
+    a = explain_miss(contrast_model, img, (lab * 2).astype(np.uint8), "ref-1", methods=())
+    assert a.causes == ["contrast"]  # one foreground value, whatever it is

@@ -225,11 +225,14 @@ def _foreground(labels: Any, class_index: int | None, name: str, shape: tuple[in
         raise ValueError(f"{name}: expected the image's spatial shape {shape}, got {a.shape}")
     if a.dtype == bool:
         return a
-    values = np.unique(a)
-    if values.size > 2 or (values.size == 2 and values.max() != 1 and class_index not in (None, 0)):
-        c = 1 if class_index in (None, 0) else class_index
-        return a == c
-    return a != 0
+    values = [v for v in np.unique(a).tolist() if v != 0]
+    if len(values) <= 1:  # one foreground value: that is the lesion class
+        return a != 0
+    # several labels: the lesion class is the label equal to the class index (softmax channels)
+    if class_index not in values:
+        raise ValueError(f"{name}: labels {values} do not include the lesion class "
+                         f"{class_index}; pass class_index= or a binary mask")
+    return a == class_index
 
 
 def _resolve_lesion(lesion: Any, ref_fg: np.ndarray | None, pred_fg: np.ndarray,
