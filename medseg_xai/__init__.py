@@ -36,8 +36,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Cohort": ("medseg_xai.cohort", "Cohort"),
     "Explanation": ("medseg_xai.explain", "Explanation"),
     "activations": ("medseg_xai.explain", "activations"),
-    "explain_miss": ("medseg_xai.explain", "explain_miss"),
-    "MissAnalysis": ("medseg_xai.explain", "MissAnalysis"),
+    "explain_miss": ("medseg_xai.explain.miss", "explain_miss"),
+    "MissAnalysis": ("medseg_xai.explain.miss", "MissAnalysis"),
     "AuditResult": ("medseg_xai.audit", "AuditResult"),
     "compare": ("medseg_xai.audit", "compare"),
 }

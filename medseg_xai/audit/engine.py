@@ -20,9 +20,9 @@ from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
-from medseg_xai.audit.runner import CASE_SETTING_KEYS, iter_tasks, run_tasks
+from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
 from medseg_xai.audit.strata import parse_strata
-from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks
+from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
 from medseg_xai.cohort import Cohort
 
 __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 #: Metrics summarised per subgroup when ``metrics=None`` (those present in the cases table).
 DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
                    "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
-_LESION_DROP = ("lesions", "timing", "row", "from_cache")
+_LESION_DROP = ("lesions", "timing", "row", "from_cache", "readers", "reader_lesions")
 _READ_CHUNK = 512  # records turned into column arrays at a time when the tables are built
 
 
@@ -64,6 +64,10 @@ def audit(
     empty: str = "worst",
     connectivity: int | None = None,
     overlap_threshold: float = 0.1,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
+    matching: str = "overlap",
+    iou_threshold: float = 0.5,
     lesion_size_bins: int | Sequence[float] = 3,
     detection_bins: Sequence[float] = (0, 100, 1000, 10000),
     min_n: int = 10,
@@ -81,6 +85,8 @@ def audit(
     case_timeout: float | None = None,
     stream: str | Path | None = None,
     report: Mapping[str, Any] | None = None,
+    reference: str | None = None,
+    allow_missing_readers: bool = False,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -111,6 +117,13 @@ def audit(
         Passed to ``metrics.evaluate_case`` (``empty`` is the empty-mask policy).
     connectivity, overlap_threshold
         Passed to ``metrics.lesions``.
+    convention, use_subvoxels
+        Surface-metric convention (``"monai"``, ``"medpy"``, ``"deepmind"``,
+        ``"metricsreloaded"``, ``"panoptica"``) and MONAI's sub-voxel NSD, passed to
+        ``metrics.evaluate_case``; recorded in ``settings``.
+    matching, iou_threshold
+        Lesion matching mode (``"overlap"``: covered fraction; ``"hungarian"``: one-to-one
+        IoU >= ``iou_threshold``), passed to ``metrics.lesions``; recorded in ``settings``.
     lesion_size_bins : int or sequence of float
         Quantile count or edges (mm^3) of the ``lesion_size`` stratum.
     detection_bins : sequence of float
@@ -144,6 +157,13 @@ def audit(
         ``model_name``, ``model_version``, ``model_fingerprint`` (recorded as the model's
         fingerprint when no adapter runs), ``reference_standard``... (see
         :mod:`medseg_xai.reports`).
+    reference : {"staple", "majority"} or str, optional
+        Reference standard when the manifest has reader columns ``label_<reader>``: a consensus
+        rule or one reader's name (default: the ``label`` column). See
+        :mod:`medseg_xai.audit.readers` for the reader tables this adds.
+    allow_missing_readers : bool
+        Analyse a case with the readers present when a reader file is missing (default: the
+        row fails, naming the reader).
 
     Returns
     -------
@@ -165,6 +185,15 @@ def audit(
     _check_execution(workers=workers, case_timeout=case_timeout)
     _check_settings(empty=empty, ci_method=ci_method, test=test, correction=correction,
                     n_resamples=n_resamples, confidence=confidence, alpha=alpha)
+    from medseg_xai.metrics.conventions import check_convention
+    from medseg_xai.metrics.lesions import check_matching
+
+    check_convention(convention)
+    check_matching(matching)
+    if use_subvoxels and convention != "monai":
+        raise ValueError(f"use_subvoxels: expected convention='monai', got {convention!r}")
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ValueError(f"iou_threshold: expected an IoU in (0, 1], got {iou_threshold!r}")
     strata_list = parse_strata(strata)
     crit = load_criteria(criteria)
     metric_list = _metric_list(metrics, crit, labels)
@@ -186,6 +215,9 @@ def audit(
     # privacy: only metadata used as strata or declared to keep reaches the result
     kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
     cohort = cohort.with_metadata([*kept, *(keep_columns or ())])
+    from medseg_xai.audit import readers as _readers
+
+    _readers.check_reference(reference, cohort.readers, "label" in cohort.manifest.columns)
     if adapter is None and "prediction" not in cohort.manifest.columns:
         raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
                          "got neither")
@@ -195,6 +227,9 @@ def audit(
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
         "binarize": bool(binarize),
+        "convention": convention, "use_subvoxels": bool(use_subvoxels), "matching": matching,
+        "iou_threshold": float(iou_threshold),
+        "reference": reference, "allow_missing_readers": bool(allow_missing_readers),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     if executor is None:
@@ -221,7 +256,7 @@ def audit(
         try:
             with RecordStream(stream_path) as sink:
                 info = run_tasks(
-                    iter_tasks(cohort), case_settings, executor=executor, workers=workers,
+                    iter_tasks(cohort, bool(allow_missing_readers)), case_settings, executor=executor, workers=workers,
                     cache_dir=cache_path, adapter=adapter, cache_extra=cache_extra,
                     progress=progress, mp_context=mp_context, case_timeout=case_timeout,
                     sink=sink.write, n_tasks=len(cohort),
@@ -231,6 +266,8 @@ def audit(
                 client.close()
         elapsed = time.perf_counter() - started
         cases, lesions = _tables(cohort, stream_path)
+        reader_cases = (_readers.records_tables(read_records(stream_path)) if cohort.readers
+                        else None)
     settings = {
         "strata": [s.name for s in strata_list], "seed": int(seed),
         "metrics": metric_list, **case_settings,
@@ -262,8 +299,42 @@ def audit(
         "case_timeout_s": None if case_timeout is None else float(case_timeout),
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
+        "efficiency": efficiency_summary(cases, elapsed),
     }
-    return build_result(cases, lesions, settings, provenance, run, report=report)
+    return build_result(cases, lesions, settings, provenance, run, report=report,
+                        readers=reader_cases)
+
+
+def efficiency_summary(cases: pd.DataFrame, elapsed_s: float) -> dict[str, Any]:
+    """Where the time went: per stage the seconds summed over cases, their share, and the
+    per-case mean, median, 95th percentile and maximum; cases per second of the per-case phase;
+    the slowest cases; the largest peak memory. What the report's efficiency section shows."""
+    n = len(cases)
+    stages: dict[str, dict[str, float]] = {}
+    work = [s for s in STAGES if s != "total_s" and s in cases.columns]
+    busy = float(sum(np.nansum(cases[s].to_numpy(dtype=float)) for s in work)) or 1.0
+    for stage in [*work, *(["total_s"] if "total_s" in cases.columns else [])]:
+        v = cases[stage].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            continue
+        stages[stage[:-2]] = {
+            "total_s": float(v.sum()), "share": float(v.sum() / busy) if stage != "total_s" else 1.0,
+            "mean_s": float(v.mean()), "median_s": float(np.median(v)),
+            "p95_s": float(np.percentile(v, 95)), "max_s": float(v.max()),
+        }
+    out: dict[str, Any] = {
+        "n_cases": n, "elapsed_s": float(elapsed_s),
+        "cases_per_s": float(n / elapsed_s) if elapsed_s > 0 else None, "stages": stages,
+    }
+    if "total_s" in cases.columns and n:
+        slow = cases.nlargest(5, "total_s")
+        out["slowest"] = [{"case_id": str(c), "total_s": float(t), "status": str(st)}
+                          for c, t, st in zip(slow["case_id"], slow["total_s"], slow["status"])]
+    for col in ("peak_memory_mb", "peak_gpu_memory_mb"):
+        if col in cases.columns and cases[col].notna().any():
+            out[f"max_{col}"] = float(cases[col].max())
+    return out
 
 
 def _check_execution(*, workers: Any, case_timeout: Any) -> None:
@@ -463,11 +534,13 @@ def build_result(
     run: Mapping[str, Any] | None = None,
     *,
     report: Mapping[str, Any] | None = None,
+    readers: Mapping[str, pd.DataFrame] | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
     Used by :func:`audit` and to re-analyse stored cases (e.g. other strata or criteria) without
-    re-evaluating them.
+    re-evaluating them. ``readers`` holds the per-case ``readers`` and ``reader_lesions`` tables
+    of a multi-reader audit (:mod:`medseg_xai.audit.readers`).
     """
     settings = dict(settings)
     stat = {**analysis.STATS_DEFAULTS,
@@ -498,10 +571,16 @@ def build_result(
         for g in order:
             group_index[(stratum.name, str(g))] = ok_labels.index[ok_labels == g]
     crit = load_criteria(settings.get("criteria")) if settings.get("criteria") else []
+    from medseg_xai.audit import readers as _readers
+
+    reader = dict(readers or {})
+    reader.update(_readers.reader_tables(
+        cases, reader.get("readers"), reader.get("reader_lesions"),
+        analysis._groups_iter(cases, strata_list, orders), stat, crit))
     criteria_table = evaluate_criteria(
         crit, subgroups=subgroups, cases=cases, lesions=lesions, false_positives=fps,
         group_index=group_index, audit_strata=[s.name for s in strata_list], min_n=min_n,
-        confidence=confidence)
+        confidence=confidence, noninferiority=reader["reader_noninferiority"])
     settings["metrics"] = list(metric_names)
     provenance = dict(provenance)
     ok = cases["status"] == "ok"
@@ -517,4 +596,5 @@ def build_result(
         verdicts=verdicts(criteria_table),
         group_counts=analysis.group_counts_table(cases, strata_list, orders),
         settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
+        **{k: v for k, v in reader.items() if k in _readers.READER_TABLES},
     )

@@ -23,6 +23,7 @@ SECTIONS: tuple[str, ...] = (
     "verdict",
     "identification",
     "reference_standard",
+    "reference_standard_readers",
     "data",
     "analysis_plan",
     "criteria",
@@ -32,5 +33,6 @@ SECTIONS: tuple[str, ...] = (
     "failures",
     "comparison",
     "limitations",
+    "efficiency",
     "reproducibility",
 )
