@@ -9,7 +9,12 @@ from torch import nn
 
 import medseg_xai as mx
 from medseg_xai.explain.weights import compare_weights, kernels, weights
-from medseg_xai.viz_model import kernel_montage, kernel_tiles, weight_comparison, weight_distribution
+from medseg_xai.viz_model import (
+    kernel_montage,
+    kernel_tiles,
+    weight_comparison,
+    weight_distribution,
+)
 
 
 def _net(dims: int, seed: int = 0) -> nn.Module:

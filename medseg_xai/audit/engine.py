@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 #: Metrics summarised per subgroup when ``metrics=None`` (those present in the cases table).
 DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
                    "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
-_LESION_DROP = ("lesions", "timing", "row", "from_cache")
+_LESION_DROP = ("lesions", "timing", "row", "from_cache", "features", "feature_layer")
 
 
 def _version(pkg: str) -> str:
@@ -73,6 +73,8 @@ def audit(
     dask_scheduler: str | None = None,
     progress: bool = True,
     mp_context: str | None = None,
+    feature_layer: str | None = "auto",
+    feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -117,6 +119,14 @@ def audit(
         Show a progress bar.
     mp_context : str, optional
         Start method of the process pool.
+    feature_layer : str or None
+        With an adapter: the layer whose pooled output is each case's feature vector, taken
+        by a hook in the same inference pass (``"auto"``: the deepest encoder output; None:
+        no features). Gives ``result.feature_shift``, ``result.model_layers`` and the case
+        columns ``ood_score, feature_pc1, feature_pc2`` (see :mod:`medseg_xai.audit.features`).
+    feature_reference : mapping or sequence of "COLUMN=V1,V2", optional
+        Reference cases of the feature shift, e.g. ``{"device": ["A", "B"]}`` (the devices the
+        model was trained on); default: the whole cohort, each group against the rest.
 
     Returns
     -------
@@ -161,6 +171,16 @@ def audit(
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
+    from medseg_xai.audit.features import parse_reference, reference_mask
+
+    reference = parse_reference(feature_reference)
+    if reference is not None and (adapter is None or feature_layer is None):
+        raise ValueError("feature_reference: expected an adapter and a feature_layer (features "
+                         "come from the model's inference pass)")
+    reference_mask(cohort.manifest, reference)  # unknown column or value: fail before any case
+    task_settings = dict(case_settings)
+    if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
+        task_settings["feature_layer"] = str(feature_layer)
     if executor is None:
         if dask_scheduler is not None:
             executor = "dask"
@@ -179,7 +199,7 @@ def audit(
     started = time.perf_counter()
     try:
         records = run_tasks(
-            tasks_for(cohort), case_settings, executor=executor, workers=workers,
+            tasks_for(cohort), task_settings, executor=executor, workers=workers,
             cache_dir=None if cache_dir is None else str(cache_dir), adapter=adapter,
             cache_extra=cache_extra, progress=progress, mp_context=mp_context,
         )
@@ -198,6 +218,12 @@ def audit(
         "test": test, "correction": correction, "alpha": float(alpha), "criteria": crit,
         "inference": adapter is not None,
     }
+    features = None
+    if "feature_layer" in task_settings:
+        features, layer = _feature_matrix(records)
+        settings.update({"feature_layer": layer or str(feature_layer),
+                         "feature_reference": reference,
+                         "feature_method": "ledoit-wolf mahalanobis, permutation test"})
     provenance = {
         "versions": _versions(),
         "seed": int(seed),
@@ -217,7 +243,24 @@ def audit(
         "n_from_cache": int(sum(bool(r.get("from_cache")) for r in records)),
         "cache_dir": None if cache_dir is None else str(cache_dir),
     }
-    return build_result(cases, lesions, settings, provenance, run)
+    result = build_result(cases, lesions, settings, provenance, run, features=features)
+    if adapter is not None:
+        from medseg_xai.explain.weights import weights
+
+        result.model_layers = weights(adapter)
+    return result
+
+
+def _feature_matrix(records: list[dict[str, Any]]) -> tuple[np.ndarray, str | None]:
+    """(n, F) pooled features of the records (NaN rows for failed cases), and the layer."""
+    vecs = [r.get("features") for r in records]
+    width = max((len(v) for v in vecs if v), default=0)
+    out = np.full((len(records), width), np.nan)
+    for i, v in enumerate(vecs):
+        if v and len(v) == width:
+            out[i] = v
+    layer = next((r["feature_layer"] for r in records if r.get("feature_layer")), None)
+    return out, layer
 
 
 def _check_settings(**given: Any) -> None:
@@ -333,11 +376,13 @@ def build_result(
     settings: Mapping[str, Any],
     provenance: Mapping[str, Any],
     run: Mapping[str, Any] | None = None,
+    features: np.ndarray | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
     Used by :func:`audit` and to re-analyse stored cases (e.g. other strata or criteria) without
-    re-evaluating them.
+    re-evaluating them. ``features`` (``(n_cases, F)``, NaN rows for failed cases) adds the
+    feature-shift table and the ``ood_score, feature_pc1, feature_pc2`` case columns.
     """
     settings = dict(settings)
     stat = {**analysis.STATS_DEFAULTS,
@@ -360,6 +405,18 @@ def build_result(
                                         confidence=confidence, min_n=min_n)
     agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
                                                 confidence=confidence, min_n=min_n)
+    feature_table = None
+    if features is not None and features.shape[1] > 0:
+        from medseg_xai.audit.features import feature_shift
+
+        groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
+        feature_table, per_case = feature_shift(
+            features, cases, groups, reference=settings.get("feature_reference"),
+            seed=int(stat["seed"]), n_permutations=int(stat["n_resamples"]),
+            correction=stat["correction"], alpha=float(stat["alpha"]), min_n=min_n)
+        timing = [c for c in TIMING_COLUMNS if c in cases.columns]
+        stale = [c for c in (*timing, *per_case.columns) if c in cases.columns]
+        cases = cases.drop(columns=stale).join(per_case).join(cases[timing])
     group_index = {}
     for stratum in [analysis.OVERALL, *strata_list]:
         labels, order = analysis.stratum_groups(cases, stratum, orders)
@@ -380,9 +437,12 @@ def build_result(
     provenance["n_rows"] = len(cases)
     provenance["n_evaluated"] = int(ok.sum())
     provenance["n_failed"] = int((cases["status"] == "failed").sum())
-    return AuditResult(
+    result = AuditResult(
         cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
         lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
         verdicts=verdicts(criteria_table), settings=settings, provenance=provenance,
         run=dict(run or {}),
     )
+    if feature_table is not None:
+        result.feature_shift = feature_table
+    return result

@@ -30,6 +30,8 @@ SCHEMA_VERSION = "1.0"
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
           "volume_agreement", "verdicts")
 TIMING_COLUMNS = ("inference_s", "peak_memory_mb", "peak_gpu_memory_mb")
+#: Tables only an audit with an adapter fills (issue 17); absent from older JSON, read as empty.
+MODEL_TABLES = ("feature_shift", "model_layers")
 VOLATILE_KEYS = ("run", "timings")
 
 
@@ -146,6 +148,10 @@ class AuditResult:
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
+    #: Feature shift per subgroup (``audit.features.FEATURE_SHIFT_COLUMNS``) and the model's
+    #: per-layer weight statistics (``explain.weights.WEIGHT_COLUMNS``); empty without an adapter.
+    feature_shift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    model_layers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- counts and views --------------------------------------------------------------------
 
@@ -211,7 +217,7 @@ class AuditResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document as a dict (see module docstring)."""
         timing_cols = [c for c in TIMING_COLUMNS if c in self.cases.columns]
-        tables = {name: table_to_json(getattr(self, name)) for name in TABLES}
+        tables = {name: table_to_json(getattr(self, name)) for name in (*TABLES, *MODEL_TABLES)}
         tables["cases"] = table_to_json(self.cases.drop(columns=timing_cols))
         timings = table_to_json(self.cases[["case_id", *timing_cols]]) if timing_cols else None
         return {
@@ -255,6 +261,8 @@ class AuditResult:
             raise ValueError(f"from_json: expected schema version {SCHEMA_VERSION.split('.')[0]}.x, "
                              f"got {data.get('schema_version')!r}")
         tables = {name: table_from_json(data["tables"][name]) for name in TABLES}
+        tables.update({name: table_from_json(data["tables"][name]) for name in MODEL_TABLES
+                       if name in data["tables"]})
         if data.get("timings"):
             timings = table_from_json(data["timings"])
             cases = tables["cases"]

@@ -14,6 +14,7 @@ channels a target depends on.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -23,7 +24,8 @@ import pandas as pd
 __all__ = ["FeatureHook", "channel_stats", "channel_weights", "cohort_channel_stats",
            "feature_layer", "pooled_features", "top_channels"]
 
-_AUTO_CACHE: dict[tuple[int, int], str] = {}
+# model -> {input ndim: layer}; saves a tracing pass per case in an audit
+_AUTO_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def feature_layer(adapter: Any, input_shape: Sequence[int]) -> str:
@@ -42,9 +44,10 @@ def feature_layer(adapter: Any, input_shape: Sequence[int]) -> str:
     if adapter.is_scripted:
         raise ValueError("feature_layer: TorchScript models have no forward hooks; wrap the "
                          "original nn.Module")
-    key = (id(adapter.model), len(tuple(input_shape)))
-    if key in _AUTO_CACHE:
-        return _AUTO_CACHE[key]
+    cache = _AUTO_CACHE.setdefault(adapter.model, {})
+    key = len(tuple(input_shape))
+    if key in cache:
+        return cache[key]
     x = adapter._example(input_shape)
     shapes: dict[str, tuple[int, ...]] = {}
     order: list[str] = []
@@ -81,7 +84,7 @@ def feature_layer(adapter: Any, input_shape: Sequence[int]) -> str:
         if shapes[anc] != shapes[at_min[-1]]:
             break
         name = anc
-    _AUTO_CACHE[key] = name
+    cache[key] = name
     return name
 
 
@@ -104,13 +107,30 @@ class FeatureHook:
         self._sum: Any = None
         self._count = 0
         self._handle: Any = None
+        self.error: str | None = None
+
+    @classmethod
+    def for_audit(cls, adapter: Any, input_shape: Sequence[int], layer: str
+                  ) -> FeatureHook | None:
+        """A hook on ``layer`` (``"auto"`` resolved for ``input_shape``), or None when the
+        model offers none (TorchScript, no convolution): features are optional in an audit
+        and must never fail a case."""
+        try:
+            name = feature_layer(adapter, input_shape) if layer == "auto" else layer
+            return cls(adapter, name)
+        except ValueError:
+            if layer != "auto":  # a layer the user named must exist
+                raise
+            return None
 
     def _hook(self, _m: Any, _i: Any, out: Any) -> None:
         import torch
 
         if not isinstance(out, torch.Tensor) or out.ndim < 3:
-            raise ValueError(f"feature layer {self.layer!r}: expected a feature map tensor "
-                             f"(N, F, *spatial), got {type(out).__name__}")
+            # recorded, not raised: the forward pass the caller runs must not fail because of us
+            self.error = (f"feature layer {self.layer!r}: expected a feature map tensor "
+                          f"(N, F, *spatial), got {type(out).__name__}")
+            return
         pooled = out.detach().float().mean(dim=tuple(range(2, out.ndim)))  # (N, F)
         total = pooled.sum(0).double().cpu()
         self._sum = total if self._sum is None else self._sum + total
@@ -128,6 +148,8 @@ class FeatureHook:
     @property
     def vector(self) -> np.ndarray:
         """Pooled features ``(F,)`` float64 (ValueError when the layer never ran)."""
+        if self.error:
+            raise ValueError(self.error)
         if self._sum is None:
             raise ValueError(f"feature layer {self.layer!r} was not called during the forward "
                              "pass")

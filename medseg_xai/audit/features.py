@@ -1,0 +1,230 @@
+"""Feature shift: do a subgroup's scans look different *to the model*?
+
+Every audited case contributes one pooled feature vector (``explain.features.FeatureHook``,
+taken during the audit's own inference pass). From them:
+
+- per case, ``ood_score``: the squared Mahalanobis distance of its features to the reference
+  cases, with a Ledoit-Wolf shrinkage covariance (scikit-learn). Reference cases are scored
+  leave-one-out (the reference is refitted without the case), so they are not flattered by
+  their own presence. Features are z-scored by the reference's per-feature mean and spread
+  first (shrinkage pulls towards a scaled identity, which wants comparable scales).
+- per subgroup, ``distance``: the squared Mahalanobis distance between the group's mean
+  feature vector and that of the reference cases outside the group, under the shrinkage
+  covariance of the two pooled; its ``p_value`` comes from a permutation test (the pooled
+  covariance does not change when labels are permuted, so each permutation costs only two
+  means), the p-values of every tested group are adjusted together (Holm or BH, as the
+  metric tests) and ``flag`` is ``"shifted"`` where the adjusted p-value is below ``alpha``.
+- ``feature_pc1, feature_pc2``: a 2D PCA projection of the z-scored features for plots.
+
+The reference (``feature_reference={column: [values], ...}``, columns combined with AND) is
+e.g. the devices the model was trained on; by default it is the whole cohort, so each group is
+compared with all the other cases. Nothing here needs reference segmentations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FEATURE_CASE_COLUMNS", "FEATURE_SHIFT_COLUMNS", "feature_shift",
+           "parse_reference", "reference_mask"]
+
+FEATURE_SHIFT_COLUMNS = ("stratum", "group", "n", "n_reference", "in_reference", "distance",
+                         "median_ood_score", "p_value", "p_adjusted", "flag")
+FEATURE_CASE_COLUMNS = ("ood_score", "feature_pc1", "feature_pc2")
+_FLOOR = 1e-8
+
+
+def parse_reference(spec: Any) -> dict[str, list[str]] | None:
+    """``{column: [values]}`` from a mapping or CLI strings ``"COLUMN=V1,V2"`` (values as str)."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        spec = [spec]
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        items = []
+        for s in spec:
+            if not isinstance(s, str) or "=" not in s:
+                raise ValueError(f"feature_reference: expected COLUMN=V1,V2, got {s!r}")
+            col, vals = s.split("=", 1)
+            items.append((col.strip(), [v.strip() for v in vals.split(",") if v.strip()]))
+    out: dict[str, list[str]] = {}
+    for col, vals in items:
+        if isinstance(vals, (str, int, float)):
+            vals = [vals]
+        vals = [str(v) for v in vals]
+        if not col or not vals:
+            raise ValueError(f"feature_reference: column {col!r} needs at least one value")
+        out[str(col)] = vals
+    return out
+
+
+def reference_mask(cases: pd.DataFrame, reference: Mapping[str, Sequence[str]] | None
+                   ) -> np.ndarray:
+    """Boolean mask of the reference cases (all True without a declared reference)."""
+    mask = np.ones(len(cases), dtype=bool)
+    for col, vals in (reference or {}).items():
+        if col not in cases.columns:
+            raise ValueError(f"feature_reference: column {col!r} not in the cases table; "
+                             f"expected one of the metadata columns")
+        values = cases[col].astype(str)
+        unknown = sorted(set(vals) - set(values))
+        if unknown:
+            raise ValueError(f"feature_reference: {col} value(s) {unknown} not in the cohort; "
+                             f"found {sorted(set(values))}")
+        mask &= values.isin(list(vals)).to_numpy()
+    return mask
+
+
+def _standardise(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
+    mu = ref.mean(0)
+    sd = ref.std(0)
+    return (x - mu) / np.maximum(sd, _FLOOR * max(1.0, float(np.abs(mu).max(initial=0.0))))
+
+
+def _sq_mahalanobis(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances of rows of ``x`` to ``ref`` (Ledoit-Wolf, z-scored)."""
+    from sklearn.covariance import LedoitWolf
+
+    z_ref = _standardise(ref, ref)
+    z = _standardise(ref, x)
+    lw = LedoitWolf(assume_centered=False).fit(z_ref)
+    return lw.mahalanobis(z)
+
+
+def ood_scores(features: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
+    """Per-case ``ood_score``; reference cases leave-one-out."""
+    x = np.asarray(features, dtype=np.float64)
+    ref_idx = np.flatnonzero(is_ref)
+    if ref_idx.size < 3:
+        raise ValueError(f"feature_reference: expected at least 3 reference cases with "
+                         f"features, got {ref_idx.size}")
+    out = np.full(len(x), np.nan)
+    others = np.flatnonzero(~is_ref)
+    if others.size:
+        out[others] = _sq_mahalanobis(x[ref_idx], x[others])
+    for i in ref_idx:
+        keep = ref_idx[ref_idx != i]
+        out[i] = _sq_mahalanobis(x[keep], x[i:i + 1])[0]
+    return out
+
+
+def _group_test(z: np.ndarray, in_group: np.ndarray, n_permutations: int,
+                rng: np.random.Generator) -> tuple[float, float]:
+    """Squared Mahalanobis distance between the two groups' means (pooled shrinkage
+    covariance) and its permutation p-value."""
+    from sklearn.covariance import LedoitWolf
+
+    precision = LedoitWolf().fit(z).precision_
+    n, n_g = len(z), int(in_group.sum())
+
+    def stat(masks: np.ndarray) -> np.ndarray:  # masks (P, n) bool
+        m = masks.astype(np.float64)
+        d = m @ z / n_g - (1.0 - m) @ z / (n - n_g)
+        return np.einsum("pi,ij,pj->p", d, precision, d)
+
+    observed = float(stat(in_group[None])[0])
+    perms = np.stack([rng.permutation(in_group) for _ in range(n_permutations)])
+    null = stat(perms)
+    p = float((1 + np.sum(null >= observed * (1 - 1e-12))) / (1 + n_permutations))
+    return observed, p
+
+
+def feature_shift(
+    features: np.ndarray,
+    cases: pd.DataFrame,
+    groups: Sequence[tuple[str, pd.Series, Sequence[str]]],
+    *,
+    reference: Mapping[str, Sequence[str]] | None = None,
+    seed: int = 0,
+    n_permutations: int = 1000,
+    correction: str = "holm",
+    alpha: float = 0.05,
+    min_n: int = 10,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Feature-shift table and per-case scores.
+
+    Parameters
+    ----------
+    features : numpy.ndarray
+        ``(n, F)``, one row per row of ``cases``; rows of failed cases may be NaN.
+    cases : pandas.DataFrame
+        The cases table (metadata columns used by ``reference``).
+    groups : sequence of (stratum name, labels, group order)
+        Group label per case (a Series aligned with ``cases``) for each stratum.
+    reference : mapping, optional
+        ``{column: [values]}``; default the whole cohort.
+    seed, n_permutations, correction, alpha, min_n
+        Permutation seed and count, multiple-testing correction (``"holm" | "bh"``), level,
+        and the smallest group (and comparison set) that is tested.
+
+    Returns
+    -------
+    (pandas.DataFrame, pandas.DataFrame)
+        The table (:data:`FEATURE_SHIFT_COLUMNS`; a ``stratum="reference"`` row compares all
+        cases outside a declared reference with it) and the per-case columns
+        (:data:`FEATURE_CASE_COLUMNS`, index of ``cases``).
+    """
+    from sklearn.decomposition import PCA
+
+    from medseg_xai.audit import stats
+
+    if correction not in ("holm", "bh"):
+        raise ValueError(f"correction: expected 'holm' or 'bh', got {correction!r}")
+    if int(n_permutations) < 1:
+        raise ValueError(f"n_permutations: expected a positive int, got {n_permutations!r}")
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(cases):
+        raise ValueError(f"features: expected ({len(cases)}, F), got shape {x.shape}")
+    has = np.isfinite(x).all(axis=1)
+    is_ref_all = reference_mask(cases, reference)
+    is_ref = is_ref_all & has
+    per_case = pd.DataFrame(np.nan, index=cases.index, columns=list(FEATURE_CASE_COLUMNS))
+    if is_ref.sum() >= 3:  # too few reference cases (a tiny cohort): scores stay NaN
+        per_case.loc[has, "ood_score"] = ood_scores(x[has], is_ref[has])
+    z_all = _standardise(x[is_ref] if is_ref.sum() >= 2 else x[has], x[has])
+    if has.sum() >= 3:
+        pcs = PCA(n_components=2, svd_solver="full").fit_transform(
+            _standardise(x[has], x[has]))
+        per_case.loc[has, "feature_pc1"] = pcs[:, 0]
+        per_case.loc[has, "feature_pc2"] = pcs[:, 1]
+    z = np.full_like(x, np.nan)
+    z[has] = z_all
+    ood = per_case["ood_score"].to_numpy()
+    rows: list[dict[str, Any]] = []
+    tests: list[tuple[str, pd.Series, Sequence[str]]] = list(groups)
+    if reference:
+        tests.append(("reference",
+                      pd.Series(np.where(is_ref_all, None, "outside reference"),
+                                index=cases.index, dtype=object), ["outside reference"]))
+    for s_idx, (stratum, labels, order) in enumerate(tests):
+        lab = labels.reindex(cases.index).astype(object).to_numpy()
+        for g_idx, group in enumerate(order):
+            in_g = (lab == group) & has
+            comp = is_ref & ~in_g
+            row: dict[str, Any] = {
+                "stratum": stratum, "group": str(group), "n": int(in_g.sum()),
+                "n_reference": int(comp.sum()),
+                "in_reference": float(is_ref[in_g].mean()) if in_g.any() else float("nan"),
+                "distance": float("nan"),
+                "median_ood_score": float(np.median(ood[in_g])) if in_g.any() else float("nan"),
+                "p_value": float("nan"), "flag": "insufficient data",
+            }
+            if min(row["n"], row["n_reference"]) >= max(int(min_n), 2):
+                sel = in_g | comp
+                rng = np.random.default_rng([int(seed), 17, s_idx, g_idx])
+                row["distance"], row["p_value"] = _group_test(
+                    z[sel], in_g[sel], int(n_permutations), rng)
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=[c for c in FEATURE_SHIFT_COLUMNS if c != "p_adjusted"
+                                        ] + ["p_adjusted"])
+    adjust = stats.holm if correction == "holm" else stats.bh
+    table["p_adjusted"] = adjust(table["p_value"].to_numpy(dtype=float)) if len(table) else []
+    tested = table["p_value"].notna()
+    table.loc[tested, "flag"] = np.where(table.loc[tested, "p_adjusted"] < alpha, "shifted", "ok")
+    return table[list(FEATURE_SHIFT_COLUMNS)], per_case

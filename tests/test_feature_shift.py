@@ -1,0 +1,131 @@
+"""Feature shift in audits: a planted intensity shift is flagged, a random split is not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import medseg_xai as mx
+from medseg_xai.audit import AuditResult, audit
+from medseg_xai.audit.features import (
+    FEATURE_SHIFT_COLUMNS,
+    feature_shift,
+    ood_scores,
+    parse_reference,
+)
+from medseg_xai.cohort import Cohort
+from medseg_xai.explain.features import pooled_features
+
+SHAPE = (8, 12, 12)
+FAST = {"n_resamples": 500, "progress": False, "min_n": 5}
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv3d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.ConvTranspose3d(8, 4, 2, stride=2), nn.Conv3d(4, 2, 1))
+
+
+def _cohort(folder: Path, scale: float = 1.5, n_per: int = 12, seed: int = 0) -> Cohort:
+    """Devices A, B, C; C's images are intensity-scaled by ``scale`` (the planted shift)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(3 * n_per):
+        device = "ABC"[i % 3]
+        img = rng.normal(1.0, 0.3, SHAPE) * rng.uniform(0.9, 1.1)
+        img[2:6, 3:8, 3:8] += 1.0
+        if device == "C":
+            img = img * scale
+        lab = np.zeros(SHAPE, np.uint8)
+        lab[2:6, 3:8, 3:8] = 1
+        for name, arr in (("img", img.astype(np.float32)), ("lab", lab)):
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), folder / f"{name}{i}.nii.gz")
+        rows.append({"case_id": f"c{i:02d}", "image": f"img{i}.nii.gz",
+                     "label": f"lab{i}.nii.gz", "device": device,
+                     "split": "AB"[int(rng.integers(2))]})
+    return Cohort.from_dataframe(pd.DataFrame(rows), root=folder)
+
+
+@pytest.fixture(scope="module")
+def shifted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shift")
+    cohort = _cohort(folder)
+    adapter = mx.SegmentationAdapter(_net(), spatial_dims=3)
+    return cohort, adapter, audit(cohort, strata=["device"], adapter=adapter, **FAST)
+
+
+def test_planted_shift_is_flagged(shifted):
+    cohort, adapter, r = shifted
+    fs = r.feature_shift
+    assert list(fs.columns) == list(FEATURE_SHIFT_COLUMNS)
+    by = fs.set_index("group")
+    assert by.loc["C", "flag"] == "shifted" and by.loc["C", "p_adjusted"] < 0.05
+    assert by["distance"].idxmax() == "C"
+    med = r.cases.groupby("device")["ood_score"].median()
+    assert med.idxmax() == "C"
+    assert r.settings["feature_layer"] == "2"  # the stride-2 conv: smallest spatial size
+    # the audit's features are the pooled layer output of a separate forward pass
+    feats = np.stack([pooled_features(adapter, cohort.load_case(c).image, "2")
+                      for c in cohort.case_ids])
+    np.testing.assert_allclose(ood_scores(feats, np.ones(len(feats), bool)),
+                               r.cases["ood_score"], rtol=1e-6)
+    assert r.cases[["feature_pc1", "feature_pc2"]].notna().all().all()
+    assert list(r.model_layers["name"]) == ["0", "2", "4", "5"]
+
+
+def test_declared_reference_and_json(shifted, tmp_path):
+    cohort, adapter, _ = shifted
+    r = audit(cohort, strata=["device"], adapter=adapter,
+              feature_reference={"device": ["A", "B"]}, **FAST)
+    fs = r.feature_shift.set_index(["stratum", "group"])
+    assert fs.loc[("device", "C"), "flag"] == "shifted"
+    assert fs.loc[("device", "C"), "in_reference"] == 0.0
+    assert fs.loc[("reference", "outside reference"), "n"] == 12
+    assert fs.loc[("reference", "outside reference"), "flag"] == "shifted"
+    med = r.cases.groupby("device")["ood_score"].median()
+    assert med["C"] > 3 * max(med["A"], med["B"])
+    assert r.settings["feature_reference"] == {"device": ["A", "B"]}
+    back = AuditResult.from_json(r.to_json())
+    pd.testing.assert_frame_equal(back.feature_shift, r.feature_shift)
+    pd.testing.assert_frame_equal(back.model_layers, r.model_layers)
+    assert back.to_json() == r.to_json()
+    again = audit(cohort, strata=["device"], adapter=adapter,
+                  feature_reference=["device=A,B"], **FAST)
+    assert again.to_dict()["tables"] == r.to_dict()["tables"]
+
+
+def test_random_split_false_positive_rate(shifted):
+    """Random halves of the unshifted cases: the share flagged at alpha=0.05 stays near 5 %."""
+    cohort, adapter, _ = shifted
+    feats = np.stack([pooled_features(adapter, cohort.load_case(c).image)
+                      for c in cohort.case_ids])
+    keep = (cohort.manifest["device"] != "C").to_numpy()
+    x = feats[keep]
+    cases = cohort.manifest[keep].reset_index(drop=True)
+    flagged, n_seeds = 0, 40
+    for seed in range(n_seeds):
+        split = pd.Series(np.random.default_rng(seed).permutation(
+            np.repeat(["x", "y"], [len(x) // 2, len(x) - len(x) // 2])), index=cases.index)
+        table, _ = feature_shift(x, cases, [("split", split, ["x"])], seed=seed,
+                                 n_permutations=200, min_n=5)
+        flagged += int(table["flag"].iloc[0] == "shifted")
+    assert flagged / n_seeds <= 0.15  # nominal 0.05; 40 draws: 6+ flags has p < 0.02
+
+
+def test_without_adapter_or_features(shifted, tmp_path):
+    cohort, adapter, _ = shifted
+    r = audit(cohort, strata=["device"], adapter=adapter, feature_layer=None, **FAST)
+    assert r.feature_shift.empty and "ood_score" not in r.cases
+    with pytest.raises(ValueError, match="feature_reference: column 'scanner'"):
+        audit(cohort, adapter=adapter, feature_reference={"scanner": ["A"]}, **FAST)
+    with pytest.raises(ValueError, match=r"value\(s\) \['Z'\]"):
+        audit(cohort, adapter=adapter, feature_reference={"device": ["Z"]}, **FAST)
+    with pytest.raises(ValueError, match="COLUMN=V1,V2"):
+        parse_reference(["device"])
