@@ -28,6 +28,7 @@ from medseg_xai.adapters import SegmentationAdapter  # noqa: E402
 from medseg_xai.audit import AuditResult, audit, compare  # noqa: E402
 from medseg_xai.cohort import Cohort  # noqa: E402
 from medseg_xai.explain import Explanation, activations, explain  # noqa: E402
+from medseg_xai.explain.weights import weights  # noqa: E402
 
 # --- lazy optional sub-packages ------------------------------------------------------------
 _LAZY_MODULES = {"widgets", "demo", "reports", "viz"}
@@ -41,4 +42,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'medseg_xai' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "metrics", "SegmentationAdapter", "targets", "explain", "Explanation", "activations", "Cohort", "audit", "compare", "AuditResult"]
+__all__ = ["__version__", "metrics", "SegmentationAdapter", "targets", "explain", "Explanation", "activations", "weights", "Cohort", "audit", "compare", "AuditResult"]

@@ -84,6 +84,13 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
                         "predictions; a TorchScript file is code: load only files you trust")
+    p.add_argument("--feature-layer", default="auto",
+                   help="with --model: layer whose pooled output feeds the feature shift and "
+                        "ood_score ('auto': deepest encoder output; 'none': off)")
+    p.add_argument("--feature-reference", action="append", default=None,
+                   metavar="COLUMN=V1,V2",
+                   help="reference cases of the feature shift, e.g. the training devices "
+                        "(repeatable; default: the whole cohort)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_audit)
@@ -99,7 +106,9 @@ def _run_audit(args: argparse.Namespace) -> int:
     cohort = read_cohort(args.manifest)
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
-                   cache_dir=args.cache, progress=not args.quiet)
+                   cache_dir=args.cache, progress=not args.quiet,
+                   feature_layer=None if args.feature_layer == "none" else args.feature_layer,
+                   feature_reference=args.feature_reference)
     written = write_outputs(result, args.out)
     if not args.no_html:
         from medseg_xai.reports.render import load_config

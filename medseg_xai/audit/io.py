@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medseg_xai.audit.result import TABLES, AuditResult
+from medseg_xai.audit.result import MODEL_TABLES, TABLES, AuditResult
 
 __all__ = ["read_cohort", "run_audit_cli", "write_outputs"]
 
@@ -23,7 +23,7 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / "audit.json"}
     result.to_json(written["json"])
-    for name in TABLES:
+    for name in (*TABLES, *(t for t in MODEL_TABLES if not getattr(result, t).empty)):
         path = out / f"{name}.csv"
         getattr(result, name).to_csv(path, index=False, lineterminator="\n")
         written[name] = path

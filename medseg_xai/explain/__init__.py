@@ -6,5 +6,8 @@
 
 from medseg_xai.explain.activations import activations
 from medseg_xai.explain.core import LAYER_METHODS, METHODS, Explanation, explain
+from medseg_xai.explain.features import channel_weights, pooled_features, top_channels
+from medseg_xai.explain.weights import compare_weights, weights
 
-__all__ = ["explain", "Explanation", "activations", "METHODS", "LAYER_METHODS"]
+__all__ = ["explain", "Explanation", "activations", "METHODS", "LAYER_METHODS",
+           "weights", "compare_weights", "pooled_features", "channel_weights", "top_channels"]
