@@ -62,7 +62,7 @@ def test_hook_pools_every_call_and_reports_problems():
     with FeatureHook(adapter, layer) as idle:
         pass
     with pytest.raises(ValueError, match="not called"):
-        idle.vector
+        _ = idle.vector
     with pytest.raises(ValueError, match="not a sub-module"):
         FeatureHook(adapter, "model.9")
     no_conv = mx.SegmentationAdapter(nn.Conv2d(1, 2, 1), spatial_dims=2)
