@@ -16,6 +16,7 @@ __all__ = [
     "as_array",
     "check_finite",
     "check_label_map",
+    "check_label_values",
     "check_labels",
     "check_mask",
     "check_probabilities",
@@ -219,4 +220,72 @@ def check_probabilities(a: Any, name: str, shape: Sequence[int] | None = None) -
             raise ValueError(f"{name}: expected values in [0, 1], got range [{lo}, {hi}]")
         if lo < 0 or hi > 1:
             arr = np.clip(arr, 0, 1)
+    return arr
+
+
+def check_label_values(
+    a: Any,
+    labels: Iterable[int] | dict[int, str] | None,
+    name: str,
+    *,
+    binarize: bool = False,
+) -> np.ndarray:
+    """Check that a label map holds only the declared label values (and background 0).
+
+    The one rule of every entry point (audit, metrics, explain): label values are explicit.
+    With ``labels=None`` the map is binary (``{0, 1}``). A map with any other value (255, 7, -1,
+    an intensity image) raises with the values found, unless ``binarize=True``, which makes
+    every voxel ``> 0`` foreground (documented, never silent).
+
+    Parameters
+    ----------
+    a : array-like
+        Label map (any shape).
+    labels : iterable of int, dict or None
+        Declared foreground label values; None means binary.
+    name : str
+        Names the case and field in messages (``"case 'c1': label"``).
+    binarize : bool
+        Return ``a > 0`` as ``uint8`` instead of checking the values.
+
+    Returns
+    -------
+    numpy.ndarray
+        The map unchanged (or binarised).
+
+    Raises
+    ------
+    ValueError
+        Naming the values found, the values expected and the two ways out.
+    """
+    arr = as_array(a, name)
+    if binarize:
+        return (arr > 0).astype(np.uint8)
+    if arr.dtype == bool:
+        return arr
+    allowed = {0, 1} if labels is None else {0, *(int(v) for v in (
+        labels.keys() if isinstance(labels, dict) else labels))}
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected a label map of integers, got dtype {arr.dtype}")
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    if finite.size != arr.size:
+        raise ValueError(f"{name}: expected label values {sorted(allowed)}, found "
+                         f"{arr.size - finite.size} NaN or infinite value(s)")
+    found = np.unique(finite)
+    if arr.dtype.kind == "f" and not np.array_equal(found, np.round(found)):
+        frac = found[found != np.round(found)]
+        raise ValueError(
+            f"{name}: expected integer label values {sorted(allowed)}, found "
+            f"{frac.size} non-integer value(s) such as {[round(float(v), 4) for v in frac[:5]]} "
+            "(an intensity image?)"
+        )
+    extra = [v for v in found.tolist() if v not in allowed]
+    if extra:
+        shown = [int(v) for v in extra[:8]]
+        more = f" and {len(extra) - 8} more" if len(extra) > 8 else ""
+        raise ValueError(
+            f"{name}: expected label values {sorted(allowed)}, found {shown}{more} "
+            f"(all values: {len(found)}); declare them with labels= / --labels, or pass "
+            "binarize=True / --binarize to count every value > 0 as foreground"
+        )
     return arr

@@ -2,6 +2,11 @@
 
 Each sub-command is a thin shell over the public Python API; nothing imports this module.
 Heavy imports happen inside the sub-command so ``--help`` and ``--version`` stay instant.
+
+Exit codes (:data:`EXIT_CODES`, also in ``--help`` and the README): 0 every row evaluated;
+3 the audit completed with more failed rows than ``--max-failed`` (outputs written, count
+printed); 2 bad input or usage (one line on stderr, no traceback); 1 an internal error or an
+infrastructure fault (disk full, unwritable folder), one line unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,17 @@ from collections.abc import Sequence
 
 from medseg_xai import __version__
 
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_FAILED_ROWS = 0, 1, 2, 3
+EXIT_CODES = (
+    "exit codes: 0 every row evaluated; 3 the audit completed with failed rows (outputs written, "
+    "count printed; allow some with --max-failed N); 2 bad input or usage (one line, no "
+    "traceback); 1 internal error or infrastructure fault (disk full, unwritable folder)"
+)
+
+
+class InputError(ValueError):
+    """Bad input or usage found by the command line itself (exit code 2)."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every sub-command."""
@@ -21,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Explain and audit medical image segmentation networks: why a lesion was missed, "
             "regulatory audit reports, and subgroup comparison before deployment."
         ),
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"medseg-xai {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_demo(sub)
     _add_audit(sub)
@@ -65,8 +84,11 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
         description=(
             "Evaluate every case of a manifest (CSV, Parquet or Decathlon dataset.json), compute "
             "subgroup statistics with bootstrap CIs, check acceptance criteria, and write "
-            "audit.json, CSV tables and a self-contained report.html into --out."
+            "audit.json, CSV tables and a self-contained report.html into --out. Only metadata "
+            "columns used as strata or named in --keep-columns reach the outputs; columns named "
+            "like identifiers (Patient Name, mrn, patient_dob...) never do."
         ),
+        epilog=EXIT_CODES,
     )
     p.add_argument("manifest", help="CSV / Parquet manifest or Decathlon dataset.json")
     p.add_argument("--out", required=True, help="output folder")
@@ -84,6 +106,11 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
                         "predictions; a TorchScript file is code: load only files you trust")
+    _add_label_options(p)
+    p.add_argument("--keep-columns", nargs="*", default=None, metavar="COLUMN",
+                   help="metadata columns to keep in the outputs besides the strata")
+    p.add_argument("--max-failed", type=int, default=0, metavar="N",
+                   help="failed rows allowed before the exit code is 3 (default: %(default)s)")
     p.add_argument("--feature-layer", default="auto",
                    help="with --model: layer whose pooled output feeds the feature shift and "
                         "ood_score ('auto': deepest encoder output; 'none': off)")
@@ -96,32 +123,88 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_audit)
 
 
+def _add_label_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--labels", type=int, nargs="+", default=None, metavar="VALUE",
+                   help="foreground label values of the label maps (default: binary 0/1); a "
+                        "file with other values fails with the values found")
+    p.add_argument("--binarize", action="store_true",
+                   help="count every label value > 0 as foreground instead of failing on "
+                        "undeclared values")
+
+
 def _run_audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medseg_xai.audit import audit, write_outputs
+    from medseg_xai.audit.criteria import load_criteria
     from medseg_xai.audit.io import read_cohort
 
+    # every option is checked before any case runs
+    if args.max_failed < 0:
+        raise InputError(f"--max-failed: expected a count >= 0, got {args.max_failed}")
+    config = _load_report_config(args.config)  # checked even with --no-html: a typo is a typo
+    load_criteria(args.criteria)
+    out = _output_folder(args.out)
+    cohort = read_cohort(_input_file(args.manifest, "manifest"))
     adapter = _load_model(args.model) if args.model else None
-    cohort = read_cohort(args.manifest)
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
-                   cache_dir=args.cache, progress=not args.quiet,
+                   cache_dir=args.cache, progress=not args.quiet, labels=args.labels,
+                   binarize=args.binarize, keep_columns=args.keep_columns,
                    feature_layer=None if args.feature_layer == "none" else args.feature_layer,
                    feature_reference=args.feature_reference)
-    written = write_outputs(result, args.out)
+    written = write_outputs(result, out)
     if not args.no_html:
-        from medseg_xai.reports.render import load_config
-
-        config = load_config(args.config)
         config.setdefault("command_line", _command_line())
-        written["html"] = Path(result.to_html(Path(args.out) / "report.html", config=config,
+        written["html"] = Path(result.to_html(out / "report.html", config=config,
                                               adapter=adapter, cohort=cohort))
-    _print_audit_summary(result, written)
-    return 0
+    n_failed = _print_audit_summary(result, written)
+    if n_failed > args.max_failed:
+        print(f"medseg-xai audit: {n_failed} row(s) failed (allowed: {args.max_failed}); "
+              "outputs written, see the error column of cases.csv", file=sys.stderr)
+        return EXIT_FAILED_ROWS
+    return EXIT_OK
 
 
-def _print_audit_summary(result, written) -> None:
+def _load_report_config(path: str | None) -> dict:
+    from medseg_xai.reports.render import load_config
+
+    try:
+        return load_config(path)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - YAML parse errors have their own types
+        raise InputError(f"--config: expected a YAML mapping, could not parse {path!r} "
+                         f"({type(exc).__name__})") from exc
+
+
+def _output_folder(path: str):
+    from pathlib import Path
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out: expected a folder, got a file at {path!r}")
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable parent is an OSError: exit 1
+    return out
+
+
+def _input_file(path: str, what: str) -> str:
+    """A named input must be a regular file: a FIFO or a device would block the reader."""
+    from pathlib import Path
+
+    from medseg_xai._io import file_kind
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what}: expected a file, found nothing at {path!r}")
+    if not p.is_file():
+        raise InputError(f"{what}: expected a regular file, got {file_kind(p)} at {path!r}")
+    if p.stat().st_size == 0:
+        raise InputError(f"{what}: expected a table, got an empty file {path!r}")
+    return path
+
+
+def _print_audit_summary(result, written) -> int:
     cases = result.cases
     n_failed = int((cases["status"] != "ok").sum())
     print(f"audited {len(cases)} cases ({len(cases) - n_failed} evaluated, {n_failed} failed)")
@@ -131,12 +214,24 @@ def _print_audit_summary(result, written) -> None:
         print("criteria: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for name, path in written.items():
         print(f"  {name:<12} {path}")
+    return n_failed
 
 
 def _command_line() -> str:
+    """The command as recorded in the report: every path argument reduced to its name, so no
+    folder name (often a patient's name or record number) is shared."""
     import shlex
 
-    return " ".join(shlex.quote(a) for a in ["medseg-xai", *sys.argv[1:]])
+    from medseg_xai._privacy import redact_paths
+
+    def name(arg: str) -> str:
+        flag, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if any(sep in value for sep in ("/", "\\")):
+            value = [part for part in value.replace("\\", "/").split("/") if part][-1:] or [value]
+            value = value[0]
+        return f"{flag}{eq}{value}"
+
+    return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *sys.argv[1:]]))
 
 
 def _load_model(spec: str):
@@ -151,7 +246,12 @@ def _load_model(spec: str):
 
     # TorchScript archives hold code and weights without pickle, unlike plain checkpoints,
     # which need the architecture in Python (use the API for those).
-    model = torch.jit.load(spec, map_location="cpu")
+    _input_file(spec, "--model")
+    try:
+        model = torch.jit.load(spec, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError with C++ text
+        raise InputError(f"--model: expected 'demo' or a TorchScript archive "
+                         f"(torch.jit.save), could not load {spec!r} ({type(exc).__name__})") from exc
     return SegmentationAdapter(model, spatial_dims=3, activation="softmax")
 
 
@@ -213,23 +313,19 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")
     p.add_argument("--layer", default=None, help="layer for Grad-CAM (default: chosen by model)")
     p.add_argument("--out", required=True, help="output folder")
+    _add_label_options(p)
     p.set_defaults(func=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import nibabel as nib
-    import numpy as np
-
     from medseg_xai import targets, viz
     from medseg_xai.explain import explain
     from medseg_xai.explain.quality import localisation
 
     adapter = _load_model(args.model)
-    img = nib.load(args.image)
-    image = np.asarray(img.dataobj, dtype=np.float32)
-    spacing = tuple(float(s) for s in img.header.get_zooms()[:3])
+    image, checked_ref, affine, spacing = _explain_inputs(args)  # the audit's checks
     pred = adapter.predict(image[None]).numpy()[0]
     if args.target == "prediction":
         if not (pred == args.class_index).any():
@@ -239,7 +335,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     else:
         if args.ref is None:
             raise ValueError(f"--target {args.target} needs --ref (the reference label NIfTI)")
-        ref = np.asarray(nib.load(args.ref).dataobj)
+        ref = checked_ref
         if args.target == "reference":
             target = targets.reference(args.class_index, ref)
         elif args.target == "lesion":
@@ -254,7 +350,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.method}_{args.target}"
-    exp.to_nifti(out / f"{stem}.nii.gz", affine=img.affine)
+    exp.to_nifti(out / f"{stem}.nii.gz", affine=affine)
     fig = viz.three_plane(image, center=viz.lesion_centre(target.mask), ref=None, pred=pred,
                           heatmap=exp.attribution, spacing=spacing)
     (out / f"{stem}.png").write_bytes(viz.fig_to_png_bytes(fig, dpi=100))
@@ -264,6 +360,24 @@ def _run_explain(args: argparse.Namespace) -> int:
           f"{localisation(exp.attribution, target.mask):.2f}")
     print(f"wrote {out / (stem + '.nii.gz')} and {out / (stem + '.png')}")
     return 0
+
+
+def _explain_inputs(args: argparse.Namespace):
+    """Image (spatial, float32), reference (or None), affine and spacing of ``explain``, loaded
+    with the audit's checks: readable NIfTI, one grid, declared label values."""
+    import numpy as np
+
+    from medseg_xai.cohort import load_on_one_grid
+
+    paths = {"image": _input_file(args.image, "image"),
+             "reference": None if args.ref is None else _input_file(args.ref, "reference")}
+    from pathlib import Path
+
+    arrays, affine = load_on_one_grid(Path(args.image).name, paths, "image", images=("image",),
+                                      labels=args.labels, binarize=args.binarize)
+    image = arrays["image"][0]
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:image.ndim, :image.ndim], axis=0))
+    return image, arrays.get("reference"), affine, spacing
 
 
 def _add_metrics(sub: argparse._SubParsersAction) -> None:
@@ -278,7 +392,7 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--percentile", type=float, default=95, help="Hausdorff percentile")
     p.add_argument("--empty", choices=["worst", "nan"], default="worst",
                    help="empty-mask policy (default: %(default)s)")
-    p.add_argument("--labels", type=int, nargs="*", default=None, help="foreground labels")
+    _add_label_options(p)
     p.add_argument("--lesions", default=None, metavar="CSV",
                    help="also match lesions; write the lesion table to CSV and print a summary")
     p.set_defaults(func=_run_metrics)
@@ -286,40 +400,77 @@ def _add_metrics(sub: argparse._SubParsersAction) -> None:
 
 def _run_metrics(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
-    import nibabel as nib
     import numpy as np
 
+    from medseg_xai.cohort import load_on_one_grid
     from medseg_xai.metrics import evaluate_case
 
-    ref_img = nib.load(args.reference)
-    pred = np.asarray(nib.load(args.prediction).dataobj)
-    ref = np.asarray(ref_img.dataobj)
-    spacing = tuple(float(s) for s in ref_img.header.get_zooms()[: ref.ndim])
+    # the audit's checks: readable NIfTI, one grid (shape, spacing, orientation), label values
+    arrays, affine = load_on_one_grid(
+        Path(args.prediction).name,
+        {"reference": _input_file(args.reference, "reference"),
+         "prediction": _input_file(args.prediction, "prediction")},
+        "reference", labels=args.labels, binarize=args.binarize)
+    pred, ref = arrays["prediction"], arrays["reference"]
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:ref.ndim, :ref.ndim], axis=0))
+    if args.labels is None:
+        pred, ref = pred > 0, ref > 0  # checked binary (or --binarize) above
     values = evaluate_case(pred, ref, spacing=spacing, labels=args.labels,
                            tolerance=args.tolerance, percentile=args.percentile, empty=args.empty)
     if args.lesions:
+        from medseg_xai._io import write_csv
         from medseg_xai.metrics import lesion_summary, lesions
 
         table = lesions(pred > 0, ref > 0, spacing=spacing)
-        table.to_csv(args.lesions, index=False)
+        write_csv(table, args.lesions)
         values["lesions"] = lesion_summary(table)
     print(json.dumps(values, indent=2, default=str))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``medseg-xai`` console script."""
+    """Entry point of the ``medseg-xai`` console script (exit codes: :data:`EXIT_CODES`)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # usage errors: argparse prints one line, exit 2
     if getattr(args, "func", None) is None:
         parser.print_help()
-        return 0
+        return EXIT_OK
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"medseg-xai {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
+        # bad input: the message names the case, the field and what was expected
+        _fail(args, f"error: {_one_line(err)}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _fail(args, "interrupted")
+        return 130
+    except OSError as err:  # disk full, read-only or unwritable folder: the machine, not data
+        if args.debug:
+            raise
+        _fail(args, f"error: {_one_line(err)} (nothing was left half-written; free space or "
+                    "fix permissions and rerun, --cache resumes)")
+        return EXIT_INTERNAL
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if args.debug:
+            raise
+        _fail(args, f"internal error: {type(err).__name__}: {_one_line(err)} (rerun with "
+                    "--debug for the traceback)")
+        return EXIT_INTERNAL
+
+
+def _one_line(err: BaseException) -> str:
+    from medseg_xai._privacy import redact_paths
+
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.strerror}: {err.filename}"
+    return redact_paths(" ".join(text.split()))
+
+
+def _fail(args: argparse.Namespace, message: str) -> None:
+    print(f"medseg-xai {args.command}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

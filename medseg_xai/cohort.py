@@ -28,7 +28,7 @@ import hmac
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,15 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai._dicom import IDENTIFYING_FIELDS, dicom_metadata, sidecar_metadata
+from medseg_xai._io import file_kind
+from medseg_xai._privacy import is_identifier_column, redact_paths
+from medseg_xai._validation import check_label_values
 
 # MONAI's DICOM reader warns once per process that the optional GPU decoder (nvImageCodec) is
 # absent; on CPU machines that is expected, and with a process pool it floods the console.
 logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
-__all__ = ["Case", "Cohort", "load_volume", "pseudonym"]
+__all__ = ["Case", "Cohort", "is_identifier", "load_on_one_grid", "load_volume", "pseudonym"]
 
 REQUIRED_COLUMNS = ("case_id", "image", "label")
 PATH_COLUMNS = ("image", "label", "prediction", "probability")
@@ -155,14 +158,27 @@ def load_volume(
     p = Path(path)
     if not p.exists():
         raise ValueError(f"case {case_id!r}: {what} file not found: expected a file at {str(p)!r}")
+    kind = _kind(p)
+    if not (p.is_file() or (kind == "dicom" and p.is_dir())):
+        # a FIFO or a device (a symlink to /dev/zero) would block or never end a read
+        raise ValueError(f"case {case_id!r}: {what}: expected a regular file, got "
+                         f"{file_kind(p)} at {str(p)!r}")
+    shape = None
+    if kind == "nifti":
+        shape = _check_nifti(p, what, case_id)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            data, meta = _loader(_kind(p), is_image)(str(p))
+            data, meta = _loader(kind, is_image)(str(p))
+    except MemoryError as exc:
+        raise ValueError(
+            f"case {case_id!r}: {what} file {p.name!r}: its header declares shape {shape}, too "
+            "large to load (out of memory); expected a volume of the image's size"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - readers raise many types for corrupt files
         raise ValueError(
-            f"case {case_id!r}: could not read {what} file {str(p)!r}: expected a readable "
-            f"NIfTI file or DICOM series ({type(exc).__name__}: {str(exc)[:200]})"
+            f"case {case_id!r}: could not read {what} file {str(p)!r}: "
+            f"{_read_error(exc, kind)}"
         ) from exc
     array = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data)
     affine = meta.get("affine", getattr(data, "affine", None))
@@ -170,16 +186,99 @@ def load_volume(
         affine = np.eye(array.ndim)
     affine = np.asarray(affine.detach().cpu().numpy() if hasattr(affine, "detach") else affine,
                         dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise ValueError(
+            f"case {case_id!r}: {what} file {p.name!r}: its affine (voxel-to-world matrix) holds "
+            "NaN or infinite values; expected a finite qform/sform in the header"
+        )
     return array, affine
+
+
+_NIFTI_MAGIC = {348: (344, (b"n+1\x00", b"ni1\x00")), 540: (4, (b"n+2\x00", b"ni2\x00"))}
+
+
+def _check_nifti(p: Path, what: str, case_id: str) -> tuple[int, ...] | None:
+    """Refuse empty, truncated and non-NIfTI files with a message a user can act on (MONAI's
+    own errors for these say "install the reader libraries" or nothing at all).
+
+    Returns the shape the header declares (for the out-of-memory message).
+    """
+    import gzip
+    import zlib
+
+    size = p.stat().st_size
+    if size == 0:
+        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: it is empty "
+                         "(0 bytes); expected a NIfTI file")
+    gz = p.name.lower().endswith(".gz")
+    try:
+        with (gzip.open(p, "rb") if gz else open(p, "rb")) as fh:
+            head = fh.read(548)
+    except (OSError, EOFError, zlib.error) as exc:
+        with open(p, "rb") as fh:
+            first = fh.read(8)
+        state = ("truncated gzip data" if first[:2] == b"\x1f\x8b"
+                 else f"not gzip data, its first bytes are {first!r}")
+        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI "
+                         f"file ({state}); expected a .nii.gz NIfTI file") from exc
+    if len(head) < 348:
+        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, "
+                         f"{len(head)} header bytes, expected a NIfTI header of 348 or more")
+    for order in ("little", "big"):
+        hdr_size = int.from_bytes(head[:4], order)
+        if hdr_size in _NIFTI_MAGIC:
+            at, magics = _NIFTI_MAGIC[hdr_size]
+            if head[at:at + 4] in magics or hdr_size == 348:  # 348 without magic: Analyze 7.5
+                break
+    else:
+        raise ValueError(
+            f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI file (its "
+            f"first bytes are {head[:8]!r}); expected a NIfTI-1/2 image (.nii or .nii.gz)"
+        )
+    try:
+        import nibabel as nib
+
+        img = nib.load(str(p))
+        shape = tuple(int(n) for n in img.shape)
+        if not gz:
+            need = int(img.dataobj.offset) + int(np.prod(shape, dtype=np.int64)) * \
+                img.get_data_dtype().itemsize
+            if size < need:
+                raise ValueError(
+                    f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, {size} bytes, "
+                    f"expected {need} for its declared shape {shape}"
+                )
+        return shape
+    except ValueError:
+        raise
+    except Exception:  # noqa: BLE001 - the full read below reports what the header lacks
+        return None
+
+
+def _read_error(exc: BaseException, kind: str) -> str:
+    """The reader's failure in words, with what was expected."""
+    import zlib
+
+    text = f"{type(exc).__name__}: {str(exc)[:200]}" if str(exc) else type(exc).__name__
+    chain = [exc, exc.__cause__, exc.__context__]
+    if any(isinstance(e, EOFError) for e in chain) or "ended before" in str(exc):
+        return f"the file is truncated (its compressed data ends early); expected a whole file ({text})"
+    if any(isinstance(e, zlib.error) for e in chain):
+        return f"the compressed data is corrupt; expected a valid .nii.gz file ({text})"
+    expected = "a readable DICOM series" if kind == "dicom" else "a readable NIfTI file"
+    return f"expected {expected} ({text})"
 
 
 def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
     return tuple(float(np.linalg.norm(affine[:ndim, i])) for i in range(ndim))
 
 
-def _as_mask(array: np.ndarray, what: str, case_id: str) -> np.ndarray:
+def _as_mask(array: np.ndarray, what: str, case_id: str, labels: Any = None,
+             binarize: bool = False) -> np.ndarray:
     if array.ndim >= 3 and array.shape[0] == 1:
         array = array[0]
+    # label values are explicit: anything outside ``labels`` fails here, with the values found
+    array = check_label_values(array, labels, f"case {case_id!r}: {what}", binarize=binarize)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"case {case_id!r}: {what} contains NaN or infinite values")
     if array.dtype.kind == "f":
@@ -193,18 +292,86 @@ def _as_mask(array: np.ndarray, what: str, case_id: str) -> np.ndarray:
 
 def _check_grid(
     case_id: str, what: str, shape: tuple[int, ...], affine: np.ndarray,
-    ref_shape: tuple[int, ...], ref_affine: np.ndarray,
+    ref_shape: tuple[int, ...], ref_affine: np.ndarray, against: str = "the image",
 ) -> None:
+    """The one grid check of every entry point (audit, metrics, explain): shape, spacing and
+    orientation (the affine) must match ``against``; nothing is resampled."""
     if tuple(shape) != tuple(ref_shape):
         raise ValueError(
-            f"case {case_id!r}: {what} grid does not match the image: expected spatial shape "
+            f"case {case_id!r}: {what} grid does not match {against}: expected spatial shape "
             f"{tuple(ref_shape)}, got {tuple(shape)}"
         )
-    if affine.shape != ref_affine.shape or not np.allclose(affine, ref_affine, atol=_GRID_ATOL_MM):
+    if affine.shape != ref_affine.shape:
+        raise ValueError(f"case {case_id!r}: {what} grid does not match {against}: expected a "
+                         f"{ref_affine.shape} affine, got {affine.shape}")
+    ndim = affine.shape[0] - 1
+    sp, ref_sp = _spacing(affine, ndim), _spacing(ref_affine, ndim)
+    if not np.allclose(sp, ref_sp, atol=_GRID_ATOL_MM):
         raise ValueError(
-            f"case {case_id!r}: {what} grid does not match the image: expected affine "
-            f"{np.round(ref_affine, 4).tolist()}, got {np.round(affine, 4).tolist()}"
+            f"case {case_id!r}: {what} grid does not match {against}: expected spacing "
+            f"{tuple(round(v, 4) for v in ref_sp)} mm, got {tuple(round(v, 4) for v in sp)} mm"
         )
+    if not np.allclose(affine, ref_affine, atol=_GRID_ATOL_MM):
+        raise ValueError(
+            f"case {case_id!r}: {what} grid does not match {against} (orientation or origin "
+            f"differ): expected affine {np.round(ref_affine, 4).tolist()}, got "
+            f"{np.round(affine, 4).tolist()}"
+        )
+
+
+def load_on_one_grid(
+    case_id: str,
+    paths: Mapping[str, str | None],
+    grid: str,
+    *,
+    images: Sequence[str] = (),
+    labels: Any = None,
+    binarize: bool = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Load several volumes and check they share the grid of ``paths[grid]``.
+
+    The loader of the ``metrics`` and ``explain`` commands, with the checks of an audit:
+    readable NIfTI files, finite affines, equal shape, spacing and orientation, and label values
+    as declared (:func:`medseg_xai._validation.check_label_values`).
+
+    Parameters
+    ----------
+    case_id : str
+        Names the case in messages.
+    paths : mapping
+        Field name -> file (None entries are skipped).
+    grid : str
+        The field whose grid the others must match.
+    images : sequence of str
+        Fields that are intensity images (float32 ``(C, *spatial)``); the others are label maps
+        (spatial shape).
+    labels, binarize
+        The label-value rule for label maps.
+
+    Returns
+    -------
+    arrays : dict
+        Field -> array.
+    affine : numpy.ndarray
+        The grid's affine.
+    """
+    out: dict[str, np.ndarray] = {}
+    affines: dict[str, np.ndarray] = {}
+    for what, path in paths.items():
+        if path is None:
+            continue
+        arr, aff = load_volume(path, is_image=what in images, what=what, case_id=case_id)
+        out[what] = arr if what in images else _as_mask(arr, what, case_id, labels, binarize)
+        affines[what] = aff
+    if grid not in out:
+        raise ValueError(f"case {case_id!r}: {grid}: expected a file path, got none")
+    ref_shape = out[grid].shape[1:] if grid in images else out[grid].shape
+    for what, arr in out.items():
+        if what != grid:
+            shape = arr.shape[1:] if what in images else arr.shape
+            _check_grid(case_id, what, shape, affines[what], ref_shape, affines[grid],
+                        against=f"the {grid}")
+    return out, affines[grid]
 
 
 def load_case_from_paths(
@@ -213,6 +380,8 @@ def load_case_from_paths(
     metadata: Mapping[str, Any] | None = None,
     *,
     load_image: bool = True,
+    labels: Any = None,
+    binarize: bool = False,
 ) -> Case:
     """Load a case from its path columns and check that every volume shares the image grid.
 
@@ -225,6 +394,12 @@ def load_case_from_paths(
         Stored on the case unchanged.
     load_image : bool
         Always True in audits (the image grid is the reference grid and NaN images must fail).
+    labels : list of int, dict or None
+        Declared label values of the label and prediction maps (None: binary ``{0, 1}``);
+        other values fail the case with the values found
+        (:func:`medseg_xai._validation.check_label_values`).
+    binarize : bool
+        Count every value ``> 0`` as foreground instead.
 
     Raises
     ------
@@ -256,7 +431,7 @@ def load_case_from_paths(
             _check_grid(case_id, what, arr.shape[1:], aff, spatial, affine)
             volumes[what] = arr.astype(np.float32, copy=False)
         else:
-            mask = _as_mask(arr, what, case_id)
+            mask = _as_mask(arr, what, case_id, labels, binarize)
             _check_grid(case_id, what, mask.shape, aff, spatial, affine)
             volumes[what] = mask
     if volumes["label"] is None:
@@ -275,6 +450,14 @@ def load_case_from_paths(
 
 # --------------------------------------------------------------------------------------------
 # cohort
+
+
+def is_identifier(column: object) -> bool:
+    """A manifest column that holds a direct identifier (by normalised name or a DICOM
+    identifying keyword); never kept. ``patient_id`` is the grouping key, pseudonymised."""
+    name = str(column)
+    return (name.lower() in IDENTIFYING_FIELDS and name != "patient_id") or \
+        is_identifier_column(name)
 
 
 def _empty(value: Any) -> bool:
@@ -338,6 +521,11 @@ class Cohort:
             )
         if pseudonymise and salt is None:
             raise ValueError("salt: expected a secret str or bytes when pseudonymise=True, got None")
+        if len(manifest) == 0:
+            raise ValueError(
+                "manifest: expected at least one case row, got a header only (columns "
+                f"{list(map(str, manifest.columns))[:12]})"
+            )
         df = manifest.copy().reset_index(drop=True)
         ids = df["case_id"]
         empty_ids = [i for i, v in enumerate(ids) if _empty(v)]
@@ -353,13 +541,15 @@ class Cohort:
                 f"manifest: case_id: expected unique ids, got duplicates {dup[:10]}"
                 + (f" (and {len(dup) - 10} more)" if len(dup) > 10 else "")
             )
-        dropped = [c for c in df.columns if str(c).lower() in IDENTIFYING_FIELDS]
+        dropped = [c for c in df.columns if is_identifier(c)]
         if dropped:
             warnings.warn(
-                f"manifest: dropping direct-identifier column(s) {dropped}; they are never kept",
+                f"manifest: dropping {len(dropped)} direct-identifier column(s) "
+                f"{[str(c) for c in dropped]}; they are never kept",
                 stacklevel=2,
             )
             df = df.drop(columns=dropped)
+        self.dropped_columns: list[str] = [str(c) for c in dropped]
         base = Path(root) if root is not None else Path.cwd()
         problems: list[dict[str, str]] = []
         for col in PATH_COLUMNS:
@@ -379,6 +569,10 @@ class Cohort:
                 if not p.exists():
                     problems.append({"case_id": cid, "field": col, "message":
                                      f"case {cid!r}: {col} file not found: expected a file at {str(p)!r}"})
+                elif not (p.is_file() or p.is_dir()):  # a FIFO or device would hang the audit
+                    problems.append({"case_id": cid, "field": col, "message":
+                                     f"case {cid!r}: {col}: expected a regular file, got "
+                                     f"{file_kind(p)} at {str(p)!r}"})
                 resolved.append(str(p))
             df[col] = pd.Series(resolved, index=df.index, dtype=object)
         if read_metadata:
@@ -400,10 +594,11 @@ class Cohort:
         self.source = source
         self.pseudonymised = bool(pseudonymise)
         self._index = {cid: i for i, cid in enumerate(df["case_id"])}
+        self._fingerprint: str | None = None
         if len(self.problems):
-            warnings.warn(
+            warnings.warn(  # stderr is shared too (logs, CI): file names only, no folders
                 f"cohort: {len(self.problems)} row problem(s), these cases will fail: "
-                + "; ".join(self.problems["message"].head(3)),
+                + "; ".join(redact_paths(m) for m in self.problems["message"].head(3)),
                 stacklevel=2,
             )
 
@@ -551,12 +746,44 @@ class Cohort:
         row = self.row(case_id)
         return {c: (None if _empty(row.get(c)) else row.get(c)) for c in PATH_COLUMNS}
 
-    def load_case(self, case_id: str) -> Case:
-        """Load image, reference, prediction and probability of one case (grid-checked)."""
-        return load_case_from_paths(case_id, self.paths(case_id), self.metadata(case_id))
+    def load_case(self, case_id: str, *, labels: Any = None, binarize: bool = False) -> Case:
+        """Load image, reference, prediction and probability of one case (grid-checked; label
+        values as declared by ``labels``, binary by default, see :func:`load_case_from_paths`)."""
+        return load_case_from_paths(case_id, self.paths(case_id), self.metadata(case_id),
+                                    labels=labels, binarize=binarize)
+
+    def with_metadata(self, columns: Sequence[str]) -> Cohort:
+        """The same cohort with only the metadata ``columns`` kept (the rest never reach a
+        result): what an audit keeps are its strata and the columns declared to keep.
+
+        The fingerprint stays the full manifest's, so it identifies the manifest whatever is
+        kept.
+
+        Raises
+        ------
+        ValueError
+            For a column that is not a metadata column (an identifier column dropped at
+            construction is named as such).
+        """
+        wanted = list(dict.fromkeys(str(c) for c in columns))
+        for c in wanted:
+            if c in self.dropped_columns:
+                raise ValueError(f"keep_columns: {c!r} is a direct-identifier column and is "
+                                 "never kept")
+            if c not in self.metadata_columns:
+                raise ValueError(f"keep_columns: expected metadata columns of the cohort "
+                                 f"{self.metadata_columns}, got {c!r}")
+        new = object.__new__(Cohort)
+        new.__dict__.update(self.__dict__)
+        drop = [c for c in self.metadata_columns if c not in wanted]
+        new.manifest = self.manifest.drop(columns=drop)
+        new._fingerprint = self.fingerprint()
+        return new
 
     def fingerprint(self) -> str:
         """SHA-256 (16 hex) of the manifest content (ids, file names, metadata)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         df = self.manifest.copy()
         for col in PATH_COLUMNS:
             if col in df:

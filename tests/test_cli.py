@@ -81,9 +81,10 @@ def test_audit_then_report_commands(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     code = main(["audit", str(root / "manifest.csv"), "--out", str(out), "--strata", "site",
                  "--workers", "1", "--quiet"])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "audited 9 cases (8 evaluated, 1 failed)" in printed
+    assert code == 3  # completed with a failed row: outputs written, count printed
+    captured = capsys.readouterr()
+    assert "audited 9 cases (8 evaluated, 1 failed)" in captured.out
+    assert "1 row(s) failed (allowed: 0)" in captured.err
     data = json.loads((out / "audit.json").read_text(encoding="utf-8"))
     cases = pd.read_csv(out / "cases.csv")
     assert len(cases) == 9 and (cases["status"] == "failed").sum() == 1

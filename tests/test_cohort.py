@@ -235,14 +235,14 @@ def test_grid_mismatch_and_nan_fail_clearly(tiny: Path):
     img[0, 0, 0] = np.nan
     _write(tiny, "nan.nii.gz", img)
     paths = {"image": str(tiny / "img0.nii.gz"), "label": str(tiny / "lab0.nii.gz")}
-    with pytest.raises(ValueError, match=r"case 'x': prediction grid .* affine"):
+    with pytest.raises(ValueError, match=r"case 'x': prediction grid .* spacing"):
         load_case_from_paths("x", {**paths, "prediction": str(tiny / "shifted.nii.gz")})
     with pytest.raises(ValueError, match=r"case 'x': label grid .* expected spatial shape \(12, 16, 16\), got \(12, 16, 8\)"):
         load_case_from_paths("x", {**paths, "label": str(tiny / "small.nii.gz")})
     with pytest.raises(ValueError, match="case 'x': image contains 1 NaN"):
         load_case_from_paths("x", {**paths, "image": str(tiny / "nan.nii.gz")})
     (tiny / "corrupt.nii.gz").write_bytes(b"not a nifti at all")
-    with pytest.raises(ValueError, match="case 'x': could not read label file"):
+    with pytest.raises(ValueError, match="case 'x': could not read label file 'corrupt.nii.gz': not a NIfTI file"):
         load_case_from_paths("x", {**paths, "label": str(tiny / "corrupt.nii.gz")})
 
 

@@ -106,7 +106,7 @@ def test_failed_rows_keep_their_reason_but_not_their_folders(dicom_audit):
     errors = result.cases.set_index("case_id")["error"]
     assert result.n_failed == 2 and result.n_evaluated == 3
     assert "label file not found" in errors["d3"] and "'missing.nii.gz'" in errors["d3"]
-    assert "could not read prediction file 'corrupt.nii.gz'" in errors["d4"]
+    assert "could not read prediction file 'corrupt.nii.gz': not a NIfTI file" in errors["d4"]
     for text in (*errors, doc, html):
         assert PATIENT_DIR not in text and "MRN778899" not in text
     assert "corrupt.nii.gz" in html  # the reason is still in the report

@@ -278,3 +278,49 @@ def test_layering_core_never_imports_reports_widgets_viz_or_cli():
                  if f.name not in ("cli.py", "__main__.py")
                  and any(n.startswith("medseg_xai.cli") for n, _ in _imports(f))]
     assert importers == []
+
+
+# ------------------------------------------------------------------------ lean import
+
+
+def _fresh_modules(code: str) -> set[str]:
+    """Modules loaded by ``code`` in a fresh interpreter (this one has torch already)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True, env=_env())
+    return set(out.stdout.split())
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(PKG.parent)}
+
+
+@pytest.mark.parametrize("statement", ["import medseg_xai", "import medseg_xai.metrics",
+                                       "import medseg_xai as mx; mx.metrics.dice",
+                                       "import medseg_xai.cli"])
+def test_lean_import_loads_no_torch_captum_or_matplotlib(statement):
+    heavy = {"torch", "captum", "matplotlib", "monai"}
+    assert heavy & _fresh_modules(statement) == set()
+
+
+def test_subpackages_are_importable_and_callable():
+    code = ("import medseg_xai.explain.quality, medseg_xai.audit.stats\n"
+            "import medseg_xai as mx\n"
+            "assert mx.explain.quality.localisation is medseg_xai.explain.quality.localisation\n"
+            "assert mx.audit.stats.wilson_ci\n"
+            "assert callable(mx.audit) and callable(mx.explain)\n")
+    assert "medseg_xai.audit.stats" in _fresh_modules(code)
+    import medseg_xai.audit.stats
+    import medseg_xai.explain.quality
+
+    assert mx.audit.stats is medseg_xai.audit.stats
+    assert mx.explain.quality is medseg_xai.explain.quality
+    assert inspect.signature(mx.audit) == inspect.signature(mx.audit.audit)
+    assert inspect.signature(mx.explain) == inspect.signature(mx.explain.explain)
+    assert set(mx.__all__) <= set(dir(mx))
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        mx.nonexistent  # noqa: B018

@@ -26,3 +26,8 @@ __all__ = [
     "run_audit_cli",
     "write_outputs",
 ]
+
+# ``mx.audit(...)`` calls audit(); the package stays importable (``audit.stats``).
+from medseg_xai._callable_module import make_callable  # noqa: E402
+
+make_callable(__name__)

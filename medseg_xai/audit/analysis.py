@@ -159,9 +159,8 @@ def subgroup_table(
             o_counts = np.zeros(n_cl)
             np.add.at(o_sums, cl_codes[finite], values[finite])
             np.add.at(o_counts, cl_codes[finite], 1.0)
-            weights = stats.cluster_weights(n_cl, n_resamples, rng)
-            boot_groups = stats.weighted_means(weights, sums, counts)
-            boot_overall = stats.weighted_means(weights, o_sums, o_counts)
+            boot_groups, boot_overall = stats.blocked_weighted_means(  # memory-bounded
+                n_cl, n_resamples, rng, (sums, counts), (o_sums, o_counts))
             overall = float(values[finite].mean()) if finite.any() else float("nan")
             direction = stats.metric_direction(metric)
             ests = np.array([values[keep & (g_codes == j)].mean() if (keep & (g_codes == j)).any()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import os
 import platform
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
-from medseg_xai.audit.runner import CASE_SETTING_KEYS, run_tasks, tasks_for
+from medseg_xai.audit.runner import CASE_SETTING_KEYS, iter_tasks, run_tasks
 from medseg_xai.audit.strata import parse_strata
+from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks
 from medseg_xai.cohort import Cohort
 
 __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
@@ -27,7 +31,8 @@ __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 #: Metrics summarised per subgroup when ``metrics=None`` (those present in the cases table).
 DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
                    "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
-_LESION_DROP = ("lesions", "timing", "row", "from_cache", "features", "feature_layer")
+_LESION_DROP = ("lesions", "timing", "row", "from_cache")
+_READ_CHUNK = 512  # records turned into column arrays at a time when the tables are built
 
 
 def _version(pkg: str) -> str:
@@ -73,6 +78,10 @@ def audit(
     dask_scheduler: str | None = None,
     progress: bool = True,
     mp_context: str | None = None,
+    binarize: bool = False,
+    keep_columns: Sequence[str] | None = None,
+    case_timeout: float | None = None,
+    stream: str | Path | None = None,
     feature_layer: str | None = "auto",
     feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
 ) -> AuditResult:
@@ -119,6 +128,21 @@ def audit(
         Show a progress bar.
     mp_context : str, optional
         Start method of the process pool.
+    binarize : bool
+        Count every label / prediction value ``> 0`` as foreground. Without it, label maps
+        must hold only the declared ``labels`` (binary ``{0, 1}`` when None); a case with other
+        values fails with the values found.
+    keep_columns : sequence of str, optional
+        Metadata columns to keep in the result besides the strata; the others never reach the
+        result (direct-identifier columns are dropped by the cohort in any case).
+    case_timeout : float, optional
+        Seconds one case may take (loading, inference, evaluation); a case past it fails with
+        a message saying so, the audit goes on.
+    stream : str or Path, optional
+        JSON-lines file that receives each case's record the moment it is evaluated (default:
+        a temporary file, removed afterwards). An interrupted audit leaves its finished cases
+        there; the tables are built from it, so the client never holds per-case objects.
+
     feature_layer : str or None
         With an adapter: the layer whose pooled output is each case's feature vector, taken
         by a hook in the same inference pass (``"auto"``: the deepest encoder output; None:
@@ -135,12 +159,17 @@ def audit(
     Raises
     ------
     ValueError
-        Bad arguments (unknown stratum column, executor, criteria...), named in the message.
+        Bad arguments (unknown stratum column, executor, criteria, ``workers < 1``...), named
+        in the message.
+    InfrastructureError
+        The cache or the streamed records cannot be written (disk full, read-only, permission
+        denied): the audit aborts instead of failing the rows.
     """
     if not isinstance(cohort, Cohort):
         raise ValueError(f"cohort: expected a medseg_xai.Cohort, got {type(cohort).__name__}")
     if int(min_n) < 1:
         raise ValueError(f"min_n: expected a positive int, got {min_n!r}")
+    _check_execution(workers=workers, case_timeout=case_timeout)
     _check_settings(empty=empty, ci_method=ci_method, test=test, correction=correction,
                     n_resamples=n_resamples, confidence=confidence, alpha=alpha)
     strata_list = parse_strata(strata)
@@ -161,6 +190,16 @@ def audit(
                 f"strata: column(s) {unknown} of {s.name!r} not in the cohort; expected one of "
                 f"{sorted(cohort.metadata_columns) + list(analysis.DERIVED_STRATA)}"
             )
+    # privacy: only metadata used as strata or declared to keep reaches the result
+    kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
+    from medseg_xai.audit.features import parse_reference, reference_mask
+
+    reference = parse_reference(feature_reference)
+    if reference is not None and (adapter is None or feature_layer is None):
+        raise ValueError("feature_reference: expected an adapter and a feature_layer (features "
+                         "come from the model's inference pass)")
+    reference_mask(cohort.manifest, reference)  # unknown column or value: fail before any case
+    cohort = cohort.with_metadata([*kept, *(keep_columns or ()), *(reference or {})])
     if adapter is None and "prediction" not in cohort.manifest.columns:
         raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
                          "got neither")
@@ -169,15 +208,9 @@ def audit(
                    (list(labels) if labels is not None else None)),
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
+        "binarize": bool(binarize),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
-    from medseg_xai.audit.features import parse_reference, reference_mask
-
-    reference = parse_reference(feature_reference)
-    if reference is not None and (adapter is None or feature_layer is None):
-        raise ValueError("feature_reference: expected an adapter and a feature_layer (features "
-                         "come from the model's inference pass)")
-    reference_mask(cohort.manifest, reference)  # unknown column or value: fail before any case
     task_settings = dict(case_settings)
     if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
         task_settings["feature_layer"] = str(feature_layer)
@@ -196,18 +229,26 @@ def audit(
         executor = client
     fingerprint = getattr(adapter, "fingerprint", None) if adapter is not None else None
     cache_extra = f"{_version('medseg-xai')}|{fingerprint or ''}"
+    # Absolute before work leaves the client: Dask workers run in other folders.
+    cache_path = None if cache_dir is None else os.path.abspath(os.fspath(cache_dir))
+    if cache_path is not None:
+        probe_writable(cache_path, "the cache")
     started = time.perf_counter()
-    try:
-        records = run_tasks(
-            tasks_for(cohort), task_settings, executor=executor, workers=workers,
-            cache_dir=None if cache_dir is None else str(cache_dir), adapter=adapter,
-            cache_extra=cache_extra, progress=progress, mp_context=mp_context,
-        )
-    finally:
-        if client is not None:
-            client.close()
-    elapsed = time.perf_counter() - started
-    cases, lesions = _tables(cohort, records)
+    with _stream_file(stream) as stream_path:
+        try:
+            with RecordStream(stream_path) as sink:
+                info = run_tasks(
+                    iter_tasks(cohort), task_settings, executor=executor, workers=workers,
+                    cache_dir=cache_path, adapter=adapter, cache_extra=cache_extra,
+                    progress=progress, mp_context=mp_context, case_timeout=case_timeout,
+                    sink=sink.write, n_tasks=len(cohort),
+                )
+        finally:
+            if client is not None:
+                client.close()
+        elapsed = time.perf_counter() - started
+        cases, lesions = _tables(cohort, stream_path)
+    cases, features, layer = _pop_features(cases)
     settings = {
         "strata": [s.name for s in strata_list], "seed": int(seed),
         "metrics": metric_list, **case_settings,
@@ -218,12 +259,10 @@ def audit(
         "test": test, "correction": correction, "alpha": float(alpha), "criteria": crit,
         "inference": adapter is not None,
     }
-    features = None
     if "feature_layer" in task_settings:
-        features, layer = _feature_matrix(records)
         settings.update({"feature_layer": layer or str(feature_layer),
                          "feature_reference": reference,
-                         "feature_method": "ledoit-wolf mahalanobis, permutation test"})
+                         "feature_method": "ledoit-wolf mahalanobis, permutation tests"})
     provenance = {
         "versions": _versions(),
         "seed": int(seed),
@@ -238,10 +277,13 @@ def audit(
     run = {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
-        "executor": executor if isinstance(executor, str) else type(executor).__name__,
-        "workers": workers if workers is not None else (os.cpu_count() if executor == "process" else 1),
-        "n_from_cache": int(sum(bool(r.get("from_cache")) for r in records)),
-        "cache_dir": None if cache_dir is None else str(cache_dir),
+        "executor": info.executor,
+        "workers": info.workers,
+        "n_from_cache": info.n_from_cache,
+        "cache_dir": None if cache_dir is None else redact_paths(str(Path(cache_dir).absolute())),
+        "case_timeout_s": None if case_timeout is None else float(case_timeout),
+        # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
+        "stage_seconds": info.stage_seconds,
     }
     result = build_result(cases, lesions, settings, provenance, run, features=features)
     if adapter is not None:
@@ -251,16 +293,57 @@ def audit(
     return result
 
 
-def _feature_matrix(records: list[dict[str, Any]]) -> tuple[np.ndarray, str | None]:
-    """(n, F) pooled features of the records (NaN rows for failed cases), and the layer."""
-    vecs = [r.get("features") for r in records]
-    width = max((len(v) for v in vecs if v), default=0)
-    out = np.full((len(records), width), np.nan)
+def _pop_features(cases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None, str | None]:
+    """The records' pooled feature vectors as an ``(n, F)`` matrix (NaN rows where a case has
+    none), taken out of the cases table, and the feature layer's name."""
+    if "features" not in cases.columns:
+        return cases.drop(columns=["feature_layer"], errors="ignore"), None, None
+    vecs = list(cases["features"])
+    width = max((len(v) for v in vecs if isinstance(v, list)), default=0)
+    out = np.full((len(vecs), width), np.nan)
     for i, v in enumerate(vecs):
-        if v and len(v) == width:
+        if isinstance(v, list) and len(v) == width:
             out[i] = v
-    layer = next((r["feature_layer"] for r in records if r.get("feature_layer")), None)
-    return out, layer
+    names = cases["feature_layer"].dropna() if "feature_layer" in cases else []
+    layer = str(names.iloc[0]) if len(names) else None
+    return cases.drop(columns=["features", "feature_layer"], errors="ignore"), out, layer
+
+
+def _check_execution(*, workers: Any, case_timeout: Any) -> None:
+    if workers is not None and (isinstance(workers, bool)
+                                or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise ValueError(f"workers: expected a positive number of processes, got {workers!r}")
+    if case_timeout is not None:
+        ok = isinstance(case_timeout, (int, float, np.integer, np.floating)) and not isinstance(
+            case_timeout, bool)
+        if not ok or not 0 < float(case_timeout) < float("inf"):
+            raise ValueError(f"case_timeout: expected a positive number of seconds, got "
+                             f"{case_timeout!r}")
+
+
+@contextlib.contextmanager
+def _stream_file(stream: str | Path | None) -> Iterator[str]:
+    """The stream file to use: the given one (kept) or a temporary one (removed)."""
+    if stream is not None:
+        yield os.path.abspath(os.fspath(stream))
+        return
+    with tempfile.TemporaryDirectory(prefix="medseg-xai-audit-") as tmp:
+        yield os.path.join(tmp, "cases.jsonl")
+
+
+def probe_writable(folder: str, what: str) -> None:
+    """Create ``folder`` and write-and-remove a probe file in it; an OSError aborts the audit
+    before any case runs (a read-only or full disk would otherwise fail every case)."""
+    probe = os.path.join(folder, f".probe-{os.getpid()}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "w", encoding="utf-8") as fh:
+            fh.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
+        raise infrastructure_error(exc, what) from exc
 
 
 def _check_settings(**given: Any) -> None:
@@ -324,42 +407,87 @@ def _patient_labels(manifest: pd.DataFrame, pseudonymised: bool) -> list[str | N
     return out
 
 
-def _tables(cohort: Cohort, records: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Cases and lesions tables from the per-case records, metadata joined in."""
-    meta_cols = cohort.metadata_columns
-    manifest = cohort.manifest
+def _frames(records: list[dict[str, Any]],
+            seen: dict[str, dict[str, tuple[int, int]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Case rows and lesion rows of a chunk of records (no metadata yet), keyed by ``row``.
+
+    ``seen`` collects, per table and column, the first (row, position) where the column
+    appears, so the final column order is the one a single table built in manifest order had.
+    """
     rows, lesion_rows = [], []
-    has_patients = "patient_id" in manifest.columns
-    patients = (_patient_labels(manifest, cohort.pseudonymised) if has_patients
-                else [None] * len(manifest))
-    for rec, (_, m), pid in zip(records, manifest.iterrows(), patients):
-        row: dict[str, Any] = {"case_id": rec["case_id"]}
-        if has_patients:
-            row["patient_id"] = pid
-        row.update({"status": rec["status"], "error": rec.get("error", ""),
-                    "input_hash": rec.get("input_hash", "")})
-        for col in meta_cols:
-            row[col] = m[col]
+    for rec in records:
+        r = rec["row"]
+        row: dict[str, Any] = {"row": r, "case_id": rec["case_id"], "status": rec["status"],
+                               "error": rec.get("error", ""), "input_hash": rec.get("input_hash", "")}
         for k, v in rec.items():
-            if k in _LESION_DROP or k in row or k == "case_id":
+            if k in _LESION_DROP or k in row:
                 continue
             row[k] = v
         for k, v in (rec.get("timing") or {}).items():
             row[k] = v
+        for pos, k in enumerate(row):
+            if (r, pos) < seen["cases"].get(k, (1 << 62, 0)):
+                seen["cases"][k] = (r, pos)
         rows.append(row)
         for les in rec.get("lesions") or []:
-            lesion_rows.append({"case_id": rec["case_id"], **les})
-    cases = pd.DataFrame(rows)
+            lesion = {"row": r, "case_id": rec["case_id"], **les}
+            for pos, k in enumerate(lesion):
+                if (r, pos) < seen["lesions"].get(k, (1 << 62, 0)):
+                    seen["lesions"][k] = (r, pos)
+            lesion_rows.append(lesion)
+    return pd.DataFrame(rows), pd.DataFrame(lesion_rows)
+
+
+def _concat(frames: list[pd.DataFrame], order: dict[str, tuple[int, int]]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
+    # Records arrive in completion order; the tables are in manifest order (stable per case).
+    df = df.sort_values("row", kind="stable").reset_index(drop=True)
+    df = df[sorted(df.columns, key=lambda c: order.get(c, (1 << 62, 0)))]
+    obj = [c for c in df.columns if df[c].dtype == object]
+    if obj and len(frames) > 1:  # a chunk where a column was all-None left it object
+        df[obj] = df[obj].infer_objects()
+    return df
+
+
+def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cases and lesions tables from the streamed per-case records, metadata joined in.
+
+    The records are read back a chunk at a time into column arrays; the metadata and patient
+    columns are joined from the manifest by row, column-wise.
+    """
+    meta_cols = cohort.metadata_columns
+    manifest = cohort.manifest
+    seen: dict[str, dict[str, tuple[int, int]]] = {"cases": {}, "lesions": {}}
+    case_frames, lesion_frames = [], []
+    for cf, lf in read_chunks(stream_path, lambda recs: _frames(recs, seen), _READ_CHUNK):
+        case_frames.append(cf)
+        lesion_frames.append(lf)
+    cases = _concat(case_frames, seen["cases"])
+    del case_frames
+    rows = cases["row"].to_numpy()
+    if "patient_id" in manifest.columns:
+        patients = np.asarray(_patient_labels(manifest, cohort.pseudonymised), dtype=object)
+        cases.insert(cases.columns.get_loc("case_id") + 1, "patient_id", patients[rows])
+    position = cases.columns.get_loc("input_hash") + 1
+    for i, col in enumerate(meta_cols):
+        cases.insert(position + i, col, manifest[col].to_numpy()[rows])
+    cases = cases.drop(columns="row")
     if "edge_case" in cases:
         cases["edge_case"] = cases["edge_case"].astype(object)
     # keep timing columns last
     timing = [c for c in TIMING_COLUMNS if c in cases.columns]
     cases = cases[[c for c in cases.columns if c not in timing] + timing]
-    lesions = pd.DataFrame(lesion_rows)
+    lesions = _concat(lesion_frames, seen["lesions"])
+    del lesion_frames
     if lesions.empty:
         from medseg_xai.metrics import LESION_COLUMNS
 
         lesions = pd.DataFrame(columns=["case_id", *LESION_COLUMNS])
+    else:
+        lesions = lesions.drop(columns="row")
     for col in ("centroid_voxel", "centroid_mm", "bbox"):
         if col in lesions:
             lesions[col] = [tuple(tuple(x) if isinstance(x, list) else x for x in v)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medseg_xai._io import write_csv
 from medseg_xai.audit.result import MODEL_TABLES, TABLES, AuditResult
 
 __all__ = ["read_cohort", "run_audit_cli", "write_outputs"]
@@ -13,6 +14,10 @@ __all__ = ["read_cohort", "run_audit_cli", "write_outputs"]
 
 def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
     """Write ``audit.json`` and one CSV per table (``cases.csv``, ``subgroups.csv``...).
+
+    Each file is written atomically (a crash or a full disk never leaves a truncated file) and
+    CSV text cells that a spreadsheet would run as formulas are neutralised
+    (:func:`medseg_xai._io.write_csv`).
 
     Returns
     -------
@@ -25,7 +30,7 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
     result.to_json(written["json"])
     for name in (*TABLES, *(t for t in MODEL_TABLES if not getattr(result, t).empty)):
         path = out / f"{name}.csv"
-        getattr(result, name).to_csv(path, index=False, lineterminator="\n")
+        write_csv(getattr(result, name), path)
         written[name] = path
     return written
 

@@ -29,10 +29,11 @@ SCHEMA = "medseg-xai/audit"
 SCHEMA_VERSION = "1.0"
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
           "volume_agreement", "verdicts")
-TIMING_COLUMNS = ("inference_s", "peak_memory_mb", "peak_gpu_memory_mb")
+TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
+                  "peak_memory_mb", "peak_gpu_memory_mb")
+VOLATILE_KEYS = ("run", "timings")
 #: Tables only an audit with an adapter fills (issue 17); absent from older JSON, read as empty.
 MODEL_TABLES = ("feature_shift", "model_layers")
-VOLATILE_KEYS = ("run", "timings")
 
 
 def _cell(value: Any) -> Any:
@@ -235,7 +236,9 @@ class AuditResult:
         text = json.dumps(self.to_dict(), sort_keys=True, indent=1, ensure_ascii=False,
                           allow_nan=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            from medseg_xai._io import atomic_write  # never a truncated audit.json
+
+            atomic_write(path, text + "\n")
         return text
 
     @classmethod

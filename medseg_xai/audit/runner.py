@@ -1,17 +1,33 @@
 """Per-case audit work and the executors that run it (serial, process pool, Dask).
 
 Workers receive a case's file paths, never its volumes: each worker loads, evaluates and
-returns a small record (metrics, lesion rows), so memory stays flat whatever the cohort size.
-Every record is keyed by its manifest row, so a case is counted exactly once however the
-executor orders the work, and a failure stays in its own row with its error text.
+returns a small record (metrics, lesion rows, per-stage timings). Tasks are generated lazily
+from the manifest and at most a few chunks per worker are in flight (back-pressure), so
+neither tasks nor futures nor records accumulate in the client: each record goes to a sink
+(the audit streams it to disk) the moment it arrives. Every record is keyed by its manifest
+row, so a case is counted exactly once however the executor orders the work, and a failure
+stays in its own row with its error text.
+
+Faults are split by whose they are. A case's bad data (unreadable file, wrong grid, a case
+that exceeds ``case_timeout``) fails that row. A fault of the machine (the cache or the
+outputs cannot be written: disk full, read-only, permission denied) raises
+:class:`~medseg_xai.audit.stream.InfrastructureError` and aborts the audit, because every
+later case would fail the same way and the rows would blame the data.
+
+Inference runs with a fixed torch thread count (:data:`TORCH_THREADS`) whichever executor
+runs it, so serial, process-pool and Dask audits give identical numbers.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -20,21 +36,30 @@ import numpy as np
 
 from medseg_xai._privacy import redact_paths
 from medseg_xai.audit.cache import CaseCache, input_hash
-from medseg_xai.cohort import Cohort, load_case_from_paths
+from medseg_xai.audit.stream import InfrastructureError, infrastructure_error
+from medseg_xai.cohort import PATH_COLUMNS, Cohort, load_case_from_paths
 
-__all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "CaseTask", "evaluate_task", "run_tasks", "tasks_for"]
+__all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "STAGES", "TORCH_THREADS", "CaseTask", "CaseTimeout",
+           "evaluate_task", "iter_tasks", "run_tasks", "tasks_for"]
 
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold")
+                     "overlap_threshold", "binarize")
+#: Per-case stage timings (seconds) in every record's ``timing``: loading the volumes, model
+#: inference (only with an adapter), the metrics, lesion matching, and the cache (input hash,
+#: lookup, store); ``total_s`` is the whole case as the worker saw it.
+STAGES = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s")
+#: Torch intra-op threads during audit work, on every executor: results do not depend on
+#: which executor ran the case, and worker processes do not oversubscribe the cores.
+TORCH_THREADS = 1
 
 _WORKER_ADAPTER: Any = None  # set once per worker process by the pool initializer
 
 
 @dataclass(frozen=True)
 class CaseTask:
-    """What a worker needs for one case: its row, id, paths and any up-front problem."""
+    """What a worker needs for one case: its row, id, absolute paths and any up-front problem."""
 
     row: int
     case_id: str
@@ -42,16 +67,36 @@ class CaseTask:
     problem: str | None = None
 
 
-def tasks_for(cohort: Cohort) -> list[CaseTask]:
-    """One task per manifest row; rows with validation problems carry their message."""
+def _abs(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value)
+    if not text.strip():
+        return None
+    # Absolute before the task leaves the client: a Dask worker has another working folder.
+    return os.path.abspath(text)
+
+
+def iter_tasks(cohort: Cohort) -> Iterator[CaseTask]:
+    """One task per manifest row, generated lazily (nothing per case is held up front).
+
+    Rows with validation problems carry their message; paths are made absolute here, in the
+    client, so a relative manifest root behaves the same on every executor.
+    """
     problems: dict[str, list[str]] = {}
     for cid, msg in zip(cohort.problems["case_id"], cohort.problems["message"]):
         problems.setdefault(cid, []).append(msg)
-    tasks = []
-    for i, cid in enumerate(cohort.case_ids):
+    manifest = cohort.manifest
+    cols = {c: (manifest[c] if c in manifest.columns else None) for c in PATH_COLUMNS}
+    for i, cid in enumerate(manifest["case_id"]):
+        paths = {c: (None if col is None else _abs(col.iat[i])) for c, col in cols.items()}
         msgs = problems.get(cid)
-        tasks.append(CaseTask(i, cid, cohort.paths(cid), "; ".join(msgs) if msgs else None))
-    return tasks
+        yield CaseTask(i, str(cid), paths, "; ".join(msgs) if msgs else None)
+
+
+def tasks_for(cohort: Cohort) -> list[CaseTask]:
+    """All tasks of a cohort as a list (see :func:`iter_tasks`)."""
+    return list(iter_tasks(cohort))
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,16 +182,25 @@ def _foreground(mask: np.ndarray, labels: Any) -> np.ndarray:
 def _compute_case(
     case_id: str, paths: Mapping[str, str | None], settings: Mapping[str, Any], adapter: Any
 ) -> dict[str, Any]:
-    """Load, (infer,) evaluate and match lesions of one case; raises on any problem."""
+    """Load, (infer,) evaluate and match lesions of one case; raises on any problem.
+
+    The record's ``timing`` holds the seconds of each stage (:data:`STAGES`).
+    """
     from medseg_xai.metrics import evaluate_case, lesion_summary, lesions
 
-    case = load_case_from_paths(case_id, paths)
+    clock = time.perf_counter
+    t0 = clock()
+    case = load_case_from_paths(case_id, paths, labels=settings.get("labels"),
+                                binarize=bool(settings.get("binarize")))
+    timing: dict[str, float] = {"load_s": clock() - t0}
     labels = settings.get("labels")
-    timing: dict[str, float] = {}
     class_probs = None
     if adapter is not None:
-        pred, fg_prob, class_probs, timing = _infer(adapter, case.image,
-                                                    settings.get("feature_layer"))
+        pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
+                                                          settings.get("feature_layer"))
+        features = infer_timing.pop("features", None)
+        feature_layer = infer_timing.pop("feature_layer", None)
+        timing.update(infer_timing)
     else:
         if case.prediction is None:
             raise ValueError(
@@ -171,11 +225,14 @@ def _compute_case(
     else:
         pred_eval, ref_eval = pred, ref
         probs_eval = class_probs
+    t0 = clock()
     metrics = evaluate_case(
         pred_eval, ref_eval, case.spacing, labels,
         tolerance=settings["tolerance"], percentile=settings["percentile"],
         empty=settings["empty"], probabilities=probs_eval,
     )
+    timing["metrics_s"] = clock() - t0
+    t0 = clock()
     pred_fg, ref_fg = _foreground(pred, labels), _foreground(ref, labels)
     table = lesions(
         pred_fg, ref_fg, case.spacing,
@@ -183,15 +240,16 @@ def _compute_case(
         connectivity=settings["connectivity"], overlap_threshold=settings["overlap_threshold"],
     )
     summary = lesion_summary(table, n_cases=1)
+    timing["lesions_s"] = clock() - t0
     record: dict[str, Any] = {"status": "ok", "error": ""}
     record.update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()})
     record.update(summary)
     record["shape"] = "x".join(str(s) for s in ref.shape)
     record["spacing"] = ",".join(f"{s:g}" for s in case.spacing)
     record["lesions"] = _lesion_records(table)
-    if "features" in timing:
-        record["features"] = timing.pop("features")
-        record["feature_layer"] = timing.pop("feature_layer")
+    if adapter is not None and features is not None:
+        record["features"] = features
+        record["feature_layer"] = feature_layer
     record["timing"] = timing
     return record
 
@@ -210,14 +268,77 @@ def _lesion_records(table: Any) -> list[dict[str, Any]]:
     return rows
 
 
+class CaseTimeout(BaseException):  # noqa: N818 - reads as "the case timed out"
+    """A case ran past ``case_timeout`` (raised inside the case's own work).
+
+    A ``BaseException`` so that the readers' broad ``except Exception`` (which turn any reader
+    error into "could not read") cannot swallow it.
+    """
+
+
+@contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`CaseTimeout` in this thread after ``seconds``.
+
+    In a process's main thread (serial runs, pool workers) a ``SIGALRM`` timer interrupts the
+    work, also a blocking system call. In other threads (Dask workers run tasks in threads) the
+    exception is raised asynchronously at the next Python instruction, which cannot interrupt a
+    single long C call; paths that could block forever (FIFOs, devices) are refused up front.
+    """
+    if not seconds:
+        yield
+        return
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        def _alarm(signum: int, frame: Any) -> None:
+            raise CaseTimeout
+
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        signal.setitimer(signal.ITIMER_REAL, float(seconds))
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0.0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    tid = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+    state = {"done": False, "fired": False}
+
+    def _fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, ctypes.py_object(CaseTimeout))
+
+    timer = threading.Timer(float(seconds), _fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            state["done"] = True
+            if state["fired"]:  # not yet delivered: withdraw it so it cannot escape the case
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, None)
+
+
+def _cache_write(cache: CaseCache, key: str, record: Mapping[str, Any]) -> None:
+    try:
+        cache.put(key, record)
+    except OSError as exc:  # our own output: the machine, not the case, is at fault
+        raise infrastructure_error(exc, "the cache") from exc
+
+
 def evaluate_task(
     task: CaseTask,
     settings: Mapping[str, Any],
     cache_dir: str | None = None,
     adapter: Any = None,
     cache_extra: str = "",
+    case_timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one case, isolating any failure into a ``status="failed"`` record.
+    """Evaluate one case, isolating any failure of its data into a ``status="failed"`` record.
 
     Parameters
     ----------
@@ -231,36 +352,66 @@ def evaluate_task(
         installed in this worker process by the pool initializer).
     cache_extra : str
         Model fingerprint and package version, part of the cache key.
+    case_timeout : float, optional
+        Seconds the case's loading, inference and evaluation may take; past it the case fails
+        with a message saying so.
 
     Returns
     -------
     dict
-        ``row, case_id, status, error, input_hash, from_cache`` and, for evaluated cases,
-        metric values, lesion summary, ``lesions`` (list of dicts) and ``timing``. The error
-        text names files by their file name only (never their folders).
+        ``row, case_id, status, error, input_hash, from_cache``, ``timing`` (seconds per stage,
+        :data:`STAGES`) and, for evaluated cases, metric values, lesion summary and ``lesions``
+        (list of dicts). The error text names files by their file name only (never folders).
+
+    Raises
+    ------
+    InfrastructureError
+        When the cache cannot be written (disk full, read-only, permission denied).
     """
     if isinstance(adapter, str) and adapter == "worker":
         adapter = _WORKER_ADAPTER
+    clock = time.perf_counter
+    start = clock()
     base = {"row": task.row, "case_id": task.case_id, "from_cache": False, "input_hash": ""}
     if task.problem:
-        return {**base, "status": "failed", "error": _error_text(task.problem, task)}
+        return {**base, "status": "failed", "error": _error_text(task.problem, task),
+                "timing": {"total_s": clock() - start}}
     try:
         key = input_hash(task.paths, settings, cache_extra)
         base["input_hash"] = key[:16]
-        cache = CaseCache(cache_dir) if cache_dir else None
-        if cache is not None:
+        cache = None
+        if cache_dir:
+            try:
+                cache = CaseCache(cache_dir)
+            except OSError as exc:
+                raise infrastructure_error(exc, "the cache") from exc
             hit = cache.get(key)
             if hit is not None:
-                return {**hit, **base, "from_cache": True}
-        record = _compute_case(task.case_id, task.paths, settings, adapter)
+                spent = clock() - start
+                timing = {k: 0.0 for k in STAGES if k != "inference_s" or adapter is not None}
+                timing.update(cache_s=spent, total_s=spent)
+                return {**hit, **base, "from_cache": True, "timing": timing}
+        hashed = clock() - start
+        with _time_limit(case_timeout):
+            record = _compute_case(task.case_id, task.paths, settings, adapter)
+        t0 = clock()
         if cache is not None:
-            cache.put(key, record)
+            _cache_write(cache, key, record)
+        record["timing"]["cache_s"] = hashed + clock() - t0
+        record["timing"]["total_s"] = clock() - start
         return {**record, **base}
+    except InfrastructureError:
+        raise
+    except CaseTimeout:
+        msg = (f"case {task.case_id!r}: timeout: expected the case to finish within "
+               f"{case_timeout:g} s (case_timeout), it did not")
+        return {**base, "status": "failed", "error": msg, "timing": {"total_s": clock() - start}}
     except Exception as exc:  # noqa: BLE001 - one bad case must not abort the audit
         msg = str(exc)
         if task.case_id not in msg:
             msg = f"case {task.case_id!r}: {type(exc).__name__}: {msg}"
-        return {**base, "status": "failed", "error": _error_text(msg, task)}
+        return {**base, "status": "failed", "error": _error_text(msg, task),
+                "timing": {"total_s": clock() - start}}
 
 
 def _error_text(message: str, task: CaseTask) -> str:
@@ -272,98 +423,181 @@ def _error_text(message: str, task: CaseTask) -> str:
     return redact_paths(message, task.paths.values())
 
 
+
 # --------------------------------------------------------------------------------------------
 # executors
 
-
-def _set_worker_adapter(adapter: Any) -> None:
-    global _WORKER_ADAPTER
-    _WORKER_ADAPTER = adapter
-    try:  # one process per core: keep torch from oversubscribing the cores
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _serial(fn: Callable[[CaseTask], dict], tasks: Iterable[CaseTask]) -> Iterator[dict]:
-    for task in tasks:
-        yield fn(task)
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker process end when the audit's process ends, even by ``kill -9``.
 
-
-def _torch_single_thread(stream: Iterator[dict]) -> Iterator[dict]:
-    """Run stored-prediction work with one torch thread, restoring the setting afterwards.
-
-    Loading and evaluation only touch torch for small tensor operations, where intra-op
-    threads cost more in synchronisation than they win (measured 2x slower on a busy 2-core
-    machine); model inference (an adapter) keeps the caller's setting.
+    Linux: the kernel sends SIGKILL when the parent dies (``PR_SET_PDEATHSIG``). Elsewhere a
+    daemon thread polls the parent id. Either way no orphaned worker keeps its memory.
     """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - exotic libc
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    if not sys.platform.startswith("linux"):  # pragma: no cover - macOS, BSD
+        def _watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=_watch, daemon=True, name="medseg-xai-parent-watch").start()
+
+
+def _fix_threads() -> None:
+    """Pin torch's intra-op threads (identical numbers on every executor)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover
+            return
+    if torch.get_num_threads() != TORCH_THREADS:
+        torch.set_num_threads(TORCH_THREADS)
+
+
+def _init_worker(adapter: Any, parent_pid: int) -> None:
+    global _WORKER_ADAPTER
+    _die_with_parent(parent_pid)
+    _WORKER_ADAPTER = adapter
+    _fix_threads()
+
+
+@contextmanager
+def _pinned_threads() -> Iterator[None]:
+    """Serial runs pin torch's threads in the caller's process and restore them afterwards."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(TORCH_THREADS)
     try:
-        yield from stream
+        yield
     finally:
         torch.set_num_threads(before)
 
 
+def _batches(tasks: Iterable[CaseTask], size: int) -> Iterator[list[CaseTask]]:
+    batch: list[CaseTask] = []
+    for task in tasks:
+        batch.append(task)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _chunk_size(n_tasks: int, slots: int) -> int:
+    # Small chunks amortise the round trip to a worker; several chunks per worker keep the load
+    # balanced when cases differ in cost.
+    return max(1, min(8, n_tasks // (8 * max(slots, 1))))
+
+
+def _chunk(fn: Callable[..., dict], tasks: list[CaseTask], adapter: Any = None) -> list[dict]:
+    _fix_threads()
+    if adapter is None:
+        return [fn(task) for task in tasks]
+    return [fn(task, adapter=adapter) for task in tasks]
+
+
+def _serial(fn: Callable[..., dict], tasks: Iterable[CaseTask], adapter: Any) -> Iterator[dict]:
+    with _pinned_threads():
+        for task in tasks:
+            yield fn(task, adapter=adapter)
+
+
 def _process(
-    fn: Callable[..., dict], tasks: list[CaseTask], workers: int, adapter: Any,
+    fn: Callable[..., dict], tasks: Iterable[CaseTask], n_tasks: int, workers: int, adapter: Any,
     mp_context: str | None,
 ) -> Iterator[dict]:
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     if mp_context is None:
         # fork is cheap and safe for numpy/scipy work; torch inference wants a fresh process.
         mp_context = "spawn" if adapter is not None else ("fork" if os.name == "posix" else "spawn")
     ctx = mp.get_context(mp_context)
-    # Small chunks amortise the inter-process round trip; several chunks per worker keep the
-    # load balanced when cases differ in cost.
-    size = max(1, min(8, len(tasks) // (8 * workers)))
-    chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
-                             initializer=_set_worker_adapter, initargs=(adapter,)) as pool:
-        worker_fn = partial(_chunk, partial(fn, adapter="worker") if adapter is not None else fn)
-        # Bounded submission: a few chunks in flight per worker, results streamed back.
-        pending: set = set()
-        limit = max(4 * workers, 8)
+    worker_fn = partial(_chunk, fn, adapter="worker" if adapter is not None else None)
+    limit = 2 * workers  # chunks in flight: enough to keep every worker busy, no more
+    pending: set = set()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(adapter, os.getpid())) as pool:
         try:
-            for chunk in chunks:
+            for chunk in _batches(tasks, _chunk_size(n_tasks, workers)):
                 pending.add(pool.submit(worker_fn, chunk))
-                if len(pending) >= limit:
-                    done = next(as_completed(pending))
-                    pending.remove(done)
-                    yield from done.result()
-            for fut in as_completed(pending):
-                yield from fut.result()
+                while len(pending) >= limit:  # back-pressure: wait before submitting more
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        yield from fut.result()
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield from fut.result()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 
-def _chunk(fn: Callable[[CaseTask], dict], tasks: list[CaseTask]) -> list[dict]:
-    return [fn(task) for task in tasks]
+def dask_slots(client: Any) -> int:
+    """Threads of all workers of a Dask client (its real parallelism)."""
+    try:
+        return int(sum(client.nthreads().values())) or 1
+    except Exception:  # noqa: BLE001 - a client without the call: count it as one
+        return 1
 
 
-def _dask(fn: Callable[..., dict], tasks: list[CaseTask], client: Any, adapter: Any) -> Iterator[dict]:
-    from distributed import as_completed as dask_completed
+def _dask(fn: Callable[..., dict], tasks: Iterable[CaseTask], n_tasks: int, client: Any,
+          adapter: Any) -> Iterator[dict]:
+    from distributed import wait
 
+    slots = dask_slots(client)
     kwargs = {}
     if adapter is not None:
         kwargs["adapter"] = client.scatter(adapter, broadcast=True)
-    futures = client.map(fn, tasks, pure=False, **kwargs)
+    limit = 2 * slots
+    pending: set = set()
     try:
-        for fut in dask_completed(futures):
-            yield fut.result()
+        for chunk in _batches(tasks, _chunk_size(n_tasks, slots)):
+            pending.add(client.submit(_chunk, fn, chunk, pure=False, **kwargs))
+            while len(pending) >= limit:  # back-pressure: no futures pile up in the client
+                done, pending = wait(pending, return_when="FIRST_COMPLETED")
+                for fut in done:
+                    yield from fut.result()
+                    fut.release()
+        while pending:
+            done, pending = wait(pending, return_when="FIRST_COMPLETED")
+            for fut in done:
+                yield from fut.result()
+                fut.release()
     except BaseException:
-        client.cancel(futures)
+        if pending:
+            client.cancel(list(pending))
         raise
 
 
+@dataclass
+class RunInfo:
+    """How the per-case phase ran: the executor and parallelism actually used, counts, and the
+    seconds summed over cases per stage."""
+
+    executor: str
+    workers: int
+    n_cases: int = 0
+    n_from_cache: int = 0
+    stage_seconds: dict[str, float] | None = None
+
+
 def run_tasks(
-    tasks: list[CaseTask],
+    tasks: Iterable[CaseTask],
     settings: Mapping[str, Any],
     *,
     executor: str | Any = "serial",
@@ -373,19 +607,23 @@ def run_tasks(
     cache_extra: str = "",
     progress: bool = True,
     mp_context: str | None = None,
-) -> list[dict[str, Any]]:
-    """Evaluate every task and return the records in manifest-row order.
+    case_timeout: float | None = None,
+    sink: Callable[[dict[str, Any]], None] | None = None,
+    n_tasks: int | None = None,
+) -> list[dict[str, Any]] | RunInfo:
+    """Evaluate every task; records go to ``sink`` as they arrive (or are returned in order).
 
     Parameters
     ----------
-    tasks : list of CaseTask
+    tasks : iterable of CaseTask
+        Consumed lazily (a generator keeps the client's memory flat).
     settings : mapping
         Case-level settings.
     executor : {"serial", "process", "dask"} or distributed.Client
         Where the work runs; ``"dask"`` connects to the default client
         (``distributed.get_client()``), or pass a client.
     workers : int, optional
-        Processes for ``"process"`` (default: all cores).
+        Processes for ``"process"`` (default: all cores); must be >= 1.
     cache_dir : str, optional
         Per-case cache folder (resume).
     adapter : SegmentationAdapter, optional
@@ -396,39 +634,74 @@ def run_tasks(
         Show a tqdm progress bar (notebook-aware).
     mp_context : str, optional
         Multiprocessing start method for ``"process"``.
+    case_timeout : float, optional
+        Per-case time limit in seconds (the case fails past it).
+    sink : callable, optional
+        Receives each record once, in completion order; then a :class:`RunInfo` is returned.
+        Without a sink the records are returned as a list in task order.
+    n_tasks : int, optional
+        Number of tasks when ``tasks`` is a generator (progress bar, chunk size).
+
+    Raises
+    ------
+    InfrastructureError
+        The cache could not be written (the audit aborts).
+    ValueError
+        Bad executor or worker count.
     """
     from tqdm.auto import tqdm
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
+                                or workers < 1):
+        raise ValueError(f"workers: expected a positive number of processes, got {workers!r}")
+    if n_tasks is None:
+        tasks = list(tasks)
+        n_tasks = len(tasks)
     fn = partial(evaluate_task, settings=dict(settings), cache_dir=cache_dir,
-                 cache_extra=cache_extra)
+                 cache_extra=cache_extra, case_timeout=case_timeout)
     if executor == "serial":
-        stream = _serial(partial(fn, adapter=adapter), tasks)
-        if adapter is None:
-            stream = _torch_single_thread(stream)
+        info = RunInfo("serial", 1)
+        stream = _serial(fn, tasks, adapter)
     elif executor == "process":
         n = int(workers or os.cpu_count() or 1)
-        if n < 1:
-            raise ValueError(f"workers: expected a positive number of processes, got {workers!r}")
-        stream = _process(fn, tasks, n, adapter, mp_context)
-    elif executor == "dask" or hasattr(executor, "map") and hasattr(executor, "scatter"):
+        info = RunInfo("process", n)
+        stream = _process(fn, tasks, n_tasks, n, adapter, mp_context)
+    elif executor == "dask" or hasattr(executor, "submit") and hasattr(executor, "scatter"):
         client = executor
         if executor == "dask":
             from distributed import get_client
 
             client = get_client()
-        stream = _dask(fn, tasks, client, adapter)
+        info = RunInfo("dask", dask_slots(client))
+        stream = _dask(fn, tasks, n_tasks, client, adapter)
     else:
         raise ValueError(
             f"executor: expected one of {EXECUTORS} or a distributed.Client, got {executor!r}"
         )
-    records: dict[int, dict[str, Any]] = {}
-    with tqdm(total=len(tasks), desc="audit", unit="case", disable=not progress) as bar:
+    collected: dict[int, dict[str, Any]] | None = {} if sink is None else None
+    seen = bytearray(n_tasks)  # one byte per row: a case is never counted twice
+    sums = dict.fromkeys(STAGES, 0.0)
+    with tqdm(total=n_tasks, desc="audit", unit="case", disable=not progress) as bar:
         for rec in stream:
-            if rec["row"] in records:  # defensive: a case is never counted twice
+            row = rec["row"]
+            if seen[row]:
                 continue
-            records[rec["row"]] = rec
+            seen[row] = 1
+            info.n_cases += 1
+            info.n_from_cache += bool(rec.get("from_cache"))
+            for k, v in (rec.get("timing") or {}).items():
+                if k in sums and v == v:
+                    sums[k] += float(v)
+            if collected is not None:
+                collected[row] = rec
+            else:
+                sink(rec)  # type: ignore[misc]
             bar.update(1)
-    missing = [t.case_id for t in tasks if t.row not in records]
-    if missing:  # pragma: no cover - every executor yields one record per task
-        raise RuntimeError(f"audit: no result for cases {missing[:10]}")
-    return [records[t.row] for t in tasks]
+    if info.n_cases != n_tasks:  # pragma: no cover - every executor yields one record per task
+        missing = [i for i in range(n_tasks) if not seen[i]][:10]
+        raise RuntimeError(f"audit: no result for rows {missing}")
+    info.stage_seconds = {k: round(v, 6) for k, v in sums.items()
+                          if k != "inference_s" or adapter is not None}
+    if collected is not None:
+        return [collected[i] for i in range(n_tasks)]
+    return info

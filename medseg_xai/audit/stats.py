@@ -115,6 +115,32 @@ def weighted_means(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray) ->
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+#: Bootstrap work is done in blocks of at most this many (resample x unit) cells, so memory is
+#: bounded whatever the cohort size (2000 resamples x 100,000 cases would be 1.6 GB at once).
+#: Blocks draw from the same random stream in the same order: results do not depend on it.
+MAX_BOOTSTRAP_CELLS = 1 << 21
+
+
+def blocked_weighted_means(
+    n_clusters: int, n_resamples: int, rng: np.random.Generator,
+    *pairs: tuple[np.ndarray, np.ndarray],
+) -> list[np.ndarray]:
+    """:func:`weighted_means` of each ``(sums, counts)`` pair under the same resamples.
+
+    Equal to ``weighted_means(cluster_weights(n_clusters, n_resamples, rng), sums, counts)``
+    for every pair, but the weights are drawn in blocks of rows (at most
+    :data:`MAX_BOOTSTRAP_CELLS` cells), so the ``(B, n_clusters)`` matrix never exists at once.
+    """
+    step = max(1, MAX_BOOTSTRAP_CELLS // max(n_clusters, 1))
+    out: list[list[np.ndarray]] = [[] for _ in pairs]
+    for start in range(0, n_resamples, step):
+        w = cluster_weights(n_clusters, min(step, n_resamples - start), rng)
+        for i, (sums, counts) in enumerate(pairs):
+            out[i].append(weighted_means(w, sums, counts))
+    return [np.concatenate(parts) if parts else weighted_means(
+        np.zeros((0, n_clusters)), sums, counts) for parts, (sums, counts) in zip(out, pairs)]
+
+
 def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
     """Percentile interval of bootstrap samples along axis 0, ignoring NaN resamples."""
     samples = np.asarray(samples, dtype=float)
@@ -183,8 +209,9 @@ def bootstrap_mean_ci(
     if codes is not None:
         sums = np.bincount(codes, weights=x, minlength=n_units)
         counts = np.bincount(codes, minlength=n_units).astype(float)
-        means = weighted_means(cluster_weights(n_units, n_resamples, rng), sums, counts)
+        (means,) = blocked_weighted_means(n_units, n_resamples, rng, (sums, counts))
         return percentile_interval(means, confidence)
+    batch = max(1, MAX_BOOTSTRAP_CELLS // x.size)  # bounded memory; same numbers as unbatched
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DegenerateDataWarning on near-constant data
         res = stats.bootstrap(
@@ -195,6 +222,7 @@ def bootstrap_mean_ci(
             method=method,
             vectorized=True,
             rng=rng,
+            batch=batch,
         )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (np.isfinite(low) and np.isfinite(high)):
@@ -209,6 +237,7 @@ def bootstrap_mean_ci(
                 method="percentile",
                 vectorized=True,
                 rng=rng,
+                batch=batch,
             )
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return (low, high)

@@ -12,6 +12,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from medseg_xai._io import write_csv
+from medseg_xai._privacy import safe_file_name
 from medseg_xai.demo.cohort import save_nifti
 
 __all__ = ["predict_cohort"]
@@ -77,6 +79,8 @@ def predict_cohort(
         raise ValueError(
             f"manifest: expected columns case_id and image, {manifest} lacks {sorted(missing)}"
         )
+    for cid in df["case_id"]:  # file names come from ids: refuse any that leave the folder
+        safe_file_name(cid, ".nii.gz")
     if adapter is None:
         from medseg_xai.demo.model import load_model
 
@@ -98,8 +102,8 @@ def predict_cohort(
             prob = adapter.probabilities(image)[0].cpu().numpy()
         fg = prob[1] if prob.shape[0] > 1 else prob[0]
         label = prob.argmax(0) if prob.shape[0] > 1 else (fg > 0.5)
-        pred_path = out / "predictions" / f"{case_id}.nii.gz"
-        prob_path = out / "probabilities" / f"{case_id}.nii.gz"
+        pred_path = out / "predictions" / safe_file_name(case_id, ".nii.gz")
+        prob_path = out / "probabilities" / safe_file_name(case_id, ".nii.gz")
         save_nifti(label.astype(np.uint8), img.affine, pred_path, "medseg-xai prediction")
         save_nifti(fg.astype(np.float32), img.affine, prob_path, "medseg-xai probability")
         predictions.append(_relative(pred_path, out))
@@ -118,5 +122,5 @@ def predict_cohort(
     result["probability"] = probabilities
     name = manifest_name or f"{manifest.stem}_predictions.csv"
     new_manifest = out / name
-    result.to_csv(new_manifest, index=False, encoding="utf-8", lineterminator="\n")
+    write_csv(result, new_manifest)
     return new_manifest

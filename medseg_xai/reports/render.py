@@ -195,5 +195,7 @@ def write_html(
     )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    from medseg_xai._io import atomic_write  # never a truncated report
+
+    atomic_write(out, html)
     return out
