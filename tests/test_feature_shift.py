@@ -129,3 +129,26 @@ def test_without_adapter_or_features(shifted, tmp_path):
         audit(cohort, adapter=adapter, feature_reference={"device": ["Z"]}, **FAST)
     with pytest.raises(ValueError, match="COLUMN=V1,V2"):
         parse_reference(["device"])
+
+
+def test_report_section_shows_the_result_tables(shifted):
+    import jinja2
+
+    from medseg_xai.reports import sec_model_and_data as sec
+
+    _, _, r = shifted
+    data = sec.build(r, {})
+    assert data["layer_summary"]["n_params"] == int(r.model_layers["n_params"].sum())
+    env = jinja2.Environment(loader=jinja2.PackageLoader("medseg_xai.reports", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    html = env.get_template(sec.TEMPLATE).render(s=data)
+    assert 'id="feature-shift-device"' in html and 'id="model-layers"' in html
+    assert "data:image/png;base64," in html and 'id="ood-cases"' in html
+    worst = r.cases.sort_values("ood_score").iloc[-1]
+    assert worst["case_id"] in html
+    shifted_row = r.feature_shift.set_index("group").loc["C"]
+    assert repr(float(shifted_row["median_ood_score"])) in html  # exact value in data-value
+    no_model = AuditResult(**{k: getattr(r, k) for k in (
+        "cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
+        "volume_agreement", "verdicts")}, settings=r.settings)
+    assert sec.build(no_model, {}) is None
