@@ -152,3 +152,22 @@ def test_report_section_shows_the_result_tables(shifted):
         "cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
         "volume_agreement", "verdicts")}, settings=r.settings)
     assert sec.build(no_model, {}) is None
+
+
+def test_feature_shift_panel_drills_down_to_a_case(shifted):
+    from medseg_xai.widgets.model_tab import FeatureShiftPanel
+
+    _, _, r = shifted
+    opened = []
+    panel = FeatureShiftPanel(r, on_open=opened.append, n=4)
+    assert list(panel.rows()["group"]) == ["A", "B", "C"]
+    top = r.cases.sort_values("ood_score", ascending=False)["case_id"].head(4).tolist()
+    assert panel.outliers()["case_id"].tolist() == top
+    panel.cases_box.children[0].children[0].click()
+    assert opened == [top[0]]
+    panel.group.value = "C"
+    assert set(panel.outliers()["device"]) == {"C"}
+    no_features = audit(shifted[0], strata=["device"], adapter=shifted[1], feature_layer=None,
+                        **FAST)
+    with pytest.raises(ValueError, match="no feature shift"):
+        FeatureShiftPanel(no_features)

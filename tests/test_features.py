@@ -108,3 +108,23 @@ def test_channel_weights_rebuild_the_gradcam_map(dims):
     head, maps = top_channels(adapter, img, target, layer, k=3)
     assert len(head) == 3 and maps.shape == (3, *acts.shape[1:])
     np.testing.assert_array_equal(maps[0], acts[head["channel"].iloc[0]])
+
+
+def test_model_tab_shows_layers_kernels_and_top_channels():
+    from medseg_xai.widgets.model_tab import ModelTab
+
+    adapter = _unet(2)
+    img = _image((16, 16))
+    mask = np.zeros((16, 16), bool)
+    mask[4:8, 4:8] = True
+    target = targets.region(1, mask)
+    layer = "model.0.conv.unit0.conv"
+    tab = ModelTab(adapter, img, target=target, layer=layer, k=3)
+    assert tab.last_error is None, tab.last_error
+    assert tab.layer == layer and tab.kernel_image.value[:4] == b"\x89PNG"
+    assert tab.activation_image.value[:4] == b"\x89PNG"
+    expected = channel_weights(adapter, img, target, layer).head(3)
+    assert tab.top["channel"].tolist() == expected["channel"].tolist()
+    assert "model.0.conv.unit0.conv" in tab.table_html.value
+    tab.set_case(target=None)
+    assert tab.top is None and "pick a target" in tab.channels_html.value
