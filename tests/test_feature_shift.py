@@ -61,6 +61,7 @@ def shifted(tmp_path_factory):
     return cohort, adapter, audit(cohort, strata=["device"], adapter=adapter, **FAST)
 
 
+@pytest.mark.slow
 def test_planted_shift_is_flagged(shifted):
     cohort, adapter, r = shifted
     fs = r.feature_shift
@@ -101,6 +102,7 @@ def test_declared_reference_and_json(shifted, tmp_path):
     assert again.to_dict()["tables"] == r.to_dict()["tables"]
 
 
+@pytest.mark.slow
 def test_random_split_false_positive_rate(shifted):
     """Random halves of the unshifted cases: the share flagged at alpha=0.05 stays near 5 %."""
     cohort, adapter, _ = shifted
@@ -171,3 +173,38 @@ def test_feature_shift_panel_drills_down_to_a_case(shifted):
                         **FAST)
     with pytest.raises(ValueError, match="no feature shift"):
         FeatureShiftPanel(no_features)
+
+
+def test_monitor_without_reference_segmentations_matches_the_audit(shifted):
+    from medseg_xai.audit.features import monitor
+
+    cohort, adapter, r = shifted
+    images = [cohort.load_case(c).image for c in cohort.case_ids]
+    meta = cohort.manifest[["case_id", "device"]]
+    table, cases = monitor(adapter, images, meta, ["device"], n_permutations=500, min_n=5)
+    np.testing.assert_allclose(cases["ood_score"], r.cases["ood_score"], rtol=1e-6)
+    assert table.set_index("group").loc["C", "flag"] == "shifted"
+    with pytest.raises(ValueError, match="one image per metadata row"):
+        monitor(adapter, images[:3], meta, ["device"])
+
+
+def test_ood_score_is_scikit_learns_ledoit_wolf_mahalanobis():
+    from sklearn.covariance import LedoitWolf
+
+    from medseg_xai.audit.features import _sq_mahalanobis
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(30, 8)) @ rng.normal(size=(8, 8)) + 5.0
+    new = rng.normal(size=(4, 8)) * 2.0 + 5.0
+    mu, sd = ref.mean(0), ref.std(0)
+    lw = LedoitWolf().fit((ref - mu) / sd)
+    np.testing.assert_allclose(_sq_mahalanobis(ref, new), lw.mahalanobis((new - mu) / sd),
+                               rtol=1e-8)
+    # leave-one-out: a reference case is scored by a fit without it (same shrinkage intensity)
+    x = np.vstack([ref, new])
+    scores = ood_scores(x, np.r_[np.ones(30, bool), np.zeros(4, bool)])
+    np.testing.assert_allclose(scores[30:], lw.mahalanobis((new - mu) / sd), rtol=1e-8)
+    keep = ref[1:]
+    lw0 = LedoitWolf().fit((keep - keep.mean(0)) / keep.std(0))
+    loo = lw0.mahalanobis((ref[:1] - keep.mean(0)) / keep.std(0))[0]
+    assert scores[0] == pytest.approx(loo, rel=0.05)  # shrinkage of the full reference

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FEATURE_CASE_COLUMNS", "FEATURE_SHIFT_COLUMNS", "feature_shift",
-           "parse_reference", "reference_mask"]
+__all__ = ["FEATURE_CASE_COLUMNS", "FEATURE_SHIFT_COLUMNS", "feature_shift", "monitor",
+           "ood_scores", "parse_reference", "reference_mask"]
 
 FEATURE_SHIFT_COLUMNS = ("stratum", "group", "n", "n_reference", "in_reference",
                          "median_ood_score", "median_ood_reference", "distance",
@@ -96,30 +96,54 @@ def _standardise(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
     return (x - mu) / np.maximum(sd, _FLOOR * max(1.0, float(np.abs(mu).max(initial=0.0))))
 
 
-def _sq_mahalanobis(ref: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distances of rows of ``x`` to ``ref`` (Ledoit-Wolf, z-scored)."""
-    from sklearn.covariance import LedoitWolf
+def _shrunk_precision(z: np.ndarray, delta: float | None = None) -> tuple[np.ndarray, float]:
+    """Inverse of the Ledoit-Wolf covariance of the rows of ``z`` (as scikit-learn's
+    ``LedoitWolf().fit(z).covariance_``), and the shrinkage intensity used."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
 
+    centred = z - z.mean(0)
+    emp = centred.T @ centred / len(z)
+    mu = float(np.trace(emp)) / emp.shape[0]
+    if delta is None:
+        delta = float(ledoit_wolf_shrinkage(centred, assume_centered=True))
+    shrunk = (1.0 - delta) * emp
+    shrunk.flat[:: emp.shape[0] + 1] += delta * mu
+    try:  # positive definite whenever there is any shrinkage: Cholesky is exact and fast
+        from scipy.linalg import cho_factor, cho_solve
+
+        return cho_solve(cho_factor(shrunk), np.eye(len(shrunk))), delta
+    except np.linalg.LinAlgError:  # no shrinkage and fewer cases than features
+        return np.linalg.pinv(shrunk, hermitian=True), delta
+
+
+def _sq_mahalanobis(ref: np.ndarray, x: np.ndarray, delta: float | None = None) -> np.ndarray:
+    """Squared Mahalanobis distances of rows of ``x`` to ``ref`` (Ledoit-Wolf, z-scored)."""
     z_ref = _standardise(ref, ref)
-    z = _standardise(ref, x)
-    lw = LedoitWolf(assume_centered=False).fit(z_ref)
-    return lw.mahalanobis(z)
+    precision, _ = _shrunk_precision(z_ref, delta)
+    d = _standardise(ref, x) - z_ref.mean(0)
+    return np.einsum("ij,jk,ik->i", d, precision, d)
 
 
 def ood_scores(features: np.ndarray, is_ref: np.ndarray) -> np.ndarray:
-    """Per-case ``ood_score``; reference cases leave-one-out."""
+    """Per-case ``ood_score``; reference cases leave-one-out.
+
+    Each left-out fit re-estimates the z-scoring, mean and covariance without the case; the
+    shrinkage intensity is the one of the whole reference (re-estimating it per case would cost
+    most of the time and moves it by O(1/n)).
+    """
     x = np.asarray(features, dtype=np.float64)
     ref_idx = np.flatnonzero(is_ref)
     if ref_idx.size < 3:
         raise ValueError(f"feature_reference: expected at least 3 reference cases with "
                          f"features, got {ref_idx.size}")
     out = np.full(len(x), np.nan)
+    _, delta = _shrunk_precision(_standardise(x[ref_idx], x[ref_idx]))
     others = np.flatnonzero(~is_ref)
     if others.size:
-        out[others] = _sq_mahalanobis(x[ref_idx], x[others])
+        out[others] = _sq_mahalanobis(x[ref_idx], x[others], delta)
     for i in ref_idx:
         keep = ref_idx[ref_idx != i]
-        out[i] = _sq_mahalanobis(x[keep], x[i:i + 1])[0]
+        out[i] = _sq_mahalanobis(x[keep], x[i:i + 1], delta)[0]
     return out
 
 
@@ -127,9 +151,7 @@ def _group_test(z: np.ndarray, in_group: np.ndarray, n_permutations: int,
                 rng: np.random.Generator) -> tuple[float, float]:
     """Squared Mahalanobis distance between the two groups' means (pooled shrinkage
     covariance) and its permutation p-value."""
-    from sklearn.covariance import LedoitWolf
-
-    precision = LedoitWolf().fit(z).precision_
+    precision, _ = _shrunk_precision(z)
     n, n_g = len(z), int(in_group.sum())
 
     def stat(masks: np.ndarray) -> np.ndarray:  # masks (P, n) bool
@@ -167,7 +189,20 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(v)) if v.size else float("nan")
 
 
-def feature_shift(
+def feature_shift(*args: Any, **kwargs: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Feature-shift table and per-case scores (see :func:`_feature_shift` for parameters).
+
+    Runs with one BLAS thread: the work is many small (F x F) factorisations, where thread
+    start-up and contention cost far more than they win (measured 40 ms per 64x64 eigh with
+    threads on a busy 2-core machine).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _feature_shift(*args, **kwargs)
+
+
+def _feature_shift(
     features: np.ndarray,
     cases: pd.DataFrame,
     groups: Sequence[tuple[str, pd.Series, Sequence[str]]],
@@ -263,3 +298,57 @@ def feature_shift(
     tested = table["p_value"].notna()
     table.loc[tested, "flag"] = np.where(table.loc[tested, "p_adjusted"] < alpha, "shifted", "ok")
     return table[list(FEATURE_SHIFT_COLUMNS)], per_case
+
+
+def monitor(
+    adapter: Any,
+    images: Sequence[Any],
+    metadata: pd.DataFrame,
+    strata: Sequence[str],
+    *,
+    feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+    layer: str | None = "auto",
+    seed: int = 0,
+    n_permutations: int = 2000,
+    correction: str = "holm",
+    alpha: float = 0.05,
+    min_n: int = 10,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Feature shift without reference segmentations (monitoring incoming scans).
+
+    Parameters
+    ----------
+    adapter : SegmentationAdapter
+    images : sequence of numpy.ndarray
+        One ``(C, *spatial)`` image per row of ``metadata`` (e.g. ``case.image`` of a cohort's
+        cases); one forward pass each.
+    metadata : pandas.DataFrame
+        One row per image: the ``strata`` columns and those of ``feature_reference``.
+    strata : sequence of str
+        Metadata columns to compare groups of.
+
+    Returns
+    -------
+    (pandas.DataFrame, pandas.DataFrame)
+        The feature-shift table (as ``AuditResult.feature_shift``) and ``metadata`` with the
+        :data:`FEATURE_CASE_COLUMNS` added.
+    """
+    from medseg_xai.explain.features import pooled_features
+
+    meta = metadata.reset_index(drop=True)
+    if len(images) != len(meta):
+        raise ValueError(f"images: expected one image per metadata row ({len(meta)}), "
+                         f"got {len(images)}")
+    missing = [c for c in strata if c not in meta.columns]
+    if missing:
+        raise ValueError(f"strata: column(s) {missing} not in metadata; expected some of "
+                         f"{list(meta.columns)}")
+    feats = np.stack([pooled_features(adapter, im, layer) for im in images])
+    groups = []
+    for col in strata:
+        labels = meta[col].astype(str).astype(object)
+        groups.append((col, labels, sorted(pd.unique(labels))))
+    table, per_case = feature_shift(
+        feats, meta, groups, reference=parse_reference(feature_reference), seed=seed,
+        n_permutations=n_permutations, correction=correction, alpha=alpha, min_n=min_n)
+    return table, meta.join(per_case)
