@@ -15,7 +15,9 @@ the cohort serially with ``feature_layer=None`` (no features) and ``feature_laye
   per-layer weight table and the feature-shift statistics: leave-one-out Ledoit-Wolf fits and
   permutation tests),
 
-each as the median of the per-round paired ratios. Other load on the machine adds noise to
+each as the median of the per-round paired ratios, and, on one case, the forward pass with and
+without the hook (``--passes`` interleaved pairs; median paired ratio): the hook's own cost
+free of the audit's noise. Other load on the machine adds noise to
 both; the paired, interleaved design keeps the ratio meaningful.
 """
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--passes", type=int, default=20, help="paired forward passes")
     args = parser.parse_args()
 
     import medseg_xai as mx
@@ -64,6 +67,32 @@ def main() -> None:
               "target <= 1.2)")
         print(f"whole audit with / without features: median paired ratio "
               f"{statistics.median(wall):.3f} (rounds {', '.join(f'{x:.3f}' for x in wall)})")
+        print(f"forward pass with / without the hook (one case, {args.passes} pairs): median "
+              f"paired ratio {_hook_ratio(adapter, cohort, args.passes):.3f}")
+
+
+def _hook_ratio(adapter, cohort, passes: int) -> float:
+    import torch
+
+    from medseg_xai.explain.features import FeatureHook, feature_layer
+
+    image = cohort.load_case(cohort.case_ids[0]).image
+    layer = feature_layer(adapter, image.shape)
+    ratios = []
+    with torch.no_grad():
+        adapter.probabilities(image)
+        for i in range(passes):
+            times = {}
+            for hooked in ((False, True) if i % 2 == 0 else (True, False)):
+                t = time.perf_counter()
+                if hooked:
+                    with FeatureHook(adapter, layer):
+                        adapter.probabilities(image)
+                else:
+                    adapter.probabilities(image)
+                times[hooked] = time.perf_counter() - t
+            ratios.append(times[True] / times[False])
+    return statistics.median(ratios)
 
 
 if __name__ == "__main__":
