@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-__all__ = ["SegmentationAdapter", "ACTIVATIONS", "CONV_TYPES"]
+__all__ = ["SegmentationAdapter", "ACTIVATIONS", "CONV_TYPES", "Cancelled", "label_map"]
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 
@@ -50,6 +50,72 @@ _SW_KEYS = {
 
 def _is_scripted(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
+
+
+#: Module types whose stride shrinks the grid (used to infer the network's divisor).
+_DOWNSAMPLING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+                 nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+#: Side of the zero image used to infer the divisor (a power of two the net surely takes).
+_PROBE_SIDE = {1: 256, 2: 64, 3: 32}
+
+
+class Cancelled(RuntimeError):
+    """Raised inside a forward pass by a :meth:`SegmentationAdapter.watch` callback to stop."""
+
+
+def label_map(probabilities: Any, threshold: float | None = None, *,
+              activation: str = "softmax", channel_axis: int = 0) -> Any:
+    """Turn class probabilities into a label map: THE decision rule of the toolkit.
+
+    Adapters (:meth:`SegmentationAdapter.predict`), audits, the demo and the widgets all call
+    this, so ``threshold`` means the same everywhere.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray or torch.Tensor
+        Per-class probabilities with the class axis at ``channel_axis``: ``(K, *spatial)`` by
+        default, ``(N, K, *spatial)`` with ``channel_axis=1``.
+    threshold : float, optional
+        * One channel (sigmoid, or probabilities of the foreground): label 1 where
+          ``p > threshold`` (default 0.5).
+        * Several sigmoid channels (multi-label): ``1 + argmax`` where the largest probability
+          exceeds ``threshold`` (default 0.5), else 0.
+        * Softmax (channel 0 = background): ``None`` is the argmax. A number labels a voxel
+          with its most probable foreground class ``c`` when ``p_c > threshold``, else 0; for
+          two classes and 0.5 this is the argmax.
+    activation : {"softmax", "sigmoid", "none"}
+        How the probabilities were made (``"none"`` is read like ``"softmax"``).
+
+    Returns
+    -------
+    Same library as the input: integer label map without the class axis (int64).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float, np.floating))
+                                      and 0.0 <= float(threshold) <= 1.0):
+        raise ValueError(f"threshold: expected a probability in [0, 1] or None, got {threshold!r}")
+    is_torch = isinstance(probabilities, torch.Tensor)
+    p = probabilities if is_torch else torch.from_numpy(np.asarray(probabilities, dtype=np.float32))
+    if p.ndim < 2 or not -p.ndim <= channel_axis < p.ndim:
+        raise ValueError(
+            f"probabilities: expected a class axis {channel_axis} and spatial axes, got shape "
+            f"{tuple(p.shape)}"
+        )
+    p = p.movedim(channel_axis, 0)
+    k = p.shape[0]
+    t = 0.5 if threshold is None else float(threshold)
+    if k == 1:
+        out = (p[0] > t).long()
+    elif activation == "sigmoid":
+        best, idx = p.max(dim=0)
+        out = torch.where(best > t, idx + 1, torch.zeros_like(idx))
+    elif threshold is None:
+        out = p.argmax(dim=0)
+    else:
+        best, idx = p[1:].max(dim=0)
+        out = torch.where(best > t, idx + 1, torch.zeros_like(idx))
+    return out if is_torch else out.numpy()
 
 
 class SegmentationAdapter:
@@ -84,6 +150,15 @@ class SegmentationAdapter:
     device : str or torch.device, optional
         Where the model runs; default the device of its first parameter (CPU if it has none).
         Inputs are moved there.
+    divisor : "auto", int, sequence of int or None
+        Spatial sizes the network needs to be a multiple of (a UNet with four 2x
+        down-samplings: 16). Inputs that are not are padded (symmetrically, with zeros, as
+        MONAI's ``DivisiblePad``) before the model and its output is cropped back, so every
+        result has the input's grid. ``"auto"`` infers it once from one zero-image forward pass
+        (the smallest grid any strided convolution or pooling produces); ``None`` or 1: never
+        pad. With ``sliding_window`` each window is padded.
+    threshold : float, optional
+        Decision threshold of :meth:`predict` (see :func:`label_map`).
 
     Notes
     -----
@@ -103,6 +178,8 @@ class SegmentationAdapter:
         sliding_window: None | int | Sequence[int] | dict[str, Any] = None,
         slice_axis: int | None = None,
         device: str | torch.device | None = None,
+        divisor: None | str | int | Sequence[int] = "auto",
+        threshold: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(
@@ -137,8 +214,69 @@ class SegmentationAdapter:
             device = first.device if first is not None else torch.device("cpu")
         self.device = torch.device(device)
         self._default_layers: dict[tuple, str] = {}
+        self.threshold = threshold
+        self._divisor_arg = divisor
+        self._divisor: tuple[int, ...] | None = self._check_divisor(divisor)
+        self._watch: Callable[[], None] | None = None
+        self.output_channels: int | None = None  # known after the first forward pass
 
     # ------------------------------------------------------------------ configuration
+    def _check_divisor(self, divisor: Any) -> tuple[int, ...] | None:
+        """Divisor per model axis, or None while "auto" is not inferred yet."""
+        dims = self.model_spatial_dims
+        if divisor is None:
+            return (1,) * dims
+        if isinstance(divisor, str):
+            if divisor != "auto":
+                raise ValueError(f"divisor: expected 'auto', an int, {dims} ints or None, "
+                                 f"got {divisor!r}")
+            return None
+        vals = (divisor,) * dims if isinstance(divisor, (int, np.integer)) else tuple(divisor)
+        if len(vals) != dims or not all(isinstance(v, (int, np.integer)) and v >= 1
+                                        for v in vals):
+            raise ValueError(f"divisor: expected a positive int or {dims} positive ints, "
+                             f"got {divisor!r}")
+        return tuple(int(v) for v in vals)
+
+    @property
+    def in_channels(self) -> int | None:
+        """Input channels of the model's first convolution (None when it has none)."""
+        if not hasattr(self, "_in_channels"):
+            self._in_channels = next((int(m.in_channels) for m in self.model.modules()
+                                      if isinstance(m, CONV_TYPES)), None)
+        return self._in_channels
+
+    @property
+    def divisor(self) -> tuple[int, ...]:
+        """Multiple each model-side spatial size is padded to (inferred on first use)."""
+        if self._divisor is None:
+            self._divisor = self._infer_divisor()
+        return self._divisor
+
+    def _infer_divisor(self) -> tuple[int, ...]:
+        dims = self.model_spatial_dims
+        if self.is_scripted:
+            return (1,) * dims
+        side = _PROBE_SIDE[dims]
+        c = self.in_channels or 1
+        smallest = [side] * dims
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.ndim == dims + 2:
+                for a in range(dims):
+                    smallest[a] = min(smallest[a], int(out.shape[2 + a]))
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules()
+                   if isinstance(m, _DOWNSAMPLING) and _strided(m)]
+        try:
+            with torch.no_grad(), self.frozen(freeze_parameters=False):
+                self.model(torch.zeros((1, c, *(side,) * dims), device=self.device))
+        except Exception:  # noqa: BLE001 - a net that refuses the probe keeps its sizes as given
+            return (1,) * dims
+        finally:
+            for h in handles:
+                h.remove()
+        return tuple(max(1, side // max(s, 1)) for s in smallest)
+
     def _check_sliding_window(self, sw: Any) -> dict[str, Any] | None:
         if sw is None:
             return None
@@ -206,6 +344,18 @@ class SegmentationAdapter:
             f"activation={self.activation!r}{extra})"
         )
 
+    def watch(self, callback: Callable[[], None]) -> SegmentationAdapter:
+        """A copy of this adapter that calls ``callback()`` before every forward pass.
+
+        The copy shares the model. Long explanations (occlusion, sweeps) count their passes
+        with it for a progress bar, and stop by raising :class:`Cancelled` from the callback.
+        """
+        import copy
+
+        twin = copy.copy(self)
+        twin._watch = callback
+        return twin
+
     # ------------------------------------------------------------------ model state
     @contextlib.contextmanager
     def frozen(self, *, freeze_parameters: bool = True) -> Iterator[nn.Module]:
@@ -257,6 +407,13 @@ class SegmentationAdapter:
                 )
             if not t.is_floating_point():
                 t = t.float()
+        expected = self.in_channels
+        if expected is not None and t.shape[1] != expected:
+            raise ValueError(
+                f"{name}: the image has {t.shape[1]} channel(s) (shape {tuple(t.shape)}), the "
+                f"model's first convolution expects {expected}; give the image as "
+                f"(C, *spatial) with C = {expected}"
+            )
         return t.to(self.device), from_numpy
 
     # ------------------------------------------------------------------ forward paths
@@ -304,16 +461,50 @@ class SegmentationAdapter:
             )
         return raw
 
+    def _call_model(self, x: torch.Tensor) -> torch.Tensor:
+        """The selected output of the model on ``x``, padded to the divisor and cropped back."""
+        if self._watch is not None:
+            self._watch()
+        spatial = tuple(int(s) for s in x.shape[2:])
+        div = self.divisor
+        if all(s % d == 0 for s, d in zip(spatial, div)):
+            y = self._select(self._run(x))
+        else:
+            from monai.transforms import DivisiblePad
+
+            # MONAI's symmetric padding amounts; padded with torch so gradients flow through.
+            widths = DivisiblePad(k=div).compute_pad_width(spatial)[1:]
+            flat = [v for lo_hi in reversed(widths) for v in lo_hi]
+            y = self._select(self._run(torch.nn.functional.pad(x, flat)))
+            crop = tuple(slice(lo, lo + s) for (lo, _), s in zip(widths, spatial))
+            y = y[(slice(None), slice(None), *crop)]
+        self.output_channels = int(y.shape[1])
+        return y
+
+    def _run(self, x: torch.Tensor) -> Any:
+        """The raw model call; a shape fault inside the network becomes a clear ValueError."""
+        try:
+            return self.model(x)
+        except (Cancelled, torch.cuda.OutOfMemoryError):
+            raise  # a stop request or a machine fault, not bad input
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the model failed on an input of shape {tuple(x.shape)} (divisor "
+                f"{self.divisor}): {str(exc).splitlines()[0]}. If the network needs sizes that "
+                f"are multiples of its down-sampling factor, pass divisor= (e.g. 16 for four 2x "
+                f"down-samplings) or keep divisor='auto'"
+            ) from exc
+
     def _model_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Model on one batch that the model itself accepts (slices folded into the batch)."""
         if self.slice_axis is None:
-            return self._select(self.model(x))
+            return self._call_model(x)
         ax = 2 + self.slice_axis
         n, c = x.shape[:2]
         moved = x.movedim(ax, 2)  # (N, C, S, a, b)
         s, a, b = moved.shape[2:]
         flat = moved.permute(0, 2, 1, 3, 4).reshape(n * s, c, a, b)
-        y = self._select(self.model(flat))
+        y = self._call_model(flat)
         if tuple(y.shape[2:]) != (a, b):
             raise ValueError(
                 f"the 2D model returned slices of shape {tuple(y.shape[2:])} for input slices "
@@ -372,20 +563,36 @@ class SegmentationAdapter:
             p = self._activate(self.forward_logits(t))
         return p.cpu() if from_numpy else p
 
-    def predict(self, x: Any) -> torch.Tensor:
-        """Label map ``(N, *spatial)`` (int64).
+    def predict(self, x: Any, threshold: float | None = None) -> torch.Tensor:
+        """Label map ``(N, *spatial)`` (int64) by :func:`label_map`.
 
-        Softmax / ``"none"``: argmax over channels. One sigmoid (or ``"none"``) channel:
-        ``p > 0.5``. Several sigmoid channels (multi-label): ``1 + argmax`` where the largest
-        probability exceeds 0.5, else 0.
+        ``threshold`` (default the adapter's ``threshold``): one channel, ``p > threshold``
+        (0.5 when None); several sigmoid channels, ``1 + argmax`` where the largest probability
+        exceeds it; softmax, the argmax (None) or the best foreground class above it.
         """
-        p = self.probabilities(x)
-        if p.shape[1] == 1:
-            return (p[:, 0] > 0.5).long()
-        if self.activation == "sigmoid":
-            best, idx = p.max(dim=1)
-            return torch.where(best > 0.5, idx + 1, torch.zeros_like(idx))
-        return p.argmax(dim=1)
+        t = self.threshold if threshold is None else threshold
+        act = "sigmoid" if self.activation == "sigmoid" else "softmax"
+        return label_map(self.probabilities(x), t, activation=act, channel_axis=1)
+
+    def check_class_index(self, class_index: int, x: Any = None) -> int:
+        """``class_index`` if the model has that output channel, else a clear ValueError.
+
+        The number of channels is known after any forward pass; ``x`` (an image) runs one when
+        none has run yet.
+        """
+        if not isinstance(class_index, (int, np.integer)) or isinstance(class_index, bool):
+            raise ValueError(f"class_index: expected an int, got {class_index!r}")
+        if self.output_channels is None and x is not None:
+            self.logits(x)
+        k = self.output_channels
+        if k is not None and not 0 <= int(class_index) < k:
+            names = f" ({', '.join(self.class_names)})" if self.class_names else ""
+            hint = "; a one-channel sigmoid model has only class_index 0" if k == 1 else ""
+            raise ValueError(
+                f"class_index: the model has {k} output channel(s){names}, so class_index must "
+                f"be 0..{k - 1}, got {class_index}{hint}"
+            )
+        return int(class_index)
 
     def foreground_probability(self, x: Any, class_index: int = 1) -> torch.Tensor:
         """Probability map ``(N, *spatial)`` of output channel ``class_index``."""
@@ -553,3 +760,9 @@ class SegmentationAdapter:
             hint = f"; close names: {close}" if close else "; see adapter.layers(input_shape)"
             raise ValueError(f"layer {name!r} is not a sub-module of the model{hint}")
         return modules[name]
+
+
+def _strided(m: nn.Module) -> bool:
+    stride = getattr(m, "stride", 1)
+    stride = (stride,) if isinstance(stride, int) else tuple(stride or (1,))
+    return any(int(v) > 1 for v in stride)

@@ -111,6 +111,14 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                    help="metadata columns to keep in the outputs besides the strata")
     p.add_argument("--max-failed", type=int, default=0, metavar="N",
                    help="failed rows allowed before the exit code is 3 (default: %(default)s)")
+    p.add_argument("--lesion-size-bins", nargs="+", default=None, metavar="X",
+                   help="lesion_size stratum: one integer (quantile bins) or increasing edges in "
+                        "mm3 (default: 3 quantile bins)")
+    p.add_argument("--detection-bins", nargs="+", type=float, default=None, metavar="MM3",
+                   help="lesion-volume edges (mm3) of the detection table "
+                        "(default: 0 100 1000 10000)")
+    p.add_argument("--gallery", type=int, default=12,
+                   help="cases in the failure gallery (images are read from the manifest)")
     p.add_argument("--feature-layer", default="auto",
                    help="with --model: layer whose pooled output feeds the feature shift and "
                         "ood_score ('auto': deepest encoder output; 'none': off)")
@@ -119,6 +127,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                    help="reference cases of the feature shift, e.g. the training devices "
                         "(repeatable; default: the whole cohort)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
+    p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
+                   "or WeasyPrint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_audit)
 
@@ -132,11 +142,25 @@ def _add_label_options(p: argparse.ArgumentParser) -> None:
                         "undeclared values")
 
 
+def _lesion_size_bins(values):
+    """``--lesion-size-bins``: one integer -> quantile count, else increasing edges."""
+    if values is None:
+        return 3
+    if len(values) == 1 and str(values[0]).isdigit():
+        return int(values[0])
+    try:
+        return [float(v) for v in values]
+    except ValueError as err:
+        raise ValueError(f"--lesion-size-bins: expected one integer or numbers (mm3), got "
+                         f"{' '.join(values)}") from err
+
+
 def _run_audit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medseg_xai.audit import audit, write_outputs
     from medseg_xai.audit.criteria import load_criteria
+    from medseg_xai.audit.explanations import explain_failures
     from medseg_xai.audit.io import read_cohort
 
     # every option is checked before any case runs
@@ -144,20 +168,26 @@ def _run_audit(args: argparse.Namespace) -> int:
         raise InputError(f"--max-failed: expected a count >= 0, got {args.max_failed}")
     config = _load_report_config(args.config)  # checked even with --no-html: a typo is a typo
     load_criteria(args.criteria)
+    lesion_size_bins = _lesion_size_bins(args.lesion_size_bins)
     out = _output_folder(args.out)
     cohort = read_cohort(_input_file(args.manifest, "manifest"))
     adapter = _load_model(args.model) if args.model else None
+    config.setdefault("command_line", _command_line())  # stored in audit.json: `report` re-renders
+    extra = {} if args.detection_bins is None else {"detection_bins": args.detection_bins}
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
                    cache_dir=args.cache, progress=not args.quiet, labels=args.labels,
                    binarize=args.binarize, keep_columns=args.keep_columns,
+                   lesion_size_bins=lesion_size_bins, report=config, **extra,
                    feature_layer=None if args.feature_layer == "none" else args.feature_layer,
                    feature_reference=args.feature_reference)
+    result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
+                                           seed=args.seed)
     written = write_outputs(result, out)
     if not args.no_html:
-        config.setdefault("command_line", _command_line())
-        written["html"] = Path(result.to_html(out / "report.html", config=config,
-                                              adapter=adapter, cohort=cohort))
+        written["html"] = Path(result.to_html(out / "report.html", pdf=args.pdf))
+        if args.pdf:
+            written["pdf"] = written["html"].with_suffix(".pdf")
     n_failed = _print_audit_summary(result, written)
     if n_failed > args.max_failed:
         print(f"medseg-xai audit: {n_failed} row(s) failed (allowed: {args.max_failed}); "
@@ -208,10 +238,11 @@ def _print_audit_summary(result, written) -> int:
     cases = result.cases
     n_failed = int((cases["status"] != "ok").sum())
     print(f"audited {len(cases)} cases ({len(cases) - n_failed} evaluated, {n_failed} failed)")
-    crit = result.criteria
-    if len(crit):
-        counts = crit["status"].value_counts().to_dict()
-        print("criteria: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if len(result.verdicts):
+        print(f"verdict: {result.verdict}")
+    for r in result.verdicts.to_dict("records"):  # one line per criterion, not per group row
+        print(f"  {r['status']:<17} {r['criterion']}: {r['n_pass']} pass, {r['n_fail']} fail, "
+              f"{r['n_insufficient']} insufficient data, {r['n_not_evaluated']} not evaluated")
     for name, path in written.items():
         print(f"  {name:<12} {path}")
     return n_failed
@@ -263,26 +294,31 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("result", help="audit.json written by `medseg-xai audit`")
     p.add_argument("--out", required=True, help="HTML file to write")
-    p.add_argument("--config", default=None, help="report YAML (intended use, approvers...)")
-    p.add_argument("--manifest", default=None, help="cohort manifest, for the failure gallery")
-    p.add_argument("--compare", default=None, help="a second audit.json to compare against")
-    p.add_argument("--max-gallery", type=int, default=12, help="cases in the failure gallery")
+    p.add_argument("--config", default=None,
+                   help="report YAML merged over the one stored in audit.json")
+    p.add_argument("--compare", default=None, metavar="A.json",
+                   help="an earlier audit.json of the same cohort: the report compares RESULT "
+                        "(model B) against it (model A)")
+    p.add_argument("--pdf", action="store_true",
+                   help="also print the report to PDF next to --out (Chromium or WeasyPrint)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medseg_xai.audit import AuditResult, compare
-    from medseg_xai.audit.io import read_cohort
     from medseg_xai.reports import write_html
 
     result = AuditResult.from_json(args.result)
     comparison = None
     if args.compare:
-        comparison = compare(AuditResult.from_json(args.compare), result)
-    cohort = read_cohort(args.manifest) if args.manifest else None
-    path = write_html(result, args.out, config=args.config, cohort=cohort,
-                      comparison=comparison, max_gallery=args.max_gallery)
+        comparison = compare(AuditResult.from_json(args.compare), result,
+                             name_a=Path(args.compare).name, name_b=Path(args.result).name)
+    path = write_html(result, args.out, config=args.config, comparison=comparison, pdf=args.pdf)
     print(f"wrote {path}")
+    if args.pdf:
+        print(f"wrote {path.with_suffix('.pdf')}")
     return 0
 
 

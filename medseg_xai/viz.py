@@ -12,9 +12,10 @@ a widget can call :meth:`SliceView.update` instead of re-creating the axes.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,11 @@ __all__ = [
     "ERROR_LABELS",
     "PRED_COLOUR",
     "REF_COLOUR",
+    "CONVENTIONS",
+    "Geometry",
     "SliceView",
+    "add_scale_bar",
+    "annotate_plane",
     "error_map",
     "fig_to_data_uri",
     "fig_to_png_bytes",
@@ -206,6 +211,317 @@ def _window(image: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[
     return lo, hi
 
 
+# --------------------------------------------------------------------------- geometry
+#: Display conventions. Radiological (default, as in most radiology viewers): the patient's
+#: right is on the screen's left in axial and coronal views. Neurological: right on the right.
+CONVENTIONS = ("radiological", "neurological")
+#: World-axis letters in RAS+ terms: (negative end, positive end) per world axis x, y, z.
+_WORLD_LETTERS = (("L", "R"), ("P", "A"), ("I", "S"))
+#: Angle (degrees) above which an affine counts as oblique and the views say so.
+OBLIQUE_TOLERANCE_DEG = 1.0
+UNKNOWN_NOTE = "voxel axes, orientation unknown"
+
+
+class _PlaneSpec:
+    """How one displayed plane cuts the stored array (all axes are *stored* voxel axes)."""
+
+    __slots__ = ("col_axis", "col_flip", "cut_axis", "letters", "row_axis", "row_flip")
+
+    def __init__(self, cut_axis: int, row_axis: int, row_flip: bool, col_axis: int,
+                 col_flip: bool, letters: dict[str, str] | None) -> None:
+        self.cut_axis, self.row_axis, self.row_flip = cut_axis, row_axis, row_flip
+        self.col_axis, self.col_flip, self.letters = col_axis, col_flip, letters
+
+
+class Geometry:
+    """Where the anatomical planes lie in a stored array, from its affine (display only).
+
+    The array is never resampled: each plane is a slice of the stored grid, transposed and
+    flipped (numpy views) so that it is shown in one anatomical convention:
+
+    * ``axial``: seen from the feet, anterior at the top;
+    * ``coronal``: seen from the front, superior at the top;
+    * ``sagittal``: seen from the patient's left, superior at the top, anterior on the left;
+    * radiological (default): the patient's right on the screen's left in axial and coronal
+      views; ``convention="neurological"`` puts it on the right.
+
+    The stored axis nearest to each world axis is found with
+    :func:`nibabel.orientations.io_orientation` and the display order with
+    :func:`nibabel.orientations.ornt_transform`. An oblique affine is shown on those nearest
+    axes, and :attr:`note` says so. Without an affine the planes are the stored axes (axis 0
+    cut by "axial", 1 by "coronal", 2 by "sagittal", no flips) and :attr:`note` reads
+    ``"voxel axes, orientation unknown"``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Spatial shape, ``(H, W)`` or ``(D, H, W)``.
+    affine : array_like, optional
+        Voxel-to-world affine: ``4x4`` (NIfTI; for a 2D image the third voxel axis is the
+        missing one) or ``3x3`` for a 2D image (a 2D image then lies in the axial plane).
+    spacing : sequence of float, optional
+        Voxel size in mm per stored axis; default the affine's column norms, else 1.
+    convention : {"radiological", "neurological"}
+
+    Attributes
+    ----------
+    planes : tuple of str
+        ``("axial", "coronal", "sagittal")`` for volumes; one name for a 2D image (the plane
+        its affine puts it in, or ``"image"`` without an affine).
+    known : bool
+        Whether an affine gave the orientation.
+    axcodes : tuple of str or None
+        Stored axes as nibabel orientation codes, e.g. ``("R", "A", "S")``.
+    obliquity_deg : float
+        Largest angle between a stored axis and its nearest world axis.
+    note : str
+        What the views print besides the letters ("" for a straight, known orientation).
+    """
+
+    def __init__(self, shape: Sequence[int], affine: Any = None,
+                 spacing: Sequence[float] | None = None, *,
+                 convention: str = "radiological") -> None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) not in (2, 3) or min(shape) < 1:
+            raise ValueError(f"shape: expected a 2D or 3D spatial shape, got {shape}")
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention: expected one of {CONVENTIONS}, got {convention!r}")
+        self.shape = shape
+        self.ndim = len(shape)
+        self.convention = convention
+        self._shape3 = shape if self.ndim == 3 else (*shape, 1)
+        aff = None if affine is None else self._affine4(affine)
+        self.affine = aff
+        self.known = aff is not None
+        if spacing is not None:
+            self.spacing = _spacing(spacing, self.ndim)
+        elif aff is not None:
+            import nibabel.affines
+
+            self.spacing = tuple(float(v) for v in nibabel.affines.voxel_sizes(aff)[: self.ndim])
+        else:
+            self.spacing = (1.0,) * self.ndim
+        self.spacing_known = spacing is not None or aff is not None
+        self.axcodes: tuple[str, ...] | None = None
+        self.obliquity_deg = 0.0
+        self._specs = self._known_specs(aff) if aff is not None else self._voxel_specs()
+        if self.ndim == 2:
+            # A 2D image shows the one plane its missing (third) axis cuts.
+            self._specs = {n: s for n, s in self._specs.items() if s.cut_axis == 2}
+        self.planes = tuple(self._specs)
+        if aff is None:
+            self.note = UNKNOWN_NOTE
+        elif self.obliquity_deg > OBLIQUE_TOLERANCE_DEG:
+            self.note = (f"oblique ({self.obliquity_deg:.0f}° off the axes): shown on the "
+                         f"nearest axes, not resampled")
+        else:
+            self.note = ""
+
+    # -- construction
+    def _affine4(self, affine: Any) -> np.ndarray:
+        a = np.asarray(affine, dtype=float)
+        if self.ndim == 2 and a.shape == (3, 3):
+            a4 = np.eye(4)
+            a4[:2, :2], a4[:2, 3] = a[:2, :2], a[:2, 2]
+            a = a4
+        if a.shape != (4, 4) or not np.isfinite(a).all():
+            raise ValueError(
+                f"affine: expected a finite 4x4 voxel-to-world matrix (or 3x3 for a 2D image), "
+                f"got shape {a.shape}"
+            )
+        if abs(np.linalg.det(a[:3, :3])) < 1e-12:
+            raise ValueError("affine: expected an invertible 3x3 part, got a singular matrix")
+        return a
+
+    def _known_specs(self, aff: np.ndarray) -> dict[str, _PlaneSpec]:
+        import nibabel.affines
+        from nibabel.orientations import axcodes2ornt, io_orientation, ornt2axcodes, ornt_transform
+
+        src = io_orientation(aff)
+        self.axcodes = tuple(ornt2axcodes(src))[: self.ndim]
+        self.obliquity_deg = float(np.degrees(np.max(np.abs(nibabel.affines.obliquity(aff)))))
+        # Display frame: axis 0 runs to the screen's right in axial/coronal views, axis 1
+        # downwards in axial views (anterior -> posterior), axis 2 downwards (superior ->
+        # inferior) in coronal and sagittal views. Each plane is then a plain transpose.
+        codes = ("L" if self.convention == "radiological" else "R", "P", "I")
+        tf = ornt_transform(src, axcodes2ornt(codes))
+        stored = {int(t): (a, bool(f == -1)) for a, (t, f) in enumerate(tf)}
+
+        def letters(w_row: int, w_col: int) -> dict[str, str]:
+            def ends(c: int) -> tuple[str, str]:
+                end = codes[c]
+                start = next(p[0] if p[1] == end else p[1] for p in _WORLD_LETTERS if end in p)
+                return start, end
+
+            (top, bottom), (left, right) = ends(w_row), ends(w_col)
+            return {"top": top, "bottom": bottom, "left": left, "right": right}
+
+        def spec(cut: int, row: int, col: int) -> _PlaneSpec:
+            (ra, rf), (ca, cf) = stored[row], stored[col]
+            return _PlaneSpec(stored[cut][0], ra, rf, ca, cf, letters(row, col))
+
+        return {"axial": spec(2, 1, 0), "coronal": spec(1, 2, 0), "sagittal": spec(0, 2, 1)}
+
+    def _voxel_specs(self) -> dict[str, _PlaneSpec]:
+        if self.ndim == 2:
+            return {"image": _PlaneSpec(2, 0, False, 1, False, None)}
+        return {"axial": _PlaneSpec(0, 1, False, 2, False, None),
+                "coronal": _PlaneSpec(1, 0, False, 2, False, None),
+                "sagittal": _PlaneSpec(2, 0, False, 1, False, None)}
+
+    # -- queries
+    def _spec(self, plane: str) -> _PlaneSpec:
+        if plane not in self._specs:
+            raise ValueError(f"plane: expected one of {self.planes}, got {plane!r}")
+        return self._specs[plane]
+
+    def cut_axis(self, plane: str) -> int:
+        """Stored axis a plane cuts (its slider); -1 for a 2D image."""
+        return -1 if self.ndim == 2 else self._spec(plane).cut_axis
+
+    def n_slices(self, plane: str) -> int:
+        return self._shape3[self._spec(plane).cut_axis]
+
+    def plane_of_axis(self, axis: int) -> str:
+        """The plane that stored axis ``axis`` cuts."""
+        for name, s in self._specs.items():
+            if s.cut_axis == axis or (self.ndim == 2 and axis == -1):
+                return name
+        raise ValueError(f"axis: expected 0..{self.ndim - 1}, got {axis!r}")
+
+    def display_shape(self, plane: str) -> tuple[int, int]:
+        s = self._spec(plane)
+        return self._shape3[s.row_axis], self._shape3[s.col_axis]
+
+    def pixel_spacing(self, plane: str) -> tuple[float, float]:
+        """Pixel size (rows, columns) in mm of a displayed plane."""
+        s = self._spec(plane)
+        sp = (*self.spacing, 1.0)
+        return sp[s.row_axis], sp[s.col_axis]
+
+    def letters(self, plane: str) -> dict[str, str] | None:
+        """Orientation letters at the ``top``, ``bottom``, ``left`` and ``right`` edges."""
+        spec = self._spec(plane)
+        return None if spec.letters is None else dict(spec.letters)
+
+    def slice(self, volume: Any, plane: str, index: int | None = None) -> np.ndarray:
+        """The displayed 2D picture of ``plane`` at stored slice ``index`` (a numpy view).
+
+        ``volume`` has the spatial shape (no channel axis). ``index`` is ignored for 2D images.
+        """
+        arr = np.asarray(volume)
+        if arr.shape != self.shape:
+            raise ValueError(f"volume: expected the spatial shape {self.shape}, got {arr.shape}")
+        s = self._spec(plane)
+        if self.ndim == 2:
+            arr, index = arr[..., None], 0
+        n = self._shape3[s.cut_axis]
+        if index is None or not 0 <= int(index) < n:
+            raise ValueError(f"index: expected 0..{n - 1} for the {plane} plane, got {index!r}")
+        out = np.take(arr, int(index), axis=s.cut_axis)
+        kept = [a for a in range(3) if a != s.cut_axis]
+        if kept.index(s.row_axis) == 1:
+            out = out.T
+        if s.row_flip:
+            out = out[::-1]
+        if s.col_flip:
+            out = out[:, ::-1]
+        return out
+
+    def to_display(self, plane: str, voxel: Sequence[float]) -> tuple[float, float]:
+        """(row, column) of a stored voxel in the displayed plane."""
+        s = self._spec(plane)
+        v = (*[float(x) for x in voxel], 0.0)[:3]
+        r, c = v[s.row_axis], v[s.col_axis]
+        if s.row_flip:
+            r = self._shape3[s.row_axis] - 1 - r
+        if s.col_flip:
+            c = self._shape3[s.col_axis] - 1 - c
+        return r, c
+
+    def to_voxel(self, plane: str, row: float, col: float,
+                 centre: Sequence[int]) -> tuple[int, ...]:
+        """Stored voxel under display pixel ``(row, col)``; ``centre`` gives the cut axis."""
+        s = self._spec(plane)
+        v = [int(x) for x in centre] + [0] * (3 - len(centre))
+        r, c = int(round(float(row))), int(round(float(col)))
+        nr, nc = self._shape3[s.row_axis], self._shape3[s.col_axis]
+        r, c = min(max(r, 0), nr - 1), min(max(c, 0), nc - 1)
+        v[s.row_axis] = nr - 1 - r if s.row_flip else r
+        v[s.col_axis] = nc - 1 - c if s.col_flip else c
+        return tuple(v[: self.ndim])
+
+    def world(self, voxel: Sequence[float]) -> np.ndarray | None:
+        """World coordinates (mm) of a stored voxel, or None without an affine."""
+        if self.affine is None:
+            return None
+        v = np.array([*map(float, voxel), 0.0][:3] + [1.0])
+        return (self.affine @ v)[:3]
+
+
+def scale_bar_mm(width_mm: float) -> float:
+    """A round scale-bar length (1, 2 or 5 x 10^k mm) near a fifth of the width."""
+    target = max(float(width_mm) / 5.0, 1e-6)
+    k = np.floor(np.log10(target))
+    for m in (5.0, 2.0, 1.0):
+        if m * 10**k <= target:
+            return float(m * 10**k)
+    return float(10**k)
+
+
+_TEXT = {"color": "white", "fontsize": "x-small", "fontweight": "bold"}
+
+
+def add_scale_bar(ax: Axes, geometry: Geometry, plane: str,
+                  visible_cols: float | None = None) -> tuple[Any, float]:
+    """A round-length scale bar (mm, or voxels without spacing) in the lower left of ``ax``.
+
+    ``visible_cols``: how many columns are on screen (zoomed views); default the whole plane.
+    Returns ``(artist, length)``; the bar is drawn in data units, so it stays true under zoom.
+    """
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    rows, cols = geometry.display_shape(plane)
+    _, col_mm = geometry.pixel_spacing(plane)
+    shown = float(cols if visible_cols is None else visible_cols)
+    length = scale_bar_mm(shown * col_mm)
+    unit = "mm" if geometry.spacing_known else "voxels"
+    bar = AnchoredSizeBar(ax.transData, length / col_mm, f"{length:g} {unit}", "lower left",
+                          pad=0.3, color="white", frameon=False,
+                          size_vertical=max(rows * shown / cols / 150, 0.3),
+                          fontproperties={"size": "xx-small"})
+    bar.set_gid("scale-bar")
+    ax.add_artist(bar)
+    return bar, length
+
+
+def annotate_plane(ax: Axes, geometry: Geometry, plane: str, *, note: bool = True,
+                   scale_bar: bool = True) -> dict[str, Any]:
+    """Orientation letters on each edge, a mm scale bar and the geometry note on ``ax``.
+
+    Returns the artists: ``{"letters": {edge: Text}, "scale_bar": artist, "note": Text}``.
+    """
+    from matplotlib import patheffects
+
+    halo = [patheffects.withStroke(linewidth=2, foreground="black")]
+    out: dict[str, Any] = {"letters": {}, "scale_bar": None, "note": None}
+    letters = geometry.letters(plane)
+    if letters is not None:
+        pos = {"top": (0.5, 0.98, "center", "top"), "bottom": (0.5, 0.02, "center", "bottom"),
+               "left": (0.02, 0.5, "left", "center"), "right": (0.98, 0.5, "right", "center")}
+        for edge, (x, y, ha, va) in pos.items():
+            out["letters"][edge] = ax.text(x, y, letters[edge], transform=ax.transAxes, ha=ha,
+                                           va=va, path_effects=halo, gid=f"letter-{edge}",
+                                           **_TEXT)
+    if scale_bar:
+        out["scale_bar"], out["scale_bar_mm"] = add_scale_bar(ax, geometry, plane)
+    if note and geometry.note:
+        out["note"] = ax.text(0.98, 0.02, geometry.note, transform=ax.transAxes, ha="right",
+                              va="bottom", color="#FFD700", fontsize="xx-small",
+                              path_effects=halo, gid="geometry-note", wrap=True)
+    return out
+
+
 # --------------------------------------------------------------------------- one slice
 class SliceView:
     """One image slice with its overlays, kept as artists so redraws only swap data.
@@ -225,8 +541,12 @@ class SliceView:
         vmax: float | None = None,
         spacing: Sequence[float] | None = None,
         heatmap_cmap: str | None = None,
+        orient: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
-        img = _check_2d(image2d, "image2d").astype(np.float32, copy=False)
+        # ``orient`` turns a stored 2D array into its displayed form (Geometry.slice); every
+        # layer passed in later goes through it, so callers keep working on the stored grid.
+        self._orient = orient
+        img = self._oriented(_check_2d(image2d, "image2d")).astype(np.float32, copy=False)
         self.ax = ax
         self.shape = img.shape
         self.heatmap_cmap = heatmap_cmap
@@ -252,6 +572,9 @@ class SliceView:
         self._contours_on = True
         self.alpha = 0.5
         self.hmax: float | None = None
+        self.geometry: Geometry | None = None
+        self.plane: str | None = None
+        self.annotations: dict[str, Any] = {}
 
     _KEEP = object()
 
@@ -276,7 +599,7 @@ class SliceView:
         """
         keep = SliceView._KEEP
         if image2d is not keep:
-            img = _check_2d(image2d, "image2d").astype(np.float32, copy=False)
+            img = self._oriented(_check_2d(image2d, "image2d")).astype(np.float32, copy=False)
             self._set_shape(img.shape)
             self.image.set_data(img)
         if vmin is not None or vmax is not None:
@@ -314,6 +637,9 @@ class SliceView:
         return self
 
     # -- internals
+    def _oriented(self, a: np.ndarray) -> np.ndarray:
+        return a if self._orient is None else self._orient(a)
+
     def _set_shape(self, shape: tuple[int, ...]) -> None:
         if shape != self.shape:
             self.shape = shape
@@ -328,12 +654,12 @@ class SliceView:
                 art.set_data(blank)
 
     def _mask2d(self, a: Any, name: str) -> np.ndarray:
-        m = _as_mask(_check_2d(a, name), name)
+        m = self._oriented(_as_mask(_check_2d(a, name), name))
         _check_shape(m, self.shape, name)
         return m
 
     def _float2d(self, a: Any, name: str) -> np.ndarray:
-        h = _check_2d(a, name)
+        h = self._oriented(_check_2d(a, name))
         _check_shape(h, self.shape, name)
         return h
 
@@ -374,8 +700,16 @@ def show_slice(
     cmap: str = "gray",
     heatmap_cmap: str | None = None,
     hmax: float | None = None,
+    affine: Any = None,
+    convention: str = "radiological",
+    annotate: bool = True,
 ) -> SliceView:
-    """Draw one 2D slice with optional outlines, error map and attribution heatmap.
+    """Draw one 2D image with optional outlines, error map and attribution heatmap.
+
+    With ``affine`` the image is shown in its anatomical plane (see :class:`Geometry`):
+    transposed / flipped for display only, with orientation letters on every edge. Without it
+    the stored axes are shown (rows = axis 0) and the panel says "voxel axes, orientation
+    unknown". Masks and heatmap are always given on the stored grid.
 
     Parameters
     ----------
@@ -395,19 +729,33 @@ def show_slice(
     alpha : float
         Overlay opacity in [0, 1].
     spacing : (float, float), optional
-        Pixel size (row, column) in mm; sets the aspect ratio.
+        Pixel size of the stored axes (0, 1) in mm (default: from ``affine``, else 1); sets the
+        aspect ratio and the scale bar.
     contours : bool, optional
         Draw outlines; default: only when ``error`` is off (the error map already shows both
         masks).
+    affine : array_like, optional
+        ``4x4`` (NIfTI) or ``3x3`` voxel-to-world affine of the 2D image.
+    convention : {"radiological", "neurological"}
+    annotate : bool
+        Orientation letters, mm scale bar and geometry note.
 
     Returns
     -------
     SliceView
-        The artists, for fast :meth:`SliceView.update` calls.
+        The artists, for fast :meth:`SliceView.update` calls; ``view.geometry`` and
+        ``view.plane`` say how the image was oriented, ``view.annotations`` holds the letters.
     """
+    img = _check_2d(image2d, "image2d")
+    geometry = Geometry(img.shape, affine, spacing, convention=convention)
+    plane = geometry.planes[0]
     view = SliceView(
-        ax, image2d, cmap=cmap, vmin=vmin, vmax=vmax, spacing=spacing, heatmap_cmap=heatmap_cmap
+        ax, img, cmap=cmap, vmin=vmin, vmax=vmax, spacing=geometry.pixel_spacing(plane),
+        heatmap_cmap=heatmap_cmap,
+        orient=None if affine is None else functools.partial(geometry.slice, plane=plane),
     )
+    view.geometry, view.plane = geometry, plane
+    view.annotations = annotate_plane(ax, geometry, plane) if annotate else {}
     view.update(
         ref=ref,
         pred=pred,
@@ -439,24 +787,12 @@ def add_error_legend(ax: Axes, *, contours: bool = False, error: bool = True, **
 
 
 # --------------------------------------------------------------------------- volumes
-def _plane(a: np.ndarray | None, plane: str, c: tuple[int, int, int]) -> np.ndarray | None:
-    if a is None:
-        return None
-    if plane == "axial":
-        return a[c[0]]
-    if plane == "coronal":
-        return a[:, c[1], :]
-    return a[:, :, c[2]]
-
-
-def _plane_spacing(sp: tuple[float, float, float], plane: str) -> tuple[float, float]:
-    return {"axial": (sp[1], sp[2]), "coronal": (sp[0], sp[2]), "sagittal": (sp[0], sp[1])}[plane]
-
-
-def _volume(image: Any, name: str = "image") -> np.ndarray:
+def _volume(image: Any, name: str = "image", channel: int = 0) -> np.ndarray:
     arr = np.asarray(image)
     if arr.ndim == 4:
-        arr = arr[0]  # (C, D, H, W): the first channel is shown
+        if not 0 <= channel < arr.shape[0]:
+            raise ValueError(f"channel: expected 0..{arr.shape[0] - 1}, got {channel!r}")
+        arr = arr[channel]  # (C, D, H, W): one channel is shown
     if arr.ndim != 3:
         raise ValueError(
             f"{name}: expected a 3D volume (D, H, W) or (C, D, H, W), got shape {np.shape(image)}"
@@ -481,29 +817,41 @@ def three_plane(
     title: str | None = None,
     panel_size: float = 2.6,
     fig: Figure | None = None,
+    affine: Any = None,
+    convention: str = "radiological",
+    channel: int = 0,
+    annotate: bool = True,
 ) -> Figure:
     """Axial, coronal and sagittal slices of a volume through one point.
 
     Parameters
     ----------
     image : array_like, shape (D, H, W) or (C, D, H, W)
-        The volume (first channel shown). Axis 0 is the axial slice index; coronal and sagittal
-        views show axis 0 vertically.
+        The volume on its stored grid (channel ``channel`` shown).
     center : (int, int, int), optional
-        Voxel the planes pass through; default the centre of the largest reference lesion, else
-        of the largest predicted lesion, else the volume centre.
+        Stored voxel the planes pass through; default the centre of the largest reference
+        lesion, else of the largest predicted lesion, else the volume centre.
     ref, pred, error, heatmap, alpha, vmin, vmax, contours
         As in :func:`show_slice`; masks and heatmap have the volume's shape. The window and the
         heatmap's colour scale are shared by the three planes.
     spacing : (float, float, float), optional
-        Voxel size in mm; the panels keep their physical aspect ratio.
+        Voxel size in mm per stored axis (default: from ``affine``, else 1); the panels keep
+        their physical aspect ratio.
+    affine : array_like (4, 4), optional
+        Voxel-to-world affine. With it each panel shows the anatomically named plane in the
+        ``convention`` (see :class:`Geometry`), with orientation letters on every edge; without
+        it axis 0 is taken as the axial slice index and the figure says "voxel axes,
+        orientation unknown". Display only: nothing is resampled.
+    annotate : bool
+        Orientation letters, scale bars and the geometry note.
 
     Returns
     -------
     matplotlib.figure.Figure
-        With three axes; ``fig.slice_views`` holds the :class:`SliceView` of each plane.
+        With three axes; ``fig.slice_views`` holds the :class:`SliceView` of each plane,
+        ``fig.geometry`` the :class:`Geometry`, ``fig.planes`` the plane names.
     """
-    vol = _volume(image).astype(np.float32, copy=False)
+    vol = _volume(image, channel=channel).astype(np.float32, copy=False)
     shape = vol.shape
     r = None if ref is None else _as_mask(_volume(ref, "ref"), "ref")
     p = None if pred is None else _as_mask(_volume(pred, "pred"), "pred")
@@ -511,7 +859,7 @@ def three_plane(
     for arr, name in ((r, "ref"), (p, "pred"), (h, "heatmap")):
         if arr is not None:
             _check_shape(arr, shape, name)
-    sp = _spacing(spacing, 3)
+    geo = Geometry(shape, affine, spacing, convention=convention)
     if center is None:
         if r is not None and r.any():
             c = lesion_centre(r)
@@ -529,8 +877,9 @@ def three_plane(
         hmax = float(np.nanmax(np.abs(h))) or None
 
     # Panel widths proportional to the physical width of each plane keep the three the same height.
-    widths = [shape[2] * sp[2], shape[2] * sp[2], shape[1] * sp[1]]
-    heights = [shape[1] * sp[1], shape[0] * sp[0], shape[0] * sp[0]]
+    dims = {pl: (geo.display_shape(pl), geo.pixel_spacing(pl)) for pl in _PLANES}
+    widths = [dims[pl][0][1] * dims[pl][1][1] for pl in _PLANES]
+    heights = [dims[pl][0][0] * dims[pl][1][0] for pl in _PLANES]
     tallest = max(heights)
     if fig is None:
         total = sum(w / tallest for w in widths)
@@ -538,35 +887,48 @@ def three_plane(
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": widths})
     views = []
     for ax, plane in zip(axes, _PLANES):
+        idx = c[geo.cut_axis(plane)]
+
+        def cut(a: np.ndarray | None, plane: str = plane, idx: int = idx) -> np.ndarray | None:
+            return None if a is None else geo.slice(a, plane, idx)
+
         view = show_slice(
             ax,
-            _plane(vol, plane, c),
-            ref=_plane(r, plane, c),
-            pred=_plane(p, plane, c),
+            cut(vol),
+            ref=cut(r),
+            pred=cut(p),
             error=error,
-            heatmap=_plane(h, plane, c),
+            heatmap=cut(h),
             alpha=alpha,
             vmin=lo,
             vmax=hi,
-            spacing=_plane_spacing(sp, plane),
+            spacing=geo.pixel_spacing(plane),
             contours=contours,
             hmax=hmax,
+            annotate=False,
         )
+        view.geometry, view.plane = geo, plane
+        view.annotations = annotate_plane(ax, geo, plane, note=False) if annotate else {}
         views.append(view)
-        idx = {"axial": c[0], "coronal": c[1], "sagittal": c[2]}[plane]
         ax.set_title(f"{plane} {idx}", fontsize="small")
         if crosshair:
             # Lines mark where the other two planes cut this one.
-            row, col = {"axial": (c[1], c[2]), "coronal": (c[0], c[2]), "sagittal": (c[0], c[1])}[
-                plane
-            ]
+            row, col = geo.to_display(plane, c)
             for line in (ax.axhline(row), ax.axvline(col)):
                 line.set(color="white", linewidth=0.5, alpha=0.35, linestyle=":")
+    top = 0.86 if title else 0.9
     if title:
         fig.suptitle(title, fontsize="medium")
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.86 if title else 0.9, wspace=0.05)
+    fig.geometry_note = None  # type: ignore[attr-defined]
+    if annotate and geo.note:
+        fig.geometry_note = fig.text(  # type: ignore[attr-defined]
+            0.5, 0.005, geo.note, ha="center", va="bottom", fontsize="x-small", color="#8a6d00")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.07 if annotate and geo.note else 0.02,
+                        top=top, wspace=0.05)
     fig.slice_views = views  # type: ignore[attr-defined]
     fig.center = c  # type: ignore[attr-defined]
+    fig.geometry = geo  # type: ignore[attr-defined]
+    fig.planes = _PLANES  # type: ignore[attr-defined]
     return fig
 
 

@@ -66,3 +66,99 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+# --------------------------------------------------------------------------- real audits
+# Reports, widgets and the CLI are tested on what the engine really produced, never on
+# hand-made stand-ins. Session-scoped: built once, shared by every module (treat as read-only).
+
+#: Settings of the small real audit (tests re-run parts of it with these).
+REAL_AUDIT_KW: dict[str, Any] = {
+    "strata": ["device", "site", "lesion_size"],
+    "seed": 0,
+    "workers": 1,
+    "n_resamples": 200,
+    "progress": False,
+    "min_n": 3,
+    "lesion_size_bins": (0.0, 250.0, 1000.0),
+    "criteria": [
+        *__import__("medseg_xai.audit.criteria", fromlist=["DEFAULT_CRITERIA"]).DEFAULT_CRITERIA,
+        {"name": "False-positive scan rate <= 0.5", "kind": "false_positive", "op": "<=",
+         "threshold": 0.5, "strata": ["device"]},
+    ],
+    "report": {"model_name": "test model", "intended_use": "testing the report",
+               "reference_standard": "generator masks", "model_fingerprint": "0123456789abcdef"},
+}
+
+
+def _predictions(root: Path, manifest: Path) -> Path:
+    """Predictions derived from the labels: every third scan misses its last lesion, every
+    fifth gains a false-positive blob, one row points at a missing file (a failed case)."""
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    from medseg_xai.metrics import label_lesions
+
+    df = pd.read_csv(manifest)
+    (root / "pred").mkdir(exist_ok=True)
+    paths = []
+    for i, rec in df.iterrows():
+        img = nib.load(root / rec["label"])
+        lab = np.asarray(img.dataobj) > 0
+        labels, n = label_lesions(lab)
+        pred = lab.copy()
+        if n and i % 3 == 0:
+            pred &= labels != n
+        if i % 5 == 1:
+            pred[1:4, 1:4, 1:4] = True
+        p = root / "pred" / f"{rec['case_id']}.nii.gz"
+        nib.save(nib.Nifti1Image(pred.astype(np.uint8), img.affine), p)
+        paths.append(str(p.relative_to(root)))
+    df["prediction"] = paths
+    df.loc[len(df) - 1, "prediction"] = "pred/missing.nii.gz"
+    out = root / "manifest_pred.csv"
+    df.to_csv(out, index=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_cohort(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 30-case synthetic cohort (32 x 40 x 40) with stored predictions and one failing row."""
+    import warnings
+
+    from medseg_xai.cohort import Cohort
+    from medseg_xai.demo import make_cohort
+
+    root = tmp_path_factory.mktemp("real-cohort")
+    manifest = _predictions(root, make_cohort(root, n_cases=30, seed=0, shape=(32, 40, 40)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing prediction file is deliberate
+        return Cohort.from_csv(manifest)
+
+
+@pytest.fixture(scope="session")
+def real_audit(real_cohort: Any) -> Any:
+    """An AuditResult from ``mx.audit`` on :func:`real_cohort` with its failure gallery
+    (explained by the bundled demo model)."""
+    import warnings
+
+    from medseg_xai.audit import audit
+    from medseg_xai.audit.explanations import explain_failures
+    from medseg_xai.demo import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = audit(real_cohort, **REAL_AUDIT_KW)
+    result.explanations = explain_failures(result, real_cohort, load_model(), max_cases=6,
+                                           max_explanations=2)
+    return result
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``run_demo`` once per session (12 cases): its DemoOutputs (report, audit.json, manifest)."""
+    from medseg_xai.demo.run_demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    return run_demo(out, n_cases=12, seed=1, workers=1, progress=False)

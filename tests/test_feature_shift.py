@@ -137,7 +137,7 @@ def test_without_adapter_or_features(shifted, tmp_path):
         parse_reference(["device"])
 
 
-def test_report_section_shows_the_result_tables(shifted):
+def test_report_section_shows_the_result_tables(shifted, tmp_path):
     import jinja2
 
     from medseg_xai.reports import sec_model_and_data as sec
@@ -158,6 +158,8 @@ def test_report_section_shows_the_result_tables(shifted):
         "cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
         "volume_agreement", "verdicts")}, settings=r.settings)
     assert sec.build(no_model, {}) is None
+    page = r.to_html(tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Model and data</h2>" in page and 'id="feature-shift-device"' in page
 
 
 def test_feature_shift_panel_drills_down_to_a_case(shifted):

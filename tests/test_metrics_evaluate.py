@@ -13,9 +13,9 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from medseg_xai import metrics as M
 
 BINARY_KEYS = {
-    "dice", "jaccard", "precision", "recall", "specificity", "hd", "hd95", "assd", "nsd",
-    "volume_pred_mm3", "volume_ref_mm3", "volume_diff_mm3", "abs_volume_diff_mm3",
-    "volume_diff_pct", "edge_case", "empty_policy",
+    "dice", "jaccard", "precision", "recall", "specificity", "hd", "hd95", "assd", "masd", "nsd",
+    "mcc", "volume_pred_mm3", "volume_ref_mm3", "volume_diff_mm3", "abs_volume_diff_mm3",
+    "volume_diff_pct", "edge_case", "empty_policy", "convention",
 }  # fmt: skip
 
 

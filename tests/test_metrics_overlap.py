@@ -114,7 +114,7 @@ def test_specificity_undefined_when_reference_fills_image():
 
 
 def test_unknown_empty_policy_raises():
-    with pytest.raises(ValueError, match=r"empty: expected one of \('worst', 'nan'\), got 'zero'"):
+    with pytest.raises(ValueError, match=r"empty: expected one of \('worst', 'nan', 'convention'\), got 'zero'"):
         M.dice(FULL_BLOCK, FULL_BLOCK, empty="zero")
 
 

@@ -25,7 +25,6 @@ from medseg_xai._privacy import redact_paths  # noqa: E402
 from medseg_xai.audit import audit  # noqa: E402
 from medseg_xai.cohort import Cohort  # noqa: E402
 from medseg_xai.reports import render_html  # noqa: E402
-from medseg_xai.reports.sample import synthetic_result  # noqa: E402
 
 PATIENT_DIR = "DOE^JOHN_MRN778899"
 IDENTIFIERS = ("Doe", "DOE", "12345", "19500101", "MRN778899", "PAT-SECRET")
@@ -90,7 +89,10 @@ def dicom_audit(tmp_path_factory):
     with pytest.warns(UserWarning):  # identifier column dropped, one row problem
         cohort = Cohort.from_dataframe(pd.DataFrame(rows), root=root)
     result = audit(cohort, strata=["device"], **FAST)
-    html = render_html(result, cohort=cohort)
+    from medseg_xai.audit.explanations import explain_failures
+
+    result.explanations = explain_failures(result, cohort)  # the gallery travels in the result
+    html = render_html(result)
     return cohort, result, result.to_json(), html
 
 
@@ -123,8 +125,10 @@ def test_no_identifier_in_json_or_html(dicom_audit):
     assert json.loads(doc)["provenance"]["pseudonymised"] is False
 
 
-def test_report_redacts_paths_from_stored_results_and_command_line():
-    result = synthetic_result(n_cases=12, seed=0, n_failed=1)
+def test_report_redacts_paths_from_stored_results_and_command_line(real_audit):
+    import dataclasses
+
+    result = dataclasses.replace(real_audit, cases=real_audit.cases.copy())  # a real audit
     failed = result.cases["status"] == "failed"
     result.cases.loc[failed, "error"] = "could not read '/data/DOE^JOHN/ct.nii.gz'"
     html = render_html(result, config={"command_line": "medseg-xai audit /data/DOE^JOHN/m.csv"})

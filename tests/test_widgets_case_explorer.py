@@ -46,9 +46,17 @@ def case():
 @pytest.fixture()
 def explorer(adapter, case):
     img, ref, pred = case
-    affine = np.diag([*SPACING, 1.0])
+    return CaseExplorer(adapter, img, ref, pred, SPACING, affine=_demo_affine(),
+                        case_id="case-7")
+
+
+def _demo_affine():
+    """The demo's layout (``demo.phantom.device_affine``): stored axis 0 runs inferior ->
+    superior, 1 posterior -> anterior, 2 left -> right, so axis 0 is the axial slice index."""
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = SPACING[2], SPACING[1], SPACING[0], 1
     affine[:3, 3] = (10.0, -5.0, 3.0)
-    return CaseExplorer(adapter, img, ref, pred, SPACING, affine=affine, case_id="case-7")
+    return affine
 
 
 def _pngs(ex: CaseExplorer) -> list[bytes]:
@@ -275,3 +283,259 @@ def test_bad_inputs_name_the_argument(case) -> None:
         CaseExplorer(None, img[:-1], ref, pred)
     with pytest.raises(ValueError, match="image"):
         CaseExplorer(None, None)
+
+
+# --------------------------------------------------------------------------- navigation
+def _pixel_of(ex: CaseExplorer, position: int, voxel) -> tuple[float, float]:
+    """PNG pixel (x from the left, y from the top) where a stored voxel is drawn."""
+    pl = ex.renderer.planes[position]
+    row, col = ex.geometry.to_display(pl.name, voxel)
+    x, y = pl.ax.transData.transform((col, row))
+    return float(x), float(pl.fig.get_figheight() * pl.fig.dpi - y)
+
+
+def test_click_moves_the_crosshair_and_wheel_steps_slices(explorer) -> None:
+    target = (4, 17, 9)
+    x, y = _pixel_of(explorer, 0, target)  # on the axial plane: sets rows and columns
+    explorer.on_plane_event(0, {"type": "click", "dataX": x, "dataY": y})
+    c = explorer.state.center
+    assert (c[1], c[2]) == (17, 9)
+    assert [explorer.sliders[a].value for a in range(3)] == list(c)
+    assert "voxel (" in explorer.readout.value and "world (" in explorer.readout.value
+    before = explorer.state.center[0]
+    explorer.on_plane_event(0, {"type": "wheel", "deltaY": 120})
+    explorer.on_plane_event(0, {"type": "wheel", "deltaY": 120})
+    assert explorer.state.center[0] == before + 2
+    explorer.on_plane_event(0, {"type": "wheel", "deltaY": -53})
+    assert explorer.state.center[0] == before + 1
+    for _ in range(40):  # clipped at the last slice
+        explorer.on_plane_event(0, {"type": "wheel", "deltaY": 1})
+    assert explorer.state.center[0] == SHAPE[0] - 1
+    # a click on the legend strip (below the picture) moves nothing
+    pl = explorer.renderer.planes[0]
+    h = pl.fig.get_figheight() * pl.fig.dpi
+    explorer.on_plane_event(0, {"type": "click", "dataX": 5, "dataY": h - 2})
+    assert explorer.state.center[1:] == [17, 9]
+    assert explorer.last_error is None
+
+
+def test_readout_reads_the_stored_voxel_and_world_position(explorer, case) -> None:
+    img, ref, pred = case
+    v = (8, 17, 16)  # inside ref-2
+    r = explorer.readout_values(v)
+    assert r["values"]["channel 0"] == pytest.approx(float(img[v]))
+    assert r["reference"] is True and r["prediction"] is bool(pred[v])
+    assert r["probability"] == pytest.approx(float(explorer.probability[v]))
+    np.testing.assert_allclose(r["world_mm"], (_demo_affine() @ np.array([*v, 1.0]))[:3])
+    with pytest.raises(ValueError, match="voxel"):
+        explorer.readout_values((99, 0, 0))
+
+
+def test_geometry_letters_and_legend_on_every_view(explorer) -> None:
+    for i in range(3):
+        info = explorer.renderer.displayed(i)
+        assert set(info["letters"].values()) <= set("RLAPSI") and len(info["letters"]) == 4
+        assert info["scale_bar_mm"] > 0
+        assert "reference" in info["legend"] and "prediction" in info["legend"]
+    assert explorer.renderer.displayed(0)["letters"] == {"top": "A", "bottom": "P",
+                                                          "left": "R", "right": "L"}
+    assert "stored" in explorer.children[0].value and "radiological" in explorer.children[0].value
+    explorer.toggles["error"].value = True
+    explorer.toggles["probability"].value = True
+    legend = explorer.renderer.displayed(1)["legend"]
+    assert legend[:3] == ["true positive", "false negative", "false positive"]
+    assert "probability 0-1" in legend
+
+
+def test_window_presets_and_readout(explorer) -> None:
+    assert {"auto (0.5-99.5 %)", "1-99 %", "full range"} <= set(explorer.presets)
+    explorer.set_window_preset("full range")
+    lo, hi = explorer.presets["full range"]
+    assert (explorer.state.vmin, explorer.state.vmax) == pytest.approx((lo, hi))
+    assert f"W {hi - lo:.4g}" in explorer.window_readout.value
+    with pytest.raises(ValueError, match="preset"):
+        explorer.set_window_preset("bone")
+    from medseg_xai.widgets.state import window_presets
+
+    ct = window_presets(np.array([-1000.0, 0.0, 1500.0]))
+    assert ct["CT soft tissue (L40 W400)"] == (-160.0, 240.0)
+
+
+def test_zoom_to_lesion_selected_outline_and_separate_opacities(explorer) -> None:
+    from matplotlib.colors import to_rgb
+
+    from medseg_xai.widgets.render import HIGHLIGHT_COLOUR
+
+    explorer.select_lesion("ref-2")
+    rgb = explorer.renderer.displayed(0)["rgb"]
+    white = np.all(rgb == np.round(np.array(to_rgb(HIGHLIGHT_COLOUR)) * 255), axis=-1)
+    assert white.sum() > 4  # the selected lesion is outlined
+    assert "selected lesion" in explorer.renderer.displayed(0)["legend"]
+    z = explorer.zoom_to_lesion()
+    assert z > 1 and explorer.state.zoom == z
+    pl = explorer.renderer.planes[0]
+    x0, x1 = pl.ax.get_xlim()
+    assert (x1 - x0) == pytest.approx(pl.shape[1] / z)
+    assert explorer.lesions.mask("ref-2")[tuple(explorer.state.center)]
+    # opacities are independent
+    explorer.heat_opacity.value = 0.2
+    explorer.prob_opacity.value = 0.9
+    explorer.opacity.value = 0.7
+    st = explorer.state
+    assert (st.alpha, st.heat_alpha, st.prob_alpha) == pytest.approx((0.7, 0.2, 0.9))
+    explorer.toggles["probability"].value = True
+    with_prob = explorer.renderer.displayed(0)["rgb"].copy()
+    explorer.prob_opacity.value = 0.1
+    assert not np.array_equal(explorer.renderer.displayed(0)["rgb"], with_prob)
+
+
+def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
+    img, ref, _ = case
+    t = torch.from_numpy(img)[None, None]  # (1, 1, D, H, W), as explain() takes it
+    ex = CaseExplorer(adapter, t, background=False)
+    assert ex.image.shape == (1, *SHAPE) and ex.ref is None and ex.pred is not None
+    assert ex.toggles["reference"].disabled and ex.toggles["error"].disabled
+    assert "No reference" in ex.verdict_html.value
+    if ex.lesions is not None and len(ex.lesions):
+        assert set(ex.lesions.table["status"]) == {"predicted"}
+        ex.select_lesion(ex.lesions.ids[0])
+        assert "No reference" in ex.verdict_html.value
+    ex.target.value = "region"
+    exp = ex.run_explanation()
+    assert ex.last_error is None, ex.status.value
+    assert exp is not None and exp.attribution.shape == SHAPE
+
+
+def test_threshold_drives_the_prediction(adapter, case) -> None:
+    img, ref, _ = case
+    low = CaseExplorer(adapter, img, ref, threshold=0.2)
+    high = CaseExplorer(adapter, img, ref, threshold=0.8)
+    p = adapter.probabilities(img[None]).numpy()[0, 1]
+    np.testing.assert_array_equal(low.pred, p > 0.2)
+    np.testing.assert_array_equal(high.pred, p > 0.8)
+
+
+def test_png_export_carries_case_plane_slice_and_legend(explorer, tmp_path) -> None:
+    explorer.toggles["error"].value = True
+    explorer.set_slice("axial", 5)
+    fig = explorer.export_figure()
+    assert fig._suptitle.get_text().startswith("case-7 · channel 0 · ")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == f"axial · slice 5 of {SHAPE[0]}" and titles[1].startswith("coronal")
+    # each panel is the plane's picture, legend strip (error colours) included
+    for i in range(3):
+        assert explorer.renderer.displayed(i)["legend"][0] == "true positive"
+    path = explorer.export_png(tmp_path / "v.png")
+    assert mpimg.imread(path).shape[1] == int(3.2 * 3 * 150)
+
+
+# --------------------------------------------------------------------------- channels, jobs
+class _TwoChannel(torch.nn.Module):
+    """Segments from channel 1 only: attribution must land on channel 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(2, 2, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.bias.copy_(torch.tensor([1.0, -1.0]))
+            self.conv.weight[1, 1, 1, 1, 1] = 4.0
+            self.conv.weight[0, 1, 1, 1, 1] = -4.0
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.fixture()
+def two_channel(case):
+    img, ref, _ = case
+    rng = np.random.default_rng(3)
+    x = np.stack([rng.normal(size=SHAPE), 0.2 * rng.normal(size=SHAPE) + 1.5 * ref]).astype(
+        np.float32)
+    ad = SegmentationAdapter(_TwoChannel())
+    return CaseExplorer(ad, x, ref, None, SPACING, affine=_demo_affine(),
+                        channel_names=["T1", "FLAIR"], background=False)
+
+
+def test_channel_selector_changes_picture_contrast_and_readout(two_channel) -> None:
+    ex = two_channel
+    assert not ex.channel.disabled and ex.channel.options == (("T1", 0), ("FLAIR", 1))
+    cnr0 = ex.lesions.table["cnr"].copy()
+    before = _pngs(ex)
+    ex.channel.value = 1
+    assert ex.state.channel == 1 and _pngs(ex) != before
+    assert ex.lesions.channel == 1
+    assert (ex.lesions.table["cnr"].to_numpy()[:2] > cnr0.to_numpy()[:2]).all()
+    np.testing.assert_array_equal(ex.renderer.image, ex.image[1])
+    ex.show_readout((8, 8, 8))
+    assert "FLAIR = " in ex.readout.value and "T1 " in ex.readout.value
+
+
+def test_per_channel_attribution_panels_and_modality_ablation(two_channel) -> None:
+    ex = two_channel
+    ex.select_lesion("ref-1")
+    ex.method.value = "saliency"
+    exp = ex.run_explanation()
+    assert ex.last_error is None, ex.status.value
+    ch = exp.channel_attribution
+    assert ch.shape == (2, *SHAPE)
+    assert np.abs(ch[1]).sum() > 0 and np.abs(ch[0]).sum() == 0  # the model reads FLAIR only
+    assert ex.channel_panels.layout.display == ""
+    assert bytes(ex.channel_panels.value).startswith(b"\x89PNG")
+    ex.method.value = "feature_ablation"
+    ab = ex.run_explanation()
+    assert ex.last_error is None, ex.status.value
+    assert ab.params["baseline"] != "0"  # the per-channel median, not zero
+    assert ex.renderer.heatmap is None  # a constant per-channel map is never a heatmap
+    assert "Per-modality ablation" in ex.ablation_html.value
+    assert "FLAIR" in ex.ablation_html.value
+    drops = np.asarray(ab.channel_attribution)[:, 0, 0, 0]
+    assert abs(drops[1]) > abs(drops[0])
+
+
+def test_background_occlusion_reports_progress_and_cancels(two_channel) -> None:
+    import threading
+
+    ex = two_channel
+    ex.select_lesion("ref-1")
+    ex.method.value = "occlusion"
+    started = threading.Event()
+    release = threading.Event()
+    real_watch = ex.adapter.watch
+
+    def slow_watch(cb):
+        def gated():
+            started.set()
+            release.wait(5)
+            cb()
+        return real_watch(gated)
+
+    ex.adapter.watch = slow_watch
+    try:
+        assert ex.run_explanation(wait=False) is None
+        assert started.wait(5) and ex.busy and not ex.cancel_button.disabled
+        ex.cancel()
+        release.set()
+        assert ex.wait(10)
+    finally:
+        del ex.adapter.watch
+    assert "cancelled" in ex.status.value and ex.progress.bar_style == "warning"
+    assert len(ex.cache) == 0 and ex.cancel_button.disabled and not ex.run_button.disabled
+    # run to the end: the progress bar fills and the result is cached
+    ex.run_explanation(wait=False)
+    assert ex.wait(60)
+    assert ex.progress.value == 1.0 and len(ex.cache) == 1 and "done" in ex.status.value
+
+
+def test_two_dimensional_lesions_are_areas_in_mm2_and_spacing_sets_the_aspect() -> None:
+    g = np.indices((32, 40))
+    ref = (g[0] - 10) ** 2 + (g[1] - 10) ** 2 <= 9
+    img = np.random.default_rng(1).normal(size=(32, 40)).astype(np.float32) + 3 * ref
+    ex = CaseExplorer(None, img, ref, np.zeros_like(ref), (0.5, 2.0))
+    table = ex.lesions.display_table()
+    assert "area_mm2" in table and "volume_mm3" not in table
+    assert table["area_mm2"].iloc[0] == pytest.approx(ref.sum() * 0.5 * 2.0)
+    assert "mm²" in ex.lesions.label("ref-1")
+    pl = ex.renderer.planes[0]
+    assert pl.ax.get_aspect() == pytest.approx(0.25)
+    assert ex.renderer.displayed(0)["note"] == "voxel axes, orientation unknown"

@@ -6,6 +6,18 @@ one block per stratum. Groups below ``min_n`` keep their numbers but are flagged
 
 ``subgroups`` flags: ``"insufficient data"`` (n < min_n), ``"worse"`` / ``"better"`` (adjusted
 p-value below ``alpha`` and the gap to the overall value points that way), ``"ok"``.
+
+The lesion-detection, false-positive and volume-agreement tables are flagged the same way: each
+group is tested against the rest of the cohort in its stratum (Fisher's exact test for rates,
+Mann-Whitney U for volume differences), p-values adjusted over the table's family, so a group
+reads ``"ok"`` only when it is large enough *and* not significantly different from the rest.
+Rows large enough but with nothing to compare with (the whole cohort; a group holding every
+lesion of its size bin) read ``"not tested"``.
+
+:func:`rank_worst` is the one ranking of worst cases (direction from
+``audit.stats.metric_direction``); scans without reference lesions are left out of a ranking by
+an overlap metric (their Dice says nothing about segmentation quality) and ranked by false
+positives instead (:func:`rank_false_positive_scans`).
 """
 
 from __future__ import annotations
@@ -24,9 +36,20 @@ from medseg_xai.audit.strata import (
     group_labels,
     lesion_size_labels,
 )
+from medseg_xai.status import (
+    FLAG_BETTER,
+    FLAG_INSUFFICIENT,
+    FLAG_NOT_TESTED,
+    FLAG_OK,
+    FLAG_WORSE,
+)
 
 __all__ = [
+    "GROUP_COUNT_COLUMNS",
     "INSUFFICIENT",
+    "group_counts_table",
+    "rank_false_positive_scans",
+    "rank_worst",
     "OVERALL",
     "STATS_DEFAULTS",
     "SUBGROUP_COLUMNS",
@@ -46,7 +69,7 @@ STATS_DEFAULTS: dict[str, Any] = {
     "test": "mannwhitney", "correction": "holm", "alpha": 0.05, "lesion_size_bins": 3,
     "detection_bins": (0, 100, 1000, 10000),
 }
-INSUFFICIENT = "insufficient data"
+INSUFFICIENT = FLAG_INSUFFICIENT
 SUBGROUP_COLUMNS = [
     "stratum", "group", "metric", "n", "n_clusters", "estimate", "median", "ci_low", "ci_high",
     "gap", "gap_ci_low", "gap_ci_high", "gap_best", "gap_best_ci_low", "gap_best_ci_high",
@@ -237,6 +260,42 @@ def _groups_iter(
     return out
 
 
+def _fisher_p(k: int, n: int, k_rest: int, n_rest: int) -> float:
+    """Two-sided Fisher exact p-value of a group's rate against the rest's (NaN if untestable)."""
+    from scipy.stats import fisher_exact
+
+    if n <= 0 or n_rest <= 0:
+        return float("nan")
+    return float(fisher_exact([[k, n - k], [k_rest, n_rest - k_rest]]).pvalue)
+
+
+def _rate_flags(rows: list[dict[str, Any]], *, n_key: str, k_key: str, rest: Mapping,
+                higher_is_better: bool, min_n: int, alpha: float, correction: str) -> None:
+    """Add ``p_value, p_adjusted, flag`` to rate rows: each group against the rest of its
+    stratum (``rest[(stratum, extra)] = (k_total, n_total)``), adjusted over the family."""
+    p = []
+    for r in rows:
+        if r["stratum"] == OVERALL.name or r[n_key] < min_n:
+            p.append(float("nan"))
+            continue
+        k_tot, n_tot = rest[(r["stratum"], r.get("size_bin"))]
+        p.append(_fisher_p(r[k_key], r[n_key], k_tot - r[k_key], n_tot - r[n_key]))
+    adjust = stats.holm if correction == "holm" else stats.bh
+    p_adj = adjust(np.asarray(p, dtype=float)) if rows else np.array([])
+    for r, pv, pa in zip(rows, p, p_adj):
+        r["p_value"], r["p_adjusted"] = pv, float(pa)
+        if r[n_key] < min_n:
+            r["flag"] = FLAG_INSUFFICIENT
+            continue
+        r["flag"] = FLAG_OK if np.isfinite(pa) else FLAG_NOT_TESTED
+        if np.isfinite(pa) and pa < alpha:
+            k_tot, n_tot = rest[(r["stratum"], r.get("size_bin"))]
+            n_r = n_tot - r[n_key]
+            rest_rate = (k_tot - r[k_key]) / n_r if n_r else float("nan")
+            higher = r[k_key] / r[n_key] > rest_rate
+            r["flag"] = FLAG_BETTER if higher == higher_is_better else FLAG_WORSE
+
+
 def detection_table(
     cases: pd.DataFrame,
     lesions: pd.DataFrame,
@@ -246,11 +305,15 @@ def detection_table(
     orders: Mapping[str, list[str]] | None = None,
     confidence: float = 0.95,
     min_n: int = 10,
+    alpha: float = 0.05,
+    correction: str = "holm",
 ) -> pd.DataFrame:
     """Lesion detection rate with Wilson CIs by reference-lesion size bin, per subgroup.
 
-    Columns: ``stratum, group, size_bin, n_lesions, n_detected, rate, ci_low, ci_high, flag``;
-    ``size_bin="all"`` covers every size.
+    Columns: ``stratum, group, size_bin, n_lesions, n_detected, rate, ci_low, ci_high, p_value,
+    p_adjusted, flag``; ``size_bin="all"`` covers every size. A group's rate is tested against
+    the rest of its stratum in the same size bin (Fisher's exact test, ``correction`` over the
+    table); ``flag`` is ``"worse"``/``"better"`` when the adjusted p is below ``alpha``.
     """
     orders = orders or {}
     ref = lesions[lesions["source"] == "reference"] if len(lesions) else lesions
@@ -260,6 +323,7 @@ def detection_table(
     rows = []
     by_case = {cid: idx for idx, cid in zip(cases.index, cases["case_id"])}
     ref_case_idx = ref["case_id"].map(by_case) if len(ref) else pd.Series(dtype=float)
+    totals: dict[tuple[str, Any], list[int]] = {}
     for stratum, group, idx in _groups_iter(cases, strata, orders):
         members = ref_case_idx.isin(idx) if len(ref) else pd.Series(dtype=bool)
         for size in ["all", *size_order]:
@@ -267,12 +331,18 @@ def detection_table(
             n = int(sel.sum()) if len(ref) else 0
             k = int((ref.loc[sel, "status"] == "detected").sum()) if n else 0
             lo, hi = stats.wilson_ci(k, n, confidence)
+            tot = totals.setdefault((stratum, size), [0, 0])
+            tot[0] += k
+            tot[1] += n
             rows.append({"stratum": stratum, "group": group, "size_bin": size, "n_lesions": n,
                          "n_detected": k, "rate": k / n if n else float("nan"),
-                         "ci_low": lo, "ci_high": hi,
-                         "flag": INSUFFICIENT if n < min_n else "ok"})
+                         "ci_low": lo, "ci_high": hi})
+    _rate_flags(rows, n_key="n_lesions", k_key="n_detected",
+                rest={k: tuple(v) for k, v in totals.items()}, higher_is_better=True,
+                min_n=min_n, alpha=alpha, correction=correction)
     return pd.DataFrame(rows, columns=["stratum", "group", "size_bin", "n_lesions", "n_detected",
-                                       "rate", "ci_low", "ci_high", "flag"])
+                                       "rate", "ci_low", "ci_high", "p_value", "p_adjusted",
+                                       "flag"])
 
 
 def _numeric(cases: pd.DataFrame, column: str) -> pd.Series:
@@ -285,12 +355,15 @@ def _numeric(cases: pd.DataFrame, column: str) -> pd.Series:
 def false_positive_table(
     cases: pd.DataFrame, strata: Sequence[Stratum], *,
     orders: Mapping[str, list[str]] | None = None, confidence: float = 0.95, min_n: int = 10,
+    alpha: float = 0.05, correction: str = "holm",
 ) -> pd.DataFrame:
     """False positives on scans whose reference is empty, per subgroup.
 
     Columns: ``stratum, group, n_scans, n_with_fp`` (scans with any predicted voxel),
     ``fp_scan_rate`` and its Wilson ``ci_low, ci_high``, ``fp_per_scan`` (mean number of false
-    positive components), ``flag``.
+    positive components), ``p_value, p_adjusted`` (Fisher's exact test of the group's
+    false-positive scan rate against the rest of its stratum) and ``flag`` (a higher rate is
+    ``"worse"``).
     """
     orders = orders or {}
     ok = cases["status"] == "ok"
@@ -299,38 +372,163 @@ def false_positive_table(
     fp = _numeric(cases, "n_false_positive")
     empty = ok & (vol_ref == 0)
     rows = []
+    totals: dict[tuple[str, Any], list[int]] = {}
     for stratum, group, idx in _groups_iter(cases, strata, orders):
         sel = empty & cases.index.isin(idx)
         n = int(sel.sum())
         k = int((vol_pred[sel] > 0).sum())
         lo, hi = stats.wilson_ci(k, n, confidence)
+        tot = totals.setdefault((stratum, None), [0, 0])
+        tot[0] += k
+        tot[1] += n
         rows.append({"stratum": stratum, "group": group, "n_scans": n, "n_with_fp": k,
                      "fp_scan_rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
-                     "fp_per_scan": float(fp[sel].mean()) if n else float("nan"),
-                     "flag": INSUFFICIENT if n < min_n else "ok"})
+                     "fp_per_scan": float(fp[sel].mean()) if n else float("nan")})
+    _rate_flags(rows, n_key="n_scans", k_key="n_with_fp",
+                rest={k: tuple(v) for k, v in totals.items()}, higher_is_better=False,
+                min_n=min_n, alpha=alpha, correction=correction)
     return pd.DataFrame(rows, columns=["stratum", "group", "n_scans", "n_with_fp", "fp_scan_rate",
-                                       "ci_low", "ci_high", "fp_per_scan", "flag"])
+                                       "ci_low", "ci_high", "fp_per_scan", "p_value",
+                                       "p_adjusted", "flag"])
 
 
 def volume_agreement_table(
     cases: pd.DataFrame, strata: Sequence[Stratum], *,
     orders: Mapping[str, list[str]] | None = None, confidence: float = 0.95, min_n: int = 10,
+    alpha: float = 0.05, correction: str = "holm",
 ) -> pd.DataFrame:
-    """Bland-Altman agreement of predicted and reference volumes (mm^3), per subgroup."""
+    """Bland-Altman agreement of predicted and reference volumes (mm^3), per subgroup.
+
+    Each group's volume differences are tested against the rest of its stratum (Mann-Whitney
+    U, adjusted over the table); ``flag`` is ``"worse"`` when the group's bias is significantly
+    different and further from zero than the rest's, ``"better"`` when closer.
+    """
     orders = orders or {}
     ok = cases["status"] == "ok"
-    rows = []
+    has = "volume_pred_mm3" in cases and "volume_ref_mm3" in cases
+    diff = (_numeric(cases, "volume_pred_mm3") - _numeric(cases, "volume_ref_mm3")).where(ok)
+    rows, p = [], []
     for stratum, group, idx in _groups_iter(cases, strata, orders):
         sel = ok & cases.index.isin(idx)
         ba = stats.bland_altman(
-            pd.to_numeric(cases.loc[sel, "volume_pred_mm3"], errors="coerce").to_numpy(),
-            pd.to_numeric(cases.loc[sel, "volume_ref_mm3"], errors="coerce").to_numpy(),
+            _numeric(cases, "volume_pred_mm3")[sel].to_numpy(),
+            _numeric(cases, "volume_ref_mm3")[sel].to_numpy(),
             confidence,
-        ) if "volume_pred_mm3" in cases else stats.bland_altman(np.array([]), np.array([]))
-        rows.append({"stratum": stratum, "group": group, **ba,
-                     "flag": INSUFFICIENT if ba["n"] < min_n else "ok"})
+        ) if has else stats.bland_altman(np.array([]), np.array([]))
+        rest = ok & ~cases.index.isin(idx) & _in_stratum(cases, stratum, strata, orders)
+        pv = float("nan")
+        if stratum != OVERALL.name and ba["n"] >= min_n:
+            pv = stats.group_vs_rest_test(diff[sel].to_numpy(), diff[rest].to_numpy())
+        rest_bias = float(np.nanmean(diff[rest])) if rest.any() else float("nan")
+        rows.append({"stratum": stratum, "group": group, **ba, "_rest_bias": rest_bias})
+        p.append(pv)
+    adjust = stats.holm if correction == "holm" else stats.bh
+    p_adj = adjust(np.asarray(p, dtype=float)) if rows else np.array([])
+    for r, pv, pa in zip(rows, p, p_adj):
+        r["p_value"], r["p_adjusted"] = pv, float(pa)
+        if r["n"] < min_n:
+            r["flag"] = FLAG_INSUFFICIENT
+        elif np.isfinite(pa) and pa < alpha:
+            r["flag"] = FLAG_WORSE if abs(r["bias"]) > abs(r["_rest_bias"]) else FLAG_BETTER
+        else:
+            r["flag"] = FLAG_OK if np.isfinite(pa) else FLAG_NOT_TESTED
     return pd.DataFrame(rows, columns=["stratum", "group", "n", "bias", "sd", "loa_low",
-                                       "loa_high", "bias_ci_low", "bias_ci_high", "flag"])
+                                       "loa_high", "bias_ci_low", "bias_ci_high", "p_value",
+                                       "p_adjusted", "flag"])
+
+
+def _in_stratum(cases: pd.DataFrame, stratum: str, strata: Sequence[Stratum],
+                orders: Mapping[str, list[str]]) -> pd.Series:
+    """Cases that belong to some group of ``stratum`` (the rest a group is compared with)."""
+    for s in strata:
+        if s.name == stratum:
+            labels, order = stratum_groups(cases, s, orders)
+            return labels.isin(order)
+    return pd.Series(True, index=cases.index)
+
+
+GROUP_COUNT_COLUMNS = ["stratum", "group", "n_rows", "n_evaluated", "n_failed",
+                       "n_with_reference_lesions", "n_without_reference_lesions"]
+
+
+def group_counts_table(cases: pd.DataFrame, strata: Sequence[Stratum],
+                       orders: Mapping[str, list[str]] | None = None) -> pd.DataFrame:
+    """Manifest rows per group: evaluated, failed, with and without reference lesions.
+
+    Derived strata (lesion size, count) are known only for evaluated cases, so their failed
+    count is 0 and their groups need not add up to the manifest.
+    """
+    orders = orders or {}
+    ok = cases["status"] == "ok"
+    vol = _numeric(cases, "volume_ref_mm3")
+    rows = []
+    for stratum, group, idx in _groups_iter(cases, strata, orders):
+        sel = cases.index.isin(idx)
+        rows.append({"stratum": stratum, "group": group, "n_rows": int(sel.sum()),
+                     "n_evaluated": int((sel & ok).sum()), "n_failed": int((sel & ~ok).sum()),
+                     "n_with_reference_lesions": int((sel & ok & (vol > 0)).sum()),
+                     "n_without_reference_lesions": int((sel & ok & (vol == 0)).sum())})
+    return pd.DataFrame(rows, columns=GROUP_COUNT_COLUMNS)
+
+
+def _empty_reference(cases: pd.DataFrame) -> pd.Series:
+    return _numeric(cases, "volume_ref_mm3") == 0
+
+
+def rank_worst(
+    cases: pd.DataFrame,
+    metric: str,
+    *,
+    stratum: str | None = None,
+    group: str | None = None,
+    n: int | None = 5,
+    include_empty_reference: bool = False,
+) -> pd.DataFrame:
+    """Evaluated cases worst first by ``metric`` (its direction from ``metric_direction``).
+
+    Lowest first for higher-is-better metrics (Dice), highest first for lower-is-better ones
+    (HD95), largest magnitude first for metrics best at zero. Failed rows and missing values are
+    left out, and so are scans without reference lesions unless ``include_empty_reference``
+    (their overlap scores reflect the empty-mask policy, not segmentation quality; see
+    :func:`rank_false_positive_scans`). Ties keep manifest order.
+
+    Parameters
+    ----------
+    cases : pandas.DataFrame
+        ``AuditResult.cases``.
+    metric : str
+        A metric column.
+    stratum, group : str, optional
+        Restrict to one group (``stratum`` a column of ``cases``; ``None``/``"overall"``: all).
+    n : int, optional
+        At most this many rows (None: all).
+    """
+    if metric not in cases.columns:
+        raise ValueError(f"metric: expected a column of the audit's cases, got {metric!r}")
+    ok = cases[cases["status"] == "ok"] if "status" in cases.columns else cases
+    if not include_empty_reference:
+        ok = ok[~_empty_reference(ok)]
+    if stratum not in (None, "overall"):
+        if stratum not in ok.columns:
+            raise ValueError(f"stratum: expected a column of the audit's cases, got {stratum!r}")
+        ok = ok[ok[stratum].astype(str) == str(group)]
+    values = pd.to_numeric(ok[metric], errors="coerce")
+    keep = np.isfinite(values.to_numpy(dtype=float))
+    ok, values = ok[keep], values[keep]
+    d = stats.metric_direction(metric)
+    key = values if d > 0 else (-values if d < 0 else -values.abs())
+    order = key.sort_values(kind="stable").index
+    return ok.loc[order if n is None else order[: int(n)]]
+
+
+def rank_false_positive_scans(cases: pd.DataFrame, n: int | None = 5) -> pd.DataFrame:
+    """Evaluated scans without reference lesions that have predicted voxels, most first."""
+    ok = cases[cases["status"] == "ok"] if "status" in cases.columns else cases
+    ok = ok[_empty_reference(ok)]
+    vol = _numeric(ok, "volume_pred_mm3")
+    ok = ok[vol > 0]
+    order = (-_numeric(ok, "volume_pred_mm3")).sort_values(kind="stable").index
+    return ok.loc[order if n is None else order[: int(n)]]
 
 
 def prepare_cases(

@@ -48,8 +48,15 @@ Example (YAML)::
         threshold: 0.9
 
 The result has one row per criterion and group: ``criterion, kind, stratum, group, metric,
-statistic, n, value, op, threshold, status``; :func:`verdicts` folds it to one verdict per
-criterion (FAIL if any group fails, else INSUFFICIENT DATA if any group lacks data, else PASS).
+statistic, n, value, op, threshold, status, reason``; :func:`verdicts` folds it to one verdict
+per criterion (FAIL if any group fails, else INSUFFICIENT DATA if any group lacks data or could
+not be evaluated, else PASS).
+
+Scans without any reference lesion are their own category: ``metric`` and ``gap`` criteria are
+not judged on a group made only of such scans (its row is NOT EVALUATED, with the reason), and a
+``gap`` leaves such groups out of the comparison; ``false_positive`` criteria are the ones that
+judge them. A criterion that cannot be checked at all (a gap criterion on an audit without
+strata) gives one NOT EVALUATED row with the reason, never silence.
 """
 
 from __future__ import annotations
@@ -64,21 +71,31 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai.audit.stats import wilson_ci
+from medseg_xai.status import FAIL, INSUFFICIENT, NOT_EVALUATED, PASS
 
 __all__ = [
     "CRITERIA_COLUMNS",
     "DEFAULT_CRITERIA",
     "FAIL",
     "INSUFFICIENT",
+    "NOT_EVALUATED",
     "PASS",
+    "VERDICT_COLUMNS",
+    "criterion_definitions",
     "evaluate_criteria",
     "load_criteria",
     "verdicts",
 ]
 
-PASS, FAIL, INSUFFICIENT = "PASS", "FAIL", "INSUFFICIENT DATA"
 CRITERIA_COLUMNS = ["criterion", "kind", "stratum", "group", "metric", "statistic", "n", "value",
-                    "op", "threshold", "status"]
+                    "op", "threshold", "status", "reason"]
+VERDICT_COLUMNS = ["criterion", "status", "n_rows", "n_pass", "n_fail", "n_insufficient",
+                   "n_not_evaluated", "reason"]
+#: Metrics that still mean something on a scan without reference lesions.
+_EMPTY_REFERENCE_METRICS = ("fp_per_case", "n_false_positive", "n_pred_lesions", "specificity",
+                            "volume_pred_mm3")
+_EMPTY_REASON = ("no reference lesion in this group: {metric} is not judged on such scans "
+                 "(false-positive criteria judge them)")
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _STATISTICS = {
     "metric": ("estimate", "median", "ci_low", "ci_high"),
@@ -92,7 +109,7 @@ _KEYS = {"name", "kind", "metric", "statistic", "op", "threshold", "strata", "mi
 #: Sensible defaults: Dice lower CI >= 0.70 in every group, largest Dice gap <= 0.05 within every
 #: stratum, detection >= 0.90 for reference lesions of at least 100 mm^3.
 DEFAULT_CRITERIA: list[dict[str, Any]] = [
-    {"name": "Dice lower 95% CI >= 0.70 in every subgroup", "kind": "metric", "metric": "dice",
+    {"name": "Dice lower CI bound >= 0.70 in every subgroup", "kind": "metric", "metric": "dice",
      "statistic": "ci_low", "op": ">=", "threshold": 0.70, "strata": "all"},
     {"name": "Largest Dice gap to the overall mean <= 0.05", "kind": "gap", "metric": "dice",
      "statistic": "gap", "op": "<=", "threshold": 0.05, "strata": "all"},
@@ -213,6 +230,11 @@ def _status(value: float, op: str, threshold: float, enough: bool) -> str:
     return PASS if _OPS[op](value, threshold) else FAIL
 
 
+def _judged_on_empty(metric: str | None) -> bool:
+    m = metric or ""
+    return any(m == e or m.startswith(e + "_") for e in _EMPTY_REFERENCE_METRICS)
+
+
 def evaluate_criteria(
     criteria: Sequence[Mapping[str, Any]],
     *,
@@ -234,56 +256,90 @@ def evaluate_criteria(
     subgroups, cases, lesions, false_positives : pandas.DataFrame
         The audit's tables.
     group_index : mapping
-        ``(stratum, group) -> index of cases`` for every group (overall included).
+        ``(stratum, group) -> index of evaluated cases`` for every group (overall included).
     audit_strata : sequence of str
         The audit's strata names (what ``"all"`` expands to).
     min_n : int
         Default minimum group size.
+    confidence : float
+        Level of the Wilson intervals of detection criteria.
     """
     rows: list[dict[str, Any]] = []
     evaluated = "status" in cases.columns and bool((cases["status"] == "ok").any())
     groups_by_stratum: dict[str, list[str]] = {}
     for s, g in group_index:
         groups_by_stratum.setdefault(s, []).append(g)
+    ref_vol = (pd.to_numeric(cases["volume_ref_mm3"], errors="coerce")
+               if "volume_ref_mm3" in cases.columns else pd.Series(np.nan, index=cases.index))
+    only_empty = {key: bool(len(idx)) and bool((ref_vol.loc[idx] == 0).all())
+                  for key, idx in group_index.items()}
     for crit in criteria:
         need = int(crit.get("min_n") or min_n)
         base = {"criterion": crit["name"], "kind": crit["kind"], "metric": crit["metric"] or "",
-                "statistic": crit["statistic"], "op": crit["op"], "threshold": crit["threshold"]}
-        for stratum in _strata_names(crit["strata"], audit_strata):
-            if crit["kind"] == "gap" and stratum == "overall" and crit["strata"] == "all":
-                continue  # the whole cohort has no gap to itself
+                "statistic": crit["statistic"], "op": crit["op"], "threshold": crit["threshold"],
+                "reason": ""}
+        names = _strata_names(crit["strata"], audit_strata)
+        if crit["kind"] == "gap" and crit["strata"] == "all":
+            names = [s for s in names if s != "overall"]  # the whole cohort has no gap to itself
+            if not names:
+                rows.append({**base, "stratum": "", "group": "", "n": 0, "value": float("nan"),
+                             "status": NOT_EVALUATED,
+                             "reason": "no strata were audited: a gap needs groups to compare"})
+                continue
+        for stratum in names:
+            if crit["kind"] == "gap" and stratum == "overall":
+                rows.append({**base, "stratum": stratum, "group": "", "n": 0,
+                             "value": float("nan"), "status": NOT_EVALUATED,
+                             "reason": "the overall cohort has no gap to itself"})
+                continue
             if stratum not in groups_by_stratum:
                 rows.append({**base, "stratum": stratum, "group": "", "n": 0,
-                             "value": float("nan"), "status": INSUFFICIENT})
+                             "value": float("nan"), "status": NOT_EVALUATED,
+                             "reason": f"stratum {stratum!r} was not audited"})
                 continue
             if crit["kind"] in ("metric", "gap"):
                 sub = subgroups[(subgroups["stratum"] == stratum)
                                 & (subgroups["metric"] == crit["metric"])]
                 if sub.empty and not evaluated:  # no metric columns at all: every case failed
                     rows.append({**base, "stratum": stratum, "group": "", "n": 0,
-                                 "value": float("nan"), "status": INSUFFICIENT})
+                                 "value": float("nan"), "status": INSUFFICIENT,
+                                 "reason": "no case was evaluated"})
                     continue
                 if sub.empty:
                     raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
                                      f"among the audit's metrics")
+                if not _judged_on_empty(crit["metric"]):
+                    empty = sub["group"].astype(str).map(
+                        lambda g, s=stratum: only_empty.get((s, g), False))
+                else:
+                    empty = pd.Series(False, index=sub.index)
             if crit["kind"] == "metric":
-                for _, r in sub.iterrows():
+                for (_, r), is_empty in zip(sub.iterrows(), empty):
                     value = float(r[crit["statistic"]])
+                    if is_empty:
+                        rows.append({**base, "stratum": stratum, "group": r["group"],
+                                     "n": int(r["n"]), "value": value, "status": NOT_EVALUATED,
+                                     "reason": _EMPTY_REASON.format(metric=crit["metric"])})
+                        continue
                     rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n"]),
                                  "value": value,
                                  "status": _status(value, crit["op"], crit["threshold"], r["n"] >= need)})
             elif crit["kind"] == "gap":
-                enough = sub[sub["n"] >= need]
+                left_out = sorted(str(g) for g in sub.loc[empty.to_numpy(), "group"])
+                enough = sub[(sub["n"] >= need) & ~empty.to_numpy()]
+                reason = (f"leaves out group(s) without reference lesions: {', '.join(left_out)}"
+                          if left_out else "")
                 col = crit["statistic"]
                 if len(enough) < 2 or not np.isfinite(enough[col].astype(float)).any():
                     rows.append({**base, "stratum": stratum, "group": "", "n": int(enough["n"].sum()),
-                                 "value": float("nan"), "status": INSUFFICIENT})
+                                 "value": float("nan"), "status": INSUFFICIENT,
+                                 "reason": reason or f"fewer than two groups with n >= {need}"})
                     continue
                 absgap = enough[col].astype(float).abs()
                 worst = enough.loc[absgap.idxmax()]
                 value = float(absgap.max())
                 rows.append({**base, "stratum": stratum, "group": str(worst["group"]),
-                             "n": int(enough["n"].sum()), "value": value,
+                             "n": int(enough["n"].sum()), "value": value, "reason": reason,
                              "status": _status(value, crit["op"], crit["threshold"], True)})
             elif crit["kind"] == "detection":
                 ref = lesions[lesions["source"] == "reference"] if len(lesions) else lesions
@@ -303,6 +359,7 @@ def evaluate_criteria(
                     lo, hi = wilson_ci(k, n, confidence)
                     value = {"rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi}[crit["statistic"]]
                     rows.append({**base, "stratum": stratum, "group": group, "n": n, "value": value,
+                                 "reason": "" if n else "no reference lesion in the size range",
                                  "status": _status(value, crit["op"], crit["threshold"], n >= need)})
             else:  # false_positive
                 sub = false_positives[false_positives["stratum"] == stratum]
@@ -311,18 +368,47 @@ def evaluate_criteria(
                     value = float(r[col])
                     rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n_scans"]),
                                  "value": value,
+                                 "reason": "" if r["n_scans"] else "no scan without reference lesions",
                                  "status": _status(value, crit["op"], crit["threshold"], r["n_scans"] >= need)})
     return pd.DataFrame(rows, columns=CRITERIA_COLUMNS)
 
 
 def verdicts(table: pd.DataFrame) -> pd.DataFrame:
-    """One verdict per criterion: FAIL if any group fails, else INSUFFICIENT DATA if any group
-    lacks data, else PASS. Columns ``criterion, status, n_pass, n_fail, n_insufficient``."""
+    """One verdict per criterion: FAIL if any row fails, else INSUFFICIENT DATA if any row lacks
+    data or could not be evaluated, else PASS.
+
+    Columns :data:`VERDICT_COLUMNS`; ``reason`` joins the distinct reasons of rows that were
+    not evaluated (empty when all were).
+    """
+    from medseg_xai.status import overall_verdict
+
     out = []
     for name, sub in table.groupby("criterion", sort=False):
         counts = sub["status"].value_counts()
-        n_fail, n_ins, n_pass = (int(counts.get(s, 0)) for s in (FAIL, INSUFFICIENT, PASS))
-        status = FAIL if n_fail else (INSUFFICIENT if n_ins else PASS)
-        out.append({"criterion": name, "status": status, "n_pass": n_pass, "n_fail": n_fail,
-                    "n_insufficient": n_ins})
-    return pd.DataFrame(out, columns=["criterion", "status", "n_pass", "n_fail", "n_insufficient"])
+        n_fail, n_ins, n_pass, n_ne = (int(counts.get(s, 0))
+                                       for s in (FAIL, INSUFFICIENT, PASS, NOT_EVALUATED))
+        reasons = sub.loc[sub["status"] == NOT_EVALUATED, "reason"] if "reason" in sub else []
+        out.append({"criterion": name, "status": overall_verdict(list(sub["status"])),
+                    "n_rows": len(sub), "n_pass": n_pass, "n_fail": n_fail,
+                    "n_insufficient": n_ins, "n_not_evaluated": n_ne,
+                    "reason": "; ".join(dict.fromkeys(str(r) for r in reasons if r))})
+    return pd.DataFrame(out, columns=VERDICT_COLUMNS)
+
+
+def criterion_definitions(criteria: Sequence[Mapping[str, Any]], *, min_n: int) -> pd.DataFrame:
+    """The pre-specified definitions as a table (one row per criterion), apart from results.
+
+    Columns ``criterion, kind, metric, statistic, op, threshold, strata, size_range, min_n``.
+    """
+    rows = []
+    for c in criteria:
+        strata = c["strata"] if isinstance(c["strata"], str) else ", ".join(c["strata"])
+        lo, hi = c.get("min_volume_mm3"), c.get("max_volume_mm3")
+        size = ("" if lo is None and hi is None else
+                f"[{0 if lo is None else lo:g}, {'inf' if hi is None else format(hi, 'g')}) mm3")
+        rows.append({"criterion": c["name"], "kind": c["kind"], "metric": c["metric"] or "",
+                     "statistic": c["statistic"], "op": c["op"], "threshold": float(c["threshold"]),
+                     "strata": strata, "size_range": size,
+                     "min_n": int(c.get("min_n") or min_n)})
+    return pd.DataFrame(rows, columns=["criterion", "kind", "metric", "statistic", "op",
+                                       "threshold", "strata", "size_range", "min_n"])

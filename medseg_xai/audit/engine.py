@@ -6,7 +6,6 @@ import contextlib
 import datetime as _dt
 import hashlib
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,10 +42,9 @@ def _version(pkg: str) -> str:
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("medseg-xai", "numpy", "scipy", "pandas", "monai", "torch", "nibabel"):
-        out[pkg] = _version(pkg)
-    return out
+    from medseg_xai.versions import library_versions
+
+    return library_versions()
 
 
 def audit(
@@ -82,6 +80,7 @@ def audit(
     keep_columns: Sequence[str] | None = None,
     case_timeout: float | None = None,
     stream: str | Path | None = None,
+    report: Mapping[str, Any] | None = None,
     feature_layer: str | None = "auto",
     feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
 ) -> AuditResult:
@@ -142,6 +141,11 @@ def audit(
         JSON-lines file that receives each case's record the moment it is evaluated (default:
         a temporary file, removed afterwards). An interrupted audit leaves its finished cases
         there; the tables are built from it, so the client never holds per-case objects.
+    report : mapping, optional
+        Report configuration stored in the result (and its JSON): ``intended_use``,
+        ``model_name``, ``model_version``, ``model_fingerprint`` (recorded as the model's
+        fingerprint when no adapter runs), ``reference_standard``... (see
+        :mod:`medseg_xai.reports`).
 
     feature_layer : str or None
         With an adapter: the layer whose pooled output is each case's feature vector, taken
@@ -271,7 +275,7 @@ def audit(
         "manifest_source": Path(cohort.source).name if cohort.source else None,
         "inputs_hash": hashlib.sha256(
             "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
-        "model_fingerprint": fingerprint,
+        "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
         "pseudonymised": cohort.pseudonymised,
     }
     run = {
@@ -285,7 +289,8 @@ def audit(
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
     }
-    result = build_result(cases, lesions, settings, provenance, run, features=features)
+    result = build_result(cases, lesions, settings, provenance, run, report=report,
+                          features=features)
     if adapter is not None:
         from medseg_xai.explain.weights import weights
 
@@ -504,6 +509,8 @@ def build_result(
     settings: Mapping[str, Any],
     provenance: Mapping[str, Any],
     run: Mapping[str, Any] | None = None,
+    *,
+    report: Mapping[str, Any] | None = None,
     features: np.ndarray | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
@@ -526,13 +533,14 @@ def build_result(
         ci_method=stat["ci_method"], test=stat["test"], correction=stat["correction"],
         alpha=float(stat["alpha"]),
     )
+    tests = {"alpha": float(stat["alpha"]), "correction": stat["correction"]}
     detection = analysis.detection_table(
         cases, lesions, strata_list, bins=stat["detection_bins"],
-        orders=orders, confidence=confidence, min_n=min_n)
+        orders=orders, confidence=confidence, min_n=min_n, **tests)
     fps = analysis.false_positive_table(cases, strata_list, orders=orders,
-                                        confidence=confidence, min_n=min_n)
+                                        confidence=confidence, min_n=min_n, **tests)
     agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
-                                                confidence=confidence, min_n=min_n)
+                                                confidence=confidence, min_n=min_n, **tests)
     feature_table = None
     if features is not None and features.shape[1] > 0:
         from medseg_xai.audit.features import feature_shift
@@ -565,12 +573,11 @@ def build_result(
     provenance["n_rows"] = len(cases)
     provenance["n_evaluated"] = int(ok.sum())
     provenance["n_failed"] = int((cases["status"] == "failed").sum())
-    result = AuditResult(
+    return AuditResult(
         cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
         lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
-        verdicts=verdicts(criteria_table), settings=settings, provenance=provenance,
-        run=dict(run or {}),
+        verdicts=verdicts(criteria_table),
+        group_counts=analysis.group_counts_table(cases, strata_list, orders),
+        settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
+        **({} if feature_table is None else {"feature_shift": feature_table}),
     )
-    if feature_table is not None:
-        result.feature_shift = feature_table
-    return result

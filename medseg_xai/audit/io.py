@@ -28,7 +28,9 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / "audit.json"}
     result.to_json(written["json"])
-    for name in (*TABLES, *(t for t in MODEL_TABLES if not getattr(result, t).empty)):
+    for name in TABLES:
+        if name in MODEL_TABLES and getattr(result, name).empty:  # audit without a model
+            continue
         path = out / f"{name}.csv"
         write_csv(getattr(result, name), path)
         written[name] = path

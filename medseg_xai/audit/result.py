@@ -2,9 +2,16 @@
 
 JSON layout (``schema = "medseg-xai/audit"``, ``schema_version``)::
 
-    {"schema", "schema_version", "settings", "provenance",
+    {"schema", "schema_version", "verdict", "settings", "provenance", "report",
      "tables": {name: {"columns": [...], "dtypes": [...], "data": [[...], ...]}},
-     "run": {...}, "timings": {...}}
+     "explanations": [...], "run": {...}, "timings": {...}}
+
+``verdict`` is the overall verdict (:func:`medseg_xai.status.overall_verdict` of the
+``verdicts`` table). ``report`` is the report configuration (intended use, model identity,
+reference standard, approvers...: everything the report shows that the audit did not measure).
+``explanations`` are the failure-gallery entries of :func:`medseg_xai.audit.explanations.
+explain_failures` (case, lesion, why it was picked, the miss analysis and compact slices), so
+``medseg-xai report audit.json`` re-renders the same report without the images or the model.
 
 Keys are sorted, floats are written with Python's shortest round-trip repr, NaN becomes
 ``null`` and infinities the strings ``"inf"``/``"-inf"``. The same inputs and seed give the same
@@ -26,14 +33,16 @@ import pandas as pd
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
 SCHEMA = "medseg-xai/audit"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.0"  # additive keys since 1.0 (verdict, report, explanations, group_counts) are read tolerantly
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
-          "volume_agreement", "verdicts")
+          "volume_agreement", "verdicts", "group_counts", "feature_shift", "model_layers")
+#: Tables only an audit with an adapter fills (issue 17): feature shift and layer statistics.
+MODEL_TABLES = ("feature_shift", "model_layers")
+#: Tables added after schema 1.0: read as empty from older documents.
+_OPTIONAL_TABLES = ("group_counts", *MODEL_TABLES)
 TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
                   "peak_memory_mb", "peak_gpu_memory_mb")
 VOLATILE_KEYS = ("run", "timings")
-#: Tables only an audit with an adapter fills (issue 17); absent from older JSON, read as empty.
-MODEL_TABLES = ("feature_shift", "model_layers")
 
 
 def _cell(value: Any) -> Any:
@@ -132,7 +141,15 @@ class AuditResult:
     volume_agreement : pandas.DataFrame
         Bland-Altman bias and limits of predicted vs reference volume, per subgroup.
     verdicts : pandas.DataFrame
-        One verdict per criterion.
+        One verdict per criterion (``criterion, status, n_rows, n_pass, n_fail, n_insufficient,
+        n_not_evaluated, reason``).
+    group_counts : pandas.DataFrame
+        Manifest rows per group: ``n_rows, n_evaluated, n_failed, n_with_reference_lesions,
+        n_without_reference_lesions``.
+    report : dict
+        Report configuration carried with the result (see :mod:`medseg_xai.reports`).
+    explanations : list of dict
+        Failure-gallery entries (:func:`medseg_xai.audit.explanations.explain_failures`).
     settings, provenance, run : dict
         Settings of the audit; provenance (versions, hashes, seed, empty-mask policy, edge-case
         counts, row counts); ``run`` describes the execution (timestamp, wall time, executor).
@@ -146,13 +163,16 @@ class AuditResult:
     false_positives: pd.DataFrame
     volume_agreement: pd.DataFrame
     verdicts: pd.DataFrame
-    settings: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    run: dict[str, Any] = field(default_factory=dict)
+    group_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
     #: Feature shift per subgroup (``audit.features.FEATURE_SHIFT_COLUMNS``) and the model's
     #: per-layer weight statistics (``explain.weights.WEIGHT_COLUMNS``); empty without an adapter.
     feature_shift: pd.DataFrame = field(default_factory=pd.DataFrame)
     model_layers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    settings: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    explanations: list[dict[str, Any]] = field(default_factory=list)
 
     # -- counts and views --------------------------------------------------------------------
 
@@ -181,15 +201,33 @@ class AuditResult:
 
     @property
     def verdict(self) -> str:
-        """Overall verdict: FAIL if any criterion fails, INSUFFICIENT DATA if any lacks data,
-        PASS if all pass, ``"NO CRITERIA"`` without criteria."""
+        """Overall verdict: FAIL if any criterion fails, INSUFFICIENT DATA if any lacks data or
+        could not be evaluated, PASS if all pass, ``"NO CRITERIA"`` without criteria."""
+        from medseg_xai.status import overall_verdict
+
         if self.verdicts is None or self.verdicts.empty:
-            return "NO CRITERIA"
-        status = set(self.verdicts["status"])
-        for s in ("FAIL", "INSUFFICIENT DATA"):
-            if s in status:
-                return s
-        return "PASS"
+            return overall_verdict([])
+        return overall_verdict(list(self.verdicts["status"]))
+
+    @property
+    def confidence(self) -> float:
+        """Confidence level of every interval of this audit (``settings["confidence"]``)."""
+        return float(self.settings.get("confidence", 0.95))
+
+    @property
+    def criteria_definitions(self) -> pd.DataFrame:
+        """The pre-specified criteria as defined (metric, statistic, op, threshold, strata,
+        size range, minimum n), one row each, apart from their results in :attr:`criteria`."""
+        from medseg_xai.audit.criteria import criterion_definitions
+
+        return criterion_definitions(self.settings.get("criteria") or [],
+                                     min_n=int(self.settings.get("min_n", 10)))
+
+    def with_report(self, config: dict[str, Any] | None) -> AuditResult:
+        """A copy whose report configuration is ``config`` merged over the current one."""
+        import dataclasses
+
+        return dataclasses.replace(self, report={**self.report, **dict(config or {})})
 
     def metric(self, metric: str, stratum: str = "overall") -> pd.DataFrame:
         """Subgroup rows of one metric and stratum."""
@@ -202,7 +240,8 @@ class AuditResult:
         overall = self.metric("dice")
         if len(overall):
             r = overall.iloc[0]
-            lines.append(f"Dice {r['estimate']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f})")
+            lines.append(f"Dice {r['estimate']:.3f} ({self.confidence:.0%} CI "
+                         f"{r['ci_low']:.3f}-{r['ci_high']:.3f})")
         worse = self.subgroups[self.subgroups["flag"] == "worse"]
         for _, r in worse.iterrows():
             lines.append(f"worse: {r['stratum']}={r['group']} {r['metric']} gap {r['gap']:+.3f}")
@@ -218,15 +257,18 @@ class AuditResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document as a dict (see module docstring)."""
         timing_cols = [c for c in TIMING_COLUMNS if c in self.cases.columns]
-        tables = {name: table_to_json(getattr(self, name)) for name in (*TABLES, *MODEL_TABLES)}
+        tables = {name: table_to_json(getattr(self, name)) for name in TABLES}
         tables["cases"] = table_to_json(self.cases.drop(columns=timing_cols))
         timings = table_to_json(self.cases[["case_id", *timing_cols]]) if timing_cols else None
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
+            "verdict": self.verdict,
             "settings": _plain(self.settings),
             "provenance": _plain(self.provenance),
+            "report": _plain(self.report),
             "tables": tables,
+            "explanations": [_plain(e) for e in self.explanations],
             "run": _plain(self.run),
             "timings": timings,
         }
@@ -263,21 +305,22 @@ class AuditResult:
         if major != SCHEMA_VERSION.split(".")[0]:
             raise ValueError(f"from_json: expected schema version {SCHEMA_VERSION.split('.')[0]}.x, "
                              f"got {data.get('schema_version')!r}")
-        tables = {name: table_from_json(data["tables"][name]) for name in TABLES}
-        tables.update({name: table_from_json(data["tables"][name]) for name in MODEL_TABLES
-                       if name in data["tables"]})
+        tables = {name: table_from_json(data["tables"][name]) for name in TABLES
+                  if name in data["tables"] or name not in _OPTIONAL_TABLES}
         if data.get("timings"):
             timings = table_from_json(data["timings"])
             cases = tables["cases"]
             for col in timings.columns[1:]:
                 cases[col] = timings[col].to_numpy()
         return cls(**tables, settings=data.get("settings", {}), provenance=data.get("provenance", {}),
-                   run=data.get("run", {}))
+                   run=data.get("run", {}), report=data.get("report") or {},
+                   explanations=list(data.get("explanations") or []))
 
     # -- HTML --------------------------------------------------------------------------------
 
     def to_html(self, path: str | Path, **kwargs: Any) -> Path:
-        """Write the self-contained HTML report (``medseg_xai.reports.write_html``)."""
+        """Write the self-contained HTML report (``medseg_xai.reports.write_html``; a view,
+        imported only here so the core never loads it otherwise)."""
         from medseg_xai.reports import write_html
 
         return write_html(self, path, **kwargs)

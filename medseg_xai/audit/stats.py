@@ -33,22 +33,11 @@ __all__ = [
 
 CI_METHODS = ("BCa", "percentile")
 
-# Metrics where a larger value is better; prefixes so per-class names ("dice_liver") match too.
-_HIGHER_BETTER = (
-    "dice",
-    "jaccard",
-    "precision",
-    "recall",
-    "specificity",
-    "nsd",
-    "lesion_sensitivity",
-    "lesion_f1",
-)
-_LOWER_BETTER = ("hd", "hd95", "assd", "abs_volume_diff_mm3", "fp_per_case", "n_false_positive")
-
-
 def metric_direction(metric: str) -> int:
     """Return +1 if larger is better, -1 if smaller is better, 0 if closest to zero is best.
+
+    Delegates to :func:`medseg_xai.metrics.metadata.metric_direction`, where every metric's
+    metadata lives.
 
     Parameters
     ----------
@@ -56,11 +45,9 @@ def metric_direction(metric: str) -> int:
         Metric name as in :func:`medseg_xai.metrics.evaluate_case`, optionally with a class
         suffix (``"dice_liver"``).
     """
-    for names, sign in ((_LOWER_BETTER, -1), (_HIGHER_BETTER, 1)):
-        for name in names:
-            if metric == name or metric.startswith(name + "_"):
-                return sign
-    return 0
+    from medseg_xai.metrics.metadata import metric_direction as _direction
+
+    return _direction(metric)
 
 
 def _check_method(method: str) -> str:

@@ -2,8 +2,12 @@
 
 The pipeline: generate the synthetic multi-site cohort, predict it with the bundled 3D UNet,
 audit by device, site and lesion size against the default acceptance criteria, explain the
-worst missed lesion (Grad-CAM on the missed voxels, with its localisation score), and write the
-report, JSON, CSV tables and explanation figures.
+worst missed lesion (Grad-CAM on the missed voxels, with its localisation score), store the
+failure gallery in the result, and write the JSON, CSV tables, report and explanation figures.
+
+The report is a view of ``audit.json``: ``medseg-xai report audit.json --out report.html``
+re-renders the same page, and ``medseg-xai audit`` on the demo's manifest with the settings
+:func:`audit_command` lists reproduces its tables.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DemoOutputs", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA", "run_demo", "worst_missed_lesion"]
+__all__ = ["DemoOutputs", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA", "audit_command", "run_demo",
+           "worst_missed_lesion"]
 
 #: Strata of the demo audit: the acquisition device (one was absent from training), the site
 #: (confounded with device and lesion size, as in practice) and the derived lesion-size bins.
@@ -35,6 +40,8 @@ _REPORT_CONFIG: dict[str, Any] = {
     ),
     "intended_users": "ML engineers and quality / regulatory staff evaluating medseg-xai.",
     "reference_standard": "Synthetic ground truth: the lesion masks the phantom generator drew.",
+    "annotators": "None: labels are the generator's own masks (no human reader).",
+    "adjudication": "Not applicable (a single synthetic reference).",
     "test_set": (
         "A synthetic multi-site cohort generated with its own seed by "
         "medseg_xai.demo.make_cohort; one of its devices was absent from the model's training."
@@ -152,6 +159,7 @@ def run_demo(
     DemoOutputs
     """
     from medseg_xai.audit import DEFAULT_CRITERIA, audit, write_outputs
+    from medseg_xai.audit.explanations import explain_failures
     from medseg_xai.cohort import Cohort
     from medseg_xai.demo import load_model, make_cohort, predict_cohort
 
@@ -176,30 +184,34 @@ def run_demo(
     t0 = time.perf_counter()
     say("[3/5] auditing by device, site and lesion size ...")
     cohort = Cohort.from_csv(manifest)
+    # Predictions were stored, so the audit never ran the model: name its weights in the config.
+    config = {**_REPORT_CONFIG, "model_fingerprint": adapter.fingerprint,
+              "command_line": f"medseg-xai demo --n-cases {int(n_cases)} --seed {int(seed)}"}
     result = audit(cohort, strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
-                   lesion_size_bins=DEMO_LESION_SIZE_BINS, workers=workers, progress=progress)
-    files = write_outputs(result, out)
+                   lesion_size_bins=DEMO_LESION_SIZE_BINS, workers=workers, progress=progress,
+                   report=config)
     timings["audit_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    say("[4/5] explaining the worst missed lesion ...")
+    say("[4/5] explaining the worst missed lesion and the failure gallery ...")
     figures = out / "explanations"
     figures.mkdir(exist_ok=True)
     worst = worst_missed_lesion(result.lesions)
     explained: dict[str, Any] = {}
     if worst is not None:
         explained = _explain_lesion(cohort, adapter, worst, figures)
-        files["explanation_png"] = explained["png"]
-        files["explanation_nifti"] = explained["nifti"]
+    extra = [(explained["case_id"], explained["lesion_id"])] if explained else []
+    # The gallery lives in the result (and audit.json): the report only draws it.
+    result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed)
     timings["explain_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    say("[5/5] writing the report ...")
-    explanations = [explained] if explained else None
-    # Predictions were stored, so the audit never saw the model: name its weights here.
-    config = {**_REPORT_CONFIG, "model_fingerprint": adapter.fingerprint}
-    report = Path(result.to_html(out / "report.html", config=config, cohort=cohort,
-                                 explanations=explanations))
+    say("[5/5] writing the JSON, tables and report ...")
+    files = write_outputs(result, out)
+    if explained:
+        files["explanation_png"] = explained["png"]
+        files["explanation_nifti"] = explained["nifti"]
+    report = Path(result.to_html(out / "report.html"))
     files["html"] = report
     timings["report_s"] = time.perf_counter() - t0
 
@@ -209,6 +221,13 @@ def run_demo(
     for line in summary_lines(outputs):
         say(line)
     return outputs
+
+
+def audit_command(manifest: str | Path, out_dir: str | Path, seed: int = 0) -> list[str]:
+    """``medseg-xai audit`` arguments that reproduce the demo's audit tables on its manifest."""
+    bins = [f"{b:g}" for b in DEMO_LESION_SIZE_BINS]
+    return ["audit", str(manifest), "--out", str(out_dir), "--strata", *DEMO_STRATA,
+            "--criteria", "default", "--lesion-size-bins", *bins, "--seed", str(int(seed))]
 
 
 def summary_lines(outputs: DemoOutputs) -> list[str]:
@@ -231,10 +250,11 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={int(r['n'])}"
                 + (f"  ({r['flag']})" if isinstance(r.get("flag"), str) and r["flag"] else "")
             )
-    crit = result.criteria
-    if len(crit):
-        counts = crit["status"].value_counts()
-        lines.append("acceptance criteria: " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+    lines.append(f"verdict: {result.verdict}")
+    for r in result.verdicts.to_dict("records"):
+        lines.append(f"  {r['status']:<17} {r['criterion']} ({r['n_pass']} pass, {r['n_fail']} "
+                     f"fail, {r['n_insufficient']} insufficient, {r['n_not_evaluated']} not "
+                     "evaluated)")
     if outputs.explained:
         e = outputs.explained
         where = (

@@ -4,6 +4,13 @@ Every method here attributes one scalar per example (the target) to the input vo
 channels, so the result has the input's shape ``(N, C, *spatial)``. ``batch_size`` is the one
 memory knob: Captum's ``internal_batch_size`` (integrated gradients), ``nt_samples_batch_size``
 (smoothgrad) or ``perturbations_per_eval`` (occlusion, feature ablation).
+
+Baselines (integrated gradients, DeepLift, occlusion, feature ablation): a number, an array of
+the image's shape, or ``"local_background"``: the image with the target's region replaced by its
+local background (:func:`medseg_xai.explain.probes.fill_lesion`). A zero image means nothing to a
+model that normalises each scan internally; the lesion-free image is the counterfactual "this
+scan without the lesion", so a path attribution then sums to what the lesion's appearance adds
+to the target. It is the miss analysis's default.
 """
 
 from __future__ import annotations
@@ -29,7 +36,20 @@ from torch import nn
 from medseg_xai.adapters import SegmentationAdapter
 from medseg_xai.targets import Target
 
-__all__ = ["INPUT_METHODS", "attribute_input", "TargetModule"]
+__all__ = ["INPUT_METHODS", "LOCAL_BACKGROUND", "attribute_input", "local_background_baseline",
+           "TargetModule"]
+
+#: Baseline name: the target region replaced by its local background.
+LOCAL_BACKGROUND = "local_background"
+_BASELINE_METHODS = {"integrated_gradients", "deeplift", "occlusion", "feature_ablation"}
+
+
+def local_background_baseline(x: torch.Tensor, mask: Any) -> torch.Tensor:
+    """``x`` ``(1, C, *spatial)`` with ``mask`` replaced by its local background."""
+    from medseg_xai.explain.probes import fill_lesion
+
+    filled = fill_lesion(x[0].detach().cpu().numpy(), np.asarray(mask, dtype=bool))
+    return torch.as_tensor(filled[None], device=x.device, dtype=x.dtype)
 
 
 class TargetModule(nn.Module):
@@ -115,6 +135,8 @@ def _integrated_gradients(f: Callable, x: torch.Tensor, bs: int | None, kw: dict
 
 
 def _describe_baseline(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
     if value is None:
         return 0.0
     return float(value) if isinstance(value, (int, float)) else "array"
@@ -220,6 +242,16 @@ def attribute_input(
     def forward(t: torch.Tensor) -> torch.Tensor:
         return target(adapter.forward_logits(t))
 
+    kwargs = dict(kwargs)
+    local = method in _BASELINE_METHODS and isinstance(kwargs.get("baseline"), str)
+    if local:
+        if kwargs["baseline"] != LOCAL_BACKGROUND:
+            raise ValueError(f"baseline: expected a number, an array or {LOCAL_BACKGROUND!r}, "
+                             f"got {kwargs['baseline']!r}")
+        mask = getattr(target, "mask", None)
+        if mask is None:
+            raise ValueError(f"baseline {LOCAL_BACKGROUND!r} needs a Target with a mask")
+        kwargs["baseline"] = local_background_baseline(x, mask)
     module = TargetModule(adapter, target) if method in HOOKING_METHODS else None
     if method not in ("occlusion", "feature_ablation"):
         x = x.detach().clone().requires_grad_(True)  # Captum would warn and do the same
@@ -227,5 +259,7 @@ def attribute_input(
         # Captum announces the temporary hooks it sets (and removes) for these methods
         warnings.filterwarnings("ignore", message=r"Setting (forward|backward)", module="captum")
         warnings.filterwarnings("ignore", message=r"Setting (forward|backward)")
-        attr, params, delta = INPUT_METHODS[method](forward, x, batch_size, dict(kwargs), module)
+        attr, params, delta = INPUT_METHODS[method](forward, x, batch_size, kwargs, module)
+    if local:
+        params["baseline"] = LOCAL_BACKGROUND
     return attr.detach(), params, delta

@@ -102,6 +102,9 @@ class FeatureHook:
     """
 
     def __init__(self, adapter: Any, layer: str) -> None:
+        # The adapter infers its padding divisor with a probe forward pass on first use; run it
+        # now, or the hook would pool the probe's (zero image) features into the first case.
+        getattr(adapter, "divisor", None)
         self.module = adapter.get_layer(layer)
         self.layer = layer
         self._sum: Any = None

@@ -11,10 +11,18 @@ With ``adapter.slice_axis`` the layer sees one slice per batch item, so each sli
 weights and the slice maps are stacked back into the volume. With ``adapter.sliding_window``
 every window gets the Grad-CAM of the target restricted to that window and the windows are
 blended by MONAI's sliding-window inference.
+
+:func:`localising_layer` is the layer the miss analysis uses: the first block of the network
+(the largest module enclosing the first convolution, in execution order, with that
+convolution's output shape). On the bundled demo model the decoder's last wide block (the
+adapter's general default) gives a positive Grad-CAM that is zero on most detected lesions,
+while the first block's positive map points into the lesion (pointing game measured in
+``benchmarks/bench_miss.py`` and reported in ``docs/miss_analysis.md``).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,7 +35,7 @@ from torch import nn
 from medseg_xai.adapters import SegmentationAdapter
 from medseg_xai.targets import Target
 
-__all__ = ["layer_cam", "upsample"]
+__all__ = ["layer_cam", "localising_layer", "upsample"]
 
 _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -101,6 +109,70 @@ def _cam_at_layer(
     s, a, b = moved.shape[2:]
     cam = upsample(cam, (a, b)).reshape(n, s, 1, a, b).permute(0, 2, 1, 3, 4)
     return cam.movedim(2, ax)
+
+
+_LOCALISING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def localising_layer(adapter: SegmentationAdapter, input_shape: Sequence[int]) -> str:
+    """Dotted name of the first block: the Grad-CAM layer of the miss analysis.
+
+    The first convolution the forward pass calls, climbed to the largest enclosing module with
+    the same output shape (so the map is taken after its normalisation and activation, as for
+    :meth:`SegmentationAdapter.default_layer`). One traced forward pass, cached per model and
+    input shape.
+
+    Parameters
+    ----------
+    adapter : SegmentationAdapter
+    input_shape : sequence of int
+        ``(C, *spatial)`` or ``(N, C, *spatial)``.
+    """
+    from medseg_xai.adapters import CONV_TYPES
+
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) == adapter.spatial_dims + 1:
+        shape = (1, *shape)
+    cache = _LOCALISING.setdefault(adapter.model, {})
+    if shape in cache:
+        return cache[shape]
+    if adapter.is_scripted:
+        raise ValueError("gradcam: TorchScript models do not support hooks; pass an nn.Module")
+    modules = dict(adapter.model.named_modules())
+    shapes: dict[str, tuple[int, ...]] = {}
+    order: list[str] = []
+
+    def record(key: str, out: Any) -> None:  # a hook must return None (or it replaces `out`)
+        if isinstance(out, torch.Tensor) and key not in shapes:
+            shapes[key] = tuple(out.shape)
+            order.append(key)
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out, key=n: record(key, out))
+             for n, m in modules.items() if n]
+    try:
+        x = torch.zeros(shape, device=adapter.device)
+        with torch.no_grad(), adapter.frozen(freeze_parameters=False):
+            adapter.forward_logits(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    convs = [n for n in order if isinstance(modules[n], CONV_TYPES)]
+    if not convs:
+        raise ValueError(
+            "gradcam: the model has no convolution that forward hooks reach; pass layer= or use "
+            "an input-attribution method"
+        )
+    first = convs[0]
+    parts = first.split(".")
+    best = first
+    for anc in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)):
+        if anc not in modules:
+            continue
+        if shapes.get(anc) != shapes[first]:
+            break
+        best = anc
+    cache[shape] = best
+    return best
 
 
 def _pad_like_monai(mask_shape: Sequence[int], roi: Sequence[int]) -> list[tuple[int, int]]:

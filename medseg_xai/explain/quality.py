@@ -7,6 +7,10 @@
   target's *lesion probability* (mean foreground probability inside the target mask); a
   faithful map makes the deletion curve fall fast (low AUC) and the insertion curve rise fast.
 - :func:`localisation`: share of positive attribution that falls inside a mask.
+- Gates for attribution maps used as evidence: :func:`map_gate` (constant or all-zero map),
+  :func:`randomised_copy` + :func:`randomisation_similarity` (one-step parameter randomisation:
+  every parameterised module re-initialised), :func:`completeness_error` against
+  :data:`COMPLETENESS_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,25 @@ from medseg_xai.adapters import SegmentationAdapter
 from medseg_xai.explain.core import Explanation, explain, prepare_image
 from medseg_xai.targets import Target
 
-__all__ = ["localisation", "sanity_check", "deletion_insertion", "FaithfulnessCurves"]
+__all__ = [
+    "COMPLETENESS_TOLERANCE",
+    "RANDOMISATION_MAX_SPEARMAN",
+    "FaithfulnessCurves",
+    "completeness_error",
+    "deletion_insertion",
+    "localisation",
+    "map_gate",
+    "randomisation_similarity",
+    "randomised_copy",
+    "sanity_check",
+]
+
+#: Largest relative completeness error |sum(attribution) - (f(x) - f(baseline))| / |f(x) -
+#: f(baseline)| (floored, see :func:`completeness_error`) of a map accepted as evidence.
+COMPLETENESS_TOLERANCE = 0.05
+#: A map whose |attribution| ranks still correlate at least this much (Spearman) with the map of
+#: the fully randomised model explains the input, not the model (Adebayo et al. 2018).
+RANDOMISATION_MAX_SPEARMAN = 0.8
 
 
 # ---------------------------------------------------------------------- localisation
@@ -180,6 +202,69 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     if np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")  # rank correlation is undefined for a constant map
     return float(spearmanr(a, b).statistic)
+
+
+# ---------------------------------------------------------------------- gates
+def map_gate(attribution: Any) -> str | None:
+    """Why a map cannot be evidence (``"all-zero map"``, ``"constant map"``, ``"non-finite
+    values"``), or None when it varies."""
+    a = np.asarray(attribution, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        return "non-finite values"
+    peak = float(np.abs(a).max()) if a.size else 0.0
+    if peak == 0.0:
+        return "all-zero map"
+    if float(a.max() - a.min()) <= 1e-9 * peak:
+        return "constant map"
+    return None
+
+
+def randomised_copy(adapter: SegmentationAdapter, seed: int = 0) -> SegmentationAdapter:
+    """A copy of the adapter whose model has every parameterised module re-initialised.
+
+    The last step of the cascading randomisation of :func:`sanity_check`, for a one-step
+    check: ``reset_parameters()`` where the module has it (else a normal draw with the
+    parameter's own standard deviation), module ``i`` with seed ``seed + i``.
+    """
+    clone = copy.copy(adapter)
+    clone.model = copy.deepcopy(adapter.model)
+    clone._default_layers = {}
+    params = [m for _, m in clone.model.named_modules()
+              if any(True for _ in m.parameters(recurse=False))]
+    if not params:
+        raise ValueError("the model has no parameters to randomise")
+    for i, module in enumerate(params):
+        _randomise(module, seed + i)
+    return clone
+
+
+def randomisation_similarity(original: Any, randomised: Any, region: Any = None) -> float:
+    """Spearman correlation of |original| and |randomised| (inside ``region`` when given).
+
+    NaN when either map is constant there (nothing to rank).
+    """
+    a = np.abs(np.asarray(original, dtype=np.float64))
+    b = np.abs(np.asarray(randomised, dtype=np.float64))
+    if region is not None:
+        m = np.asarray(region, dtype=bool)
+        a, b = a[m], b[m]
+    else:
+        a, b = a.ravel(), b.ravel()
+    if a.size < 3:
+        return float("nan")
+    return _spearman(a, b)
+
+
+def completeness_error(total: float, f_input: float, f_baseline: float,
+                       floor: float = 1e-2) -> float:
+    """Relative completeness error of a path attribution.
+
+    ``|total - (f_input - f_baseline)| / max(|f_input - f_baseline|, floor)``: integrated
+    gradients and DeepLift should sum to the change of the target between baseline and input;
+    the floor (in target units, logits) keeps a near-zero change from inflating the ratio.
+    """
+    diff = float(f_input) - float(f_baseline)
+    return abs(float(total) - diff) / max(abs(diff), float(floor))
 
 
 # ---------------------------------------------------------------------- faithfulness

@@ -13,6 +13,7 @@ from medseg_xai.metrics.overlap import (
     dice,
     edge_case,
     jaccard,
+    mcc,
     precision,
     recall,
     specificity,
@@ -24,10 +25,13 @@ from medseg_xai.metrics.surface import (
     edge_voxels,
     hausdorff_distance,
     image_diagonal_mm,
+    mean_average_surface_distance,
     normalized_surface_dice,
 )
+from medseg_xai.metrics.conventions import CONVENTIONS
 
 __all__ = [
+    "CONVENTIONS",
     "EMPTY_POLICIES",
     "LESION_COLUMNS",
     "METRIC_KEYS",
@@ -42,6 +46,8 @@ __all__ = [
     "label_lesions",
     "lesion_summary",
     "lesions",
+    "mcc",
+    "mean_average_surface_distance",
     "normalized_surface_dice",
     "precision",
     "recall",

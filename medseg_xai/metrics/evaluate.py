@@ -22,14 +22,16 @@ from medseg_xai.metrics.overlap import (
     check_empty_policy,
     confusion_counts,
     edge_case,
+    mcc_from_counts,
     overlap_from_counts,
     volumes_from_counts,
 )
+from medseg_xai.metrics._nearest import box_of
+from medseg_xai.metrics.conventions import check_convention
 from medseg_xai.metrics.surface import (
     _check_percentile,
     _check_tolerance,
-    surface_distances,
-    surface_metrics,
+    case_surface_metrics,
 )
 
 __all__ = ["METRIC_KEYS", "evaluate_case"]
@@ -44,7 +46,9 @@ METRIC_KEYS = (
     "hd",
     "hd95",
     "assd",
+    "masd",
     "nsd",
+    "mcc",
     "volume_pred_mm3",
     "volume_ref_mm3",
     "volume_diff_mm3",
@@ -71,11 +75,23 @@ def _binary_case(
     percentile: float | None,
     empty: str,
     prob: np.ndarray | None,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
 ) -> dict[str, Any]:
-    tp, n_pred, n_ref, n_total = confusion_counts(pred, ref)
+    # Everything but the probabilities lives in the box of the union: count and find surfaces
+    # there (the same numbers, a fraction of the passes over the volume for small structures).
+    box = box_of(pred, ref)
+    if box is None:
+        tp = n_pred = n_ref = 0
+    else:
+        tp, n_pred, n_ref, _ = confusion_counts(pred[box], ref[box])
+    n_total = int(pred.size)
     out: dict[str, Any] = overlap_from_counts(tp, n_pred, n_ref, n_total, empty=empty)
-    sd = surface_distances(pred, ref, spacing)
-    out.update(surface_metrics(sd, percentile=percentile, tolerance=tolerance, empty=empty))
+    out["mcc"] = mcc_from_counts(tp, n_pred, n_ref, n_total, empty=empty)
+    out.update(case_surface_metrics(
+        pred, ref, spacing, percentile=percentile, tolerance=tolerance, empty=empty,
+        convention=convention, use_subvoxels=use_subvoxels,
+    ))
     out.update(volumes_from_counts(n_pred, n_ref, float(np.prod(spacing))))
     if prob is not None:
         p = prob.astype(np.float64, copy=False)
@@ -100,6 +116,8 @@ def evaluate_case(
     percentile: float | None = 95,
     empty: str = "worst",
     probabilities: Any = None,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
 ) -> dict[str, Any]:
     """Compute every segmentation metric of one case.
 
@@ -118,9 +136,15 @@ def evaluate_case(
     percentile : float or None
         Percentile of the ``hd95`` key (default 95; None or 100 = maximum). ``hd`` is always
         the maximum.
-    empty : {"worst", "nan"}
+    empty : {"worst", "nan", "convention"}
         Empty-mask policy (see :mod:`medseg_xai.metrics.overlap` and
-        :mod:`medseg_xai.metrics.surface`).
+        :mod:`medseg_xai.metrics.surface`); ``"convention"`` gives the peer library's values.
+    convention : str
+        Surface-metric definitions: ``"monai"`` (default), ``"medpy"``, ``"deepmind"``,
+        ``"metricsreloaded"``, ``"panoptica"`` (:mod:`medseg_xai.metrics.conventions`).
+        Recorded in the result under ``convention``.
+    use_subvoxels : bool
+        MONAI's sub-voxel (area-weighted) NSD; ``convention="monai"`` only.
     probabilities : array-like, optional
         Binary case: foreground probabilities with the masks' shape. Multi-class: ``(K, *spatial)``
         class probabilities, channel ``k`` for label ``k``. Adds ``soft_dice`` and ``brier``
@@ -129,16 +153,22 @@ def evaluate_case(
     Returns
     -------
     dict
-        Binary: ``dice, jaccard, precision, recall, specificity, hd, hd95, assd, nsd,
+        Binary: ``dice, jaccard, precision, recall, specificity, hd, hd95, assd, masd, nsd, mcc,
         volume_pred_mm3, volume_ref_mm3, volume_diff_mm3, abs_volume_diff_mm3, volume_diff_pct``
         (floats), ``edge_case`` (``"none" | "both_empty" | "pred_empty" | "ref_empty"``) and
         ``empty_policy``. Multi-class: ``"{metric}_{name}"`` and ``"edge_case_{name}"`` per class,
         the plain metric names holding the mean over classes (NaN if any class is NaN: no
         class drops out of the mean silently), ``edge_case`` ``"none"`` when every class is
         ``"none"``, else ``"name:case"`` entries of the other classes joined by ``";"``, and
-        ``empty_policy``.
+        ``empty_policy`` and ``convention``.
     """
     check_empty_policy(empty)
+    check_convention(convention)
+    if use_subvoxels and convention != "monai":
+        raise ValueError(
+            f"use_subvoxels: expected convention='monai' (MONAI's sub-voxel NSD), "
+            f"got convention={convention!r}"
+        )
     percentile = _check_percentile(percentile)
     tolerance = _check_tolerance(tolerance)
     if labels is None:
@@ -149,8 +179,10 @@ def evaluate_case(
         prob = None
         if probabilities is not None:
             prob = check_probabilities(probabilities, "probabilities", shape=pred_b.shape)
-        out = _binary_case(pred_b, ref_b, sp, tolerance, percentile, empty, prob)
+        out = _binary_case(pred_b, ref_b, sp, tolerance, percentile, empty, prob, convention,
+                           use_subvoxels)
         out["empty_policy"] = empty
+        out["convention"] = convention
         return out
 
     pred_l = check_label_map(pred, "pred")
@@ -185,6 +217,8 @@ def evaluate_case(
             percentile,
             empty,
             None if probs is None else probs[lab],
+            convention,
+            use_subvoxels,
         )
         case = res.pop("edge_case")
         out[f"edge_case_{name}"] = case
@@ -197,4 +231,5 @@ def evaluate_case(
         out[key] = float(np.mean(values))
     out["edge_case"] = ";".join(cases) if cases else "none"
     out["empty_policy"] = empty
+    out["convention"] = convention
     return out

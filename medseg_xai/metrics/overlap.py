@@ -11,7 +11,8 @@ pred empty only    0              0 (nan)         0
 ref empty only     0              0               0 (nan)
 =================  =============  ==============  =================================
 
-Values in brackets are those of ``empty="nan"``: a ratio 0/0 (mathematically undefined) becomes
+Values in brackets are those of ``empty="nan"`` (and of ``"convention"``, whose peer values
+differ only for surface metrics): a ratio 0/0 (mathematically undefined) becomes
 NaN instead of the worst/best value; well-defined values (e.g. Dice = 0 when exactly one mask is
 empty) are the same under both policies. Specificity TN / (TN + FP) is undefined only when the
 reference covers the whole image: then it is 1 under ``"worst"`` (no negative voxel can be
@@ -31,6 +32,7 @@ __all__ = [
     "dice",
     "edge_case",
     "jaccard",
+    "mcc",
     "precision",
     "recall",
     "specificity",
@@ -38,7 +40,7 @@ __all__ = [
     "volume_difference",
 ]
 
-EMPTY_POLICIES = ("worst", "nan")
+EMPTY_POLICIES = ("worst", "nan", "convention")
 
 
 def check_empty_policy(empty: str) -> str:
@@ -100,7 +102,7 @@ def overlap_from_counts(
     both_empty = n_pred == 0 and n_ref == 0
     # 0/0 ratios: 1 when both masks agree that there is nothing (both empty), otherwise the
     # worst value 0 -- or NaN for the "nan" policy.
-    if empty == "nan":
+    if empty in ("nan", "convention"):  # the peers leave 0/0 overlap ratios undefined
         undef = float("nan")
         undef_spec = float("nan")
     else:
@@ -113,6 +115,30 @@ def overlap_from_counts(
         "recall": _ratio(tp, n_ref, undef),
         "specificity": _ratio(tn, tn + fp, undef_spec),
     }
+
+
+def mcc_from_counts(tp: int, n_pred: int, n_ref: int, n_total: int, empty: str = "worst") -> float:
+    """Matthews correlation coefficient from the confusion counts of one binary case.
+
+    ``(TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN))`` in [-1, 1]. Undefined (a zero
+    factor) when a mask is empty or fills the image: then 1 if the masks are equal, else 0
+    (``"worst"``), or NaN.
+    """
+    check_empty_policy(empty)
+    fp, fn = n_pred - tp, n_ref - tp
+    tn = n_total - tp - fp - fn
+    den = float(tp + fp) * float(tp + fn) * float(tn + fp) * float(tn + fn)
+    if den == 0:
+        if empty != "worst":
+            return float("nan")
+        return 1.0 if fp == 0 and fn == 0 else 0.0
+    return (float(tp) * float(tn) - float(fp) * float(fn)) / float(np.sqrt(den))
+
+
+def mcc(pred: Any, ref: Any, *, empty: str = "worst") -> float:
+    """Matthews correlation coefficient of two binary masks (see :func:`mcc_from_counts`)."""
+    pred, ref = _binary_pair(pred, ref)
+    return mcc_from_counts(*confusion_counts(pred, ref), empty=empty)
 
 
 def confusion_counts(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int, int]:

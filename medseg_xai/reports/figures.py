@@ -25,10 +25,14 @@ __all__ = [
     "distribution_plot",
     "explanation_overlay",
     "forest_plot",
+    "gallery_figure",
     "to_uri",
 ]
 
-DPI = 80
+#: Rendered at 100 dpi with fonts of at least 8 pt: figures are at most ~7 in wide, so they
+#: print near 1:1 on A4 and their text stays legible.
+DPI = 100
+FONT = 8
 _STATUS_COLOURS = {"PASS": "#009E73", "FAIL": "#D55E00", "INSUFFICIENT DATA": "#999999"}
 
 
@@ -52,6 +56,7 @@ def forest_plot(
     overall: dict[str, tuple[float, float, float]] | None = None,
     title: str | None = None,
     flagged: set[tuple[str, str]] | None = None,
+    ci: str = "CI",
 ) -> Figure:
     """Estimates with CIs per group, one panel per metric, against the overall value.
 
@@ -65,11 +70,13 @@ def forest_plot(
         ``metric -> (estimate, ci_low, ci_high)``: drawn as a line and a shaded band.
     flagged : set of (group, metric), optional
         Drawn in the highlight colour.
+    ci : str
+        Label of the intervals (``"90% CI"``), shown in each panel's title.
     """
     metrics = [m for m in metrics if (rows["metric"] == m).any()]
     groups = list(dict.fromkeys(rows["group"].astype(str)))
     n_groups = max(len(groups), 1)
-    fig = Figure(figsize=(2.6 * max(len(metrics), 1) + 1.4, 0.32 * n_groups + 1.0))
+    fig = Figure(figsize=(min(2.2 * max(len(metrics), 1) + 1.8, 7.0), 0.3 * n_groups + 1.1))
     if not metrics:
         fig.text(0.5, 0.5, "no metric to plot", ha="center", va="center")
         return fig
@@ -93,14 +100,14 @@ def forest_plot(
         ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(est)
         ax.hlines(y[ok], lo[ok], hi[ok], colors=np.array(colours, dtype=object)[ok], lw=1.5)
         ax.scatter(est, y, c=colours, s=18, zorder=3)
-        ax.set_title(metric, fontsize="small")
-        ax.tick_params(labelsize="x-small")
+        ax.set_title(f"{metric}: mean, {ci}", fontsize=FONT + 1)
+        ax.tick_params(labelsize=FONT)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y)
-    axes[0].set_yticklabels([f"{g} (n={_n(rows, g)})" for g in groups], fontsize="x-small")
+    axes[0].set_yticklabels([f"{g} (n={_n(rows, g)})" for g in groups], fontsize=FONT)
     axes[0].set_ylim(-0.7, n_groups - 0.3)
     if title:
-        fig.suptitle(title, fontsize="small")
+        fig.suptitle(title, fontsize=FONT + 1)
     fig.subplots_adjust(
         left=min(0.45, 0.06 + 0.012 * max(len(s) for s in groups) + 0.9 / fig.get_figwidth()),
         right=0.98,
@@ -119,7 +126,7 @@ def _n(rows: pd.DataFrame, group: str) -> str:
 def distribution_plot(cases: pd.DataFrame, metrics: Sequence[str]) -> Figure:
     """Histogram of each metric over the evaluated cases, with mean and median marked."""
     metrics = [m for m in metrics if m in cases.columns and _finite(cases[m]).size]
-    fig = Figure(figsize=(2.6 * max(len(metrics), 1), 2.2))
+    fig = Figure(figsize=(min(2.2 * max(len(metrics), 1), 7.0), 2.2))
     if not metrics:
         fig.text(0.5, 0.5, "no evaluated case", ha="center", va="center")
         return fig
@@ -129,9 +136,9 @@ def distribution_plot(cases: pd.DataFrame, metrics: Sequence[str]) -> Figure:
         ax.hist(v, bins=min(30, max(5, int(np.sqrt(v.size)))), color="#0072B2", alpha=0.8)
         ax.axvline(v.mean(), color="#D55E00", lw=1, label="mean")
         ax.axvline(np.median(v), color="#333333", lw=1, ls=":", label="median")
-        ax.set_title(f"{metric} (n={v.size})", fontsize="small")
-        ax.tick_params(labelsize="x-small")
-    axes[0].legend(fontsize="xx-small")
+        ax.set_title(f"{metric} (n={v.size})", fontsize=FONT + 1)
+        ax.tick_params(labelsize=FONT)
+    axes[0].legend(fontsize=FONT)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.85, wspace=0.3)
     return fig
 
@@ -153,21 +160,21 @@ def bland_altman_plot(measured: Any, reference: Any, summary: dict[str, float]) 
                 f"{key} {v:.1f}",
                 (1.0, v),
                 xycoords=("axes fraction", "data"),
-                fontsize="xx-small",
+                fontsize=FONT,
                 ha="right",
                 va="bottom",
             )
     ax.axhline(0, color="#999999", lw=0.5)
-    ax.set_xlabel("mean of predicted and reference volume (mm³)", fontsize="x-small")
-    ax.set_ylabel("predicted − reference (mm³)", fontsize="x-small")
-    ax.tick_params(labelsize="x-small")
+    ax.set_xlabel("mean of predicted and reference volume (mm³)", fontsize=FONT)
+    ax.set_ylabel("predicted − reference (mm³)", fontsize=FONT)
+    ax.tick_params(labelsize=FONT)
     fig.subplots_adjust(left=0.17, right=0.97, bottom=0.16, top=0.95)
     return fig
 
 
-def detection_by_size_plot(table: pd.DataFrame) -> Figure:
+def detection_by_size_plot(table: pd.DataFrame, ci: str = "CI") -> Figure:
     """Lesion detection rate per size bin with Wilson intervals (``bin, rate, ci_low, ci_high, n``)."""
-    fig = Figure(figsize=(4.6, 2.6))
+    fig = Figure(figsize=(4.8, 2.8))
     ax = fig.add_subplot()
     x = np.arange(len(table))
     rate = table["rate"].to_numpy(dtype=float)
@@ -181,11 +188,11 @@ def detection_by_size_plot(table: pd.DataFrame) -> Figure:
     ax.errorbar(x, rate, yerr=np.nan_to_num(err), fmt="none", ecolor="#333333", capsize=3)
     ax.set_xticks(x)
     ax.set_xticklabels(
-        [f"{b}\n(n={n})" for b, n in zip(table["bin"], table["n"])], fontsize="xx-small"
+        [f"{b}\n(n={n})" for b, n in zip(table["bin"], table["n"])], fontsize=FONT
     )
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("detected", fontsize="x-small")
-    ax.tick_params(labelsize="x-small")
+    ax.set_ylabel(f"share detected ({ci})", fontsize=FONT)
+    ax.tick_params(labelsize=FONT)
     fig.subplots_adjust(left=0.13, right=0.97, bottom=0.25, top=0.95)
     return fig
 
@@ -273,4 +280,63 @@ def explanation_overlay(
     if title:
         ax.set_title(title, fontsize="x-small")
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88)
+    return fig
+
+
+def _accepts(func: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def gallery_figure(payload: dict[str, Any], *, method: str | None = None) -> Figure:
+    """Draw one stored failure-gallery entry (:func:`medseg_xai.audit.explanations.slice_payload`).
+
+    One panel per stored plane: the image, the reference / explained lesion and prediction
+    outlines, the error map where no attribution is stored, else the attribution with a colour
+    bar (its scale shared by the planes; blue = evidence against a lesion).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from medseg_xai.audit.explanations import decode_plane
+
+    planes = payload["planes"]
+    heats = [decode_plane(p.get("heatmap")) for p in planes]
+    has_heat = any(h is not None for h in heats)
+    hmax = max((float(np.abs(h).max()) for h in heats if h is not None), default=0.0)
+    signed = any(h is not None and (h < 0).any() for h in heats)
+    fig = Figure(figsize=(2.3 * len(planes) + (0.6 if has_heat else 0.0), 2.7))
+    axes = fig.subplots(1, len(planes), squeeze=False)[0]
+    affine = payload.get("affine")
+    for ax, plane, heat in zip(axes, planes, heats):
+        image = decode_plane(plane["image"])
+        ref = decode_plane(plane.get("target")) if plane.get("target") else decode_plane(plane["ref"])
+        pred = decode_plane(plane.get("pred"))
+        kw: dict[str, Any] = {}
+        if affine is not None and _accepts(viz.show_slice, "affine"):
+            kw["affine"] = np.asarray(affine)  # issue 12: orientation letters and scale bar
+        if heat is not None and hmax > 0:
+            viz.show_slice(ax, image, ref=ref, pred=pred, heatmap=heat, contours=True, alpha=0.7,
+                           spacing=plane.get("spacing"), hmax=hmax, **kw)
+        else:
+            viz.show_slice(ax, image, ref=decode_plane(plane["ref"]), pred=pred,
+                           error=pred is not None, contours=True, alpha=0.45,
+                           spacing=plane.get("spacing"), **kw)
+        where = ("slice" if plane["axis"] is None else
+                 f"voxel axis {plane['axis']} = {plane['index']}")
+        ax.set_title(where, fontsize=FONT)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if has_heat and hmax > 0:
+        cmap = "RdBu_r" if signed else "inferno"
+        norm = Normalize(-hmax if signed else 0.0, hmax)
+        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), fraction=0.04,
+                           pad=0.02)
+        bar.ax.tick_params(labelsize=FONT)
+        bar.set_label(f"{method or 'attribution'} (red: for, blue: against)" if signed
+                      else f"{method or 'attribution'}", fontsize=FONT)
     return fig

@@ -1,13 +1,23 @@
-"""Render an audit result into one self-contained, autoescaped HTML file.
+"""Render an :class:`~medseg_xai.audit.AuditResult` into one self-contained HTML file (and PDF).
 
-The Jinja2 environment escapes every value (``autoescape=True``); templates and CSS ship as package
-data and the CSS is inlined; figures are PNG data URIs. Nothing in the page refers to another
-file or to the network, so it opens the same on an air-gapped reviewer's laptop and prints to PDF.
+The page is the sections of :data:`medseg_xai.reports.registry.SECTIONS` in order, each built by
+its module's ``build(result, config)`` from the result alone and drawn by its template. The Jinja2
+environment escapes every value (``autoescape=True``); templates and CSS ship as package data
+and the CSS is inlined; figures are PNG data URIs. Nothing in the page refers to another file or
+the network, so it opens the same on an air-gapped laptop and prints to PDF with page numbers.
+
+Apart from one line (``#provenance-line``: when and by which version it was rendered) the HTML is
+a function of the result and the config: re-rendering ``audit.json`` gives the same page.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import importlib
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -17,27 +27,28 @@ import jinja2
 from markupsafe import Markup
 
 from medseg_xai import __version__
-from medseg_xai.reports import sections as S
+from medseg_xai.reports.registry import SECTIONS
 
-__all__ = ["DEFAULT_MAX_GALLERY", "load_config", "render_html", "write_html"]
+__all__ = ["find_chromium", "load_config", "render_html", "sections", "write_html", "write_pdf"]
 
-DEFAULT_MAX_GALLERY = 12
-DEFAULT_MAX_EXPLANATIONS = 6
+#: Browser flags for printing (as the browser tests use them), plus no URL/date header.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-pdf-header-footer")
 
 
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("medseg_xai.reports", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    return env
 
 
 def load_config(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
-    """Report configuration from a dict or a YAML file (intended use, test set, approvers...)."""
+    """Report configuration from a dict or a YAML file (keys: README, "REPORT.yaml")."""
     if config is None:
         return {}
     if isinstance(config, Mapping):
@@ -45,16 +56,13 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[st
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)
         if not path.is_file():
-            raise ValueError(
-                f"config: expected a YAML file or a dict, got missing path {str(path)!r}"
-            )
+            raise ValueError(f"config: expected a YAML file or a dict, got missing path {str(path)!r}")
         import yaml
 
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         if not isinstance(data, Mapping):
-            raise ValueError(
-                f"config: expected a YAML mapping in {str(path)!r}, got {type(data).__name__}"
-            )
+            raise ValueError(f"config: expected a YAML mapping in {str(path)!r}, got "
+                             f"{type(data).__name__}")
         return dict(data)
     raise ValueError(f"config: expected a dict, a YAML path or None, got {type(config).__name__}")
 
@@ -67,135 +75,125 @@ def _css() -> Markup:
     return Markup(text)
 
 
-def render_html(
-    result: Any,
-    *,
-    comparison: Any = None,
-    config: Mapping[str, Any] | str | os.PathLike | None = None,
-    adapter: Any = None,
-    cohort: Any = None,
-    explanations: Any = None,
-    max_gallery: int = DEFAULT_MAX_GALLERY,
-    max_explanations: int = DEFAULT_MAX_EXPLANATIONS,
-    per_group: int = 1,
-) -> str:
-    """Build the report's HTML text (see :func:`write_html` for the arguments)."""
-    if result is None or not hasattr(result, "cases"):
-        raise ValueError(
-            f"result: expected an AuditResult (with .cases, .subgroups, ...), got {type(result).__name__}"
-        )
-    if int(max_gallery) < 0:
-        raise ValueError(f"max_gallery: expected a non-negative integer, got {max_gallery!r}")
-    cfg = load_config(config)
-    settings = S.mapping(result, "settings")
-    subgroups = S.frame(result, "subgroups")
-    cases = S.frame(result, "cases")
-    min_n = int(settings.get("min_n", cfg.get("min_n", 10)) or 10)
-    seed = int(settings.get("seed", 0) or 0)
-    strata = S.strata_of(subgroups, settings)
-    metrics = S.metrics_of(subgroups, cases, settings)
-    primary = S.primary_metric(metrics, settings)
-    crit = S.criteria_lookup(S.frame(result, "criteria"))
-    generated = S.today()
-    comp = S.section_comparison(comparison)
-    toc = [
-        (key, title)
-        for key, title in S.SECTION_TITLES.items()
-        if key != "comparison" or comp is not None
-    ]
-    ctx = {
-        "title": cfg.get("title") or "Segmentation model audit report",
-        "version": __version__,
-        "generated": generated,
-        "toc": toc,
-        "titles": S.SECTION_TITLES,
-        "css": _css(),
-        "primary": primary,
-        "identification": S.section_identification(result, cfg, adapter, generated),
-        "provenance": S.section_provenance(result, cfg, strata),
-        "sap": S.section_sap(result, metrics, min_n),
-        "overall": S.section_overall(result, metrics, crit),
-        "subgroups": S.section_subgroups(result, strata, metrics, crit, min_n, seed),
-        "lesions": S.section_lesions(result),
-        "failures": S.section_failures(
-            result,
-            strata,
-            primary,
-            cohort=cohort,
-            adapter=adapter,
-            explanations=explanations,
-            max_gallery=int(max_gallery),
-            max_explanations=int(max_explanations),
-            per_group=int(per_group),
-        ),
-        "comparison": comp,
-        "limitations": S.section_limitations(result, cfg, min_n, strata),
-        "repro": S.section_reproducibility(result, cfg, adapter),
-    }
-    return _environment().get_template("report.html.j2").render(**ctx)
+def sections(result: Any, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The shown sections in order: ``name, num, title, anchor, data`` (numbers without holes)."""
+    out = []
+    for name in SECTIONS:
+        mod = importlib.import_module(f"medseg_xai.reports.sec_{name}")
+        data = mod.build(result, dict(config))
+        if data is None:
+            continue
+        out.append({"name": name, "num": len(out) + 1, "title": mod.TITLE,
+                    "anchor": name.replace("_", "-"), "data": data})
+    return out
 
 
-def write_html(
-    result: Any,
-    path: str | os.PathLike,
-    *,
-    comparison: Any = None,
-    config: Mapping[str, Any] | str | os.PathLike | None = None,
-    adapter: Any = None,
-    cohort: Any = None,
-    explanations: Any = None,
-    max_gallery: int = DEFAULT_MAX_GALLERY,
-    max_explanations: int = DEFAULT_MAX_EXPLANATIONS,
-    per_group: int = 1,
-) -> Path:
+def _check_result(result: Any) -> None:
+    from medseg_xai.audit.result import AuditResult
+
+    if not isinstance(result, AuditResult):
+        raise ValueError(f"result: expected an AuditResult, got {type(result).__name__}")
+
+
+def render_html(result: Any, *, config: Mapping[str, Any] | str | os.PathLike | None = None,
+                comparison: Any = None) -> str:
+    """The report's HTML text (see :func:`write_html`)."""
+    _check_result(result)
+    cfg = {**result.report, **load_config(config), "comparison": comparison}
+    shown = sections(result, cfg)
+    generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _environment().get_template("report.html.j2").render(
+        title=str(cfg.get("title") or "Segmentation model audit report"),
+        version=__version__, generated=generated, css=_css(), sections=shown,
+        verdict=result.verdict)
+
+
+def write_html(result: Any, path: str | os.PathLike, *,
+               config: Mapping[str, Any] | str | os.PathLike | None = None,
+               comparison: Any = None, pdf: bool | str | os.PathLike = False) -> Path:
     """Write the regulatory audit report as one self-contained HTML file.
 
     Parameters
     ----------
     result : AuditResult
-        From :func:`medseg_xai.audit`.
+        From :func:`medseg_xai.audit`; everything shown comes from it (failure gallery:
+        ``result.explanations``, see :func:`medseg_xai.audit.explanations.explain_failures`).
     path : str or path-like
         Output file (parent folders are created).
-    comparison : ComparisonResult, optional
-        From :func:`medseg_xai.audit.compare`; adds section 8.
     config : dict or path to YAML, optional
-        ``model_name``, ``model_version``, ``intended_use``, ``intended_users``,
-        ``reference_standard``, ``test_set`` (how it was drawn), ``exclusions``,
-        ``limitations`` (text or list), ``approvers`` (list of ``{role, name}``), ``title``.
-    adapter : SegmentationAdapter, optional
-        Enables Grad-CAM views of missed lesions in the failure gallery (needs ``cohort``).
-    cohort : Cohort, optional
-        Loads images for the failure gallery overlays.
-    explanations : mapping or list, optional
-        Precomputed explanations: ``{case_id: Explanation}``, ``{(case_id, lesion_id): ...}`` or
-        dicts with ``case_id``, ``attribution`` and optional ``lesion_id``, ``mask``, ``image``,
-        ``method``, ``localisation``.
-    max_gallery : int
-        At most this many cases in the failure gallery (keeps the file small).
-    max_explanations : int
-        At most this many missed lesions explained.
-    per_group : int
-        Worst cases taken from each subgroup.
+        Merged over ``result.report`` (the configuration the audit stored). Keys in the README
+        ("REPORT.yaml").
+    comparison : ComparisonResult, optional
+        From :func:`medseg_xai.audit.compare`; adds the model comparison section.
+    pdf : bool or path, optional
+        Also print a PDF (``True``: next to the HTML) with :func:`write_pdf`.
 
     Returns
     -------
     pathlib.Path
-        The written file.
+        The HTML file.
     """
-    html = render_html(
-        result,
-        comparison=comparison,
-        config=config,
-        adapter=adapter,
-        cohort=cohort,
-        explanations=explanations,
-        max_gallery=max_gallery,
-        max_explanations=max_explanations,
-        per_group=per_group,
-    )
+    html = render_html(result, config=config, comparison=comparison)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     from medseg_xai._io import atomic_write  # never a truncated report
 
     atomic_write(out, html)
+    if pdf:
+        write_pdf(out, out.with_suffix(".pdf") if pdf is True else Path(pdf))
     return out
+
+
+def find_chromium() -> str | None:
+    """A Chromium / Chrome executable (``MEDSEG_XAI_CHROMIUM`` first), or None."""
+    env = os.environ.get("MEDSEG_XAI_CHROMIUM")
+    if env and Path(env).exists():
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *,
+              timeout: float = 180.0) -> Path:
+    """Print a report to PDF: headless Chromium where installed, else WeasyPrint.
+
+    The print stylesheet gives A4 pages, page numbers ("page N of M") and a page break before
+    each section; the table of contents links to the sections.
+
+    Raises
+    ------
+    ValueError
+        The HTML file does not exist.
+    RuntimeError
+        Neither Chromium nor WeasyPrint (``pip install medseg-xai[pdf]``) is available, or the
+        printer failed (its message included).
+    """
+    src = Path(html_path).resolve()
+    if not src.is_file():
+        raise ValueError(f"html_path: expected an existing HTML report, got {str(html_path)!r}")
+    dst = Path(pdf_path).resolve()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    browser = find_chromium()
+    if browser is not None:
+        with tempfile.TemporaryDirectory(prefix="medseg-xai-chromium-") as profile:
+            cmd = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                   f"--print-to-pdf={tmp}", src.as_uri()]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+        if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
+            raise RuntimeError(f"write_pdf: Chromium failed (exit {proc.returncode}): "
+                               f"{proc.stderr.strip()[-500:]}")
+    else:
+        try:
+            import weasyprint
+        except ImportError as err:
+            raise RuntimeError("write_pdf: expected headless Chromium (set MEDSEG_XAI_CHROMIUM) "
+                               "or WeasyPrint (pip install 'medseg-xai[pdf]'), found neither"
+                               ) from err
+        weasyprint.HTML(filename=str(src)).write_pdf(str(tmp))
+    os.replace(tmp, dst)
+    return dst

@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Cell", "Table", "fmt", "identifying", "safe_columns", "table_from_frame"]
+from medseg_xai.status import CRITERION_STATUSES
+
+__all__ = ["Cell", "Table", "ci_label", "fmt", "fmt_p", "identifying", "kv_rows", "p_cell",
+           "safe_columns", "table_from_frame"]
 
 # Direct identifiers (DICOM PatientName / PatientID / PatientBirthDate and friends).
 _IDENTIFYING = re.compile(
@@ -94,9 +97,36 @@ def cell(v: Any, cls: str = "") -> Cell:
             repr(x) if not (isinstance(x, float) and math.isnan(x)) else "nan",
             (cls + " num").strip(),
         )
-    if isinstance(v, str) and v in ("PASS", "FAIL", "INSUFFICIENT DATA"):
+    if isinstance(v, str) and v in CRITERION_STATUSES:
         cls = (cls + " status-" + v.split()[0].lower()).strip()
+    if isinstance(v, str) and v in ("worse", "better"):
+        cls = (cls + " flag-" + v).strip()
     return Cell(fmt(v), None, cls)
+
+
+def fmt_p(v: Any) -> str:
+    """A p-value as text: ``< 0.001`` below 0.001, else three decimals; ``–`` when missing."""
+    if v is None or _scalar_na(v):
+        return "–"
+    x = float(v)
+    return "< 0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def p_cell(v: Any) -> Cell:
+    """A p-value cell: readable text, exact value kept in ``data-value``."""
+    c = cell(v)
+    c.text = fmt_p(v)
+    return c
+
+
+def ci_label(confidence: float) -> str:
+    """``"95% CI"`` for 0.95, ``"90% CI"`` for 0.9, ``"97.5% CI"`` for 0.975."""
+    return f"{float(confidence) * 100:g}% CI"
+
+
+def kv_rows(pairs: Iterable[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """Key / value rows with values as text."""
+    return [(str(k), v if isinstance(v, str) else fmt(v)) for k, v in pairs]
 
 
 @dataclass
@@ -121,10 +151,11 @@ def table_from_frame(
     caption: str = "",
     headers: dict[str, str] | None = None,
     max_rows: int | None = None,
+    p_columns: Sequence[str] = ("p_value", "p_adjusted", "p_kruskal"),
 ) -> Table:
     """Turn a DataFrame into a :class:`Table`, dropping identifying columns.
 
-    ``max_rows`` truncates and says so in the table's note.
+    ``max_rows`` truncates and says so in the table's note; ``p_columns`` print as p-values.
     """
     if df is None:
         df = pd.DataFrame()
@@ -134,8 +165,9 @@ def table_from_frame(
     rows = []
     n_total = len(df)
     view = df if max_rows is None else df.head(max_rows)
+    is_p = [c in p_columns for c in cols]
     for rec in view[cols].itertuples(index=False, name=None):
-        rows.append([cell(v) for v in rec])
+        rows.append([p_cell(v) if p else cell(v) for v, p in zip(rec, is_p)])
     note = ""
     if max_rows is not None and n_total > max_rows:
         note = f"First {max_rows} of {n_total} rows shown; all rows are in the JSON."

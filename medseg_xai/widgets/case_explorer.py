@@ -1,7 +1,10 @@
 """``CaseExplorer``: one case in three synchronised planes, its lesions, explanations, verdict.
 
 Pictures are matplotlib figures rendered to PNG into ``ipywidgets.Image`` (no ipympl needed);
-each plane keeps its figure and only swaps artist data on a redraw (:mod:`.render`). The state
+each plane keeps its figure and only swaps artist data on a redraw (:mod:`.render`). Pointer
+events (click, wheel, move) come from ``ipyevents``. Long work runs in a thread that counts
+the model's forward passes (:meth:`SegmentationAdapter.watch`) for the progress bar and stops
+at the next pass when cancelled. The state
 (:mod:`.state`), the lesion measurements (:mod:`.lesion_table`) and the verdict
 (:mod:`.verdict`) live outside this module and are tested without a browser.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import html
 import io
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +24,12 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
+from medseg_xai.adapters import Cancelled, label_map
 from medseg_xai.explain.quality import localisation
+from medseg_xai.viz import Geometry
 from medseg_xai.widgets.lesion_table import CaseLesions
 from medseg_xai.widgets.render import PlaneRenderer
-from medseg_xai.widgets.state import ExplanationCache, ViewState
+from medseg_xai.widgets.state import ExplanationCache, ViewState, window_presets
 from medseg_xai.widgets.verdict import DEFAULT_FACTORS, contrast_sweep, miss_verdict
 
 __all__ = ["CaseExplorer", "TARGETS"]
@@ -55,26 +61,37 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 class CaseExplorer(W.VBox):
     """Explore one case: planes, overlays, lesions, explanations and the miss verdict.
 
+    Navigation as in radiology viewers: click a plane to move the crosshair (every plane then
+    passes through the clicked voxel), turn the mouse wheel over a plane to step its slices,
+    read the voxel, world position and values under the pointer, zoom around the crosshair or
+    the selected lesion, and pick a window preset. Planes are shown in anatomical orientation
+    from ``affine`` (:class:`~medseg_xai.viz.Geometry`: letters on each edge, a mm scale bar;
+    display only, the analysis grid is never resampled).
+
     Parameters
     ----------
     adapter : SegmentationAdapter or None
         The model; without it the explorer only shows the image, masks and lesion table.
-    image : numpy.ndarray
-        ``(C, *spatial)`` or spatial only, 2D or 3D; channel 0 is displayed.
+    image : numpy.ndarray or torch.Tensor
+        Any form :func:`~medseg_xai.explain` accepts: ``(C, *spatial)``, spatial only, or
+        ``(1, C, *spatial)``; 2D or 3D.
     ref, pred : numpy.ndarray, optional
-        Reference and predicted masks. Without ``pred`` the adapter predicts it.
+        Reference and predicted masks. Without ``pred`` the adapter predicts it (at
+        ``threshold``, by :func:`~medseg_xai.adapters.label_map`). Without ``ref`` the lesion
+        list holds the predicted components and explanations target the prediction.
     spacing : sequence of float, optional
-        Voxel size in mm (default 1.0 per axis).
+        Voxel size in mm (default: from ``affine``, else 1.0 per axis).
     probability : numpy.ndarray, optional
         Foreground probability, spatial shape or ``(K, *spatial)`` (one channel, or channel
         ``class_index``); computed with the adapter when omitted.
     affine : numpy.ndarray, optional
-        4x4 affine of the source image, written into exported attribution NIfTI files.
+        4x4 affine of the source image: orients the views and is written into exported
+        attribution NIfTI files. Without it the views say "voxel axes, orientation unknown".
     case_id : str, optional
-    class_index : int
-        Foreground class explained and measured.
+    class_index : int, optional
+        Foreground class explained and measured (default 1, or 0 for a one-channel model).
     threshold : float
-        Decision threshold the verdict compares probabilities with.
+        Decision threshold: drives the prediction (when the adapter makes it) and the verdict.
     detected_reference : pandas.DataFrame, optional
         Detected lesions (``volume_mm3``, optionally ``cnr``) the verdict compares against;
         default the lesions detected in this case.
@@ -82,6 +99,12 @@ class CaseExplorer(W.VBox):
         Size of each plane picture in pixels.
     sweep_factors : sequence of float
         Contrast factors of the contrast sweep.
+    channel_names : sequence of str, optional
+        Names of the input channels (e.g. ``["T1", "T1c", "T2", "FLAIR"]``).
+    convention : {"radiological", "neurological"}
+    background : bool
+        Run explanations and sweeps started from the buttons in a thread (the kernel stays
+        responsive; progress bar and cancel button). Method calls wait unless ``wait=False``.
     """
 
     def __init__(
@@ -95,25 +118,41 @@ class CaseExplorer(W.VBox):
         probability: Any = None,
         affine: Any = None,
         case_id: str | None = None,
-        class_index: int = 1,
+        class_index: int | None = None,
         threshold: float = 0.5,
         detected_reference: pd.DataFrame | None = None,
         px: int = 320,
         sweep_factors: Any = DEFAULT_FACTORS,
+        channel_names: Any = None,
+        convention: str = "radiological",
+        background: bool = True,
     ) -> None:
         super().__init__()
         if image is None:
             raise ValueError("image: expected an array (C, *spatial) or (*spatial), got None")
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold!r}")
         self.adapter = adapter
         self.case_id = case_id
-        self.class_index = int(class_index)
         self.threshold = float(threshold)
         self.affine = None if affine is None else np.asarray(affine, dtype=float)
         self.sweep_factors = tuple(sweep_factors)
+        self.background = bool(background)
         self.last_error: Exception | None = None
         self._moving = False
+        self._job: threading.Thread | None = None
+        self._cancel = threading.Event()
         self.image, spatial = self._image(image, ref, pred, adapter)
-        self.spacing = self._spacing(spacing, len(spatial))
+        self.spacing = self._spacing(spacing, len(spatial), self.affine)
+        self.geometry = Geometry(spatial, self.affine, self.spacing, convention=convention)
+        n_ch = self.image.shape[0]
+        names = list(channel_names) if channel_names is not None else \
+            [f"channel {i}" for i in range(n_ch)]
+        if len(names) != n_ch:
+            raise ValueError(f"channel_names: expected {n_ch} names (one per image channel), "
+                             f"got {len(names)}")
+        self.channel_names = [str(n) for n in names]
+        self.class_index = self._class_index(class_index)
         self.ref = None if ref is None else self._mask(ref, spatial, "ref")
         self.pred = None if pred is None else self._mask(pred, spatial, "pred")
         self.probability = self._probability(probability, spatial, self.class_index)
@@ -121,8 +160,8 @@ class CaseExplorer(W.VBox):
             self._predict()
 
         self.lesions: CaseLesions | None = None
-        if self.ref is not None:
-            pred_mask = self.pred if self.pred is not None else np.zeros_like(self.ref)
+        if self.ref is not None or self.pred is not None:
+            pred_mask = self.pred if self.pred is not None else np.zeros(spatial, bool)
             self.lesions = CaseLesions(self.image, self.ref, pred_mask, self.probability,
                                        self.spacing)
         self.detected_reference = detected_reference
@@ -131,19 +170,21 @@ class CaseExplorer(W.VBox):
         self.explanation: Any = None  # the Explanation (or None) shown as heatmap
         self.explanation_key: tuple | None = None
         self.sweeps: dict[str, pd.DataFrame] = {}
+        self.readout_voxel: tuple[int, ...] | None = None
 
-        shown = self.image[0]
-        lo, hi = np.percentile(shown, (0.5, 99.5))
-        hi = hi if hi > lo else lo + 1.0
-        self.state = ViewState(spatial, vmin=float(lo), vmax=float(hi))
-        self.renderer = PlaneRenderer(shown, self.ref, self.pred, self.spacing, self.state, px)
-        self._build(float(shown.min()), float(shown.max()))
+        self.presets = window_presets(self.image[0])
+        lo, hi = self.presets["auto (0.5-99.5 %)"]
+        self.state = ViewState(spatial, vmin=float(lo), vmax=float(hi), geometry=self.geometry)
+        self.renderer = PlaneRenderer(self.image[0], self.ref, self.pred, self.spacing,
+                                      self.state, px, probability=self.probability)
+        self._build()
         self.redraw()
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_cohort(cls, cohort: Any, case_id: str, adapter: Any = None, **kwargs: Any) -> CaseExplorer:
-        """Open manifest row ``case_id`` of a :class:`~medseg_xai.cohort.Cohort`."""
+        """Open manifest row ``case_id`` of a :class:`~medseg_xai.cohort.Cohort` (its affine
+        orients the views)."""
         case = cohort.load_case(str(case_id))
         return cls(adapter, case.image, case.label, case.prediction, case.spacing,
                    probability=case.probability, affine=case.affine, case_id=case.case_id,
@@ -169,6 +210,8 @@ class CaseExplorer(W.VBox):
     # ------------------------------------------------------------------ input handling
     @staticmethod
     def _image(image: Any, ref: Any, pred: Any, adapter: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+        if hasattr(image, "detach"):  # a torch tensor, as explain() takes it
+            image = image.detach().cpu().numpy()
         img = np.asarray(image, dtype=np.float32)
         given = ref if ref is not None else pred
         if given is not None:
@@ -180,15 +223,27 @@ class CaseExplorer(W.VBox):
             spatial = tuple(img.shape[1:]) if img.ndim == 4 else tuple(img.shape)
         if len(spatial) not in (2, 3):
             raise ValueError(f"image: expected a 2D or 3D image, got spatial shape {spatial}")
+        if img.ndim == len(spatial) + 2 and img.shape[0] == 1:
+            img = img[0]  # (1, C, *spatial): one image of a batch
         if img.shape == spatial:
             img = img[None]
         if img.ndim != len(spatial) + 1 or tuple(img.shape[1:]) != spatial:
             raise ValueError(
-                f"image: expected (C, *{spatial}) or {spatial} to match the masks, got {img.shape}"
+                f"image: expected (C, *{spatial}), (1, C, *{spatial}) or {spatial} to match the "
+                f"masks, got {np.shape(image)}"
             )
         if not np.isfinite(img).all():
             raise ValueError("image: expected finite values, got NaN or infinite values")
         return img, spatial
+
+    def _class_index(self, class_index: int | None) -> int:
+        if self.adapter is None:
+            return 1 if class_index is None else int(class_index)
+        self.adapter.check_class_index(0, self.image)  # one pass: learns the output channels
+        k = self.adapter.output_channels
+        if class_index is None:
+            return 0 if k == 1 else 1
+        return self.adapter.check_class_index(class_index)
 
     @staticmethod
     def _probability(p: Any, spatial: tuple[int, ...], class_index: int) -> np.ndarray | None:
@@ -213,8 +268,10 @@ class CaseExplorer(W.VBox):
         return arr != 0
 
     @staticmethod
-    def _spacing(spacing: Any, ndim: int) -> tuple[float, ...]:
+    def _spacing(spacing: Any, ndim: int, affine: np.ndarray | None) -> tuple[float, ...]:
         if spacing is None:
+            if affine is not None:
+                return Geometry((1,) * ndim, affine).spacing
             return (1.0,) * ndim
         sp = tuple(float(s) for s in spacing)
         if len(sp) != ndim or not all(np.isfinite(s) and s > 0 for s in sp):
@@ -223,25 +280,31 @@ class CaseExplorer(W.VBox):
 
     def _predict(self) -> None:
         p = self.adapter.probabilities(self.image).detach().cpu().numpy()[0]
+        act = "sigmoid" if self.adapter.activation == "sigmoid" else "softmax"
+        labels = label_map(p, self.threshold, activation=act)
         if p.shape[0] == 1:
-            fg, pred = p[0], p[0] > 0.5
+            fg, pred = p[0], labels == 1
         else:
-            fg, pred = p[self.class_index], p.argmax(axis=0) == self.class_index
+            # multi-label sigmoid channels are labelled 1 + channel
+            code = self.class_index + 1 if act == "sigmoid" else self.class_index
+            fg, pred = p[self.class_index], labels == code
         if self.pred is None:
             self.pred = pred
         if self.probability is None:
             self.probability = fg.astype(np.float32)
 
     # ------------------------------------------------------------------ layout
-    def _build(self, lo: float, hi: float) -> None:
+    def _build(self) -> None:
         st = self.state
         self.plane_images: list[W.Image] = []
         self.sliders: dict[int, W.IntSlider] = {}
+        self._events: list[Any] = []
         columns = []
-        for name, axis in st.planes:
+        for pos, (name, axis) in enumerate(st.planes):
             img = W.Image(format="png", layout=W.Layout(width="auto"))
             img.add_class(f"mx-plane-{name}")
             self.plane_images.append(img)
+            self._attach_events(img, pos)
             parts: list[W.Widget] = [img]
             if axis >= 0:
                 s = W.IntSlider(value=st.center[axis], min=0, max=st.shape[axis] - 1,
@@ -252,16 +315,35 @@ class CaseExplorer(W.VBox):
                 self.sliders[axis] = s
                 parts.append(s)
             columns.append(W.VBox(parts))
+        self.readout = W.HTML("<i>Point at a plane to read the voxel under the cursor.</i>")
+        self.readout.add_class("mx-readout")
 
-        step = (hi - lo) / 200 if hi > lo else 0.01
-        self.window = W.FloatRangeSlider(value=(st.vmin, st.vmax), min=lo, max=max(hi, lo + step),
-                                         step=step, description="window", readout_format=".2f",
+        # window / level
+        lo_all, hi_all = self.presets["full range"]
+        step = (hi_all - lo_all) / 200 if hi_all > lo_all else 0.01
+        self.window = W.FloatRangeSlider(value=(st.vmin, st.vmax), min=lo_all,
+                                         max=max(hi_all, lo_all + step), step=step,
+                                         description="window", readout_format=".4g",
                                          continuous_update=False)
         self.window.add_class("mx-window")
         self.window.observe(self._on_window, "value")
+        self.preset = W.Dropdown(options=list(self.presets), value="auto (0.5-99.5 %)",
+                                 description="preset", layout=W.Layout(width="300px"))
+        self.preset.add_class("mx-window-preset")
+        self.preset.observe(self._on_preset, "value")
+        self.window_readout = W.HTML()
+        self.window_readout.add_class("mx-window-readout")
+        self.channel = W.Dropdown(options=[(n, i) for i, n in enumerate(self.channel_names)],
+                                  value=0, description="channel",
+                                  disabled=len(self.channel_names) < 2,
+                                  layout=W.Layout(width="260px"))
+        self.channel.add_class("mx-channel")
+        self.channel.observe(self._on_channel, "value")
+
         self.toggles: dict[str, W.Checkbox] = {}
         for key, label in (("reference", "reference"), ("prediction", "prediction"),
-                           ("error", "error map (FN / FP)"), ("heatmap", "heatmap"),
+                           ("error", "error map (FN / FP)"), ("probability", "probability"),
+                           ("heatmap", "heatmap"), ("lesion", "selected lesion"),
                            ("crosshair", "crosshair")):
             cb = W.Checkbox(value=st.toggles[key], description=label, indent=False,
                             layout=W.Layout(width="auto"))
@@ -272,11 +354,34 @@ class CaseExplorer(W.VBox):
             self.toggles["reference"].disabled = self.toggles["error"].disabled = True
         if self.pred is None:
             self.toggles["prediction"].disabled = self.toggles["error"].disabled = True
-        self.opacity = W.FloatSlider(value=st.alpha, min=0.0, max=1.0, step=0.05,
-                                     description="opacity", continuous_update=False)
+        if self.probability is None:
+            self.toggles["probability"].disabled = True
+
+        def opacity(layer: str, value: float, label: str) -> W.FloatSlider:
+            sl = W.FloatSlider(value=value, min=0.0, max=1.0, step=0.05, description=label,
+                               continuous_update=False)
+            sl.add_class(f"mx-opacity-{layer}")
+            sl.observe(functools.partial(self._on_opacity, layer), "value")
+            return sl
+
+        self.opacity = opacity("error", st.alpha, "error map")
         self.opacity.add_class("mx-opacity")
-        self.opacity.observe(self._on_opacity, "value")
-        view_controls = W.VBox([self.window, W.HBox(list(self.toggles.values())), self.opacity])
+        self.heat_opacity = opacity("heatmap", st.heat_alpha, "heatmap")
+        self.prob_opacity = opacity("probability", st.prob_alpha, "probability")
+        self.zoom = W.FloatSlider(value=1.0, min=1.0, max=8.0, step=0.5, description="zoom",
+                                  continuous_update=False)
+        self.zoom.add_class("mx-zoom")
+        self.zoom.observe(self._on_zoom, "value")
+        self.zoom_lesion = W.Button(description="zoom to lesion", icon="search-plus",
+                                    disabled=self.lesions is None)
+        self.zoom_lesion.add_class("mx-zoom-lesion")
+        self.zoom_lesion.on_click(lambda _b: self.zoom_to_lesion())
+        view_controls = W.VBox([
+            W.HBox([self.channel, self.preset, self.window, self.window_readout]),
+            W.HBox(list(self.toggles.values())),
+            W.HBox([self.opacity, self.heat_opacity, self.prob_opacity]),
+            W.HBox([self.zoom, self.zoom_lesion]),
+        ])
 
         # lesions and verdict
         self.lesion_table = W.HTML()
@@ -286,17 +391,17 @@ class CaseExplorer(W.VBox):
             options += [(self.lesions.label(i), i) for i in self.lesions.ids]
             self.lesion_table.value = self._lesion_table_html()
         else:
-            self.lesion_table.value = "<i>No reference mask: no lesion table.</i>"
+            self.lesion_table.value = "<i>No reference or prediction mask: no lesion table.</i>"
         self.lesion_select = W.Dropdown(options=options, value=None, description="lesion",
                                         layout=W.Layout(width="560px"))
         self.lesion_select.add_class("mx-lesion-select")
         self.lesion_select.observe(self._on_lesion, "value")
-        self.verdict_html = W.HTML("<i>Choose a lesion to read its verdict.</i>")
+        self.verdict_html = W.HTML(self._no_verdict_text())
         self.verdict_html.add_class("mx-verdict")
         self.sweep_button = W.Button(description="contrast sweep", icon="sliders",
                                      disabled=self.adapter is None)
         self.sweep_button.add_class("mx-sweep-button")
-        self.sweep_button.on_click(lambda _b: self.run_sweep())
+        self.sweep_button.on_click(lambda _b: self.run_sweep(wait=not self.background))
 
         # explanations
         from medseg_xai.explain import LAYER_METHODS, METHODS
@@ -325,12 +430,22 @@ class CaseExplorer(W.VBox):
         self.run_button = W.Button(description="run", icon="play", button_style="primary",
                                    disabled=self.adapter is None)
         self.run_button.add_class("mx-run")
-        self.run_button.on_click(lambda _b: self.run_explanation())
-        self.progress = W.IntProgress(value=0, min=0, max=1, layout=W.Layout(width="120px"))
+        self.run_button.on_click(lambda _b: self.run_explanation(wait=not self.background))
+        self.cancel_button = W.Button(description="cancel", icon="stop", button_style="warning",
+                                      disabled=True)
+        self.cancel_button.add_class("mx-cancel")
+        self.cancel_button.on_click(lambda _b: self.cancel())
+        self.progress = W.FloatProgress(value=0, min=0, max=1, layout=W.Layout(width="160px"))
+        self.progress.add_class("mx-progress")
         self.status = W.HTML("")
         self.status.add_class("mx-status")
         self.montage = W.Image(format="png", layout=W.Layout(display="none", width="auto"))
         self.montage.add_class("mx-montage")
+        self.channel_panels = W.Image(format="png", layout=W.Layout(display="none",
+                                                                    width="auto"))
+        self.channel_panels.add_class("mx-channel-panels")
+        self.ablation_html = W.HTML("")
+        self.ablation_html.add_class("mx-ablation")
         self._update_layer_enabled()
 
         # export
@@ -346,22 +461,51 @@ class CaseExplorer(W.VBox):
         explain_box = W.VBox([
             W.HTML("<b>Explanation</b>"),
             W.HBox([self.method, self.layer, self.target]),
-            W.HBox([self.run_button, self.progress, self.status]),
-            self.montage,
+            W.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
+            self.montage, self.channel_panels, self.ablation_html,
         ])
         lesion_box = W.VBox([W.HTML("<b>Lesions</b>"), self.lesion_table, self.lesion_select,
                              W.HTML("<b>Verdict</b>"), self.verdict_html, self.sweep_button])
         export_box = W.HBox([self.export_path, save_png, save_nii])
-        self.children = [header, W.HBox(columns), view_controls, lesion_box, explain_box,
-                         export_box]
+        self.children = [header, W.HBox(columns), self.readout, view_controls, lesion_box,
+                         explain_box, export_box]
         self.add_class("mx-case-explorer")
+        self._update_window_readout()
+
+    def _attach_events(self, img: W.Image, position: int) -> None:
+        """Click and wheel on a plane (immediate), pointer moves (throttled) via ipyevents."""
+        try:
+            from ipyevents import Event
+        except ImportError:  # pictures still work; navigation falls back to the sliders
+            return
+        nav = Event(source=img, watched_events=["click", "wheel"], prevent_default_action=True)
+        nav.on_dom_event(functools.partial(self._dom_event, position))
+        move = Event(source=img, watched_events=["mousemove"], throttle_or_debounce="throttle",
+                     wait=60)
+        move.on_dom_event(functools.partial(self._dom_event, position))
+        self._events += [nav, move]
+
+    def _no_verdict_text(self) -> str:
+        if self.ref is None:
+            return ("<i>No reference mask: nothing can be called missed. Choose a predicted "
+                    "component (or the class region) and explain the prediction.</i>")
+        return "<i>Choose a lesion to read its verdict.</i>"
 
     def _header_html(self) -> str:
         shape = "x".join(str(s) for s in self.state.shape)
         sp = ", ".join(f"{s:g}" for s in self.spacing)
         cid = html.escape(str(self.case_id)) if self.case_id else "case"
         n = len(self.lesions) if self.lesions is not None else 0
-        return f"<b>{cid}</b> · {shape} voxels · spacing {sp} mm · {n} lesion row(s)"
+        geo = self.geometry
+        if geo.known:
+            orient = f"stored {''.join(geo.axcodes or ())}, shown {geo.convention}"
+        else:
+            orient = "voxel axes, orientation unknown"
+        note = f" · <span class='mx-geometry-note'>{html.escape(geo.note)}</span>" \
+            if geo.note and geo.known else ""
+        return (f"<b>{cid}</b> · {shape} voxels · spacing {sp} mm · "
+                f"<span class='mx-orientation'>{html.escape(orient)}</span>{note} · "
+                f"{len(self.channel_names)} channel(s) · {n} lesion row(s)")
 
     def _lesion_table_html(self) -> str:
         assert self.lesions is not None
@@ -369,16 +513,109 @@ class CaseExplorer(W.VBox):
         return df.to_html(index=False, float_format=lambda v: f"{v:.2f}", escape=True,
                           classes="mx-table", border=0, na_rep="n/a")
 
+    def _update_window_readout(self) -> None:
+        st = self.state
+        lo, hi = self.presets["full range"]
+        self.window_readout.value = (
+            f"<span class='mx-wl'>L {st.level:.4g} · W {st.width:.4g} "
+            f"({st.vmin:.4g} to {st.vmax:.4g}; data {lo:.4g} to {hi:.4g})</span>")
+
     # ------------------------------------------------------------------ drawing
     def redraw(self, positions: Any = None) -> None:
         """Re-render the planes at ``positions`` (default all) into their Image widgets."""
-        for i, png in self.renderer.render(positions).items():
-            self.plane_images[i].value = png
+        with self._draw_lock:
+            for i, png in self.renderer.render(positions).items():
+                self.plane_images[i].value = png
+            if self.channel_panels.layout.display != "none" and (positions is None or 0 in
+                                                                 positions):
+                self._show_channel_panels()
+
+    _draw_lock = threading.RLock()
 
     def _set_status(self, text: str, *, error: bool = False) -> None:
         colour = "#b00020" if error else "inherit"
         cls = ' class="mx-error"' if error else ""
         self.status.value = f'<span{cls} style="color:{colour}">{html.escape(text)}</span>'
+
+    # ------------------------------------------------------------------ pointer navigation
+    @_guarded
+    def _dom_event(self, position: int, event: dict) -> None:
+        self.on_plane_event(position, event)
+
+    def on_plane_event(self, position: int, event: dict) -> None:
+        """Handle a pointer event on plane ``position``, as ipyevents sends it.
+
+        ``click``: move the crosshair (all planes) to the voxel under the pointer;
+        ``wheel``: step the plane's slice by the sign of ``deltaY``; ``mousemove``: update the
+        value readout. Coordinates are ``dataX`` / ``dataY`` in picture pixels.
+        """
+        kind = event.get("type")
+        if kind == "wheel":
+            name, axis = self.state.planes[position]
+            delta = float(event.get("deltaY", 0.0))
+            if axis >= 0 and delta:
+                self.step_slice(name, 1 if delta > 0 else -1)
+            return
+        x, y = event.get("dataX"), event.get("dataY")
+        if x is None or y is None:
+            return
+        voxel = self.renderer.voxel_at(position, float(x), float(y))
+        if voxel is None:
+            return
+        if kind == "click":
+            self.centre_on(voxel)
+        self.show_readout(voxel)
+
+    def step_slice(self, plane: str, delta: int) -> None:
+        """Move one plane by ``delta`` slices (the mouse wheel), clipped to the volume."""
+        axis = dict(self.state.planes).get(plane)
+        if axis not in self.sliders:
+            raise ValueError(f"plane: expected one of {[n for n, _ in self.state.planes]}, "
+                             f"got {plane!r}")
+        lo, hi = 0, self.state.shape[axis] - 1
+        self.sliders[axis].value = int(min(max(self.state.center[axis] + int(delta), lo), hi))
+
+    def readout_values(self, voxel: Any) -> dict[str, Any]:
+        """What the pointer reads at a stored voxel: position, world mm, channel values,
+        probability, reference / prediction / attribution (values the case holds)."""
+        v = tuple(int(i) for i in voxel)
+        if len(v) != len(self.state.shape) or not all(0 <= i < s for i, s in
+                                                      zip(v, self.state.shape)):
+            raise ValueError(f"voxel: expected indices inside {self.state.shape}, got {voxel!r}")
+        out: dict[str, Any] = {"voxel": v}
+        world = self.geometry.world(v)
+        out["world_mm"] = None if world is None else tuple(float(w) for w in world)
+        out["values"] = {n: float(self.image[(i, *v)]) for i, n in enumerate(self.channel_names)}
+        if self.probability is not None:
+            out["probability"] = float(self.probability[v])
+        if self.ref is not None:
+            out["reference"] = bool(self.ref[v])
+        if self.pred is not None:
+            out["prediction"] = bool(self.pred[v])
+        if self.explanation is not None:
+            out["attribution"] = float(np.asarray(self.explanation.attribution)[v])
+        return out
+
+    def show_readout(self, voxel: Any) -> None:
+        r = self.readout_values(voxel)
+        self.readout_voxel = r["voxel"]
+        parts = [f"voxel {r['voxel']}"]
+        if r["world_mm"] is not None:
+            parts.append("world (" + ", ".join(f"{w:.1f}" for w in r["world_mm"]) + ") mm")
+        chosen = self.channel_names[self.state.channel]
+        parts.append(f"{html.escape(chosen)} = {r['values'][chosen]:.4g}")
+        if len(r["values"]) > 1:
+            others = [f"{html.escape(n)} {val:.4g}" for n, val in r["values"].items()
+                      if n != chosen]
+            parts.append("(" + ", ".join(others) + ")")
+        if "probability" in r:
+            parts.append(f"p = {r['probability']:.3f}")
+        for key in ("reference", "prediction"):
+            if key in r:
+                parts.append(f"{key} {'yes' if r[key] else 'no'}")
+        if "attribution" in r:
+            parts.append(f"attribution {r['attribution']:.3g}")
+        self.readout.value = "<span class='mx-readout-text'>" + " · ".join(parts) + "</span>"
 
     # ------------------------------------------------------------------ callbacks
     @_guarded
@@ -393,7 +630,63 @@ class CaseExplorer(W.VBox):
         lo, hi = change["new"]
         if hi > lo:
             self.state.set_window(lo, hi)
+            self._update_window_readout()
             self.redraw()
+
+    @_guarded
+    def _on_preset(self, change: dict) -> None:
+        self.set_window_preset(change["new"])
+
+    def set_window_preset(self, name: str) -> None:
+        """Apply a named window (:func:`~medseg_xai.widgets.state.window_presets`)."""
+        if name not in self.presets:
+            raise ValueError(f"preset: expected one of {list(self.presets)}, got {name!r}")
+        lo, hi = self.presets[name]
+        if self.preset.value != name:
+            self.preset.value = name
+            return
+        self.state.set_window(lo, hi)
+        lo_all, hi_all = self.presets["full range"]
+        self._moving = True
+        try:  # widen the slider for presets beyond the data (CT windows)
+            self.window.min, self.window.max = min(lo, lo_all), max(hi, hi_all)
+            self.window.value = (lo, hi)
+        finally:
+            self._moving = False
+        self._update_window_readout()
+        self.redraw()
+
+    @_guarded
+    def _on_channel(self, change: dict) -> None:
+        self.set_channel(int(change["new"]))
+
+    def set_channel(self, channel: int) -> None:
+        """Show input channel ``channel``: image, window presets and lesion contrast follow."""
+        c = int(channel)
+        if not 0 <= c < self.image.shape[0]:
+            raise ValueError(f"channel: expected 0..{self.image.shape[0] - 1}, got {channel!r}")
+        if self.channel.value != c:
+            self.channel.value = c  # re-enters through the observer
+            return
+        self.state.channel = c
+        self.renderer.set_image(self.image[c])
+        self.presets = window_presets(self.image[c])
+        self.preset.options = list(self.presets)
+        lo, hi = self.presets["full range"]
+        self._moving = True
+        try:
+            self.window.min, self.window.max = min(lo, self.window.min), max(hi, self.window.max)
+            self.window.min, self.window.max = lo, hi
+        finally:
+            self._moving = False
+        self.preset.value = "auto (0.5-99.5 %)"
+        self.set_window_preset("auto (0.5-99.5 %)")
+        if self.lesions is not None:
+            self.lesions.set_channel(self.image, c)
+            self.lesion_table.value = self._lesion_table_html()
+            self.update_verdict()
+        if self.readout_voxel is not None:
+            self.show_readout(self.readout_voxel)
 
     @_guarded
     def _on_toggle(self, key: str, change: dict) -> None:
@@ -401,8 +694,13 @@ class CaseExplorer(W.VBox):
             self.redraw()
 
     @_guarded
-    def _on_opacity(self, change: dict) -> None:
-        self.state.alpha = float(change["new"])
+    def _on_opacity(self, layer: str, change: dict) -> None:
+        self.state.set_opacity(layer, float(change["new"]))
+        self.redraw()
+
+    @_guarded
+    def _on_zoom(self, change: dict) -> None:
+        self.state.set_zoom(float(change["new"]))
         self.redraw()
 
     @_guarded
@@ -419,7 +717,7 @@ class CaseExplorer(W.VBox):
 
     # ------------------------------------------------------------------ public actions
     def set_slice(self, plane: str | int, index: int) -> None:
-        """Move one plane's slice (by plane name or axis), as the slider does."""
+        """Move one plane's slice (by plane name or stored axis), as the slider does."""
         axis = plane if isinstance(plane, int) else dict(self.state.planes).get(plane)
         if axis not in self.sliders:
             raise ValueError(
@@ -428,7 +726,7 @@ class CaseExplorer(W.VBox):
         self.sliders[axis].value = int(index)
 
     def centre_on(self, point: Any) -> None:
-        """Put every plane through ``point`` (voxel indices) and redraw once."""
+        """Put every plane through ``point`` (stored voxel indices) and redraw once."""
         centre = self.state.centre_on(point)
         self._moving = True  # one redraw for all sliders, not one per slider
         try:
@@ -438,19 +736,46 @@ class CaseExplorer(W.VBox):
             self._moving = False
         self.redraw()
 
+    def zoom_to_lesion(self, lesion_id: str | None = None, margin: float = 1.5) -> float:
+        """Centre on a lesion (default the selected one) and zoom so it fills the planes."""
+        lid = lesion_id or self.selected_lesion
+        if lid is None or self.lesions is None:
+            raise ValueError("lesion_id: choose a lesion first (none is selected)")
+        m = self.lesions.mask(lid)
+        coords = np.argwhere(m)
+        extent = coords.max(axis=0) - coords.min(axis=0) + 1
+        z = float(np.clip(min(s / (e * margin) for s, e in zip(self.state.shape, extent)),
+                          1.0, self.zoom.max))
+        self.state.centre_on(self.lesions.centre(lid))
+        self._moving = True
+        try:
+            for axis, slider in self.sliders.items():
+                slider.value = self.state.center[axis]
+        finally:
+            self._moving = False
+        self.state.set_zoom(z)
+        if self.zoom.value != z:
+            self.zoom.value = z  # observer redraws
+        else:
+            self.redraw()
+        return z
+
     def select_lesion(self, lesion_id: str | None) -> None:
-        """Choose a lesion: centre all planes on it and write its verdict."""
+        """Choose a lesion: centre all planes on it, outline it and write its verdict."""
         if lesion_id is None:
             self.selected_lesion = None
-            self.verdict_html.value = "<i>Choose a lesion to read its verdict.</i>"
+            self.renderer.set_highlight(None)
+            self.verdict_html.value = self._no_verdict_text()
+            self.redraw()
             return
         if self.lesions is None:
-            raise ValueError("lesion_id: this case has no reference mask, so no lesions")
+            raise ValueError("lesion_id: this case has no masks, so no lesions")
         self.lesions.row(lesion_id)  # validates the id
         self.selected_lesion = lesion_id
         if self.lesion_select.value != lesion_id:
             self.lesion_select.value = lesion_id  # re-enters through the observer
             return
+        self.renderer.set_highlight(self.lesions.mask(lesion_id))
         self.centre_on(self.lesions.centre(lesion_id))
         if self.lesions.status(lesion_id) != "missed" and self.target.value == "missed":
             self.target.value = "lesion"
@@ -462,6 +787,8 @@ class CaseExplorer(W.VBox):
         lid = lesion_id or self.selected_lesion
         if lid is None or self.lesions is None:
             raise ValueError("lesion_id: choose a lesion first (none is selected)")
+        if not self.lesions.has_reference:
+            raise ValueError("verdict: this case has no reference mask, so nothing was missed")
         row = self.lesions.row(lid)
         detected = (self.detected_reference if self.detected_reference is not None
                     else self.lesions.detected)
@@ -479,25 +806,121 @@ class CaseExplorer(W.VBox):
                             sweep=self.sweeps.get(lid))
 
     def update_verdict(self) -> None:
-        if self.selected_lesion is not None:
-            self.verdict_html.value = self.verdict().to_html()
+        if self.selected_lesion is None:
+            return
+        if self.lesions is not None and not self.lesions.has_reference:
+            self.verdict_html.value = self._no_verdict_text()
+            return
+        self.verdict_html.value = self.verdict().to_html()
+
+    # ------------------------------------------------------------------ long work
+    @property
+    def busy(self) -> bool:
+        """Whether a background job (explanation or sweep) is running."""
+        return self._job is not None and self._job.is_alive()
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next forward pass."""
+        if self.busy:
+            self._cancel.set()
+            self._set_status("cancelling…")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the background job ends; returns whether it has ended."""
+        job = self._job
+        if job is not None:
+            job.join(timeout)
+        return not self.busy
+
+    def _watched(self, expected: int | None) -> Any:
+        """The adapter, counting forward passes into the progress bar and honouring cancel."""
+        count = [0]
+        last = [0.0]
+
+        def tick() -> None:
+            if self._cancel.is_set():
+                raise Cancelled("cancelled by the user")
+            count[0] += 1
+            now = time.perf_counter()
+            if now - last[0] > 0.1:  # at most ten progress messages a second
+                last[0] = now
+                if expected:
+                    self.progress.value = min(count[0] / expected, 0.99)
+                self.progress.description = f"{count[0]}" + (f"/{expected}" if expected else "")
+
+        return self.adapter.watch(tick)
+
+    def _start(self, label: str, work: Callable[[Any], Any], expected: int | None,
+               done: Callable[[Any], None], wait: bool) -> Any:
+        """Run ``work(adapter)`` (here, or in a thread) with progress and cancel."""
+        if self.busy:
+            raise ValueError(f"{label}: another job is running; wait for it or cancel it")
+        self._cancel.clear()
+        self.progress.value, self.progress.bar_style = 0.0, "info"
+        self.progress.description = ""
+        self._set_status(f"running {label}…")
+        self.cancel_button.disabled = False
+        self.run_button.disabled = self.sweep_button.disabled = True
+        t0 = time.perf_counter()
+        box: dict[str, Any] = {}
+
+        def body() -> None:
+            try:
+                box["value"] = work(self._watched(expected))
+                self.progress.value, self.progress.bar_style = 1.0, "success"
+                done(box["value"])
+                self._set_status(f"{label} done in {time.perf_counter() - t0:.1f} s")
+            except Cancelled:
+                self.progress.bar_style = "warning"
+                self._set_status(f"{label} cancelled after {time.perf_counter() - t0:.1f} s")
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                self.last_error = exc
+                self.progress.bar_style = "danger"
+                self._set_status(f"Error: {type(exc).__name__}: {exc}", error=True)
+            finally:
+                self.cancel_button.disabled = True
+                self.run_button.disabled = self.sweep_button.disabled = self.adapter is None
+
+        if wait:
+            body()
+            return box.get("value")
+        self._job = threading.Thread(target=body, name=f"medseg-xai {label}", daemon=True)
+        self._job.start()
+        return None
+
+    def _expected_passes(self, method: str) -> int | None:
+        """Forward passes a method makes (for the progress bar), when it is known."""
+        spatial = self.state.shape
+        if method == "occlusion":  # explain()'s default window and stride: 1/8 of each axis
+            win = [max(1, s // 8) for s in spatial]
+            return 1 + int(np.prod([(s - w) // w + 1 for s, w in zip(spatial, win)]))
+        if method == "feature_ablation":
+            return 1 + self.image.shape[0]
+        return None
 
     @_guarded
-    def run_sweep(self) -> pd.DataFrame | None:
+    def run_sweep(self, wait: bool = True) -> pd.DataFrame | None:
         """Contrast sweep of the chosen lesion (cached per lesion), then refresh the verdict."""
         lid = self.selected_lesion
         if lid is None or self.lesions is None or self.adapter is None:
             raise ValueError("contrast sweep: needs a model and a chosen lesion")
-        if lid not in self.sweeps:
-            self._set_status(f"contrast sweep of {lid}…")
-            m = self.lesions.mask(lid)
-            others = (self.lesions.ref | self.lesions.pred) & ~m
-            self.sweeps[lid] = contrast_sweep(self.adapter, self.image, m, self.sweep_factors,
-                                              class_index=self.class_index, exclude=others,
-                                              overlap_threshold=self.lesions.overlap_threshold)
-            self._set_status(f"contrast sweep of {lid} done")
-        self.update_verdict()
-        return self.sweeps[lid]
+        if lid in self.sweeps:
+            self.update_verdict()
+            return self.sweeps[lid]
+        m = self.lesions.mask(lid)
+        others = (self.lesions.ref | self.lesions.pred) & ~m
+
+        def work(adapter: Any) -> pd.DataFrame:
+            return contrast_sweep(adapter, self.image, m, self.sweep_factors,
+                                  class_index=self.class_index, exclude=others,
+                                  overlap_threshold=self.lesions.overlap_threshold)
+
+        def done(df: pd.DataFrame) -> None:
+            self.sweeps[lid] = df
+            self.update_verdict()
+
+        return self._start(f"contrast sweep of {lid}", work, len(self.sweep_factors), done,
+                           wait)
 
     def _current_key(self) -> tuple:
         method = self.method.value
@@ -526,35 +949,56 @@ class CaseExplorer(W.VBox):
                 )
         return targets.region(c, m)
 
+    def modality_baseline(self) -> np.ndarray:
+        """Baseline of per-modality ablation: each channel replaced by its own median.
+
+        Zero is no intensity at all for most MRI normalisations; the median keeps each
+        sequence at a typical value of its own, so the ablation asks what the model loses
+        without that channel's *contrast*.
+        """
+        axes = tuple(range(1, self.image.ndim))
+        return np.broadcast_to(np.median(self.image, axis=axes, keepdims=True),
+                               self.image.shape).astype(np.float32)
+
     @_guarded
-    def run_explanation(self) -> Any:
-        """Compute (or fetch from the cache) the chosen explanation and show it."""
+    def run_explanation(self, wait: bool = True) -> Any:
+        """Compute (or fetch from the cache) the chosen explanation and show it.
+
+        ``wait=False`` runs it in a thread (progress bar, cancel button) and returns None;
+        the result is shown when it ends.
+        """
         if self.adapter is None:
             raise ValueError("run: needs a model (adapter) to explain")
         key = self._current_key()
-        if key not in self.cache:
-            method, target_key, layer = key
-            self.progress.value, self.progress.bar_style = 0, "info"
-            self._set_status(f"running {method}…")
-            t0 = time.perf_counter()
-            if method == ACTIVATIONS:
-                from medseg_xai.explain import activations
+        if key in self.cache:
+            self.show_cached()
+            return self.cache.get(*key)
+        method, target_key, layer = key
+        if method == ACTIVATIONS:
+            from medseg_xai.explain import activations
 
-                value: Any = activations(self.adapter, self.image, layer)
-            else:
-                from medseg_xai.explain import explain
+            def work(adapter: Any) -> Any:
+                return activations(adapter, self.image, layer)
+        else:
+            from medseg_xai.explain import explain
 
-                target = self._make_target(target_key[0])
-                # Signed Grad-CAM: a miss often has only negative evidence (blue), which the
-                # usual ReLU would blank out entirely.
-                extra = {"relu": False} if method in ("gradcam", "gradcam++") else {}
-                value = explain(self.adapter, self.image, target, method=method, layer=layer,
-                                **extra)
+            target = self._make_target(target_key[0])
+            # Signed Grad-CAM: a miss often has only negative evidence (blue), which the
+            # usual ReLU would blank out entirely.
+            extra: dict[str, Any] = {"relu": False} if method in ("gradcam", "gradcam++") else {}
+            if method == "feature_ablation":
+                extra["baseline"] = self.modality_baseline()
+
+            def work(adapter: Any) -> Any:
+                return explain(adapter, self.image, target, method=method, layer=layer, **extra)
+
+        def done(value: Any) -> None:
             self.cache.put(*key, value)
-            self.progress.value, self.progress.bar_style = 1, "success"
-            self._set_status(f"{method} done in {time.perf_counter() - t0:.1f} s")
-        self.show_cached()
-        return self.cache.get(*key)
+            if self._current_key() == key:
+                self.show_cached()
+
+        self._start(method, work, self._expected_passes(method), done, wait)
+        return self.cache.get(*key) if wait and key in self.cache else None
 
     def show_cached(self) -> bool:
         """Show the cached result of the current choice; clear the heatmap when there is none."""
@@ -567,21 +1011,72 @@ class CaseExplorer(W.VBox):
             return value is not None
         self.montage.layout.display = "none"
         if value is None:
+            self.ablation_html.value = ""
+            self.channel_panels.layout.display = "none"
             if self.explanation is not None:
                 self.explanation = self.explanation_key = None
                 self.renderer.set_heatmap(None)
                 self.redraw()
-            if self.adapter is not None:
+            if self.adapter is not None and not self.busy:
                 self._set_status("not computed yet: press run")
             return False
         if self.explanation_key != key:
             self.explanation, self.explanation_key = value, key
-            self.renderer.set_heatmap(np.asarray(value.attribution))
+            if key[0] == "feature_ablation":
+                # One number per channel: shown as a table, never as a constant "heatmap".
+                self.renderer.set_heatmap(None)
+                self.ablation_html.value = self._ablation_html(value)
+                self.channel_panels.layout.display = "none"
+            else:
+                self.ablation_html.value = ""
+                self.renderer.set_heatmap(np.asarray(value.attribution))
+                multi = getattr(value, "channel_attribution", None)
+                show = multi is not None and np.shape(multi)[0] > 1
+                self.channel_panels.layout.display = "" if show else "none"
             self.redraw()
             if key[1][0] == "lesion" and key[1][1] == self.selected_lesion:
                 self.update_verdict()
             self._set_status(f"showing {key[0]} for {value.target_description}")
         return True
+
+    def _ablation_html(self, exp: Any) -> str:
+        ch = np.asarray(exp.channel_attribution)
+        rows = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{float(ch[i].flat[0]):+.4g}</td></tr>"
+            for i, n in enumerate(self.channel_names))
+        return ("<b>Per-modality ablation</b> (each channel replaced by its median; drop of the "
+                "target score without it)<table class='mx-table'><tr><th>channel</th>"
+                f"<th>score drop</th></tr>{rows}</table>")
+
+    def _show_channel_panels(self) -> None:
+        """One panel per input channel: its attribution over that channel, first plane."""
+        from matplotlib.figure import Figure
+
+        from medseg_xai.viz import fig_to_png_bytes
+        from medseg_xai.widgets.render import compose_rgb
+
+        exp = self.explanation
+        multi = None if exp is None else getattr(exp, "channel_attribution", None)
+        if multi is None or np.shape(multi)[0] < 2:
+            return
+        multi = np.asarray(multi)
+        name, axis = self.state.planes[0]
+        index = self.state.center[axis] if axis >= 0 else 0
+        geo = self.geometry
+        hmax = float(np.abs(multi).max()) or None
+        n = multi.shape[0]
+        fig = Figure(figsize=(2.2 * n, 2.5), dpi=80)
+        for c in range(n):
+            ax = fig.add_subplot(1, n, c + 1)
+            img = geo.slice(self.image[c], name, index)
+            lo, hi = window_presets(self.image[c])["auto (0.5-99.5 %)"]
+            ax.imshow(compose_rgb(img, lo, hi, heatmap=geo.slice(multi[c], name, index),
+                                  hmax=hmax, heat_alpha=self.state.heat_alpha),
+                      interpolation="nearest", aspect=np.divide(*geo.pixel_spacing(name)))
+            ax.set_title(f"{self.channel_names[c]} · {name} {index}", fontsize=7)
+            ax.set_axis_off()
+        fig.suptitle(f"{exp.method}: attribution per input channel (shared scale)", fontsize=8)
+        self.channel_panels.value = fig_to_png_bytes(fig, dpi=80)
 
     def _show_montage(self, feats: np.ndarray) -> None:
         from medseg_xai.viz import fig_to_png_bytes, montage
@@ -594,27 +1089,45 @@ class CaseExplorer(W.VBox):
 
     # ------------------------------------------------------------------ export
     def export_png(self, path: str | Path) -> Path:
-        """Save the planes as shown now, side by side, as one PNG."""
+        """Save the planes as shown now, side by side, as one PNG (:meth:`export_figure`)."""
+        p = Path(path)
+        if p.suffix.lower() != ".png":
+            raise ValueError(f"path: expected a .png file name, got {p.name!r}")
+        self.export_figure().savefig(p, format="png", metadata={"Software": None})
+        return p
+
+    def export_figure(self) -> Any:
+        """The planes as shown now in one matplotlib figure.
+
+        Each panel is the plane's picture with its orientation letters, scale bar and legend
+        (colour bars included), titled with the plane and slice; the figure title names the
+        case, the channel and the geometry.
+        """
         import matplotlib.image as mpimg
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        p = Path(path)
-        if p.suffix.lower() != ".png":
-            raise ValueError(f"path: expected a .png file name, got {p.name!r}")
         pics = [mpimg.imread(io.BytesIO(img.value), format="png") for img in self.plane_images]
-        fig = Figure(figsize=(3.2 * len(pics), 3.4), dpi=150)
+        fig = Figure(figsize=(3.2 * len(pics), 3.8), dpi=150)
         FigureCanvasAgg(fig)
-        for i, (pic, (name, _)) in enumerate(zip(pics, self.state.planes)):
+        for i, pic in enumerate(pics):
+            info = self.renderer.displayed(i)
             ax = fig.add_subplot(1, len(pics), i + 1)
             ax.imshow(pic)
-            ax.set_title(name, fontsize=9)
+            where = "" if info["slice"] is None else \
+                f" · slice {info['slice']} of {self.state.shape[info['axis']]}"
+            ax.set_title(f"{info['plane']}{where}", fontsize=8)
             ax.set_axis_off()
-        fig.savefig(p, format="png")
-        return p
+        geo = self.geometry
+        orient = (f"{''.join(geo.axcodes or ())} shown {geo.convention}" if geo.known
+                  else "voxel axes, orientation unknown")
+        fig.suptitle(f"{self.case_id or 'case'} · {self.channel_names[self.state.channel]} · "
+                     f"{orient}" + (f" · {geo.note}" if geo.note and geo.known else ""),
+                     fontsize=9)
+        return fig
 
     def export_attribution(self, path: str | Path) -> Path:
-        """Save the shown attribution as NIfTI with the source image's affine."""
+        """Save the shown attribution as NIfTI on the stored grid with the source affine."""
         if self.explanation is None:
             raise ValueError("export: no attribution shown; run an explanation first")
         return Path(self.explanation.to_nifti(path, affine=self.affine))
@@ -627,7 +1140,7 @@ class CaseExplorer(W.VBox):
             out = self.export_png(stem.with_suffix(".png"))
         else:
             out = self.export_attribution(Path(f"{stem}_attribution.nii.gz"))
-        self._set_status(f"saved {out}")
+        self._set_status(f"saved {out.name}")
 
 
 def _cohort_of(result: Any) -> Any:

@@ -24,9 +24,11 @@ class CaseLesions:
     Parameters
     ----------
     image : numpy.ndarray
-        ``(C, *spatial)`` or spatial only; channel 0 is used for the contrast-to-noise ratio.
+        ``(C, *spatial)`` or spatial only; channel ``channel`` is used for the contrast-to-noise
+        ratio.
     ref, pred : numpy.ndarray
-        Binary masks (spatial shape).
+        Binary masks (spatial shape). ``ref=None``: a case without a reference; the rows are
+        the predicted components (status ``"predicted"``), nothing is called missed.
     probability : numpy.ndarray, optional
         Foreground probability (spatial shape); fills ``max_prob``.
     spacing : sequence of float, optional
@@ -45,9 +47,14 @@ class CaseLesions:
         margin: int = 3,
         connectivity: int | None = None,
         overlap_threshold: float = 0.1,
+        channel: int = 0,
     ) -> None:
-        self.ref = np.asarray(ref) != 0
         self.pred = np.asarray(pred) != 0
+        self.has_reference = ref is not None
+        self.ref = np.asarray(ref) != 0 if ref is not None else np.zeros_like(self.pred)
+        self.ndim = self.pred.ndim
+        self.channel = int(channel)
+        self._margin = margin
         self.overlap_threshold = float(overlap_threshold)
         self.table = lesions(self.pred, self.ref, spacing, probability,
                              connectivity=connectivity, overlap_threshold=overlap_threshold)
@@ -55,19 +62,36 @@ class CaseLesions:
             "ref": label_lesions(self.ref, connectivity)[0],
             "pred": label_lesions(self.pred, connectivity)[0],
         }
+        if not self.has_reference:
+            self.table["status"] = "predicted"
+        self.lesion_fraction = {str(lid): float(self.mask(lid).mean())
+                                for lid in self.table["lesion_id"]}
+        self.set_channel(image, self.channel)
+
+    def set_channel(self, image: Any, channel: int) -> None:
+        """Measure the contrast-to-noise ratio (column ``cnr``) on ``channel`` of ``image``."""
         img = np.asarray(image, dtype=np.float32)
-        self.lesion_fraction: dict[str, float] = {}
+        if img.ndim == self.ndim:
+            img = img[None]
+        if not 0 <= int(channel) < img.shape[0]:
+            raise ValueError(f"channel: expected 0..{img.shape[0] - 1}, got {channel!r}")
+        self.channel = int(channel)
         cnrs = []
         foreground = self.ref | self.pred
         for lid in self.table["lesion_id"]:
             m = self.mask(lid)
-            self.lesion_fraction[lid] = float(m.mean())
             try:
-                cnr = contrast_to_noise(img, m, margin=margin, exclude=foreground & ~m)
+                cnr = contrast_to_noise(img, m, margin=self._margin, exclude=foreground & ~m,
+                                        channel=self.channel)
             except ValueError:  # other lesions fill the whole ring: measure without excluding
-                cnr = contrast_to_noise(img, m, margin=margin)
+                cnr = contrast_to_noise(img, m, margin=self._margin, channel=self.channel)
             cnrs.append(cnr)
         self.table["cnr"] = np.asarray(cnrs, dtype=float)
+
+    @property
+    def size_unit(self) -> str:
+        """``mm³`` for volumes, ``mm²`` for 2D images (``volume_mm3`` then holds an area)."""
+        return "mm²" if self.ndim == 2 else "mm³"
 
     def __len__(self) -> int:
         return len(self.table)
@@ -112,8 +136,10 @@ class CaseLesions:
         """One line for a selector: id, status, volume, contrast, max probability."""
         r = self.row(lesion_id)
         prob = "n/a" if not np.isfinite(r["max_prob"]) else f"{r['max_prob']:.2f}"
-        return (f"{lesion_id} · {str(r['status']).replace('_', ' ')} · {r['volume_mm3']:.0f} mm³ · "
-                f"CNR {r['cnr']:.1f} · max p {prob}")
+        return (f"{lesion_id} · {str(r['status']).replace('_', ' ')} · {r['volume_mm3']:.0f} "
+                f"{self.size_unit} · CNR {r['cnr']:.1f} · max p {prob}")
 
     def display_table(self) -> pd.DataFrame:
-        return self.table[TABLE_COLUMNS].copy()
+        """The shown columns; the size column is named for its unit (area for 2D)."""
+        df = self.table[TABLE_COLUMNS].copy()
+        return df.rename(columns={"volume_mm3": "area_mm2" if self.ndim == 2 else "volume_mm3"})

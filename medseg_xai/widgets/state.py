@@ -12,14 +12,44 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PLANES_2D", "PLANES_3D", "ExplanationCache", "ViewState", "plane_slice", "plane_spacing"]
+__all__ = ["PLANES_2D", "PLANES_3D", "ExplanationCache", "ViewState", "plane_slice",
+           "plane_spacing", "window_presets"]
 
 #: (plane name, the axis a slider moves) for (D, H, W) volumes.
 PLANES_3D: tuple[tuple[str, int], ...] = (("axial", 0), ("coronal", 1), ("sagittal", 2))
 #: The single view of a 2D image (no slider axis).
 PLANES_2D: tuple[tuple[str, int], ...] = (("image", -1),)
 
-TOGGLES = ("reference", "prediction", "error", "heatmap", "crosshair")
+TOGGLES = ("reference", "prediction", "error", "heatmap", "crosshair", "probability", "lesion")
+
+#: CT window presets (level, width) in Hounsfield units, as radiology viewers name them.
+CT_PRESETS: dict[str, tuple[float, float]] = {
+    "CT brain (L40 W80)": (40.0, 80.0),
+    "CT soft tissue (L40 W400)": (40.0, 400.0),
+    "CT lung (L-600 W1500)": (-600.0, 1500.0),
+    "CT bone (L400 W1800)": (400.0, 1800.0),
+}
+
+
+def window_presets(image: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Named intensity windows ``name -> (vmin, vmax)`` for one channel.
+
+    ``auto`` (0.5-99.5 percentiles), ``full range`` (min-max) and ``1-99 %``; the CT presets are
+    offered when the values look like Hounsfield units (minimum at or below -500).
+    """
+    a = np.asarray(image, dtype=np.float32)
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return {"auto (0.5-99.5 %)": (0.0, 1.0)}
+    lo, hi = float(finite.min()), float(finite.max())
+    out = {}
+    for name, (p0, p1) in (("auto (0.5-99.5 %)", (0.5, 99.5)), ("1-99 %", (1.0, 99.0))):
+        a0, a1 = (float(v) for v in np.percentile(finite, (p0, p1)))
+        out[name] = (a0, a1 if a1 > a0 else a0 + 1.0)
+    out["full range"] = (lo, hi if hi > lo else lo + 1.0)
+    if lo <= -500:
+        out.update({n: (lv - w / 2, lv + w / 2) for n, (lv, w) in CT_PRESETS.items()})
+    return out
 
 
 def plane_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -67,6 +97,11 @@ class ViewState:
     center: list[int] = field(default_factory=list)
     toggles: dict[str, bool] = field(default_factory=dict)
     alpha: float = 0.5
+    heat_alpha: float = 0.6
+    prob_alpha: float = 0.5
+    zoom: float = 1.0
+    channel: int = 0
+    geometry: Any = None
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -79,17 +114,51 @@ class ViewState:
         defaults = dict.fromkeys(TOGGLES, True)
         # Error map and crosshair start off: with the crosshair on, a slice change redraws all
         # three planes instead of one (see benchmarks/bench_widgets.py).
-        defaults["error"] = defaults["crosshair"] = False
+        defaults["error"] = defaults["crosshair"] = defaults["probability"] = False
         defaults.update(self.toggles)
         unknown = set(defaults) - set(TOGGLES)
         if unknown:
             raise ValueError(f"toggles: expected names from {TOGGLES}, got {sorted(unknown)}")
         self.toggles = defaults
         self.set_window(self.vmin, self.vmax)
+        if self.geometry is None:
+            from medseg_xai.viz import Geometry
+
+            self.geometry = Geometry(self.shape)
+        elif tuple(self.geometry.shape) != self.shape:
+            raise ValueError(
+                f"geometry: expected one for shape {self.shape}, got {tuple(self.geometry.shape)}"
+            )
 
     @property
     def planes(self) -> tuple[tuple[str, int], ...]:
-        return PLANES_3D if len(self.shape) == 3 else PLANES_2D
+        """``(plane name, stored axis its slider moves)``; axis -1 for a 2D image."""
+        geo = self.geometry
+        return tuple((name, geo.cut_axis(name)) for name in geo.planes)
+
+    def set_opacity(self, layer: str, value: float) -> None:
+        """Opacity of ``"error"`` (error map and outlines), ``"heatmap"`` or ``"probability"``."""
+        v = float(value)
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"opacity: expected a value in [0, 1], got {value!r}")
+        attr = {"error": "alpha", "heatmap": "heat_alpha", "probability": "prob_alpha"}.get(layer)
+        if attr is None:
+            raise ValueError(f"layer: expected 'error', 'heatmap' or 'probability', got {layer!r}")
+        setattr(self, attr, v)
+
+    def set_zoom(self, zoom: float) -> None:
+        """Magnification around the crosshair (1 = whole plane)."""
+        z = float(zoom)
+        if not (np.isfinite(z) and 1.0 <= z <= 64.0):
+            raise ValueError(f"zoom: expected a factor in [1, 64], got {zoom!r}")
+        self.zoom = z
+
+    def step(self, axis: int, delta: int) -> bool:
+        """Move the slice along ``axis`` by ``delta`` (mouse wheel), clipped to the volume."""
+        if axis < 0:
+            return False
+        return self.set_slice(axis, int(np.clip(self.center[axis] + int(delta), 0,
+                                                self.shape[axis] - 1)))
 
     def set_slice(self, axis: int, index: int) -> bool:
         """Move the slice along ``axis``; returns whether it changed."""
@@ -147,7 +216,8 @@ class ViewState:
         the moved slice.
         """
         pos = [i for i, (_, a) in enumerate(self.planes) if a == axis]
-        if self.toggles["crosshair"]:
+        # The crosshair marks the moved slice, and a zoomed view is centred on the crosshair.
+        if self.toggles["crosshair"] or self.zoom > 1.0:
             pos += [i for i, (_, a) in enumerate(self.planes) if a != axis]
         return pos
 

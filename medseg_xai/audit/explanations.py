@@ -1,0 +1,291 @@
+"""Failure gallery: which cases a reviewer sees, why each missed lesion was missed, and compact
+slices to draw them, stored in the :class:`~medseg_xai.audit.AuditResult` (and its JSON).
+
+The report and the dashboard only *draw* these entries; they never load images or run a model,
+so ``medseg-xai report audit.json`` re-renders the same gallery without the cohort or the model.
+
+Selection (one place, :func:`gallery_cases`): the worst ``per_group`` evaluated cases of every
+group of every plain stratum (and overall) by the primary metric, ranked by
+:func:`medseg_xai.audit.analysis.rank_worst` (metric direction aware, scans without reference
+lesions left out), then the scans without reference lesions that carry the largest false
+positives, as their own category. Each case appears once, listing every group it is worst in.
+
+Each entry (a plain dict, JSON-safe)::
+
+    {"case_id", "category": "worst" | "false_positive_scan", "picked_for": [str, ...],
+     "metric", "value", "lesion_id" (the explained missed lesion or None), "method",
+     "analysis" (MissAnalysis.to_dict(), or the fallback's summary, or None),
+     "figure" (see :func:`slice_payload`, or None), "note"}
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_xai.audit.analysis import rank_false_positive_scans, rank_worst
+
+__all__ = ["DEFAULT_MAX_CASES", "decode_plane", "explain_failures", "gallery_cases",
+           "slice_payload"]
+
+DEFAULT_MAX_CASES = 12
+#: Side of the square crop (voxels) stored per plane; keeps a 1,000-case JSON small.
+CROP = 64
+
+
+def gallery_cases(result: Any, *, metric: str | None = None, per_group: int = 1,
+                  max_cases: int = DEFAULT_MAX_CASES, max_fp_scans: int = 2) -> list[dict[str, Any]]:
+    """The gallery's cases in order: ``case_id, category, picked_for, metric, value``."""
+    cases = result.cases
+    metrics = list(result.settings.get("metrics") or [])
+    metric = metric or ("dice" if "dice" in metrics else (metrics[0] if metrics else None))
+    picked: dict[str, dict[str, Any]] = {}
+    if metric is not None and metric in cases.columns and max_cases > 0:
+        plain = [s for s in result.strata if " x " not in s and s in cases.columns]
+        for stratum in [None, *plain]:
+            groups = ([None] if stratum is None else
+                      [g for g in pd.unique(cases.loc[cases["status"] == "ok", stratum].dropna())])
+            for group in sorted(groups, key=str) if stratum else groups:
+                worst = rank_worst(cases, metric, stratum=stratum, group=group, n=per_group)
+                where = "overall" if stratum is None else f"{stratum} = {group}"
+                for _, rec in worst.iterrows():
+                    cid = str(rec["case_id"])
+                    if cid in picked:
+                        picked[cid]["picked_for"].append(where)
+                    elif len(picked) < max_cases:
+                        picked[cid] = {"case_id": cid, "category": "worst", "picked_for": [where],
+                                       "metric": metric, "value": float(rec[metric])}
+    for _, rec in rank_false_positive_scans(cases, n=max_fp_scans).iterrows():
+        cid = str(rec["case_id"])
+        if cid not in picked:
+            picked[cid] = {"case_id": cid, "category": "false_positive_scan",
+                           "picked_for": ["no reference lesion, largest false positive"],
+                           "metric": "volume_pred_mm3", "value": float(rec["volume_pred_mm3"])}
+    return list(picked.values())
+
+
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+def _encode(a: np.ndarray, kind: str) -> dict[str, Any]:
+    if kind == "mask":
+        return {"dtype": "bits", "shape": list(a.shape), "data": _b64(np.packbits(a.astype(bool)))}
+    return {"dtype": "float16", "shape": list(a.shape), "data": _b64(a.astype(np.float16))}
+
+
+def decode_plane(obj: dict[str, Any] | None) -> np.ndarray | None:
+    """Inverse of the compact encoding (float16 or packed bits, base64)."""
+    if obj is None:
+        return None
+    shape = tuple(int(s) for s in obj["shape"])
+    raw = base64.b64decode(obj["data"])
+    if obj["dtype"] == "bits":
+        n = int(np.prod(shape))
+        return np.unpackbits(np.frombuffer(raw, np.uint8))[:n].reshape(shape).astype(bool)
+    return np.frombuffer(raw, np.float16).reshape(shape).astype(np.float32)
+
+
+def _window(size: int, centre: int, crop: int) -> slice:
+    lo = int(np.clip(centre - crop // 2, 0, max(size - crop, 0)))
+    return slice(lo, min(lo + crop, size))
+
+
+def slice_payload(image: np.ndarray, ref: np.ndarray, pred: np.ndarray | None, *,
+                  centre: Sequence[int], target: np.ndarray | None = None,
+                  heatmap: np.ndarray | None = None, spacing: Sequence[float] | None = None,
+                  affine: np.ndarray | None = None, crop: int = CROP) -> dict[str, Any]:
+    """Slices through ``centre`` in each voxel axis, cropped to ``crop`` voxels, stored compactly.
+
+    Returns ``{"shape", "spacing", "affine", "centre", "planes": [{"axis", "index", "offset",
+    "image", "ref", "pred", "target", "heatmap"}, ...]}`` (one plane for 2D images; arrays as
+    :func:`decode_plane` reads them). The affine travels so a view can name the anatomical
+    directions; the arrays stay on the stored voxel grid.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == np.asarray(ref).ndim + 1:
+        img = img[0]
+    ndim = img.ndim
+    sp = [float(s) for s in (spacing or (1.0,) * ndim)]
+    layers = {"image": img, "ref": np.asarray(ref) != 0,
+              "pred": None if pred is None else np.asarray(pred) != 0,
+              "target": None if target is None else np.asarray(target) != 0,
+              "heatmap": None if heatmap is None else np.asarray(heatmap, dtype=np.float32)}
+    planes = []
+    axes = range(ndim) if ndim == 3 else [None]
+    for axis in axes:
+        index = [slice(None)] * ndim
+        if axis is not None:
+            index[axis] = int(centre[axis])
+        rest = [d for d in range(ndim) if d != axis]
+        for d in rest:
+            index[d] = _window(img.shape[d], int(centre[d]), crop)
+        plane: dict[str, Any] = {"axis": axis, "index": None if axis is None else int(centre[axis]),
+                                 "offset": [int(index[d].start) for d in rest],
+                                 "spacing": [sp[d] for d in rest]}
+        for name, arr in layers.items():
+            plane[name] = None if arr is None else _encode(
+                arr[tuple(index)], "mask" if arr.dtype == bool else "float")
+        planes.append(plane)
+    return {"shape": list(img.shape), "spacing": sp,
+            "affine": None if affine is None else np.asarray(affine, float).tolist(),
+            "centre": [int(c) for c in centre], "planes": planes}
+
+
+def _missed_lesions(result: Any, case_id: str) -> pd.DataFrame:
+    les = result.lesions
+    if les is None or les.empty or "status" not in les:
+        return pd.DataFrame()
+    sel = les[(les["case_id"].astype(str) == case_id) & (les["status"] == "missed")]
+    return sel.sort_values(["volume_mm3", "lesion_id"], ascending=[False, True], kind="mergesort")
+
+
+def _explain(adapter: Any, case: Any, ref: np.ndarray, pred: np.ndarray | None, lesion_id: str,
+             seed: int) -> tuple[dict[str, Any], np.ndarray | None, str]:
+    """(analysis dict, attribution map, method) of one missed lesion."""
+    try:
+        from medseg_xai.explain.miss import explain_miss  # issue 11: the one way to explain a miss
+    except ImportError:
+        explain_miss = None
+    if explain_miss is not None:
+        analysis = explain_miss(adapter, case.image, ref, lesion_id, pred=pred,
+                                spacing=case.spacing, seed=seed)
+        maps = getattr(analysis, "attributions", None) or getattr(analysis, "maps", None) or {}
+        method = next(iter(maps), None)
+        att = None if method is None else np.asarray(getattr(maps[method], "attribution",
+                                                             maps[method]))
+        return analysis.to_dict(), att, str(method or "")
+    # Fallback until explain_miss lands: signed Grad-CAM on the missed voxels of the lesion.
+    from medseg_xai import targets
+    from medseg_xai.explain import explain
+    from medseg_xai.explain.quality import localisation
+
+    one = targets.lesion(1, ref, lesion_id)
+    missed = one.mask & ~pred if pred is not None else one.mask
+    target = targets.region(1, missed) if missed.any() else one
+    # Signed: a missed lesion often has only evidence against it, which a ReLU would blank.
+    exp = explain(adapter, case.image, target, method="gradcam", relu=False)
+    score = float(localisation(exp.attribution, one.mask))
+    positive = bool((exp.attribution > 0).any())
+    verdict = (f"{score:.0%} of the positive (signed) Grad-CAM evidence lies inside the lesion"
+               if np.isfinite(score) else
+               "signed Grad-CAM finds only evidence against a lesion here, none for it")
+    return ({"method": "gradcam (signed)", "target": target.describe(), "localisation": score,
+             "has_positive_evidence": positive, "verdict": verdict, "causes": []},
+            exp.attribution, "gradcam")
+
+
+def explain_failures(
+    result: Any,
+    cohort: Any = None,
+    adapter: Any = None,
+    *,
+    max_cases: int = DEFAULT_MAX_CASES,
+    max_explanations: int = 6,
+    per_group: int = 1,
+    metric: str | None = None,
+    extra: Sequence[tuple[str, str]] = (),
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Build the failure gallery of an audit (store it with ``result.explanations = ...``).
+
+    Parameters
+    ----------
+    result : AuditResult
+        The audit.
+    cohort : Cohort, optional
+        Loads images, references and predictions for the slices; without it entries carry no
+        figure and say so.
+    adapter : SegmentationAdapter, optional
+        Explains the largest missed lesion of gallery cases (``explain.miss.explain_miss``
+        where available, else signed Grad-CAM); without it no lesion is explained.
+    max_cases : int
+        Cases picked as worst per group (false-positive scans come on top, at most two).
+    max_explanations : int
+        Missed lesions explained (the model runs once per lesion).
+    per_group : int
+        Worst cases taken from each group.
+    metric : str, optional
+        Ranking metric (default: Dice, else the audit's first metric).
+    extra : sequence of (case_id, lesion_id)
+        Lesions to explain in any case (added to the gallery when not picked).
+    seed : int
+        Seed of the explanations' randomness.
+
+    Returns
+    -------
+    list of dict
+        The entries (module docstring). A case that cannot be loaded or explained keeps its
+        entry with the error in ``note``.
+    """
+    entries = gallery_cases(result, metric=metric, per_group=per_group, max_cases=max_cases)
+    by_id = {e["case_id"]: e for e in entries}
+    wanted = {cid: lid for cid, lid in extra}
+    for cid, _lid in extra:
+        if cid not in by_id:
+            row = result.cases[result.cases["case_id"].astype(str) == cid]
+            m = entries[0]["metric"] if entries else "dice"
+            value = float(row[m].iloc[0]) if len(row) and m in row else float("nan")
+            by_id[cid] = {"case_id": cid, "category": "worst",
+                          "picked_for": ["largest missed lesion"], "metric": m, "value": value}
+            entries.append(by_id[cid])
+    n_explained = 0
+    for e in entries:
+        e.update(lesion_id=None, method=None, analysis=None, figure=None, note="")
+        if cohort is None:
+            e["note"] = "no images: the audit was not given the cohort's files for the gallery"
+            continue
+        try:
+            case = cohort.load_case(e["case_id"])
+            ref = np.asarray(case.label) != 0
+            pred = None if case.prediction is None else np.asarray(case.prediction) != 0
+            missed = _missed_lesions(result, e["case_id"])
+            lesion_id = wanted.get(e["case_id"]) or (str(missed["lesion_id"].iloc[0])
+                                                     if len(missed) else None)
+            target = heat = None
+            from medseg_xai.metrics import label_lesions
+
+            if lesion_id is not None:
+                labels, _ = label_lesions(ref)
+                target = labels == int(str(lesion_id).split("-")[-1])
+            if lesion_id is not None and adapter is not None and (
+                    n_explained < max_explanations or e["case_id"] in wanted):
+                try:
+                    e["analysis"], heat, e["method"] = _explain(adapter, case, ref, pred,
+                                                                lesion_id, seed)
+                    n_explained += 1
+                except Exception as err:  # noqa: BLE001 - one failed explanation keeps its entry
+                    e["note"] = f"explanation failed: {type(err).__name__}: {err}"
+            elif lesion_id is not None and adapter is None:
+                e["note"] = "missed lesion not explained: no model was given"
+            elif lesion_id is not None:
+                e["note"] = (f"missed lesion not explained: the gallery explains at most "
+                             f"{max_explanations} lesions")
+            e["lesion_id"] = lesion_id
+            centre = _centre(ref, pred, target)
+            e["figure"] = slice_payload(case.image, ref, pred, centre=centre, target=target,
+                                        heatmap=heat, spacing=case.spacing,
+                                        affine=getattr(case, "affine", None))
+        except Exception as err:  # noqa: BLE001 - recorded, never dropped
+            from medseg_xai._privacy import redact_paths
+
+            e["note"] = f"case could not be shown: {type(err).__name__}: {redact_paths(str(err))}"
+    return entries
+
+
+def _centre(ref: np.ndarray, pred: np.ndarray | None, target: np.ndarray | None) -> tuple:
+    """The explained lesion, else the largest missed region, false positive or reference."""
+    from medseg_xai.metrics import label_lesions
+
+    p = np.zeros_like(ref) if pred is None else pred
+    for mask in (target, ref & ~p, p & ~ref, ref, p):
+        if mask is not None and mask.any():
+            labels, n = label_lesions(mask)
+            sizes = np.bincount(labels.ravel())[1:]
+            biggest = labels == (int(np.argmax(sizes)) + 1)
+            return tuple(int(round(float(c))) for c in np.argwhere(biggest).mean(axis=0))
+    return tuple(s // 2 for s in ref.shape)

@@ -1,0 +1,787 @@
+"""Why was it missed? A counterfactual miss analysis: :func:`explain_miss` -> :class:`MissAnalysis`.
+
+The analysis changes the image in one stated way at a time and re-runs the model (the probes of
+:mod:`medseg_xai.explain.probes`):
+
+========== ===================================================================================
+contrast   the lesion's deviation from its local background scaled (x1.5, x2 for a miss;
+           x0.5, x0 for a false positive or a detected lesion)
+size       the lesion resampled about its centroid (x1.5, x2; x0.67, x0.5), contrast kept
+intensity  the image's intensity distribution matched to ``reference_images`` (a group where
+           the model works); only with reference images
+noise      total-variation denoising, weight 1 and 3 times the estimated noise sigma
+location   the lesion moved to up to 3 plausible positions of the same image, and a detected
+           lesion of the image moved into this one's place
+========== ===================================================================================
+
+A cause is named only when one of its settings *fixes the error*: a missed lesion becomes
+detected, or its highest probability rises by at least ``margin`` (0.2); for a false positive
+(or a detected lesion) it disappears, or its highest probability falls by ``margin``; for the
+location swap, the detected lesion moved here is missed or loses ``margin``. Causes are ordered
+by strength: settings that flip detection first, then by the largest change of probability.
+
+Attributions are supporting evidence only, and gated (``explain.quality``): a constant or
+all-zero map, a map that still correlates with the map of the fully randomised model
+(Spearman >= 0.8 of |attribution|), or a path method whose completeness error exceeds 5 % is
+reported as failed and kept out of the verdict. Integrated gradients and DeepLift use the lesion
+replaced by its local background as baseline; Grad-CAM uses the network's first block
+(:func:`~medseg_xai.explain.gradcam.localising_layer`); the target is the mean lesion logit
+margin (softmax) or logit (one sigmoid channel) over the lesion.
+
+Comparisons with detected lesions (size, contrast-to-noise ratio) are descriptive and are made
+only with at least ``min_comparison`` detected lesions (a cohort's, via ``detected_lesions``, or
+else this image's); otherwise the verdict says there are too few.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medseg_xai.explain import probes as P
+
+__all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "PROBES", "explain_miss"]
+
+#: Cause words, in the order used to break ties.
+CAUSES: tuple[str, ...] = ("contrast", "size", "intensity", "noise", "location")
+#: Probe names (one per cause).
+PROBES: tuple[str, ...] = CAUSES
+#: Smallest change of the lesion's highest probability that counts as an effect.
+DEFAULT_MARGIN = 0.2
+#: Default probe settings when the error is a miss (make it appear) / otherwise (make it vanish).
+SETTINGS_MISS: dict[str, tuple[float, ...]] = {
+    "contrast": (1.5, 2.0), "size": (1.5, 2.0), "noise": (1.0, 3.0), "location": (3,)}
+SETTINGS_REMOVE: dict[str, tuple[float, ...]] = {
+    "contrast": (0.5, 0.0), "size": (0.67, 0.5), "noise": (1.0, 3.0), "location": (3,)}
+#: Integrated-gradients steps of the miss analysis (Gauss-Legendre; the path from the
+#: lesion-free image is short, so few steps keep completeness within tolerance).
+IG_STEPS = 8
+_METHOD_NAMES = {
+    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "integrated_gradients": "Integrated gradients",
+    "deeplift": "DeepLift", "saliency": "Saliency", "smoothgrad": "SmoothGrad",
+    "input_x_gradient": "Input x gradient", "guided_backprop": "Guided backprop",
+    "occlusion": "Occlusion", "feature_ablation": "Feature ablation",
+}
+_PATH_METHODS = {"integrated_gradients", "deeplift"}
+_BASELINE_METHODS = {"integrated_gradients", "deeplift", "occlusion", "feature_ablation"}
+PROBE_COLUMNS = ["probe", "setting", "value", "max_prob", "mean_prob", "covered_fraction",
+                 "detected", "change", "effect"]
+EVIDENCE_COLUMNS = ["method", "layer", "baseline", "enrichment", "inside_share", "total",
+                    "completeness_error", "randomisation_spearman", "passed", "reason"]
+
+
+@dataclass
+class MissAnalysis:
+    """Why one lesion (or predicted blob, or drawn region) was missed or called.
+
+    Attributes
+    ----------
+    lesion_id : str
+        ``"ref-2"``, ``"pred-3"`` or ``"region"``.
+    status : str
+        ``"missed"``, ``"detected"``, ``"false_positive"`` (a predicted component with no
+        reference lesion), ``"predicted"`` (a predicted component, no reference given) or, for a
+        drawn region, ``"missed"`` / ``"detected"`` by the model's own call.
+    causes : list of str
+        Subset of :data:`CAUSES`, strongest first; ``[]`` when no probe fixes the error (and for
+        detected lesions, which have no error to explain).
+    probes : pandas.DataFrame
+        One row per probe setting, the first the image as acquired: ``probe, setting, value,
+        max_prob, mean_prob, covered_fraction, detected, change`` (change of the highest
+        probability in the direction that fixes the error), ``effect`` (bool: passes the rule).
+    evidence : pandas.DataFrame
+        One row per attribution method: ``method, layer, baseline, enrichment`` (share of the
+        positive attribution inside the lesion / the lesion's share of the image),
+        ``inside_share, total`` (sum of the map), ``completeness_error`` (path methods, else
+        NaN), ``randomisation_spearman, passed, reason``.
+    verdict : str
+        Plain words, one sentence per line, stating only what the probes and evidence show.
+    measurements : dict
+        ``volume_voxels, volume_mm3, cnr, max_prob, mean_prob, covered_fraction``.
+    comparison : dict
+        ``source, n_detected, min_required, enough`` and, when enough, ``larger_share``
+        (share of detected lesions larger than this one), ``median_volume_mm3``,
+        ``higher_cnr_share``, ``median_cnr``.
+    settings : dict
+        Threshold, overlap threshold, margin, class index, methods, layer, probes, seed.
+    attributions : dict of str to numpy.ndarray
+        The maps (spatial shape, float32), signed, for figures; not in :meth:`to_dict`.
+    mask : numpy.ndarray
+        The lesion (boolean, spatial shape), for outlines; not in :meth:`to_dict`.
+    elapsed_s : float
+        Wall time (not in :meth:`to_dict`, which is deterministic).
+    """
+
+    lesion_id: str
+    status: str
+    causes: list[str]
+    probes: pd.DataFrame
+    evidence: pd.DataFrame
+    verdict: str
+    measurements: dict[str, Any] = field(default_factory=dict)
+    comparison: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    attributions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)
+    elapsed_s: float = 0.0
+
+    @property
+    def verdict_lines(self) -> list[str]:
+        """The verdict's sentences (its first line is the headline)."""
+        return self.verdict.split("\n")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, deterministic: floats rounded to 6 significant digits, NaN as None."""
+        return _clean({
+            "lesion_id": self.lesion_id,
+            "status": self.status,
+            "causes": list(self.causes),
+            "verdict": self.verdict,
+            "measurements": self.measurements,
+            "comparison": self.comparison,
+            "probes": self.probes.to_dict(orient="records"),
+            "evidence": self.evidence.to_dict(orient="records"),
+            "settings": self.settings,
+        })
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        if not math.isfinite(f):
+            return None
+        return float(f"{f:.6g}")
+    if v is None or isinstance(v, str):
+        return v
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- helpers
+class _Model:
+    """The adapter's foreground probability of one class, batched, with a pass counter."""
+
+    def __init__(self, adapter: Any, class_index: int | None, batch: int = 4) -> None:
+        self.adapter = adapter
+        self.class_index = class_index
+        self.batch = batch
+        self.n_images = 0
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        out: list[np.ndarray] = []
+        for start in range(0, len(images), self.batch):
+            chunk = np.stack(images[start:start + self.batch]).astype(np.float32)
+            t = torch.from_numpy(chunk).to(self.adapter.device)
+            p = self.adapter.probabilities(t).detach().float().cpu().numpy()
+            if self.class_index is None:
+                self.class_index = 1 if p.shape[1] > 1 else 0
+            if not 0 <= self.class_index < p.shape[1]:
+                raise ValueError(
+                    f"class_index: the model has {p.shape[1]} output channels, got "
+                    f"{self.class_index}")
+            out.extend(p[:, self.class_index])
+            self.n_images += len(chunk)
+        return out
+
+
+def _stats(p: np.ndarray, mask: np.ndarray, threshold: float, overlap: float) -> dict[str, Any]:
+    vals = p[mask]
+    covered = float((vals > threshold).mean())
+    return {"max_prob": float(vals.max()), "mean_prob": float(vals.mean()),
+            "covered_fraction": covered, "detected": bool(covered >= overlap)}
+
+
+def _foreground(labels: Any, class_index: int | None, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(labels)
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected the image's spatial shape {shape}, got {a.shape}")
+    if a.dtype == bool:
+        return a
+    values = np.unique(a)
+    if values.size > 2 or (values.size == 2 and values.max() != 1 and class_index not in (None, 0)):
+        c = 1 if class_index in (None, 0) else class_index
+        return a == c
+    return a != 0
+
+
+def _resolve_lesion(lesion: Any, ref_fg: np.ndarray | None, pred_fg: np.ndarray,
+                    shape: tuple[int, ...]) -> tuple[str, np.ndarray, str]:
+    """(lesion_id, mask, source) with source 'reference' | 'prediction' | 'region'."""
+    from medseg_xai.metrics import label_lesions
+
+    if isinstance(lesion, (np.ndarray, list)) and np.asarray(lesion).ndim == len(shape):
+        m = np.asarray(lesion) != 0
+        if m.shape != shape:
+            raise ValueError(f"lesion: a drawn region must have the image's spatial shape {shape}, "
+                             f"got {m.shape}")
+        if not m.any():
+            raise ValueError("lesion: the drawn region is empty")
+        return "region", m, "region"
+    if isinstance(lesion, (int, np.integer)) and not isinstance(lesion, bool):
+        lesion = f"ref-{int(lesion)}"
+    if not isinstance(lesion, str) or "-" not in lesion:
+        raise ValueError(f"lesion: expected an id such as 'ref-2' or 'pred-3', a 1-based reference "
+                         f"lesion number or a mask, got {lesion!r}")
+    kind, _, num = lesion.partition("-")
+    if kind not in ("ref", "pred") or not num.isdigit() or int(num) < 1:
+        raise ValueError(f"lesion: expected 'ref-N' or 'pred-N' with N >= 1, got {lesion!r}")
+    if kind == "ref" and ref_fg is None:
+        raise ValueError(f"lesion {lesion!r}: a reference lesion needs ref (the reference mask); "
+                         f"without one explain a predicted component ('pred-N') or a drawn mask")
+    source = ref_fg if kind == "ref" else pred_fg
+    labels, n = label_lesions(source)
+    k = int(num)
+    if k > n:
+        what = "reference" if kind == "ref" else "predicted"
+        raise ValueError(f"lesion {lesion!r}: the {what} mask has {n} component(s)")
+    return lesion, labels == k, "reference" if kind == "ref" else "prediction"
+
+
+def _safe_cnr(image: np.ndarray, mask: np.ndarray, exclude: np.ndarray) -> float:
+    try:
+        return float(P.contrast_to_noise(image, mask, exclude=exclude))
+    except ValueError:
+        return float("nan")
+
+
+# ----------------------------------------------------------------------------- probes
+def _probe_images(
+    name: str,
+    settings: Sequence[Any],
+    img: np.ndarray,
+    mask: np.ndarray,
+    filled: np.ndarray,
+    exclude: np.ndarray,
+    reference_images: Sequence[Any] | None,
+    seed: int,
+) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
+    """(setting words, value, image, mask where the lesion now is) for one probe."""
+    out: list[tuple[str, float, np.ndarray, np.ndarray]] = []
+    if name == "contrast":
+        for f in settings:
+            out.append((f"contrast x{float(f):g} over local background", float(f),
+                        P.scale_lesion_contrast(img, mask, float(f), filled=filled), mask))
+    elif name == "size":
+        for s in settings:
+            changed, m2 = P.resize_lesion(img, mask, float(s), filled=filled, exclude=exclude)
+            out.append((f"lesion resampled x{float(s):g} per axis", float(s), changed, m2))
+    elif name == "intensity":
+        if reference_images:
+            out.append((f"intensities matched to {len(reference_images)} reference image(s)",
+                        float(len(reference_images)), P.match_intensity(img, reference_images),
+                        mask))
+    elif name == "noise":
+        for w in settings:
+            out.append((f"denoised (total variation, weight {float(w):g} x noise sigma)",
+                        float(w), P.denoise(img, float(w)), mask))
+    elif name == "location":
+        n = int(settings[0]) if settings else 3
+        for shift in P.plausible_positions(img, mask, n, exclude=exclude, seed=seed):
+            moved, m2 = P.move_lesion(img, mask, shift, filled=filled)
+            words = "moved by (" + ", ".join(str(s) for s in shift) + ") voxels"
+            out.append((words, float(np.linalg.norm(shift)), moved, m2))
+    else:
+        raise ValueError(f"probes: unknown probe {name!r}; expected some of {list(PROBES)}")
+    return out
+
+
+def _swap_image(
+    img: np.ndarray, mask: np.ndarray, donor: np.ndarray, filled_target: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A detected lesion (``donor``) moved into ``mask``'s place (this lesion removed first)."""
+    c_t = np.round(np.array([np.mean(i) for i in np.nonzero(mask)])).astype(int)
+    c_d = np.round(np.array([np.mean(i) for i in np.nonzero(donor)])).astype(int)
+    shift = tuple(int(v) for v in c_t - c_d)
+    donor_filled = P.fill_lesion(img, donor, exclude=mask)
+    try:
+        # take the donor from the original image, add it to the image without this lesion
+        return P.move_lesion(filled_target, donor, shift, filled=donor_filled, source_image=img)
+    except ValueError:
+        return None
+
+
+def _run_probes(
+    model: _Model,
+    img: np.ndarray,
+    mask: np.ndarray,
+    base: dict[str, Any],
+    want_detect: bool,
+    probe_spec: Mapping[str, Sequence[Any]],
+    exclude: np.ndarray,
+    donor: tuple[str, np.ndarray, dict[str, Any]] | None,
+    reference_images: Sequence[Any] | None,
+    threshold: float,
+    overlap: float,
+    margin: float,
+    seed: int,
+) -> pd.DataFrame:
+    filled = P.fill_lesion(img, mask, exclude=exclude)
+    jobs: list[tuple[str, str, float, np.ndarray, np.ndarray]] = []
+    for name, settings in probe_spec.items():
+        for words, value, changed, m2 in _probe_images(name, settings, img, mask, filled, exclude,
+                                                       reference_images, seed):
+            jobs.append((name, words, value, changed, m2))
+    swap = None
+    if donor is not None and "location" in probe_spec:
+        swapped = _swap_image(img, mask, donor[1], filled)
+        if swapped is not None:
+            swap = (f"detected {donor[0]} moved into this place", *swapped)
+    images = [j[3] for j in jobs] + ([swap[1]] if swap else [])
+    probs = model(images) if images else []
+    rows = [{"probe": "original", "setting": "as acquired", "value": 1.0, **base,
+             "change": 0.0, "effect": False}]
+    sign = 1.0 if want_detect else -1.0
+    for (name, words, value, _img, m2), p in zip(jobs, probs):
+        st = _stats(p, m2, threshold, overlap)
+        change = sign * (st["max_prob"] - base["max_prob"])
+        flipped = st["detected"] != base["detected"] and st["detected"] == want_detect
+        rows.append({"probe": name, "setting": words, "value": value, **st, "change": change,
+                     "effect": bool(flipped or change >= margin)})
+    if swap is not None:
+        st = _stats(probs[-1], swap[2], threshold, overlap)
+        d = donor[2]
+        # supports "location" when the place makes a detected lesion vanish (or fade)
+        change = d["max_prob"] - st["max_prob"]
+        flipped = d["detected"] and not st["detected"]
+        rows.append({"probe": "location", "setting": swap[0], "value": float("nan"), **st,
+                     "change": change if want_detect else -change,
+                     "effect": bool(want_detect and (flipped or change >= margin))})
+    return pd.DataFrame(rows, columns=PROBE_COLUMNS)
+
+
+def _causes(table: pd.DataFrame) -> list[str]:
+    found = []
+    for name in CAUSES:
+        rows = table[(table["probe"] == name) & table["effect"]]
+        if len(rows):
+            detect_flip = bool((rows["detected"] != table["detected"].iloc[0]).any())
+            found.append((-int(detect_flip), -float(rows["change"].max()), CAUSES.index(name), name))
+    return [f[3] for f in sorted(found)]
+
+
+# ----------------------------------------------------------------------------- evidence
+def _target(adapter: Any, mask: np.ndarray, class_index: int, k: int) -> Any:
+    from medseg_xai import targets
+
+    return targets.region(class_index, mask, margin=(adapter.activation == "softmax" and k > 1))
+
+
+def _evidence(
+    adapter: Any,
+    img: np.ndarray,
+    mask: np.ndarray,
+    target: Any,
+    method: str,
+    layer: str | None,
+    kwargs: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    import torch
+
+    from medseg_xai.explain.captum_methods import LOCAL_BACKGROUND, local_background_baseline
+    from medseg_xai.explain.core import explain
+    from medseg_xai.explain.gradcam import localising_layer
+    from medseg_xai.explain.quality import (
+        COMPLETENESS_TOLERANCE,
+        RANDOMISATION_MAX_SPEARMAN,
+        completeness_error,
+        map_gate,
+        randomisation_similarity,
+        randomised_copy,
+    )
+
+    kw = dict(kwargs)
+    row: dict[str, Any] = {"method": method, "layer": None, "baseline": None,
+                           "enrichment": float("nan"), "inside_share": float("nan"),
+                           "total": float("nan"), "completeness_error": float("nan"),
+                           "randomisation_spearman": float("nan"), "passed": False, "reason": ""}
+    try:
+        if method in ("gradcam", "gradcam++"):
+            kw.setdefault("relu", False)  # keep the sign; enrichment uses the positive part
+            layer = layer or localising_layer(adapter, img.shape)
+            row["layer"] = layer
+        if method in _BASELINE_METHODS:
+            kw.setdefault("baseline", LOCAL_BACKGROUND)
+            row["baseline"] = kw["baseline"] if isinstance(kw["baseline"], (str, int, float)) \
+                else "array"
+        if method == "integrated_gradients":
+            kw.setdefault("n_steps", IG_STEPS)
+        lay = layer if method in ("gradcam", "gradcam++") else None
+        exp = explain(adapter, img, target, method=method, layer=lay, **kw)
+    except ValueError as err:
+        row["reason"] = f"could not run: {err}"
+        return row, None
+    a = exp.attribution
+    pos = np.clip(a.astype(np.float64), 0.0, None)
+    share = float(pos[mask].sum() / pos.sum()) if pos.sum() > 0 else float("nan")
+    row["inside_share"] = share
+    row["enrichment"] = share / float(mask.mean()) if np.isfinite(share) else float("nan")
+    row["total"] = float(a.astype(np.float64).sum())
+    reasons: list[str] = []
+    gate = map_gate(a)
+    if gate:
+        reasons.append(gate)
+    if method in _PATH_METHODS:
+        x = torch.from_numpy(img[None]).to(adapter.device)
+        b = kw["baseline"]
+        if isinstance(b, str):
+            xb = local_background_baseline(x, mask)
+        elif isinstance(b, (int, float)):
+            xb = torch.full_like(x, float(b))
+        else:
+            xb = torch.as_tensor(np.asarray(b, dtype=np.float32), device=x.device).reshape(x.shape)
+        with torch.no_grad():
+            fx, fb = (float(v) for v in target(adapter.logits(torch.cat([x, xb]))))
+        err = completeness_error(row["total"], fx, fb)
+        row["completeness_error"] = err
+        if err > COMPLETENESS_TOLERANCE:
+            reasons.append(f"completeness error {err:.0%} > {COMPLETENESS_TOLERANCE:.0%}")
+    if not gate:
+        try:
+            rand = randomised_copy(adapter, seed)
+            kr = dict(kw)
+            if method == "integrated_gradients":  # rank similarity needs no accurate integral
+                kr["n_steps"] = max(2, int(kw["n_steps"]) // 2)
+            ra = explain(rand, img, target, method=method, layer=lay, **kr).attribution
+            region = mask if method in _BASELINE_METHODS else None
+            rho = randomisation_similarity(a, ra, region)
+            row["randomisation_spearman"] = rho
+            if np.isfinite(rho) and rho >= RANDOMISATION_MAX_SPEARMAN:
+                reasons.append(f"map survives parameter randomisation (Spearman {rho:.2f} >= "
+                               f"{RANDOMISATION_MAX_SPEARMAN:g})")
+        except ValueError as err:
+            reasons.append(f"randomisation check could not run: {err}")
+    row["passed"] = not reasons
+    row["reason"] = "; ".join(reasons) if reasons else "passed: varies, changes under parameter " \
+        "randomisation" + (", complete" if method in _PATH_METHODS else "")
+    return row, a
+
+
+# ----------------------------------------------------------------------------- comparison
+def _comparison(volume: float, cnr: float, detected: pd.DataFrame, source: str,
+                minimum: int) -> dict[str, Any]:
+    n = int(len(detected))
+    out: dict[str, Any] = {"source": source, "n_detected": n, "min_required": int(minimum),
+                           "enough": n >= minimum}
+    if n < minimum:
+        return out
+    vols = pd.to_numeric(detected.get("volume_mm3"), errors="coerce").dropna().to_numpy(float) \
+        if "volume_mm3" in detected else np.array([])
+    if vols.size and np.isfinite(volume):
+        out["larger_share"] = float((vols > volume).mean())
+        out["median_volume_mm3"] = float(np.median(vols))
+    cnrs = pd.to_numeric(detected["cnr"], errors="coerce").to_numpy(float) \
+        if "cnr" in detected else np.array([])
+    cnrs = cnrs[np.isfinite(cnrs)]
+    if cnrs.size >= minimum and np.isfinite(cnr):
+        out["higher_cnr_share"] = float((cnrs > cnr).mean())
+        out["median_cnr"] = float(np.median(cnrs))
+    return out
+
+
+# ----------------------------------------------------------------------------- verdict
+def _share(x: float) -> str:
+    """A share as a percentage with two significant digits (0.15%, 12%, 100%)."""
+    return f"{100 * x:.2g}%" if x < 0.995 else "100%"
+
+
+def _fmt_p(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.005 or p == 0 else f"{p:.1e}"
+
+
+def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: pd.DataFrame,
+             comp: dict[str, Any], meas: dict[str, Any], st: dict[str, Any],
+             skipped: list[str]) -> str:
+    thr, ov = st["threshold"], st["overlap_threshold"]
+    o = table.iloc[0]
+    headline = {
+        "missed": f"{lid} was missed",
+        "detected": f"{lid} was detected",
+        "false_positive": f"{lid} is a false positive (no reference lesion overlaps it)",
+        "predicted": f"{lid} is a region the model calls lesion (no reference given)",
+    }[status]
+    lines = [f"{headline}: at threshold {thr:.2f} on the class {st['class_index']} probability its "
+             f"highest probability is {_fmt_p(o['max_prob'])} and {o['covered_fraction']:.0%} of "
+             f"its voxels are called lesion ({ov:.0%} needed to count as detected)."]
+    want = "detected" if status == "missed" else "no longer called lesion"
+    rule = (f"a cause is named when a probe makes it {want} or moves its highest probability by "
+            f"at least {st['margin']:g} that way")
+    if status == "detected":
+        dep = [c for c in CAUSES if bool(table[(table["probe"] == c)]["effect"].any())]
+        lines.append("Probes re-run through the model: its detection depends on "
+                     + (", ".join(dep) if dep else "none of the probed factors") + f" ({rule}).")
+    elif causes:
+        lines.append(f"Probes re-run through the model name: {', '.join(causes)} ({rule}).")
+    else:
+        lines.append(f"Probes re-run through the model name no cause ({rule}).")
+    for name in CAUSES:
+        rows = table[table["probe"] == name]
+        if rows.empty:
+            continue
+        best = rows.iloc[int(np.argmax(rows["change"].to_numpy()))]
+        parts = "; ".join(
+            f"{r.setting}: {_fmt_p(r.max_prob)}{' (detected)' if r.detected else ''}"
+            for r in rows.itertuples())
+        tag = "effect" if rows["effect"].any() else "no effect"
+        lines.append(f"- {name} ({tag}; best change {best['change']:+.2f}): {parts}.")
+    for name in skipped:
+        why = ("no reference images given" if name == "intensity"
+               else "no plausible position found" if name == "location" else "not requested")
+        lines.append(f"- {name}: not probed ({why}).")
+    for r in ev.itertuples():
+        who = _METHOD_NAMES.get(r.method, r.method)
+        extra = f" at layer {r.layer}" if isinstance(r.layer, str) else ""
+        local = r.baseline == "local_background"
+        if isinstance(r.baseline, str):
+            extra += (", baseline: the lesion replaced by its local background" if local
+                      else f", baseline {r.baseline}")
+        if not r.passed:
+            lines.append(f"Attribution {who}{extra}: excluded from the verdict ({r.reason}).")
+            continue
+        if local and r.method in _BASELINE_METHODS:
+            # by construction the map is zero where the image equals the baseline
+            where = "its map lies inside the lesion by construction"
+        elif np.isfinite(r.enrichment):
+            where = (f"{_share(r.inside_share)} of its positive mass lies inside the lesion, "
+                     f"{r.enrichment:.3g}x the lesion's share of the image "
+                     f"({_share(meas['lesion_fraction'])})")
+        else:
+            where = "no positive attribution anywhere (only evidence against a lesion)"
+        if r.method in _PATH_METHODS:
+            where += (f"; the lesion's appearance changes the target ({st['target']}) by "
+                      f"{r.total:+.3g} (completeness error {r.completeness_error:.1%})")
+        lines.append(f"Attribution {who}{extra} (supporting evidence only): {where}.")
+    if comp.get("enough"):
+        bits = []
+        if "larger_share" in comp:
+            bits.append(f"{comp['larger_share']:.0%} of them are larger (median "
+                        f"{comp['median_volume_mm3']:.0f} mm3; this one "
+                        f"{meas['volume_mm3']:.0f} mm3)")
+        if "higher_cnr_share" in comp:
+            bits.append(f"{comp['higher_cnr_share']:.0%} have a higher contrast-to-noise ratio "
+                        f"(median {comp['median_cnr']:.2f}; this one {meas['cnr']:.2f})")
+        if bits:
+            lines.append(f"Compared with {comp['n_detected']} detected lesions ({comp['source']}): "
+                         + "; ".join(bits) + ".")
+    else:
+        lines.append(f"Too few detected lesions to compare size or contrast with "
+                     f"({comp['n_detected']} in {comp['source']}, at least "
+                     f"{comp['min_required']} needed).")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- entry point
+def _probe_spec(probes: Any, want_detect: bool) -> dict[str, tuple[Any, ...]]:
+    defaults = SETTINGS_MISS if want_detect else SETTINGS_REMOVE
+    if probes is None:
+        names: Sequence[str] = PROBES
+        given: Mapping[str, Any] = {}
+    elif isinstance(probes, Mapping):
+        names, given = list(probes), probes
+    elif isinstance(probes, str):
+        names, given = [probes], {}
+    else:
+        names, given = list(probes), {}
+    spec: dict[str, tuple[Any, ...]] = {}
+    for n in names:
+        if n not in PROBES:
+            raise ValueError(f"probes: unknown probe {n!r}; expected some of {list(PROBES)}")
+        value = given.get(n)
+        spec[n] = tuple(value) if value is not None else defaults.get(n, ())
+    return spec
+
+
+def explain_miss(
+    adapter: Any,
+    image: Any,
+    ref: Any,
+    lesion: Any,
+    *,
+    pred: Any = None,
+    spacing: Sequence[float] | None = None,
+    threshold: float = 0.5,
+    reference_images: Sequence[Any] | None = None,
+    probes: Any = None,
+    methods: Sequence[str] = ("gradcam", "integrated_gradients"),
+    seed: int = 0,
+    class_index: int | None = None,
+    detected_lesions: pd.DataFrame | None = None,
+    min_comparison: int = 5,
+    margin: float = DEFAULT_MARGIN,
+    overlap_threshold: float = 0.1,
+    layer: str | None = None,
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    case_id: str | None = None,
+) -> MissAnalysis:
+    """Why did the model miss (or call) this lesion? Probes re-run through the model.
+
+    Parameters
+    ----------
+    adapter : SegmentationAdapter
+        The model.
+    image : array
+        ``(C, *spatial)`` or spatial only.
+    ref : array or None
+        Reference label map; None for a case without a reference (explain ``"pred-N"`` or a
+        drawn mask).
+    lesion : str, int or array
+        ``"ref-N"`` (1-based, ``metrics.label_lesions`` order, as the audit's lesion ids), an
+        int N (= ``"ref-N"``), ``"pred-N"`` (component N of the prediction) or a boolean mask.
+    pred : array, optional
+        The prediction the status is read from (e.g. a stored prediction); default the model's
+        call ``probability > threshold``. Probes always re-run the model.
+    spacing : sequence of float, optional
+        Voxel size in mm (volumes).
+    threshold : float
+        A voxel is called lesion when its class probability exceeds it; a lesion counts as
+        detected when at least ``overlap_threshold`` of its voxels are called (the rule of
+        ``metrics.lesions``).
+    reference_images : sequence of arrays, optional
+        Images from a group where the model works, for the intensity probe.
+    probes : None, sequence of str or mapping
+        Probes to run (default all of :data:`PROBES`); a mapping gives settings per probe
+        (contrast / size factors, noise weights, ``location: (n_positions,)``).
+    methods : sequence of str
+        Attribution methods (``explain.METHODS``), supporting evidence only.
+    seed : int
+        Seeds tie-breaking among positions and the parameter randomisation.
+    class_index : int, optional
+        Output channel of the lesion class (default 1, or 0 for a one-channel model).
+    detected_lesions : pandas.DataFrame, optional
+        A cohort's detected lesions (``volume_mm3``, optionally ``cnr``) for the comparison;
+        default the detected reference lesions of this image.
+    min_comparison : int
+        Fewest detected lesions a comparison is made with.
+    margin : float
+        Smallest change of the highest lesion probability that counts as an effect.
+    overlap_threshold : float
+        Share of lesion voxels that must be called for a detection.
+    layer : str, optional
+        Grad-CAM layer (default :func:`~medseg_xai.explain.gradcam.localising_layer`).
+    method_kwargs : mapping, optional
+        Per-method keyword arguments for ``explain`` (e.g. ``{"integrated_gradients":
+        {"n_steps": 16}}``).
+    case_id : str, optional
+        Recorded in ``settings``.
+
+    Returns
+    -------
+    MissAnalysis
+    """
+    start = time.perf_counter()
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
+    if not 0.0 < float(overlap_threshold) <= 1.0:
+        raise ValueError(f"overlap_threshold: expected a share in (0, 1], got {overlap_threshold!r}")
+    if not 0.0 < float(margin) < 1.0:
+        raise ValueError(f"margin: expected a probability change in (0, 1), got {margin!r}")
+    img = P.as_image(image, adapter.spatial_dims)
+    shape = tuple(img.shape[1:])
+    if spacing is None:
+        spacing = (1.0,) * len(shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != len(shape) or min(spacing) <= 0:
+        raise ValueError(f"spacing: expected {len(shape)} positive numbers, got {spacing}")
+    model = _Model(adapter, class_index)
+    p0 = model([img])[0]
+    ci = int(model.class_index)
+    pred_fg = p0 > threshold if pred is None else _foreground(pred, ci, "pred", shape)
+    ref_fg = None if ref is None else _foreground(ref, ci, "ref", shape)
+    lid, mask, source = _resolve_lesion(lesion, ref_fg, pred_fg, shape)
+
+    base = _stats(p0, mask, threshold, overlap_threshold)
+    if source == "reference":
+        status = "detected" if float(pred_fg[mask].mean()) >= overlap_threshold else "missed"
+    elif source == "prediction":
+        status = "predicted" if ref_fg is None else (
+            "false_positive" if not (ref_fg & mask).any() else "detected")
+    else:
+        status = "detected" if base["detected"] else "missed"
+    want_detect = status == "missed"
+    others = ((ref_fg if ref_fg is not None else np.zeros(shape, bool)) | pred_fg) & ~mask
+    from scipy import ndimage
+
+    exclude = ndimage.binary_dilation(others, iterations=1) & ~mask
+
+    # a detected lesion of this image to move into a missed one's place
+    from medseg_xai.metrics import label_lesions
+
+    donor = None
+    detected_rows = []
+    if ref_fg is not None:
+        labels, n = label_lesions(ref_fg)
+        for j in range(1, n + 1):
+            mj = labels == j
+            if (mj & mask).any():
+                continue
+            sj = _stats(p0, mj, threshold, overlap_threshold)
+            if sj["detected"]:
+                detected_rows.append({"lesion_id": f"ref-{j}",
+                                      "volume_mm3": float(mj.sum() * np.prod(spacing)),
+                                      "cnr": _safe_cnr(img, mj, (ref_fg | pred_fg) & ~mj)})
+                if donor is None and want_detect:
+                    donor = (f"ref-{j}", mj, sj)
+
+    spec = _probe_spec(probes, want_detect)
+    skipped = []
+    if "intensity" in spec and not reference_images:
+        skipped.append("intensity")
+    table = _run_probes(model, img, mask, base, want_detect, spec, exclude, donor,
+                        reference_images, threshold, overlap_threshold, margin, seed)
+    if "location" in spec and not (table["probe"] == "location").any():
+        skipped.append("location")
+    causes = _causes(table) if status != "detected" else []
+
+    # supporting evidence
+    target = _target(adapter, mask, ci, 2 if adapter.activation == "softmax" else 1)
+    rows, maps = [], {}
+    for method in methods:
+        kw = dict((method_kwargs or {}).get(method, {}))
+        row, a = _evidence(adapter, img, mask, target, method, layer, kw, seed)
+        rows.append(row)
+        if a is not None:
+            maps[method] = a
+    evidence = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
+
+    volume = float(mask.sum() * np.prod(spacing))
+    meas = {"volume_voxels": int(mask.sum()), "volume_mm3": volume,
+            "cnr": _safe_cnr(img, mask, exclude), **{k_: base[k_] for k_ in
+                                                      ("max_prob", "mean_prob", "covered_fraction")},
+            "lesion_fraction": float(mask.mean())}
+    if detected_lesions is not None:
+        det = detected_lesions
+        if "status" in det:
+            det = det[det["status"] == "detected"]
+        comp = _comparison(volume, meas["cnr"], det, "the cohort", min_comparison)
+    else:
+        comp = _comparison(volume, meas["cnr"], pd.DataFrame(detected_rows), "this image",
+                           min_comparison)
+    settings = {
+        "case_id": case_id, "threshold": float(threshold), "overlap_threshold": float(overlap_threshold),
+        "margin": float(margin), "class_index": ci, "methods": list(methods),
+        "layer": next((r["layer"] for r in rows if r["layer"]), None),
+        "probes": {n: list(v) for n, v in spec.items()}, "seed": int(seed),
+        "target": target.describe(), "n_model_images": model.n_images,
+        "reference_images": len(reference_images) if reference_images else 0,
+    }
+    verdict = _verdict(lid, status, causes, table, evidence, comp, meas, settings, skipped)
+    return MissAnalysis(
+        lesion_id=lid, status=status, causes=causes, probes=table, evidence=evidence,
+        verdict=verdict, measurements=meas, comparison=comp, settings=settings,
+        attributions=maps, mask=mask, elapsed_s=time.perf_counter() - start,
+    )

@@ -1,0 +1,113 @@
+"""Helpers shared by the report sections: labels and look-ups over an AuditResult (no numbers
+are computed here: every value shown comes from the result's tables)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from medseg_xai.reports.tables import ci_label
+
+__all__ = ["METRIC_DEFINITIONS", "ci_text", "config_list", "config_text", "criteria_status",
+           "metric_definition", "statistic_label", "stratum_title"]
+
+METRIC_DEFINITIONS = {
+    "dice": "Dice similarity coefficient 2|P∩R| / (|P|+|R|).",
+    "jaccard": "Jaccard index |P∩R| / |P∪R|.",
+    "precision": "Positive predictive value per voxel |P∩R| / |P|.",
+    "recall": "Voxel sensitivity |P∩R| / |R|.",
+    "specificity": "Voxel specificity on background.",
+    "hd": "Hausdorff distance (mm) between edge voxels (mask minus its face-connected erosion).",
+    "hd95": "95th-percentile Hausdorff distance (mm): the larger of the two directed 95th "
+    "percentiles of edge-voxel distances between voxel centres (MONAI convention).",
+    "assd": "Average symmetric surface distance (mm) between edge voxels.",
+    "nsd": "Normalised surface Dice: share of edge voxels within the tolerance (mm) of the other "
+    "surface.",
+    "abs_volume_diff_mm3": "Absolute volume difference |V_pred − V_ref| in mm³.",
+    "lesion_sensitivity": "Share of reference lesions detected (overlap above the threshold).",
+    "fp_per_case": "False-positive predicted components per scan.",
+}
+
+
+def metric_definition(metric: str) -> str:
+    """The metric's definition (the metrics' own metadata where available)."""
+    try:  # issue 14: one metadata table for every metric
+        from medseg_xai.metrics.metadata import METRICS  # type: ignore[attr-defined]
+
+        meta = METRICS.get(metric)
+        text = getattr(meta, "definition", None) or (meta or {}).get("definition")  # type: ignore[union-attr]
+        if text:
+            return str(text)
+    except Exception:  # noqa: BLE001 - optional richer source
+        pass
+    return METRIC_DEFINITIONS.get(metric, "see the medseg-xai documentation")
+
+
+def ci_text(result: Any) -> str:
+    """``"95% CI"`` (or the audit's own level)."""
+    return ci_label(result.confidence)
+
+
+def statistic_label(kind: str, statistic: str, metric: str | None, confidence: float) -> str:
+    """What a criterion's number is, in words (``lower 90% CI bound of mean dice``)."""
+    ci = ci_label(confidence)
+    m = metric or ""
+    if kind == "metric":
+        return {"estimate": f"mean {m}", "median": f"median {m}",
+                "ci_low": f"lower {ci} bound of mean {m}",
+                "ci_high": f"upper {ci} bound of mean {m}"}.get(statistic, f"{statistic} of {m}")
+    if kind == "gap":
+        return {"gap": f"largest |difference| of mean {m} to the overall mean",
+                "gap_best": f"largest |difference| of mean {m} to the best group"}.get(
+                    statistic, statistic)
+    what = ("lesion detection rate" if kind == "detection"
+            else "share of scans without reference lesions with a false positive")
+    return {"rate": what, "ci_low": f"lower {ci} (Wilson) bound of the {what}",
+            "ci_high": f"upper {ci} (Wilson) bound of the {what}"}.get(statistic, what)
+
+
+def stratum_title(stratum: str) -> str:
+    return "Intersection: " + stratum if " x " in stratum else stratum
+
+
+def criteria_status(result: Any, *, kinds: tuple[str, ...] = ("metric",)) -> dict[tuple, str]:
+    """``(stratum, group, metric) -> status`` from the criteria table; FAIL wins over others."""
+    out: dict[tuple, str] = {}
+    crit = result.criteria
+    if crit is None or crit.empty:
+        return out
+    rank = {"FAIL": 0, "INSUFFICIENT DATA": 1, "NOT EVALUATED": 2, "PASS": 3}
+    for rec in crit[crit["kind"].isin(kinds)].to_dict("records"):
+        key = (str(rec["stratum"]), str(rec["group"]), str(rec["metric"]))
+        if key not in out or rank.get(rec["status"], 9) < rank.get(out[key], 9):
+            out[key] = str(rec["status"])
+    return out
+
+
+def config_text(config: Mapping[str, Any], *keys: str) -> str | None:
+    for k in keys:
+        v = config.get(k)
+        if v not in (None, "", []):
+            if isinstance(v, (list, tuple)):
+                return "; ".join(str(x) for x in v)
+            return str(v)
+    return None
+
+
+def config_list(config: Mapping[str, Any], key: str) -> list[str]:
+    v = config.get(key)
+    if v in (None, ""):
+        return []
+    if isinstance(v, (list, tuple)):
+        return [str(x) for x in v]
+    return [str(v)]
+
+
+def rows_of(df: pd.DataFrame, **eq: Any) -> pd.DataFrame:
+    """Rows of ``df`` whose columns equal the given values."""
+    sel = pd.Series(True, index=df.index)
+    for k, v in eq.items():
+        sel &= df[k].astype(str) == str(v)
+    return df[sel]

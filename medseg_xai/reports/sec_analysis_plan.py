@@ -1,0 +1,45 @@
+"""Statistical analysis plan: metric definitions and every setting of the audit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medseg_xai.reports.common import ci_text, metric_definition
+from medseg_xai.reports.tables import fmt
+
+TITLE = "Statistical analysis plan"
+
+
+def _bins(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt(float(x)) for x in v) + " mm³ (edges)"
+    return f"{v} quantile bins of the reference volume"
+
+
+def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
+    s = result.settings
+    ci = ci_text(result)
+    rows = [
+        ("Strata", ", ".join(s.get("strata") or []) or "none"),
+        ("Confidence level", f"{result.confidence * 100:g}%"),
+        ("Confidence intervals", f"{ci} by {s.get('ci_method', 'BCa')} bootstrap of the mean, "
+         f"{s.get('n_resamples')} resamples, resampling patients when patient ids are known "
+         "(then percentile intervals); Wilson intervals for rates"),
+        ("Group-vs-rest test", f"{s.get('test')} (Fisher's exact test for detection and "
+         "false-positive rates)"),
+        ("Multiple-comparison correction", f"{s.get('correction')} over each table's tests"),
+        ("Significance level (alpha)", fmt(s.get("alpha"))),
+        ("Minimum n per group", str(s.get("min_n"))),
+        ("Seed", str(s.get("seed"))),
+        ("Empty-mask policy", str(s.get("empty"))),
+        ("Lesion-size strata", _bins(s.get("lesion_size_bins"))),
+        ("Detection size bins", _bins(s.get("detection_bins"))),
+        ("Lesion matching", f"overlap above {fmt(s.get('overlap_threshold'))}, connectivity "
+         f"{s.get('connectivity') or 'full'}"),
+        ("NSD tolerance", f"{fmt(s.get('tolerance'))} mm"),
+    ]
+    return {
+        "definitions": [(m, metric_definition(m)) for m in s.get("metrics") or []],
+        "rows": rows,
+        "empty_policy": str(s.get("empty")),
+    }

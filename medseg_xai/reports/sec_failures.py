@@ -1,0 +1,45 @@
+"""Failure gallery: the cases and missed lesions the audit stored in ``result.explanations``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medseg_xai.reports import figures
+from medseg_xai.reports.tables import fmt
+
+TITLE = "Failure analysis"
+
+
+def _analysis_rows(analysis: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if not analysis:
+        return []
+    rows = []
+    for key in ("method", "target", "verdict"):
+        if analysis.get(key):
+            rows.append((key, str(analysis[key])))
+    causes = analysis.get("causes")
+    if causes:
+        rows.append(("likely causes", ", ".join(map(str, causes))))
+    if "localisation" in analysis:
+        rows.append(("share of positive attribution inside the lesion",
+                     fmt(analysis["localisation"])))
+    return rows
+
+
+def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
+    entries = []
+    for i, e in enumerate(result.explanations or []):
+        entries.append({
+            "anchor": f"case-{i + 1}", "case_id": e["case_id"], "category": e["category"],
+            "picked_for": e.get("picked_for") or [], "metric": e.get("metric"),
+            "value": fmt(e.get("value")), "lesion_id": e.get("lesion_id"),
+            "method": e.get("method"), "analysis": _analysis_rows(e.get("analysis")),
+            "figure": (figures.to_uri(figures.gallery_figure(e["figure"], method=e.get("method")),
+                                      dpi=100) if e.get("figure") else None),
+            "note": e.get("note") or "",
+        })
+    worst = [e for e in entries if e["category"] == "worst"]
+    fp = [e for e in entries if e["category"] != "worst"]
+    metrics = result.settings.get("metrics") or []
+    return {"worst": worst, "fp": fp, "empty": not entries,
+            "metric": "dice" if "dice" in metrics else (metrics[0] if metrics else "")}

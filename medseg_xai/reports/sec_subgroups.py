@@ -1,0 +1,44 @@
+"""Subgroup results: per stratum a forest plot and the table of every group and metric."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medseg_xai.reports import figures
+from medseg_xai.reports.common import ci_text, criteria_status, stratum_title
+from medseg_xai.reports.tables import cell, table_from_frame
+
+TITLE = "Subgroup results"
+PLOT_METRICS = 3
+
+
+def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
+    sub = result.subgroups
+    ci = ci_text(result)
+    status = criteria_status(result)
+    overall = {r["metric"]: (r["estimate"], r["ci_low"], r["ci_high"])
+               for r in sub[sub["stratum"] == "overall"].to_dict("records")}
+    metrics = list(dict.fromkeys(sub["metric"]))
+    blocks = []
+    for i, stratum in enumerate(result.strata):
+        rows = sub[sub["stratum"] == stratum]
+        if rows.empty:
+            continue
+        flagged = {(str(r["group"]), str(r["metric"])) for r in rows.to_dict("records")
+                   if r["flag"] in ("worse", "better")}
+        fig = figures.to_uri(figures.forest_plot(rows, metrics[:PLOT_METRICS], overall=overall,
+                                                 flagged=flagged, ci=ci))
+        table = table_from_frame(
+            rows, f"subgroup-table-{i}",
+            ["group", "metric", "n", "estimate", "ci_low", "ci_high", "gap", "p_adjusted", "flag"],
+            headers={"estimate": "mean", "ci_low": f"{ci} low", "ci_high": f"{ci} high",
+                     "gap": "difference to overall mean", "p_adjusted": "adjusted p"})
+        table.columns.append("criterion")
+        for rec, row in zip(rows.to_dict("records"), table.rows):
+            row.append(cell(status.get((stratum, str(rec["group"]), rec["metric"]), "–")))
+            row[0].cls += " group"
+        blocks.append({"stratum": stratum, "title": stratum_title(stratum), "figure": fig,
+                       "table": table, "anchor": f"stratum-{i}"})
+    s = result.settings
+    return {"blocks": blocks, "ci": ci, "correction": s.get("correction"),
+            "alpha": s.get("alpha"), "min_n": s.get("min_n"), "test": s.get("test")}
