@@ -195,6 +195,46 @@ def _compare(ours: dict, theirs: dict, label: str) -> float:
     return worst
 
 
+def _run_case(pred, ref, sp, args, tot: dict, mem: dict, worst: dict) -> None:
+    """Time (and compare) every implementation on one case, adding to the class totals."""
+    tol = args.tolerance
+    yp = torch.from_numpy(pred[None, None].astype(np.float32))
+    yr = torch.from_numpy(ref[None, None].astype(np.float32))
+
+    def ours(convention="monai"):
+        return evaluate_case(pred, ref, sp, tolerance=tol, convention=convention)
+
+    t_o, v_o = _best_of(ours, args.repeats)
+    t_m, v_m = _best_of(lambda: monai_metrics(yp, yr, sp, tol), args.repeats)
+    worst["monai"] = max(worst["monai"], _compare(v_o, v_m, "MONAI"))
+    print(f"  time: medseg-xai {t_o * 1e3:8.1f} ms   MONAI {t_m * 1e3:8.1f} ms   "
+          f"ratio {t_m / t_o:6.1f}x")
+    tot["ours"] += t_o
+    tot["monai"] += t_m
+    if args.memory:
+        m_o = peak_memory_mb(ours)
+        m_m = peak_memory_mb(lambda: monai_metrics(yp, yr, sp, tol))
+        mem["ours"] = max(mem["ours"], m_o)
+        mem["monai"] = max(mem["monai"], m_m)
+        print(f"  peak memory above baseline: medseg-xai {m_o:7.1f} MB   MONAI {m_m:7.1f} MB")
+    if args.no_peers:
+        return
+    t_om, v_om = _best_of(lambda: ours("medpy"), 1)
+    t_p, v_p = _best_of(lambda: medpy_metrics(pred, ref, sp), 1)
+    worst["medpy"] = max(worst["medpy"], _compare(v_om, v_p, "MedPy"))
+    print(f"  time: medseg-xai(medpy) {t_om * 1e3:8.1f} ms   MedPy {t_p * 1e3:8.1f} ms   "
+          f"ratio {t_p / t_om:6.1f}x")
+    t_od, v_od = _best_of(lambda: ours("deepmind"), 1)
+    t_d, v_d = _best_of(lambda: deepmind_metrics(pred, ref, sp, tol), 1)
+    worst["deepmind"] = max(worst["deepmind"], _compare(v_od, v_d, "DeepMind"))
+    print(f"  time: medseg-xai(deepmind) {t_od * 1e3:8.1f} ms   DeepMind {t_d * 1e3:8.1f} ms"
+          f"   ratio {t_d / t_od:6.1f}x")
+    tot["ours_medpy"] += t_om
+    tot["medpy"] += t_p
+    tot["ours_dm"] += t_od
+    tot["dm"] += t_d
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2)
@@ -208,8 +248,8 @@ def main() -> None:
     torch.set_num_threads(1)  # every side single-threaded: a like-for-like comparison
     warnings.filterwarnings("ignore")
     shape = tuple(args.shape)
-    tol = args.tolerance
-    print(f"shape {shape}, spacing {SPACING} mm, best of {args.repeats} runs, NSD tolerance {tol} mm")
+    print(f"shape {shape}, spacing {SPACING} mm, best of {args.repeats} runs, "
+          f"NSD tolerance {args.tolerance} mm")
     summary = []
     for cls in args.classes:
         tot = {"ours": 0.0, "monai": 0.0, "ours_medpy": 0.0, "medpy": 0.0, "ours_dm": 0.0, "dm": 0.0}
@@ -217,45 +257,12 @@ def main() -> None:
         worst = {"monai": 0.0, "medpy": 0.0, "deepmind": 0.0}
         for seed in range(args.cases):
             if CLASSES[cls] is None:
-                pred, ref, sp = make_organ(seed, shape)
+                case = make_organ(seed, shape)
             else:
-                pred, ref, sp = make_case(seed, shape, large_mm=CLASSES[cls])
-            yp = torch.from_numpy(pred[None, None].astype(np.float32))
-            yr = torch.from_numpy(ref[None, None].astype(np.float32))
-            print(f"\n[{cls}] case {seed}: ref {int(ref.sum())} voxels "
-                  f"({ref.sum() * np.prod(sp) / 1e6:.3f} l), pred {int(pred.sum())}")
-            t_o, ours = _best_of(lambda: evaluate_case(pred, ref, sp, tolerance=tol), args.repeats)
-            t_m, theirs = _best_of(lambda: monai_metrics(yp, yr, sp, tol), args.repeats)
-            worst["monai"] = max(worst["monai"],
-                                 _compare(ours, theirs, "MONAI"))
-            print(f"  time: medseg-xai {t_o * 1e3:8.1f} ms   MONAI {t_m * 1e3:8.1f} ms   "
-                  f"ratio {t_m / t_o:6.1f}x")
-            tot["ours"] += t_o
-            tot["monai"] += t_m
-            if args.memory:
-                m_o = peak_memory_mb(lambda: evaluate_case(pred, ref, sp, tolerance=tol))
-                m_m = peak_memory_mb(lambda: monai_metrics(yp, yr, sp, tol))
-                mem["ours"] = max(mem["ours"], m_o)
-                mem["monai"] = max(mem["monai"], m_m)
-                print(f"  peak memory above baseline: medseg-xai {m_o:7.1f} MB   MONAI {m_m:7.1f} MB")
-            if args.no_peers:
-                continue
-            t_om, ours_m = _best_of(
-                lambda: evaluate_case(pred, ref, sp, tolerance=tol, convention="medpy"), 1)
-            t_p, medpy_v = _best_of(lambda: medpy_metrics(pred, ref, sp), 1)
-            worst["medpy"] = max(worst["medpy"], _compare(ours_m, medpy_v, "MedPy"))
-            print(f"  time: medseg-xai(medpy) {t_om * 1e3:8.1f} ms   MedPy {t_p * 1e3:8.1f} ms   "
-                  f"ratio {t_p / t_om:6.1f}x")
-            t_od, ours_d = _best_of(
-                lambda: evaluate_case(pred, ref, sp, tolerance=tol, convention="deepmind"), 1)
-            t_d, dm_v = _best_of(lambda: deepmind_metrics(pred, ref, sp, tol), 1)
-            worst["deepmind"] = max(worst["deepmind"], _compare(ours_d, dm_v, "DeepMind"))
-            print(f"  time: medseg-xai(deepmind) {t_od * 1e3:8.1f} ms   DeepMind {t_d * 1e3:8.1f} ms"
-                  f"   ratio {t_d / t_od:6.1f}x")
-            tot["ours_medpy"] += t_om
-            tot["medpy"] += t_p
-            tot["ours_dm"] += t_od
-            tot["dm"] += t_d
+                case = make_case(seed, shape, large_mm=CLASSES[cls])
+            print(f"\n[{cls}] case {seed}: ref {int(case[1].sum())} voxels "
+                  f"({case[1].sum() * np.prod(case[2]) / 1e6:.3f} l), pred {int(case[0].sum())}")
+            _run_case(*case, args, tot, mem, worst)
         summary.append((cls, tot, mem, worst))
 
     print("\nsize class   MONAI ratio   MedPy ratio   DeepMind ratio   peak MB ours/MONAI   "

@@ -93,8 +93,8 @@ def write_csv(df: Any, path: str | Path, **kwargs: Any) -> Path:
     """Write a DataFrame as CSV, atomically, with formula cells neutralised.
 
     Text cells and column names are neutralised; numbers, booleans and missing values are not.
-    ``kwargs`` go to :meth:`pandas.DataFrame.to_csv` (default ``index=False``, ``"\\n"`` line
-    ends).
+    ``kwargs`` go to :meth:`pandas.DataFrame.to_csv` (default ``index=False``, RFC 4180
+    ``"\\r\\n"`` line ends).
     """
     import pandas as pd
 
@@ -104,7 +104,9 @@ def write_csv(df: Any, path: str | Path, **kwargs: Any) -> Path:
             safe[col] = safe[col].map(neutralise_formula)
     safe.columns = [neutralise_formula(c) if isinstance(c, str) else c for c in safe.columns]
     kwargs.setdefault("index", False)
-    kwargs.setdefault("lineterminator", "\n")
+    # RFC 4180 line ends: with them the csv module quotes any cell holding a CR or LF; with a
+    # bare "\n" terminator it writes a CR unquoted and the row breaks apart when read back
+    kwargs.setdefault("lineterminator", "\r\n")
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         safe.to_csv(fh, **kwargs)
     return Path(path)

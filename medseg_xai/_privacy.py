@@ -24,13 +24,13 @@ __all__ = ["identifier_tokens", "is_identifier_column", "redact_paths", "safe_fi
 # An absolute POSIX path of two or more components, a Windows drive path or a UNC path. It must
 # start the text or follow white space, a quote, a bracket or one of "=,:;", so "and/or", "1/2",
 # "</script>" or "mm /s" stay intact. A quoted path runs to its closing quote (spaces included);
-# an unquoted one runs on across a space while the next word still holds a separator, so
-# "/data/John Doe/ct.nii.gz" is reduced whole, never to "John" + " Doe/ct.nii.gz".
+# an unquoted one runs on across spaces while a later word still holds a separator, so
+# "/data/John Doe/ct 1.nii.gz" is reduced whole (to "ct 1.nii.gz"), never to "John" + " Doe/...".
 _START = r"""(?<![^\s'"`(\[=,:;])"""
-_ROOT = r"""(?:[A-Za-z]:[\\/]|\\\\|/[^\s'"`<>|/]+/)"""
+_ROOT = r"""(?:[A-Za-z]:[\\/]|\\\\|/[^\s'"`<>|/]+(?:[ \t]+[^\s'"`<>|/]+)*/)"""
 _QUOTED = re.compile(r"""(['"])(""" + _ROOT + r"""[^'"\n]*)\1""")
 _ABSOLUTE_PATH = re.compile(
-    _START + _ROOT + r"""[^\s'"`<>|]*(?:[ \t]+[^\s'"`<>|\\/(\[=,:;]+[\\/][^\s'"`<>|]*)*"""
+    _START + _ROOT + r"""[^\s'"`<>|]*(?:(?:[ \t]+[^\s'"`<>|\\/(\[=,:;]+)+[\\/][^\s'"`<>|]*)*"""
 )
 
 
@@ -86,7 +86,7 @@ _IDENTIFIER_NAMES = frozenset({
 _IDENTIFIER_WORDS = frozenset({"mrn", "ssn", "dob", "accession", "nhs", "passport", "email",
                                "phone", "telephone", "address", "birth", "birthdate"})
 # With "patient" (or "patients") in the name, these words make it an identifier too.
-_PATIENT_WORDS = frozenset({"name", "id", "ids", "number", "no", "initials", "age"})
+_PATIENT_WORDS = frozenset({"name", "id", "ids", "number", "no", "initials"})
 #: The one patient column that is kept: the grouping key, replaced by a pseudonym.
 PATIENT_KEY = "patient_id"
 

@@ -277,7 +277,8 @@ def check_label_values(
         raise ValueError(
             f"{name}: expected integer label values {sorted(allowed)}, found "
             f"{frac.size} non-integer value(s) such as {[round(float(v), 4) for v in frac[:5]]} "
-            "(an intensity image?)"
+            "(an intensity image?); pass binarize=True / --binarize only if every value > 0 "
+            "really is foreground"
         )
     extra = [v for v in found.tolist() if v not in allowed]
     if extra:

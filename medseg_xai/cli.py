@@ -102,6 +102,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--workers", type=int, default=None, help="local processes")
     group.add_argument("--dask-scheduler", default=None, help="dask.distributed scheduler address")
     p.add_argument("--cache", default=None, help="per-case cache folder (resume an interrupted run)")
+    p.add_argument("--case-timeout", type=float, default=None, metavar="SECONDS",
+                   help="fail a case that takes longer than this (loading, inference, metrics); "
+                        "each finished case is streamed to --out/cases.jsonl as it completes")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
     p.add_argument("--model", default=None,
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
@@ -130,6 +133,20 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
                    "or WeasyPrint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--convention", default="monai",
+                   choices=["monai", "medpy", "deepmind", "metricsreloaded", "panoptica"],
+                   help="surface-metric definitions (default: %(default)s)")
+    p.add_argument("--matching", default="overlap", choices=["overlap", "hungarian"],
+                   help="lesion matching: covered fraction, or one-to-one IoU (default: "
+                        "%(default)s)")
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="smallest IoU of a match with --matching hungarian (default: %(default)s)")
+    p.add_argument("--reference", default=None,
+                   help="reference standard from reader columns label_<reader>: staple, majority "
+                        "or a reader name (default: the label column)")
+    p.add_argument("--allow-missing-readers", action="store_true",
+                   help="analyse a case with the readers present when a reader file is missing "
+                        "(default: that row fails, naming the reader)")
     p.set_defaults(func=_run_audit)
 
 
@@ -170,15 +187,19 @@ def _run_audit(args: argparse.Namespace) -> int:
     load_criteria(args.criteria)
     lesion_size_bins = _lesion_size_bins(args.lesion_size_bins)
     out = _output_folder(args.out)
-    cohort = read_cohort(_input_file(args.manifest, "manifest"))
+    cohort = read_cohort(_input_file(args.manifest, "manifest", table=True))
     adapter = _load_model(args.model) if args.model else None
-    config.setdefault("command_line", _command_line())  # stored in audit.json: `report` re-renders
+    config.setdefault("command_line", _command_line(args.argv))  # stored in audit.json: `report` re-renders
     extra = {} if args.detection_bins is None else {"detection_bins": args.detection_bins}
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
                    cache_dir=args.cache, progress=not args.quiet, labels=args.labels,
                    binarize=args.binarize, keep_columns=args.keep_columns,
-                   lesion_size_bins=lesion_size_bins, report=config, **extra,
+                   lesion_size_bins=lesion_size_bins, report=config,
+                   case_timeout=args.case_timeout, stream=out / "cases.jsonl",
+                   convention=args.convention, matching=args.matching,
+                   iou_threshold=args.iou_threshold, reference=args.reference,
+                   allow_missing_readers=args.allow_missing_readers, **extra,
                    feature_layer=None if args.feature_layer == "none" else args.feature_layer,
                    feature_reference=args.feature_reference)
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
@@ -218,7 +239,7 @@ def _output_folder(path: str):
     return out
 
 
-def _input_file(path: str, what: str) -> str:
+def _input_file(path: str, what: str, *, table: bool = False) -> str:
     """A named input must be a regular file: a FIFO or a device would block the reader."""
     from pathlib import Path
 
@@ -229,7 +250,7 @@ def _input_file(path: str, what: str) -> str:
         raise InputError(f"{what}: expected a file, found nothing at {path!r}")
     if not p.is_file():
         raise InputError(f"{what}: expected a regular file, got {file_kind(p)} at {path!r}")
-    if p.stat().st_size == 0:
+    if table and p.stat().st_size == 0:  # volumes: the loader names empty files itself
         raise InputError(f"{what}: expected a table, got an empty file {path!r}")
     return path
 
@@ -248,7 +269,7 @@ def _print_audit_summary(result, written) -> int:
     return n_failed
 
 
-def _command_line() -> str:
+def _command_line(argv: Sequence[str]) -> str:
     """The command as recorded in the report: every path argument reduced to its name, so no
     folder name (often a patient's name or record number) is shared."""
     import shlex
@@ -262,7 +283,7 @@ def _command_line() -> str:
             value = value[0]
         return f"{flag}{eq}{value}"
 
-    return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *sys.argv[1:]]))
+    return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *argv]))
 
 
 def _load_model(spec: str):
@@ -325,11 +346,15 @@ def _run_report(args: argparse.Namespace) -> int:
 def _add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
-        help="explain a model's output on one image (NIfTI) and save the attribution",
+        help="explain a model's output on one image (NIfTI): why a lesion was missed, or a map",
         description=(
-            "Explain why the model segmented (or missed) a region of one image: the target is "
-            "the reference region, its missed part, or the predicted class region. Writes the "
-            "attribution as NIfTI (source affine) and a three-plane PNG."
+            "With --lesion ID: why the model missed (or called) that lesion: probes re-run "
+            "through the model, gated attribution evidence and a plain verdict "
+            "(mx.explain_miss), written as JSON with one attribution NIfTI and PNG per method. "
+            "Without --lesion: one attribution map of the target (the missed voxels, the whole "
+            "reference, or the predicted region). Every file name starts with the case id; a "
+            "map that fails its gates (constant, survives parameter randomisation, incomplete) "
+            "is reported with a warning."
         ),
     )
     p.add_argument("image", help="image NIfTI")
@@ -338,63 +363,170 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref", default=None, help="reference label NIfTI (for reference / missed)")
     p.add_argument("--target", choices=["missed", "reference", "lesion", "prediction"],
                    default="missed",
-                   help="what to explain: the missed voxels (default), the whole reference, one "
-                        "reference lesion (--lesion), or the predicted region")
+                   help="one map of: the missed voxels (default), the whole reference, one "
+                        "lesion (--target lesion --lesion N, no miss analysis) or the predicted "
+                        "region")
     p.add_argument("--lesion", default=None,
-                   help="with --target lesion: its number (1-based, scipy label order) or id "
-                        "such as ref-2")
+                   help="why was this lesion missed (or called): ref-N (reference lesion, "
+                        "1-based), pred-N (predicted component, also without --ref) or N")
+    p.add_argument("--case-id", default=None,
+                   help="prefix of every output file (default: the image file name)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="bounds memory for many-pass methods (IG, occlusion, smoothgrad)")
     p.add_argument("--class-index", type=int, default=1)
-    p.add_argument("--method", default="gradcam", help="explanation method (default: gradcam)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="probability above which a voxel is called lesion (default: %(default)s)")
+    p.add_argument("--method", action="append", default=None,
+                   help="explanation method; repeat for several (default: gradcam, and with "
+                        "--lesion also integrated_gradients)")
     p.add_argument("--layer", default=None, help="layer for Grad-CAM (default: chosen by model)")
+    p.add_argument("--signed", action="store_true",
+                   help="Grad-CAM without the final ReLU: negative values are evidence against")
+    p.add_argument("--steps", type=int, default=None,
+                   help="integration steps (integrated_gradients) or samples (smoothgrad)")
+    p.add_argument("--baseline", default=None,
+                   help="baseline of IG / DeepLift / occlusion / ablation: a number or "
+                        "'local_background' (the target replaced by its local background; the "
+                        "default with --lesion)")
+    p.add_argument("--window", type=int, default=None,
+                   help="occlusion window in voxels per axis")
+    p.add_argument("--reference-images", nargs="*", default=None, metavar="NIFTI",
+                   help="with --lesion: scans where the model works, for the intensity probe")
     p.add_argument("--out", required=True, help="output folder")
     _add_label_options(p)
     p.set_defaults(func=_run_explain)
 
 
+def _method_kwargs(args: argparse.Namespace, method: str) -> dict:
+    kw: dict = {}
+    if method in ("gradcam", "gradcam++") and args.signed:
+        kw["relu"] = False
+    if args.steps is not None:
+        if method == "integrated_gradients":
+            kw["n_steps"] = args.steps
+        elif method == "smoothgrad":
+            kw["n_samples"] = args.steps
+    if args.baseline is not None and method in ("integrated_gradients", "deeplift",
+                                                "occlusion", "feature_ablation"):
+        try:
+            kw["baseline"] = float(args.baseline)
+        except ValueError:
+            kw["baseline"] = args.baseline  # validated by the method
+    if args.window is not None and method == "occlusion":
+        kw["window"] = args.window
+    return kw
+
+
+def _explain_png(path, image, mask, pred, heatmap, spacing, title: str):
+    """Three planes with the target's outline, the prediction and the map, plus a colour bar."""
+    import numpy as np
+
+    from medseg_xai import viz
+
+    fig = viz.three_plane(image, center=viz.lesion_centre(mask), ref=mask, pred=pred,
+                          heatmap=heatmap, spacing=spacing, contours=True, title=title)
+    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64))
+    hmax = float(np.abs(h).max())
+    if hmax > 0:  # viz colours the map as RGBA: the same scale as a colour bar (viz's rule)
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        signed = bool((h < 0).any())
+        bar = ScalarMappable(Normalize(-hmax if signed else 0.0, hmax),
+                             "RdBu_r" if signed else "inferno")
+        fig.colorbar(bar, ax=fig.axes, shrink=0.8,
+                     label="attribution (blue: against)" if signed else "attribution")
+    path.write_bytes(viz.fig_to_png_bytes(fig, dpi=100))
+    return fig
+
+
 def _run_explain(args: argparse.Namespace) -> int:
+    import json
     from pathlib import Path
 
-    from medseg_xai import targets, viz
+    import nibabel as nib
+    import numpy as np
+
+    from medseg_xai import targets
     from medseg_xai.explain import explain
-    from medseg_xai.explain.quality import localisation
+    from medseg_xai.explain.quality import localisation, map_gate
 
     adapter = _load_model(args.model)
-    image, checked_ref, affine, spacing = _explain_inputs(args)  # the audit's checks
+    image, ref, affine, spacing = _explain_inputs(args)  # the audit's checks
+    name = Path(args.image).name
+    case = args.case_id or name.removesuffix(".gz").removesuffix(".nii")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = args.method or (["gradcam", "integrated_gradients"] if args.lesion else ["gradcam"])
+
+    if args.lesion is not None and args.target != "lesion":
+        from medseg_xai.explain.miss import explain_miss
+
+        lesion = int(args.lesion) if str(args.lesion).isdigit() else args.lesion
+        refs = [np.asarray(nib.load(r).dataobj, dtype=np.float32)
+                for r in (args.reference_images or [])]
+        analysis = explain_miss(
+            adapter, image[None], ref, lesion, spacing=spacing, threshold=args.threshold,
+            reference_images=refs or None, methods=tuple(methods), class_index=args.class_index,
+            layer=args.layer, method_kwargs={m: _method_kwargs(args, m) for m in methods},
+            case_id=case)
+        stem = f"{case}_{analysis.lesion_id}"
+        (out / f"{stem}_miss.json").write_text(json.dumps(analysis.to_dict(), indent=2))
+        pred = adapter.predict(image[None]).numpy()[0] == args.class_index
+        written = [out / f"{stem}_miss.json"]
+        for row in analysis.evidence.itertuples():
+            if not row.passed:
+                print(f"warning: {row.method} map fails its gates ({row.reason}); it is not "
+                      f"used in the verdict", file=sys.stderr)
+            attr = analysis.attributions.get(row.method)
+            if attr is None:
+                continue
+            nii = out / f"{stem}_{row.method}.nii.gz"
+            nib.save(nib.Nifti1Image(attr.astype(np.float32), affine), str(nii))
+            png = out / f"{stem}_{row.method}.png"
+            _explain_png(png, image, analysis.mask, pred, attr, spacing,
+                         f"{case} {analysis.lesion_id}: {row.method}")
+            written += [nii, png]
+        print(analysis.verdict)
+        print("wrote " + ", ".join(str(w) for w in written))
+        return 0
+
     pred = adapter.predict(image[None]).numpy()[0]
     if args.target == "prediction":
         if not (pred == args.class_index).any():
             raise ValueError(f"the model predicts no voxel of class {args.class_index} in "
-                             f"{args.image}; choose --target reference with --ref")
+                             f"{name}; choose --target reference with --ref")
         target = targets.region(args.class_index, pred == args.class_index)
     else:
-        if args.ref is None:
+        if ref is None:
             raise ValueError(f"--target {args.target} needs --ref (the reference label NIfTI)")
-        ref = checked_ref
         if args.target == "reference":
             target = targets.reference(args.class_index, ref)
-        elif args.target == "lesion":
+        elif args.target == "lesion":  # one map of one lesion, no miss analysis
             if args.lesion is None:
                 raise ValueError("--target lesion needs --lesion N (or an id such as ref-2)")
             which = int(args.lesion) if str(args.lesion).isdigit() else args.lesion
             target = targets.lesion(args.class_index, ref, which)
         else:
             target = targets.missed(args.class_index, ref, pred)
-    exp = explain(adapter, image[None], target, method=args.method, layer=args.layer,
-                  batch_size=args.batch_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.method}_{args.target}"
-    exp.to_nifti(out / f"{stem}.nii.gz", affine=affine)
-    fig = viz.three_plane(image, center=viz.lesion_centre(target.mask), ref=None, pred=pred,
-                          heatmap=exp.attribution, spacing=spacing)
-    (out / f"{stem}.png").write_bytes(viz.fig_to_png_bytes(fig, dpi=100))
-    print(f"target: {target.describe()}")
-    print(f"method: {exp.method} (layer {exp.layer}), {exp.elapsed_s:.2f} s")
-    print(f"share of positive attribution inside the target: "
-          f"{localisation(exp.attribution, target.mask):.2f}")
-    print(f"wrote {out / (stem + '.nii.gz')} and {out / (stem + '.png')}")
+    written = []
+    for method in methods:
+        exp = explain(adapter, image[None], target, method=method, layer=args.layer,
+                      batch_size=args.batch_size, **_method_kwargs(args, method))
+        stem = f"{case}_{method}_{args.target}"
+        exp.to_nifti(out / f"{stem}.nii.gz", affine=affine)
+        _explain_png(out / f"{stem}.png", image, target.mask, pred == args.class_index,
+                     exp.attribution, spacing, f"{case}: {method}, {args.target}")
+        gate = map_gate(exp.attribution)
+        if gate:
+            print(f"warning: {method} map fails its gates ({gate}); do not read it as evidence",
+                  file=sys.stderr)
+        print(f"target: {target.describe()}")
+        print(f"method: {exp.method} (layer {exp.layer}), {exp.elapsed_s:.2f} s")
+        share = localisation(exp.attribution, target.mask)
+        print(f"share of positive attribution inside the target: {share:.2f}")
+        written += [out / f"{stem}.nii.gz", out / f"{stem}.png"]
+    print("wrote " + ", ".join(str(w) for w in written))
     return 0
 
 
@@ -470,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medseg-xai`` console script (exit codes: :data:`EXIT_CODES`)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints one line, exit 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return EXIT_OK
@@ -485,8 +618,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # disk full, read-only or unwritable folder: the machine, not data
         if args.debug:
             raise
-        _fail(args, f"error: {_one_line(err)} (nothing was left half-written; free space or "
-                    "fix permissions and rerun, --cache resumes)")
+        text = _one_line(err)
+        if "rerun" not in text:  # the engine's infrastructure errors already say what to do
+            text += " (nothing was left half-written; free space or fix permissions and rerun, "
+            text += "--cache resumes)"
+        _fail(args, f"error: {text}")
         return EXIT_INTERNAL
     except Exception as err:  # noqa: BLE001 - the last line of defence: one line, exit 1
         if args.debug:
@@ -500,8 +636,8 @@ def _one_line(err: BaseException) -> str:
     from medseg_xai._privacy import redact_paths
 
     text = str(err) or type(err).__name__
-    if isinstance(err, OSError) and err.strerror and err.filename:
-        text = f"{err.strerror}: {err.filename}"
+    if isinstance(err, OSError) and err.strerror:  # no "[Errno 28]" prefix
+        text = f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
     return redact_paths(" ".join(text.split()))
 
 

@@ -50,6 +50,8 @@ __all__ = ["Case", "Cohort", "is_identifier", "load_on_one_grid", "load_volume",
 REQUIRED_COLUMNS = ("case_id", "image", "label")
 PATH_COLUMNS = ("image", "label", "prediction", "probability")
 RESERVED_COLUMNS = (*PATH_COLUMNS, "case_id", "patient_id")
+#: Several readers' references: columns ``label_<reader>`` (``label_r1, label_r2, ...``).
+READER_PREFIX = "label_"
 _GRID_ATOL_MM = 1e-3
 
 
@@ -74,6 +76,10 @@ class Case:
         ``(ndim + 1, ndim + 1)`` voxel-to-world matrix of the image.
     metadata : dict
         Manifest metadata of the row (no path columns).
+    readers : dict
+        Reader name -> that reader's label map (manifest columns ``label_<reader>``), grid-checked.
+    missing_readers : list of str
+        Readers whose file was absent, skipped with ``allow_missing_readers=True``.
     """
 
     case_id: str
@@ -84,6 +90,14 @@ class Case:
     spacing: tuple[float, ...]
     affine: np.ndarray
     metadata: dict[str, Any] = field(default_factory=dict)
+    readers: dict[str, np.ndarray] = field(default_factory=dict)
+    missing_readers: list[str] = field(default_factory=list)
+
+
+def reader_columns(columns: Any) -> list[str]:
+    """The ``label_<reader>`` columns of a manifest, in manifest order."""
+    return [str(c) for c in columns
+            if str(c).startswith(READER_PREFIX) and len(str(c)) > len(READER_PREFIX)]
 
 
 def pseudonym(value: object, salt: str | bytes, prefix: str = "") -> str:
@@ -172,8 +186,9 @@ def load_volume(
             data, meta = _loader(kind, is_image)(str(p))
     except MemoryError as exc:
         raise ValueError(
-            f"case {case_id!r}: {what} file {p.name!r}: its header declares shape {shape}, too "
-            "large to load (out of memory); expected a volume of the image's size"
+            f"case {case_id!r}: could not read {what} file {p.name!r}: its header declares "
+            f"shape {shape}, too large to load (out of memory); expected a volume of the "
+            "image's size"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - readers raise many types for corrupt files
         raise ValueError(
@@ -188,8 +203,8 @@ def load_volume(
                         dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise ValueError(
-            f"case {case_id!r}: {what} file {p.name!r}: its affine (voxel-to-world matrix) holds "
-            "NaN or infinite values; expected a finite qform/sform in the header"
+            f"case {case_id!r}: could not read {what} file {p.name!r}: its affine "
+            "(voxel-to-world matrix) holds NaN or infinite values; expected a finite one"
         )
     return array, affine
 
@@ -221,25 +236,33 @@ def _check_nifti(p: Path, what: str, case_id: str) -> tuple[int, ...] | None:
                  else f"not gzip data, its first bytes are {first!r}")
         raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI "
                          f"file ({state}); expected a .nii.gz NIfTI file") from exc
-    if len(head) < 348:
-        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, "
-                         f"{len(head)} header bytes, expected a NIfTI header of 348 or more")
-    for order in ("little", "big"):
-        hdr_size = int.from_bytes(head[:4], order)
-        if hdr_size in _NIFTI_MAGIC:
-            at, magics = _NIFTI_MAGIC[hdr_size]
-            if head[at:at + 4] in magics or hdr_size == 348:  # 348 without magic: Analyze 7.5
-                break
-    else:
+    sizes = {int.from_bytes(head[:4], order) for order in ("little", "big")} & set(_NIFTI_MAGIC)
+    if len(head) < 4 or not sizes:
         raise ValueError(
             f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI file (its "
             f"first bytes are {head[:8]!r}); expected a NIfTI-1/2 image (.nii or .nii.gz)"
+        )
+    hdr_size = sizes.pop()
+    if len(head) < hdr_size:
+        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, "
+                         f"{len(head)} header bytes, expected a NIfTI header of {hdr_size}")
+    at, magics = _NIFTI_MAGIC[hdr_size]
+    if head[at:at + 4] not in magics and hdr_size != 348:  # 348 without magic: Analyze 7.5
+        raise ValueError(
+            f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI file (no "
+            f"NIfTI magic); expected a NIfTI-1/2 image (.nii or .nii.gz)"
         )
     try:
         import nibabel as nib
 
         img = nib.load(str(p))
         shape = tuple(int(n) for n in img.shape)
+        if not np.all(np.isfinite(img.affine)):  # MONAI would silently fall back to identity
+            raise ValueError(
+                f"case {case_id!r}: could not read {what} file {p.name!r}: its affine "
+                "(voxel-to-world matrix) holds NaN or infinite values; expected a finite "
+                "qform/sform in the header"
+            )
         if not gz:
             need = int(img.dataobj.offset) + int(np.prod(shape, dtype=np.int64)) * \
                 img.get_data_dtype().itemsize
@@ -382,6 +405,7 @@ def load_case_from_paths(
     load_image: bool = True,
     labels: Any = None,
     binarize: bool = False,
+    allow_missing_readers: bool = False,
 ) -> Case:
     """Load a case from its path columns and check that every volume shares the image grid.
 
@@ -389,7 +413,8 @@ def load_case_from_paths(
     ----------
     case_id : str
     paths : mapping
-        ``image`` and ``label`` (required), ``prediction`` and ``probability`` (optional).
+        ``image`` and ``label`` (required unless reader columns ``label_<reader>`` are given),
+        ``prediction``, ``probability`` and ``label_<reader>`` (optional).
     metadata : mapping, optional
         Stored on the case unchanged.
     load_image : bool
@@ -400,6 +425,8 @@ def load_case_from_paths(
         (:func:`medseg_xai._validation.check_label_values`).
     binarize : bool
         Count every value ``> 0`` as foreground instead.
+    allow_missing_readers : bool
+        Skip reader files that are absent (listed in ``Case.missing_readers``) instead of failing.
 
     Raises
     ------
@@ -434,7 +461,21 @@ def load_case_from_paths(
             mask = _as_mask(arr, what, case_id, labels, binarize)
             _check_grid(case_id, what, mask.shape, aff, spatial, affine)
             volumes[what] = mask
-    if volumes["label"] is None:
+    readers: dict[str, np.ndarray] = {}
+    missing_readers: list[str] = []
+    for col in reader_columns(paths):
+        name, path = col[len(READER_PREFIX):], paths.get(col)
+        if _empty(path) or not Path(str(path)).exists():
+            if allow_missing_readers:
+                missing_readers.append(name)
+                continue
+            raise ValueError(f"case {case_id!r}: reader {name!r} ({col}): expected a file, got "
+                             + ("an empty value" if _empty(path) else "a missing file"))
+        arr, aff = load_volume(str(path), is_image=False, what=col, case_id=case_id)
+        mask = _as_mask(arr, col, case_id, labels, binarize)
+        _check_grid(case_id, col, mask.shape, aff, spatial, affine)
+        readers[name] = mask
+    if volumes["label"] is None and not reader_columns(paths):
         raise ValueError(f"case {case_id!r}: label: expected a reference file path, got none")
     return Case(
         case_id=case_id,
@@ -445,6 +486,8 @@ def load_case_from_paths(
         spacing=_spacing(affine, ndim),
         affine=affine,
         metadata=dict(metadata or {}),
+        readers=readers,
+        missing_readers=missing_readers,
     )
 
 
@@ -513,7 +556,9 @@ class Cohort:
     ) -> None:
         if not isinstance(manifest, pd.DataFrame):
             raise ValueError(f"manifest: expected a pandas DataFrame, got {type(manifest).__name__}")
-        missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
+        readers = reader_columns(manifest.columns)
+        missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns
+                   and not (c == "label" and readers)]
         if missing:
             raise ValueError(
                 f"manifest: missing required column(s) {missing}; expected at least "
@@ -552,13 +597,13 @@ class Cohort:
         self.dropped_columns: list[str] = [str(c) for c in dropped]
         base = Path(root) if root is not None else Path.cwd()
         problems: list[dict[str, str]] = []
-        for col in PATH_COLUMNS:
+        for col in (*PATH_COLUMNS, *readers):
             if col not in df.columns:
                 continue
             resolved: list[object] = []
             for cid, value in zip(df["case_id"], df[col]):
                 if _empty(value):
-                    if col in REQUIRED_COLUMNS:
+                    if col in REQUIRED_COLUMNS or col in readers:
                         problems.append({"case_id": cid, "field": col, "message":
                                          f"case {cid!r}: {col}: expected a file path, got an empty value"})
                     resolved.append(None)
@@ -723,7 +768,14 @@ class Cohort:
     @property
     def metadata_columns(self) -> list[str]:
         """Columns that are neither paths nor ids (candidates for strata)."""
-        return [str(c) for c in self.manifest.columns if c not in RESERVED_COLUMNS]
+        readers = set(reader_columns(self.manifest.columns))
+        return [str(c) for c in self.manifest.columns
+                if c not in RESERVED_COLUMNS and c not in readers]
+
+    @property
+    def readers(self) -> list[str]:
+        """Reader names from the ``label_<reader>`` columns (empty without readers)."""
+        return [c[len(READER_PREFIX):] for c in reader_columns(self.manifest.columns)]
 
     @property
     def has_predictions(self) -> bool:
@@ -744,7 +796,8 @@ class Cohort:
     def paths(self, case_id: str) -> dict[str, str | None]:
         """Path columns of a case (absolute, None when absent)."""
         row = self.row(case_id)
-        return {c: (None if _empty(row.get(c)) else row.get(c)) for c in PATH_COLUMNS}
+        cols = (*PATH_COLUMNS, *reader_columns(self.manifest.columns))
+        return {c: (None if _empty(row.get(c)) else row.get(c)) for c in cols}
 
     def load_case(self, case_id: str, *, labels: Any = None, binarize: bool = False) -> Case:
         """Load image, reference, prediction and probability of one case (grid-checked; label
@@ -785,7 +838,7 @@ class Cohort:
         if self._fingerprint is not None:
             return self._fingerprint
         df = self.manifest.copy()
-        for col in PATH_COLUMNS:
+        for col in (*PATH_COLUMNS, *reader_columns(df.columns)):
             if col in df:
                 df[col] = [None if _empty(v) else Path(v).name for v in df[col]]
         text = df.to_csv(index=False)

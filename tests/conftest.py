@@ -150,8 +150,11 @@ def real_audit(real_cohort: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = audit(real_cohort, **REAL_AUDIT_KW)
+    # One lesion explained, Grad-CAM only: explain_miss re-runs probes through the model.
     result.explanations = explain_failures(result, real_cohort, load_model(), max_cases=6,
-                                           max_explanations=2)
+                                           max_explanations=1,
+                                           explain_kwargs={"methods": ("gradcam",),
+                                                           "probes": ("contrast",)})
     return result
 
 

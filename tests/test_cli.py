@@ -110,12 +110,13 @@ def test_explain_command_writes_attribution_on_the_source_grid(tmp_path: Path, c
     printed = capsys.readouterr().out
     share = float(printed.split("inside the target: ")[1].split()[0])
     assert 0.0 <= share <= 1.0
-    saved = nib.load(str(out / "saliency_lesion.nii.gz"))
+    stem = Path(with_lesion["image"]).name.removesuffix(".gz").removesuffix(".nii")  # case id
+    saved = nib.load(str(out / f"{stem}_saliency_lesion.nii.gz"))
     src = nib.load(str(image))
     assert saved.shape == src.shape
     np.testing.assert_allclose(saved.affine, src.affine)
     assert np.isfinite(saved.get_fdata()).all() and saved.get_fdata().any()
-    assert (out / "saliency_lesion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / f"{stem}_saliency_lesion.png").read_bytes()[:4] == b"\x89PNG"
     # Asking for a lesion target without saying which lesion is a clear error.
     assert main(["explain", str(image), "--ref", str(label), "--target", "lesion",
                  "--out", str(out)]) == 2

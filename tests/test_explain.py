@@ -301,3 +301,123 @@ def test_activations_return_the_layer_feature_maps(case2d):
     finally:
         handle.remove()
     np.testing.assert_allclose(feats, store["o"][0].numpy(), rtol=1e-5)
+
+
+# --------------------------------------------------------------- miss-analysis defaults
+def test_local_background_baseline_integrated_gradients_is_complete(case3d):
+    adapter, image, _ = case3d
+    lesion = np.zeros((12, 12, 12), bool)
+    lesion[5:8, 5:8, 5:8] = True
+    image = image.copy()
+    image[:, lesion] += 1.0
+    target = targets.region(1, lesion, margin=True)
+    exp = explain(adapter, image, target, method="integrated_gradients",
+                  baseline="local_background", n_steps=16)
+    assert exp.params["baseline"] == "local_background"
+    from medseg_xai.explain.probes import fill_lesion
+
+    base = fill_lesion(image, lesion)
+    with torch.no_grad():
+        fx, fb = (float(v) for v in target(adapter.logits(torch.from_numpy(np.stack([image, base])))))
+    # all attribution lies where the image differs from its lesion-free version
+    assert np.abs(exp.attribution[~lesion]).max() == 0.0
+    assert exp.attribution.sum() == pytest.approx(fx - fb, rel=0.05, abs=1e-3)
+    with pytest.raises(ValueError, match="baseline"):
+        explain(adapter, image, target, method="integrated_gradients", baseline="mean")
+
+
+def test_localising_layer_is_the_first_block():
+    from medseg_xai.explain.gradcam import localising_layer
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, (4, 8, 16), (2, 2), num_res_units=1)
+    adapter = mx.SegmentationAdapter(net)
+    name = localising_layer(adapter, (1, 16, 16, 16))
+    assert name == "model.0"  # the first residual unit, after its norm and activation
+    assert localising_layer(adapter, (1, 16, 16, 16)) == name  # cached
+    with pytest.raises(ValueError, match="no convolution"):
+        localising_layer(mx.SegmentationAdapter(nn.Sequential(nn.Identity())), (1, 4, 4, 4))
+
+
+@pytest.fixture(scope="module")
+def demo_case(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    manifest = mx.demo.make_cohort(root, n_cases=8, seed=0, shape=(24, 40, 40))
+    return root, manifest
+
+
+@pytest.mark.slow
+def test_demo_detected_lesion_gradcam_is_enriched_and_passes_its_gates(demo_case):
+    import pandas as pd
+
+    from medseg_xai.metrics import label_lesions
+
+    root, manifest = demo_case
+    adapter = mx.demo.load_model()
+    rows = pd.read_csv(manifest)
+    found = None
+    for r in rows[rows["n_lesions"] > 0].itertuples():
+        image = np.asarray(nib.load(str(root / r.image)).dataobj, dtype=np.float32)
+        label = np.asarray(nib.load(str(root / r.label)).dataobj)
+        p = adapter.probabilities(image[None]).numpy()[0, 1]
+        lab, n = label_lesions(label > 0)
+        for k in range(1, n + 1):
+            if (p[lab == k] > 0.5).mean() > 0.5 and (lab == k).sum() >= 20:
+                found = (image, label, f"ref-{k}")
+                break
+        if found:
+            break
+    assert found is not None
+    image, label, lid = found
+    a = mx.explain_miss(adapter, image, label, lid, probes=["contrast"])
+    ev = a.evidence.set_index("method")
+    assert a.status == "detected"
+    assert ev.loc["gradcam", "layer"] == "unet.model.0"
+    assert ev.loc["gradcam", "enrichment"] > 1.0
+    assert ev.loc["integrated_gradients", "completeness_error"] < 0.05
+    assert ev.loc["gradcam", "passed"], ev.loc["gradcam", "reason"]
+    # removing its contrast makes the detected lesion vanish: its detection depends on it
+    assert "depends on contrast" in a.verdict
+
+
+@pytest.mark.slow
+def test_explain_command_miss_analysis_files_and_gate_warning(demo_case, capsys):
+    import json
+
+    import pandas as pd
+
+    from medseg_xai.cli import main
+
+    root, manifest = demo_case
+    rows = pd.read_csv(manifest)
+    row = rows[rows["n_lesions"] > 0].iloc[0]
+    out = root / "exp"
+    code = main(["explain", str(root / row["image"]), "--ref", str(root / row["label"]),
+                 "--lesion", "ref-1", "--method", "gradcam", "--method", "feature_ablation",
+                 "--signed", "--case-id", "c1", "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "ref-1 was" in captured.out
+    assert "warning: feature_ablation map fails its gates (constant map)" in captured.err
+    data = json.loads((out / "c1_ref-1_miss.json").read_text())
+    assert data["lesion_id"] == "ref-1" and data["settings"]["case_id"] == "c1"
+    assert [e["method"] for e in data["evidence"]] == ["gradcam", "feature_ablation"]
+    assert all(p.name.startswith("c1_") for p in out.iterdir())
+    assert (out / "c1_ref-1_gradcam.png").read_bytes()[:4] == b"\x89PNG"
+    saved = nib.load(str(out / "c1_ref-1_gradcam.nii.gz")).get_fdata()
+    assert (saved < 0).any()  # --signed keeps negative evidence
+
+
+def test_explain_png_has_outline_and_colour_bar(tmp_path):
+    from medseg_xai.cli import _explain_png
+
+    image = np.random.default_rng(0).random((8, 12, 12)).astype(np.float32)
+    mask = np.zeros((8, 12, 12), bool)
+    mask[3:5, 4:7, 4:7] = True
+    fig = _explain_png(tmp_path / "x.png", image, mask, mask, image - 0.5, (1.0, 1.0, 1.0), "t")
+    assert len(fig.axes) == 4  # three planes and the colour bar
+    bar = fig.axes[3]
+    assert bar.get_ylim() == pytest.approx((-0.5, 0.5), abs=0.02)  # signed map: symmetric
+    outlines = [v.outlines.get_array() for v in fig.slice_views]
+    assert any(np.asarray(o)[..., 3].any() for o in outlines)  # the target's outline is drawn
+    assert (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"

@@ -320,8 +320,10 @@ def test_notebook_01_explorer_in_jupyterlab(lab: LabServer, browser: object) -> 
             "s => s.options[s.selectedIndex].text").replace("\xa0", " ").strip()
         assert "· missed ·" in chosen
         _select(page, "mx-lesion-select", "(no lesion selected)")
+        # Choosing none redraws too (the lesion outline goes): wait for that picture first.
+        unselected = _wait_digest_change(page, axial, moved)
         picked = _select(page, "mx-lesion-select", chosen)
-        centred = _wait_digest_change(page, axial, moved)
+        centred = _wait_digest_change(page, axial, unselected)
         centred_view = _view_digest(page, view)
         page.wait_for_function(
             "(id) => document.querySelector('.mx-case-explorer .mx-verdict').innerText"
@@ -352,5 +354,107 @@ def test_notebook_01_explorer_in_jupyterlab(lab: LabServer, browser: object) -> 
         assert error_outputs(page) == []
         shot = save_screenshot(page, "notebook01_explorer.png")
         assert shot.stat().st_size > 10_000
+    finally:
+        page.close()
+
+
+_TWO_CHANNEL_CELLS = [
+    "import numpy as np, torch\n"
+    "from medseg_xai.adapters import SegmentationAdapter\n"
+    "from medseg_xai.widgets import CaseExplorer\n"
+    "torch.manual_seed(0)\n"
+    "shape = (12, 40, 40)\n"
+    "g = np.indices(shape)\n"
+    "ref = ((g[0] - 6) ** 2 + (g[1] - 20) ** 2 + (g[2] - 14) ** 2) <= 9\n"
+    "rng = np.random.default_rng(0)\n"
+    "x = np.stack([rng.normal(size=shape), 0.2 * rng.normal(size=shape) + 1.5 * ref])"
+    ".astype(np.float32)\n"
+    "net = torch.nn.Sequential(torch.nn.Conv3d(2, 8, 3, padding=1), torch.nn.ReLU(),\n"
+    "                          torch.nn.Conv3d(8, 2, 1))\n"
+    "aff = np.zeros((4, 4)); aff[0, 2] = aff[1, 1] = 1.0; aff[2, 0] = 3.0; aff[3, 3] = 1.0\n"
+    "ex = CaseExplorer(SegmentationAdapter(net), x, ref, None, affine=aff,\n"
+    "                  channel_names=['T1', 'FLAIR'], case_id='two-channel', px=240,\n"
+    "                  method_options={'occlusion': {'window': 1, 'stride': 1}})\n"
+    "ex.select_lesion('ref-1')\n"
+    "ex",
+]
+
+
+def _readout(page, cls: str) -> int:
+    text = page.locator(f".mx-case-explorer .{cls} .widget-readout").first.inner_text()
+    return int(text.strip())
+
+
+def test_two_channel_explorer_navigation_and_cancel(lab: LabServer, browser: object) -> None:
+    """Click to move the crosshair, wheel to step, switch channel, cancel a running occlusion
+    (and keep navigating while it runs: the kernel is not frozen)."""
+    _write_notebook(lab.root / "two_channel.ipynb", _TWO_CHANNEL_CELLS)
+    page = open_notebook(browser, lab, "two_channel.ipynb")
+    try:
+        run_all_cells(page)
+        assert error_outputs(page) == []
+        axial = ".mx-case-explorer .mx-plane-axial"
+        page.wait_for_selector(axial, timeout=60_000)
+        page.locator(axial).scroll_into_view_if_needed()
+        coronal = ".mx-case-explorer .mx-plane-coronal"
+        first = image_digest(page, axial)
+        first_coronal = image_digest(page, coronal)
+        cor0, sag0, ax0 = (_readout(page, c) for c in
+                           ("mx-slice-coronal", "mx-slice-sagittal", "mx-slice-axial"))
+
+        # 1. click on the axial plane: the coronal and sagittal slices move to that voxel
+        box = page.locator(axial).bounding_box()
+        assert box is not None
+        page.mouse.click(box["x"] + 0.2 * box["width"], box["y"] + 0.25 * box["height"])
+        page.wait_for_function(
+            "([c, s]) => { const r = (k) => parseInt(document.querySelector("
+            "'.mx-case-explorer .' + k + ' .widget-readout').innerText);"
+            " return r('mx-slice-coronal') !== c && r('mx-slice-sagittal') !== s; }",
+            arg=[cor0, sag0], timeout=30_000)
+        assert _readout(page, "mx-slice-axial") == ax0  # the clicked plane keeps its slice
+        page.wait_for_function(
+            "() => document.querySelector('.mx-case-explorer .mx-readout').innerText"
+            ".includes('voxel (')", timeout=30_000)
+        _wait_digest_change(page, coronal, first_coronal)  # another coronal slice is shown
+
+        # 2. the wheel over the axial plane steps its slice
+        page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
+        page.mouse.wheel(0, 120)
+        page.wait_for_function(
+            "(a) => parseInt(document.querySelector('.mx-case-explorer .mx-slice-axial "
+            ".widget-readout').innerText) === a + 1", arg=ax0, timeout=30_000)
+        stepped = _wait_digest_change(page, axial, first)
+
+        # 3. switch to the second channel: the picture and the readout follow
+        _select(page, "mx-channel", "FLAIR")
+        _wait_digest_change(page, axial, stepped)
+        page.wait_for_function(
+            "() => document.querySelector('.mx-case-explorer .mx-readout').innerText"
+            ".includes('FLAIR = ')", timeout=30_000)
+
+        # 4. a long occlusion runs in the background; navigation still works; cancel stops it
+        _select(page, "mx-method", "occlusion")
+        page.locator(".mx-case-explorer .mx-run").first.click()
+        page.wait_for_function(
+            "() => document.querySelector('.mx-case-explorer .mx-status').innerText"
+            ".includes('running occlusion')", timeout=30_000)
+        page.locator(axial).scroll_into_view_if_needed()  # clicking "run" may have scrolled
+        box = page.locator(axial).bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"])
+        page.mouse.wheel(0, 120)
+        page.wait_for_function(
+            "(a) => parseInt(document.querySelector('.mx-case-explorer .mx-slice-axial "
+            ".widget-readout').innerText) === a + 2", arg=ax0, timeout=30_000)
+        page.wait_for_function(
+            "() => document.querySelector('.mx-case-explorer .mx-status').innerText"
+            ".includes('running occlusion')", timeout=5_000)  # still running
+        page.locator(".mx-case-explorer .mx-cancel").first.click()
+        page.wait_for_function(
+            "() => document.querySelector('.mx-case-explorer .mx-status').innerText"
+            ".includes('occlusion cancelled')", timeout=60_000)
+        assert page.locator(".mx-case-explorer .mx-error").count() == 0
+        assert error_outputs(page) == []
+        save_screenshot(page, "two_channel_explorer.png")
     finally:
         page.close()

@@ -16,7 +16,7 @@ from medseg_xai import metrics as M
 
 CONTRACT_COLUMNS = [
     "lesion_id", "source", "status", "volume_voxels", "volume_mm3", "dice", "overlap_fraction",
-    "matched", "merge", "centroid_voxel", "centroid_mm", "bbox", "max_prob", "mean_prob",
+    "matched", "merge", "centroid_voxel", "centroid_mm", "bbox", "max_prob", "mean_prob", "iou",
 ]  # fmt: skip
 
 

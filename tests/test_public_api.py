@@ -324,3 +324,9 @@ def test_subpackages_are_importable_and_callable():
     assert set(mx.__all__) <= set(dir(mx))
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         mx.nonexistent  # noqa: B018
+
+
+def test_every_lazy_name_resolves():
+    for name, (module, attr) in mx._LAZY.items():
+        value = getattr(mx, name)
+        assert value is not None and (attr is None or value.__module__.startswith(module)), name

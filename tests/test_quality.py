@@ -113,3 +113,36 @@ def test_deletion_insertion_curves(dims):
     assert len(curves.to_frame()) == 9
     with pytest.raises(ValueError, match="attribution"):
         quality.deletion_insertion(adapter, image, target, exp.attribution[:2])
+
+
+# --------------------------------------------------------------- gates of the miss analysis
+def test_map_gate_names_what_is_wrong():
+    assert quality.map_gate(np.zeros((4, 4))) == "all-zero map"
+    assert quality.map_gate(np.full((4, 4), 3.0)) == "constant map"
+    assert quality.map_gate(np.array([0.0, np.nan])) == "non-finite values"
+    assert quality.map_gate(np.arange(16.0).reshape(4, 4)) is None
+
+
+def test_completeness_error_is_relative_with_a_floor():
+    assert quality.completeness_error(1.9, 3.0, 1.0) == pytest.approx(0.05)
+    # a change below the floor (0.01) is measured against the floor
+    assert quality.completeness_error(0.0, 1.001, 1.0) == pytest.approx(0.1)
+
+
+def test_randomised_copy_changes_the_copy_only(case2d):
+    adapter, image, target = case2d
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    rand = quality.randomised_copy(adapter, seed=3)
+    for k, v in adapter.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    changed = [k for k, v in rand.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert set(changed) == set(before)  # every parameterised module re-initialised
+    a = mx.explain(adapter, image, target, method="saliency").attribution
+    b = mx.explain(rand, image, target, method="saliency").attribution
+    rho = quality.randomisation_similarity(a, b)
+    assert -1.0 <= rho <= 1.0
+    assert not torch.allclose(adapter.logits(image), rand.logits(image))
+    assert quality.randomisation_similarity(a, a) == pytest.approx(1.0)
+    assert np.isnan(quality.randomisation_similarity(np.ones(9), a.ravel()[:9]))
+    with pytest.raises(ValueError, match="no parameters"):
+        quality.randomised_copy(mx.SegmentationAdapter(nn.Identity(), spatial_dims=2))

@@ -1,4 +1,5 @@
-"""The report in headless Chromium: nothing fetched beyond file://, no console errors, content shown."""
+"""The report of a real audit in headless Chromium: nothing fetched beyond file://, no console
+errors, every table and figure shown, and the print layout (A4 pages, a page per section)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,15 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 
 from medseg_xai.reports import write_html  # noqa: E402
-from medseg_xai.reports.sample import synthetic_result  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-def test_report_opens_offline_without_errors(tmp_path, chromium):
-    result = synthetic_result(60, seed=5, n_failed=2)
-    report = write_html(
-        result, tmp_path / "report.html", config={"model_name": "<script>x</script>"}
-    )
+def test_report_opens_offline_without_errors(real_audit, tmp_path, chromium):
+    report = write_html(real_audit, tmp_path / "report.html",
+                        config={"model_name": "<script>x</script>"})
     requests: list[str] = []
     errors: list[str] = []
     page = chromium.new_page(viewport={"width": 1366, "height": 900})
@@ -34,21 +32,25 @@ def test_report_opens_offline_without_errors(tmp_path, chromium):
         n_tables = page.locator("table[id^='subgroup-table-']").count()
         n_rows = page.locator("table[id^='subgroup-table-'] tbody tr").count()
         images = page.eval_on_selector_all(
-            "img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])"
-        )
+            "img", "els => els.map(e => [e.complete, e.naturalWidth, e.naturalHeight])")
         failed_rows = page.locator("#failed-cases tbody tr").count()
         scripts = page.locator("script").count()
         title = page.locator("#identification-table").inner_text()
+        verdict = page.locator("#verdict-status").inner_text()
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=False)
+        page.emulate_media(media="print")
+        pdf = page.pdf(format="A4", print_background=True)
     finally:
         page.close()
-    # Only the report itself was requested: the data-URI images make no request at all.
     assert [u for u in requests if not u.startswith(("file://", "data:"))] == []
     assert errors == []
-    assert n_tables == 3
-    assert n_rows == len(result.subgroups[result.subgroups["stratum"] != "overall"])
-    assert len(images) >= 5 and all(c and w > 0 and h > 0 for c, w, h in images)
-    assert failed_rows == 2
+    sub = real_audit.subgroups
+    assert n_tables == len(real_audit.strata)
+    assert n_rows == len(sub[sub["stratum"] != "overall"])
+    assert len(images) >= 8 and all(c and w > 0 and h > 0 for c, w, h in images)
+    assert failed_rows == real_audit.n_failed
+    assert verdict == real_audit.verdict
     assert scripts == 0 and "<script>x</script>" in title  # shown as text, never run
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+    assert pdf.startswith(b"%PDF-") and pdf.count(b"/Type /Page") > 10

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from conftest import REAL_AUDIT_KW  # noqa: E402
+from markupsafe import escape  # noqa: E402
 from report_html import (  # noqa: E402
     assert_numbers_equal_json,
     by_id,
@@ -59,6 +60,7 @@ def test_rerendered_from_json_equals_the_original(real_audit, html, tmp_path):
     assert without_provenance_line(again) == without_provenance_line(html)
 
 
+@pytest.mark.slow
 def test_confidence_label_follows_the_setting_everywhere(real_audit):
     r90 = reanalysed(real_audit, confidence=0.9, n_resamples=100)
     html = render_html(r90)
@@ -82,6 +84,7 @@ def test_verdict_block_states_the_verdict_cohort_and_failures(real_audit, html, 
     assert re.search(r'<h2>1\. Verdict</h2>', html)
 
 
+@pytest.mark.slow
 def test_criteria_definitions_apart_from_results_and_not_evaluated_reasons(real_audit):
     # Without strata a gap criterion cannot be checked: NOT EVALUATED with its reason.
     r = reanalysed(real_audit, strata=[])
@@ -138,8 +141,10 @@ def test_statements_are_true_counts_order_p_values_fingerprint(real_audit, html,
     assert groups == ["empty", "[0, 250) mm3", "[250, 1000) mm3", "[1000, inf) mm3"]
     # section numbers without holes, each in the table of contents
     nums = [int(n) for n in re.findall(r"<h2>(\d+)\. ", html)]
-    # comparison and model_and_data (an audit without a model) are left out
-    assert nums == list(range(1, len(nums) + 1)) and len(nums) == len(SECTIONS) - 2
+    # no comparison; readers if any; model_and_data only for an audit run with a model
+    shown = (len(SECTIONS) - 1 - int(real_audit.readers.empty)
+             - int(real_audit.feature_shift.empty and real_audit.model_layers.empty))
+    assert nums == list(range(1, len(nums) + 1)) and len(nums) == shown
     for anchor in re.findall(r'<section class="report" id="([^"]+)"', html):
         assert f'href="#{anchor}"' in html
     # adjusted p-values below 0.001 print as "< 0.001"
@@ -195,11 +200,12 @@ def test_gallery_is_drawn_from_the_result_with_colour_bars(real_audit, html):
     for e in explained:
         assert all(pl["heatmap"] is not None and pl["target"] is not None
                    for pl in e["figure"]["planes"])
-        assert e["case_id"] in html and e["analysis"]["verdict"] in html
+        assert e["case_id"] in html and str(escape(e["analysis"]["verdict"])) in html
     # a 1000-case report stays small: each entry's payload is compact
     assert max(len(json.dumps(e)) for e in entries) < 150_000
 
 
+@pytest.mark.slow
 def test_comparison_names_which_file_is_a_and_which_is_b(real_audit):
     other = reanalysed(real_audit)
     comp = compare(real_audit, other, name_a="old_model.json", name_b="new <model>.json")
@@ -263,3 +269,24 @@ def test_write_html_is_atomic_and_bad_arguments_raise(real_audit, tmp_path):
     ("case_id", False), ("site", False), ("device", False), ("dice", False)])
 def test_identifying_columns(column, hidden):
     assert identifying(column) is hidden
+
+
+def test_write_pdf_says_what_is_missing(real_audit, tmp_path, monkeypatch):
+    import builtins
+
+    from medseg_xai.reports import render as R
+
+    html_path = write_html(real_audit, tmp_path / "r.html")
+    monkeypatch.setattr(R, "find_chromium", lambda: None)
+    real_import = builtins.__import__
+
+    def no_weasyprint(name, *a, **kw):
+        if name == "weasyprint":
+            raise ImportError("no weasyprint")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_weasyprint)
+    with pytest.raises(RuntimeError, match="Chromium.*WeasyPrint"):
+        R.write_pdf(html_path, tmp_path / "r.pdf")
+    with pytest.raises(ValueError, match="html_path"):
+        R.write_pdf(tmp_path / "missing.html", tmp_path / "r.pdf")

@@ -15,7 +15,8 @@ from report_html import assert_numbers_equal_json, without_provenance_line
 from medseg_xai.cli import main
 from medseg_xai.demo.run_demo import audit_command
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# The demo run (shared fixture) takes ~30 s on 2 cores.
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture(scope="module")

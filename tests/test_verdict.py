@@ -202,3 +202,34 @@ def test_verdict_without_detected_lesions_and_bad_input() -> None:
 def test_verdict_html_is_escaped() -> None:
     v = miss_verdict(_missed(lesion_id="<script>"), DETECTED)
     assert "<script>" not in v.to_html() and "&lt;script&gt;" in v.to_html()
+
+
+# --- the view of MissAnalysis ---------------------------------------------------------------
+def test_verdict_html_shows_only_what_the_analysis_holds() -> None:
+    from test_miss_validation import ContrastDetector, _adapter, scan
+
+    from medseg_xai.explain.miss import explain_miss
+    from medseg_xai.widgets.verdict import verdict_html
+
+    img, lab = scan([((24, 20), 3, 0.15)], seed=3)
+    a = explain_miss(_adapter(ContrastDetector()), img, lab, "ref-1", methods=("feature_ablation",))
+    page = verdict_html(a)
+    assert page.startswith('<div class="mx-miss">') and page.endswith("</div>")
+    assert f"<b>{a.verdict_lines[0]}</b>" in page
+    assert "Causes: <b>contrast</b>" in page
+    assert page.count("<li>") == len(a.verdict_lines) - 1
+    # one table row per probe setting and per method, values as the analysis holds them
+    assert page.count("<tr>") == 1 + len(a.probes) + 1 + len(a.evidence)
+    assert "constant map" in page
+    assert "<script" not in verdict_html(a, tables=False)
+
+
+def test_verdict_html_escapes() -> None:
+    from types import SimpleNamespace
+
+    from medseg_xai.widgets.verdict import verdict_html
+
+    fake = SimpleNamespace(verdict_lines=["<b>x</b> & y", "- z"], causes=[],
+                           probes=pd.DataFrame(), evidence=pd.DataFrame())
+    page = verdict_html(fake)
+    assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in page and "none named" in page

@@ -149,13 +149,14 @@ def test_choosing_a_lesion_centres_every_plane_inside_it(explorer) -> None:
     c = tuple(explorer.state.center)
     assert explorer.lesions.mask("ref-2")[c]
     assert [explorer.sliders[a].value for a in range(3)] == list(c)
-    assert "ref-2 was missed" in explorer.verdict_html.value
-    assert "Volume" in explorer.verdict_html.value
+    # Before the analysis runs, the panel says what the lesion table holds and how to ask why.
+    assert "ref-2 was missed</b>" in explorer.verdict_html.value
+    assert "why?" in explorer.verdict_html.value
     # The target follows the lesion's status: no "missed part" for a detected lesion.
     explorer.target.value = "missed"
     explorer.select_lesion("ref-1")
     assert explorer.target.value == "lesion"
-    assert "ref-1 was detected" in explorer.verdict_html.value
+    assert "ref-1 was detected</b>" in explorer.verdict_html.value
     with pytest.raises(ValueError, match="lesion_id"):
         explorer.select_lesion("ref-99")
 
@@ -180,7 +181,6 @@ def test_explanations_are_cached_per_method_target_and_layer(explorer, monkeypat
     assert exp.attribution.shape == SHAPE
     with_heat = _pngs(explorer)
     assert with_heat != plain
-    assert "attribution" in explorer.verdict_html.value  # localisation enters the verdict
 
     explorer.method.value = "saliency"  # not computed: heatmap cleared, back to plain view
     assert _pngs(explorer) == plain
@@ -214,7 +214,7 @@ def test_missed_part_target_covers_only_unpredicted_voxels(explorer) -> None:
     assert np.array_equal(t.mask, explorer.lesions.mask("ref-2") & ~explorer.pred)
 
 
-def test_activation_montage_and_contrast_sweep(explorer) -> None:
+def test_activation_montage(explorer) -> None:
     explorer.select_lesion("ref-2")
     explorer.method.value = "activations"
     assert explorer.layer.disabled is False
@@ -222,10 +222,25 @@ def test_activation_montage_and_contrast_sweep(explorer) -> None:
     assert explorer.last_error is None, explorer.status.value
     assert feats.ndim == 4 and explorer.montage.layout.display == ""
     assert bytes(explorer.montage.value).startswith(b"\x89PNG")
-    sweep = explorer.run_sweep()
-    assert sweep["factor"].tolist() == list(explorer.sweep_factors)
-    assert "Contrast sweep" in explorer.verdict_html.value
-    assert explorer.run_sweep() is sweep  # cached per lesion
+
+
+def test_verdict_panel_shows_the_miss_analysis(explorer, case) -> None:
+    from medseg_xai.explain.miss import explain_miss
+
+    img, ref, pred = case
+    explorer.select_lesion("ref-2")
+    analysis = explorer.analyse()
+    assert explorer.last_error is None, explorer.status.value
+    # The panel is a view of explain_miss, run on the explorer's own inputs.
+    same = explain_miss(explorer.adapter, img, ref, "ref-2", pred=pred, spacing=SPACING,
+                        threshold=explorer.threshold, case_id="case-7")
+    assert analysis.to_dict() == same.to_dict()
+    panel = explorer.verdict_html.value
+    assert analysis.verdict_lines[0].split(":")[0] in panel  # "ref-2 was missed"
+    assert "Causes:" in panel and "probes (" in panel and "contrast" in panel
+    assert explorer.verdict() is analysis  # cached per lesion
+    assert explorer.analyse() is analysis
+    assert "miss analysis of ref-2 done" in explorer.status.value
 
 
 def test_export_view_png_and_attribution_nifti(explorer, tmp_path) -> None:
@@ -266,9 +281,10 @@ def test_two_dimensional_case_has_one_view_and_no_slider() -> None:
     img = np.random.default_rng(1).normal(size=(32, 32)).astype(np.float32) + 3 * ref
     ex = CaseExplorer(None, img, ref, pred)
     assert len(ex.plane_images) == 1 and ex.sliders == {}
-    assert ex.run_button.disabled
+    assert ex.run_button.disabled and ex.sweep_button.disabled
     ex.select_lesion("ref-1")
-    assert "ref-1 was missed" in ex.verdict_html.value
+    assert "ref-1 was missed</b>" in ex.verdict_html.value
+    assert "needs a model" in ex.verdict_html.value
     with pytest.raises(ValueError, match="plane"):
         ex.set_slice("axial", 1)
 
@@ -396,10 +412,14 @@ def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
     assert ex.image.shape == (1, *SHAPE) and ex.ref is None and ex.pred is not None
     assert ex.toggles["reference"].disabled and ex.toggles["error"].disabled
     assert "No reference" in ex.verdict_html.value
-    if ex.lesions is not None and len(ex.lesions):
-        assert set(ex.lesions.table["status"]) == {"predicted"}
-        ex.select_lesion(ex.lesions.ids[0])
-        assert "No reference" in ex.verdict_html.value
+    assert ex.lesions is not None and len(ex.lesions) > 0  # the model's own components
+    assert set(ex.lesions.table["status"]) == {"predicted"}
+    blob = ex.lesions.ids[0]
+    ex.select_lesion(blob)
+    assert f"{blob} was predicted (no reference)</b>" in ex.verdict_html.value
+    analysis = ex.analyse()  # why did the model call this blob? (no reference needed)
+    assert ex.last_error is None, ex.status.value
+    assert analysis.status == "predicted" and analysis.lesion_id == blob
     ex.target.value = "region"
     exp = ex.run_explanation()
     assert ex.last_error is None, ex.status.value
@@ -421,7 +441,7 @@ def test_png_export_carries_case_plane_slice_and_legend(explorer, tmp_path) -> N
     fig = explorer.export_figure()
     assert fig._suptitle.get_text().startswith("case-7 · channel 0 · ")
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[0] == f"axial · slice 5 of {SHAPE[0]}" and titles[1].startswith("coronal")
+    assert titles[0] == f"axial · slice 5 (0-{SHAPE[0] - 1})" and titles[1].startswith("coronal")
     # each panel is the plane's picture, legend strip (error colours) included
     for i in range(3):
         assert explorer.renderer.displayed(i)["legend"][0] == "true positive"

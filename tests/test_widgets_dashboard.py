@@ -1,115 +1,95 @@
-"""AuditDashboard without a browser: selection, tables, worst cases, comparison, opening cases."""
+"""AuditDashboard on real audits: selection, tables equal the result, verdict and criteria,
+worst cases from the core ranking, comparison, opening cases."""
 
 from __future__ import annotations
 
-import nibabel as nib
+import html
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REAL_AUDIT_KW
 
 import medseg_xai as mx
+from medseg_xai.audit.analysis import rank_worst
 from medseg_xai.cohort import Cohort
-from medseg_xai.demo import make_cohort
-from medseg_xai.metrics import label_lesions
 from medseg_xai.widgets import AuditDashboard, CaseExplorer
 from medseg_xai.widgets.dashboard import subgroup_rows, worst_cases
 
 
-def _with_predictions(root, manifest, name, drop_every):
-    """Predictions = reference minus its last lesion in every ``drop_every``-th case."""
-    df = pd.read_csv(manifest)
-    out = root / name
-    out.mkdir()
-    paths = []
-    for i, row in df.iterrows():
-        lab = nib.load(root / row["label"])
-        mask = np.asarray(lab.dataobj) > 0
-        labels, n = label_lesions(mask)
-        if n and i % drop_every == 0:
-            mask &= labels != n
-        p = out / f"{row['case_id']}.nii.gz"
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), lab.affine), p)
-        paths.append(str(p.relative_to(root)))
-    df["prediction"] = paths
-    path = root / f"{name}.csv"
-    df.to_csv(path, index=False)
-    return Cohort.from_csv(path)
-
-
 @pytest.fixture(scope="module")
-def audits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dash")
-    manifest = make_cohort(root, n_cases=14, seed=3, shape=(20, 28, 28))
-    cohort_a = _with_predictions(root, manifest, "pred_a", drop_every=3)
-    cohort_b = _with_predictions(root, manifest, "pred_b", drop_every=2)
-    kw = {"strata": ["device"], "seed": 0, "n_resamples": 200, "executor": "serial", "min_n": 2,
-          "criteria": [{"metric": "dice", "statistic": "estimate", "op": ">=", "threshold": 0.5}]}
-    return mx.audit(cohort_a, **kw), mx.audit(cohort_b, **kw), cohort_a
+def comparison(real_audit, real_cohort, tmp_path_factory):
+    """Model B = the reference itself on the same cohort (so B is never worse than A)."""
+    df = real_cohort.manifest.copy()
+    df["prediction"] = df["label"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cohort_b = Cohort.from_dataframe(df, root=real_cohort.root)
+        b = mx.audit(cohort_b, **{**REAL_AUDIT_KW, "n_resamples": 100})
+    return mx.compare(real_audit, b, name_a="v1.json", name_b="v2.json")
 
 
-def test_selection_logic_matches_the_result_tables(audits) -> None:
-    a, _, _ = audits
-    rows = subgroup_rows(a.subgroups, "device", "dice")
-    assert set(rows["group"]) == set(a.cases.loc[a.cases["status"] == "ok", "device"].astype(str))
-    assert (rows["metric"] == "dice").all()
-    worst = worst_cases(a.cases, "dice", "device", rows["group"].iloc[0], n=3)
-    group = a.cases[(a.cases["device"] == rows["group"].iloc[0]) & (a.cases["status"] == "ok")]
-    assert worst["dice"].tolist() == sorted(group["dice"])[: len(worst)]
-    # Lower-is-better metrics list the largest values first.
-    worst_hd = worst_cases(a.cases, "hd95", n=3)
-    ok = a.cases[a.cases["status"] == "ok"]["hd95"].dropna()
-    assert worst_hd["hd95"].tolist() == sorted(ok, reverse=True)[:3]
+def test_worst_cases_come_from_the_core_ranking(real_audit) -> None:
+    cases = real_audit.cases
+    rows = subgroup_rows(real_audit.subgroups, "device", "dice")
+    group = rows["group"].iloc[0]
+    worst = worst_cases(cases, "dice", "device", group, n=3)
+    pd.testing.assert_frame_equal(worst, rank_worst(cases, "dice", stratum="device", group=group,
+                                                    n=3))
+    ok = cases[(cases["status"] == "ok") & (cases["device"] == group) & (cases["volume_ref_mm3"] > 0)]
+    assert worst["dice"].tolist() == sorted(ok["dice"])[: len(worst)]
+    assert not (worst["volume_ref_mm3"] == 0).any()  # scans without lesions are not ranked by Dice
+    hd = worst_cases(cases, "hd95", n=3)  # lower is better: largest first
+    assert hd["hd95"].is_monotonic_decreasing
     with pytest.raises(ValueError, match="metric"):
-        worst_cases(a.cases, "no_such_metric")
+        worst_cases(cases, "no_such_metric")
 
 
-def test_dashboard_shows_the_chosen_stratum_and_metric(audits) -> None:
-    a, b, cohort = audits
-    d = AuditDashboard(a, b, cohort=cohort)
+def test_tables_verdict_and_criteria_equal_the_result(real_audit) -> None:
+    d = AuditDashboard(real_audit)
     assert d.stratum.value == "device" and d.metric.value == "dice"
-    table = d.table.value
-    for g in subgroup_rows(a.subgroups, "device", "dice")["group"]:
-        assert str(g) in table
-    assert "ci_low" in table and "flag" in table
+    np.testing.assert_array_equal(d.rows()["estimate"].to_numpy(float),
+                                  subgroup_rows(real_audit.subgroups, "device", "dice")["estimate"]
+                                  .to_numpy(float))
+    for g in d.rows()["group"]:
+        assert str(g) in d.table.value
+    assert f"<b class='mx-verdict'>{real_audit.verdict}</b>" in d.children[0].value
+    crit = d.criteria.value
+    assert f"Verdict: <b>{real_audit.verdict}</b>" in crit and "Definitions" in crit
+    for name in real_audit.verdicts["criterion"]:
+        assert html.escape(name, quote=False) in crit
     assert bytes(d.forest.value).startswith(b"\x89PNG")
-    assert bytes(d.distribution.value).startswith(b"\x89PNG")
-    assert "status" in d.criteria.value and "dice" in d.criteria.value
     forest = bytes(d.forest.value)
     d.metric.value = "hd95"
-    assert bytes(d.forest.value) != forest
-    assert d.worst_cases()["hd95"].is_monotonic_decreasing
-    assert d.last_error is None
+    assert bytes(d.forest.value) != forest and d.last_error is None
 
 
-def test_comparison_switches_to_paired_differences(audits) -> None:
-    a, b, cohort = audits
-    d = AuditDashboard(a, b, cohort=cohort, names=("v1", "v2"))
+def test_comparison_shows_the_paired_differences(real_audit, comparison) -> None:
+    d = AuditDashboard(real_audit, comparison)
+    assert "v2.json vs v1.json" in d.compare.description
     plain = d.table.value
     d.compare.value = True
     assert d.table.value != plain and "difference" in d.table.value
-    expected = mx.compare(a, b).subgroups
-    rows = subgroup_rows(expected, "device", "dice")
-    np.testing.assert_allclose(d.rows()["difference"].to_numpy(float),
-                               rows["difference"].to_numpy(float))
-    # B drops lesions in more cases, so its mean Dice difference is never positive.
-    assert (d.rows()["difference"].dropna() <= 1e-12).all()
-    assert AuditDashboard(a).compare.disabled
+    expected = subgroup_rows(comparison.subgroups, "device", "dice")
+    np.testing.assert_array_equal(d.rows()["difference"].to_numpy(float),
+                                  expected["difference"].to_numpy(float))
+    assert (d.rows()["difference"].dropna() >= -1e-12).all()  # B is the reference: never worse
+    assert AuditDashboard(real_audit).compare.disabled
+    with pytest.raises(ValueError, match="ComparisonResult"):
+        AuditDashboard(real_audit, real_audit)
 
 
-def test_worst_case_opens_a_case_explorer(audits) -> None:
-    a, b, cohort = audits
-    d = AuditDashboard(a, cohort=cohort)
+def test_worst_case_opens_a_case_explorer(real_audit, real_cohort) -> None:
+    d = AuditDashboard(real_audit, cohort=real_cohort)
     buttons = d.worst.children
     assert buttons and all("dice" in btn.description for btn in buttons)
     cid = d.worst_cases()["case_id"].iloc[0]
     assert buttons[0].description.startswith(cid)
     buttons[0].click()
     assert isinstance(d.explorer, CaseExplorer) and d.explorer.case_id == cid
-    assert d.explorer_box.children == (d.explorer,)
-    case = cohort.load_case(cid)
-    np.testing.assert_array_equal(d.explorer.ref, case.label > 0)
-    # Without the cohort the button explains what is missing instead of failing silently.
-    d2 = AuditDashboard(a)
+    np.testing.assert_array_equal(d.explorer.ref, real_cohort.load_case(cid).label > 0)
+    d2 = AuditDashboard(real_audit)
     d2.worst.children[0].click()
     assert "cohort" in d2.status.value and "mx-error" in d2.status.value
 

@@ -18,6 +18,7 @@ from scipy import stats as sps
 from medseg_xai.audit import analysis, stats
 from medseg_xai.audit.result import AuditResult, table_to_json
 from medseg_xai.audit.strata import parse_strata
+from medseg_xai.status import FLAG_BETTER, FLAG_INSUFFICIENT, FLAG_NO_CHANGE, FLAG_WORSE
 
 __all__ = ["COMPARISON_COLUMNS", "ComparisonResult", "compare"]
 
@@ -61,9 +62,10 @@ class ComparisonResult:
     def describe_worse(self) -> list[str]:
         """One plain sentence per subgroup that got worse."""
         a, b = self.settings.get("name_a", "A"), self.settings.get("name_b", "B")
+        level = f"{float(self.settings.get('confidence', 0.95)) * 100:g}% CI"
         return [
             f"{r['metric']} in {r['stratum']} = {r['group']}: {b} {r['mean_b']:.3f} vs {a} "
-            f"{r['mean_a']:.3f} (difference {r['difference']:+.3f}, 95% CI "
+            f"{r['mean_a']:.3f} (difference {r['difference']:+.3f}, {level} "
             f"{r['ci_low']:+.3f} to {r['ci_high']:+.3f}, n={r['n']})"
             for _, r in self.worse.iterrows()
         ]
@@ -98,7 +100,8 @@ def compare(
     seed, n_resamples, confidence, min_n : optional
         Default: the settings of ``result_a``.
     name_a, name_b : str
-        Labels used in descriptions.
+        Labels of the two audits (e.g. their file names), shown wherever the comparison is
+        (model A is ``result_a``; differences are B − A).
 
     Raises
     ------
@@ -174,11 +177,11 @@ def compare(
         n, lo, hi = r["n"], r["ci_low"], r["ci_high"]
         direction = stats.metric_direction(r["metric"])
         if n < min_n:
-            flags.append(analysis.INSUFFICIENT)
+            flags.append(FLAG_INSUFFICIENT)
         elif direction != 0 and np.isfinite(lo) and (lo > 0 or hi < 0):
-            flags.append("better" if (lo > 0) == (direction > 0) else "worse")
+            flags.append(FLAG_BETTER if (lo > 0) == (direction > 0) else FLAG_WORSE)
         else:
-            flags.append("no change")
+            flags.append(FLAG_NO_CHANGE)
     table["flag"] = flags
     settings = {"name_a": name_a, "name_b": name_b, "seed": seed, "n_resamples": n_resamples,
                 "confidence": confidence, "min_n": min_n, "metrics": metric_names,

@@ -25,6 +25,11 @@ same in a YAML/JSON file). Each criterion has:
     Lesion-size range of a ``detection`` criterion (reference lesion volume, mm^3).
 ``min_n``
     Groups (or lesion counts) below it give INSUFFICIENT DATA (default: the audit's ``min_n``).
+``margin`` (kind ``"noninferiority"``)
+    Several readers per case: the model is within inter-reader variability when the lower CI
+    bound of (model-vs-reader minus reader-vs-reader ``metric``, paired by case) is at least
+    ``-margin`` (default 0.05; ``metric`` ``dice`` or ``nsd``; ``op``/``threshold`` follow).
+    See :mod:`medseg_xai.audit.readers`.
 
 Example (YAML)::
 
@@ -102,9 +107,10 @@ _STATISTICS = {
     "gap": ("gap", "gap_best"),
     "detection": ("rate", "ci_low", "ci_high"),
     "false_positive": ("rate", "ci_low", "ci_high"),
+    "noninferiority": ("ci_low",),
 }
 _KEYS = {"name", "kind", "metric", "statistic", "op", "threshold", "strata", "min_volume_mm3",
-         "max_volume_mm3", "min_n"}
+         "max_volume_mm3", "min_n", "margin"}
 
 #: Sensible defaults: Dice lower CI >= 0.70 in every group, largest Dice gap <= 0.05 within every
 #: stratum, detection >= 0.90 for reference lesions of at least 100 mm^3.
@@ -182,6 +188,9 @@ def _normalise(i: int, crit: Any) -> dict[str, Any]:
         raise ValueError(f"{where}: statistic: expected one of {_STATISTICS[kind]} for kind "
                          f"{kind!r}, got {statistic!r}")
     metric = crit.get("metric")
+    if kind == "noninferiority":  # threshold = -margin (audit.readers)
+        crit = _noninferiority(where, crit)
+        metric = crit["metric"]
     if kind in ("metric", "gap") and not isinstance(metric, str):
         raise ValueError(f"{where}: metric: expected a metric name for kind {kind!r}, got {metric!r}")
     op = crit.get("op")
@@ -201,12 +210,35 @@ def _normalise(i: int, crit: Any) -> dict[str, Any]:
     if min_n is not None and (not isinstance(min_n, int) or min_n < 1):
         raise ValueError(f"{where}: min_n: expected a positive int, got {min_n!r}")
     out = {
-        "kind": kind, "metric": metric if kind in ("metric", "gap") else None,
+        "kind": kind, "metric": metric if kind in ("metric", "gap", "noninferiority") else None,
         "statistic": statistic, "op": op, "threshold": float(threshold), "strata": strata,
         "min_volume_mm3": crit.get("min_volume_mm3"), "max_volume_mm3": crit.get("max_volume_mm3"),
         "min_n": min_n,
     }
+    if kind == "noninferiority":
+        out["margin"] = float(crit["margin"])
     out["name"] = str(crit.get("name") or _auto_name(out))
+    return out
+
+
+def _noninferiority(where: str, crit: Mapping[str, Any]) -> dict[str, Any]:
+    from medseg_xai.audit.readers import DEFAULT_MARGIN, NONINFERIORITY_METRICS
+
+    out = dict(crit)
+    out.setdefault("metric", "dice")
+    if out["metric"] not in NONINFERIORITY_METRICS:
+        raise ValueError(f"{where}: metric: expected one of {NONINFERIORITY_METRICS} for kind "
+                         f"'noninferiority', got {out['metric']!r}")
+    margin = out.get("margin", DEFAULT_MARGIN)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+        raise ValueError(f"{where}: margin: expected a number >= 0, got {margin!r}")
+    out["margin"] = float(margin)
+    out.setdefault("op", ">=")
+    out.setdefault("threshold", -float(margin))
+    if out["op"] != ">=" or float(out["threshold"]) != -float(margin):
+        raise ValueError(f"{where}: kind 'noninferiority' is lower CI bound >= -margin; expected "
+                         f"op '>=' and threshold {-float(margin):g} (or neither), got "
+                         f"{out['op']!r} {out['threshold']!r}")
     return out
 
 
@@ -246,6 +278,7 @@ def evaluate_criteria(
     audit_strata: Sequence[str],
     min_n: int,
     confidence: float = 0.95,
+    noninferiority: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Check normalised criteria against an audit's tables.
 
@@ -263,6 +296,8 @@ def evaluate_criteria(
         Default minimum group size.
     confidence : float
         Level of the Wilson intervals of detection criteria.
+    noninferiority : pandas.DataFrame, optional
+        ``AuditResult.reader_noninferiority`` (kind ``"noninferiority"``).
     """
     rows: list[dict[str, Any]] = []
     evaluated = "status" in cases.columns and bool((cases["status"] == "ok").any())
@@ -278,6 +313,12 @@ def evaluate_criteria(
         base = {"criterion": crit["name"], "kind": crit["kind"], "metric": crit["metric"] or "",
                 "statistic": crit["statistic"], "op": crit["op"], "threshold": crit["threshold"],
                 "reason": ""}
+        if crit["kind"] == "noninferiority":
+            from medseg_xai.audit.readers import noninferiority_rows
+
+            rows.extend({**base, **r} for r in noninferiority_rows(
+                crit, noninferiority, _strata_names(crit["strata"], audit_strata), min_n))
+            continue
         names = _strata_names(crit["strata"], audit_strata)
         if crit["kind"] == "gap" and crit["strata"] == "all":
             names = [s for s in names if s != "overall"]  # the whole cohort has no gap to itself

@@ -20,9 +20,9 @@ from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
-from medseg_xai.audit.runner import CASE_SETTING_KEYS, iter_tasks, run_tasks
+from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
 from medseg_xai.audit.strata import parse_strata
-from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks
+from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
 from medseg_xai.cohort import Cohort
 
 __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
@@ -30,7 +30,7 @@ __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 #: Metrics summarised per subgroup when ``metrics=None`` (those present in the cases table).
 DEFAULT_METRICS = ("dice", "jaccard", "precision", "recall", "hd95", "assd", "nsd",
                    "abs_volume_diff_mm3", "lesion_sensitivity", "fp_per_case")
-_LESION_DROP = ("lesions", "timing", "row", "from_cache")
+_LESION_DROP = ("lesions", "timing", "row", "from_cache", "readers", "reader_lesions")
 _READ_CHUNK = 512  # records turned into column arrays at a time when the tables are built
 
 
@@ -64,6 +64,10 @@ def audit(
     empty: str = "worst",
     connectivity: int | None = None,
     overlap_threshold: float = 0.1,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
+    matching: str = "overlap",
+    iou_threshold: float = 0.5,
     lesion_size_bins: int | Sequence[float] = 3,
     detection_bins: Sequence[float] = (0, 100, 1000, 10000),
     min_n: int = 10,
@@ -81,6 +85,8 @@ def audit(
     case_timeout: float | None = None,
     stream: str | Path | None = None,
     report: Mapping[str, Any] | None = None,
+    reference: str | None = None,
+    allow_missing_readers: bool = False,
     feature_layer: str | None = "auto",
     feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
 ) -> AuditResult:
@@ -113,6 +119,13 @@ def audit(
         Passed to ``metrics.evaluate_case`` (``empty`` is the empty-mask policy).
     connectivity, overlap_threshold
         Passed to ``metrics.lesions``.
+    convention, use_subvoxels
+        Surface-metric convention (``"monai"``, ``"medpy"``, ``"deepmind"``,
+        ``"metricsreloaded"``, ``"panoptica"``) and MONAI's sub-voxel NSD, passed to
+        ``metrics.evaluate_case``; recorded in ``settings``.
+    matching, iou_threshold
+        Lesion matching mode (``"overlap"``: covered fraction; ``"hungarian"``: one-to-one
+        IoU >= ``iou_threshold``), passed to ``metrics.lesions``; recorded in ``settings``.
     lesion_size_bins : int or sequence of float
         Quantile count or edges (mm^3) of the ``lesion_size`` stratum.
     detection_bins : sequence of float
@@ -146,6 +159,13 @@ def audit(
         ``model_name``, ``model_version``, ``model_fingerprint`` (recorded as the model's
         fingerprint when no adapter runs), ``reference_standard``... (see
         :mod:`medseg_xai.reports`).
+    reference : {"staple", "majority"} or str, optional
+        Reference standard when the manifest has reader columns ``label_<reader>``: a consensus
+        rule or one reader's name (default: the ``label`` column). See
+        :mod:`medseg_xai.audit.readers` for the reader tables this adds.
+    allow_missing_readers : bool
+        Analyse a case with the readers present when a reader file is missing (default: the
+        row fails, naming the reader).
 
     feature_layer : str or None
         With an adapter: the layer whose pooled output is each case's feature vector, taken
@@ -176,6 +196,15 @@ def audit(
     _check_execution(workers=workers, case_timeout=case_timeout)
     _check_settings(empty=empty, ci_method=ci_method, test=test, correction=correction,
                     n_resamples=n_resamples, confidence=confidence, alpha=alpha)
+    from medseg_xai.metrics.conventions import check_convention
+    from medseg_xai.metrics.lesions import check_matching
+
+    check_convention(convention)
+    check_matching(matching)
+    if use_subvoxels and convention != "monai":
+        raise ValueError(f"use_subvoxels: expected convention='monai', got {convention!r}")
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ValueError(f"iou_threshold: expected an IoU in (0, 1], got {iou_threshold!r}")
     strata_list = parse_strata(strata)
     crit = load_criteria(criteria)
     metric_list = _metric_list(metrics, crit, labels)
@@ -198,12 +227,16 @@ def audit(
     kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
     from medseg_xai.audit.features import parse_reference, reference_mask
 
-    reference = parse_reference(feature_reference)
-    if reference is not None and (adapter is None or feature_layer is None):
+    feature_ref = parse_reference(feature_reference)
+    if feature_ref is not None and (adapter is None or feature_layer is None):
         raise ValueError("feature_reference: expected an adapter and a feature_layer (features "
                          "come from the model's inference pass)")
-    reference_mask(cohort.manifest, reference)  # unknown column or value: fail before any case
-    cohort = cohort.with_metadata([*kept, *(keep_columns or ()), *(reference or {})])
+    reference_mask(cohort.manifest, feature_ref)  # unknown column or value: fail before any case
+    kept += list(feature_ref or {})  # the reference columns reach the result
+    cohort = cohort.with_metadata([*kept, *(keep_columns or ())])
+    from medseg_xai.audit import readers as _readers
+
+    _readers.check_reference(reference, cohort.readers, "label" in cohort.manifest.columns)
     if adapter is None and "prediction" not in cohort.manifest.columns:
         raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
                          "got neither")
@@ -213,6 +246,9 @@ def audit(
         "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
         "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
         "binarize": bool(binarize),
+        "convention": convention, "use_subvoxels": bool(use_subvoxels), "matching": matching,
+        "iou_threshold": float(iou_threshold),
+        "reference": reference, "allow_missing_readers": bool(allow_missing_readers),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     task_settings = dict(case_settings)
@@ -242,7 +278,7 @@ def audit(
         try:
             with RecordStream(stream_path) as sink:
                 info = run_tasks(
-                    iter_tasks(cohort), task_settings, executor=executor, workers=workers,
+                    iter_tasks(cohort, bool(allow_missing_readers)), task_settings, executor=executor, workers=workers,
                     cache_dir=cache_path, adapter=adapter, cache_extra=cache_extra,
                     progress=progress, mp_context=mp_context, case_timeout=case_timeout,
                     sink=sink.write, n_tasks=len(cohort),
@@ -252,6 +288,8 @@ def audit(
                 client.close()
         elapsed = time.perf_counter() - started
         cases, lesions = _tables(cohort, stream_path)
+        reader_cases = (_readers.records_tables(read_records(stream_path)) if cohort.readers
+                        else None)
     cases, features, layer = _pop_features(cases)
     settings = {
         "strata": [s.name for s in strata_list], "seed": int(seed),
@@ -265,7 +303,7 @@ def audit(
     }
     if "feature_layer" in task_settings:
         settings.update({"feature_layer": layer or str(feature_layer),
-                         "feature_reference": reference,
+                         "feature_reference": feature_ref,
                          "feature_method": "ledoit-wolf mahalanobis, permutation tests"})
     provenance = {
         "versions": _versions(),
@@ -288,9 +326,10 @@ def audit(
         "case_timeout_s": None if case_timeout is None else float(case_timeout),
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
+        "efficiency": efficiency_summary(cases, elapsed),
     }
     result = build_result(cases, lesions, settings, provenance, run, report=report,
-                          features=features)
+                          readers=reader_cases, features=features)
     if adapter is not None:
         from medseg_xai.explain.weights import weights
 
@@ -312,6 +351,38 @@ def _pop_features(cases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None,
     names = cases["feature_layer"].dropna() if "feature_layer" in cases else []
     layer = str(names.iloc[0]) if len(names) else None
     return cases.drop(columns=["features", "feature_layer"], errors="ignore"), out, layer
+
+
+def efficiency_summary(cases: pd.DataFrame, elapsed_s: float) -> dict[str, Any]:
+    """Where the time went: per stage the seconds summed over cases, their share, and the
+    per-case mean, median, 95th percentile and maximum; cases per second of the per-case phase;
+    the slowest cases; the largest peak memory. What the report's efficiency section shows."""
+    n = len(cases)
+    stages: dict[str, dict[str, float]] = {}
+    work = [s for s in STAGES if s != "total_s" and s in cases.columns]
+    busy = float(sum(np.nansum(cases[s].to_numpy(dtype=float)) for s in work)) or 1.0
+    for stage in [*work, *(["total_s"] if "total_s" in cases.columns else [])]:
+        v = cases[stage].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if not v.size:
+            continue
+        stages[stage[:-2]] = {
+            "total_s": float(v.sum()), "share": float(v.sum() / busy) if stage != "total_s" else 1.0,
+            "mean_s": float(v.mean()), "median_s": float(np.median(v)),
+            "p95_s": float(np.percentile(v, 95)), "max_s": float(v.max()),
+        }
+    out: dict[str, Any] = {
+        "n_cases": n, "elapsed_s": float(elapsed_s),
+        "cases_per_s": float(n / elapsed_s) if elapsed_s > 0 else None, "stages": stages,
+    }
+    if "total_s" in cases.columns and n:
+        slow = cases.nlargest(5, "total_s")
+        out["slowest"] = [{"case_id": str(c), "total_s": float(t), "status": str(st)}
+                          for c, t, st in zip(slow["case_id"], slow["total_s"], slow["status"])]
+    for col in ("peak_memory_mb", "peak_gpu_memory_mb"):
+        if col in cases.columns and cases[col].notna().any():
+            out[f"max_{col}"] = float(cases[col].max())
+    return out
 
 
 def _check_execution(*, workers: Any, case_timeout: Any) -> None:
@@ -511,13 +582,16 @@ def build_result(
     run: Mapping[str, Any] | None = None,
     *,
     report: Mapping[str, Any] | None = None,
+    readers: Mapping[str, pd.DataFrame] | None = None,
     features: np.ndarray | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
     Used by :func:`audit` and to re-analyse stored cases (e.g. other strata or criteria) without
-    re-evaluating them. ``features`` (``(n_cases, F)``, NaN rows for failed cases) adds the
-    feature-shift table and the ``ood_score, feature_pc1, feature_pc2`` case columns.
+    re-evaluating them. ``readers`` holds the per-case ``readers`` and ``reader_lesions`` tables
+    of a multi-reader audit (:mod:`medseg_xai.audit.readers`). ``features`` (``(n_cases,
+    F)``, NaN rows for failed cases) adds the feature-shift table and the ``ood_score,
+    feature_pc1, feature_pc2`` case columns (:mod:`medseg_xai.audit.features`).
     """
     settings = dict(settings)
     stat = {**analysis.STATS_DEFAULTS,
@@ -560,10 +634,16 @@ def build_result(
         for g in order:
             group_index[(stratum.name, str(g))] = ok_labels.index[ok_labels == g]
     crit = load_criteria(settings.get("criteria")) if settings.get("criteria") else []
+    from medseg_xai.audit import readers as _readers
+
+    reader = dict(readers or {})
+    reader.update(_readers.reader_tables(
+        cases, reader.get("readers"), reader.get("reader_lesions"),
+        analysis._groups_iter(cases, strata_list, orders), stat, crit))
     criteria_table = evaluate_criteria(
         crit, subgroups=subgroups, cases=cases, lesions=lesions, false_positives=fps,
         group_index=group_index, audit_strata=[s.name for s in strata_list], min_n=min_n,
-        confidence=confidence)
+        confidence=confidence, noninferiority=reader["reader_noninferiority"])
     settings["metrics"] = list(metric_names)
     provenance = dict(provenance)
     ok = cases["status"] == "ok"
@@ -579,5 +659,6 @@ def build_result(
         verdicts=verdicts(criteria_table),
         group_counts=analysis.group_counts_table(cases, strata_list, orders),
         settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
+        **{k: v for k, v in reader.items() if k in _readers.READER_TABLES},
         **({} if feature_table is None else {"feature_shift": feature_table}),
     )

@@ -21,7 +21,7 @@ Each entry (a plain dict, JSON-safe)::
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -126,7 +126,8 @@ def slice_payload(image: np.ndarray, ref: np.ndarray, pred: np.ndarray | None, *
             index[d] = _window(img.shape[d], int(centre[d]), crop)
         plane: dict[str, Any] = {"axis": axis, "index": None if axis is None else int(centre[axis]),
                                  "offset": [int(index[d].start) for d in rest],
-                                 "spacing": [sp[d] for d in rest]}
+                                 "spacing": [sp[d] for d in rest],
+                                 "affine": _plane_affine(affine, rest, axis, index)}
         for name, arr in layers.items():
             plane[name] = None if arr is None else _encode(
                 arr[tuple(index)], "mask" if arr.dtype == bool else "float")
@@ -134,6 +135,25 @@ def slice_payload(image: np.ndarray, ref: np.ndarray, pred: np.ndarray | None, *
     return {"shape": list(img.shape), "spacing": sp,
             "affine": None if affine is None else np.asarray(affine, float).tolist(),
             "centre": [int(c) for c in centre], "planes": planes}
+
+
+def _plane_affine(affine: Any, rest: list[int], axis: int | None,
+                  index: list[Any]) -> list[list[float]] | None:
+    """4x4 voxel-to-world affine of a stored (cropped) plane: its two axes first, the sliced
+    axis third, origin at the crop's first voxel, so a view can orient it anatomically."""
+    if affine is None:
+        return None
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4) or len(rest) != 2 or axis is None:
+        return None
+    origin = np.zeros(3)
+    for d in rest:
+        origin[d] = index[d].start
+    origin[axis] = index[axis]
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2] = a[:3, rest[0]], a[:3, rest[1]], a[:3, axis]
+    m[:3, 3] = a[:3, :3] @ origin + a[:3, 3]
+    return m.tolist()
 
 
 def _missed_lesions(result: Any, case_id: str) -> pd.DataFrame:
@@ -145,38 +165,17 @@ def _missed_lesions(result: Any, case_id: str) -> pd.DataFrame:
 
 
 def _explain(adapter: Any, case: Any, ref: np.ndarray, pred: np.ndarray | None, lesion_id: str,
-             seed: int) -> tuple[dict[str, Any], np.ndarray | None, str]:
-    """(analysis dict, attribution map, method) of one missed lesion."""
-    try:
-        from medseg_xai.explain.miss import explain_miss  # issue 11: the one way to explain a miss
-    except ImportError:
-        explain_miss = None
-    if explain_miss is not None:
-        analysis = explain_miss(adapter, case.image, ref, lesion_id, pred=pred,
-                                spacing=case.spacing, seed=seed)
-        maps = getattr(analysis, "attributions", None) or getattr(analysis, "maps", None) or {}
-        method = next(iter(maps), None)
-        att = None if method is None else np.asarray(getattr(maps[method], "attribution",
-                                                             maps[method]))
-        return analysis.to_dict(), att, str(method or "")
-    # Fallback until explain_miss lands: signed Grad-CAM on the missed voxels of the lesion.
-    from medseg_xai import targets
-    from medseg_xai.explain import explain
-    from medseg_xai.explain.quality import localisation
+             seed: int, explain_kwargs: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], np.ndarray | None, str]:
+    """(MissAnalysis.to_dict(), the first method's attribution map, its name) of one lesion."""
+    from medseg_xai.explain.miss import explain_miss  # the one way to explain a miss
 
-    one = targets.lesion(1, ref, lesion_id)
-    missed = one.mask & ~pred if pred is not None else one.mask
-    target = targets.region(1, missed) if missed.any() else one
-    # Signed: a missed lesion often has only evidence against it, which a ReLU would blank.
-    exp = explain(adapter, case.image, target, method="gradcam", relu=False)
-    score = float(localisation(exp.attribution, one.mask))
-    positive = bool((exp.attribution > 0).any())
-    verdict = (f"{score:.0%} of the positive (signed) Grad-CAM evidence lies inside the lesion"
-               if np.isfinite(score) else
-               "signed Grad-CAM finds only evidence against a lesion here, none for it")
-    return ({"method": "gradcam (signed)", "target": target.describe(), "localisation": score,
-             "has_positive_evidence": positive, "verdict": verdict, "causes": []},
-            exp.attribution, "gradcam")
+    analysis = explain_miss(adapter, case.image, ref, lesion_id, pred=pred, spacing=case.spacing,
+                            seed=seed, case_id=str(case.case_id), **dict(explain_kwargs))
+    maps = getattr(analysis, "attributions", None) or {}
+    method = next(iter(maps), None)
+    att = None if method is None else np.asarray(maps[method], dtype=np.float32)
+    return analysis.to_dict(), att, str(method or "")
 
 
 def explain_failures(
@@ -190,6 +189,7 @@ def explain_failures(
     metric: str | None = None,
     extra: Sequence[tuple[str, str]] = (),
     seed: int = 0,
+    explain_kwargs: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Build the failure gallery of an audit (store it with ``result.explanations = ...``).
 
@@ -201,8 +201,9 @@ def explain_failures(
         Loads images, references and predictions for the slices; without it entries carry no
         figure and say so.
     adapter : SegmentationAdapter, optional
-        Explains the largest missed lesion of gallery cases (``explain.miss.explain_miss``
-        where available, else signed Grad-CAM); without it no lesion is explained.
+        Explains the largest missed lesion of gallery cases with
+        :func:`medseg_xai.explain.miss.explain_miss` (probes re-run through the model, gated
+        attribution evidence, causes, verdict); without it no lesion is explained.
     max_cases : int
         Cases picked as worst per group (false-positive scans come on top, at most two).
     max_explanations : int
@@ -215,6 +216,8 @@ def explain_failures(
         Lesions to explain in any case (added to the gallery when not picked).
     seed : int
         Seed of the explanations' randomness.
+    explain_kwargs : mapping, optional
+        Passed to ``explain_miss`` (``methods=("gradcam",)``, ``reference_images=``...).
 
     Returns
     -------
@@ -256,7 +259,8 @@ def explain_failures(
                     n_explained < max_explanations or e["case_id"] in wanted):
                 try:
                     e["analysis"], heat, e["method"] = _explain(adapter, case, ref, pred,
-                                                                lesion_id, seed)
+                                                                lesion_id, seed,
+                                                                explain_kwargs or {})
                     n_explained += 1
                 except Exception as err:  # noqa: BLE001 - one failed explanation keeps its entry
                     e["note"] = f"explanation failed: {type(err).__name__}: {err}"

@@ -30,16 +30,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
+__all__ = ["READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
 SCHEMA = "medseg-xai/audit"
 SCHEMA_VERSION = "1.0"  # additive keys since 1.0 (verdict, report, explanations, group_counts) are read tolerantly
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
-          "volume_agreement", "verdicts", "group_counts", "feature_shift", "model_layers")
-#: Tables only an audit with an adapter fills (issue 17): feature shift and layer statistics.
-MODEL_TABLES = ("feature_shift", "model_layers")
+          "volume_agreement", "verdicts", "group_counts")
 #: Tables added after schema 1.0: read as empty from older documents.
-_OPTIONAL_TABLES = ("group_counts", *MODEL_TABLES)
+_OPTIONAL_TABLES = ("group_counts",)
+#: Multi-reader tables (``medseg_xai.audit.readers``): empty without reader columns, read as
+#: empty from documents written before them.
+READER_TABLES = ("readers", "reader_lesions", "reader_subgroups", "reader_noninferiority",
+                 "reader_detection")
+#: Tables only an audit with an adapter fills (issue 17): feature shift per subgroup and the
+#: model's per-layer weight statistics; empty otherwise, read as empty from older documents.
+MODEL_TABLES = ("feature_shift", "model_layers")
 TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
                   "peak_memory_mb", "peak_gpu_memory_mb")
 VOLATILE_KEYS = ("run", "timings")
@@ -150,6 +155,13 @@ class AuditResult:
         Report configuration carried with the result (see :mod:`medseg_xai.reports`).
     explanations : list of dict
         Failure-gallery entries (:func:`medseg_xai.audit.explanations.explain_failures`).
+    readers, reader_lesions, reader_subgroups, reader_noninferiority, reader_detection
+        Several readers per case (``label_<reader>`` columns; empty otherwise), see
+        :mod:`medseg_xai.audit.readers`: per case every comparison (reader pairs, model vs each
+        reader and the consensus, STAPLE sensitivity / specificity); the readers' union lesions
+        with the readers that marked them; per subgroup estimates with CIs, the non-inferiority
+        of model-vs-reader against reader-vs-reader agreement, and detection of lesions all /
+        a majority of / any reader marked.
     settings, provenance, run : dict
         Settings of the audit; provenance (versions, hashes, seed, empty-mask policy, edge-case
         counts, row counts); ``run`` describes the execution (timestamp, wall time, executor).
@@ -164,15 +176,19 @@ class AuditResult:
     volume_agreement: pd.DataFrame
     verdicts: pd.DataFrame
     group_counts: pd.DataFrame = field(default_factory=pd.DataFrame)
-    #: Feature shift per subgroup (``audit.features.FEATURE_SHIFT_COLUMNS``) and the model's
-    #: per-layer weight statistics (``explain.weights.WEIGHT_COLUMNS``); empty without an adapter.
-    feature_shift: pd.DataFrame = field(default_factory=pd.DataFrame)
-    model_layers: pd.DataFrame = field(default_factory=pd.DataFrame)
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     explanations: list[dict[str, Any]] = field(default_factory=list)
+    readers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_lesions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_noninferiority: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reader_detection: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: ``audit.features.FEATURE_SHIFT_COLUMNS`` / ``explain.weights.WEIGHT_COLUMNS``
+    feature_shift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    model_layers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- counts and views --------------------------------------------------------------------
 
@@ -257,7 +273,8 @@ class AuditResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document as a dict (see module docstring)."""
         timing_cols = [c for c in TIMING_COLUMNS if c in self.cases.columns]
-        tables = {name: table_to_json(getattr(self, name)) for name in TABLES}
+        tables = {name: table_to_json(getattr(self, name)) for name in (*TABLES, *READER_TABLES,
+                                                                         *MODEL_TABLES)}
         tables["cases"] = table_to_json(self.cases.drop(columns=timing_cols))
         timings = table_to_json(self.cases[["case_id", *timing_cols]]) if timing_cols else None
         return {
@@ -307,6 +324,10 @@ class AuditResult:
                              f"got {data.get('schema_version')!r}")
         tables = {name: table_from_json(data["tables"][name]) for name in TABLES
                   if name in data["tables"] or name not in _OPTIONAL_TABLES}
+        tables.update({name: table_from_json(data["tables"][name]) for name in READER_TABLES
+                       if name in data["tables"]})
+        tables.update({name: table_from_json(data["tables"][name]) for name in MODEL_TABLES
+                       if name in data["tables"]})
         if data.get("timings"):
             timings = table_from_json(data["timings"])
             cases = tables["cases"]

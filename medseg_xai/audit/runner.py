@@ -37,7 +37,7 @@ import numpy as np
 from medseg_xai._privacy import redact_paths
 from medseg_xai.audit.cache import CaseCache, input_hash
 from medseg_xai.audit.stream import InfrastructureError, infrastructure_error
-from medseg_xai.cohort import PATH_COLUMNS, Cohort, load_case_from_paths
+from medseg_xai.cohort import PATH_COLUMNS, Cohort, load_case_from_paths, reader_columns
 
 __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "STAGES", "TORCH_THREADS", "CaseTask", "CaseTimeout",
            "evaluate_task", "iter_tasks", "run_tasks", "tasks_for"]
@@ -45,7 +45,8 @@ __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "STAGES", "TORCH_THREADS", "CaseTas
 EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
-                     "overlap_threshold", "binarize")
+                     "overlap_threshold", "binarize", "convention", "use_subvoxels", "matching",
+                     "iou_threshold", "reference", "allow_missing_readers")
 #: Per-case stage timings (seconds) in every record's ``timing``: loading the volumes, model
 #: inference (only with an adapter), the metrics, lesion matching, and the cache (input hash,
 #: lookup, store); ``total_s`` is the whole case as the worker saw it.
@@ -77,26 +78,37 @@ def _abs(value: Any) -> str | None:
     return os.path.abspath(text)
 
 
-def iter_tasks(cohort: Cohort) -> Iterator[CaseTask]:
+def iter_tasks(cohort: Cohort, allow_missing_readers: bool = False) -> Iterator[CaseTask]:
     """One task per manifest row, generated lazily (nothing per case is held up front).
 
     Rows with validation problems carry their message; paths are made absolute here, in the
-    client, so a relative manifest root behaves the same on every executor.
+    client, so a relative manifest root behaves the same on every executor. With
+    ``allow_missing_readers`` a missing or empty ``label_<reader>`` file is no problem of the
+    row: its path is dropped (not hashed) and the case is analysed with the readers present.
     """
+    readers = reader_columns(cohort.manifest.columns)
+    skip = set(readers) if allow_missing_readers else set()
     problems: dict[str, list[str]] = {}
-    for cid, msg in zip(cohort.problems["case_id"], cohort.problems["message"]):
+    absent: dict[str, set[str]] = {}
+    for cid, fld, msg in zip(cohort.problems["case_id"], cohort.problems["field"],
+                             cohort.problems["message"]):
+        if fld in skip:
+            absent.setdefault(cid, set()).add(fld)
+            continue
         problems.setdefault(cid, []).append(msg)
     manifest = cohort.manifest
-    cols = {c: (manifest[c] if c in manifest.columns else None) for c in PATH_COLUMNS}
+    cols = {c: (manifest[c] if c in manifest.columns else None) for c in (*PATH_COLUMNS, *readers)}
     for i, cid in enumerate(manifest["case_id"]):
         paths = {c: (None if col is None else _abs(col.iat[i])) for c, col in cols.items()}
+        for fld in absent.get(cid, ()):
+            paths[fld] = None
         msgs = problems.get(cid)
         yield CaseTask(i, str(cid), paths, "; ".join(msgs) if msgs else None)
 
 
-def tasks_for(cohort: Cohort) -> list[CaseTask]:
+def tasks_for(cohort: Cohort, allow_missing_readers: bool = False) -> list[CaseTask]:
     """All tasks of a cohort as a list (see :func:`iter_tasks`)."""
-    return list(iter_tasks(cohort))
+    return list(iter_tasks(cohort, allow_missing_readers))
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,7 +203,8 @@ def _compute_case(
     clock = time.perf_counter
     t0 = clock()
     case = load_case_from_paths(case_id, paths, labels=settings.get("labels"),
-                                binarize=bool(settings.get("binarize")))
+                                binarize=bool(settings.get("binarize")),
+                                allow_missing_readers=bool(settings.get("allow_missing_readers")))
     timing: dict[str, float] = {"load_s": clock() - t0}
     labels = settings.get("labels")
     class_probs = None
@@ -211,7 +224,7 @@ def _compute_case(
         fg_prob = None
         if case.probability is not None:
             p = case.probability
-            if p.ndim == case.label.ndim:
+            if p.ndim == case.image.ndim - 1:
                 fg_prob = p
             elif p.shape[0] == 1:
                 fg_prob = p[0]
@@ -219,6 +232,11 @@ def _compute_case(
                 class_probs = p
                 fg_prob = 1.0 - p[0]
     ref = case.label
+    reader_ctx = None
+    if case.readers or case.missing_readers or settings.get("reference"):
+        from medseg_xai.audit.readers import case_reference  # several readers (audit.readers)
+
+        ref, reader_ctx = case_reference(case, settings)
     if labels is None:
         pred_eval, ref_eval = pred > 0, ref > 0
         probs_eval = fg_prob
@@ -230,6 +248,8 @@ def _compute_case(
         pred_eval, ref_eval, case.spacing, labels,
         tolerance=settings["tolerance"], percentile=settings["percentile"],
         empty=settings["empty"], probabilities=probs_eval,
+        convention=settings.get("convention", "monai"),
+        use_subvoxels=settings.get("use_subvoxels", False),
     )
     timing["metrics_s"] = clock() - t0
     t0 = clock()
@@ -238,9 +258,19 @@ def _compute_case(
         pred_fg, ref_fg, case.spacing,
         probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0),
         connectivity=settings["connectivity"], overlap_threshold=settings["overlap_threshold"],
+        matching=settings.get("matching", "overlap"),
+        iou_threshold=settings.get("iou_threshold", 0.5),
     )
     summary = lesion_summary(table, n_cases=1)
     timing["lesions_s"] = clock() - t0
+    reader_part = None
+    if reader_ctx is not None:  # agreement, model vs readers: counted with the metrics
+        from medseg_xai.audit.readers import case_readers
+
+        t0 = clock()
+        reader_part = case_readers(pred_fg, ref_fg, reader_ctx, case.spacing, settings, table,
+                                   {**metrics, **summary} if labels is None else None)
+        timing["metrics_s"] += clock() - t0
     record: dict[str, Any] = {"status": "ok", "error": ""}
     record.update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()})
     record.update(summary)
@@ -251,6 +281,7 @@ def _compute_case(
         record["features"] = features
         record["feature_layer"] = feature_layer
     record["timing"] = timing
+    record.update(reader_part or {})
     return record
 
 
@@ -455,12 +486,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _fix_threads() -> None:
     """Pin torch's intra-op threads (identical numbers on every executor)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover
-            return
+    try:  # a plain import: it waits for another thread's import of torch to finish
+        import torch
+    except ImportError:  # pragma: no cover
+        return
     if torch.get_num_threads() != TORCH_THREADS:
         torch.set_num_threads(TORCH_THREADS)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from medseg_xai.demo.phantom import Lesion, make_anatomy, render, sample_lesions
+from medseg_xai.demo.phantom import Lesion, make_anatomy, render, sample_lesions, simulate_readers
 from medseg_xai.demo.scanners import DEVICES, SITES, Device, Site, get_device, get_site
 
 __all__ = ["MANIFEST_COLUMNS", "DemoCase", "generate_cases", "make_cohort", "save_nifti"]
@@ -46,6 +46,7 @@ class DemoCase:
     affine: np.ndarray
     lesion_radii_mm: tuple[float, ...]
     lesion_contrasts: tuple[float, ...]
+    readers: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -95,6 +96,7 @@ def generate_cases(
     *,
     exclude_devices: Sequence[str] = (),
     sites: Sequence[str] | None = None,
+    readers: int = 0,
 ) -> Iterator[DemoCase]:
     """Yield ``n_cases`` synthetic scans, patient by patient, deterministic for ``seed``.
 
@@ -111,6 +113,9 @@ def generate_cases(
         Devices never used (each site then draws among its other devices).
     sites : sequence of str or None
         Restrict the cohort to these sites (default all).
+    readers : int
+        Simulated readers per scan (``phantom.simulate_readers``), drawn from a random stream of
+        their own: the scans and ``label`` are the same with or without them.
     """
     if int(n_cases) < 1:
         raise ValueError(f"n_cases: expected a positive int, got {n_cases!r}")
@@ -148,7 +153,13 @@ def generate_cases(
                 lesions = [_grow(lesion, rng.uniform(1.0, 1.25)) for lesion in lesions]
                 age += int(rng.integers(1, 3))
             device = DEVICES[_pick(rng, mixes[site.name])]
-            image, label, affine = render(anatomy, lesions, device, rng)
+            image, label, affine, fraction = render(anatomy, lesions, device, rng,
+                                                    return_fraction=True)
+            masks = {}
+            if readers:
+                reader_rng = np.random.default_rng(
+                    np.random.SeedSequence([int(seed), patient, visit, 15]))
+                masks = simulate_readers(fraction, device.spacing, reader_rng, int(readers))
             produced += 1
             yield DemoCase(
                 case_id=f"case-{produced:04d}",
@@ -163,6 +174,7 @@ def generate_cases(
                 affine=affine,
                 lesion_radii_mm=tuple(lesion.radius_mm for lesion in lesions),
                 lesion_contrasts=tuple(lesion.contrast for lesion in lesions),
+                readers=masks,
             )
         patient += 1
 
@@ -194,6 +206,7 @@ def make_cohort(
     exclude_devices: Sequence[str] = (),
     sites: Sequence[str] | None = None,
     manifest_name: str = "manifest.csv",
+    readers: int = 0,
 ) -> Path:
     """Write a synthetic multi-site, multi-device cohort and return its manifest CSV path.
 
@@ -219,6 +232,11 @@ def make_cohort(
         Restrict to these sites.
     manifest_name : str
         File name of the manifest inside ``out_dir``.
+    readers : int
+        Simulated readers (0 = none): ``labels_<reader>/<case_id>.nii.gz`` and manifest columns
+        ``label_r1, label_r2, ...`` after :data:`MANIFEST_COLUMNS`; ``label`` (the generator's
+        truth) stays. ``r2`` outlines generously, ``r3`` tightly and misses small lesions more
+        often (``phantom.READER_PROFILES``). The demo uses 3.
 
     Returns
     -------
@@ -234,17 +252,28 @@ def make_cohort(
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     rows = []
-    for case in generate_cases(n_cases, seed, shape, exclude_devices=exclude_devices, sites=sites):
+    reader_names: list[str] = []
+    for case in generate_cases(n_cases, seed, shape, exclude_devices=exclude_devices, sites=sites,
+                               readers=readers):
         image_rel = f"images/{case.case_id}.nii.gz"
         label_rel = f"labels/{case.case_id}.nii.gz"
         descrip = f"medseg-xai demo; {case.device.name}"
         save_nifti(case.image.astype(np.int16), case.affine, out / image_rel, descrip)
         save_nifti(case.label, case.affine, out / label_rel, descrip)
         meta = case.metadata()
-        rows.append({**meta, "image": image_rel, "label": label_rel})
+        row = {**meta, "image": image_rel, "label": label_rel}
+        for name, mask in case.readers.items():
+            (out / f"labels_{name}").mkdir(exist_ok=True)
+            row[f"label_{name}"] = f"labels_{name}/{case.case_id}.nii.gz"
+            save_nifti(mask, case.affine, out / row[f"label_{name}"], descrip)
+            if name not in reader_names:
+                reader_names.append(name)
+        rows.append(row)
     manifest = out / manifest_name
     with open(manifest, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
+        writer = csv.DictWriter(fh, fieldnames=[*MANIFEST_COLUMNS,
+                                                *(f"label_{r}" for r in reader_names)],
+                                lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     return manifest

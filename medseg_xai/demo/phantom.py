@@ -29,6 +29,8 @@ __all__ = [
     "make_anatomy",
     "render",
     "sample_lesions",
+    "simulate_readers",
+    "READER_PROFILES",
 ]
 
 TISSUES = ("scalp", "skull", "csf", "gm", "wm")
@@ -308,8 +310,13 @@ def render(
     lesions: list[Lesion],
     device: Device,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    *,
+    return_fraction: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Acquire one scan of ``anatomy`` with ``lesions`` on ``device``.
+
+    With ``return_fraction`` a fourth array follows: the lesion partial-volume fraction on the
+    device grid (float32), from which the label and simulated readers are thresholded.
 
     Returns
     -------
@@ -333,11 +340,74 @@ def render(
     # Receive-coil bias: smooth multiplicative field, stronger on some devices.
     bias = np.exp(device.bias * _smooth_field(rng, anatomy.shape, sigma=10.0))
     image = _resample(intensity * bias, device.spacing)
-    label = (_resample(lesion_frac, device.spacing) >= 0.5).astype(np.uint8)
+    fraction = _resample(lesion_frac, device.spacing)
+    label = (fraction >= 0.5).astype(np.uint8)
     # Rician noise: magnitude of a complex signal with Gaussian noise in both channels.
     sigma = device.noise * tissue["wm"]
     real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
     imag = sigma * rng.standard_normal(image.shape, dtype=np.float32)
     # Scanners store integers: round to the device's units (kept as float32 here).
     image = np.minimum(np.rint(np.sqrt(real * real + imag * imag) * device.scale), 32767.0)
-    return image.astype(np.float32), label, device_affine(anatomy.shape, device.spacing)
+    affine = device_affine(anatomy.shape, device.spacing)
+    if return_fraction:
+        return image.astype(np.float32), label, affine, fraction.astype(np.float32)
+    return image.astype(np.float32), label, affine
+
+
+#: Simulated readers: (name, threshold offset on the partial-volume fraction, share of small
+#: lesions missed, what counts as small in mm^3). r2 outlines generously, r3 tightly and misses
+#: small lesions more often.
+#: Amplitude of each reader's boundary jitter (threshold units of the partial-volume fraction).
+READER_JITTER = 0.2
+READER_PROFILES: tuple[tuple[str, float, float, float], ...] = (
+    ("r1", 0.0, 0.1, 150.0),
+    ("r2", -0.15, 0.1, 150.0),
+    ("r3", 0.12, 0.6, 150.0),
+)
+
+
+def simulate_readers(
+    fraction: np.ndarray,
+    spacing: tuple[float, float, float],
+    rng: np.random.Generator,
+    n_readers: int = 3,
+) -> dict[str, np.ndarray]:
+    """Readers' masks of one scan: jittered boundaries, small lesions sometimes missed.
+
+    Each reader thresholds the lesion partial-volume fraction at its own level plus a smooth
+    random field (boundary jitter of about a voxel, correlated along the outline, as a hand
+    contour is), then drops some of its connected components smaller than the profile's size
+    limit (:data:`READER_PROFILES`; readers beyond the third repeat the profiles).
+
+    Parameters
+    ----------
+    fraction : numpy.ndarray
+        Lesion partial-volume fraction on the device grid (``render(..., return_fraction=True)``).
+    spacing : tuple of float
+        Voxel size in mm (for lesion volumes).
+    rng : numpy.random.Generator
+        Seeded generator (use a stream of its own so the scan itself does not change).
+    n_readers : int
+        Number of readers (``r1, r2, ...``).
+
+    Returns
+    -------
+    dict
+        Reader name -> uint8 mask (0 background, 1 lesion).
+    """
+    out: dict[str, np.ndarray] = {}
+    voxel = float(np.prod(spacing))
+    box = fraction > 0.05
+    for i in range(int(n_readers)):
+        base, offset, p_miss, small = READER_PROFILES[i % len(READER_PROFILES)]
+        name = base if i < len(READER_PROFILES) else f"r{i + 1}"
+        jitter = READER_JITTER * _smooth_field(rng, fraction.shape, sigma=2.0)
+        mask = box & (fraction >= np.clip(0.5 + offset + jitter, 0.15, 0.9))
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        if n:
+            sizes = np.bincount(lab.ravel(), minlength=n + 1) * voxel
+            drop = (sizes < small) & (rng.random(n + 1) < p_miss)
+            drop[0] = False
+            mask &= ~drop[lab]
+        out[name] = mask.astype(np.uint8)
+    return out

@@ -29,6 +29,8 @@ __all__ = ["DemoOutputs", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA", "audit_command
 DEMO_STRATA: tuple[str, ...] = ("device", "site", "lesion_size")
 #: Fixed, readable edges (mm^3 of reference lesion per scan) instead of data-driven quantiles.
 DEMO_LESION_SIZE_BINS: tuple[float, ...] = (0.0, 250.0, 1000.0)
+#: Simulated readers per scan (``make_cohort(readers=...)``): the report's reader section.
+DEMO_READERS = 3
 
 _REPORT_CONFIG: dict[str, Any] = {
     "title": "medseg-xai demo: audit of the bundled lesion segmentation model",
@@ -106,7 +108,9 @@ def _explain_lesion(cohort: Any, adapter: Any, row: pd.Series, out_dir: Path) ->
     # Signed Grad-CAM: a missed lesion often has only evidence against it, which a ReLU blanks.
     exp = explain(adapter, case.image, target, method="gradcam", relu=False)
     score = localisation(exp.attribution, one.mask)
-    stem = f"gradcam_{row['case_id']}_{row['lesion_id']}"
+    from medseg_xai._privacy import safe_file_name  # ids become file names: stay in out_dir
+
+    stem = safe_file_name(f"gradcam_{row['case_id']}_{row['lesion_id']}")
     nifti = exp.to_nifti(out_dir / f"{stem}.nii.gz", affine=case.affine)
     image = case.image[0] if case.image.ndim == ref.ndim + 1 else case.image
     fig = viz.three_plane(image, center=viz.lesion_centre(one.mask), ref=ref, pred=pred,
@@ -172,7 +176,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     say(f"[1/5] generating {n_cases} synthetic cases (seed {seed}) ...")
-    manifest = make_cohort(out / "cohort", n_cases=n_cases, seed=seed)
+    manifest = make_cohort(out / "cohort", n_cases=n_cases, seed=seed, readers=DEMO_READERS)
     timings["cohort_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -202,7 +206,9 @@ def run_demo(
         explained = _explain_lesion(cohort, adapter, worst, figures)
     extra = [(explained["case_id"], explained["lesion_id"])] if explained else []
     # The gallery lives in the result (and audit.json): the report only draws it.
-    result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed)
+    # explain_miss re-runs probes through the model: two gallery lesions plus the worst one.
+    result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed,
+                                           max_explanations=2)
     timings["explain_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -250,6 +256,11 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
                 f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={int(r['n'])}"
                 + (f"  ({r['flag']})" if isinstance(r.get("flag"), str) and r["flag"] else "")
             )
+    ni = getattr(result, "reader_noninferiority", None)
+    if ni is not None and len(ni):
+        for _, r in ni[(ni["metric"] == "dice") & (ni["stratum"].isin(["overall", "device"]))].iterrows():
+            lines.append(f"  readers, {r['group']}: model - reader Dice {r['difference']:+.3f} "
+                         f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]: {r['status']}")
     lines.append(f"verdict: {result.verdict}")
     for r in result.verdicts.to_dict("records"):
         lines.append(f"  {r['status']:<17} {r['criterion']} ({r['n_pass']} pass, {r['n_fail']} "

@@ -15,9 +15,11 @@ location   the lesion moved to up to 3 plausible positions of the same image, an
 ========== ===================================================================================
 
 A cause is named only when one of its settings *fixes the error*: a missed lesion becomes
-detected, or its highest probability rises by at least ``margin`` (0.2); for a false positive
-(or a detected lesion) it disappears, or its highest probability falls by ``margin``; for the
-location swap, the detected lesion moved here is missed or loses ``margin``. Causes are ordered
+detected, or its lesion probability (the mean class probability over the lesion, which one
+noisy voxel cannot move) rises by at least ``margin`` (0.2); for a false positive (or a
+detected lesion) it disappears, or its lesion probability falls by ``margin``; for the
+location swap, the detected lesion moved here is missed (a mere drop of its probability does
+not count: it may be larger than the missed lesion, or of another contrast). Causes are ordered
 by strength: settings that flip detection first, then by the largest change of probability.
 
 Attributions are supporting evidence only, and gated (``explain.quality``): a constant or
@@ -52,7 +54,7 @@ __all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "PROBES", "explain_miss"]
 CAUSES: tuple[str, ...] = ("contrast", "size", "intensity", "noise", "location")
 #: Probe names (one per cause).
 PROBES: tuple[str, ...] = CAUSES
-#: Smallest change of the lesion's highest probability that counts as an effect.
+#: Smallest change of the lesion probability (mean over the lesion) that counts as an effect.
 DEFAULT_MARGIN = 0.2
 #: Default probe settings when the error is a miss (make it appear) / otherwise (make it vanish).
 SETTINGS_MISS: dict[str, tuple[float, ...]] = {
@@ -93,7 +95,7 @@ class MissAnalysis:
         detected lesions, which have no error to explain).
     probes : pandas.DataFrame
         One row per probe setting, the first the image as acquired: ``probe, setting, value,
-        max_prob, mean_prob, covered_fraction, detected, change`` (change of the highest
+        max_prob, mean_prob, covered_fraction, detected, change`` (change of the mean lesion
         probability in the direction that fixes the error), ``effect`` (bool: passes the rule).
     evidence : pandas.DataFrame
         One row per attribution method: ``method, layer, baseline, enrichment`` (share of the
@@ -172,36 +174,47 @@ def _clean(v: Any) -> Any:
 
 # ----------------------------------------------------------------------------- helpers
 class _Model:
-    """The adapter's foreground probability of one class, batched, with a pass counter."""
+    """The adapter's class probability and call (``adapters.label_map``), batched and counted."""
 
-    def __init__(self, adapter: Any, class_index: int | None, batch: int = 4) -> None:
+    def __init__(self, adapter: Any, class_index: int | None, threshold: float,
+                 batch: int = 4) -> None:
         self.adapter = adapter
         self.class_index = class_index
+        self.threshold = threshold
         self.batch = batch
         self.n_images = 0
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def __call__(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(probability, called) per image, both spatial; called = the toolkit's decision."""
         import torch
 
-        out: list[np.ndarray] = []
+        from medseg_xai.adapters import label_map
+
+        out: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.batch):
             chunk = np.stack(images[start:start + self.batch]).astype(np.float32)
             t = torch.from_numpy(chunk).to(self.adapter.device)
             p = self.adapter.probabilities(t).detach().float().cpu().numpy()
+            k = p.shape[1]
             if self.class_index is None:
-                self.class_index = 1 if p.shape[1] > 1 else 0
-            if not 0 <= self.class_index < p.shape[1]:
+                self.class_index = 1 if k > 1 else 0
+            if not 0 <= self.class_index < k:
                 raise ValueError(
-                    f"class_index: the model has {p.shape[1]} output channels, got "
-                    f"{self.class_index}")
-            out.extend(p[:, self.class_index])
+                    f"class_index: the model has {k} output channels, got {self.class_index}")
+            # label value of this channel under label_map: the channel (softmax), else 1 + it
+            value = self.class_index if (self.adapter.activation != "sigmoid" and k > 1) \
+                else self.class_index + 1
+            labels = label_map(p, self.threshold, activation=self.adapter.activation,
+                               channel_axis=1)
+            out.extend(zip(p[:, self.class_index], np.asarray(labels) == value))
             self.n_images += len(chunk)
         return out
 
 
-def _stats(p: np.ndarray, mask: np.ndarray, threshold: float, overlap: float) -> dict[str, Any]:
+def _stats(pc: tuple[np.ndarray, np.ndarray], mask: np.ndarray, overlap: float) -> dict[str, Any]:
+    p, called = pc
     vals = p[mask]
-    covered = float((vals > threshold).mean())
+    covered = float(called[mask].mean())
     return {"max_prob": float(vals.max()), "mean_prob": float(vals.mean()),
             "covered_fraction": covered, "detected": bool(covered >= overlap)}
 
@@ -325,7 +338,6 @@ def _run_probes(
     exclude: np.ndarray,
     donor: tuple[str, np.ndarray, dict[str, Any]] | None,
     reference_images: Sequence[Any] | None,
-    threshold: float,
     overlap: float,
     margin: float,
     seed: int,
@@ -347,20 +359,21 @@ def _run_probes(
              "change": 0.0, "effect": False}]
     sign = 1.0 if want_detect else -1.0
     for (name, words, value, _img, m2), p in zip(jobs, probs):
-        st = _stats(p, m2, threshold, overlap)
-        change = sign * (st["max_prob"] - base["max_prob"])
+        st = _stats(p, m2, overlap)
+        change = sign * (st["mean_prob"] - base["mean_prob"])
         flipped = st["detected"] != base["detected"] and st["detected"] == want_detect
         rows.append({"probe": name, "setting": words, "value": value, **st, "change": change,
                      "effect": bool(flipped or change >= margin)})
     if swap is not None:
-        st = _stats(probs[-1], swap[2], threshold, overlap)
+        st = _stats(probs[-1], swap[2], overlap)
         d = donor[2]
         # supports "location" when the place makes a detected lesion vanish (or fade)
-        change = d["max_prob"] - st["max_prob"]
+        change = d["mean_prob"] - st["mean_prob"]
         flipped = d["detected"] and not st["detected"]
         rows.append({"probe": "location", "setting": swap[0], "value": float("nan"), **st,
                      "change": change if want_detect else -change,
-                     "effect": bool(want_detect and (flipped or change >= margin))})
+                     # only a detected lesion that is *missed* here says the place is why
+                     "effect": bool(want_detect and flipped)})
     return pd.DataFrame(rows, columns=PROBE_COLUMNS)
 
 
@@ -449,7 +462,9 @@ def _evidence(
             fx, fb = (float(v) for v in target(adapter.logits(torch.cat([x, xb]))))
         err = completeness_error(row["total"], fx, fb)
         row["completeness_error"] = err
-        if err > COMPLETENESS_TOLERANCE:
+        if not (np.isfinite(fx) and np.isfinite(fb)):
+            reasons.append("the target is not finite at the baseline (the model cannot take it)")
+        elif err > COMPLETENESS_TOLERANCE:
             reasons.append(f"completeness error {err:.0%} > {COMPLETENESS_TOLERANCE:.0%}")
     if not gate:
         try:
@@ -516,11 +531,12 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
         "predicted": f"{lid} is a region the model calls lesion (no reference given)",
     }[status]
     lines = [f"{headline}: at threshold {thr:.2f} on the class {st['class_index']} probability its "
-             f"highest probability is {_fmt_p(o['max_prob'])} and {o['covered_fraction']:.0%} of "
-             f"its voxels are called lesion ({ov:.0%} needed to count as detected)."]
+             f"highest probability is {_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
+             f"{o['covered_fraction']:.0%} of its voxels are called lesion ({ov:.0%} needed to "
+             f"count as detected)."]
     want = "detected" if status == "missed" else "no longer called lesion"
-    rule = (f"a cause is named when a probe makes it {want} or moves its highest probability by "
-            f"at least {st['margin']:g} that way")
+    rule = (f"a cause is named when a probe makes it {want} or moves its mean lesion "
+            f"probability by at least {st['margin']:g} that way")
     if status == "detected":
         dep = [c for c in CAUSES if bool(table[(table["probe"] == c)]["effect"].any())]
         lines.append("Probes re-run through the model: its detection depends on "
@@ -535,8 +551,8 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
             continue
         best = rows.iloc[int(np.argmax(rows["change"].to_numpy()))]
         parts = "; ".join(
-            f"{r.setting}: {_fmt_p(r.max_prob)}{' (detected)' if r.detected else ''}"
-            for r in rows.itertuples())
+            f"{r.setting}: mean {_fmt_p(r.mean_prob)}, max {_fmt_p(r.max_prob)}"
+            f"{' (detected)' if r.detected else ''}" for r in rows.itertuples())
         tag = "effect" if rows["effect"].any() else "no effect"
         lines.append(f"- {name} ({tag}; best change {best['change']:+.2f}): {parts}.")
     for name in skipped:
@@ -648,9 +664,10 @@ def explain_miss(
     spacing : sequence of float, optional
         Voxel size in mm (volumes).
     threshold : float
-        A voxel is called lesion when its class probability exceeds it; a lesion counts as
-        detected when at least ``overlap_threshold`` of its voxels are called (the rule of
-        ``metrics.lesions``).
+        A voxel is called lesion by ``adapters.label_map(probabilities, threshold)`` (the
+        toolkit's one decision rule: for one channel or two classes, class probability >
+        threshold); a lesion counts as detected when at least ``overlap_threshold`` of its
+        voxels are called (the rule of ``metrics.lesions``).
     reference_images : sequence of arrays, optional
         Images from a group where the model works, for the intensity probe.
     probes : None, sequence of str or mapping
@@ -668,7 +685,7 @@ def explain_miss(
     min_comparison : int
         Fewest detected lesions a comparison is made with.
     margin : float
-        Smallest change of the highest lesion probability that counts as an effect.
+        Smallest change of the mean lesion probability that counts as an effect.
     overlap_threshold : float
         Share of lesion voxels that must be called for a detection.
     layer : str, optional
@@ -697,14 +714,14 @@ def explain_miss(
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != len(shape) or min(spacing) <= 0:
         raise ValueError(f"spacing: expected {len(shape)} positive numbers, got {spacing}")
-    model = _Model(adapter, class_index)
+    model = _Model(adapter, class_index, float(threshold))
     p0 = model([img])[0]
     ci = int(model.class_index)
-    pred_fg = p0 > threshold if pred is None else _foreground(pred, ci, "pred", shape)
+    pred_fg = p0[1] if pred is None else _foreground(pred, ci, "pred", shape)
     ref_fg = None if ref is None else _foreground(ref, ci, "ref", shape)
     lid, mask, source = _resolve_lesion(lesion, ref_fg, pred_fg, shape)
 
-    base = _stats(p0, mask, threshold, overlap_threshold)
+    base = _stats(p0, mask, overlap_threshold)
     if source == "reference":
         status = "detected" if float(pred_fg[mask].mean()) >= overlap_threshold else "missed"
     elif source == "prediction":
@@ -729,7 +746,7 @@ def explain_miss(
             mj = labels == j
             if (mj & mask).any():
                 continue
-            sj = _stats(p0, mj, threshold, overlap_threshold)
+            sj = _stats(p0, mj, overlap_threshold)
             if sj["detected"]:
                 detected_rows.append({"lesion_id": f"ref-{j}",
                                       "volume_mm3": float(mj.sum() * np.prod(spacing)),
@@ -742,7 +759,7 @@ def explain_miss(
     if "intensity" in spec and not reference_images:
         skipped.append("intensity")
     table = _run_probes(model, img, mask, base, want_detect, spec, exclude, donor,
-                        reference_images, threshold, overlap_threshold, margin, seed)
+                        reference_images, overlap_threshold, margin, seed)
     if "location" in spec and not (table["probe"] == "location").any():
         skipped.append("location")
     causes = _causes(table) if status != "detected" else []

@@ -278,9 +278,9 @@ def fill_lesion(image: Any, mask: Any, *, exclude: Any = None, sigma: float | No
         den = ndimage.gaussian_filter(w, s, mode="nearest")
         fill = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-6)
         if np.any(den[m[box]] <= 1e-6):  # no background within reach: the ring median
-            ring = _ring(m, 3) & keep
-            med = float(np.median(img[c][ring])) if ring.any() else float(np.median(img[c][keep]))
-            fill[den <= 1e-6] = med
+            ring = _ring(m, 3)
+            pool = next((p for p in (ring & keep, keep, ring, ~m) if p.any()), m)
+            fill[den <= 1e-6] = float(np.median(img[c][pool]))
         sub = out[c][box]
         sub[m[box]] = fill[m[box]].astype(np.float32)
     return out
@@ -448,8 +448,9 @@ def plausible_positions(
     image, it overlaps neither the lesion's own place (dilated by its radius) nor ``exclude``,
     and the smoothed intensity there (channel 0, Gaussian of the lesion's radius) is within
     ``tolerance`` robust standard deviations (1.4826 MAD of the image's above-mean voxels) of
-    the lesion's local background. Among plausible positions on a grid, ``n`` are chosen by
-    farthest-point sampling (the first farthest from the lesion), so they spread over the image.
+    the median of the lesion's surrounding ring (its radius wide). Among plausible positions on
+    a grid, ``n`` are chosen by farthest-point sampling (the first farthest from the lesion), so
+    they spread over the image.
 
     Returns
     -------
@@ -464,7 +465,8 @@ def plausible_positions(
     filled = fill_lesion(img[:1], m, exclude=exclude)[0]
     smooth = ndimage.gaussian_filter(np.where(keep, ch, filled), r, mode="nearest")
     centre = _centroid(m)
-    bg_here = float(filled[m].mean())
+    ring = _ring(m, max(1, int(round(r)))) & keep
+    bg_here = float(np.median(ch[ring])) if ring.any() else float(filled[m].mean())
     tissue = ch[ch > ch.mean()]
     spread = 1.4826 * float(np.median(np.abs(tissue - np.median(tissue)))) if tissue.size else 0.0
     spread = spread or float(ch.std()) or 1.0
@@ -477,17 +479,19 @@ def plausible_positions(
     if any(a.size == 0 for a in axes):
         return []
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, m.ndim)
-    idx = np.nonzero(m)
-    candidates = []
-    for shift in grid:
-        new = tuple(i + s for i, s in zip(idx, shift))
-        if blocked[new].any():
-            continue
-        c = tuple(int(round(v)) for v in centre + shift)
-        if abs(smooth[c] - bg_here) > tolerance * spread:
-            continue
-        candidates.append(shift)
-    if not candidates:
+    # blocked voxels under the shifted lesion, for every shift at once: correlate the blocked
+    # map with the lesion's crop ('valid' position a = the crop's corner placed at a)
+    from scipy.signal import fftconvolve
+
+    crop = m[tuple(slice(a, b + 1) for a, b in zip(lo, hi))].astype(np.float64)
+    hits = fftconvolve(blocked.astype(np.float64), crop[(slice(None, None, -1),) * m.ndim],
+                       mode="valid")
+    corner = grid + lo
+    free = hits[tuple(corner.T)] < 0.5
+    centres = np.rint(centre + grid).astype(int)
+    similar = np.abs(smooth[tuple(centres.T)] - bg_here) <= tolerance * spread
+    candidates = grid[free & similar]
+    if not len(candidates):
         return []
     cand = np.array(candidates, dtype=np.float64)
     rng = np.random.default_rng(seed)

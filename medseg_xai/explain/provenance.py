@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import platform
-from importlib import metadata
 from typing import Any
 
 __all__ = ["library_versions", "provenance"]
@@ -14,13 +12,9 @@ _LIBRARIES = ("medseg-xai", "torch", "monai", "captum", "numpy", "scipy")
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries an explanation depends on (plus Python)."""
-    out = {"python": platform.python_version()}
-    for name in _LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    from medseg_xai.versions import library_versions as _versions  # the one place versions are read
+
+    return _versions(_LIBRARIES)
 
 
 def provenance(adapter: Any) -> dict[str, Any]:

@@ -152,21 +152,24 @@ def directed_distances(
     if scan:
         strides = np.array(dst_mask.strides, dtype=np.int64)  # bool: strides are element steps
         flat_dst = dst_mask.ravel()
+        # Each unresolved point as one int64: its position in ``out`` (high bits) and its flat
+        # index (low 32 bits), so one compaction per shell keeps both.
         cur = src.astype(np.int64)
+        packed = (todo.astype(np.int64) << 32) | cur
+        low = np.int64(0xFFFFFFFF)
         for offs, d in _shells(spacing):
-            # One compaction per shell of equal-length offsets, not per offset.
             flat_offs = (offs.astype(np.int64) @ strides).tolist()
             hit = flat_dst[cur + flat_offs[0]]
             for off in flat_offs[1:]:
                 hit |= flat_dst[cur + off]
             k = int(np.count_nonzero(hit))
             if k:
+                out[packed[hit] >> 32] = d
                 if k == cur.size:
-                    out[todo] = d
                     return out
-                out[todo[hit]] = d
-                miss = ~hit
-                todo, cur = todo[miss], cur[miss]
+                packed = packed[~hit]
+                cur = packed & low
+        todo = packed >> 32
         src = cur
     else:
         src = src[todo]
@@ -174,8 +177,11 @@ def directed_distances(
     scale = np.asarray(spacing, dtype=np.float64)
     dst_pts = np.stack(np.unravel_index(dst, shape), axis=1).reshape(-1, len(shape))
     src_pts = np.stack(np.unravel_index(src, shape), axis=1).reshape(-1, len(shape))
-    # An unbalanced tree builds about twice as fast; queries stay exact.
-    tree = cKDTree(dst_pts * scale, leafsize=16, balanced_tree=False, compact_nodes=False)
+    # Few queries against many points: an unbalanced tree with large leaves builds fastest.
+    tree = cKDTree(dst_pts * scale, leafsize=128, balanced_tree=False, compact_nodes=False)
     _, j = tree.query(src_pts * scale, k=1)
+    # Recomputed from the integer offset, like the scan. Where two offsets have the same
+    # length in exact arithmetic the tree may return either, so such a distance can differ
+    # from a distance transform's in the last bit.
     out[todo] = lattice_distance(dst_pts[j] - src_pts, spacing)
     return out

@@ -18,6 +18,8 @@ from medseg_xai._validation import (
     check_same_shape,
     check_spacing,
 )
+from medseg_xai.metrics._nearest import box_of
+from medseg_xai.metrics.conventions import check_convention
 from medseg_xai.metrics.overlap import (
     check_empty_policy,
     confusion_counts,
@@ -26,15 +28,18 @@ from medseg_xai.metrics.overlap import (
     overlap_from_counts,
     volumes_from_counts,
 )
-from medseg_xai.metrics._nearest import box_of
-from medseg_xai.metrics.conventions import check_convention
+from medseg_xai.metrics.structure import boundary_iou, cldice, thickness
 from medseg_xai.metrics.surface import (
     _check_percentile,
     _check_tolerance,
     case_surface_metrics,
 )
 
-__all__ = ["METRIC_KEYS", "evaluate_case"]
+__all__ = ["EXTRA_METRICS", "METRIC_KEYS", "evaluate_case"]
+
+#: Opt-in metrics of :func:`evaluate_case` (``extra=``): thin-structure metrics that cost more
+#: than the rest together (skeletons, distance transforms of the box).
+EXTRA_METRICS = ("cldice", "boundary_iou", "thickness")
 
 #: Numeric keys of a binary :func:`evaluate_case` result, in order.
 METRIC_KEYS = (
@@ -77,6 +82,8 @@ def _binary_case(
     prob: np.ndarray | None,
     convention: str = "monai",
     use_subvoxels: bool = False,
+    extra: tuple[str, ...] = (),
+    boundary_width: float = 1.0,
 ) -> dict[str, Any]:
     # Everything but the probabilities lives in the box of the union: count and find surfaces
     # there (the same numbers, a fraction of the passes over the volume for small structures).
@@ -93,6 +100,12 @@ def _binary_case(
         convention=convention, use_subvoxels=use_subvoxels,
     ))
     out.update(volumes_from_counts(n_pred, n_ref, float(np.prod(spacing))))
+    if "cldice" in extra:
+        out["cldice"] = cldice(pred, ref, empty=empty)
+    if "boundary_iou" in extra:
+        out["boundary_iou"] = boundary_iou(pred, ref, spacing, boundary_width, empty=empty)
+    if "thickness" in extra:
+        out.update(thickness(pred, ref, spacing))
     if prob is not None:
         p = prob.astype(np.float64, copy=False)
         sum_p = float(p.sum())
@@ -118,6 +131,8 @@ def evaluate_case(
     probabilities: Any = None,
     convention: str = "monai",
     use_subvoxels: bool = False,
+    extra: Any = (),
+    boundary_width: float = 1.0,
 ) -> dict[str, Any]:
     """Compute every segmentation metric of one case.
 
@@ -145,6 +160,10 @@ def evaluate_case(
         Recorded in the result under ``convention``.
     use_subvoxels : bool
         MONAI's sub-voxel (area-weighted) NSD; ``convention="monai"`` only.
+    extra : sequence of str
+        Opt-in metrics from :data:`EXTRA_METRICS`: ``"cldice"``, ``"boundary_iou"`` (band
+        ``boundary_width`` mm) and ``"thickness"`` (local-thickness statistics, keys of
+        :func:`medseg_xai.metrics.structure.thickness`).
     probabilities : array-like, optional
         Binary case: foreground probabilities with the masks' shape. Multi-class: ``(K, *spatial)``
         class probabilities, channel ``k`` for label ``k``. Adds ``soft_dice`` and ``brier``
@@ -171,6 +190,10 @@ def evaluate_case(
         )
     percentile = _check_percentile(percentile)
     tolerance = _check_tolerance(tolerance)
+    extra = tuple(extra)
+    unknown = [e for e in extra if e not in EXTRA_METRICS]
+    if unknown:
+        raise ValueError(f"extra: expected names from {EXTRA_METRICS}, got {unknown}")
     if labels is None:
         pred_b = check_mask(pred, "pred")
         ref_b = check_mask(ref, "ref")
@@ -180,7 +203,7 @@ def evaluate_case(
         if probabilities is not None:
             prob = check_probabilities(probabilities, "probabilities", shape=pred_b.shape)
         out = _binary_case(pred_b, ref_b, sp, tolerance, percentile, empty, prob, convention,
-                           use_subvoxels)
+                           use_subvoxels, extra, boundary_width)
         out["empty_policy"] = empty
         out["convention"] = convention
         return out
@@ -219,6 +242,8 @@ def evaluate_case(
             None if probs is None else probs[lab],
             convention,
             use_subvoxels,
+            extra,
+            boundary_width,
         )
         case = res.pop("edge_case")
         out[f"edge_case_{name}"] = case

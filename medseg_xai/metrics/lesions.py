@@ -15,6 +15,14 @@ Matching rules
 - A predicted component that overlaps no *detected* reference lesion is a *false positive* and
   gets its own row (its ``overlap_fraction`` is the share of its voxels inside the reference and
   ``matched`` lists the missed reference lesions it touches).
+
+``matching="hungarian"`` replaces the covered-fraction rule by panoptica's one-to-one rule:
+reference lesions and predicted components are paired by maximum total IoU among the pairs
+with IoU >= ``iou_threshold`` (:func:`medseg_xai.metrics.instances.match_instances`). A paired
+lesion is detected, its ``dice`` and ``iou`` are those with its partner and ``matched`` names
+it; every predicted component left unpaired is a false positive, also when it overlaps a
+detected lesion. ``iou`` (both modes) is the IoU of the lesion with the components it is
+scored against; :func:`lesion_summary` turns it into panoptic quality (RQ, SQ, PQ).
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from medseg_xai._validation import (
     check_spacing,
 )
 
-__all__ = ["LESION_COLUMNS", "label_lesions", "lesion_summary", "lesions"]
+__all__ = ["LESION_COLUMNS", "MATCHING_MODES", "label_lesions", "lesion_summary", "lesions"]
 
 LESION_COLUMNS = [
     "lesion_id",
@@ -49,7 +57,18 @@ LESION_COLUMNS = [
     "bbox",
     "max_prob",
     "mean_prob",
+    "iou",
 ]
+
+#: Lesion matching modes of :func:`lesions`.
+MATCHING_MODES = ("overlap", "hungarian")
+
+
+def check_matching(matching: str) -> str:
+    """Return ``matching`` if it is a known mode, else raise a ValueError listing them."""
+    if matching not in MATCHING_MODES:
+        raise ValueError(f"matching: expected one of {MATCHING_MODES}, got {matching!r}")
+    return matching
 
 
 def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
@@ -156,6 +175,7 @@ def _row(
     overlap_fraction: float,
     matched: list[str],
     merge: str,
+    iou: float = 0.0,
 ) -> dict[str, Any]:
     centroid = tuple(float(v) for v in stats["centroids"][i])
     return {
@@ -173,6 +193,7 @@ def _row(
         "bbox": stats["bboxes"][i - 1],
         "max_prob": float(stats["max"][i]),
         "mean_prob": float(stats["mean"][i]),
+        "iou": float(iou),
     }
 
 
@@ -184,6 +205,8 @@ def lesions(
     *,
     connectivity: int | None = None,
     overlap_threshold: float = 0.1,
+    matching: str = "overlap",
+    iou_threshold: float = 0.5,
 ) -> pd.DataFrame:
     """Match reference lesions and predicted components of one case.
 
@@ -199,7 +222,12 @@ def lesions(
     connectivity : int, optional
         Component connectivity (see :func:`label_lesions`); default full connectivity.
     overlap_threshold : float
-        Minimum covered share of a reference lesion, in (0, 1], for it to count as detected.
+        Minimum covered share of a reference lesion, in (0, 1], for it to count as detected
+        (``matching="overlap"``).
+    matching : {"overlap", "hungarian"}
+        Covered-fraction rule (default) or one-to-one IoU matching (module docstring).
+    iou_threshold : float
+        Smallest IoU of a pair under ``matching="hungarian"`` (default 0.5).
 
     Returns
     -------
@@ -217,6 +245,10 @@ def lesions(
         raise ValueError(
             f"overlap_threshold: expected a fraction in (0, 1], got {overlap_threshold!r}"
         )
+    check_matching(matching)
+    from medseg_xai.metrics.instances import _check_threshold, match_instances
+
+    iou_thr = _check_threshold(iou_threshold)
     probs = None
     if probabilities is not None:
         probs = check_probabilities(probabilities, "probabilities", shape=pred.shape)
@@ -243,16 +275,34 @@ def lesions(
 
     covered = inter[:, 1:].sum(axis=1)  # voxels of each reference lesion covered by pred
     ref_frac = covered / np.maximum(rs["counts"], 1)
-    detected = ref_frac >= thr
+    partner: dict[int, int] = {}  # hungarian: reference lesion -> its one predicted component
+    if matching == "overlap":
+        detected = ref_frac >= thr
+    else:
+        sizes = rs["counts"][1:, None] + ps["counts"][None, 1:] - inter[1:, 1:]
+        iou_tab = inter[1:, 1:] / np.maximum(sizes, 1)
+        partner = {i + 1: j + 1 for i, j, _ in match_instances(iou_tab, iou_thr)}
+        detected = np.zeros(n_ref + 1, dtype=bool)
+        detected[list(partner)] = True
     detected[0] = False
     touches = inter > 0
     n_refs_per_pred = touches[1:, :].sum(axis=0)  # reference lesions each component overlaps
+    paired = set(partner.values())
 
     rows: list[dict[str, Any]] = []
     for r in range(1, n_ref + 1):
         comps = np.flatnonzero(touches[r, 1:]) + 1
-        union = int(ps["counts"][comps].sum())
-        d = 2.0 * covered[r] / (rs["counts"][r] + union)
+        if r in partner:
+            j = partner[r]
+            shared, size_p = int(inter[r, j]), int(ps["counts"][j])
+            d = 2.0 * shared / (rs["counts"][r] + size_p)
+            iou = shared / (rs["counts"][r] + size_p - shared)
+            named = [j]
+        else:
+            union = int(ps["counts"][comps].sum())
+            d = 2.0 * covered[r] / (rs["counts"][r] + union)
+            iou = covered[r] / (rs["counts"][r] + union - covered[r])
+            named = list(comps)
         if np.any(n_refs_per_pred[comps] > 1):
             merge = "merged"
         elif comps.size > 1:
@@ -270,14 +320,17 @@ def lesions(
                 sp,
                 d,
                 ref_frac[r],
-                [f"pred-{p}" for p in comps],
+                [f"pred-{p}" for p in named],
                 merge,
+                iou,
             )
         )
     for p in range(1, n_pred + 1):
         refs = np.flatnonzero(touches[1:, p]) + 1
-        if np.any(detected[refs]):
+        if matching == "overlap" and np.any(detected[refs]):
             continue  # part of a detection, reported on the reference lesion's row
+        if p in paired:
+            continue  # the partner of a detected lesion
         frac = inter[1:, p].sum() / max(int(ps["counts"][p]), 1)
         rows.append(
             _row(
@@ -317,7 +370,9 @@ def lesion_summary(df: pd.DataFrame, n_cases: int | None = None) -> dict[str, fl
         ``n_detected, n_missed, n_false_positive``, ``lesion_sensitivity`` (detected / reference
         lesions; NaN without reference lesions), ``fp_per_case`` and ``lesion_f1``
         (2 TP / (2 TP + missed + FP), TP = detected lesions; NaN when there are neither
-        reference lesions nor false positives).
+        reference lesions nor false positives), and panoptic quality from the same counts:
+        ``rq`` (= ``lesion_f1``), ``sq`` (mean ``iou`` of the detected lesions; NaN when none)
+        and ``pq`` = RQ x SQ (0 when nothing is detected but something exists).
     """
     missing = {"lesion_id", "source", "status", "matched"} - set(df.columns)
     if missing:
@@ -338,6 +393,12 @@ def lesion_summary(df: pd.DataFrame, n_cases: int | None = None) -> dict[str, fl
         preds.update((c, x) for x in str(m).split(",") if x)
     preds.update(zip(case[~is_ref], df.loc[~is_ref, "lesion_id"]))
     denom = 2 * n_det + n_miss + n_fp
+    if "iou" in df.columns and n_det:
+        sq = float(df.loc[df["status"] == "detected", "iou"].astype(float).mean())
+    else:
+        sq = float("nan")
+    rq = 2 * n_det / denom if denom else float("nan")
+    pq = rq * sq if n_det else (0.0 if denom else float("nan"))
     return {
         "n_ref_lesions": n_ref,
         "n_pred_lesions": len(preds),
@@ -347,4 +408,7 @@ def lesion_summary(df: pd.DataFrame, n_cases: int | None = None) -> dict[str, fl
         "lesion_sensitivity": n_det / n_ref if n_ref else float("nan"),
         "fp_per_case": n_fp / n_cases,
         "lesion_f1": 2 * n_det / denom if denom else float("nan"),
+        "rq": rq,
+        "sq": sq,
+        "pq": pq,
     }

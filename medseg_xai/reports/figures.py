@@ -1,4 +1,4 @@
-"""Report figures: forest plots, distributions, Bland-Altman, detection by size, case overlays.
+"""Report figures: forest plots, distributions, Bland-Altman, detection by size, gallery slices.
 
 Every builder returns a :class:`matplotlib.figure.Figure` (never pyplot-managed, so nothing leaks
 between reports); :func:`to_uri` turns one into a PNG data URI for the self-contained HTML.
@@ -20,10 +20,8 @@ from medseg_xai import viz
 
 __all__ = [
     "bland_altman_plot",
-    "case_overlay",
     "detection_by_size_plot",
     "distribution_plot",
-    "explanation_overlay",
     "forest_plot",
     "gallery_figure",
     "to_uri",
@@ -197,92 +195,6 @@ def detection_by_size_plot(table: pd.DataFrame, ci: str = "CI") -> Figure:
     return fig
 
 
-def _error_centre(ref: np.ndarray, pred: np.ndarray) -> tuple[int, ...] | None:
-    """The largest missed region, else the largest false positive, else the reference lesion."""
-    for mask in (ref & ~pred, pred & ~ref, ref):
-        if mask.any():
-            return viz.lesion_centre(mask)
-    return None
-
-
-def case_overlay(
-    image: np.ndarray,
-    ref: np.ndarray,
-    pred: np.ndarray,
-    *,
-    spacing: Sequence[float] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Image, reference / prediction outlines and error map of one case.
-
-    3D cases: the three planes through the largest error; 2D cases: the slice twice, with
-    outlines and with the error map.
-    """
-    img = np.asarray(image, dtype=np.float32)
-    r = np.asarray(ref) != 0
-    p = np.asarray(pred) != 0
-    if img.ndim == r.ndim + 1:
-        img = img[0]
-    if r.ndim == 3:
-        return viz.three_plane(
-            img,
-            center=_error_centre(r, p),
-            ref=r,
-            pred=p,
-            error=True,
-            contours=True,
-            spacing=spacing,
-            title=title,
-            panel_size=2.0,
-            alpha=0.45,
-        )
-    fig = Figure(figsize=(4.4, 2.5))
-    axes = fig.subplots(1, 2)
-    viz.show_slice(axes[0], img, ref=r, pred=p, spacing=spacing)
-    viz.show_slice(axes[1], img, ref=r, pred=p, error=True, spacing=spacing, alpha=0.5)
-    axes[0].set_title("outlines", fontsize="x-small")
-    axes[1].set_title("error map", fontsize="x-small")
-    if title:
-        fig.suptitle(title, fontsize="small")
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.82, wspace=0.05)
-    return fig
-
-
-def explanation_overlay(
-    image: np.ndarray,
-    attribution: np.ndarray,
-    mask: np.ndarray | None,
-    *,
-    spacing: Sequence[float] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Attribution heatmap over the image, centred on the explained lesion (outlined)."""
-    img = np.asarray(image, dtype=np.float32)
-    att = np.asarray(attribution, dtype=np.float32)
-    if img.ndim == att.ndim + 1:
-        img = img[0]
-    m = None if mask is None else np.asarray(mask) != 0
-    if att.ndim == 3:
-        centre = viz.lesion_centre(m) if m is not None and m.any() else None
-        return viz.three_plane(
-            img,
-            center=centre,
-            ref=m,
-            heatmap=att,
-            spacing=spacing,
-            title=title,
-            panel_size=2.0,
-            alpha=0.7,
-        )
-    fig = Figure(figsize=(2.6, 2.7))
-    ax = fig.add_subplot()
-    viz.show_slice(ax, img, ref=m, heatmap=att, spacing=spacing, alpha=0.7)
-    if title:
-        ax.set_title(title, fontsize="x-small")
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.88)
-    return fig
-
-
 def _accepts(func: Any, name: str) -> bool:
     import inspect
 
@@ -311,21 +223,23 @@ def gallery_figure(payload: dict[str, Any], *, method: str | None = None) -> Fig
     signed = any(h is not None and (h < 0).any() for h in heats)
     fig = Figure(figsize=(2.3 * len(planes) + (0.6 if has_heat else 0.0), 2.7))
     axes = fig.subplots(1, len(planes), squeeze=False)[0]
-    affine = payload.get("affine")
     for ax, plane, heat in zip(axes, planes, heats):
+        affine = plane.get("affine")
         image = decode_plane(plane["image"])
         ref = decode_plane(plane.get("target")) if plane.get("target") else decode_plane(plane["ref"])
         pred = decode_plane(plane.get("pred"))
-        kw: dict[str, Any] = {}
-        if affine is not None and _accepts(viz.show_slice, "affine"):
-            kw["affine"] = np.asarray(affine)  # issue 12: orientation letters and scale bar
         if heat is not None and hmax > 0:
-            viz.show_slice(ax, image, ref=ref, pred=pred, heatmap=heat, contours=True, alpha=0.7,
-                           spacing=plane.get("spacing"), hmax=hmax, **kw)
+            kw = {"ref": ref, "pred": pred, "heatmap": heat, "contours": True, "alpha": 0.7,
+                  "spacing": plane.get("spacing"), "hmax": hmax}
         else:
-            viz.show_slice(ax, image, ref=decode_plane(plane["ref"]), pred=pred,
-                           error=pred is not None, contours=True, alpha=0.45,
-                           spacing=plane.get("spacing"), **kw)
+            kw = {"ref": decode_plane(plane["ref"]), "pred": pred, "error": pred is not None,
+                  "contours": True, "alpha": 0.45, "spacing": plane.get("spacing")}
+        oriented = affine is not None and _accepts(viz.show_slice, "affine")
+        if oriented:  # anatomical plane, orientation letters and scale bar
+            kw.pop("spacing")
+            viz.show_slice(ax, image, affine=np.asarray(affine), **kw)
+        else:
+            viz.show_slice(ax, image, **kw)
         where = ("slice" if plane["axis"] is None else
                  f"voxel axis {plane['axis']} = {plane['index']}")
         ax.set_title(where, fontsize=FONT)

@@ -23,6 +23,7 @@ SECTIONS: tuple[str, ...] = (
     "verdict",
     "identification",
     "reference_standard",
+    "reference_standard_readers",
     "data",
     "analysis_plan",
     "criteria",
@@ -33,5 +34,6 @@ SECTIONS: tuple[str, ...] = (
     "model_and_data",
     "comparison",
     "limitations",
+    "efficiency",
     "reproducibility",
 )

@@ -14,7 +14,7 @@ def _analysis_rows(analysis: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not analysis:
         return []
     rows = []
-    for key in ("method", "target", "verdict"):
+    for key in ("status", "method", "target", "verdict"):
         if analysis.get(key):
             rows.append((key, str(analysis[key])))
     causes = analysis.get("causes")

@@ -25,12 +25,10 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai.adapters import Cancelled, label_map
-from medseg_xai.explain.quality import localisation
 from medseg_xai.viz import Geometry
 from medseg_xai.widgets.lesion_table import CaseLesions
 from medseg_xai.widgets.render import PlaneRenderer
 from medseg_xai.widgets.state import ExplanationCache, ViewState, window_presets
-from medseg_xai.widgets.verdict import DEFAULT_FACTORS, contrast_sweep, miss_verdict
 
 __all__ = ["CaseExplorer", "TARGETS"]
 
@@ -97,14 +95,18 @@ class CaseExplorer(W.VBox):
         default the lesions detected in this case.
     px : int
         Size of each plane picture in pixels.
-    sweep_factors : sequence of float
-        Contrast factors of the contrast sweep.
+    miss_options : dict, optional
+        Keyword arguments for :func:`~medseg_xai.explain.miss.explain_miss` (``probes``,
+        ``methods``, ``reference_images``, ``margin``, ...).
     channel_names : sequence of str, optional
         Names of the input channels (e.g. ``["T1", "T1c", "T2", "FLAIR"]``).
     convention : {"radiological", "neurological"}
     background : bool
-        Run explanations and sweeps started from the buttons in a thread (the kernel stays
+        Run explanations and miss analyses started from the buttons in a thread (the kernel stays
         responsive; progress bar and cancel button). Method calls wait unless ``wait=False``.
+    method_options : dict, optional
+        Keyword arguments per explanation method, passed to
+        :func:`~medseg_xai.explain.explain` (e.g. ``{"occlusion": {"window": 4, "stride": 4}}``).
     """
 
     def __init__(
@@ -122,10 +124,11 @@ class CaseExplorer(W.VBox):
         threshold: float = 0.5,
         detected_reference: pd.DataFrame | None = None,
         px: int = 320,
-        sweep_factors: Any = DEFAULT_FACTORS,
+        miss_options: dict[str, Any] | None = None,
         channel_names: Any = None,
         convention: str = "radiological",
         background: bool = True,
+        method_options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         if image is None:
@@ -136,8 +139,9 @@ class CaseExplorer(W.VBox):
         self.case_id = case_id
         self.threshold = float(threshold)
         self.affine = None if affine is None else np.asarray(affine, dtype=float)
-        self.sweep_factors = tuple(sweep_factors)
+        self.miss_options = dict(miss_options or {})
         self.background = bool(background)
+        self.method_options = {str(k): dict(v) for k, v in (method_options or {}).items()}
         self.last_error: Exception | None = None
         self._moving = False
         self._job: threading.Thread | None = None
@@ -169,7 +173,7 @@ class CaseExplorer(W.VBox):
         self.cache = ExplanationCache()
         self.explanation: Any = None  # the Explanation (or None) shown as heatmap
         self.explanation_key: tuple | None = None
-        self.sweeps: dict[str, pd.DataFrame] = {}
+        self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
         self.readout_voxel: tuple[int, ...] | None = None
 
         self.presets = window_presets(self.image[0])
@@ -398,10 +402,10 @@ class CaseExplorer(W.VBox):
         self.lesion_select.observe(self._on_lesion, "value")
         self.verdict_html = W.HTML(self._no_verdict_text())
         self.verdict_html.add_class("mx-verdict")
-        self.sweep_button = W.Button(description="contrast sweep", icon="sliders",
+        self.sweep_button = W.Button(description="why? (miss analysis)", icon="question",
                                      disabled=self.adapter is None)
-        self.sweep_button.add_class("mx-sweep-button")
-        self.sweep_button.on_click(lambda _b: self.run_sweep(wait=not self.background))
+        self.sweep_button.add_class("mx-miss-button")
+        self.sweep_button.on_click(lambda _b: self.analyse(wait=not self.background))
 
         # explanations
         from medseg_xai.explain import LAYER_METHODS, METHODS
@@ -488,7 +492,8 @@ class CaseExplorer(W.VBox):
     def _no_verdict_text(self) -> str:
         if self.ref is None:
             return ("<i>No reference mask: nothing can be called missed. Choose a predicted "
-                    "component (or the class region) and explain the prediction.</i>")
+                    "component and press why? to see what made the model call it, or explain "
+                    "the prediction (class region).</i>")
         return "<i>Choose a lesion to read its verdict.</i>"
 
     def _header_html(self) -> str:
@@ -783,40 +788,81 @@ class CaseExplorer(W.VBox):
         self.show_cached()
 
     def verdict(self, lesion_id: str | None = None) -> Any:
-        """The :class:`~medseg_xai.widgets.verdict.Verdict` of a lesion (default the chosen one)."""
+        """The :class:`~medseg_xai.explain.miss.MissAnalysis` of a lesion (default the chosen
+        one), running :meth:`analyse` first when it has not run."""
         lid = lesion_id or self.selected_lesion
         if lid is None or self.lesions is None:
             raise ValueError("lesion_id: choose a lesion first (none is selected)")
-        if not self.lesions.has_reference:
-            raise ValueError("verdict: this case has no reference mask, so nothing was missed")
-        row = self.lesions.row(lid)
-        detected = (self.detected_reference if self.detected_reference is not None
-                    else self.lesions.detected)
-        inside = method = None
-        exp = self.explanation
-        if (exp is not None and self.explanation_key is not None
-                and self.explanation_key[1] == ("lesion", lid)
-                and self.explanation_key[0] != ACTIVATIONS):
-            inside = localisation(np.asarray(exp.attribution), self.lesions.mask(lid))
-            method = self.explanation_key[0]
-        return miss_verdict(row.to_dict(), detected, threshold=self.threshold,
-                            overlap_threshold=self.lesions.overlap_threshold,
-                            attribution_inside=inside,
-                            lesion_fraction=self.lesions.lesion_fraction[lid], method=method,
-                            sweep=self.sweeps.get(lid))
+        if lid not in self.analyses:
+            self.analyse(lid, wait=True)
+        if lid not in self.analyses:
+            raise ValueError(f"verdict: the miss analysis of {lid} did not finish: "
+                             f"{self.last_error}")
+        return self.analyses[lid]
 
     def update_verdict(self) -> None:
-        if self.selected_lesion is None:
-            return
-        if self.lesions is not None and not self.lesions.has_reference:
+        """Show the chosen lesion's analysis, or what the table says and how to get one."""
+        lid = self.selected_lesion
+        if lid is None:
             self.verdict_html.value = self._no_verdict_text()
             return
-        self.verdict_html.value = self.verdict().to_html()
+        if lid in self.analyses:
+            self.verdict_html.value = _analysis_html(self.analyses[lid])
+            return
+        assert self.lesions is not None
+        row = self.lesions.row(lid)
+        prob = "n/a" if not np.isfinite(row["max_prob"]) else f"{row['max_prob']:.2f}"
+        how = ("Press <b>why?</b> to run the miss analysis (probes re-run through the model)."
+               if self.adapter is not None else "The miss analysis needs a model (adapter).")
+        status = str(row["status"])
+        said = {"missed": "was missed", "detected": "was detected",
+                "false_positive": "is a false positive",
+                "predicted": "was predicted (no reference)"}.get(status, status)
+        self.verdict_html.value = (
+            f"<b>{html.escape(lid)} {html.escape(said)}</b>: "
+            f"{row['volume_mm3']:.0f} {self.lesions.size_unit}, max probability {prob} "
+            f"(threshold {self.threshold:.2f}). {how}")
+
+    @_guarded
+    def analyse(self, lesion_id: str | None = None, wait: bool = True) -> Any:
+        """Run :func:`~medseg_xai.explain.miss.explain_miss` on a lesion (cached per lesion).
+
+        Probes (contrast, size, noise, location, intensity with ``reference_images``) re-run
+        the model; the verdict panel shows the causes, the probes and the gated evidence.
+        ``wait=False`` runs it in a thread with progress and cancel.
+        """
+        from medseg_xai.explain.miss import explain_miss
+
+        lid = lesion_id or self.selected_lesion
+        if lid is None or self.lesions is None or self.adapter is None:
+            raise ValueError("miss analysis: needs a model and a chosen lesion")
+        self.lesions.row(lid)  # validates the id
+        if lid in self.analyses:
+            self.update_verdict()
+            return self.analyses[lid]
+        opts = dict(self.miss_options)
+        if self.detected_reference is not None:
+            opts.setdefault("detected_lesions", self.detected_reference)
+
+        def work(adapter: Any) -> Any:
+            return explain_miss(adapter, self.image, self.ref, lid, pred=self.pred,
+                                spacing=self.spacing, threshold=self.threshold,
+                                class_index=self.class_index,
+                                overlap_threshold=self.lesions.overlap_threshold,
+                                case_id=self.case_id, **opts)
+
+        def done(analysis: Any) -> None:
+            self.analyses[lid] = analysis
+            if self.selected_lesion == lid:
+                self.update_verdict()
+
+        self._start(f"miss analysis of {lid}", work, None, done, wait)
+        return self.analyses.get(lid)
 
     # ------------------------------------------------------------------ long work
     @property
     def busy(self) -> bool:
-        """Whether a background job (explanation or sweep) is running."""
+        """Whether a background job (explanation or miss analysis) is running."""
         return self._job is not None and self._job.is_alive()
 
     def cancel(self) -> None:
@@ -892,35 +938,19 @@ class CaseExplorer(W.VBox):
         """Forward passes a method makes (for the progress bar), when it is known."""
         spatial = self.state.shape
         if method == "occlusion":  # explain()'s default window and stride: 1/8 of each axis
-            win = [max(1, s // 8) for s in spatial]
-            return 1 + int(np.prod([(s - w) // w + 1 for s, w in zip(spatial, win)]))
+            opts = self.method_options.get("occlusion", {})
+
+            def per_axis(v: Any, default: list[int]) -> list[int]:
+                if v is None:
+                    return default
+                return [int(v)] * len(spatial) if np.ndim(v) == 0 else [int(x) for x in v]
+
+            win = per_axis(opts.get("window"), [max(1, s // 8) for s in spatial])
+            stride = per_axis(opts.get("stride"), win)
+            return 1 + int(np.prod([(s - w) // st + 1 for s, w, st in zip(spatial, win, stride)]))
         if method == "feature_ablation":
             return 1 + self.image.shape[0]
         return None
-
-    @_guarded
-    def run_sweep(self, wait: bool = True) -> pd.DataFrame | None:
-        """Contrast sweep of the chosen lesion (cached per lesion), then refresh the verdict."""
-        lid = self.selected_lesion
-        if lid is None or self.lesions is None or self.adapter is None:
-            raise ValueError("contrast sweep: needs a model and a chosen lesion")
-        if lid in self.sweeps:
-            self.update_verdict()
-            return self.sweeps[lid]
-        m = self.lesions.mask(lid)
-        others = (self.lesions.ref | self.lesions.pred) & ~m
-
-        def work(adapter: Any) -> pd.DataFrame:
-            return contrast_sweep(adapter, self.image, m, self.sweep_factors,
-                                  class_index=self.class_index, exclude=others,
-                                  overlap_threshold=self.lesions.overlap_threshold)
-
-        def done(df: pd.DataFrame) -> None:
-            self.sweeps[lid] = df
-            self.update_verdict()
-
-        return self._start(f"contrast sweep of {lid}", work, len(self.sweep_factors), done,
-                           wait)
 
     def _current_key(self) -> tuple:
         method = self.method.value
@@ -986,7 +1016,8 @@ class CaseExplorer(W.VBox):
             # Signed Grad-CAM: a miss often has only negative evidence (blue), which the
             # usual ReLU would blank out entirely.
             extra: dict[str, Any] = {"relu": False} if method in ("gradcam", "gradcam++") else {}
-            if method == "feature_ablation":
+            extra.update(self.method_options.get(method, {}))
+            if method == "feature_ablation" and "baseline" not in extra:
                 extra["baseline"] = self.modality_baseline()
 
             def work(adapter: Any) -> Any:
@@ -1115,7 +1146,7 @@ class CaseExplorer(W.VBox):
             ax = fig.add_subplot(1, len(pics), i + 1)
             ax.imshow(pic)
             where = "" if info["slice"] is None else \
-                f" · slice {info['slice']} of {self.state.shape[info['axis']]}"
+                f" · slice {info['slice']} (0-{self.state.shape[info['axis']] - 1})"
             ax.set_title(f"{info['plane']}{where}", fontsize=8)
             ax.set_axis_off()
         geo = self.geometry
@@ -1141,6 +1172,28 @@ class CaseExplorer(W.VBox):
         else:
             out = self.export_attribution(Path(f"{stem}_attribution.nii.gz"))
         self._set_status(f"saved {out.name}")
+
+
+_PROBE_COLUMNS = ["probe", "setting", "max_prob", "covered_fraction", "detected", "change",
+                  "effect"]
+_EVIDENCE_COLUMNS = ["method", "enrichment", "inside_share", "passed", "reason"]
+
+
+def _analysis_html(analysis: Any) -> str:
+    """A :class:`MissAnalysis` as HTML: verdict lines, causes, probes and evidence tables
+    (what the analysis holds, escaped; nothing is computed here)."""
+    lines = [html.escape(t) for t in analysis.verdict_lines if t.strip()]
+    head = f"<p class='mx-verdict-headline'><b>{lines[0]}</b></p>" if lines else ""
+    rest = "".join(f"<li>{t.lstrip('- ')}</li>" for t in lines[1:])
+    causes = ", ".join(analysis.causes) if analysis.causes else "none named by the probes"
+    probes = analysis.probes[[c for c in _PROBE_COLUMNS if c in analysis.probes]]
+    evidence = analysis.evidence[[c for c in _EVIDENCE_COLUMNS if c in analysis.evidence]]
+    fmt = {"float_format": lambda v: f"{v:.3g}", "escape": True, "index": False, "border": 0,
+           "classes": "mx-table", "na_rep": "n/a"}
+    return (f"{head}<p><b>Causes:</b> <span class='mx-causes'>{html.escape(causes)}</span></p>"
+            f"<ul>{rest}</ul><details><summary>probes ({len(probes)})</summary>"
+            f"{probes.to_html(**fmt)}</details><details><summary>attribution evidence</summary>"
+            f"{evidence.to_html(**fmt)}</details>")
 
 
 def _cohort_of(result: Any) -> Any:

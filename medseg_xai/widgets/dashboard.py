@@ -1,10 +1,14 @@
 """``AuditDashboard``: subgroup results of an audit, optionally against a second model.
 
 Choose a stratum and a metric; the dashboard shows the forest plot (``reports.figures``) and the
-per-group distribution, the subgroup table with confidence intervals and flags, the acceptance
-criteria and their status, and the worst cases of a chosen group, each of which opens in a
-:class:`~medseg_xai.widgets.CaseExplorer`. The selection logic lives in plain functions
-(:func:`subgroup_rows`, :func:`worst_cases`) so it is testable without widgets.
+per-group distribution, the subgroup table with confidence intervals and flags, the verdict and
+the acceptance criteria (definitions, then results), and the worst cases of a chosen group, each
+of which opens in a :class:`~medseg_xai.widgets.CaseExplorer`.
+
+A view only: every number comes from the :class:`~medseg_xai.audit.AuditResult` (and the
+:class:`~medseg_xai.audit.ComparisonResult`, computed by ``mx.compare`` beforehand), worst cases
+from the core ranking :func:`medseg_xai.audit.analysis.rank_worst`, so the dashboard, the report
+and ``audit.json`` agree by construction.
 """
 
 from __future__ import annotations
@@ -25,12 +29,6 @@ _COMPARE_COLUMNS = ["group", "n", "mean_a", "mean_b", "difference", "ci_low", "c
                     "p_adjusted", "flag"]
 
 
-def _direction(metric: str) -> int:
-    from medseg_xai.audit.stats import metric_direction
-
-    return int(metric_direction(metric))
-
-
 def subgroup_rows(subgroups: pd.DataFrame, stratum: str, metric: str) -> pd.DataFrame:
     """Rows of one stratum and metric, in table order."""
     for col in ("stratum", "metric", "group"):
@@ -42,26 +40,11 @@ def subgroup_rows(subgroups: pd.DataFrame, stratum: str, metric: str) -> pd.Data
 
 def worst_cases(cases: pd.DataFrame, metric: str, stratum: str | None = None,
                 group: str | None = None, n: int = 5) -> pd.DataFrame:
-    """The ``n`` evaluated cases with the worst ``metric`` in a group.
+    """The ``n`` worst evaluated cases of a group: :func:`medseg_xai.audit.analysis.rank_worst`
+    (metric direction aware; scans without reference lesions left out)."""
+    from medseg_xai.audit.analysis import rank_worst
 
-    "Worst" follows the metric's direction (``audit.stats.metric_direction``): lowest Dice,
-    highest HD95, largest absolute volume difference for metrics best at zero. Failed rows and
-    missing values are left out.
-    """
-    if metric not in cases.columns:
-        raise ValueError(f"metric: expected a column of the audit's cases, got {metric!r}")
-    ok = cases[cases["status"] == "ok"] if "status" in cases.columns else cases
-    if stratum not in (None, "overall"):
-        if stratum not in ok.columns:
-            raise ValueError(f"stratum: expected a column of the audit's cases, got {stratum!r}")
-        ok = ok[ok[stratum].astype(str) == str(group)]
-    values = pd.to_numeric(ok[metric], errors="coerce")
-    ok = ok[np.isfinite(values)]
-    values = values[ok.index]
-    d = _direction(metric)
-    key = values if d > 0 else (-values if d < 0 else -values.abs())
-    order = key.sort_values(kind="stable").index[: int(n)]
-    return ok.loc[order]
+    return rank_worst(cases, metric, stratum=stratum, group=group, n=n)
 
 
 def _png(fig: Figure) -> bytes:
@@ -102,6 +85,11 @@ def _group_distribution(cases: pd.DataFrame, stratum: str, metric: str) -> Figur
 def _table_html(df: pd.DataFrame, cls: str) -> str:
     if df.empty:
         return "<i>no rows</i>"
+    from medseg_xai.reports.tables import fmt_p
+
+    p_cols = [c for c in df.columns if c in ("p_value", "p_adjusted")]
+    if p_cols:  # "< 0.001", as in the report
+        df = df.assign(**{c: [fmt_p(v) for v in df[c]] for c in p_cols})
     return df.to_html(index=False, escape=True, border=0, classes=cls, na_rep="n/a",
                       float_format=lambda v: f"{v:.3g}")
 
@@ -113,33 +101,36 @@ class AuditDashboard(W.VBox):
     ----------
     result : AuditResult
         The audit to show.
-    other : AuditResult, optional
-        A second audit of the same cohort (e.g. a new model version) to compare against.
+    comparison : ComparisonResult, optional
+        ``mx.compare(result_a, result_b, name_a=..., name_b=...)``: shows the paired
+        differences B − A (names from the comparison).
     cohort : Cohort, optional
         The audited cohort, needed to open worst cases in a CaseExplorer (the audit result
         records only the manifest's file name, not where it lives).
     adapter : SegmentationAdapter, optional
         Passed to the CaseExplorer so cases can be explained.
-    names : (str, str)
-        Labels of ``result`` and ``other``.
     n_worst : int
         Worst cases listed.
     """
 
-    def __init__(self, result: Any, other: Any = None, *, cohort: Any = None, adapter: Any = None,
-                 names: tuple[str, str] = ("A", "B"), n_worst: int = 5) -> None:
+    def __init__(self, result: Any, comparison: Any = None, *, cohort: Any = None,
+                 adapter: Any = None, n_worst: int = 5) -> None:
         super().__init__()
-        for attr in ("cases", "subgroups", "criteria"):
-            if not isinstance(getattr(result, attr, None), pd.DataFrame):
-                raise ValueError(
-                    f"result: expected an AuditResult with a '{attr}' table, got "
-                    f"{type(result).__name__}"
-                )
-        self.result, self.other = result, other
+        from medseg_xai.audit import AuditResult, ComparisonResult
+
+        if not isinstance(result, AuditResult):
+            raise ValueError(f"result: expected an AuditResult, got {type(result).__name__}")
+        if comparison is not None and not isinstance(comparison, ComparisonResult):
+            raise ValueError(
+                f"comparison: expected a ComparisonResult (mx.compare(result_a, result_b)), got "
+                f"{type(comparison).__name__}; the dashboard shows results, it does not compute them")
+        self.result = result
+        self.comparison = comparison
         self.cohort, self.adapter = cohort, adapter
+        names = ((comparison.settings.get("name_a", "A"), comparison.settings.get("name_b", "B"))
+                 if comparison is not None else ("A", "B"))
         self.names = names
         self.n_worst = int(n_worst)
-        self._comparison: Any = None
         self.explorer: Any = None
         self.last_error: Exception | None = None
         self._quiet = False
@@ -157,7 +148,7 @@ class AuditDashboard(W.VBox):
                                  description="metric")
         self.metric.add_class("mx-metric")
         self.compare = W.Checkbox(value=False, description=f"compare {names[1]} vs {names[0]}",
-                                  disabled=other is None, indent=False)
+                                  disabled=comparison is None, indent=False)
         self.compare.add_class("mx-compare")
         self.group = W.Dropdown(options=[], description="group")
         self.group.add_class("mx-group")
@@ -178,10 +169,11 @@ class AuditDashboard(W.VBox):
             w.observe(self._on_change, "value")
         self.group.observe(self._on_group, "value")
 
-        verdict = html.escape(str(getattr(result, "verdict", "")))
-        n_ok = int((result.cases["status"] == "ok").sum()) if "status" in result.cases else len(result.cases)
-        header = W.HTML(f"<b>Audit</b> · {len(result.cases)} manifest rows, {n_ok} evaluated · "
-                        f"verdict: <b>{verdict}</b>")
+        verdict = html.escape(result.verdict)
+        header = W.HTML(f"<b>Audit</b> · {result.n_rows} manifest rows, {result.n_evaluated} "
+                        f"evaluated, {result.n_failed} failed · verdict: "
+                        f"<b class='mx-verdict'>{verdict}</b>")
+        header.add_class("mx-header")
         self.children = [
             header,
             W.HBox([self.stratum, self.metric, self.compare]),
@@ -190,25 +182,19 @@ class AuditDashboard(W.VBox):
             W.HTML("<b>Acceptance criteria</b>"), self.criteria,
             W.HTML("<b>Worst cases</b>"), self.group, self.worst, self.status, self.explorer_box,
         ]
+        self.readers = None  # several readers per case: agreement table and plot (widgets.readers)
+        if len(getattr(result, "reader_subgroups", ())):
+            from medseg_xai.widgets.readers import ReaderAgreementView
+
+            self.readers = ReaderAgreementView(result)
+            self.children = [*self.children, W.HTML("<b>Readers</b>"), self.readers.widget]
         self.add_class("mx-audit-dashboard")
         self.refresh()
 
     # ------------------------------------------------------------------ data
-    @property
-    def comparison(self) -> Any:
-        """``audit.compare(result, other)``, computed once on first use."""
-        if self.other is None:
-            return None
-        if self._comparison is None:
-            from medseg_xai.audit import compare
-
-            self._comparison = compare(self.result, self.other, name_a=self.names[0],
-                                       name_b=self.names[1])
-        return self._comparison
-
     def rows(self) -> pd.DataFrame:
         """Subgroup rows (or paired-comparison rows) of the chosen stratum and metric."""
-        if self.compare.value and self.other is not None:
+        if self.compare.value and self.comparison is not None:
             return subgroup_rows(self.comparison.subgroups, self.stratum.value, self.metric.value)
         return subgroup_rows(self.result.subgroups, self.stratum.value, self.metric.value)
 
@@ -221,13 +207,14 @@ class AuditDashboard(W.VBox):
         """Redraw plots and tables for the current stratum, metric and comparison choice."""
         stratum, metric = self.stratum.value, self.metric.value
         rows = self.rows()
-        comparing = bool(self.compare.value and self.other is not None)
+        comparing = bool(self.compare.value and self.comparison is not None)
+        ci = f"{self.result.confidence * 100:g}% CI"
         if comparing:
             from medseg_xai.reports.figures import forest_plot
 
             plot_rows = rows.rename(columns={"difference": "estimate"})
-            fig = forest_plot(plot_rows, [metric], title=(
-                f"{metric}: {self.names[1]} - {self.names[0]} by {stratum} (paired, CI)"),
+            fig = forest_plot(plot_rows, [metric], ci=ci, title=(
+                f"{metric}: {self.names[1]} - {self.names[0]} by {stratum} (paired)"),
                 flagged={(str(g), metric) for g in rows.loc[rows["flag"] == "worse", "group"]})
             ax = fig.axes[0]
             ax.axvline(0.0, color="#333333", lw=0.8)
@@ -242,8 +229,8 @@ class AuditDashboard(W.VBox):
                 ov = {metric: (float(o["estimate"]), float(o["ci_low"]), float(o["ci_high"]))}
             flagged = {(str(g), metric) for g in rows.loc[rows["flag"] == "worse", "group"]} \
                 if "flag" in rows else set()
-            fig = forest_plot(rows, [metric], overall=ov, flagged=flagged,
-                              title=f"{metric} by {stratum} (estimate and CI)")
+            fig = forest_plot(rows, [metric], overall=ov, flagged=flagged, ci=ci,
+                              title=f"{metric} by {stratum}")
             cols = [c for c in _SUBGROUP_COLUMNS if c in rows.columns]
         self.forest.value = _png(fig)
         self.distribution.value = _png(_group_distribution(self.result.cases, stratum, metric))
@@ -261,16 +248,21 @@ class AuditDashboard(W.VBox):
         self._show_worst()
 
     def _criteria_html(self, stratum: str) -> str:
-        crit = self.result.criteria
-        if crit is None or crit.empty:
+        r = self.result
+        if r.verdicts.empty:
             return "<i>No acceptance criteria were pre-specified for this audit.</i>"
-        show = crit[crit["stratum"].astype(str).isin([stratum, "overall"])] if "stratum" in crit \
-            else crit
-        cols = [c for c in ("criterion", "stratum", "group", "metric", "value", "op", "threshold",
-                            "status") if c in show.columns]
-        counts = crit["status"].value_counts().to_dict()
-        summary = ", ".join(f"{html.escape(str(k))}: {v}" for k, v in counts.items())
-        return f"<p>All criteria: {summary}</p>" + _table_html(show[cols], "mx-table")
+        verdicts = r.verdicts[["criterion", "status", "n_pass", "n_fail", "n_insufficient",
+                               "n_not_evaluated", "reason"]]
+        defs = r.criteria_definitions
+        crit = r.criteria
+        show = crit[crit["stratum"].astype(str).isin([stratum, "overall"])]
+        cols = ["criterion", "stratum", "group", "n", "statistic", "value", "op", "threshold",
+                "status", "reason"]
+        return (f"<p>Verdict: <b>{html.escape(r.verdict)}</b></p>"
+                + _table_html(verdicts, "mx-table mx-verdicts")
+                + "<p><b>Definitions</b></p>" + _table_html(defs, "mx-table mx-definitions")
+                + f"<p><b>Results in {html.escape(stratum)} and overall</b></p>"
+                + _table_html(show[cols], "mx-table mx-results"))
 
     def worst_cases(self) -> pd.DataFrame:
         """Worst cases of the chosen group for the chosen metric."""

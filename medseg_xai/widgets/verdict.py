@@ -1,28 +1,33 @@
-"""The plain-words miss verdict, computed from measurements (no widgets here).
+"""Views of the miss analysis (no computation here).
 
-Four pieces of evidence are combined for one lesion:
+:func:`verdict_html` renders a :class:`~medseg_xai.explain.miss.MissAnalysis` (what
+``mx.explain_miss`` returns) as escaped HTML: the verdict's headline, its sentences, the
+probe table and the attribution evidence, all read from the analysis.
 
-- its size and contrast-to-noise ratio against the lesions the model *did* detect,
-- the model's maximum foreground probability inside it against the decision threshold,
-- where the attribution mass lies (share inside the lesion, from
-  ``explain.quality.localisation``, against the lesion's share of the volume),
-- a contrast sweep: the lesion's contrast over its local background is scaled by factors and the
-  model re-run, giving the lesion probability per factor (:func:`contrast_sweep`).
-
-:func:`miss_verdict` only formats and weighs numbers it is given, so it is cheap and testable;
-:func:`contrast_to_noise` and :func:`contrast_sweep` compute the measurements.
+The ring measurements (:func:`contrast_to_noise`, :func:`local_background`,
+:func:`scale_contrast`, :func:`contrast_sweep`) moved to :mod:`medseg_xai.explain.probes` and are
+re-exported here. :func:`miss_verdict` (with :class:`Verdict` and :class:`Finding`) is the
+CaseExplorer's older per-lesion wording, kept until the explorer shows ``explain_miss``; it names
+no cause a probe has not shown and will be removed then.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
+
+from medseg_xai.explain.probes import (
+    DEFAULT_FACTORS,
+    contrast_sweep,
+    contrast_to_noise,
+    local_background,
+    scale_contrast,
+)
 
 __all__ = [
     "DEFAULT_FACTORS",
@@ -33,212 +38,58 @@ __all__ = [
     "local_background",
     "miss_verdict",
     "scale_contrast",
+    "verdict_html",
 ]
 
-#: Contrast factors of the default sweep (1.0 = the image as acquired).
-DEFAULT_FACTORS: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+def _cell(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (float, np.floating)):
+        return "" if not np.isfinite(v) else f"{float(v):.3g}"
+    return "" if v is None else str(v)
 
 
-def _mask(mask: Any, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.dtype == object:
-        raise ValueError(f"{name}: expected a numeric or boolean mask, got dtype object")
-    m = m != 0
-    if shape is not None and m.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape} (the image's spatial shape), got {m.shape}")
-    if not m.any():
-        raise ValueError(f"{name}: expected at least one foreground voxel, got an empty mask")
-    return m
+def _table(df: pd.DataFrame, columns: list[str], cls: str) -> str:
+    cols = [c for c in columns if c in df.columns]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in cols) + "</tr>"
+        for _, r in df.iterrows()
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _image(image: Any, name: str = "image") -> np.ndarray:
-    """Return a float32 ``(C, *spatial)`` array; a spatial-only array gets ``C=1``."""
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim not in (2, 3, 4):
-        raise ValueError(
-            f"{name}: expected (H, W), (D, H, W) or (C, *spatial) array, got shape {arr.shape}"
-        )
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: expected finite values, got NaN or infinite values")
-    return arr
-
-
-def _ring(mask: np.ndarray, margin: int) -> np.ndarray:
-    if int(margin) < 1:
-        raise ValueError(f"margin: expected a positive number of voxels, got {margin!r}")
-    grown = ndimage.binary_dilation(mask, iterations=int(margin))
-    return grown & ~mask
-
-
-def local_background(
-    image2or3d: Any, mask: Any, *, margin: int = 3, exclude: Any = None
-) -> tuple[float, float]:
-    """Median and standard deviation of the intensities in a ring around a lesion.
+def verdict_html(analysis: Any, *, tables: bool = True) -> str:
+    """Escaped HTML of a :class:`~medseg_xai.explain.miss.MissAnalysis`.
 
     Parameters
     ----------
-    image2or3d : array-like
-        One channel, spatial shape only.
-    mask : array-like
-        The lesion (same shape).
-    margin : int
-        Ring width in voxels (the lesion dilated ``margin`` times, minus the lesion).
-    exclude : array-like, optional
-        Voxels kept out of the ring (e.g. other lesions).
+    analysis : MissAnalysis
+        What ``mx.explain_miss`` returned.
+    tables : bool
+        Also show the probe table and the evidence table.
 
     Returns
     -------
-    (median, std) : tuple of float
+    str
+        ``<div class="mx-miss">``: the headline in bold, the causes, one list item per further
+        verdict sentence, then the tables.
     """
-    img = np.asarray(image2or3d, dtype=np.float64)
-    m = _mask(mask, "mask", img.shape)
-    ring = _ring(m, margin)
-    if exclude is not None:
-        ring &= ~(np.asarray(exclude) != 0)
-    if not ring.any():
-        raise ValueError(
-            f"mask: expected background voxels within {margin} voxels of the lesion, found none"
-        )
-    vals = img[ring]
-    return float(np.median(vals)), float(vals.std())
-
-
-def contrast_to_noise(
-    image: Any, mask: Any, *, margin: int = 3, exclude: Any = None, channel: int = 0
-) -> float:
-    """Contrast-to-noise ratio of a lesion against its local background.
-
-    ``CNR = (mean inside - median of the ring) / std of the ring``, with the ring of
-    :func:`local_background`. Positive for a lesion brighter than its surroundings. When the ring
-    is perfectly flat (std 0) the result is +/-inf for any contrast and 0 without contrast.
-
-    Parameters
-    ----------
-    image : array-like
-        ``(C, *spatial)`` or spatial only.
-    mask : array-like
-        Lesion mask, spatial shape.
-    margin : int
-        Ring width in voxels.
-    exclude : array-like, optional
-        Voxels kept out of the ring (other lesions).
-    channel : int
-        Channel measured.
-    """
-    img = _image(image)
-    m = np.asarray(mask) != 0
-    if img.ndim == m.ndim:
-        img = img[None]
-    if not 0 <= channel < img.shape[0]:
-        raise ValueError(f"channel: expected 0..{img.shape[0] - 1}, got {channel!r}")
-    ch = img[channel]
-    bg, sd = local_background(ch, m, margin=margin, exclude=exclude)
-    diff = float(ch[_mask(m, "mask", ch.shape)].mean()) - bg
-    if sd == 0.0:
-        return 0.0 if diff == 0.0 else float(np.sign(diff) * np.inf)
-    return diff / sd
-
-
-def scale_contrast(
-    image: Any, mask: Any, factor: float, *, margin: int = 3, exclude: Any = None
-) -> np.ndarray:
-    """Scale a lesion's contrast over its local background by ``factor``.
-
-    Inside the mask, every channel becomes ``background + factor * (image - background)`` with
-    the channel's ring median as background; outside the mask the image is unchanged. Factor 1
-    returns the image, factor 0 flattens the lesion into its background.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(C, *spatial)``.
-    """
-    img = _image(image)
-    m = np.asarray(mask) != 0
-    if img.ndim == m.ndim:
-        img = img[None]
-    m = _mask(m, "mask", img.shape[1:])
-    if not np.isfinite(factor):
-        raise ValueError(f"factor: expected a finite number, got {factor!r}")
-    out = img.copy()
-    for c in range(img.shape[0]):
-        bg, _ = local_background(img[c], m, margin=margin, exclude=exclude)
-        out[c][m] = bg + float(factor) * (img[c][m] - bg)
-    return out
-
-
-def contrast_sweep(
-    adapter: Any,
-    image: Any,
-    mask: Any,
-    factors: Sequence[float] = DEFAULT_FACTORS,
-    *,
-    class_index: int = 1,
-    margin: int = 3,
-    exclude: Any = None,
-    overlap_threshold: float = 0.1,
-) -> pd.DataFrame:
-    """Lesion probability as the lesion's contrast is scaled up and down.
-
-    For each factor the image is changed with :func:`scale_contrast` and run through
-    ``adapter.probabilities``; the model's foreground probability inside the lesion is summarised.
-
-    Parameters
-    ----------
-    adapter : SegmentationAdapter
-        Anything with ``probabilities(x)`` taking ``(N, C, *spatial)`` and returning
-        ``(N, K, *spatial)``.
-    image : array-like
-        ``(C, *spatial)`` or spatial only.
-    mask : array-like
-        The lesion.
-    factors : sequence of float
-        Contrast factors (1.0 = unchanged).
-    class_index : int
-        Foreground class; with a single output channel the channel itself is used.
-    margin, exclude
-        Background ring, as in :func:`local_background`.
-    overlap_threshold : float
-        Share of lesion voxels the prediction must cover for the lesion to count as detected
-        (the rule of ``metrics.lesions``).
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``factor, mean_prob, max_prob, covered_fraction, detected``; the prediction is
-        the argmax over classes (softmax) or probability > 0.5 (one channel).
-    """
-    import torch
-
-    img = _image(image)
-    m = np.asarray(mask) != 0
-    if img.ndim == m.ndim:
-        img = img[None]
-    m = _mask(m, "mask", img.shape[1:])
-    facs = [float(f) for f in factors]
-    if not facs:
-        raise ValueError("factors: expected at least one contrast factor, got none")
-    rows = []
-    for f in facs:  # one at a time: a 3D volume per factor is the memory unit
-        x = torch.from_numpy(scale_contrast(img, m, f, margin=margin, exclude=exclude)[None])
-        with torch.no_grad():
-            probs = adapter.probabilities(x)
-        p = probs.detach().cpu().numpy()[0] if hasattr(probs, "detach") else np.asarray(probs)[0]
-        if p.shape[0] == 1:
-            fg, pred = p[0], p[0] > 0.5
-        else:
-            if not 0 <= class_index < p.shape[0]:
-                raise ValueError(f"class_index: expected 0..{p.shape[0] - 1}, got {class_index!r}")
-            fg, pred = p[class_index], p.argmax(axis=0) == class_index
-        covered = float(pred[m].mean())
-        rows.append({
-            "factor": f,
-            "mean_prob": float(fg[m].mean()),
-            "max_prob": float(fg[m].max()),
-            "covered_fraction": covered,
-            "detected": covered >= overlap_threshold,
-        })
-    return pd.DataFrame(rows)
+    lines = list(analysis.verdict_lines)
+    causes = ", ".join(analysis.causes) if analysis.causes else "none named"
+    items = "".join(f"<li>{html.escape(t.lstrip('- '))}</li>" for t in lines[1:])
+    out = [f'<div class="mx-miss"><p><b>{html.escape(lines[0])}</b></p>',
+           f"<p>Causes: <b>{html.escape(causes)}</b></p><ul>{items}</ul>"]
+    if tables:
+        out.append(_table(analysis.probes, ["probe", "setting", "max_prob", "mean_prob",
+                                            "covered_fraction", "detected", "change", "effect"],
+                          "mx-probes"))
+        out.append(_table(analysis.evidence, ["method", "layer", "baseline", "enrichment",
+                                              "completeness_error", "randomisation_spearman",
+                                              "passed", "reason"], "mx-evidence"))
+    out.append("</div>")
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- the verdict

@@ -1,0 +1,153 @@
+"""Instance-level matching and panoptic quality.
+
+Instances are the connected components of binary masks (:func:`label_lesions`) or the labels of
+instance maps. :func:`match_instances` pairs reference and predicted instances one-to-one by
+maximum total IoU (Hungarian assignment, ``scipy.optimize.linear_sum_assignment``) among the
+pairs whose IoU reaches ``iou_threshold``, as panoptica's ``MaxBipartiteMatching`` does: a pair
+below the threshold costs more than leaving both unmatched. :func:`panoptic_quality` turns the
+matching into recognition quality ``RQ = TP / (TP + FP/2 + FN/2)``, segmentation quality
+``SQ = mean IoU of the matched pairs`` and ``PQ = RQ x SQ`` (Kirillov et al. 2019).
+
+With an IoU threshold above 0.5 at most one pair per instance can reach it, so the assignment
+equals the unique-match rule of the panoptic-quality paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medseg_xai._validation import check_label_map, check_same_shape
+from medseg_xai.metrics._nearest import box_of
+from medseg_xai.metrics.overlap import check_empty_policy
+
+__all__ = ["iou_table", "match_instances", "panoptic_quality"]
+
+
+def _check_threshold(iou_threshold: float) -> float:
+    t = float(iou_threshold)
+    if not (np.isfinite(t) and 0 < t <= 1):
+        raise ValueError(f"iou_threshold: expected an IoU in (0, 1], got {iou_threshold!r}")
+    return t
+
+
+def iou_table(
+    pred_labels: np.ndarray, ref_labels: np.ndarray, n_pred: int, n_ref: int
+) -> np.ndarray:
+    """IoU of every (reference instance, predicted instance) pair, shape ``(n_ref, n_pred)``.
+
+    Labels are ``1..n`` (0 = background); the counting works on the voxels of either mask only.
+    """
+    p = pred_labels.ravel().astype(np.int64)
+    r = ref_labels.ravel().astype(np.int64)
+    size_p = np.bincount(p, minlength=n_pred + 1)[1:]
+    size_r = np.bincount(r, minlength=n_ref + 1)[1:]
+    both = (p > 0) & (r > 0)
+    pair = np.bincount((r[both] - 1) * n_pred + (p[both] - 1), minlength=n_ref * n_pred)
+    inter = pair.reshape(n_ref, n_pred).astype(np.float64)
+    union = size_r[:, None] + size_p[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def match_instances(iou: np.ndarray, iou_threshold: float = 0.5) -> list[tuple[int, int, float]]:
+    """One-to-one matching of maximum total IoU among pairs with IoU >= ``iou_threshold``.
+
+    Parameters
+    ----------
+    iou : (n_ref, n_pred) array
+        From :func:`iou_table`.
+    iou_threshold : float
+        Smallest IoU of a match, in (0, 1].
+
+    Returns
+    -------
+    list of (ref index, pred index, iou)
+        0-based indices into the table's rows and columns, sorted by reference index.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    t = _check_threshold(iou_threshold)
+    if iou.size == 0:
+        return []
+    ok = (iou >= t) & (iou > 0)
+    # Pairs below the threshold cost more than any valid pair, so the solver uses them only
+    # when nothing else is left; they are dropped afterwards.
+    cost = np.where(ok, 1.0 - iou, 1.0 + 1e-6)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(i), int(j), float(iou[i, j])) for i, j in zip(rows, cols) if ok[i, j]]
+
+
+def _instances(a: Any, name: str, connectivity: int | None) -> tuple[np.ndarray, int]:
+    from medseg_xai.metrics.lesions import label_lesions
+
+    arr = check_label_map(a, name)
+    if arr.size and int(arr.max()) <= 1:  # a binary mask: its connected components
+        return label_lesions(arr.astype(bool), connectivity)
+    # an instance map: relabel to 1..n in order of label value
+    values = np.unique(arr)
+    values = values[values > 0]
+    lut = np.zeros(int(arr.max()) + 1, dtype=np.int32)
+    lut[values] = np.arange(1, values.size + 1, dtype=np.int32)
+    return lut[arr], int(values.size)
+
+
+def panoptic_quality(
+    pred: Any,
+    ref: Any,
+    *,
+    iou_threshold: float = 0.5,
+    connectivity: int | None = None,
+    empty: str = "worst",
+) -> dict[str, float]:
+    """Panoptic quality of one case from binary masks or instance label maps.
+
+    Parameters
+    ----------
+    pred, ref : array-like
+        Binary masks (instances = connected components, full connectivity by default) or
+        instance label maps (0 background, each positive value one instance).
+    iou_threshold : float
+        Smallest IoU of a matched pair (default 0.5).
+    connectivity : int, optional
+        Component connectivity for binary masks (see :func:`label_lesions`).
+    empty : {"worst", "nan", "convention"}
+        No instance on either side: RQ, SQ, PQ = 1 (``"worst"``) or NaN. No match but some
+        instance: RQ = PQ = 0 and SQ = 0 (``"worst"``) or NaN (mean over no pair).
+
+    Returns
+    -------
+    dict
+        ``rq, sq, pq, instance_tp, instance_fp, instance_fn`` and ``matches`` (list of
+        ``(ref id, pred id, iou)`` with 1-based instance ids).
+    """
+    check_empty_policy(empty)
+    t = _check_threshold(iou_threshold)
+    pred_l, n_pred = _instances(pred, "pred", connectivity)
+    ref_l, n_ref = _instances(ref, "ref", connectivity)
+    check_same_shape(pred_l, ref_l, ("pred", "ref"))
+    box = box_of(pred_l > 0, ref_l > 0)
+    if box is not None:
+        pred_l, ref_l = pred_l[box], ref_l[box]
+    matches = (match_instances(iou_table(pred_l, ref_l, n_pred, n_ref), t)
+               if box is not None else [])
+    tp = len(matches)
+    fp, fn = n_pred - tp, n_ref - tp
+    nan = float("nan")
+    if n_pred == 0 and n_ref == 0:
+        v = 1.0 if empty == "worst" else nan
+        rq = sq = pq = v
+    else:
+        rq = tp / (tp + 0.5 * fp + 0.5 * fn)
+        sq = sum(m[2] for m in matches) / tp if tp else (0.0 if empty == "worst" else nan)
+        pq = rq * sq if tp else 0.0
+    return {
+        "rq": float(rq),
+        "sq": float(sq),
+        "pq": float(pq),
+        "instance_tp": tp,
+        "instance_fp": fp,
+        "instance_fn": fn,
+        "matches": [(i + 1, j + 1, v) for i, j, v in matches],
+    }

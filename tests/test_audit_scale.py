@@ -1,0 +1,328 @@
+"""Audits at scale: streamed records, bounded in-flight work, per-stage timings, chunked
+table building and bootstrap blocks that give the same numbers, and Dask with the scheduler
+and workers as separate processes on loopback.
+
+The sizes here are small (the 1,000 to 100,000-row figures come from
+``benchmarks/bench_audit_scale.py``); what is asserted is the mechanism: what the client holds,
+what is on disk after an interruption, and that every shortcut gives identical results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medseg_xai.audit import AuditResult, audit, engine, runner, stats
+from medseg_xai.audit.cache import CaseCache
+from medseg_xai.audit.runner import STAGES, iter_tasks, run_tasks
+from medseg_xai.audit.stream import read_records
+from medseg_xai.cohort import Cohort
+
+FAST = {"n_resamples": 100, "progress": False, "min_n": 2}
+SHAPE = (8, 12, 12)
+SETTINGS = {"labels": None, "tolerance": 1.0, "percentile": 95, "empty": "worst",
+            "connectivity": None, "overlap_threshold": 0.1, "binarize": False}
+
+
+def write_repeated_cohort(folder: Path, n_rows: int, n_files: int = 6, bad_every: int = 0) -> Path:
+    """A few files repeated under distinct case ids (how the benchmark builds big cohorts);
+    every ``bad_every``-th row points at a corrupt prediction."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    for i in range(n_files):
+        lab = np.zeros(SHAPE, np.uint8)
+        lab[1:4, 2:5, 2:5] = 1
+        if i % 2:
+            lab[5:7, 7:10, 7:10] = 1
+        pred = np.roll(lab, i % 3 - 1, axis=2)
+        for kind, arr in (("img", rng.random(SHAPE).astype(np.float32)), ("lab", lab),
+                          ("pred", pred)):
+            nib.save(nib.Nifti1Image(arr, np.diag([1.0, 0.8, 0.8, 1.0])), folder / f"{kind}{i}.nii")
+    (folder / "corrupt.nii").write_bytes(b"\0" * 10)
+    k = np.arange(n_rows) % n_files
+    pred = [f"pred{j}.nii" for j in k]
+    if bad_every:
+        for r in range(0, n_rows, bad_every):
+            pred[r] = "corrupt.nii"
+    df = pd.DataFrame({"case_id": [f"c{r:05d}" for r in range(n_rows)],
+                       "image": [f"img{j}.nii" for j in k], "label": [f"lab{j}.nii" for j in k],
+                       "prediction": pred, "site": np.array(["n", "s", "e"])[np.arange(n_rows) % 3]})
+    path = folder / "manifest.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cohort_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_repeated_cohort(tmp_path_factory.mktemp("scale"), 60, bad_every=20)
+
+
+@pytest.fixture(scope="module")
+def baseline(cohort_path: Path) -> AuditResult:
+    return audit(Cohort.from_csv(cohort_path), strata=["site", "lesion_size"], executor="serial",
+                 **FAST)
+
+
+def _stable(result: AuditResult) -> str:
+    d = result.to_dict()
+    d.pop("run")
+    d.pop("timings")
+    return json.dumps(d, sort_keys=True)
+
+
+def test_every_row_accounted_with_bad_rows(baseline):
+    assert baseline.n_rows == 60 == baseline.n_evaluated + baseline.n_failed
+    assert baseline.n_failed == 3
+    assert baseline.cases["case_id"].tolist() == [f"c{r:05d}" for r in range(60)]
+    assert set(baseline.cases.index[baseline.cases["status"] == "failed"]) == {0, 20, 40}
+
+
+def test_tables_built_in_chunks_are_identical(baseline, cohort_path, monkeypatch):
+    monkeypatch.setattr(engine, "_READ_CHUNK", 7)  # records read back 7 at a time
+    small = audit(Cohort.from_csv(cohort_path), strata=["site", "lesion_size"],
+                  executor="serial", **FAST)
+    assert _stable(small) == _stable(baseline)
+    pd.testing.assert_frame_equal(small.lesions, baseline.lesions)
+    pd.testing.assert_frame_equal(small.cases.drop(columns=list(STAGES[:-1]) + ["total_s"],
+                                                   errors="ignore"),
+                                  baseline.cases.drop(columns=list(STAGES), errors="ignore"))
+
+
+def test_bootstrap_in_blocks_draws_the_same_resamples(baseline, cohort_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    sums, counts = rng.random((40, 3)), rng.integers(1, 3, (40, 3)).astype(float)
+    whole = stats.weighted_means(stats.cluster_weights(40, 500, np.random.default_rng(7)),
+                                 sums, counts)
+    monkeypatch.setattr(stats, "MAX_BOOTSTRAP_CELLS", 100)  # 2 resamples per block
+    (blocked,) = stats.blocked_weighted_means(40, 500, np.random.default_rng(7), (sums, counts))
+    np.testing.assert_allclose(blocked, whole, rtol=1e-13)  # same draws, BLAS rounding aside
+    small = audit(Cohort.from_csv(cohort_path), strata=["site", "lesion_size"],
+                  executor="serial", **FAST)
+    cols = ["estimate", "ci_low", "ci_high", "gap", "gap_ci_low", "gap_ci_high", "p_value"]
+    np.testing.assert_allclose(small.subgroups[cols].to_numpy(float),
+                               baseline.subgroups[cols].to_numpy(float), rtol=1e-12, atol=1e-14)
+    assert small.subgroups["flag"].tolist() == baseline.subgroups["flag"].tolist()
+
+
+def test_stream_holds_what_the_cache_holds_and_survives_an_interruption(tmp_path, monkeypatch):
+    # distinct files per row: the cache is keyed by content, so repeated files would share
+    cohort = Cohort.from_csv(write_repeated_cohort(tmp_path / "u", 30, n_files=30, bad_every=10))
+    stream, cache = tmp_path / "cases.jsonl", tmp_path / "cache"
+    real = runner._compute_case
+    done: list[str] = []
+
+    def crashing(case_id, *args, **kwargs):
+        if len(done) == 11:
+            raise KeyboardInterrupt  # the audit is interrupted
+        out = real(case_id, *args, **kwargs)
+        done.append(case_id)
+        return out
+
+    monkeypatch.setattr(runner, "_compute_case", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        audit(cohort, executor="serial", cache_dir=cache, stream=stream, **FAST)
+    # the finished part is on disk, one complete line per finished (or failed) case
+    partial = list(read_records(stream))
+    ok_ids = [r["case_id"] for r in partial if r["status"] == "ok"]
+    assert ok_ids == done and len(partial) == 13  # 11 evaluated + rows 0 and 10 (corrupt)
+    entries = CaseCache(cache)
+    for rec in partial:
+        if rec["status"] != "ok":
+            continue
+        stored = entries.get(_key_of(rec, cohort))
+        assert stored is not None
+        for k, v in stored.items():
+            if k != "timing":
+                assert rec[k] == v or (v != v and rec[k] != rec[k]), k
+
+    monkeypatch.setattr(runner, "_compute_case", real)
+    resumed = audit(cohort, executor="serial", cache_dir=cache, stream=stream, **FAST)
+    assert resumed.run["n_from_cache"] == 11 and resumed.n_failed == 3
+    lines = list(read_records(stream))
+    assert len(lines) == 30 and sorted(r["row"] for r in lines) == list(range(30))
+    table = resumed.cases.set_index("case_id")
+    for rec in lines:  # the streamed records are the table's rows
+        assert table.loc[rec["case_id"], "status"] == rec["status"]
+        if rec["status"] == "ok":
+            assert table.loc[rec["case_id"], "dice"] == rec["dice"]
+
+
+def _key_of(rec: dict, cohort: Cohort) -> str:
+    from medseg_xai.audit.cache import input_hash
+
+    task = next(t for t in iter_tasks(cohort) if t.row == rec["row"])
+    key = input_hash(task.paths, SETTINGS, f"{engine._version('medseg-xai')}|")
+    assert key[:16] == rec["input_hash"]
+    return key
+
+
+def test_per_stage_timings_per_case_and_summed(baseline):
+    cases = baseline.cases
+    stages = [s for s in STAGES if s != "inference_s"]  # stored predictions: no inference
+    ok = cases["status"] == "ok"
+    for s in stages:
+        assert s in cases.columns
+        assert (cases.loc[ok, s] >= 0).all()
+    assert (cases.loc[ok, "load_s"] > 0).all() and (cases.loc[ok, "metrics_s"] > 0).all()
+    assert (cases["total_s"] >= cases[["load_s", "metrics_s", "lesions_s"]].sum(axis=1)).all()
+    summed = baseline.run["stage_seconds"]
+    assert set(summed) == set(stages)
+    for s in stages:
+        assert summed[s] == pytest.approx(cases[s].sum(), rel=1e-6, abs=1e-5)
+    d = baseline.to_dict()  # volatile: in "timings" and "run", never in the cases table
+    assert not set(stages) & set(d["tables"]["cases"]["columns"])
+    assert set(stages) <= set(d["timings"]["columns"])
+    back = AuditResult.from_json(baseline.to_json())
+    pd.testing.assert_series_equal(back.cases["load_s"], cases["load_s"])
+
+
+def test_cache_hits_report_this_runs_time(cohort_path, tmp_path):
+    cohort = Cohort.from_csv(cohort_path)
+    audit(cohort, executor="serial", cache_dir=tmp_path / "c", **FAST)
+    again = audit(cohort, executor="serial", cache_dir=tmp_path / "c", **FAST)
+    hits = again.cases[again.cases["status"] == "ok"]
+    assert again.run["n_from_cache"] == 57
+    assert (hits["load_s"] == 0).all() and (hits["cache_s"] > 0).all()
+
+
+@pytest.mark.parametrize("executor", ["process", "dask"])
+def test_in_flight_work_is_bounded(cohort_path, executor):
+    """Tasks are pulled from the generator only as records come back (back-pressure)."""
+    cohort = Cohort.from_csv(cohort_path)
+    state = {"pulled": 0, "received": 0, "ahead": 0}
+
+    def tasks():
+        for t in iter_tasks(cohort):
+            state["pulled"] += 1
+            state["ahead"] = max(state["ahead"], state["pulled"] - state["received"])
+            yield t
+
+    def sink(rec):
+        state["received"] += 1
+
+    kw: dict = {"workers": 2, "mp_context": "fork"}
+    cluster = None
+    if executor == "dask":
+        distributed = pytest.importorskip("distributed")
+        cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+        kw = {"executor": client}
+    else:
+        kw["executor"] = "process"
+    try:
+        info = run_tasks(tasks(), SETTINGS, sink=sink, n_tasks=len(cohort), progress=False, **kw)
+    finally:
+        if cluster is not None:
+            client.close()
+            cluster.close()
+    assert state["received"] == 60 and info.n_cases == 60 and info.workers == 2
+    chunk = runner._chunk_size(60, 2)
+    # at most 2 chunks per worker in flight, plus the chunk being filled
+    assert state["ahead"] <= (2 * 2 + 1) * chunk < 60
+
+
+@pytest.mark.slow
+def test_dask_scheduler_and_workers_as_separate_processes(cohort_path, baseline, tmp_path,
+                                                          monkeypatch):
+    """How an audit spreads over machines: ``dask scheduler`` and ``dask worker`` processes
+    (on 127.0.0.1 here), a relative manifest and a relative cache from the client's folder,
+    workers running in another folder."""
+    pytest.importorskip("distributed")
+    dask = Path(sys.executable).with_name("dask")
+    if not dask.exists():
+        pytest.skip("dask command not installed")
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    logs = open(tmp_path / "dask.log", "w")  # noqa: SIM115 - closed below
+    procs = [subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              env=env, stdout=logs, stderr=logs, cwd="/")]
+    try:
+        from distributed import Client
+
+        client = Client(scheduler_file=str(sched_file), timeout=60) if _wait_for(sched_file) \
+            else pytest.fail("scheduler did not start")
+        procs.append(subprocess.Popen(  # one worker process, two threads (a small machine)
+            [str(dask), "worker", "--scheduler-file", str(sched_file), "--nthreads", "2",
+             "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+            env=env, stdout=logs, stderr=logs, cwd="/"))
+        client.wait_for_workers(1, timeout=120)
+        address = client.scheduler.address
+        client.close()
+        assert address.startswith("tcp://127.0.0.1:")
+        work = tmp_path / "client"
+        work.mkdir()
+        rel = os.path.relpath(cohort_path, work)
+        monkeypatch.chdir(work)  # the client's folder; the workers run in "/"
+        r = audit(Cohort.from_csv(rel), strata=["site", "lesion_size"], dask_scheduler=address,
+                  cache_dir="cache", **FAST)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        logs.close()
+    assert (r.run["executor"], r.run["workers"]) == ("dask", 2)
+    assert _stable(r) == _stable(baseline)
+    # in the client's folder (6 distinct files: the cache is keyed by content)
+    assert len(list((work / "cache").glob("*.json"))) == 6
+
+
+def _wait_for(path: Path, seconds: float = 60) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_efficiency_summary_and_report_section(baseline):
+    eff = baseline.run["efficiency"]
+    cases = baseline.cases
+    assert eff["n_cases"] == 60 and eff["cases_per_s"] == pytest.approx(60 / eff["elapsed_s"])
+    for stage in ("load", "metrics", "lesions", "cache", "total"):
+        v = cases[f"{stage}_s"].dropna()
+        st = eff["stages"][stage]
+        assert st["total_s"] == pytest.approx(v.sum())
+        assert st["median_s"] == pytest.approx(v.median()) and st["max_s"] == v.max()
+    shares = [st["share"] for k, st in eff["stages"].items() if k != "total"]
+    assert sum(shares) == pytest.approx(1.0)
+    assert eff["slowest"][0]["total_s"] == cases["total_s"].max()
+    back = AuditResult.from_json(baseline.to_json())  # volatile, but kept in the JSON
+    assert back.run["efficiency"]["stages"]["load"]["total_s"] == pytest.approx(
+        eff["stages"]["load"]["total_s"])
+
+    import jinja2
+
+    from medseg_xai.reports import sec_efficiency
+
+    s = sec_efficiency.build(baseline, {})
+    assert [r["stage"] for r in s["stages"]][:2] == ["loading volumes", "metrics"]
+    assert dict(s["facts"])["Executor"] == "serial × 1"
+    folder = Path(sec_efficiency.__file__).with_name("templates")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(folder), autoescape=True)
+    html = env.get_template("sec_efficiency.html.j2").render(s=s)  # autoescaped, like the report
+    assert "lesion matching" in html and eff["slowest"][0]["case_id"] in html
+    from medseg_xai.reports.render import render_html
+
+    page = render_html(baseline)  # registered: part of the report
+    assert sec_efficiency.TITLE in page and 'id="efficiency-stages"' in page
+    assert sec_efficiency.build(AuditResult(**{k: getattr(baseline, k) for k in (
+        "cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
+        "volume_agreement", "verdicts")}), {}) is None  # a result without timings: no section
