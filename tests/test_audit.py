@@ -12,6 +12,7 @@ import pytest
 
 import medseg_xai as mx
 from medseg_xai.audit import AuditResult, audit, compare, engine, runner, write_outputs
+from medseg_xai.audit.result import MODEL_TABLES, READER_TABLES
 from medseg_xai.cohort import Cohort
 from medseg_xai.metrics import evaluate_case
 
@@ -395,7 +396,19 @@ def test_write_outputs_and_cli_helper(serial_result, cohort_dir, tmp_path):
     written = write_outputs(serial_result, tmp_path / "out")
     cases = pd.read_csv(written["cases"])
     assert len(cases) == serial_result.n_rows
-    assert json.loads(written["json"].read_text(encoding="utf-8"))["schema_version"] == "1.0"
+    doc = json.loads(written["json"].read_text(encoding="utf-8"))
+    assert doc["schema_version"] == "1.1"
+    # A 1.0 document (before verdict, report, explanations and the added tables) still reads.
+    old = {k: v for k, v in doc.items() if k not in ("verdict", "report", "explanations")}
+    old["schema_version"] = "1.0"
+    old["tables"] = {k: v for k, v in doc["tables"].items()
+                     if k not in ("group_counts", *READER_TABLES, *MODEL_TABLES)}
+    back = AuditResult.from_json(json.dumps(old))
+    assert back.report == {} and back.explanations == [] and back.group_counts.empty
+    pd.testing.assert_frame_equal(back.subgroups, serial_result.subgroups, check_dtype=False)
+    assert back.verdict == serial_result.verdict
+    with pytest.raises(ValueError, match="schema version 1.x"):
+        AuditResult.from_json(json.dumps({**doc, "schema_version": "2.0"}))
     from medseg_xai.audit import run_audit_cli
 
     result, files = run_audit_cli(cohort_dir / "manifest.csv", tmp_path / "cli", ["device"],

@@ -33,7 +33,10 @@ import pandas as pd
 __all__ = ["READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
 SCHEMA = "medseg-xai/audit"
-SCHEMA_VERSION = "1.0"  # additive keys since 1.0 (verdict, report, explanations, group_counts) are read tolerantly
+#: 1.1 (additive over 1.0: verdict, report, explanations, group_counts, reader and model tables,
+#: run.efficiency, settings.convention / matching); any 1.x is read, missing keys as empty.
+#: Layout and history: docs/audit_json.md.
+SCHEMA_VERSION = "1.1"
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
           "volume_agreement", "verdicts", "group_counts")
 #: Tables added after schema 1.0: read as empty from older documents.
