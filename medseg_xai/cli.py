@@ -419,29 +419,12 @@ def _method_kwargs(args: argparse.Namespace, method: str) -> dict:
 
 def _explain_png(path, image, mask, pred, heatmap, spacing, title: str):
     """Three planes with the target's outline, the prediction and the map, plus a colour bar."""
-    import numpy as np
+    from medseg_xai.miss_files import explanation_png
 
-    from medseg_xai import viz
-
-    fig = viz.three_plane(image, center=viz.lesion_centre(mask), ref=mask, pred=pred,
-                          heatmap=heatmap, spacing=spacing, contours=True, title=title)
-    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64))
-    hmax = float(np.abs(h).max())
-    if hmax > 0:  # viz colours the map as RGBA: the same scale as a colour bar (viz's rule)
-        from matplotlib.cm import ScalarMappable
-        from matplotlib.colors import Normalize
-
-        signed = bool((h < 0).any())
-        bar = ScalarMappable(Normalize(-hmax if signed else 0.0, hmax),
-                             "RdBu_r" if signed else "inferno")
-        fig.colorbar(bar, ax=fig.axes, shrink=0.8,
-                     label="attribution (blue: against)" if signed else "attribution")
-    path.write_bytes(viz.fig_to_png_bytes(fig, dpi=100))
-    return fig
+    return explanation_png(path, image, mask, pred, heatmap, spacing, title)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import nibabel as nib
@@ -470,23 +453,13 @@ def _run_explain(args: argparse.Namespace) -> int:
             reference_images=refs or None, methods=tuple(methods), class_index=args.class_index,
             layer=args.layer, method_kwargs={m: _method_kwargs(args, m) for m in methods},
             case_id=case)
-        stem = f"{case}_{analysis.lesion_id}"
-        (out / f"{stem}_miss.json").write_text(json.dumps(analysis.to_dict(), indent=2))
+        from medseg_xai.miss_files import write_miss_files
+
         pred = adapter.predict(image[None]).numpy()[0] == args.class_index
-        written = [out / f"{stem}_miss.json"]
-        for row in analysis.evidence.itertuples():
-            if not row.passed:
-                print(f"warning: {row.method} map fails its gates ({row.reason}); it is not "
-                      f"used in the verdict", file=sys.stderr)
-            attr = analysis.attributions.get(row.method)
-            if attr is None:
-                continue
-            nii = out / f"{stem}_{row.method}.nii.gz"
-            nib.save(nib.Nifti1Image(attr.astype(np.float32), affine), str(nii))
-            png = out / f"{stem}_{row.method}.png"
-            _explain_png(png, image, analysis.mask, pred, attr, spacing,
-                         f"{case} {analysis.lesion_id}: {row.method}")
-            written += [nii, png]
+        written, warns = write_miss_files(analysis, out, case_id=case, image=image, pred=pred,
+                                          affine=affine, spacing=spacing)
+        for w in warns:
+            print(f"warning: {w}", file=sys.stderr)
         print(analysis.verdict)
         print("wrote " + ", ".join(str(w) for w in written))
         return 0

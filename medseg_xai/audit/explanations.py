@@ -167,8 +167,8 @@ def _missed_lesions(result: Any, case_id: str) -> pd.DataFrame:
 
 def _explain(adapter: Any, case: Any, ref: np.ndarray, pred: np.ndarray | None, lesion_id: str,
              seed: int, explain_kwargs: Mapping[str, Any]
-             ) -> tuple[dict[str, Any], np.ndarray | None, str]:
-    """(MissAnalysis.to_dict(), the first method's attribution map, its name) of one lesion."""
+             ) -> tuple[Any, np.ndarray | None, str]:
+    """(MissAnalysis, the first method's attribution map, its name) of one lesion."""
     from medseg_xai.explain.miss import explain_miss  # the one way to explain a miss
 
     analysis = explain_miss(adapter, case.image, ref, lesion_id, pred=pred, spacing=case.spacing,
@@ -176,7 +176,7 @@ def _explain(adapter: Any, case: Any, ref: np.ndarray, pred: np.ndarray | None, 
     maps = getattr(analysis, "attributions", None) or {}
     method = next(iter(maps), None)
     att = None if method is None else np.asarray(maps[method], dtype=np.float32)
-    return analysis.to_dict(), att, str(method or "")
+    return analysis, att, str(method or "")
 
 
 def explain_failures(
@@ -191,6 +191,7 @@ def explain_failures(
     extra: Sequence[tuple[str, str]] = (),
     seed: int = 0,
     explain_kwargs: Mapping[str, Any] | None = None,
+    analyses: dict[tuple[str, str], Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Build the failure gallery of an audit (store it with ``result.explanations = ...``).
 
@@ -219,6 +220,10 @@ def explain_failures(
         Seed of the explanations' randomness.
     explain_kwargs : mapping, optional
         Passed to ``explain_miss`` (``methods=("gradcam",)``, ``reference_images=``...).
+    analyses : dict, optional
+        When given, receives each :class:`~medseg_xai.explain.miss.MissAnalysis` under
+        ``(case_id, lesion_id)`` (full-resolution maps and mask, e.g. for files the demo writes)
+        so a caller never explains the same lesion twice.
 
     Returns
     -------
@@ -260,9 +265,11 @@ def explain_failures(
             if lesion_id is not None and adapter is not None and (
                     n_explained < max_explanations or e["case_id"] in wanted):
                 try:
-                    e["analysis"], heat, e["method"] = _explain(adapter, case, ref, pred,
-                                                                lesion_id, seed,
-                                                                explain_kwargs or {})
+                    analysis, heat, e["method"] = _explain(adapter, case, ref, pred, lesion_id,
+                                                           seed, explain_kwargs or {})
+                    e["analysis"] = analysis.to_dict()
+                    if analyses is not None:
+                        analyses[(e["case_id"], str(lesion_id))] = analysis
                     n_explained += 1
                 except Exception as err:  # noqa: BLE001 - one failed explanation keeps its entry
                     e["note"] = f"explanation failed: {type(err).__name__}: {err}"

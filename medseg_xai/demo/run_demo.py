@@ -2,8 +2,9 @@
 
 The pipeline: generate the synthetic multi-site cohort, predict it with the bundled 3D UNet,
 audit by device, site and lesion size against the default acceptance criteria, explain the
-worst missed lesion (Grad-CAM on the missed voxels, with its localisation score), store the
-failure gallery in the result, and write the JSON, CSV tables, report and explanation figures.
+failure gallery (``explain_miss`` on the largest missed lesion and the gallery's worst cases:
+probes, gated attribution evidence, causes, verdict) in the result, and write the JSON, CSV
+tables, report and, from the same analyses, the explanation files.
 
 The report is a view of ``audit.json``: ``medseg-xai report audit.json --out report.html``
 re-renders the same page, and ``medseg-xai audit`` on the demo's manifest with the settings
@@ -66,6 +67,7 @@ class DemoOutputs:
     explanation: Any = None
     explained: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
 
 
 def worst_missed_lesion(lesions: pd.DataFrame) -> pd.Series | None:
@@ -91,45 +93,20 @@ def worst_missed_lesion(lesions: pd.DataFrame) -> pd.Series | None:
     return order.iloc[0]
 
 
-def _explain_lesion(cohort: Any, adapter: Any, row: pd.Series, out_dir: Path) -> dict[str, Any]:
-    """Grad-CAM of one missed lesion: NIfTI attribution, three-plane PNG, localisation."""
-    from medseg_xai import targets, viz
-    from medseg_xai.explain import explain
-    from medseg_xai.explain.quality import localisation
+def _write_explanations(cohort: Any, analyses: dict[tuple[str, str], Any],
+                        out_dir: Path) -> dict[tuple[str, str], list[Path]]:
+    """The files of the lesions the gallery explained (no second explanation run): their
+    MissAnalysis JSON, and per attribution method a NIfTI on the source affine and a PNG."""
+    from medseg_xai.miss_files import write_miss_files
 
-    case = cohort.load_case(str(row["case_id"]))
-    ref = np.asarray(case.label) > 0
-    # Audit lesion ids ("ref-N") follow metrics.label_lesions, as targets.lesion does.
-    one = targets.lesion(1, ref, str(row["lesion_id"]))
-    pred = np.asarray(case.prediction) > 0 if case.prediction is not None else None
-    missed_part = one.mask & ~pred if pred is not None else one.mask
-    # The missed voxels of this lesion are what the model should have called lesion.
-    target = targets.region(1, missed_part) if missed_part.any() else one
-    # Signed Grad-CAM: a missed lesion often has only evidence against it, which a ReLU blanks.
-    exp = explain(adapter, case.image, target, method="gradcam", relu=False)
-    score = localisation(exp.attribution, one.mask)
-    from medseg_xai._privacy import safe_file_name  # ids become file names: stay in out_dir
-
-    stem = safe_file_name(f"gradcam_{row['case_id']}_{row['lesion_id']}")
-    nifti = exp.to_nifti(out_dir / f"{stem}.nii.gz", affine=case.affine)
-    image = case.image[0] if case.image.ndim == ref.ndim + 1 else case.image
-    fig = viz.three_plane(image, center=viz.lesion_centre(one.mask), ref=ref, pred=pred,
-                          error=True, heatmap=exp.attribution, spacing=case.spacing)
-    png = out_dir / f"{stem}.png"
-    png.write_bytes(viz.fig_to_png_bytes(fig, dpi=110))
-    return {
-        "case_id": str(row["case_id"]),
-        "lesion_id": str(row["lesion_id"]),
-        "attribution": exp.attribution,
-        "mask": one.mask,
-        "image": image,
-        "method": exp.method,
-        "localisation": float(score),
-        "target": target.describe(),
-        "explanation": exp,
-        "nifti": Path(nifti) if nifti is not None else out_dir / f"{stem}.nii.gz",
-        "png": png,
-    }
+    written: dict[tuple[str, str], list[Path]] = {}
+    for (case_id, lesion_id), analysis in analyses.items():
+        case = cohort.load_case(case_id)
+        pred = None if case.prediction is None else np.asarray(case.prediction) != 0
+        written[(case_id, lesion_id)], _ = write_miss_files(
+            analysis, out_dir, case_id=case_id, image=case.image, pred=pred,
+            affine=getattr(case, "affine", None), spacing=case.spacing)
+    return written
 
 
 def run_demo(
@@ -201,30 +178,37 @@ def run_demo(
     figures = out / "explanations"
     figures.mkdir(exist_ok=True)
     worst = worst_missed_lesion(result.lesions)
-    explained: dict[str, Any] = {}
-    if worst is not None:
-        explained = _explain_lesion(cohort, adapter, worst, figures)
-    extra = [(explained["case_id"], explained["lesion_id"])] if explained else []
-    # The gallery lives in the result (and audit.json): the report only draws it.
-    # explain_miss re-runs probes through the model: two gallery lesions plus the worst one.
+    extra = [] if worst is None else [(str(worst["case_id"]), str(worst["lesion_id"]))]
+    # The gallery lives in the result (and audit.json): the report only draws it. The largest
+    # missed lesion is one of its entries (explain_miss: probes re-run through the model), and
+    # the files below are written from those same analyses.
+    analyses: dict[tuple[str, str], Any] = {}
     result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed,
-                                           max_explanations=2)
+                                           max_explanations=2, analyses=analyses)
+    # Files for the largest missed lesion only (PNGs cost ~1 s each); the others are in the JSON.
+    written = _write_explanations(cohort, {k: analyses[k] for k in extra if k in analyses},
+                                  figures)
+    explained: dict[str, Any] = {}
+    if extra and extra[0] in analyses:
+        a = analyses[extra[0]]
+        explained = {"case_id": extra[0][0], "lesion_id": extra[0][1], "analysis": a,
+                     "volume_mm3": float(worst["volume_mm3"]), "files": written[extra[0]]}
     timings["explain_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("[5/5] writing the JSON, tables and report ...")
     files = write_outputs(result, out)
-    if explained:
-        files["explanation_png"] = explained["png"]
-        files["explanation_nifti"] = explained["nifti"]
+    if written:  # CASE_LESION_miss.json, CASE_LESION_METHOD.nii.gz / .png
+        files["explanations"] = figures
     report = Path(result.to_html(out / "report.html"))
     files["html"] = report
     timings["report_s"] = time.perf_counter() - t0
 
     outputs = DemoOutputs(out_dir=out, manifest=Path(manifest), report=report, files=files,
-                          result=result, explanation=explained.get("explanation"),
+                          result=result, explanation=explained.get("analysis"),
                           explained=explained, timings=timings)
-    for line in summary_lines(outputs):
+    outputs.summary = summary_lines(outputs)
+    for line in outputs.summary:
         say(line)
     return outputs
 
@@ -268,12 +252,11 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
                      "evaluated)")
     if outputs.explained:
         e = outputs.explained
-        where = (
-            f"{e['localisation']:.0%} of the positive (signed) Grad-CAM mass lies inside it"
-            if np.isfinite(e["localisation"])
-            else "signed Grad-CAM finds only evidence against a lesion, none for it"
-        )
-        lines.append(f"worst missed lesion: {e['lesion_id']} in case {e['case_id']}; {where}")
+        a = e["analysis"]
+        causes = ", ".join(a.causes) if a.causes else "no probe explains it"
+        lines.append(f"worst missed lesion: {e['lesion_id']} in case {e['case_id']} "
+                     f"({e['volume_mm3']:.0f} mm3); causes: {causes}")
+        lines.append(f"  {a.verdict_lines[0]}")
     lines.append(f"report: {outputs.report}")
     for name, path in outputs.files.items():
         if name != "html":
