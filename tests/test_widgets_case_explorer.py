@@ -224,16 +224,18 @@ def test_activation_montage(explorer) -> None:
     assert bytes(explorer.montage.value).startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_verdict_panel_shows_the_miss_analysis(explorer, case) -> None:
     from medseg_xai.explain.miss import explain_miss
 
     img, ref, pred = case
+    explorer.miss_options = {"methods": ("gradcam",)}  # one attribution method keeps it quick
     explorer.select_lesion("ref-2")
     analysis = explorer.analyse()
     assert explorer.last_error is None, explorer.status.value
     # The panel is a view of explain_miss, run on the explorer's own inputs.
     same = explain_miss(explorer.adapter, img, ref, "ref-2", pred=pred, spacing=SPACING,
-                        threshold=explorer.threshold, case_id="case-7")
+                        threshold=explorer.threshold, case_id="case-7", methods=("gradcam",))
     assert analysis.to_dict() == same.to_dict()
     panel = explorer.verdict_html.value
     assert analysis.verdict_lines[0].split(":")[0] in panel  # "ref-2 was missed"
@@ -405,6 +407,7 @@ def test_zoom_to_lesion_selected_outline_and_separate_opacities(explorer) -> Non
     assert not np.array_equal(explorer.renderer.displayed(0)["rgb"], with_prob)
 
 
+@pytest.mark.slow
 def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
     img, ref, _ = case
     t = torch.from_numpy(img)[None, None]  # (1, 1, D, H, W), as explain() takes it
@@ -417,6 +420,7 @@ def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
     blob = ex.lesions.ids[0]
     ex.select_lesion(blob)
     assert f"{blob} was predicted (no reference)</b>" in ex.verdict_html.value
+    ex.miss_options = {"methods": ("gradcam",)}
     analysis = ex.analyse()  # why did the model call this blob? (no reference needed)
     assert ex.last_error is None, ex.status.value
     assert analysis.status == "predicted" and analysis.lesion_id == blob
