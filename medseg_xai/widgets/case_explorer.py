@@ -156,12 +156,16 @@ class CaseExplorer(W.VBox):
             raise ValueError(f"channel_names: expected {n_ch} names (one per image channel), "
                              f"got {len(names)}")
         self.channel_names = [str(n) for n in names]
+        # One forward pass gives the output channels (class_index check) and, when they are
+        # not given, the prediction and the probability.
+        probs = None if adapter is None else \
+            adapter.probabilities(self.image).detach().cpu().numpy()[0]
         self.class_index = self._class_index(class_index)
         self.ref = None if ref is None else self._mask(ref, spatial, "ref")
         self.pred = None if pred is None else self._mask(pred, spatial, "pred")
         self.probability = self._probability(probability, spatial, self.class_index)
-        if adapter is not None and (self.pred is None or self.probability is None):
-            self._predict()
+        if probs is not None and (self.pred is None or self.probability is None):
+            self._predict(probs)
 
         self.lesions: CaseLesions | None = None
         if self.ref is not None or self.pred is not None:
@@ -243,8 +247,7 @@ class CaseExplorer(W.VBox):
     def _class_index(self, class_index: int | None) -> int:
         if self.adapter is None:
             return 1 if class_index is None else int(class_index)
-        self.adapter.check_class_index(0, self.image)  # one pass: learns the output channels
-        k = self.adapter.output_channels
+        k = self.adapter.output_channels  # known after the constructor's forward pass
         if class_index is None:
             return 0 if k == 1 else 1
         return self.adapter.check_class_index(class_index)
@@ -282,8 +285,7 @@ class CaseExplorer(W.VBox):
             raise ValueError(f"spacing: expected {ndim} positive values in mm, got {spacing!r}")
         return sp
 
-    def _predict(self) -> None:
-        p = self.adapter.probabilities(self.image).detach().cpu().numpy()[0]
+    def _predict(self, p: np.ndarray) -> None:
         act = "sigmoid" if self.adapter.activation == "sigmoid" else "softmax"
         labels = label_map(p, self.threshold, activation=act)
         if p.shape[0] == 1:
