@@ -36,6 +36,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Cohort": ("medseg_xai.cohort", "Cohort"),
     "Explanation": ("medseg_xai.explain", "Explanation"),
     "activations": ("medseg_xai.explain", "activations"),
+    "weights": ("medseg_xai.explain.weights", "weights"),
     "explain_miss": ("medseg_xai.explain.miss", "explain_miss"),
     "MissAnalysis": ("medseg_xai.explain.miss", "MissAnalysis"),
     "AuditResult": ("medseg_xai.audit", "AuditResult"),
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from medseg_xai.audit import AuditResult, compare
     from medseg_xai.cohort import Cohort
     from medseg_xai.explain import Explanation, activations
+    from medseg_xai.explain.weights import weights
 
 
 def __getattr__(name: str) -> Any:
@@ -66,4 +68,4 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["__version__", "metrics", "SegmentationAdapter", "targets", "explain", "Explanation",
-           "activations", "Cohort", "audit", "compare", "AuditResult"]
+           "activations", "weights", "Cohort", "audit", "compare", "AuditResult"]

@@ -122,6 +122,13 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "(default: 0 100 1000 10000)")
     p.add_argument("--gallery", type=int, default=12,
                    help="cases in the failure gallery (images are read from the manifest)")
+    p.add_argument("--feature-layer", default="auto",
+                   help="with --model: layer whose pooled output feeds the feature shift and "
+                        "ood_score ('auto': deepest encoder output; 'none': off)")
+    p.add_argument("--feature-reference", action="append", default=None,
+                   metavar="COLUMN=V1,V2",
+                   help="reference cases of the feature shift, e.g. the training devices "
+                        "(repeatable; default: the whole cohort)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
     p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
                    "or WeasyPrint)")
@@ -192,7 +199,9 @@ def _run_audit(args: argparse.Namespace) -> int:
                    case_timeout=args.case_timeout, stream=out / "cases.jsonl",
                    convention=args.convention, matching=args.matching,
                    iou_threshold=args.iou_threshold, reference=args.reference,
-                   allow_missing_readers=args.allow_missing_readers, **extra)
+                   allow_missing_readers=args.allow_missing_readers, **extra,
+                   feature_layer=None if args.feature_layer == "none" else args.feature_layer,
+                   feature_reference=args.feature_reference)
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
                                            seed=args.seed)
     written = write_outputs(result, out)
@@ -627,6 +636,8 @@ def _one_line(err: BaseException) -> str:
     from medseg_xai._privacy import redact_paths
 
     text = str(err) or type(err).__name__
+    if type(err).__name__ == "JSONDecodeError":  # json's own text names neither file nor need
+        text = f"expected a valid JSON file, could not parse it ({err.msg} at line {err.lineno})"
     if isinstance(err, OSError) and err.strerror:  # no "[Errno 28]" prefix
         text = f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
     return redact_paths(" ".join(text.split()))

@@ -141,7 +141,9 @@ def test_statements_are_true_counts_order_p_values_fingerprint(real_audit, html,
     assert groups == ["empty", "[0, 250) mm3", "[250, 1000) mm3", "[1000, inf) mm3"]
     # section numbers without holes, each in the table of contents
     nums = [int(n) for n in re.findall(r"<h2>(\d+)\. ", html)]
-    shown = len(SECTIONS) - 1 - int(real_audit.readers.empty)  # no comparison; readers if any
+    # no comparison; readers if any; model_and_data only for an audit run with a model
+    shown = (len(SECTIONS) - 1 - int(real_audit.readers.empty)
+             - int(real_audit.feature_shift.empty and real_audit.model_layers.empty))
     assert nums == list(range(1, len(nums) + 1)) and len(nums) == shown
     for anchor in re.findall(r'<section class="report" id="([^"]+)"', html):
         assert f'href="#{anchor}"' in html
@@ -288,3 +290,10 @@ def test_write_pdf_says_what_is_missing(real_audit, tmp_path, monkeypatch):
         R.write_pdf(html_path, tmp_path / "r.pdf")
     with pytest.raises(ValueError, match="html_path"):
         R.write_pdf(tmp_path / "missing.html", tmp_path / "r.pdf")
+
+
+def test_command_line_in_the_json_names_files_not_folders(real_audit):
+    r = real_audit.with_report({"command_line": "medseg-xai audit /data/DOE^JOHN/m.csv --out x"})
+    doc = json.loads(r.to_json())
+    assert doc["report"]["command_line"] == "medseg-xai audit m.csv --out x"
+    assert "DOE^JOHN" not in r.to_json()

@@ -87,6 +87,8 @@ def audit(
     report: Mapping[str, Any] | None = None,
     reference: str | None = None,
     allow_missing_readers: bool = False,
+    feature_layer: str | None = "auto",
+    feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -165,6 +167,15 @@ def audit(
         Analyse a case with the readers present when a reader file is missing (default: the
         row fails, naming the reader).
 
+    feature_layer : str or None
+        With an adapter: the layer whose pooled output is each case's feature vector, taken
+        by a hook in the same inference pass (``"auto"``: the deepest encoder output; None:
+        no features). Gives ``result.feature_shift``, ``result.model_layers`` and the case
+        columns ``ood_score, feature_pc1, feature_pc2`` (see :mod:`medseg_xai.audit.features`).
+    feature_reference : mapping or sequence of "COLUMN=V1,V2", optional
+        Reference cases of the feature shift, e.g. ``{"device": ["A", "B"]}`` (the devices the
+        model was trained on); default: the whole cohort, each group against the rest.
+
     Returns
     -------
     AuditResult
@@ -214,6 +225,14 @@ def audit(
             )
     # privacy: only metadata used as strata or declared to keep reaches the result
     kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
+    from medseg_xai.audit.features import parse_reference, reference_mask
+
+    feature_ref = parse_reference(feature_reference)
+    if feature_ref is not None and (adapter is None or feature_layer is None):
+        raise ValueError("feature_reference: expected an adapter and a feature_layer (features "
+                         "come from the model's inference pass)")
+    reference_mask(cohort.manifest, feature_ref)  # unknown column or value: fail before any case
+    kept += list(feature_ref or {})  # the reference columns reach the result
     cohort = cohort.with_metadata([*kept, *(keep_columns or ())])
     from medseg_xai.audit import readers as _readers
 
@@ -232,6 +251,9 @@ def audit(
         "reference": reference, "allow_missing_readers": bool(allow_missing_readers),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
+    task_settings = dict(case_settings)
+    if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
+        task_settings["feature_layer"] = str(feature_layer)
     if executor is None:
         if dask_scheduler is not None:
             executor = "dask"
@@ -256,7 +278,7 @@ def audit(
         try:
             with RecordStream(stream_path) as sink:
                 info = run_tasks(
-                    iter_tasks(cohort, bool(allow_missing_readers)), case_settings, executor=executor, workers=workers,
+                    iter_tasks(cohort, bool(allow_missing_readers)), task_settings, executor=executor, workers=workers,
                     cache_dir=cache_path, adapter=adapter, cache_extra=cache_extra,
                     progress=progress, mp_context=mp_context, case_timeout=case_timeout,
                     sink=sink.write, n_tasks=len(cohort),
@@ -268,6 +290,7 @@ def audit(
         cases, lesions = _tables(cohort, stream_path)
         reader_cases = (_readers.records_tables(read_records(stream_path)) if cohort.readers
                         else None)
+    cases, features, layer = _pop_features(cases)
     settings = {
         "strata": [s.name for s in strata_list], "seed": int(seed),
         "metrics": metric_list, **case_settings,
@@ -278,6 +301,10 @@ def audit(
         "test": test, "correction": correction, "alpha": float(alpha), "criteria": crit,
         "inference": adapter is not None,
     }
+    if "feature_layer" in task_settings:
+        settings.update({"feature_layer": layer or str(feature_layer),
+                         "feature_reference": feature_ref,
+                         "feature_method": "ledoit-wolf mahalanobis, permutation tests"})
     provenance = {
         "versions": _versions(),
         "seed": int(seed),
@@ -301,8 +328,29 @@ def audit(
         "stage_seconds": info.stage_seconds,
         "efficiency": efficiency_summary(cases, elapsed),
     }
-    return build_result(cases, lesions, settings, provenance, run, report=report,
-                        readers=reader_cases)
+    result = build_result(cases, lesions, settings, provenance, run, report=report,
+                          readers=reader_cases, features=features)
+    if adapter is not None:
+        from medseg_xai.explain.weights import weights
+
+        result.model_layers = weights(adapter)
+    return result
+
+
+def _pop_features(cases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None, str | None]:
+    """The records' pooled feature vectors as an ``(n, F)`` matrix (NaN rows where a case has
+    none), taken out of the cases table, and the feature layer's name."""
+    if "features" not in cases.columns:
+        return cases.drop(columns=["feature_layer"], errors="ignore"), None, None
+    vecs = list(cases["features"])
+    width = max((len(v) for v in vecs if isinstance(v, list)), default=0)
+    out = np.full((len(vecs), width), np.nan)
+    for i, v in enumerate(vecs):
+        if isinstance(v, list) and len(v) == width:
+            out[i] = v
+    names = cases["feature_layer"].dropna() if "feature_layer" in cases else []
+    layer = str(names.iloc[0]) if len(names) else None
+    return cases.drop(columns=["features", "feature_layer"], errors="ignore"), out, layer
 
 
 def efficiency_summary(cases: pd.DataFrame, elapsed_s: float) -> dict[str, Any]:
@@ -435,6 +483,13 @@ def _patient_labels(manifest: pd.DataFrame, pseudonymised: bool) -> list[str | N
     return out
 
 
+_TUPLE_COLUMNS = ("centroid_voxel", "centroid_mm", "bbox")
+
+
+def _as_tuple(v: list) -> tuple:
+    return tuple(tuple(x) if isinstance(x, list) else x for x in v)
+
+
 def _frames(records: list[dict[str, Any]],
             seen: dict[str, dict[str, tuple[int, int]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Case rows and lesion rows of a chunk of records (no metadata yet), keyed by ``row``.
@@ -459,6 +514,9 @@ def _frames(records: list[dict[str, Any]],
         rows.append(row)
         for les in rec.get("lesions") or []:
             lesion = {"row": r, "case_id": rec["case_id"], **les}
+            for col in _TUPLE_COLUMNS:  # JSON lists -> tuples now: no second copy at the end
+                if isinstance(lesion.get(col), list):
+                    lesion[col] = _as_tuple(lesion[col])
             for pos, k in enumerate(lesion):
                 if (r, pos) < seen["lesions"].get(k, (1 << 62, 0)):
                     seen["lesions"][k] = (r, pos)
@@ -516,10 +574,9 @@ def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.D
         lesions = pd.DataFrame(columns=["case_id", *LESION_COLUMNS])
     else:
         lesions = lesions.drop(columns="row")
-    for col in ("centroid_voxel", "centroid_mm", "bbox"):
-        if col in lesions:
-            lesions[col] = [tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                            if isinstance(v, list) else v for v in lesions[col]]
+    for col in _TUPLE_COLUMNS:
+        if col in lesions and any(isinstance(v, list) for v in lesions[col]):
+            lesions[col] = [_as_tuple(v) if isinstance(v, list) else v for v in lesions[col]]
     if len(lesions) and meta_cols:
         meta = cases.set_index("case_id")[meta_cols]
         lesions = lesions.join(meta, on="case_id")
@@ -535,12 +592,15 @@ def build_result(
     *,
     report: Mapping[str, Any] | None = None,
     readers: Mapping[str, pd.DataFrame] | None = None,
+    features: np.ndarray | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
     Used by :func:`audit` and to re-analyse stored cases (e.g. other strata or criteria) without
     re-evaluating them. ``readers`` holds the per-case ``readers`` and ``reader_lesions`` tables
-    of a multi-reader audit (:mod:`medseg_xai.audit.readers`).
+    of a multi-reader audit (:mod:`medseg_xai.audit.readers`). ``features`` (``(n_cases,
+    F)``, NaN rows for failed cases) adds the feature-shift table and the ``ood_score,
+    feature_pc1, feature_pc2`` case columns (:mod:`medseg_xai.audit.features`).
     """
     settings = dict(settings)
     stat = {**analysis.STATS_DEFAULTS,
@@ -564,6 +624,18 @@ def build_result(
                                         confidence=confidence, min_n=min_n, **tests)
     agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
                                                 confidence=confidence, min_n=min_n, **tests)
+    feature_table = None
+    if features is not None and features.shape[1] > 0:
+        from medseg_xai.audit.features import feature_shift
+
+        groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
+        feature_table, per_case = feature_shift(
+            features, cases, groups, reference=settings.get("feature_reference"),
+            seed=int(stat["seed"]), n_permutations=int(stat["n_resamples"]),
+            correction=stat["correction"], alpha=float(stat["alpha"]), min_n=min_n)
+        timing = [c for c in TIMING_COLUMNS if c in cases.columns]
+        stale = [c for c in (*timing, *per_case.columns) if c in cases.columns]
+        cases = cases.drop(columns=stale).join(per_case).join(cases[timing])
     group_index = {}
     for stratum in [analysis.OVERALL, *strata_list]:
         labels, order = analysis.stratum_groups(cases, stratum, orders)
@@ -597,4 +669,5 @@ def build_result(
         group_counts=analysis.group_counts_table(cases, strata_list, orders),
         settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
         **{k: v for k, v in reader.items() if k in _readers.READER_TABLES},
+        **({} if feature_table is None else {"feature_shift": feature_table}),
     )

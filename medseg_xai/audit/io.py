@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg_xai._io import write_csv
-from medseg_xai.audit.result import READER_TABLES, TABLES, AuditResult
+from medseg_xai.audit.result import MODEL_TABLES, READER_TABLES, TABLES, AuditResult
 
 __all__ = ["read_cohort", "run_audit_cli", "write_outputs"]
 
@@ -32,7 +32,7 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
         path = out / f"{name}.csv"
         write_csv(getattr(result, name), path)
         written[name] = path
-    for name in READER_TABLES:  # several readers per case only
+    for name in (*READER_TABLES, *MODEL_TABLES):  # several readers / a model only
         if len(getattr(result, name)):
             path = out / f"{name}.csv"
             write_csv(getattr(result, name), path)

@@ -42,6 +42,9 @@ _OPTIONAL_TABLES = ("group_counts",)
 #: empty from documents written before them.
 READER_TABLES = ("readers", "reader_lesions", "reader_subgroups", "reader_noninferiority",
                  "reader_detection")
+#: Tables only an audit with an adapter fills (issue 17): feature shift per subgroup and the
+#: model's per-layer weight statistics; empty otherwise, read as empty from older documents.
+MODEL_TABLES = ("feature_shift", "model_layers")
 TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
                   "peak_memory_mb", "peak_gpu_memory_mb")
 VOLATILE_KEYS = ("run", "timings")
@@ -117,6 +120,16 @@ def _plain(obj: Any) -> Any:
     return _cell(obj) if not isinstance(obj, dict) else {str(k): _plain(v) for k, v in obj.items()}
 
 
+def _redacted(report: dict[str, Any]) -> dict[str, Any]:
+    """The report configuration with folders dropped from the command line (they can name
+    patients); file names stay."""
+    if not report.get("command_line"):
+        return report
+    from medseg_xai._privacy import redact_paths
+
+    return {**report, "command_line": redact_paths(str(report["command_line"]))}
+
+
 @dataclass
 class AuditResult:
     """Everything an audit produced.
@@ -183,6 +196,9 @@ class AuditResult:
     reader_subgroups: pd.DataFrame = field(default_factory=pd.DataFrame)
     reader_noninferiority: pd.DataFrame = field(default_factory=pd.DataFrame)
     reader_detection: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: ``audit.features.FEATURE_SHIFT_COLUMNS`` / ``explain.weights.WEIGHT_COLUMNS``
+    feature_shift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    model_layers: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- counts and views --------------------------------------------------------------------
 
@@ -267,7 +283,8 @@ class AuditResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON document as a dict (see module docstring)."""
         timing_cols = [c for c in TIMING_COLUMNS if c in self.cases.columns]
-        tables = {name: table_to_json(getattr(self, name)) for name in (*TABLES, *READER_TABLES)}
+        tables = {name: table_to_json(getattr(self, name)) for name in (*TABLES, *READER_TABLES,
+                                                                         *MODEL_TABLES)}
         tables["cases"] = table_to_json(self.cases.drop(columns=timing_cols))
         timings = table_to_json(self.cases[["case_id", *timing_cols]]) if timing_cols else None
         return {
@@ -276,7 +293,7 @@ class AuditResult:
             "verdict": self.verdict,
             "settings": _plain(self.settings),
             "provenance": _plain(self.provenance),
-            "report": _plain(self.report),
+            "report": _plain(_redacted(self.report)),
             "tables": tables,
             "explanations": [_plain(e) for e in self.explanations],
             "run": _plain(self.run),
@@ -318,6 +335,8 @@ class AuditResult:
         tables = {name: table_from_json(data["tables"][name]) for name in TABLES
                   if name in data["tables"] or name not in _OPTIONAL_TABLES}
         tables.update({name: table_from_json(data["tables"][name]) for name in READER_TABLES
+                       if name in data["tables"]})
+        tables.update({name: table_from_json(data["tables"][name]) for name in MODEL_TABLES
                        if name in data["tables"]})
         if data.get("timings"):
             timings = table_from_json(data["timings"])

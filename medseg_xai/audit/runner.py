@@ -137,16 +137,30 @@ def _peak_rss_mb() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
 
 
-def _infer(adapter: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Run the model once: label map, foreground probability, class probabilities, timing."""
+def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Run the model once: label map, foreground probability, class probabilities, timing.
+
+    With ``feature_layer`` a forward hook pools that layer's output during the same pass
+    (``timing["features"]``, ``timing["feature_layer"]``; popped by the caller).
+    """
+    import contextlib
+
     import torch
+
+    hook: Any = None
+    if feature_layer:
+        from medseg_xai.explain.features import FeatureHook
+
+        hook = FeatureHook.for_audit(adapter, image.shape, feature_layer)
 
     cuda = torch.cuda.is_available() and str(getattr(adapter, "device", "cpu")).startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     _peak_reset()
     start = time.perf_counter()
-    probs = adapter.probabilities(image)
+    with hook or contextlib.nullcontext():
+        probs = adapter.probabilities(image)
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -164,6 +178,9 @@ def _infer(adapter: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     timing = {"inference_s": elapsed, "peak_memory_mb": _peak_rss_mb()}
     if cuda:
         timing["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    if hook is not None and hook.error is None and hook._count:
+        timing["features"] = [float(v) for v in hook.vector]
+        timing["feature_layer"] = hook.layer
     return pred, fg.astype(np.float32), p, timing
 
 
@@ -192,7 +209,10 @@ def _compute_case(
     labels = settings.get("labels")
     class_probs = None
     if adapter is not None:
-        pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image)
+        pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
+                                                          settings.get("feature_layer"))
+        features = infer_timing.pop("features", None)
+        feature_layer = infer_timing.pop("feature_layer", None)
         timing.update(infer_timing)
     else:
         if case.prediction is None:
@@ -257,6 +277,9 @@ def _compute_case(
     record["shape"] = "x".join(str(s) for s in ref.shape)
     record["spacing"] = ",".join(f"{s:g}" for s in case.spacing)
     record["lesions"] = _lesion_records(table)
+    if adapter is not None and features is not None:
+        record["features"] = features
+        record["feature_layer"] = feature_layer
     record["timing"] = timing
     record.update(reader_part or {})
     return record

@@ -31,6 +31,7 @@ SECTIONS: tuple[str, ...] = (
     "subgroups",
     "lesions",
     "failures",
+    "model_and_data",
     "comparison",
     "limitations",
     "efficiency",

@@ -179,6 +179,7 @@ class CaseExplorer(W.VBox):
         self.explanation_key: tuple | None = None
         self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
         self.readout_voxel: tuple[int, ...] | None = None
+        self.readers: dict[str, np.ndarray] = {}  # several readers per case: reader_view()
 
         self.presets = window_presets(self.image[0])
         lo, hi = self.presets["auto (0.5-99.5 %)"]
@@ -194,9 +195,22 @@ class CaseExplorer(W.VBox):
         """Open manifest row ``case_id`` of a :class:`~medseg_xai.cohort.Cohort` (its affine
         orients the views)."""
         case = cohort.load_case(str(case_id))
-        return cls(adapter, case.image, case.label, case.prediction, case.spacing,
-                   probability=case.probability, affine=case.affine, case_id=case.case_id,
-                   **kwargs)
+        explorer = cls(adapter, case.image, case.label, case.prediction, case.spacing,
+                       probability=case.probability, affine=case.affine, case_id=case.case_id,
+                       **kwargs)
+        explorer.readers = dict(case.readers)
+        return explorer
+
+    def reader_view(self, axis: int = 0) -> Any:
+        """This case's readers: each reader's outline (selectable) and the disagreement map, a
+        :class:`~medseg_xai.widgets.readers.ReaderCaseView` (cases opened from a cohort with
+        ``label_<reader>`` columns)."""
+        from medseg_xai.widgets.readers import ReaderCaseView
+
+        if not self.readers:
+            raise ValueError(f"case {self.case_id!r}: readers: expected label_<reader> columns in "
+                             "the cohort the case was opened from, got none")
+        return ReaderCaseView(self.image, self.readers, axis=axis, case_id=self.case_id)
 
     @classmethod
     def from_audit(cls, result: Any, case_id: str, adapter: Any = None, cohort: Any = None,
