@@ -407,13 +407,6 @@ class SegmentationAdapter:
                 )
             if not t.is_floating_point():
                 t = t.float()
-        expected = self.in_channels
-        if expected is not None and t.shape[1] != expected:
-            raise ValueError(
-                f"{name}: the image has {t.shape[1]} channel(s) (shape {tuple(t.shape)}), the "
-                f"model's first convolution expects {expected}; give the image as "
-                f"(C, *spatial) with C = {expected}"
-            )
         return t.to(self.device), from_numpy
 
     # ------------------------------------------------------------------ forward paths
@@ -488,6 +481,15 @@ class SegmentationAdapter:
         except (Cancelled, torch.cuda.OutOfMemoryError):
             raise  # a stop request or a machine fault, not bad input
         except RuntimeError as exc:
+            # Definition order is not execution order, so the channel count is only blamed
+            # once the network has actually refused the input.
+            expected = self.in_channels
+            if expected is not None and x.shape[1] != expected:
+                raise ValueError(
+                    f"image: it has {x.shape[1]} channel(s) (input shape {tuple(x.shape)}), the "
+                    f"model's first convolution expects {expected}; give the image as "
+                    f"(C, *spatial) with C = {expected}"
+                ) from exc
             raise ValueError(
                 f"the model failed on an input of shape {tuple(x.shape)} (divisor "
                 f"{self.divisor}): {str(exc).splitlines()[0]}. If the network needs sizes that "

@@ -636,6 +636,8 @@ def _one_line(err: BaseException) -> str:
     from medseg_xai._privacy import redact_paths
 
     text = str(err) or type(err).__name__
+    if type(err).__name__ == "JSONDecodeError":  # json's own text names neither file nor need
+        text = f"expected a valid JSON file, could not parse it ({err.msg} at line {err.lineno})"
     if isinstance(err, OSError) and err.strerror:  # no "[Errno 28]" prefix
         text = f"{err.strerror}: {err.filename}" if err.filename else str(err.strerror)
     return redact_paths(" ".join(text.split()))

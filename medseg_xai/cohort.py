@@ -380,6 +380,10 @@ def load_on_one_grid(
     """
     out: dict[str, np.ndarray] = {}
     affines: dict[str, np.ndarray] = {}
+    for what, path in paths.items():  # every file's header first: a bad one fails before work
+        p = Path(path) if path is not None else None
+        if p is not None and p.is_file() and _kind(p) == "nifti":
+            _check_nifti(p, what, case_id)
     for what, path in paths.items():
         if path is None:
             continue

@@ -141,3 +141,13 @@ def test_empty_readers_follow_the_empty_policy():
 def test_bad_input_names_the_reader(masks, match):
     with pytest.raises(ValueError, match=match):
         agreement(masks)
+
+
+def test_convention_is_passed_through():
+    masks = _readers(7)
+    spacing = (2.0, 0.8, 1.1)
+    medpy = agreement(masks, spacing, convention="medpy")
+    names = list(masks)
+    direct = M.evaluate_case(masks[names[1]], masks[names[0]], spacing, convention="medpy")
+    assert medpy.loc[0, "hd95"] == pytest.approx(direct["hd95"])
+    assert medpy.loc[0, "assd"] == pytest.approx(direct["assd"])

@@ -115,7 +115,9 @@ def test_missing_or_header_only_table_and_non_torchscript_model_are_exit_2(tmp_p
              (["audit", str(_write(tmp_path / "e.csv", b"")), "--out", str(tmp_path / "o")],
               "expected a table, got an empty file"),
              (["explain", str(fake_model), "--model", str(fake_model), "--out", str(tmp_path)],
-              "--model: expected 'demo' or a TorchScript archive")]
+              "--model: expected 'demo' or a TorchScript archive"),
+             (["report", str(_write(tmp_path / "cut.json", b'{"tables":')), "--out",
+               str(tmp_path / "r.html")], "expected a valid JSON file, could not parse it")]
     for argv, expected in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -164,3 +164,18 @@ def test_stderr_errors_have_no_folders(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing manifest.csv" in err
     assert "John" not in err and "MRN" not in err
+
+
+def test_identifier_columns_cannot_be_kept_on_request(tmp_path):
+    import medseg_xai as mx
+
+    manifest = write_cohort(tmp_path / "c", n=2, extra={"mrn": ["M1", "M2"], "notes": ["a", "b"]})
+    with pytest.warns(UserWarning, match="dropping 1 direct-identifier"):
+        cohort = mx.Cohort.from_csv(manifest)
+    with pytest.raises(ValueError, match="keep_columns: 'mrn' is a direct-identifier column"):
+        mx.audit(cohort, keep_columns=["mrn"], workers=1, progress=False)
+    with pytest.raises(ValueError, match="keep_columns: expected metadata columns"):
+        mx.audit(cohort, keep_columns=["nonexistent"], workers=1, progress=False)
+    kept = mx.audit(cohort, keep_columns=["notes"], workers=1, progress=False, n_resamples=20)
+    assert kept.cases["notes"].tolist() == ["a", "b"] and "site" not in kept.cases
+    assert kept.provenance["manifest_hash"] == cohort.fingerprint()

@@ -342,3 +342,29 @@ def test_documented_recipe_reproduces_monai_dicemetric_cohort_mean(ignore_empty)
     else:
         ours = np.mean([r["dice"] for r in rows])
     assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed, scan", [(0, False), (1, False), (2, True), (3, True)])
+def test_sparse_small_structures_path_equals_a_distance_transform(seed, scan, monkeypatch):
+    # a few tiny lesions far apart in a large image: edges come from the foreground voxels,
+    # then the KD-tree (few points) or the offset scan on a scattered crop (forced here)
+    import medseg_xai.metrics.surface as surface
+
+    if scan:
+        monkeypatch.setattr(surface, "SCAN_MIN_POINTS", 1)
+    rng = np.random.default_rng(seed)
+    shape = (20, 48, 40)
+    pred = np.zeros(shape, bool)
+    ref = np.zeros(shape, bool)
+    for mask in (pred, ref):
+        for _ in range(3):
+            c = [rng.integers(2, n - 4) for n in shape]
+            mask[c[0]:c[0] + 2, c[1]:c[1] + rng.integers(1, 4), c[2]:c[2] + 3] = True
+    spacing = (2.5, 0.8, 0.7)
+    sd = surface_distances(pred, ref, spacing)
+    np.testing.assert_allclose(sd.pred_to_ref, _edt_directed(pred, ref, spacing), rtol=4e-16)
+    np.testing.assert_allclose(sd.ref_to_pred, _edt_directed(ref, pred, spacing), rtol=4e-16)
+    ours = M.evaluate_case(pred, ref, spacing, tolerance=1.5)
+    theirs = _monai(pred, ref, spacing, 1.5)
+    for key in ("hd", "hd95", "assd", "nsd"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-6), key

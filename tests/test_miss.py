@@ -181,6 +181,8 @@ def test_input_errors_name_the_field(contrast_model) -> None:
         explain_miss(contrast_model, img, lab, "lesion-1", methods=())
     with pytest.raises(ValueError, match="threshold"):
         explain_miss(contrast_model, img, lab, "ref-1", threshold=1.5)
+    with pytest.raises(ValueError, match="methods: unknown"):
+        explain_miss(contrast_model, img, lab, "ref-1", methods=("gradcam", "lime"))
     with pytest.raises(ValueError, match="probes: unknown probe 'blur'"):
         explain_miss(contrast_model, img, lab, "ref-1", probes=["blur"], methods=())
 
@@ -341,3 +343,28 @@ def test_probe_settings_can_be_given_and_two_channel_images_work(contrast_model)
                      probes=["contrast", "location"])
     assert b.settings["class_index"] == 1 and b.attributions["integrated_gradients"].shape == (40, 40)
     assert b.evidence["completeness_error"].iloc[0] < 0.05  # linear model: exact up to rounding
+
+
+@settings(max_examples=12, deadline=None)
+@given(cy=st.integers(0, 39), cx=st.integers(0, 39), radius=st.sampled_from([0, 1, 2.5, 4]),
+       contrast=st.sampled_from([0.1, 0.5]))
+def test_any_lesion_position_and_size_gives_a_valid_analysis(cy, cx, radius, contrast) -> None:
+    ad = _adapter(ContrastDetector())
+    img, lab = scan([((cy, cx), radius, contrast)], seed=cy * 40 + cx)
+    a = explain_miss(ad, img, lab, "ref-1", methods=())
+    assert a.status in ("missed", "detected")
+    assert set(a.causes) <= set(CAUSES) and len(set(a.causes)) == len(a.causes)
+    if a.status == "detected":
+        assert a.causes == []
+    json.dumps(a.to_dict(), allow_nan=False)
+    assert a.probes["mean_prob"].between(0, 1).all()
+
+
+def test_label_maps_with_several_classes(contrast_model) -> None:
+    img, lab = scan([((24, 20), 3, 0.15), ((30, 32), 3, 0.45)], seed=3)
+    two = lab.copy()
+    two[_disc((30, 32), 3)] = 2  # a second class: not the lesion class of a one-channel model
+    with pytest.raises(ValueError, match=r"ref: labels \[1, 2\] do not include the lesion class 0"):
+        explain_miss(contrast_model, img, two, "ref-1", methods=())
+    a = explain_miss(contrast_model, img, (lab * 2).astype(np.uint8), "ref-1", methods=())
+    assert a.causes == ["contrast"]  # one foreground value, whatever it is

@@ -445,3 +445,26 @@ def test_reader_case_view_and_dashboard_tab(cohort_dir, staple_result):
     assert view.slices()[0].shape == img.shape
     dash = AuditDashboard(staple_result)
     assert dash.readers is not None and dash.readers.widget in dash.children
+    from medseg_xai.widgets import CaseExplorer
+
+    explorer = CaseExplorer.from_cohort(cohort, cid, background=False)
+    assert sorted(explorer.readers) == ["r1", "r2", "r3"]
+    assert explorer.reader_view().choose.options == ("r1", "r2", "r3")
+
+
+def test_report_says_where_the_margin_came_from(staple_result):
+    _, html = _render_section(staple_result)
+    assert "pre-specified as an acceptance criterion" in html  # the fixture's criteria
+    bare = mx.AuditResult.from_json(staple_result.to_json())
+    bare.settings = {**bare.settings, "criteria": []}
+    _, html = _render_section(bare)
+    assert "the default: no acceptance criterion" in html
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_reader_tables(cohort_dir, staple_result):
+    res = mx.audit(mx.Cohort.from_csv(cohort_dir / "manifest.csv"), reference="staple",
+                   criteria=staple_result.settings["criteria"], executor="process",
+                   mp_context="fork", **{**AUDIT, "workers": 2})
+    for name in ("readers", "reader_lesions", "reader_subgroups", "reader_noninferiority"):
+        pd.testing.assert_frame_equal(getattr(res, name), getattr(staple_result, name))

@@ -290,3 +290,10 @@ def test_write_pdf_says_what_is_missing(real_audit, tmp_path, monkeypatch):
         R.write_pdf(html_path, tmp_path / "r.pdf")
     with pytest.raises(ValueError, match="html_path"):
         R.write_pdf(tmp_path / "missing.html", tmp_path / "r.pdf")
+
+
+def test_command_line_in_the_json_names_files_not_folders(real_audit):
+    r = real_audit.with_report({"command_line": "medseg-xai audit /data/DOE^JOHN/m.csv --out x"})
+    doc = json.loads(r.to_json())
+    assert doc["report"]["command_line"] == "medseg-xai audit m.csv --out x"
+    assert "DOE^JOHN" not in r.to_json()

@@ -1,4 +1,4 @@
-"""The miss verdict's measurements (contrast, contrast sweep) and its wording rules."""
+"""The ring measurements re-exported by widgets.verdict, and verdict_html (the view of MissAnalysis)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from medseg_xai.widgets.verdict import (
     contrast_sweep,
     contrast_to_noise,
     local_background,
-    miss_verdict,
     scale_contrast,
 )
 
@@ -117,91 +116,6 @@ def test_contrast_sweep_rejects_bad_input() -> None:
         contrast_sweep(adapter, img, mask, class_index=5)
     with pytest.raises(ValueError, match="shape"):
         contrast_sweep(adapter, img, mask[:-1])
-
-
-# --- verdict wording ------------------------------------------------------------------------
-
-DETECTED = pd.DataFrame({"volume_mm3": [300.0, 520.0, 410.0, 800.0], "cnr": [3.1, 2.5, 4.0, 3.3]})
-
-
-def _missed(**kw):
-    row = {"lesion_id": "ref-3", "status": "missed", "volume_mm3": 40.0, "cnr": 0.8,
-           "max_prob": 0.31, "overlap_fraction": 0.0}
-    row.update(kw)
-    return row
-
-
-def test_small_faint_lesion_verdict_states_the_numbers() -> None:
-    sweep = pd.DataFrame({"factor": [0.5, 1.0, 2.0, 3.0], "max_prob": [0.1, 0.31, 0.62, 0.9],
-                          "mean_prob": [0.05, 0.2, 0.5, 0.8],
-                          "covered_fraction": [0.0, 0.0, 0.3, 0.9],
-                          "detected": [False, False, True, True]})
-    v = miss_verdict(_missed(), DETECTED, attribution_inside=0.02, lesion_fraction=0.01,
-                     method="gradcam", sweep=sweep)
-    assert v.reasons[0] == "low_contrast"  # confirmed by the sweep: strongest reason
-    assert set(v.reasons) == {"low_contrast", "small", "low_probability", "attention_elsewhere"}
-    assert v.headline.startswith("ref-3 was missed, most likely because its contrast is too low")
-    text = v.text
-    assert "40 mm³" in text and "lower than all 4 detected lesion(s)" in text
-    assert "median 465 mm³" in text  # median of the detected volumes
-    assert "0.31" in text and "below the 0.50 threshold by 0.19" in text
-    assert "2% of the positive mass" in text and "x2" in text
-    by_name = {f.name: f for f in v.findings}
-    assert by_name["sweep_detect_factor"].value == 2.0
-    assert by_name["cnr"].value == 0.8
-    assert "<b>" in v.to_html()
-
-
-def test_verdict_when_a_signed_map_has_no_positive_evidence() -> None:
-    # localisation() is NaN when a signed map (relu=False Grad-CAM) has no positive value.
-    v = miss_verdict(_missed(), DETECTED, attribution_inside=float("nan"), lesion_fraction=0.01,
-                     method="gradcam")
-    by_name = {f.name: f for f in v.findings}
-    assert np.isnan(by_name["attribution_inside"].value)
-    assert "no positive evidence for a lesion anywhere" in v.text
-    assert "attention_elsewhere" not in v.reasons
-    # No explanation at all: no attribution finding.
-    plain = miss_verdict(_missed(), DETECTED)
-    assert "attribution_inside" not in {f.name for f in plain.findings}
-
-
-def test_verdict_when_nothing_explains_the_miss() -> None:
-    sweep = pd.DataFrame({"factor": [1.0, 3.0], "max_prob": [0.2, 0.3], "mean_prob": [0.1, 0.2],
-                          "covered_fraction": [0.0, 0.0], "detected": [False, False]})
-    v = miss_verdict(_missed(volume_mm3=600.0, cnr=3.5), DETECTED, attribution_inside=0.7,
-                     lesion_fraction=0.01, sweep=sweep)
-    assert "small" not in v.reasons and "low_contrast" not in v.reasons
-    assert "attention_elsewhere" not in v.reasons
-    assert "contrast alone does not explain" in v.text
-    assert "looks at the lesion" in v.text
-    # Only the below-threshold probability remains, and the headline says so.
-    assert v.reasons == ("low_probability",)
-    assert "probability stays below the threshold" in v.headline
-
-
-def test_partial_detection_and_other_statuses() -> None:
-    v = miss_verdict(_missed(max_prob=0.9, overlap_fraction=0.05), DETECTED)
-    assert "partial" in v.reasons and "only 5% of its voxels" in v.text
-    det = miss_verdict({"lesion_id": "ref-1", "status": "detected", "volume_mm3": 300.0,
-                        "max_prob": 0.97, "dice": 0.81}, DETECTED)
-    assert det.headline == "ref-1 was detected (lesion Dice 0.81)." and det.reasons == ()
-    fp = miss_verdict({"lesion_id": "pred-2", "status": "false_positive", "volume_mm3": 12.0,
-                       "max_prob": 0.7}, DETECTED)
-    assert "false positive" in fp.headline
-
-
-def test_verdict_without_detected_lesions_and_bad_input() -> None:
-    v = miss_verdict(_missed(), None)
-    assert "no detected lesion to compare with" in v.text and "small" not in v.reasons
-    with pytest.raises(ValueError, match="threshold"):
-        miss_verdict(_missed(), DETECTED, threshold=1.5)
-    with pytest.raises(ValueError, match="ref-3.*status"):
-        miss_verdict(_missed(status="lost"), DETECTED)
-
-
-def test_verdict_html_is_escaped() -> None:
-    v = miss_verdict(_missed(lesion_id="<script>"), DETECTED)
-    assert "<script>" not in v.to_html() and "&lt;script&gt;" in v.to_html()
 
 
 # --- the view of MissAnalysis ---------------------------------------------------------------

@@ -237,7 +237,7 @@ def test_verdict_panel_shows_the_miss_analysis(explorer, case) -> None:
     assert analysis.to_dict() == same.to_dict()
     panel = explorer.verdict_html.value
     assert analysis.verdict_lines[0].split(":")[0] in panel  # "ref-2 was missed"
-    assert "Causes:" in panel and "probes (" in panel and "contrast" in panel
+    assert "Causes:" in panel and "mx-probes" in panel and "contrast" in panel
     assert explorer.verdict() is analysis  # cached per lesion
     assert explorer.analyse() is analysis
     assert "miss analysis of ref-2 done" in explorer.status.value

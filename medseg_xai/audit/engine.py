@@ -483,6 +483,13 @@ def _patient_labels(manifest: pd.DataFrame, pseudonymised: bool) -> list[str | N
     return out
 
 
+_TUPLE_COLUMNS = ("centroid_voxel", "centroid_mm", "bbox")
+
+
+def _as_tuple(v: list) -> tuple:
+    return tuple(tuple(x) if isinstance(x, list) else x for x in v)
+
+
 def _frames(records: list[dict[str, Any]],
             seen: dict[str, dict[str, tuple[int, int]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Case rows and lesion rows of a chunk of records (no metadata yet), keyed by ``row``.
@@ -507,6 +514,9 @@ def _frames(records: list[dict[str, Any]],
         rows.append(row)
         for les in rec.get("lesions") or []:
             lesion = {"row": r, "case_id": rec["case_id"], **les}
+            for col in _TUPLE_COLUMNS:  # JSON lists -> tuples now: no second copy at the end
+                if isinstance(lesion.get(col), list):
+                    lesion[col] = _as_tuple(lesion[col])
             for pos, k in enumerate(lesion):
                 if (r, pos) < seen["lesions"].get(k, (1 << 62, 0)):
                     seen["lesions"][k] = (r, pos)
@@ -564,10 +574,9 @@ def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.D
         lesions = pd.DataFrame(columns=["case_id", *LESION_COLUMNS])
     else:
         lesions = lesions.drop(columns="row")
-    for col in ("centroid_voxel", "centroid_mm", "bbox"):
-        if col in lesions:
-            lesions[col] = [tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                            if isinstance(v, list) else v for v in lesions[col]]
+    for col in _TUPLE_COLUMNS:
+        if col in lesions and any(isinstance(v, list) for v in lesions[col]):
+            lesions[col] = [_as_tuple(v) if isinstance(v, list) else v for v in lesions[col]]
     if len(lesions) and meta_cols:
         meta = cases.set_index("case_id")[meta_cols]
         lesions = lesions.join(meta, on="case_id")

@@ -12,7 +12,8 @@ positives, as their own category. Each case appears once, listing every group it
 
 Each entry (a plain dict, JSON-safe)::
 
-    {"case_id", "category": "worst" | "false_positive_scan", "picked_for": [str, ...],
+    {"case_id", "category": "worst" | "false_positive_scan" | "requested",
+     "picked_for": [str, ...],
      "metric", "value", "lesion_id" (the explained missed lesion or None), "method",
      "analysis" (MissAnalysis.to_dict(), or the fallback's summary, or None),
      "figure" (see :func:`slice_payload`, or None), "note"}
@@ -233,8 +234,9 @@ def explain_failures(
             row = result.cases[result.cases["case_id"].astype(str) == cid]
             m = entries[0]["metric"] if entries else "dice"
             value = float(row[m].iloc[0]) if len(row) and m in row else float("nan")
-            by_id[cid] = {"case_id": cid, "category": "worst",
-                          "picked_for": ["largest missed lesion"], "metric": m, "value": value}
+            by_id[cid] = {"case_id": cid, "category": "requested",
+                          "picked_for": ["lesion asked for (e.g. the largest missed one)"],
+                          "metric": m, "value": value}
             entries.append(by_id[cid])
     n_explained = 0
     for e in entries:

@@ -198,7 +198,11 @@ def _pair(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...],
     m = pair_metrics(a, b, spacing, tolerance=settings["tolerance"],
                      percentile=settings["percentile"], empty=settings["empty"],
                      connectivity=settings["connectivity"],
-                     overlap_threshold=settings["overlap_threshold"])
+                     overlap_threshold=settings["overlap_threshold"],
+                     convention=settings.get("convention", "monai"),
+                     use_subvoxels=bool(settings.get("use_subvoxels", False)),
+                     matching=settings.get("matching", "overlap"),
+                     iou_threshold=settings.get("iou_threshold", 0.5))
     return {k: m[k] for k in READER_METRICS}
 
 
@@ -320,15 +324,19 @@ def _nanmean(values: Sequence[float]) -> float:
 
 def records_tables(records: Sequence[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
     """The per-case ``readers`` and ``reader_lesions`` tables from the audit's case records."""
-    rows, les = [], []
-    # Records may arrive in completion order: tables follow the manifest (``row``).
-    for rec in sorted(records, key=lambda r: r.get("row", 0)):
-        for r in rec.get("readers") or []:
-            rows.append({"case_id": rec["case_id"], **r})
-        for r in rec.get("reader_lesions") or []:
-            les.append({"case_id": rec["case_id"], **r})
-    readers = pd.DataFrame(rows, columns=READER_COLUMNS)
-    lesions = pd.DataFrame(les, columns=READER_LESION_COLUMNS)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    les: list[tuple[int, dict[str, Any]]] = []
+    # Records are streamed in completion order; only the reader rows are kept, then put in
+    # manifest order (``row``; the sort is stable within a case).
+    for rec in records:
+        at = int(rec.get("row", 0))
+        rows.extend((at, {"case_id": rec["case_id"], **r}) for r in rec.get("readers") or [])
+        les.extend((at, {"case_id": rec["case_id"], **r})
+                   for r in rec.get("reader_lesions") or [])
+    rows.sort(key=lambda t: t[0])
+    les.sort(key=lambda t: t[0])
+    readers = pd.DataFrame([r for _, r in rows], columns=READER_COLUMNS)
+    lesions = pd.DataFrame([r for _, r in les], columns=READER_LESION_COLUMNS)
     for col in ("n_readers", "n_readers_marked"):
         lesions[col] = lesions[col].astype("int64")
     for col in ("in_reference", "detected"):

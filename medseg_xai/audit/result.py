@@ -120,6 +120,16 @@ def _plain(obj: Any) -> Any:
     return _cell(obj) if not isinstance(obj, dict) else {str(k): _plain(v) for k, v in obj.items()}
 
 
+def _redacted(report: dict[str, Any]) -> dict[str, Any]:
+    """The report configuration with folders dropped from the command line (they can name
+    patients); file names stay."""
+    if not report.get("command_line"):
+        return report
+    from medseg_xai._privacy import redact_paths
+
+    return {**report, "command_line": redact_paths(str(report["command_line"]))}
+
+
 @dataclass
 class AuditResult:
     """Everything an audit produced.
@@ -283,7 +293,7 @@ class AuditResult:
             "verdict": self.verdict,
             "settings": _plain(self.settings),
             "provenance": _plain(self.provenance),
-            "report": _plain(self.report),
+            "report": _plain(_redacted(self.report)),
             "tables": tables,
             "explanations": [_plain(e) for e in self.explanations],
             "run": _plain(self.run),

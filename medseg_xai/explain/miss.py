@@ -225,11 +225,14 @@ def _foreground(labels: Any, class_index: int | None, name: str, shape: tuple[in
         raise ValueError(f"{name}: expected the image's spatial shape {shape}, got {a.shape}")
     if a.dtype == bool:
         return a
-    values = np.unique(a)
-    if values.size > 2 or (values.size == 2 and values.max() != 1 and class_index not in (None, 0)):
-        c = 1 if class_index in (None, 0) else class_index
-        return a == c
-    return a != 0
+    values = [v for v in np.unique(a).tolist() if v != 0]
+    if len(values) <= 1:  # one foreground value: that is the lesion class
+        return a != 0
+    # several labels: the lesion class is the label equal to the class index (softmax channels)
+    if class_index not in values:
+        raise ValueError(f"{name}: labels {values} do not include the lesion class "
+                         f"{class_index}; pass class_index= or a binary mask")
+    return a == class_index
 
 
 def _resolve_lesion(lesion: Any, ref_fg: np.ndarray | None, pred_fg: np.ndarray,
@@ -403,6 +406,7 @@ def _evidence(
     layer: str | None,
     kwargs: dict[str, Any],
     seed: int,
+    randomised: dict[str, Any],
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     import torch
 
@@ -468,7 +472,9 @@ def _evidence(
             reasons.append(f"completeness error {err:.0%} > {COMPLETENESS_TOLERANCE:.0%}")
     if not gate:
         try:
-            rand = randomised_copy(adapter, seed)
+            if "adapter" not in randomised:  # one re-initialised copy serves every method
+                randomised["adapter"] = randomised_copy(adapter, seed)
+            rand = randomised["adapter"]
             kr = dict(kw)
             if method == "integrated_gradients":  # rank similarity needs no accurate integral
                 kr["n_steps"] = max(2, int(kw["n_steps"]) // 2)
@@ -707,6 +713,13 @@ def explain_miss(
         raise ValueError(f"overlap_threshold: expected a share in (0, 1], got {overlap_threshold!r}")
     if not 0.0 < float(margin) < 1.0:
         raise ValueError(f"margin: expected a probability change in (0, 1), got {margin!r}")
+    from medseg_xai.explain.core import METHODS
+
+    if isinstance(methods, str):
+        methods = (methods,)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
     img = P.as_image(image, adapter.spatial_dims)
     shape = tuple(img.shape[1:])
     if spacing is None:
@@ -766,10 +779,10 @@ def explain_miss(
 
     # supporting evidence
     target = _target(adapter, mask, ci, 2 if adapter.activation == "softmax" else 1)
-    rows, maps = [], {}
+    rows, maps, randomised = [], {}, {}
     for method in methods:
         kw = dict((method_kwargs or {}).get(method, {}))
-        row, a = _evidence(adapter, img, mask, target, method, layer, kw, seed)
+        row, a = _evidence(adapter, img, mask, target, method, layer, kw, seed, randomised)
         rows.append(row)
         if a is not None:
             maps[method] = a

@@ -79,7 +79,8 @@ def localisation(attribution: Any, mask: Any) -> float:
     total = pos.sum()
     if total <= 0:
         return float("nan")
-    return float(pos[m.astype(bool)].sum() / total)
+    # the two sums round differently: keep a share in [0, 1]
+    return float(min(1.0, pos[m.astype(bool)].sum() / total))
 
 
 # ---------------------------------------------------------------------- sanity check

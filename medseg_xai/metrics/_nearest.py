@@ -149,6 +149,8 @@ def directed_distances(
         out.fill(np.inf)
         return out
     todo = np.arange(n)
+    if scan and dst_mask.size >= 1 << 32:
+        scan = False  # flat indices must fit the low 32 bits of the packed bookkeeping
     if scan:
         strides = np.array(dst_mask.strides, dtype=np.int64)  # bool: strides are element steps
         flat_dst = dst_mask.ravel()

@@ -88,6 +88,10 @@ def pair_metrics(
     empty: str = "worst",
     connectivity: int | None = None,
     overlap_threshold: float = 0.1,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
+    matching: str = "overlap",
+    iou_threshold: float = 0.5,
 ) -> dict[str, Any]:
     """Agreement metrics of two bool masks (``a`` plays the reference for lesion F1).
 
@@ -97,8 +101,10 @@ def pair_metrics(
     from medseg_xai.metrics.evaluate import evaluate_case
     from medseg_xai.metrics.lesions import lesions
 
-    m = evaluate_case(b, a, spacing, tolerance=tolerance, percentile=percentile, empty=empty)
-    table = lesions(b, a, spacing, connectivity=connectivity, overlap_threshold=overlap_threshold)
+    m = evaluate_case(b, a, spacing, tolerance=tolerance, percentile=percentile, empty=empty,
+                      convention=convention, use_subvoxels=use_subvoxels)
+    table = lesions(b, a, spacing, connectivity=connectivity, overlap_threshold=overlap_threshold,
+                    matching=matching, iou_threshold=iou_threshold)
     out: dict[str, Any] = {k: float(m[k]) for k in PAIR_METRICS if k != "lesion_f1"}
     # lesion_summary's F1, 2 TP / (2 TP + missed + FP), from the status column alone (cheaper).
     status = table["status"].to_numpy(dtype=object)
@@ -120,6 +126,10 @@ def agreement(
     empty: str = "worst",
     connectivity: int | None = None,
     overlap_threshold: float = 0.1,
+    convention: str = "monai",
+    use_subvoxels: bool = False,
+    matching: str = "overlap",
+    iou_threshold: float = 0.5,
 ) -> pd.DataFrame:
     """Pairwise agreement of several readers' masks of one case.
 
@@ -130,10 +140,10 @@ def agreement(
         ``r1, r2, ...``); at least two readers.
     spacing : sequence of float, optional
         Voxel size in mm per axis (default 1.0).
-    tolerance, percentile, empty
+    tolerance, percentile, empty, convention, use_subvoxels
         As in :func:`~medseg_xai.metrics.evaluate_case` (NSD tolerance in mm, HD percentile,
-        empty-mask policy).
-    connectivity, overlap_threshold
+        empty-mask policy, metric convention).
+    connectivity, overlap_threshold, matching, iou_threshold
         As in :func:`~medseg_xai.metrics.lesions` (lesion F1).
 
     Returns
@@ -160,5 +170,7 @@ def agreement(
         rows.append({"reader_a": ra, "reader_b": rb,
                      **pair_metrics(masks[ra], masks[rb], sp, tolerance=tolerance,
                                     percentile=percentile, empty=empty, connectivity=connectivity,
-                                    overlap_threshold=overlap_threshold)})
+                                    overlap_threshold=overlap_threshold, convention=convention,
+                                    use_subvoxels=use_subvoxels, matching=matching,
+                                    iou_threshold=iou_threshold)})
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)

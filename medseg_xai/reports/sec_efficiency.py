@@ -37,7 +37,10 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     run = result.run
     stages = []
-    for key, st in eff["stages"].items():
+    order = list(_STAGE_NAMES)  # fixed order: audit.json stores the stages with sorted keys
+    for key, st in sorted(eff["stages"].items(),
+                          key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order),
+                                          kv[0])):
         stages.append({
             "stage": _STAGE_NAMES.get(key, key), "total": _s(st.get("total_s")),
             "share": "" if key == "total" else f"{100 * float(st.get('share', 0.0)):.0f}%",

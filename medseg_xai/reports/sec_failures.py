@@ -38,8 +38,8 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
                                       dpi=100) if e.get("figure") else None),
             "note": e.get("note") or "",
         })
-    worst = [e for e in entries if e["category"] == "worst"]
-    fp = [e for e in entries if e["category"] != "worst"]
+    fp = [e for e in entries if e["category"] == "false_positive_scan"]
+    worst = [e for e in entries if e["category"] != "false_positive_scan"]
     metrics = result.settings.get("metrics") or []
     return {"worst": worst, "fp": fp, "empty": not entries,
             "metric": "dice" if "dice" in metrics else (metrics[0] if metrics else "")}

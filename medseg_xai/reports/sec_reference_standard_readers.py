@@ -21,8 +21,8 @@ _METRICS = ("dice", "hd95", "assd", "nsd", "lesion_f1")
 _METRIC_HEAD = {"dice": "Dice", "hd95": "HD95 (mm)", "assd": "ASSD (mm)", "nsd": "NSD",
                 "lesion_f1": "lesion F1", "sensitivity": "sensitivity",
                 "specificity": "specificity"}
-_RULES = {"staple": "STAPLE consensus of the readers (SimpleITK STAPLEImageFilter, posterior "
-                    "probability >= 0.5)",
+_RULES = {"staple": "STAPLE consensus of the readers (the algorithm of SimpleITK's "
+                    "STAPLEImageFilter; posterior probability >= 0.5)",
           "majority": "majority vote of the readers (a voxel marked by exactly half of them is "
                       "background)"}
 
@@ -158,6 +158,9 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
             headers={"model_vs_readers": "model vs readers", "reader_vs_reader":
                      "reader vs reader", "difference": f"difference ({ci})"}) if len(ni) else None,
         "margins": ", ".join(fmt(m) for m in margins),
+        "margin_prespecified": any(c.get("kind") == "noninferiority"
+                                   for c in (settings.get("criteria") or [])
+                                   if isinstance(c, dict)),
         "figure": _figure(ni, ci) if len(ni) else None,
         "detection": table_from_frame(
             det, "reader-detection",

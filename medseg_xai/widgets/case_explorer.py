@@ -175,6 +175,7 @@ class CaseExplorer(W.VBox):
         self.explanation_key: tuple | None = None
         self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
         self.readout_voxel: tuple[int, ...] | None = None
+        self.readers: dict[str, np.ndarray] = {}  # several readers per case: reader_view()
 
         self.presets = window_presets(self.image[0])
         lo, hi = self.presets["auto (0.5-99.5 %)"]
@@ -190,9 +191,22 @@ class CaseExplorer(W.VBox):
         """Open manifest row ``case_id`` of a :class:`~medseg_xai.cohort.Cohort` (its affine
         orients the views)."""
         case = cohort.load_case(str(case_id))
-        return cls(adapter, case.image, case.label, case.prediction, case.spacing,
-                   probability=case.probability, affine=case.affine, case_id=case.case_id,
-                   **kwargs)
+        explorer = cls(adapter, case.image, case.label, case.prediction, case.spacing,
+                       probability=case.probability, affine=case.affine, case_id=case.case_id,
+                       **kwargs)
+        explorer.readers = dict(case.readers)
+        return explorer
+
+    def reader_view(self, axis: int = 0) -> Any:
+        """This case's readers: each reader's outline (selectable) and the disagreement map, a
+        :class:`~medseg_xai.widgets.readers.ReaderCaseView` (cases opened from a cohort with
+        ``label_<reader>`` columns)."""
+        from medseg_xai.widgets.readers import ReaderCaseView
+
+        if not self.readers:
+            raise ValueError(f"case {self.case_id!r}: readers: expected label_<reader> columns in "
+                             "the cohort the case was opened from, got none")
+        return ReaderCaseView(self.image, self.readers, axis=axis, case_id=self.case_id)
 
     @classmethod
     def from_audit(cls, result: Any, case_id: str, adapter: Any = None, cohort: Any = None,
@@ -807,7 +821,9 @@ class CaseExplorer(W.VBox):
             self.verdict_html.value = self._no_verdict_text()
             return
         if lid in self.analyses:
-            self.verdict_html.value = _analysis_html(self.analyses[lid])
+            from medseg_xai.widgets.verdict import verdict_html
+
+            self.verdict_html.value = verdict_html(self.analyses[lid])
             return
         assert self.lesions is not None
         row = self.lesions.row(lid)
@@ -1172,28 +1188,6 @@ class CaseExplorer(W.VBox):
         else:
             out = self.export_attribution(Path(f"{stem}_attribution.nii.gz"))
         self._set_status(f"saved {out.name}")
-
-
-_PROBE_COLUMNS = ["probe", "setting", "max_prob", "covered_fraction", "detected", "change",
-                  "effect"]
-_EVIDENCE_COLUMNS = ["method", "enrichment", "inside_share", "passed", "reason"]
-
-
-def _analysis_html(analysis: Any) -> str:
-    """A :class:`MissAnalysis` as HTML: verdict lines, causes, probes and evidence tables
-    (what the analysis holds, escaped; nothing is computed here)."""
-    lines = [html.escape(t) for t in analysis.verdict_lines if t.strip()]
-    head = f"<p class='mx-verdict-headline'><b>{lines[0]}</b></p>" if lines else ""
-    rest = "".join(f"<li>{t.lstrip('- ')}</li>" for t in lines[1:])
-    causes = ", ".join(analysis.causes) if analysis.causes else "none named by the probes"
-    probes = analysis.probes[[c for c in _PROBE_COLUMNS if c in analysis.probes]]
-    evidence = analysis.evidence[[c for c in _EVIDENCE_COLUMNS if c in analysis.evidence]]
-    fmt = {"float_format": lambda v: f"{v:.3g}", "escape": True, "index": False, "border": 0,
-           "classes": "mx-table", "na_rep": "n/a"}
-    return (f"{head}<p><b>Causes:</b> <span class='mx-causes'>{html.escape(causes)}</span></p>"
-            f"<ul>{rest}</ul><details><summary>probes ({len(probes)})</summary>"
-            f"{probes.to_html(**fmt)}</details><details><summary>attribution evidence</summary>"
-            f"{evidence.to_html(**fmt)}</details>")
 
 
 def _cohort_of(result: Any) -> Any:
