@@ -226,7 +226,7 @@ def test_cli_feature_options_on_a_demo_cohort(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["audit", str(manifest), "--out", str(out), "--model", "demo", "--strata",
                  "device", "--feature-reference", f"device={devices[0]},{devices[1]}",
-                 "--no-html", "--quiet"])
+                 "--no-html", "--quiet", "--gallery", "0"])
     assert code in (0, 3)
     r = AuditResult.from_json(out / "audit.json")
     assert r.settings["feature_reference"] == {"device": devices[:2]}
