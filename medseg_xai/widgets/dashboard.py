@@ -188,6 +188,12 @@ class AuditDashboard(W.VBox):
 
             self.readers = ReaderAgreementView(result)
             self.children = [*self.children, W.HTML("<b>Readers</b>"), self.readers.widget]
+        self.feature_shift = None  # audit with a model: feature shift, drill-down (model_tab)
+        if len(getattr(result, "feature_shift", ())):
+            from medseg_xai.widgets.model_tab import FeatureShiftPanel
+
+            self.feature_shift = FeatureShiftPanel(result, on_open=self.open_case)
+            self.children = [*self.children, self.feature_shift]
         self.add_class("mx-audit-dashboard")
         self.refresh()
 
