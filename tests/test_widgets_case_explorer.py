@@ -563,3 +563,86 @@ def test_two_dimensional_lesions_are_areas_in_mm2_and_spacing_sets_the_aspect() 
     pl = ex.renderer.planes[0]
     assert pl.ax.get_aspect() == pytest.approx(0.25)
     assert ex.renderer.displayed(0)["note"] == "voxel axes, orientation unknown"
+
+
+@pytest.mark.parametrize("hostile", ["<img src=x onerror=alert(1)>", "../../x"])
+def test_hostile_case_id_and_channel_names_are_escaped_and_cannot_pick_the_export_folder(
+        adapter, case, hostile, tmp_path, monkeypatch) -> None:
+    img, ref, pred = case
+    ex = CaseExplorer(None, np.stack([img, img]), ref, pred, SPACING, case_id=hostile,
+                      channel_names=[hostile, "<b>T2</b>"])
+
+    def html_values(widget) -> list[str]:
+        out = [widget.value] if type(widget).__name__ == "HTML" else []
+        for child in getattr(widget, "children", ()):
+            out += html_values(child)
+        return out
+
+    ex.show_readout((8, 8, 8))
+    ex.select_lesion("ref-1")
+    texts = "\n".join(html_values(ex))
+    assert "<img" not in texts and "<b>T2</b>" not in texts
+    if "<" in hostile:
+        assert "&lt;img src=x onerror=alert(1)&gt;" in ex.children[0].value  # the header
+        assert "&lt;img src=x onerror=alert(1)&gt;" in ex.readout.value
+    # The default export name never comes from an unsafe id; saving stays in the folder.
+    name = ex.export_path.value
+    assert "/" not in name and ".." not in name and "<" not in name
+    assert name == "case_view"
+    monkeypatch.chdir(tmp_path)
+    ex._export_clicked("png")
+    assert ex.last_error is None
+    assert [p.name for p in tmp_path.iterdir()] == ["case_view.png"]
+    fig = ex.export_figure()
+    assert hostile in fig._suptitle.get_text()
+
+
+def test_a_plain_case_id_names_the_default_export(explorer) -> None:
+    assert explorer.export_path.value == "case-7_view"
+
+
+def test_model_tab_is_built_when_opened_and_follows_the_target(explorer, adapter) -> None:
+    from medseg_xai.explain.features import channel_weights
+    from medseg_xai.widgets.model_tab import ModelTab
+
+    assert explorer.model_tab is None  # nothing is computed until the tab is opened
+    explorer.select_lesion("ref-1")
+    assert explorer.model_tab is None
+    explorer.tabs.selected_index = 1  # the user opens the "model" tab
+    tab = explorer.model_tab
+    assert isinstance(tab, ModelTab) and explorer.last_error is None
+    assert tab.last_error is None, tab.last_error
+    assert explorer.model_box.children == (tab,)
+    first = str(adapter.layers(explorer.image.shape)["name"].iloc[0])
+    assert first in tab.table_html.value and "n_params" in tab.table_html.value
+    assert tab.kernel_image.value[:4] == b"\x89PNG" and tab.activation_image.value[:4] == b"\x89PNG"
+
+    def expected_top(lesion_id: str) -> list[int]:
+        t = explorer._make_target("lesion")
+        assert np.array_equal(np.asarray(t.mask), explorer.lesions.mask(lesion_id))
+        return channel_weights(adapter, explorer.image, t, tab.layer).head(tab.k)[
+            "channel"].tolist()
+
+    assert tab.top["channel"].tolist() == expected_top("ref-1")
+    before = tab.top.copy()
+    explorer.select_lesion("ref-2")  # tab open: updated at once
+    assert tab.top["channel"].tolist() == expected_top("ref-2")
+    assert not before.equals(tab.top)
+    explorer.target.value = "missed"  # the target changes: the ranking follows
+    t = explorer._make_target("missed")
+    assert tab.top["channel"].tolist() == channel_weights(
+        adapter, explorer.image, t, tab.layer).head(tab.k)["channel"].tolist()
+    # Hidden tab: the update waits until it is opened again.
+    explorer.tabs.selected_index = 0
+    explorer.select_lesion(None)
+    assert tab.top is not None
+    explorer.tabs.selected_index = 1
+    assert explorer.model_tab is tab and tab.top is None  # no lesion: no target to rank
+
+
+def test_model_tab_without_a_model_says_so(case) -> None:
+    img, ref, pred = case
+    ex = CaseExplorer(None, img, ref, pred, SPACING)
+    ex.tabs.selected_index = 1
+    assert ex.model_tab is None and "needs a model" in ex.model_box.children[0].value
+    assert isinstance(ex.last_error, ValueError)

@@ -469,7 +469,7 @@ class CaseExplorer(W.VBox):
         self._update_layer_enabled()
 
         # export
-        self.export_path = W.Text(value=f"{self.case_id or 'case'}_view", description="export to")
+        self.export_path = W.Text(value=self._default_export_name(), description="export to")
         save_png = W.Button(description="view PNG", icon="image")
         save_png.add_class("mx-export-png")
         save_png.on_click(lambda _b: self._export_clicked("png"))
@@ -487,8 +487,20 @@ class CaseExplorer(W.VBox):
         lesion_box = W.VBox([W.HTML("<b>Lesions</b>"), self.lesion_table, self.lesion_select,
                              W.HTML("<b>Verdict</b>"), self.verdict_html, self.sweep_button])
         export_box = W.HBox([self.export_path, save_png, save_nii])
+        # "model" tab (layer table, kernels, activations, top channels): built when first opened
+        self.model_tab: Any = None
+        self._model_tab_stale = False
+        self.model_box = W.VBox([W.HTML(
+            "<i>Open this tab to see the model's layers, kernels and activations.</i>"
+            if self.adapter is not None else "<i>The model tab needs a model (adapter).</i>")])
+        self.model_box.add_class("mx-model-tab")
+        self.tabs = W.Tab(children=[explain_box, self.model_box], selected_index=0)
+        self.tabs.set_title(0, "explanation")
+        self.tabs.set_title(1, "model")
+        self.tabs.add_class("mx-tabs")
+        self.tabs.observe(self._on_tab, "selected_index")
         self.children = [header, W.HBox(columns), self.readout, view_controls, lesion_box,
-                         explain_box, export_box]
+                         self.tabs, export_box]
         self.add_class("mx-case-explorer")
         self._update_window_readout()
 
@@ -504,6 +516,18 @@ class CaseExplorer(W.VBox):
                      wait=60)
         move.on_dom_event(functools.partial(self._dom_event, position))
         self._events += [nav, move]
+
+    def _default_export_name(self) -> str:
+        """``<case id>_view`` when the id is a safe file name, else ``case_view`` (a hostile
+        id such as ``../../x`` must not choose where the export lands; characters that some
+        file systems refuse, ``<>"|?*``, fall back too)."""
+        from medseg_xai._privacy import safe_file_name
+
+        try:
+            name = safe_file_name(self.case_id or "case", "_view")
+        except ValueError:
+            return "case_view"
+        return "case_view" if any(c in name for c in '<>"|?*') else name
 
     def _no_verdict_text(self) -> str:
         if self.ref is None:
@@ -732,6 +756,50 @@ class CaseExplorer(W.VBox):
     def _on_explanation_choice(self, change: dict) -> None:
         self._update_layer_enabled()
         self.show_cached()
+        if change["owner"] is self.target:
+            self._model_tab_changed()
+
+    @_guarded
+    def _on_tab(self, change: dict) -> None:
+        if change["new"] == 1:
+            self.open_model_tab()
+
+    def open_model_tab(self) -> Any:
+        """Show the "model" tab, building its :class:`~medseg_xai.widgets.model_tab.ModelTab`
+        on first use (or bringing it up to date with the chosen lesion / target)."""
+        if self.adapter is None:
+            raise ValueError("model tab: needs a model (adapter)")
+        if self.tabs.selected_index != 1:
+            self.tabs.selected_index = 1  # re-enters through the observer
+            return self.model_tab
+        if self.model_tab is None:
+            from medseg_xai.widgets.model_tab import ModelTab
+
+            self.model_tab = ModelTab(self.adapter, self.image, target=self._model_target())
+            self.model_box.children = [self.model_tab]
+            self._model_tab_stale = False
+        elif self._model_tab_stale:
+            self._model_tab_stale = False
+            self.model_tab.set_case(self.image, self._model_target())
+        return self.model_tab
+
+    def _model_target(self) -> Any:
+        """The explorer's current target for the model tab, or None when there is none yet
+        (no lesion chosen for a lesion target)."""
+        try:
+            return self._make_target(self.target.value)
+        except ValueError:
+            return None
+
+    def _model_tab_changed(self) -> None:
+        """The lesion or target changed: update an open model tab now, a hidden one when it
+        is next opened (its top channels re-run the model)."""
+        if self.model_tab is None:
+            return
+        if self.tabs.selected_index == 1:
+            self.model_tab.set_case(self.image, self._model_target())
+        else:
+            self._model_tab_stale = True
 
     def _update_layer_enabled(self) -> None:
         self.layer.disabled = self.method.value not in self._layer_methods or not self.layer.options
@@ -788,6 +856,7 @@ class CaseExplorer(W.VBox):
             self.renderer.set_highlight(None)
             self.verdict_html.value = self._no_verdict_text()
             self.redraw()
+            self._model_tab_changed()
             return
         if self.lesions is None:
             raise ValueError("lesion_id: this case has no masks, so no lesions")
@@ -802,6 +871,7 @@ class CaseExplorer(W.VBox):
             self.target.value = "lesion"
         self.update_verdict()
         self.show_cached()
+        self._model_tab_changed()
 
     def verdict(self, lesion_id: str | None = None) -> Any:
         """The :class:`~medseg_xai.explain.miss.MissAnalysis` of a lesion (default the chosen
@@ -1170,9 +1240,10 @@ class CaseExplorer(W.VBox):
         geo = self.geometry
         orient = (f"{''.join(geo.axcodes or ())} shown {geo.convention}" if geo.known
                   else "voxel axes, orientation unknown")
-        fig.suptitle(f"{self.case_id or 'case'} · {self.channel_names[self.state.channel]} · "
-                     f"{orient}" + (f" · {geo.note}" if geo.note and geo.known else ""),
-                     fontsize=9)
+        title = (f"{self.case_id or 'case'} · {self.channel_names[self.state.channel]} · "
+                 f"{orient}" + (f" · {geo.note}" if geo.note and geo.known else ""))
+        # "$" would start matplotlib mathtext: a case id is shown literally
+        fig.suptitle(title.replace("$", r"\$"), fontsize=9)
         return fig
 
     def export_attribution(self, path: str | Path) -> Path:
