@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from monai.networks.nets import UNet
 
 from medseg_xai import metrics
@@ -646,3 +647,78 @@ def test_model_tab_without_a_model_says_so(case) -> None:
     ex.tabs.selected_index = 1
     assert ex.model_tab is None and "needs a model" in ex.model_box.children[0].value
     assert isinstance(ex.last_error, ValueError)
+
+
+def test_readers_outlines_and_disagreement_in_the_three_planes(adapter, case) -> None:
+    from medseg_xai.widgets.readers import reader_votes
+    from medseg_xai.widgets.render import DISAGREE_COLOUR, READER_OUTLINES
+
+    img, ref, pred = case
+    r1 = _ball((8, 8, 8), 3)
+    r2 = _ball((8, 9, 9), 3)  # shifted by one voxel: a rim of disagreement
+    ex = CaseExplorer(None, img, ref, pred, SPACING, affine=_demo_affine(),
+                      readers={"r1": r1, "r2": r2})
+    ex.centre_on((8, 8, 8))
+    assert set(ex.reader_toggles) == {"r1", "r2"} and not ex.toggles["disagreement"].disabled
+    legend = ex.renderer.displayed(0)["legend"]
+    assert "r1" in legend and "r2" in legend and "readers differ" in legend
+
+    def rgb(i=0):
+        return ex.renderer.displayed(i)["rgb"].astype(int)
+
+    def colour_count(picture, hex_colour):
+        want = np.round(np.array(to_rgb(hex_colour)) * 255).astype(int)
+        return int((picture == want).all(axis=-1).sum())
+
+    pics, on = _pngs(ex), rgb()
+    _, dis = reader_votes({"r1": r1, "r2": r2})
+    dis_slice = ex.geometry.slice(dis, ex.state.planes[0][0], 8)
+    # the stipple covers every other disagreement voxel of the slice (fewer where outlines
+    # are drawn over it)
+    assert 0 < colour_count(on, DISAGREE_COLOUR) <= int(dis_slice.sum())
+    assert colour_count(on, READER_OUTLINES[0]) > 0 and colour_count(on, READER_OUTLINES[1]) > 0
+    ex.toggles["disagreement"].value = False
+    off = rgb()
+    assert colour_count(off, DISAGREE_COLOUR) == 0 and _pngs(ex) != pics
+    assert "readers differ" not in ex.renderer.displayed(0)["legend"]
+    ex.reader_toggles["r2"].value = False
+    assert colour_count(rgb(), READER_OUTLINES[1]) == 0
+    # alone, r1's outline shows whole: exactly the edge voxels of its mask on this slice
+    from medseg_xai.viz import outline
+    r1_slice = ex.geometry.slice(r1, ex.state.planes[0][0], 8)
+    assert colour_count(rgb(), READER_OUTLINES[0]) == int(outline(r1_slice).sum())
+    assert colour_count(off, READER_OUTLINES[0]) < int(outline(r1_slice).sum())  # r2 over it
+    ex.reader_toggles["r1"].value = False
+    ex.toggles["disagreement"].value = True
+    ex.toggles["disagreement"].value = False
+    plain = CaseExplorer(None, img, ref, pred, SPACING, affine=_demo_affine())
+    plain.centre_on((8, 8, 8))
+    # all reader layers off: the same picture as an explorer without readers
+    assert np.array_equal(rgb(), plain.renderer.displayed(0)["rgb"].astype(int))
+    assert not plain.reader_toggles and plain.toggles["disagreement"].disabled
+    with pytest.raises(ValueError, match="readers"):
+        CaseExplorer(None, img, ref, pred, SPACING, readers={"r1": r1[:-1]})
+
+
+def test_a_demo_cohort_case_shows_its_readers_in_the_explorer(tmp_path) -> None:
+    """A real case: the demo cohort's simulated readers (label_r1..r3 files) opened with
+    from_cohort become the explorer's reader toggles and disagreement overlay."""
+    import medseg_xai as mx
+    from medseg_xai.demo import make_cohort
+    from medseg_xai.widgets.readers import reader_votes
+
+    manifest = make_cohort(tmp_path, n_cases=2, seed=3, shape=(32, 48, 48), readers=3)
+    cohort = mx.Cohort.from_csv(manifest)
+    cases = [cohort.load_case(str(c)) for c in cohort.manifest["case_id"]]
+    case = next(c for c in cases if reader_votes(c.readers)[1].any())  # readers differ here
+    ex = CaseExplorer.from_cohort(cohort, case.case_id, background=False)
+    assert list(ex.reader_toggles) == ["r1", "r2", "r3"] == list(case.readers)
+    _, dis = reader_votes(case.readers)
+    ex.centre_on(tuple(int(v) for v in np.argwhere(dis)[0]))  # a voxel where readers differ
+    with_dis = _pngs(ex)
+    ex.toggles["disagreement"].value = False
+    without = _pngs(ex)
+    assert all(a != b for a, b in zip(with_dis, without))  # every plane passes through it
+    ex.reader_toggles["r1"].value = False
+    assert _pngs(ex) != without
+    assert ex.reader_view().choose.options == ("r1", "r2", "r3")  # the separate view still works

@@ -107,6 +107,12 @@ class CaseExplorer(W.VBox):
     method_options : dict, optional
         Keyword arguments per explanation method, passed to
         :func:`~medseg_xai.explain.explain` (e.g. ``{"occlusion": {"window": 4, "stride": 4}}``).
+    readers : mapping, optional
+        Several readers' masks (reader -> mask of the image's spatial shape), e.g. a cohort
+        case's ``label_<reader>`` files (:meth:`from_cohort` passes them): each reader's
+        outline is a toggle in the planes, and with two or more readers a "disagreement"
+        overlay marks the voxels some but not all readers marked (display layers of the
+        loaded masks, :mod:`medseg_xai.widgets.readers`).
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class CaseExplorer(W.VBox):
         convention: str = "radiological",
         background: bool = True,
         method_options: dict[str, dict[str, Any]] | None = None,
+        readers: Any = None,
     ) -> None:
         super().__init__()
         if image is None:
@@ -179,13 +186,17 @@ class CaseExplorer(W.VBox):
         self.explanation_key: tuple | None = None
         self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
         self.readout_voxel: tuple[int, ...] | None = None
-        self.readers: dict[str, np.ndarray] = {}  # several readers per case: reader_view()
 
         self.presets = window_presets(self.image[0])
         lo, hi = self.presets["auto (0.5-99.5 %)"]
         self.state = ViewState(spatial, vmin=float(lo), vmax=float(hi), geometry=self.geometry)
         self.renderer = PlaneRenderer(self.image[0], self.ref, self.pred, self.spacing,
                                       self.state, px, probability=self.probability)
+        if readers:
+            from medseg_xai.metrics.agreement import check_readers
+
+            self.renderer.set_readers(check_readers(readers, "readers", min_readers=1))
+        self.readers: dict[str, np.ndarray] = dict(self.renderer.readers)
         self._build()
         self.redraw()
 
@@ -195,11 +206,11 @@ class CaseExplorer(W.VBox):
         """Open manifest row ``case_id`` of a :class:`~medseg_xai.cohort.Cohort` (its affine
         orients the views)."""
         case = cohort.load_case(str(case_id))
-        explorer = cls(adapter, case.image, case.label, case.prediction, case.spacing,
-                       probability=case.probability, affine=case.affine, case_id=case.case_id,
-                       **kwargs)
-        explorer.readers = dict(case.readers)
-        return explorer
+        if case.readers:
+            kwargs.setdefault("readers", dict(case.readers))
+        return cls(adapter, case.image, case.label, case.prediction, case.spacing,
+                   probability=case.probability, affine=case.affine, case_id=case.case_id,
+                   **kwargs)
 
     def reader_view(self, axis: int = 0) -> Any:
         """This case's readers: each reader's outline (selectable) and the disagreement map, a
@@ -376,6 +387,20 @@ class CaseExplorer(W.VBox):
             self.toggles["prediction"].disabled = self.toggles["error"].disabled = True
         if self.probability is None:
             self.toggles["probability"].disabled = True
+        # readers: one outline toggle each, and the disagreement overlay (two or more readers)
+        self.reader_toggles: dict[str, W.Checkbox] = {}
+        for i, name in enumerate(self.readers):
+            cb = W.Checkbox(value=st.readers[name], description=f"reader {name}", indent=False,
+                            layout=W.Layout(width="auto"))
+            cb.add_class(f"mx-reader-{i}")
+            cb.observe(functools.partial(self._on_reader, name), "value")
+            self.reader_toggles[name] = cb
+        dis = W.Checkbox(value=st.toggles["disagreement"], description="disagreement",
+                         indent=False, disabled=len(self.readers) < 2,
+                         layout=W.Layout(width="auto"))
+        dis.add_class("mx-toggle-disagreement")
+        dis.observe(functools.partial(self._on_toggle, "disagreement"), "value")
+        self.toggles["disagreement"] = dis
 
         def opacity(layer: str, value: float, label: str) -> W.FloatSlider:
             sl = W.FloatSlider(value=value, min=0.0, max=1.0, step=0.05, description=label,
@@ -398,7 +423,9 @@ class CaseExplorer(W.VBox):
         self.zoom_lesion.on_click(lambda _b: self.zoom_to_lesion())
         view_controls = W.VBox([
             W.HBox([self.channel, self.preset, self.window, self.window_readout]),
-            W.HBox(list(self.toggles.values())),
+            W.HBox([cb for k, cb in self.toggles.items() if k != "disagreement"]),
+            W.HBox([*self.reader_toggles.values(), dis],
+                   layout=W.Layout(display="flex" if self.readers else "none")),
             W.HBox([self.opacity, self.heat_opacity, self.prob_opacity]),
             W.HBox([self.zoom, self.zoom_lesion]),
         ])
@@ -736,6 +763,11 @@ class CaseExplorer(W.VBox):
     @_guarded
     def _on_toggle(self, key: str, change: dict) -> None:
         if self.state.toggle(key, bool(change["new"])):
+            self.redraw()
+
+    @_guarded
+    def _on_reader(self, name: str, change: dict) -> None:
+        if self.state.show_reader(name, bool(change["new"])):
             self.redraw()
 
     @_guarded
