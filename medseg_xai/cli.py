@@ -256,9 +256,8 @@ def _input_file(path: str, what: str, *, table: bool = False) -> str:
 
 
 def _print_audit_summary(result, written) -> int:
-    cases = result.cases
-    n_failed = int((cases["status"] != "ok").sum())
-    print(f"audited {len(cases)} cases ({len(cases) - n_failed} evaluated, {n_failed} failed)")
+    n_failed = result.n_failed
+    print(f"audited {result.n_rows} cases ({result.n_evaluated} evaluated, {n_failed} failed)")
     if len(result.verdicts):
         print(f"verdict: {result.verdict}")
     for r in result.verdicts.to_dict("records"):  # one line per criterion, not per group row
