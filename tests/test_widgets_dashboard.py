@@ -97,3 +97,19 @@ def test_worst_case_opens_a_case_explorer(real_audit, real_cohort) -> None:
 def test_bad_result_is_rejected() -> None:
     with pytest.raises(ValueError, match="result"):
         AuditDashboard(object())
+
+
+def test_distribution_ticks_show_the_results_n(real_audit) -> None:
+    """The box plot's "(n=...)" labels are the subgroup rows' n, not a recount in the view."""
+    from medseg_xai.widgets.dashboard import _group_distribution
+
+    rows = subgroup_rows(real_audit.subgroups, "device", "dice")
+    counts = {str(g): int(n) + 1000 for g, n in zip(rows["group"], rows["n"])}  # marked
+    fig = _group_distribution(real_audit.cases, "device", "dice", counts)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels and all(lab == f"{lab.split(chr(10))[0]}\n(n={counts[lab.split(chr(10))[0]]})"
+                          for lab in labels)
+    overall = subgroup_rows(real_audit.subgroups, "overall", "dice")
+    assert list(overall["group"].astype(str)) == ["all"]  # the box plot's one overall group
+    bare = _group_distribution(real_audit.cases, "device", "dice")
+    assert all("n=" not in t.get_text() for t in bare.axes[0].get_xticklabels())

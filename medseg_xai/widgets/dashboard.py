@@ -53,8 +53,14 @@ def _png(fig: Figure) -> bytes:
     return fig_to_png_bytes(fig, dpi=90)
 
 
-def _group_distribution(cases: pd.DataFrame, stratum: str, metric: str) -> Figure:
-    """Box plot plus points of ``metric`` per group of ``stratum``."""
+def _group_distribution(cases: pd.DataFrame, stratum: str, metric: str,
+                        counts: dict[str, int] | None = None) -> Figure:
+    """Box plot plus points of ``metric`` per group of ``stratum``.
+
+    ``counts`` maps a group to its ``n`` in ``AuditResult.subgroups``: the tick labels show
+    that number (the one the table shows), never a recount; a group without one gets no n.
+    """
+    counts = counts or {}
     ok = cases[cases["status"] == "ok"] if "status" in cases.columns else cases
     if stratum in (None, "overall") or stratum not in ok.columns:
         groups = {"all": pd.to_numeric(ok[metric], errors="coerce").dropna().to_numpy()}
@@ -74,7 +80,8 @@ def _group_distribution(cases: pd.DataFrame, stratum: str, metric: str) -> Figur
     for i, v in enumerate(groups.values(), start=1):
         ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=8, alpha=0.6, color="#0072B2")
     ax.set_xticks(range(1, len(groups) + 1))
-    ax.set_xticklabels([f"{g}\n(n={v.size})" for g, v in groups.items()], fontsize="x-small")
+    ax.set_xticklabels([f"{g}\n(n={counts[g]})" if g in counts else g for g in groups],
+                       fontsize="x-small")
     ax.set_ylabel(metric, fontsize="small")
     ax.tick_params(labelsize="x-small")
     ax.set_title(f"{metric} by {stratum}", fontsize="small")
@@ -239,7 +246,10 @@ class AuditDashboard(W.VBox):
                               title=f"{metric} by {stratum}")
             cols = [c for c in _SUBGROUP_COLUMNS if c in rows.columns]
         self.forest.value = _png(fig)
-        self.distribution.value = _png(_group_distribution(self.result.cases, stratum, metric))
+        own = subgroup_rows(self.result.subgroups, stratum, metric)
+        counts = {str(g): int(n) for g, n in zip(own["group"], own["n"])} if len(own) else {}
+        self.distribution.value = _png(_group_distribution(self.result.cases, stratum, metric,
+                                                           counts))
         self.table.value = _table_html(rows[cols], "mx-table")
         self.criteria.value = self._criteria_html(stratum)
         groups = [str(g) for g in rows["group"]] if len(rows) else []
