@@ -256,9 +256,8 @@ def _input_file(path: str, what: str, *, table: bool = False) -> str:
 
 
 def _print_audit_summary(result, written) -> int:
-    cases = result.cases
-    n_failed = int((cases["status"] != "ok").sum())
-    print(f"audited {len(cases)} cases ({len(cases) - n_failed} evaluated, {n_failed} failed)")
+    n_failed = result.n_failed
+    print(f"audited {result.n_rows} cases ({result.n_evaluated} evaluated, {n_failed} failed)")
     if len(result.verdicts):
         print(f"verdict: {result.verdict}")
     for r in result.verdicts.to_dict("records"):  # one line per criterion, not per group row
@@ -448,6 +447,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from medseg_xai import targets
+    from medseg_xai._io import atomic_write
+    from medseg_xai._privacy import safe_file_name
     from medseg_xai.explain import explain
     from medseg_xai.explain.quality import localisation, map_gate
 
@@ -456,6 +457,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     name = Path(args.image).name
     case = args.case_id or name.removesuffix(".gz").removesuffix(".nii")
     out = Path(args.out)
+    # The case id names the output files: one with '/' or '..' must not write outside --out.
+    safe_file_name(case, folder=out)
     out.mkdir(parents=True, exist_ok=True)
     methods = args.method or (["gradcam", "integrated_gradients"] if args.lesion else ["gradcam"])
 
@@ -470,8 +473,8 @@ def _run_explain(args: argparse.Namespace) -> int:
             reference_images=refs or None, methods=tuple(methods), class_index=args.class_index,
             layer=args.layer, method_kwargs={m: _method_kwargs(args, m) for m in methods},
             case_id=case)
-        stem = f"{case}_{analysis.lesion_id}"
-        (out / f"{stem}_miss.json").write_text(json.dumps(analysis.to_dict(), indent=2))
+        stem = safe_file_name(f"{case}_{analysis.lesion_id}", folder=out)
+        atomic_write(out / f"{stem}_miss.json", json.dumps(analysis.to_dict(), indent=2))
         pred = adapter.predict(image[None]).numpy()[0] == args.class_index
         written = [out / f"{stem}_miss.json"]
         for row in analysis.evidence.itertuples():

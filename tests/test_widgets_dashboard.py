@@ -139,3 +139,20 @@ def test_a_large_result_caps_what_it_draws_and_lists(tmp_path) -> None:
     small = AuditDashboard(result, max_rows=1, max_points=10)
     assert f"first 1 of {n_groups} rows shown" in small.table.value
     assert all(k <= 10 for k, _ in small.distribution_points.values())
+
+
+def test_distribution_ticks_show_the_results_n(real_audit) -> None:
+    """The box plot's "(n=...)" labels are the subgroup rows' n, not a recount in the view."""
+    from medseg_xai.widgets.dashboard import _group_distribution
+
+    rows = subgroup_rows(real_audit.subgroups, "device", "dice")
+    counts = {str(g): int(n) + 1000 for g, n in zip(rows["group"], rows["n"])}  # marked
+    groups = AuditDashboard(real_audit)._group_values("device", "dice")
+    fig, _ = _group_distribution(groups, "device", "dice", counts=counts)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels and all(lab == f"{lab.split(chr(10))[0]}\n(n={counts[lab.split(chr(10))[0]]})"
+                          for lab in labels)
+    overall = subgroup_rows(real_audit.subgroups, "overall", "dice")
+    assert list(overall["group"].astype(str)) == ["all"]  # the box plot's one overall group
+    bare, _ = _group_distribution(groups, "device", "dice")
+    assert all("n=" not in t.get_text() for t in bare.axes[0].get_xticklabels())

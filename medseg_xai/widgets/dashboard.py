@@ -69,9 +69,15 @@ def _group_values(ok: pd.DataFrame, codes: dict[str, np.ndarray], metric: str
 
 
 def _group_distribution(groups: dict[str, np.ndarray], stratum: str, metric: str,
-                        max_points: int = MAX_POINTS) -> tuple[Figure, dict[str, tuple[int, int]]]:
+                        max_points: int = MAX_POINTS, counts: dict[str, int] | None = None
+                        ) -> tuple[Figure, dict[str, tuple[int, int]]]:
     """Box plot plus points of ``metric`` per group of ``stratum``; returns the figure and, per
-    group, (points drawn, cases)."""
+    group, (points drawn, values in the box).
+
+    ``counts`` maps a group to its ``n`` in ``AuditResult.subgroups``: the tick labels show
+    that number (the one the table shows), never a recount; a group without one gets no n.
+    """
+    counts = counts or {}
     fig = Figure(figsize=(max(3.0, 0.9 * len(groups) + 1.5), 2.6))
     ax = fig.add_subplot(1, 1, 1)
     if not groups:
@@ -86,7 +92,8 @@ def _group_distribution(groups: dict[str, np.ndarray], stratum: str, metric: str
         drawn[g] = (int(v.size), int(groups[g].size))
         ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=8, alpha=0.6, color="#0072B2")
     ax.set_xticks(range(1, len(groups) + 1))
-    ax.set_xticklabels([f"{g}\n(n={v.size})" for g, v in groups.items()], fontsize="x-small")
+    ax.set_xticklabels([f"{g}\n(n={counts[g]})" if g in counts else g for g in groups],
+                       fontsize="x-small")
     ax.set_ylabel(metric, fontsize="small")
     ax.tick_params(labelsize="x-small")
     title = f"{metric} by {stratum}"
@@ -296,8 +303,10 @@ class AuditDashboard(W.VBox):
             fig = forest_plot(rows, [metric], overall=ov, flagged=flagged, ci=ci,
                               title=f"{metric} by {stratum}")
             cols = [c for c in _SUBGROUP_COLUMNS if c in rows.columns]
+        own = subgroup_rows(self.result.subgroups, stratum, metric)
+        counts = {str(g): int(n) for g, n in zip(own["group"], own["n"])} if len(own) else {}
         dist_fig, drawn = _group_distribution(self._group_values(stratum, metric), stratum,
-                                              metric, self.max_points)
+                                              metric, self.max_points, counts)
         groups = [str(g) for g in rows["group"]] if len(rows) else []
         return (_png(fig), _png(dist_fig), _table_html(rows[cols], "mx-table", self.max_rows),
                 groups, drawn)
