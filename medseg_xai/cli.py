@@ -256,9 +256,8 @@ def _input_file(path: str, what: str, *, table: bool = False) -> str:
 
 
 def _print_audit_summary(result, written) -> int:
-    cases = result.cases
-    n_failed = int((cases["status"] != "ok").sum())
-    print(f"audited {len(cases)} cases ({len(cases) - n_failed} evaluated, {n_failed} failed)")
+    n_failed = result.n_failed
+    print(f"audited {result.n_rows} cases ({result.n_evaluated} evaluated, {n_failed} failed)")
     if len(result.verdicts):
         print(f"verdict: {result.verdict}")
     for r in result.verdicts.to_dict("records"):  # one line per criterion, not per group row
@@ -431,6 +430,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from medseg_xai import targets
+    from medseg_xai._privacy import safe_file_name
     from medseg_xai.explain import explain
     from medseg_xai.explain.quality import localisation, map_gate
 
@@ -439,6 +439,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     name = Path(args.image).name
     case = args.case_id or name.removesuffix(".gz").removesuffix(".nii")
     out = Path(args.out)
+    # The case id names the output files: one with '/' or '..' must not write outside --out.
+    safe_file_name(case, folder=out)
     out.mkdir(parents=True, exist_ok=True)
     methods = args.method or (["gradcam", "integrated_gradients"] if args.lesion else ["gradcam"])
 

@@ -67,6 +67,7 @@ def write_miss_files(analysis: Any, out_dir: str | Path, *, case_id: str, image:
     """
     import nibabel as nib
 
+    from medseg_xai._io import atomic_write
     from medseg_xai._privacy import safe_file_name  # ids become file names: stay in out_dir
 
     out = Path(out_dir)
@@ -75,9 +76,9 @@ def write_miss_files(analysis: Any, out_dir: str | Path, *, case_id: str, image:
     mask = np.asarray(analysis.mask)
     if img.ndim == mask.ndim + 1:
         img = img[0]
-    stem = safe_file_name(f"{case_id}_{analysis.lesion_id}")
+    stem = safe_file_name(f"{case_id}_{analysis.lesion_id}", folder=out)
     written = [out / f"{stem}_miss.json"]
-    written[0].write_text(json.dumps(analysis.to_dict(), indent=2), encoding="utf-8")
+    atomic_write(written[0], json.dumps(analysis.to_dict(), indent=2))  # never a truncated JSON
     warnings: list[str] = []
     aff = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     for row in analysis.evidence.itertuples():

@@ -703,6 +703,7 @@ def show_slice(
     affine: Any = None,
     convention: str = "radiological",
     annotate: bool = True,
+    cut_axis: int | None = None,
 ) -> SliceView:
     """Draw one 2D image with optional outlines, error map and attribution heatmap.
 
@@ -735,7 +736,11 @@ def show_slice(
         Draw outlines; default: only when ``error`` is off (the error map already shows both
         masks).
     affine : array_like, optional
-        ``4x4`` (NIfTI) or ``3x3`` voxel-to-world affine of the 2D image.
+        ``4x4`` (NIfTI) or ``3x3`` voxel-to-world affine of the 2D image. With ``cut_axis`` it
+        is the affine of the *volume* the image was cut from (``np.take(volume, k, cut_axis)``).
+    cut_axis : int, optional
+        The volume axis (0, 1 or 2) a 2D slice was cut along, so a volume's affine can orient
+        it (the slice's axes are the volume's remaining axes, in order).
     convention : {"radiological", "neurological"}
     annotate : bool
         Orientation letters, mm scale bar and geometry note.
@@ -747,6 +752,15 @@ def show_slice(
         ``view.plane`` say how the image was oriented, ``view.annotations`` holds the letters.
     """
     img = _check_2d(image2d, "image2d")
+    if cut_axis is not None:
+        if affine is None:
+            raise ValueError("cut_axis: needs the volume's affine (affine=), got none")
+        a = np.asarray(affine, dtype=float)
+        if a.shape != (4, 4) or cut_axis not in (0, 1, 2):
+            raise ValueError(f"cut_axis: expected 0, 1 or 2 with a 4x4 volume affine, got "
+                             f"{cut_axis!r} and shape {a.shape}")
+        kept = [i for i in range(3) if i != cut_axis]
+        affine = a[:, [*kept, cut_axis, 3]]  # the slice's axes first, the cut axis third
     geometry = Geometry(img.shape, affine, spacing, convention=convention)
     plane = geometry.planes[0]
     view = SliceView(

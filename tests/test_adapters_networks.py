@@ -27,6 +27,7 @@ def odd_volume() -> np.ndarray:
     return np.random.default_rng(0).random((1, 61, 61, 61)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_61_cubed_on_a_unet_with_four_downsamplings_is_padded_and_cropped(odd_volume) -> None:
     model = _unet16()
     with pytest.raises(RuntimeError):  # the problem: the bare network refuses 61^3

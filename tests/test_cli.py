@@ -117,6 +117,13 @@ def test_explain_command_writes_attribution_on_the_source_grid(tmp_path: Path, c
     np.testing.assert_allclose(saved.affine, src.affine)
     assert np.isfinite(saved.get_fdata()).all() and saved.get_fdata().any()
     assert (out / f"{stem}_saliency_lesion.png").read_bytes()[:4] == b"\x89PNG"
+    # A case id that is a path must not write outside --out (it names the files).
+    for evil in ("../escaped", "sub/dir"):
+        assert main(["explain", str(image), "--ref", str(label), "--target", "lesion",
+                     "--lesion", "1", "--method", "saliency", "--case-id", evil,
+                     "--out", str(out)]) == 2
+        assert "case_id" in capsys.readouterr().err
+    assert not list(tmp_path.glob("escaped*")) and not (out / "sub").exists()
     # Asking for a lesion target without saying which lesion is a clear error.
     assert main(["explain", str(image), "--ref", str(label), "--target", "lesion",
                  "--out", str(out)]) == 2

@@ -226,7 +226,7 @@ def test_cli_feature_options_on_a_demo_cohort(tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["audit", str(manifest), "--out", str(out), "--model", "demo", "--strata",
                  "device", "--feature-reference", f"device={devices[0]},{devices[1]}",
-                 "--no-html", "--quiet"])
+                 "--no-html", "--quiet", "--gallery", "0"])
     assert code in (0, 3)
     r = AuditResult.from_json(out / "audit.json")
     assert r.settings["feature_reference"] == {"device": devices[:2]}
@@ -235,3 +235,17 @@ def test_cli_feature_options_on_a_demo_cohort(tmp_path, capsys):
     code = main(["audit", str(manifest), "--out", str(tmp_path / "bad"), "--model", "demo",
                  "--feature-reference", "device=Nope", "--no-html", "--quiet"])
     assert code == 2 and "Nope" in capsys.readouterr().err
+
+
+def test_dashboard_shows_the_feature_shift_panel_and_opens_cases(shifted):
+    from medseg_xai.widgets import AuditDashboard
+
+    cohort, adapter, r = shifted
+    dash = AuditDashboard(r, cohort=cohort, adapter=adapter)
+    assert dash.feature_shift is not None and dash.feature_shift in dash.children
+    worst = dash.feature_shift.outliers()["case_id"].iloc[0]
+    explorer = dash.feature_shift.open_case(worst)
+    assert dash.feature_shift.last_error is None, dash.feature_shift.last_error
+    assert explorer is dash.explorer
+    plain = audit(cohort, strata=["device"], adapter=adapter, feature_layer=None, **FAST)
+    assert AuditDashboard(plain).feature_shift is None

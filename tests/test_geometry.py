@@ -194,6 +194,26 @@ def test_two_dimensional_images_honour_spacing_and_their_affine(mni) -> None:
     np.testing.assert_array_equal(view.image.get_array(), data[::-1, 70, ::-1].T)
 
 
+def test_a_slice_cut_from_a_volume_is_oriented_by_the_volume_affine(mni, copies) -> None:
+    """Report galleries store slices cut along a stored axis plus the volume's affine."""
+    from matplotlib.figure import Figure
+
+    data, aff = mni
+    c = (60, 70, 40)
+    ref = {v.plane: np.asarray(v.image.get_array())
+           for v in viz.three_plane(data, center=c, affine=aff).slice_views}
+    for name in ("RAS", "LPS", "permuted"):
+        vol, a = copies[name]
+        v = _voxel_of(aff, a, c)
+        for axis in range(3):
+            view = viz.show_slice(Figure().add_subplot(), np.take(vol, v[axis], axis=axis),
+                                  affine=a, cut_axis=axis)
+            np.testing.assert_array_equal(view.image.get_array(), ref[view.plane])
+            assert view.annotations["letters"]["top"].get_text() in "AS"
+    with pytest.raises(ValueError, match="cut_axis"):
+        viz.show_slice(Figure().add_subplot(), data[0], cut_axis=0)
+
+
 def test_bad_affines_are_named() -> None:
     with pytest.raises(ValueError, match="affine"):
         viz.Geometry((4, 5, 6), np.zeros((4, 4)))

@@ -41,6 +41,7 @@ def crop():
     return data / data.max(), aff
 
 
+@pytest.mark.slow
 def test_attribution_maps_land_on_the_same_world_coordinates(crop, tmp_path) -> None:
     from medseg_xai.widgets import CaseExplorer
 

@@ -297,3 +297,19 @@ def test_command_line_in_the_json_names_files_not_folders(real_audit):
     doc = json.loads(r.to_json())
     assert doc["report"]["command_line"] == "medseg-xai audit m.csv --out x"
     assert "DOE^JOHN" not in r.to_json()
+
+
+def test_distribution_marks_are_the_results_mean_and_median(real_audit):
+    """The histogram's mean/median lines are the overall rows' numbers, not recomputed."""
+    from medseg_xai.reports import figures
+
+    sub = real_audit.subgroups
+    rows = sub[sub["stratum"] == "overall"].copy()
+    ok = real_audit.cases[real_audit.cases["status"] == "ok"]
+    metric = str(rows["metric"].iloc[0])
+    rows.loc[rows["metric"] == metric, ["estimate", "median"]] = [0.123, 0.456]  # a view recomputing would miss these
+    fig = figures.distribution_plot(ok, [metric], rows)
+    xs = sorted(float(line.get_xdata()[0]) for line in fig.axes[0].get_lines())
+    assert xs == [0.123, 0.456]
+    bare = figures.distribution_plot(ok, [metric])  # no result rows: no invented marks
+    assert bare.axes[0].get_lines() == []

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from monai.networks.nets import UNet
 
 from medseg_xai import metrics
@@ -224,16 +225,18 @@ def test_activation_montage(explorer) -> None:
     assert bytes(explorer.montage.value).startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_verdict_panel_shows_the_miss_analysis(explorer, case) -> None:
     from medseg_xai.explain.miss import explain_miss
 
     img, ref, pred = case
+    explorer.miss_options = {"methods": ("gradcam",)}  # one attribution method keeps it quick
     explorer.select_lesion("ref-2")
     analysis = explorer.analyse()
     assert explorer.last_error is None, explorer.status.value
     # The panel is a view of explain_miss, run on the explorer's own inputs.
     same = explain_miss(explorer.adapter, img, ref, "ref-2", pred=pred, spacing=SPACING,
-                        threshold=explorer.threshold, case_id="case-7")
+                        threshold=explorer.threshold, case_id="case-7", methods=("gradcam",))
     assert analysis.to_dict() == same.to_dict()
     panel = explorer.verdict_html.value
     assert analysis.verdict_lines[0].split(":")[0] in panel  # "ref-2 was missed"
@@ -405,6 +408,7 @@ def test_zoom_to_lesion_selected_outline_and_separate_opacities(explorer) -> Non
     assert not np.array_equal(explorer.renderer.displayed(0)["rgb"], with_prob)
 
 
+@pytest.mark.slow
 def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
     img, ref, _ = case
     t = torch.from_numpy(img)[None, None]  # (1, 1, D, H, W), as explain() takes it
@@ -417,6 +421,7 @@ def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
     blob = ex.lesions.ids[0]
     ex.select_lesion(blob)
     assert f"{blob} was predicted (no reference)</b>" in ex.verdict_html.value
+    ex.miss_options = {"methods": ("gradcam",)}
     analysis = ex.analyse()  # why did the model call this blob? (no reference needed)
     assert ex.last_error is None, ex.status.value
     assert analysis.status == "predicted" and analysis.lesion_id == blob
@@ -559,3 +564,161 @@ def test_two_dimensional_lesions_are_areas_in_mm2_and_spacing_sets_the_aspect() 
     pl = ex.renderer.planes[0]
     assert pl.ax.get_aspect() == pytest.approx(0.25)
     assert ex.renderer.displayed(0)["note"] == "voxel axes, orientation unknown"
+
+
+@pytest.mark.parametrize("hostile", ["<img src=x onerror=alert(1)>", "../../x"])
+def test_hostile_case_id_and_channel_names_are_escaped_and_cannot_pick_the_export_folder(
+        adapter, case, hostile, tmp_path, monkeypatch) -> None:
+    img, ref, pred = case
+    ex = CaseExplorer(None, np.stack([img, img]), ref, pred, SPACING, case_id=hostile,
+                      channel_names=[hostile, "<b>T2</b>"])
+
+    def html_values(widget) -> list[str]:
+        out = [widget.value] if type(widget).__name__ == "HTML" else []
+        for child in getattr(widget, "children", ()):
+            out += html_values(child)
+        return out
+
+    ex.show_readout((8, 8, 8))
+    ex.select_lesion("ref-1")
+    texts = "\n".join(html_values(ex))
+    assert "<img" not in texts and "<b>T2</b>" not in texts
+    if "<" in hostile:
+        assert "&lt;img src=x onerror=alert(1)&gt;" in ex.children[0].value  # the header
+        assert "&lt;img src=x onerror=alert(1)&gt;" in ex.readout.value
+    # The default export name never comes from an unsafe id; saving stays in the folder.
+    name = ex.export_path.value
+    assert "/" not in name and ".." not in name and "<" not in name
+    assert name == "case_view"
+    monkeypatch.chdir(tmp_path)
+    ex._export_clicked("png")
+    assert ex.last_error is None
+    assert [p.name for p in tmp_path.iterdir()] == ["case_view.png"]
+    fig = ex.export_figure()
+    assert hostile in fig._suptitle.get_text()
+
+
+def test_a_plain_case_id_names_the_default_export(explorer) -> None:
+    assert explorer.export_path.value == "case-7_view"
+
+
+def test_model_tab_is_built_when_opened_and_follows_the_target(explorer, adapter) -> None:
+    from medseg_xai.explain.features import channel_weights
+    from medseg_xai.widgets.model_tab import ModelTab
+
+    assert explorer.model_tab is None  # nothing is computed until the tab is opened
+    explorer.select_lesion("ref-1")
+    assert explorer.model_tab is None
+    explorer.tabs.selected_index = 1  # the user opens the "model" tab
+    tab = explorer.model_tab
+    assert isinstance(tab, ModelTab) and explorer.last_error is None
+    assert tab.last_error is None, tab.last_error
+    assert explorer.model_box.children == (tab,)
+    first = str(adapter.layers(explorer.image.shape)["name"].iloc[0])
+    assert first in tab.table_html.value and "n_params" in tab.table_html.value
+    assert tab.kernel_image.value[:4] == b"\x89PNG" and tab.activation_image.value[:4] == b"\x89PNG"
+
+    def expected_top(lesion_id: str) -> list[int]:
+        t = explorer._make_target("lesion")
+        assert np.array_equal(np.asarray(t.mask), explorer.lesions.mask(lesion_id))
+        return channel_weights(adapter, explorer.image, t, tab.layer).head(tab.k)[
+            "channel"].tolist()
+
+    assert tab.top["channel"].tolist() == expected_top("ref-1")
+    before = tab.top.copy()
+    explorer.select_lesion("ref-2")  # tab open: updated at once
+    assert tab.top["channel"].tolist() == expected_top("ref-2")
+    assert not before.equals(tab.top)
+    explorer.target.value = "missed"  # the target changes: the ranking follows
+    t = explorer._make_target("missed")
+    assert tab.top["channel"].tolist() == channel_weights(
+        adapter, explorer.image, t, tab.layer).head(tab.k)["channel"].tolist()
+    # Hidden tab: the update waits until it is opened again.
+    explorer.tabs.selected_index = 0
+    explorer.select_lesion(None)
+    assert tab.top is not None
+    explorer.tabs.selected_index = 1
+    assert explorer.model_tab is tab and tab.top is None  # no lesion: no target to rank
+
+
+def test_model_tab_without_a_model_says_so(case) -> None:
+    img, ref, pred = case
+    ex = CaseExplorer(None, img, ref, pred, SPACING)
+    ex.tabs.selected_index = 1
+    assert ex.model_tab is None and "needs a model" in ex.model_box.children[0].value
+    assert isinstance(ex.last_error, ValueError)
+
+
+def test_readers_outlines_and_disagreement_in_the_three_planes(adapter, case) -> None:
+    from medseg_xai.widgets.readers import reader_votes
+    from medseg_xai.widgets.render import DISAGREE_COLOUR, READER_OUTLINES
+
+    img, ref, pred = case
+    r1 = _ball((8, 8, 8), 3)
+    r2 = _ball((8, 9, 9), 3)  # shifted by one voxel: a rim of disagreement
+    ex = CaseExplorer(None, img, ref, pred, SPACING, affine=_demo_affine(),
+                      readers={"r1": r1, "r2": r2})
+    ex.centre_on((8, 8, 8))
+    assert set(ex.reader_toggles) == {"r1", "r2"} and not ex.toggles["disagreement"].disabled
+    legend = ex.renderer.displayed(0)["legend"]
+    assert "r1" in legend and "r2" in legend and "readers differ" in legend
+
+    def rgb(i=0):
+        return ex.renderer.displayed(i)["rgb"].astype(int)
+
+    def colour_count(picture, hex_colour):
+        want = np.round(np.array(to_rgb(hex_colour)) * 255).astype(int)
+        return int((picture == want).all(axis=-1).sum())
+
+    pics, on = _pngs(ex), rgb()
+    _, dis = reader_votes({"r1": r1, "r2": r2})
+    dis_slice = ex.geometry.slice(dis, ex.state.planes[0][0], 8)
+    # the stipple covers every other disagreement voxel of the slice (fewer where outlines
+    # are drawn over it)
+    assert 0 < colour_count(on, DISAGREE_COLOUR) <= int(dis_slice.sum())
+    assert colour_count(on, READER_OUTLINES[0]) > 0 and colour_count(on, READER_OUTLINES[1]) > 0
+    ex.toggles["disagreement"].value = False
+    off = rgb()
+    assert colour_count(off, DISAGREE_COLOUR) == 0 and _pngs(ex) != pics
+    assert "readers differ" not in ex.renderer.displayed(0)["legend"]
+    ex.reader_toggles["r2"].value = False
+    assert colour_count(rgb(), READER_OUTLINES[1]) == 0
+    # alone, r1's outline shows whole: exactly the edge voxels of its mask on this slice
+    from medseg_xai.viz import outline
+    r1_slice = ex.geometry.slice(r1, ex.state.planes[0][0], 8)
+    assert colour_count(rgb(), READER_OUTLINES[0]) == int(outline(r1_slice).sum())
+    assert colour_count(off, READER_OUTLINES[0]) < int(outline(r1_slice).sum())  # r2 over it
+    ex.reader_toggles["r1"].value = False
+    ex.toggles["disagreement"].value = True
+    ex.toggles["disagreement"].value = False
+    plain = CaseExplorer(None, img, ref, pred, SPACING, affine=_demo_affine())
+    plain.centre_on((8, 8, 8))
+    # all reader layers off: the same picture as an explorer without readers
+    assert np.array_equal(rgb(), plain.renderer.displayed(0)["rgb"].astype(int))
+    assert not plain.reader_toggles and plain.toggles["disagreement"].disabled
+    with pytest.raises(ValueError, match="readers"):
+        CaseExplorer(None, img, ref, pred, SPACING, readers={"r1": r1[:-1]})
+
+
+def test_a_demo_cohort_case_shows_its_readers_in_the_explorer(tmp_path) -> None:
+    """A real case: the demo cohort's simulated readers (label_r1..r3 files) opened with
+    from_cohort become the explorer's reader toggles and disagreement overlay."""
+    import medseg_xai as mx
+    from medseg_xai.demo import make_cohort
+    from medseg_xai.widgets.readers import reader_votes
+
+    manifest = make_cohort(tmp_path, n_cases=2, seed=3, shape=(32, 48, 48), readers=3)
+    cohort = mx.Cohort.from_csv(manifest)
+    cases = [cohort.load_case(str(c)) for c in cohort.manifest["case_id"]]
+    case = next(c for c in cases if reader_votes(c.readers)[1].any())  # readers differ here
+    ex = CaseExplorer.from_cohort(cohort, case.case_id, background=False)
+    assert list(ex.reader_toggles) == ["r1", "r2", "r3"] == list(case.readers)
+    _, dis = reader_votes(case.readers)
+    ex.centre_on(tuple(int(v) for v in np.argwhere(dis)[0]))  # a voxel where readers differ
+    with_dis = _pngs(ex)
+    ex.toggles["disagreement"].value = False
+    without = _pngs(ex)
+    assert all(a != b for a, b in zip(with_dis, without))  # every plane passes through it
+    ex.reader_toggles["r1"].value = False
+    assert _pngs(ex) != without
+    assert ex.reader_view().choose.options == ("r1", "r2", "r3")  # the separate view still works

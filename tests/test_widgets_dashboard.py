@@ -97,3 +97,62 @@ def test_worst_case_opens_a_case_explorer(real_audit, real_cohort) -> None:
 def test_bad_result_is_rejected() -> None:
     with pytest.raises(ValueError, match="result"):
         AuditDashboard(object())
+
+
+def test_small_results_draw_every_case(real_audit) -> None:
+    d = AuditDashboard(real_audit)
+    ok = real_audit.cases[real_audit.cases["status"] == "ok"]
+    assert d.distribution_points and all(k == n for k, n in d.distribution_points.values())
+    assert sum(n for _, n in d.distribution_points.values()) == int(ok["dice"].notna().sum())
+    assert "rows shown" not in d.table.value
+
+
+@pytest.mark.slow
+def test_a_large_result_caps_what_it_draws_and_lists(tmp_path) -> None:
+    """10,000 cases through the real engine (records of 12 real files replayed, as in
+    benchmarks/bench_dashboard.py): points, tables and worst cases are capped, views cached."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dashboard.py"
+    spec = importlib.util.spec_from_file_location("bench_dashboard", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.build_result(tmp_path, 10000, n_files=12, n_resamples=20)
+    assert result.n_rows == 10000
+    d = AuditDashboard(result, n_worst=4)
+    ok = result.cases[result.cases["status"] == "ok"]
+    drawn = d.distribution_points
+    assert sum(n for _, n in drawn.values()) == int(ok["dice"].notna().sum())  # boxes: all
+    assert all(k <= 500 for k, _ in drawn.values()) and any(k < n for k, n in drawn.values())
+    group = d.group.value
+    expected = rank_worst(result.cases, "dice", stratum=d.stratum.value, group=group, n=4)
+    pd.testing.assert_frame_equal(d.worst_cases(), expected)
+    assert [b.description.split(" · ")[0] for b in d.worst.children] == \
+        expected["case_id"].tolist()
+    forest, dist = bytes(d.forest.value), bytes(d.distribution.value)
+    d.metric.value = "hd95"
+    assert bytes(d.distribution.value) != dist
+    d.metric.value = "dice"  # back to a cached view: the same pictures
+    assert bytes(d.forest.value) == forest and bytes(d.distribution.value) == dist
+    n_groups = len(subgroup_rows(result.subgroups, "device", "dice"))
+    small = AuditDashboard(result, max_rows=1, max_points=10)
+    assert f"first 1 of {n_groups} rows shown" in small.table.value
+    assert all(k <= 10 for k, _ in small.distribution_points.values())
+
+
+def test_distribution_ticks_show_the_results_n(real_audit) -> None:
+    """The box plot's "(n=...)" labels are the subgroup rows' n, not a recount in the view."""
+    from medseg_xai.widgets.dashboard import _group_distribution
+
+    rows = subgroup_rows(real_audit.subgroups, "device", "dice")
+    counts = {str(g): int(n) + 1000 for g, n in zip(rows["group"], rows["n"])}  # marked
+    groups = AuditDashboard(real_audit)._group_values("device", "dice")
+    fig, _ = _group_distribution(groups, "device", "dice", counts=counts)
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels and all(lab == f"{lab.split(chr(10))[0]}\n(n={counts[lab.split(chr(10))[0]]})"
+                          for lab in labels)
+    overall = subgroup_rows(real_audit.subgroups, "overall", "dice")
+    assert list(overall["group"].astype(str)) == ["all"]  # the box plot's one overall group
+    bare, _ = _group_distribution(groups, "device", "dice")
+    assert all("n=" not in t.get_text() for t in bare.axes[0].get_xticklabels())

@@ -164,16 +164,18 @@ def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
+    from medseg_xai.adapters import label_map
+
     p = probs.detach().cpu().numpy()[0]
+    activation = getattr(adapter, "activation", "softmax")
+    # the toolkit's one decision rule (threshold 0.5, the audit's documented default)
+    pred = label_map(p, 0.5 if p.shape[0] == 1 or activation == "sigmoid" else None,
+                     activation=activation).astype(np.int16)
     if p.shape[0] == 1:
-        pred = (p[0] > 0.5).astype(np.int16)
         fg = p[0]
-    elif getattr(adapter, "activation", "softmax") == "sigmoid":
-        best, idx = p.max(axis=0), p.argmax(axis=0)
-        pred = np.where(best > 0.5, idx + 1, 0).astype(np.int16)
-        fg = best
+    elif activation == "sigmoid":
+        fg = p.max(axis=0)
     else:
-        pred = p.argmax(axis=0).astype(np.int16)
         fg = 1.0 - p[0]
     timing = {"inference_s": elapsed, "peak_memory_mb": _peak_rss_mb()}
     if cuda:

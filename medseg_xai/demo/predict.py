@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from medseg_xai._io import write_csv
 from medseg_xai._privacy import safe_file_name
+from medseg_xai.adapters import label_map
 from medseg_xai.demo.cohort import save_nifti
 
 __all__ = ["predict_cohort"]
@@ -101,7 +102,8 @@ def predict_cohort(
         with torch.no_grad():
             prob = adapter.probabilities(image)[0].cpu().numpy()
         fg = prob[1] if prob.shape[0] > 1 else prob[0]
-        label = prob.argmax(0) if prob.shape[0] > 1 else (fg > 0.5)
+        label = label_map(prob, None if prob.shape[0] > 1 else 0.5,
+                          activation=adapter.activation)  # the toolkit's one decision rule
         pred_path = out / "predictions" / safe_file_name(case_id, ".nii.gz")
         prob_path = out / "probabilities" / safe_file_name(case_id, ".nii.gz")
         save_nifti(label.astype(np.uint8), img.affine, pred_path, "medseg-xai prediction")

@@ -121,8 +121,19 @@ def _n(rows: pd.DataFrame, group: str) -> str:
     return str(int(n.max())) if len(n) and pd.notna(n.max()) else "?"
 
 
-def distribution_plot(cases: pd.DataFrame, metrics: Sequence[str]) -> Figure:
-    """Histogram of each metric over the evaluated cases, with mean and median marked."""
+def distribution_plot(
+    cases: pd.DataFrame, metrics: Sequence[str], overall: pd.DataFrame | None = None
+) -> Figure:
+    """Histogram of each metric over the evaluated cases, with mean and median marked.
+
+    The marks are the ``estimate`` and ``median`` of the metric's row in ``overall`` (the
+    ``stratum == "overall"`` rows of ``AuditResult.subgroups``), so the figure shows the very
+    numbers of the results table; a metric without a row there gets no marks.
+    """
+    marks: dict[str, tuple[float, float]] = {}
+    if overall is not None and len(overall):
+        marks = {str(r["metric"]): (float(r["estimate"]), float(r["median"]))
+                 for r in overall.to_dict("records")}
     metrics = [m for m in metrics if m in cases.columns and _finite(cases[m]).size]
     fig = Figure(figsize=(min(2.2 * max(len(metrics), 1), 7.0), 2.2))
     if not metrics:
@@ -132,11 +143,15 @@ def distribution_plot(cases: pd.DataFrame, metrics: Sequence[str]) -> Figure:
     for ax, metric in zip(axes, metrics):
         v = _finite(cases[metric])
         ax.hist(v, bins=min(30, max(5, int(np.sqrt(v.size)))), color="#0072B2", alpha=0.8)
-        ax.axvline(v.mean(), color="#D55E00", lw=1, label="mean")
-        ax.axvline(np.median(v), color="#333333", lw=1, ls=":", label="median")
+        mean, median = marks.get(metric, (float("nan"), float("nan")))
+        if np.isfinite(mean):
+            ax.axvline(mean, color="#D55E00", lw=1, label="mean")
+        if np.isfinite(median):
+            ax.axvline(median, color="#333333", lw=1, ls=":", label="median")
         ax.set_title(f"{metric} (n={v.size})", fontsize=FONT + 1)
         ax.tick_params(labelsize=FONT)
-    axes[0].legend(fontsize=FONT)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=FONT)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.85, wspace=0.3)
     return fig
 

@@ -25,5 +25,5 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         row.append(cell(status.get(("overall", "all", rec["metric"]), "–")))
     ok = result.cases[result.cases["status"] == "ok"]
     metrics = list(rows["metric"])[:4]
-    fig = figures.to_uri(figures.distribution_plot(ok, metrics)) if len(ok) else None
+    fig = figures.to_uri(figures.distribution_plot(ok, metrics, rows)) if len(ok) else None
     return {"table": table, "figure": fig, "ci": ci}

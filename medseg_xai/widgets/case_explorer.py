@@ -107,6 +107,12 @@ class CaseExplorer(W.VBox):
     method_options : dict, optional
         Keyword arguments per explanation method, passed to
         :func:`~medseg_xai.explain.explain` (e.g. ``{"occlusion": {"window": 4, "stride": 4}}``).
+    readers : mapping, optional
+        Several readers' masks (reader -> mask of the image's spatial shape), e.g. a cohort
+        case's ``label_<reader>`` files (:meth:`from_cohort` passes them): each reader's
+        outline is a toggle in the planes, and with two or more readers a "disagreement"
+        overlay marks the voxels some but not all readers marked (display layers of the
+        loaded masks, :mod:`medseg_xai.widgets.readers`).
     """
 
     def __init__(
@@ -129,6 +135,7 @@ class CaseExplorer(W.VBox):
         convention: str = "radiological",
         background: bool = True,
         method_options: dict[str, dict[str, Any]] | None = None,
+        readers: Any = None,
     ) -> None:
         super().__init__()
         if image is None:
@@ -156,12 +163,16 @@ class CaseExplorer(W.VBox):
             raise ValueError(f"channel_names: expected {n_ch} names (one per image channel), "
                              f"got {len(names)}")
         self.channel_names = [str(n) for n in names]
+        # One forward pass gives the output channels (class_index check) and, when they are
+        # not given, the prediction and the probability.
+        probs = None if adapter is None else \
+            adapter.probabilities(self.image).detach().cpu().numpy()[0]
         self.class_index = self._class_index(class_index)
         self.ref = None if ref is None else self._mask(ref, spatial, "ref")
         self.pred = None if pred is None else self._mask(pred, spatial, "pred")
         self.probability = self._probability(probability, spatial, self.class_index)
-        if adapter is not None and (self.pred is None or self.probability is None):
-            self._predict()
+        if probs is not None and (self.pred is None or self.probability is None):
+            self._predict(probs)
 
         self.lesions: CaseLesions | None = None
         if self.ref is not None or self.pred is not None:
@@ -175,13 +186,17 @@ class CaseExplorer(W.VBox):
         self.explanation_key: tuple | None = None
         self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
         self.readout_voxel: tuple[int, ...] | None = None
-        self.readers: dict[str, np.ndarray] = {}  # several readers per case: reader_view()
 
         self.presets = window_presets(self.image[0])
         lo, hi = self.presets["auto (0.5-99.5 %)"]
         self.state = ViewState(spatial, vmin=float(lo), vmax=float(hi), geometry=self.geometry)
         self.renderer = PlaneRenderer(self.image[0], self.ref, self.pred, self.spacing,
                                       self.state, px, probability=self.probability)
+        if readers:
+            from medseg_xai.metrics.agreement import check_readers
+
+            self.renderer.set_readers(check_readers(readers, "readers", min_readers=1))
+        self.readers: dict[str, np.ndarray] = dict(self.renderer.readers)
         self._build()
         self.redraw()
 
@@ -191,11 +206,11 @@ class CaseExplorer(W.VBox):
         """Open manifest row ``case_id`` of a :class:`~medseg_xai.cohort.Cohort` (its affine
         orients the views)."""
         case = cohort.load_case(str(case_id))
-        explorer = cls(adapter, case.image, case.label, case.prediction, case.spacing,
-                       probability=case.probability, affine=case.affine, case_id=case.case_id,
-                       **kwargs)
-        explorer.readers = dict(case.readers)
-        return explorer
+        if case.readers:
+            kwargs.setdefault("readers", dict(case.readers))
+        return cls(adapter, case.image, case.label, case.prediction, case.spacing,
+                   probability=case.probability, affine=case.affine, case_id=case.case_id,
+                   **kwargs)
 
     def reader_view(self, axis: int = 0) -> Any:
         """This case's readers: each reader's outline (selectable) and the disagreement map, a
@@ -257,8 +272,7 @@ class CaseExplorer(W.VBox):
     def _class_index(self, class_index: int | None) -> int:
         if self.adapter is None:
             return 1 if class_index is None else int(class_index)
-        self.adapter.check_class_index(0, self.image)  # one pass: learns the output channels
-        k = self.adapter.output_channels
+        k = self.adapter.output_channels  # known after the constructor's forward pass
         if class_index is None:
             return 0 if k == 1 else 1
         return self.adapter.check_class_index(class_index)
@@ -296,8 +310,7 @@ class CaseExplorer(W.VBox):
             raise ValueError(f"spacing: expected {ndim} positive values in mm, got {spacing!r}")
         return sp
 
-    def _predict(self) -> None:
-        p = self.adapter.probabilities(self.image).detach().cpu().numpy()[0]
+    def _predict(self, p: np.ndarray) -> None:
         act = "sigmoid" if self.adapter.activation == "sigmoid" else "softmax"
         labels = label_map(p, self.threshold, activation=act)
         if p.shape[0] == 1:
@@ -374,6 +387,20 @@ class CaseExplorer(W.VBox):
             self.toggles["prediction"].disabled = self.toggles["error"].disabled = True
         if self.probability is None:
             self.toggles["probability"].disabled = True
+        # readers: one outline toggle each, and the disagreement overlay (two or more readers)
+        self.reader_toggles: dict[str, W.Checkbox] = {}
+        for i, name in enumerate(self.readers):
+            cb = W.Checkbox(value=st.readers[name], description=f"reader {name}", indent=False,
+                            layout=W.Layout(width="auto"))
+            cb.add_class(f"mx-reader-{i}")
+            cb.observe(functools.partial(self._on_reader, name), "value")
+            self.reader_toggles[name] = cb
+        dis = W.Checkbox(value=st.toggles["disagreement"], description="disagreement",
+                         indent=False, disabled=len(self.readers) < 2,
+                         layout=W.Layout(width="auto"))
+        dis.add_class("mx-toggle-disagreement")
+        dis.observe(functools.partial(self._on_toggle, "disagreement"), "value")
+        self.toggles["disagreement"] = dis
 
         def opacity(layer: str, value: float, label: str) -> W.FloatSlider:
             sl = W.FloatSlider(value=value, min=0.0, max=1.0, step=0.05, description=label,
@@ -396,7 +423,9 @@ class CaseExplorer(W.VBox):
         self.zoom_lesion.on_click(lambda _b: self.zoom_to_lesion())
         view_controls = W.VBox([
             W.HBox([self.channel, self.preset, self.window, self.window_readout]),
-            W.HBox(list(self.toggles.values())),
+            W.HBox([cb for k, cb in self.toggles.items() if k != "disagreement"]),
+            W.HBox([*self.reader_toggles.values(), dis],
+                   layout=W.Layout(display="flex" if self.readers else "none")),
             W.HBox([self.opacity, self.heat_opacity, self.prob_opacity]),
             W.HBox([self.zoom, self.zoom_lesion]),
         ])
@@ -467,7 +496,7 @@ class CaseExplorer(W.VBox):
         self._update_layer_enabled()
 
         # export
-        self.export_path = W.Text(value=f"{self.case_id or 'case'}_view", description="export to")
+        self.export_path = W.Text(value=self._default_export_name(), description="export to")
         save_png = W.Button(description="view PNG", icon="image")
         save_png.add_class("mx-export-png")
         save_png.on_click(lambda _b: self._export_clicked("png"))
@@ -485,8 +514,20 @@ class CaseExplorer(W.VBox):
         lesion_box = W.VBox([W.HTML("<b>Lesions</b>"), self.lesion_table, self.lesion_select,
                              W.HTML("<b>Verdict</b>"), self.verdict_html, self.sweep_button])
         export_box = W.HBox([self.export_path, save_png, save_nii])
+        # "model" tab (layer table, kernels, activations, top channels): built when first opened
+        self.model_tab: Any = None
+        self._model_tab_stale = False
+        self.model_box = W.VBox([W.HTML(
+            "<i>Open this tab to see the model's layers, kernels and activations.</i>"
+            if self.adapter is not None else "<i>The model tab needs a model (adapter).</i>")])
+        self.model_box.add_class("mx-model-tab")
+        self.tabs = W.Tab(children=[explain_box, self.model_box], selected_index=0)
+        self.tabs.set_title(0, "explanation")
+        self.tabs.set_title(1, "model")
+        self.tabs.add_class("mx-tabs")
+        self.tabs.observe(self._on_tab, "selected_index")
         self.children = [header, W.HBox(columns), self.readout, view_controls, lesion_box,
-                         explain_box, export_box]
+                         self.tabs, export_box]
         self.add_class("mx-case-explorer")
         self._update_window_readout()
 
@@ -502,6 +543,18 @@ class CaseExplorer(W.VBox):
                      wait=60)
         move.on_dom_event(functools.partial(self._dom_event, position))
         self._events += [nav, move]
+
+    def _default_export_name(self) -> str:
+        """``<case id>_view`` when the id is a safe file name, else ``case_view`` (a hostile
+        id such as ``../../x`` must not choose where the export lands; characters that some
+        file systems refuse, ``<>"|?*``, fall back too)."""
+        from medseg_xai._privacy import safe_file_name
+
+        try:
+            name = safe_file_name(self.case_id or "case", "_view")
+        except ValueError:
+            return "case_view"
+        return "case_view" if any(c in name for c in '<>"|?*') else name
 
     def _no_verdict_text(self) -> str:
         if self.ref is None:
@@ -713,6 +766,11 @@ class CaseExplorer(W.VBox):
             self.redraw()
 
     @_guarded
+    def _on_reader(self, name: str, change: dict) -> None:
+        if self.state.show_reader(name, bool(change["new"])):
+            self.redraw()
+
+    @_guarded
     def _on_opacity(self, layer: str, change: dict) -> None:
         self.state.set_opacity(layer, float(change["new"]))
         self.redraw()
@@ -730,6 +788,50 @@ class CaseExplorer(W.VBox):
     def _on_explanation_choice(self, change: dict) -> None:
         self._update_layer_enabled()
         self.show_cached()
+        if change["owner"] is self.target:
+            self._model_tab_changed()
+
+    @_guarded
+    def _on_tab(self, change: dict) -> None:
+        if change["new"] == 1:
+            self.open_model_tab()
+
+    def open_model_tab(self) -> Any:
+        """Show the "model" tab, building its :class:`~medseg_xai.widgets.model_tab.ModelTab`
+        on first use (or bringing it up to date with the chosen lesion / target)."""
+        if self.adapter is None:
+            raise ValueError("model tab: needs a model (adapter)")
+        if self.tabs.selected_index != 1:
+            self.tabs.selected_index = 1  # re-enters through the observer
+            return self.model_tab
+        if self.model_tab is None:
+            from medseg_xai.widgets.model_tab import ModelTab
+
+            self.model_tab = ModelTab(self.adapter, self.image, target=self._model_target())
+            self.model_box.children = [self.model_tab]
+            self._model_tab_stale = False
+        elif self._model_tab_stale:
+            self._model_tab_stale = False
+            self.model_tab.set_case(self.image, self._model_target())
+        return self.model_tab
+
+    def _model_target(self) -> Any:
+        """The explorer's current target for the model tab, or None when there is none yet
+        (no lesion chosen for a lesion target)."""
+        try:
+            return self._make_target(self.target.value)
+        except ValueError:
+            return None
+
+    def _model_tab_changed(self) -> None:
+        """The lesion or target changed: update an open model tab now, a hidden one when it
+        is next opened (its top channels re-run the model)."""
+        if self.model_tab is None:
+            return
+        if self.tabs.selected_index == 1:
+            self.model_tab.set_case(self.image, self._model_target())
+        else:
+            self._model_tab_stale = True
 
     def _update_layer_enabled(self) -> None:
         self.layer.disabled = self.method.value not in self._layer_methods or not self.layer.options
@@ -786,6 +888,7 @@ class CaseExplorer(W.VBox):
             self.renderer.set_highlight(None)
             self.verdict_html.value = self._no_verdict_text()
             self.redraw()
+            self._model_tab_changed()
             return
         if self.lesions is None:
             raise ValueError("lesion_id: this case has no masks, so no lesions")
@@ -800,6 +903,7 @@ class CaseExplorer(W.VBox):
             self.target.value = "lesion"
         self.update_verdict()
         self.show_cached()
+        self._model_tab_changed()
 
     def verdict(self, lesion_id: str | None = None) -> Any:
         """The :class:`~medseg_xai.explain.miss.MissAnalysis` of a lesion (default the chosen
@@ -1168,9 +1272,10 @@ class CaseExplorer(W.VBox):
         geo = self.geometry
         orient = (f"{''.join(geo.axcodes or ())} shown {geo.convention}" if geo.known
                   else "voxel axes, orientation unknown")
-        fig.suptitle(f"{self.case_id or 'case'} · {self.channel_names[self.state.channel]} · "
-                     f"{orient}" + (f" · {geo.note}" if geo.note and geo.known else ""),
-                     fontsize=9)
+        title = (f"{self.case_id or 'case'} · {self.channel_names[self.state.channel]} · "
+                 f"{orient}" + (f" · {geo.note}" if geo.note and geo.known else ""))
+        # "$" would start matplotlib mathtext: a case id is shown literally
+        fig.suptitle(title.replace("$", r"\$"), fontsize=9)
         return fig
 
     def export_attribution(self, path: str | Path) -> Path:

@@ -53,45 +53,71 @@ def _png(fig: Figure) -> bytes:
     return fig_to_png_bytes(fig, dpi=90)
 
 
-def _group_distribution(cases: pd.DataFrame, stratum: str, metric: str) -> Figure:
-    """Box plot plus points of ``metric`` per group of ``stratum``."""
-    ok = cases[cases["status"] == "ok"] if "status" in cases.columns else cases
-    if stratum in (None, "overall") or stratum not in ok.columns:
-        groups = {"all": pd.to_numeric(ok[metric], errors="coerce").dropna().to_numpy()}
-    else:
-        groups = {
-            str(g): pd.to_numeric(sub[metric], errors="coerce").dropna().to_numpy()
-            for g, sub in ok.groupby(ok[stratum].astype(str), sort=True)
-        }
-    groups = {g: v for g, v in groups.items() if v.size}
+#: Above this many evaluated cases in a group the distribution draws a fixed random sample of
+#: its points (the box still summarises every case); drawing 100,000 markers costs seconds.
+MAX_POINTS = 500
+#: HTML tables list at most this many rows, then say how many there are.
+MAX_TABLE_ROWS = 200
+
+
+def _group_values(ok: pd.DataFrame, codes: dict[str, np.ndarray], metric: str
+                  ) -> dict[str, np.ndarray]:
+    """Finite per-case values of ``metric`` per group (``codes``: row positions per group)."""
+    vals = pd.to_numeric(ok[metric], errors="coerce").to_numpy(dtype=float)
+    groups = {g: vals[pos] for g, pos in codes.items()}
+    return {g: v[np.isfinite(v)] for g, v in groups.items() if np.isfinite(v).any()}
+
+
+def _group_distribution(groups: dict[str, np.ndarray], stratum: str, metric: str,
+                        max_points: int = MAX_POINTS, counts: dict[str, int] | None = None
+                        ) -> tuple[Figure, dict[str, tuple[int, int]]]:
+    """Box plot plus points of ``metric`` per group of ``stratum``; returns the figure and, per
+    group, (points drawn, values in the box).
+
+    ``counts`` maps a group to its ``n`` in ``AuditResult.subgroups``: the tick labels show
+    that number (the one the table shows), never a recount; a group without one gets no n.
+    """
+    counts = counts or {}
     fig = Figure(figsize=(max(3.0, 0.9 * len(groups) + 1.5), 2.6))
     ax = fig.add_subplot(1, 1, 1)
     if not groups:
         ax.text(0.5, 0.5, "no evaluated case", ha="center", va="center")
-        return fig
+        return fig, {}
     ax.boxplot(list(groups.values()), showfliers=False)
     rng = np.random.default_rng(0)  # fixed jitter: the same picture for the same data
-    for i, v in enumerate(groups.values(), start=1):
+    drawn: dict[str, tuple[int, int]] = {}
+    for i, (g, v) in enumerate(groups.items(), start=1):
+        if v.size > max_points:  # a fixed sample of the points; the box uses every case
+            v = v[np.sort(np.random.default_rng(i).choice(v.size, max_points, replace=False))]
+        drawn[g] = (int(v.size), int(groups[g].size))
         ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=8, alpha=0.6, color="#0072B2")
     ax.set_xticks(range(1, len(groups) + 1))
-    ax.set_xticklabels([f"{g}\n(n={v.size})" for g, v in groups.items()], fontsize="x-small")
+    ax.set_xticklabels([f"{g}\n(n={counts[g]})" if g in counts else g for g in groups],
+                       fontsize="x-small")
     ax.set_ylabel(metric, fontsize="small")
     ax.tick_params(labelsize="x-small")
-    ax.set_title(f"{metric} by {stratum}", fontsize="small")
-    fig.subplots_adjust(left=0.15, right=0.98, bottom=0.25, top=0.88)
-    return fig
+    title = f"{metric} by {stratum}"
+    if any(d < n for d, n in drawn.values()):
+        title += f"\n(points: a sample of {max_points} per group; boxes: all cases)"
+    ax.set_title(title, fontsize="small")
+    fig.subplots_adjust(left=0.15, right=0.98, bottom=0.25, top=0.80 if "\n" in title else 0.88)
+    return fig, drawn
 
 
-def _table_html(df: pd.DataFrame, cls: str) -> str:
+def _table_html(df: pd.DataFrame, cls: str, max_rows: int = MAX_TABLE_ROWS) -> str:
     if df.empty:
         return "<i>no rows</i>"
     from medseg_xai.reports.tables import fmt_p
 
+    note = ""
+    if len(df) > max_rows:  # the rest is in audit.json / the report
+        note = (f"<p class='mx-table-note'><i>first {max_rows} of {len(df)} rows shown</i></p>")
+        df = df.iloc[:max_rows]
     p_cols = [c for c in df.columns if c in ("p_value", "p_adjusted")]
     if p_cols:  # "< 0.001", as in the report
         df = df.assign(**{c: [fmt_p(v) for v in df[c]] for c in p_cols})
     return df.to_html(index=False, escape=True, border=0, classes=cls, na_rep="n/a",
-                      float_format=lambda v: f"{v:.3g}")
+                      float_format=lambda v: f"{v:.3g}") + note
 
 
 class AuditDashboard(W.VBox):
@@ -111,10 +137,20 @@ class AuditDashboard(W.VBox):
         Passed to the CaseExplorer so cases can be explained.
     n_worst : int
         Worst cases listed.
+    max_points : int
+        Points drawn per group in the distribution plot; larger groups show a fixed random
+        sample of their points (said in the title; the box still covers every case).
+    max_rows : int
+        Rows listed per HTML table, then a note with the full count.
+
+    Figures, tables and worst-case lists are cached per (comparison, stratum, metric) and
+    (metric, stratum, group): switching back is instant, and a 100,000-case result switches in
+    well under a second (``benchmarks/bench_dashboard.py``).
     """
 
     def __init__(self, result: Any, comparison: Any = None, *, cohort: Any = None,
-                 adapter: Any = None, n_worst: int = 5) -> None:
+                 adapter: Any = None, n_worst: int = 5,
+                 max_points: int = MAX_POINTS, max_rows: int = MAX_TABLE_ROWS) -> None:
         super().__init__()
         from medseg_xai.audit import AuditResult, ComparisonResult
 
@@ -131,6 +167,15 @@ class AuditDashboard(W.VBox):
                  if comparison is not None else ("A", "B"))
         self.names = names
         self.n_worst = int(n_worst)
+        self.max_points, self.max_rows = int(max_points), int(max_rows)
+        #: per group of the last distribution drawn: (points drawn, evaluated cases)
+        self.distribution_points: dict[str, tuple[int, int]] = {}
+        self._views: dict[tuple, tuple[bytes, bytes, str, list[str], dict]] = {}
+        self._worst: dict[tuple, pd.DataFrame] = {}
+        self._criteria: dict[str, str] = {}
+        self._codes: dict[str, dict[str, np.ndarray]] = {}
+        cases = result.cases  # evaluated rows only, once: switches then index small arrays
+        self._ok = cases[cases["status"] == "ok"] if "status" in cases.columns else cases
         self.explorer: Any = None
         self.last_error: Exception | None = None
         self._quiet = False
@@ -188,6 +233,12 @@ class AuditDashboard(W.VBox):
 
             self.readers = ReaderAgreementView(result)
             self.children = [*self.children, W.HTML("<b>Readers</b>"), self.readers.widget]
+        self.feature_shift = None  # audit with a model: feature shift, drill-down (model_tab)
+        if len(getattr(result, "feature_shift", ())):
+            from medseg_xai.widgets.model_tab import FeatureShiftPanel
+
+            self.feature_shift = FeatureShiftPanel(result, on_open=self.open_case)
+            self.children = [*self.children, self.feature_shift]
         self.add_class("mx-audit-dashboard")
         self.refresh()
 
@@ -206,12 +257,34 @@ class AuditDashboard(W.VBox):
     def refresh(self) -> None:
         """Redraw plots and tables for the current stratum, metric and comparison choice."""
         stratum, metric = self.stratum.value, self.metric.value
-        rows = self.rows()
         comparing = bool(self.compare.value and self.comparison is not None)
+        key = (comparing, stratum, metric)
+        if key not in self._views:
+            self._views[key] = self._draw(comparing, stratum, metric)
+        forest, dist, table, groups, drawn = self._views[key]
+        self.forest.value, self.distribution.value, self.table.value = forest, dist, table
+        self.distribution_points = drawn
+        if stratum not in self._criteria:
+            self._criteria[stratum] = self._criteria_html(stratum)
+        self.criteria.value = self._criteria[stratum]
+        keep = self.group.value if self.group.value in groups else (groups[0] if groups else None)
+        self._quiet = True  # one worst-case refresh, not one per option change
+        try:
+            if tuple(self.group.options) != tuple(groups):
+                self.group.options = groups
+            self.group.value = keep
+        finally:
+            self._quiet = False
+        self._show_worst()
+
+    def _draw(self, comparing: bool, stratum: str, metric: str
+              ) -> tuple[bytes, bytes, str, list[str], dict]:
+        """Forest plot, distribution, subgroup table and groups of one view (then cached)."""
+        from medseg_xai.reports.figures import forest_plot
+
+        rows = self.rows()
         ci = f"{self.result.confidence * 100:g}% CI"
         if comparing:
-            from medseg_xai.reports.figures import forest_plot
-
             plot_rows = rows.rename(columns={"difference": "estimate"})
             fig = forest_plot(plot_rows, [metric], ci=ci, title=(
                 f"{metric}: {self.names[1]} - {self.names[0]} by {stratum} (paired)"),
@@ -220,8 +293,6 @@ class AuditDashboard(W.VBox):
             ax.axvline(0.0, color="#333333", lw=0.8)
             cols = [c for c in _COMPARE_COLUMNS if c in rows.columns]
         else:
-            from medseg_xai.reports.figures import forest_plot
-
             overall = subgroup_rows(self.result.subgroups, "overall", metric)
             ov = None
             if len(overall):
@@ -232,20 +303,25 @@ class AuditDashboard(W.VBox):
             fig = forest_plot(rows, [metric], overall=ov, flagged=flagged, ci=ci,
                               title=f"{metric} by {stratum}")
             cols = [c for c in _SUBGROUP_COLUMNS if c in rows.columns]
-        self.forest.value = _png(fig)
-        self.distribution.value = _png(_group_distribution(self.result.cases, stratum, metric))
-        self.table.value = _table_html(rows[cols], "mx-table")
-        self.criteria.value = self._criteria_html(stratum)
+        own = subgroup_rows(self.result.subgroups, stratum, metric)
+        counts = {str(g): int(n) for g, n in zip(own["group"], own["n"])} if len(own) else {}
+        dist_fig, drawn = _group_distribution(self._group_values(stratum, metric), stratum,
+                                              metric, self.max_points, counts)
         groups = [str(g) for g in rows["group"]] if len(rows) else []
-        keep = self.group.value if self.group.value in groups else (groups[0] if groups else None)
-        self._quiet = True  # one worst-case refresh, not one per option change
-        try:
-            if tuple(self.group.options) != tuple(groups):
-                self.group.options = groups
-            self.group.value = keep
-        finally:
-            self._quiet = False
-        self._show_worst()
+        return (_png(fig), _png(dist_fig), _table_html(rows[cols], "mx-table", self.max_rows),
+                groups, drawn)
+
+    def _group_values(self, stratum: str, metric: str) -> dict[str, np.ndarray]:
+        ok = self._ok
+        if stratum not in self._codes:  # row positions per group, once per stratum
+            if stratum in (None, "overall") or stratum not in ok.columns:
+                self._codes[stratum] = {"all": np.arange(len(ok))}
+            else:
+                labels = ok[stratum].astype(str)
+                self._codes[stratum] = {
+                    str(g): np.asarray(pos)
+                    for g, pos in sorted(labels.groupby(labels, sort=True).indices.items())}
+        return _group_values(ok, self._codes[stratum], metric)
 
     def _criteria_html(self, stratum: str) -> str:
         r = self.result
@@ -259,15 +335,25 @@ class AuditDashboard(W.VBox):
         cols = ["criterion", "stratum", "group", "n", "statistic", "value", "op", "threshold",
                 "status", "reason"]
         return (f"<p>Verdict: <b>{html.escape(r.verdict)}</b></p>"
-                + _table_html(verdicts, "mx-table mx-verdicts")
-                + "<p><b>Definitions</b></p>" + _table_html(defs, "mx-table mx-definitions")
+                + _table_html(verdicts, "mx-table mx-verdicts", self.max_rows)
+                + "<p><b>Definitions</b></p>"
+                + _table_html(defs, "mx-table mx-definitions", self.max_rows)
                 + f"<p><b>Results in {html.escape(stratum)} and overall</b></p>"
-                + _table_html(show[cols], "mx-table mx-results"))
+                + _table_html(show[cols], "mx-table mx-results", self.max_rows))
 
     def worst_cases(self) -> pd.DataFrame:
-        """Worst cases of the chosen group for the chosen metric."""
-        return worst_cases(self.result.cases, self.metric.value, self.stratum.value,
-                           self.group.value, self.n_worst)
+        """Worst cases of the chosen group for the chosen metric (the core ranking's rows)."""
+        metric, stratum, group = self.metric.value, self.stratum.value, self.group.value
+        key = (metric, stratum, group)
+        if key not in self._worst:
+            cases = self.result.cases
+            # Rank on the few columns the ranking reads (filtering 100,000 wide rows per
+            # switch is what cost the time), then return those rows of the full table.
+            narrow = cases[[c for c in dict.fromkeys(("case_id", "status", "volume_ref_mm3",
+                                                      metric, stratum)) if c in cases.columns]]
+            picked = worst_cases(narrow, metric, stratum, group, self.n_worst)
+            self._worst[key] = cases.loc[picked.index]
+        return self._worst[key]
 
     def _show_worst(self) -> None:
         if self.group.value is None:

@@ -13,6 +13,7 @@ CaseExplorer and AuditDashboard embed them::
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from typing import Any
 
@@ -115,7 +116,8 @@ class ModelTab(W.VBox):
             self.status.value = ""
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self.last_error = exc
-            self.status.value = f"<span style='color:#b00'>{type(exc).__name__}: {exc}</span>"
+            self.status.value = (f"<span style='color:#b00'>{type(exc).__name__}: "
+                                 f"{html.escape(str(exc))}</span>")
 
     def _show_top_channels(self) -> None:
         from medseg_xai.explain.features import top_channels
@@ -211,5 +213,5 @@ class FeatureShiftPanel(W.VBox):
         except Exception as exc:  # noqa: BLE001 - shown to the user
             self.last_error = exc
             self.table_html.value += (f"<p style='color:#b00'>{type(exc).__name__}: "
-                                      f"{exc}</p>")
+                                      f"{html.escape(str(exc))}</p>")
             return None

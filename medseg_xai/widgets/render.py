@@ -41,7 +41,8 @@ from medseg_xai.viz import (
 )
 from medseg_xai.widgets.state import ViewState
 
-__all__ = ["HIGHLIGHT_COLOUR", "PROB_CMAP", "PlaneRenderer", "compose_rgb"]
+__all__ = ["DISAGREE_COLOUR", "HIGHLIGHT_COLOUR", "PROB_CMAP", "READER_OUTLINES", "PlaneRenderer",
+           "compose_rgb"]
 
 _CROSS = {"color": "#FFFFFF", "linewidth": 0.6, "alpha": 0.6}
 #: Outline of the selected lesion: white, apart from every other layer's hue.
@@ -49,6 +50,12 @@ HIGHLIGHT_COLOUR = "#FFFFFF"
 #: Probability overlay colour map (perceptually uniform and colour-blind safe, unlike the warm
 #: heatmap and the error colours).
 PROB_CMAP = "viridis"
+#: Reader outlines: Okabe-Ito hues (colour-blind safe) other than the reference (green) and
+#: prediction (orange) outlines, the white selected lesion and the disagreement stipple.
+READER_OUTLINES = ("#CC79A7", "#0072B2", "#D55E00", "#F0E442")
+#: Where readers differ: sky blue on every other voxel (a stipple, so it never reads as part of
+#: the smooth heatmap or probability fills under it).
+DISAGREE_COLOUR = "#56B4E9"
 _ERROR_RGB = np.zeros((4, 3), np.float32)
 for _code, _colour in ERROR_COLOURS.items():
     _ERROR_RGB[_code] = to_rgb(_colour)
@@ -79,6 +86,8 @@ def compose_rgb(
     probability: np.ndarray | None = None,
     prob_alpha: float = 0.5,
     highlight: np.ndarray | None = None,
+    readers: Sequence[tuple[np.ndarray, str]] = (),
+    disagreement: np.ndarray | None = None,
 ) -> np.ndarray:
     """Blend one slice and its overlays into a ``uint8`` RGB picture of the slice's shape.
 
@@ -88,8 +97,9 @@ def compose_rgb(
     heatmap, whose opacity grows with |value| up to ``heat_alpha`` (default ``alpha``; a
     diverging map for signed attributions, ``inferno`` otherwise, scaled by ``hmax``); the
     outlines of ``ref`` (``viz.REF_COLOUR``) and ``pred`` (``viz.PRED_COLOUR``), unless
-    ``error`` is on; and the outline of the selected lesion ``highlight``
-    (:data:`HIGHLIGHT_COLOUR`).
+    ``error`` is on; the ``disagreement`` voxels as a stipple (:data:`DISAGREE_COLOUR` on
+    every other pixel); each ``(mask, colour)`` of ``readers`` as an outline; and the outline
+    of the selected lesion ``highlight`` (:data:`HIGHLIGHT_COLOUR`).
     """
     img = np.asarray(image2d, dtype=np.float32)
     if vmax <= vmin:
@@ -123,6 +133,11 @@ def compose_rgb(
             rgb[outline(ref)] = to_rgb(REF_COLOUR)
         if pred is not None:
             rgb[outline(pred)] = to_rgb(PRED_COLOUR)
+    if disagreement is not None:
+        rows, cols = np.indices(disagreement.shape, sparse=True)
+        rgb[np.asarray(disagreement, bool) & ((rows + cols) % 2 == 0)] = to_rgb(DISAGREE_COLOUR)
+    for mask, colour in readers:
+        rgb[outline(mask)] = to_rgb(colour)
     if highlight is not None:
         rgb[outline(highlight)] = to_rgb(HIGHLIGHT_COLOUR)
     return (rgb * 255 + 0.5).astype(np.uint8)
@@ -227,6 +242,9 @@ class PlaneRenderer:
         self.hmax: float | None = None
         self.heat_signed = False
         self.highlight: np.ndarray | None = None
+        self.readers: dict[str, np.ndarray] = {}
+        self.reader_colours: dict[str, str] = {}
+        self.disagreement: np.ndarray | None = None
         self.planes = [_Plane(name, axis, geo, px, legend) for name, axis in state.planes]
 
     # ------------------------------------------------------------------ data
@@ -265,6 +283,27 @@ class PlaneRenderer:
                 raise ValueError(f"highlight: expected shape {self.state.shape}, got {mask.shape}")
         self.highlight = mask
 
+    def set_readers(self, readers: Any) -> None:
+        """Several readers' masks (reader -> image-shape mask), outlined one colour each
+        (:data:`READER_OUTLINES`, in order) where :attr:`ViewState.readers` shows them; with
+        two or more, the voxels some but not all marked are the ``disagreement`` layer
+        (computed once here, so a redraw only slices it)."""
+        from medseg_xai.widgets.readers import reader_votes
+
+        masks = {str(k): np.asarray(v) != 0 for k, v in dict(readers or {}).items()}
+        for name, m in masks.items():
+            if m.shape != self.state.shape:
+                raise ValueError(f"readers: reader {name!r}: expected shape {self.state.shape}, "
+                                 f"got {m.shape}")
+        self.readers = masks
+        self.reader_colours = {k: READER_OUTLINES[i % len(READER_OUTLINES)]
+                               for i, k in enumerate(masks)}
+        self.disagreement = reader_votes(masks)[1] if len(masks) > 1 else None
+        self.state.readers = {k: self.state.readers.get(k, True) for k in masks}
+
+    def _disagreement_on(self) -> bool:
+        return bool(self.state.toggles["disagreement"] and self.disagreement is not None)
+
     def compose(self, position: int) -> np.ndarray:
         """The blended ``uint8`` RGB slice of the plane at ``position``."""
         st = self.state
@@ -277,10 +316,13 @@ class PlaneRenderer:
         heat = self._slice(self.heatmap, position) if st.toggles["heatmap"] else None
         prob = self._slice(self.probability, position) if st.toggles["probability"] else None
         hl = self._slice(self.highlight, position) if st.toggles["lesion"] else None
+        readers = [(self._slice(m, position), self.reader_colours[k])
+                   for k, m in self.readers.items() if st.readers.get(k)]
+        dis = self._slice(self.disagreement, position) if self._disagreement_on() else None
         return compose_rgb(self._slice(self.image, position), st.vmin, st.vmax, ref=ref,
                            pred=pred, error=error, heatmap=heat, hmax=self.hmax, alpha=st.alpha,
                            heat_alpha=st.heat_alpha, probability=prob, prob_alpha=st.prob_alpha,
-                           highlight=hl)
+                           highlight=hl, readers=readers, disagreement=dis)
 
     def _error_on(self) -> bool:
         return bool(self.state.toggles["error"] and self.ref is not None and self.pred is not None)
@@ -350,6 +392,10 @@ class PlaneRenderer:
                 items.append(("edge:" + PRED_COLOUR, "prediction"))
         if st.toggles["lesion"] and self.highlight is not None:
             items.append(("edge:" + HIGHLIGHT_COLOUR, "selected lesion"))
+        items += [("edge:" + self.reader_colours[k], k.replace("$", r"\$"))
+                  for k in self.readers if st.readers.get(k)]
+        if self._disagreement_on():
+            items.append(("stipple:" + DISAGREE_COLOUR, "readers differ"))
         if st.toggles["probability"] and self.probability is not None:
             items.append(("cbar:" + PROB_CMAP, "probability 0-1"))
         if st.toggles["heatmap"] and self.heatmap is not None and self.hmax:
@@ -383,6 +429,9 @@ class PlaneRenderer:
                 lax.imshow(grad, cmap=colour, aspect="auto", extent=(x0, x0 + 0.8 / n, 0.55, 0.9))
             elif style == "patch":
                 lax.add_patch(Rectangle((x0, 0.55), 0.05, 0.35, facecolor=colour))
+            elif style == "stipple":
+                lax.add_patch(Rectangle((x0, 0.55), 0.05, 0.35, facecolor="none",
+                                        edgecolor=colour, hatch="....", linewidth=0.5))
             else:
                 lax.add_patch(Rectangle((x0, 0.55), 0.05, 0.35, facecolor="none",
                                         edgecolor=colour, linewidth=1.5))

@@ -20,7 +20,8 @@ PLANES_3D: tuple[tuple[str, int], ...] = (("axial", 0), ("coronal", 1), ("sagitt
 #: The single view of a 2D image (no slider axis).
 PLANES_2D: tuple[tuple[str, int], ...] = (("image", -1),)
 
-TOGGLES = ("reference", "prediction", "error", "heatmap", "crosshair", "probability", "lesion")
+TOGGLES = ("reference", "prediction", "error", "heatmap", "crosshair", "probability", "lesion",
+           "disagreement")
 
 #: CT window presets (level, width) in Hounsfield units, as radiology viewers name them.
 CT_PRESETS: dict[str, tuple[float, float]] = {
@@ -102,6 +103,7 @@ class ViewState:
     zoom: float = 1.0
     channel: int = 0
     geometry: Any = None
+    readers: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -207,6 +209,14 @@ class ViewState:
             raise ValueError(f"toggle: expected one of {TOGGLES}, got {name!r}")
         changed = self.toggles[name] != bool(on)
         self.toggles[name] = bool(on)
+        return changed
+
+    def show_reader(self, name: str, on: bool) -> bool:
+        """Outline one reader's mask or not; returns whether it changed."""
+        if name not in self.readers:
+            raise ValueError(f"reader: expected one of {sorted(self.readers)}, got {name!r}")
+        changed = self.readers[name] != bool(on)
+        self.readers[name] = bool(on)
         return changed
 
     def planes_affected(self, axis: int) -> list[int]:
