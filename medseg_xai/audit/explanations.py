@@ -243,6 +243,11 @@ def explain_failures(
                           "picked_for": ["lesion asked for (e.g. the largest missed one)"],
                           "metric": m, "value": value}
             entries.append(by_id[cid])
+    kwargs = dict(explain_kwargs or {})
+    les = result.lesions
+    if "detected_lesions" not in kwargs and les is not None and "status" in les:
+        # the verdict compares a miss with the cohort's detected lesions, not one image's
+        kwargs["detected_lesions"] = les[les["status"] == "detected"]
     n_explained = 0
     for e in entries:
         e.update(lesion_id=None, method=None, analysis=None, figure=None, note="")
@@ -266,7 +271,7 @@ def explain_failures(
                     n_explained < max_explanations or e["case_id"] in wanted):
                 try:
                     analysis, heat, e["method"] = _explain(adapter, case, ref, pred, lesion_id,
-                                                           seed, explain_kwargs or {})
+                                                           seed, kwargs)
                     e["analysis"] = analysis.to_dict()
                     if analyses is not None:
                         analyses[(e["case_id"], str(lesion_id))] = analysis
