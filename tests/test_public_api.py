@@ -264,7 +264,7 @@ _ALLOWED = {("audit/result.py", "medseg_xai.reports"), ("audit/result.py", "meds
 
 # The view layer and the applications on top of it; every other module is core, so a module
 # added later is checked without being listed here.
-_UPPER = ("reports", "widgets", "viz", "viz_model", "cli")
+_UPPER = ("reports", "widgets", "viz", "viz_model", "miss_files", "cli")
 _APPS = ("__main__.py", "demo/")
 
 
