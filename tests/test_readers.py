@@ -128,7 +128,7 @@ def test_noninferiority_is_the_paired_difference_with_its_ci(staple_result):
     assert row["model_vs_readers"] - row["reader_vs_reader"] == pytest.approx(row["difference"])
     assert row["ci_low"] <= row["difference"] <= row["ci_high"]
     assert row["margin"] == 1.0  # the pre-specified criterion's margin
-    assert row["status"] == ("within reader variability" if row["ci_low"] >= -1.0 else "not shown")
+    assert row["status"] == ("within reader variability" if row["ci_low"] >= -1.0 else "within-variability not shown")
     crit = res.criteria
     within = crit[crit["criterion"] == "within"]
     assert within["kind"].tolist() == ["noninferiority"]
@@ -322,7 +322,7 @@ def test_report_section_shows_agreement_and_noninferiority_per_device(staple_res
     for _, r in ni[ni["stratum"] == "device"].iterrows():
         assert r["group"] in html
     assert {r["status"] for _, r in ni.iterrows()} <= {
-        "within reader variability", "not shown", "insufficient data"}
+        "within reader variability", "within-variability not shown", "insufficient data"}
     for status in set(ni["status"]):
         assert status in html
     # Numbers shown are the result's own (formatted), never recomputed.

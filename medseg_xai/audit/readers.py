@@ -86,7 +86,7 @@ NONINFERIORITY_COLUMNS = ["stratum", "group", "metric", "n", "n_clusters", "mode
 DETECTION_COLUMNS = ["stratum", "group", "lesion_set", "n_lesions", "n_detected", "rate",
                      "ci_low", "ci_high"]
 LESION_SETS = ("all readers", "majority of readers", "any reader")
-WITHIN, NOT_SHOWN, INSUFFICIENT = "within reader variability", "not shown", "insufficient data"
+WITHIN, NOT_SHOWN, INSUFFICIENT = "within reader variability", "within-variability not shown", "insufficient data"
 
 
 # --------------------------------------------------------------------------------------------

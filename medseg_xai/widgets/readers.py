@@ -146,7 +146,7 @@ def agreement_rows(result: Any, stratum: str = "overall", metric: str = "dice") 
 
 def noninferiority_figure(result: Any, stratum: str = "overall", metric: str = "dice") -> Any:
     """Matplotlib figure: per group, model-vs-readers minus reader-vs-reader (mean, CI), with 0
-    and -margin marked; green within reader variability, orange not shown, grey too few cases."""
+    and -margin marked; green within reader variability, orange within-variability not shown, grey too few cases."""
     from matplotlib.figure import Figure
 
     ni = result.reader_noninferiority
