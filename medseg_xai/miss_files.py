@@ -17,12 +17,15 @@ __all__ = ["explanation_png", "write_miss_files"]
 
 
 def explanation_png(path: Path, image: np.ndarray, mask: np.ndarray, pred: np.ndarray | None,
-                    heatmap: np.ndarray, spacing: Sequence[float] | None, title: str) -> Any:
-    """Three planes with the target's outline, the prediction and the map, plus a colour bar."""
+                    heatmap: np.ndarray, spacing: Sequence[float] | None, title: str,
+                    affine: np.ndarray | None = None) -> Any:
+    """Three planes with the target's outline, the prediction and the map, plus a colour bar;
+    anatomical planes with orientation letters when the source ``affine`` is given."""
     from medseg_xai import viz
 
+    geometry = {"spacing": spacing} if affine is None else {"affine": np.asarray(affine, float)}
     fig = viz.three_plane(image, center=viz.lesion_centre(mask), ref=mask, pred=pred,
-                          heatmap=heatmap, spacing=spacing, contours=True, title=title)
+                          heatmap=heatmap, contours=True, title=title, **geometry)
     h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64))
     hmax = float(np.abs(h).max())
     if hmax > 0:  # viz colours the map as RGBA: the same scale as a colour bar (viz's rule)
@@ -92,6 +95,6 @@ def write_miss_files(analysis: Any, out_dir: str | Path, *, case_id: str, image:
         nib.save(nib.Nifti1Image(np.asarray(attr, dtype=np.float32), aff), str(nii))
         png = nii.with_name(nii.name.removesuffix(".nii.gz") + ".png")
         explanation_png(png, img, mask, pred, attr, spacing,
-                        f"{case_id} {analysis.lesion_id}: {row.method}")
+                        f"{case_id} {analysis.lesion_id}: {row.method}", affine=affine)
         written += [nii, png]
     return written, warnings
