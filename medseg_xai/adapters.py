@@ -622,8 +622,11 @@ class SegmentationAdapter:
             )
         return torch.zeros(shape, device=self.device)
 
-    def _trace(self, input_shape: Sequence[int]) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-        """Run one forward pass and record (name, module, output shape) of conv layers."""
+    def _trace(self, input_shape: Sequence[int], *, every_module: bool = False
+               ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """Run one zero-filled forward pass and record (name, module, output shape) of the conv
+        layers (``every_module``: of every named module, blocks included), one entry per call,
+        in the order the calls finish."""
         if self.is_scripted:
             raise ValueError(
                 "layers: TorchScript models do not support forward hooks, so layer output shapes "
@@ -642,7 +645,7 @@ class SegmentationAdapter:
 
         try:
             for name, module in self.model.named_modules():
-                if isinstance(module, CONV_TYPES):
+                if name and (every_module or isinstance(module, CONV_TYPES)):
                     handles.append(module.register_forward_hook(make_hook(name)))
             with torch.no_grad(), self.frozen(freeze_parameters=False):
                 self.forward_logits(x)

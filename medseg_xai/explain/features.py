@@ -37,7 +37,6 @@ def feature_layer(adapter: Any, input_shape: Sequence[int]) -> str:
     input_shape : sequence of int
         ``(C, *spatial)`` of an input, traced with one zero-filled forward pass.
     """
-    import torch
 
     from medseg_xai.adapters import CONV_TYPES
 
@@ -48,27 +47,12 @@ def feature_layer(adapter: Any, input_shape: Sequence[int]) -> str:
     key = len(tuple(input_shape))
     if key in cache:
         return cache[key]
-    x = adapter._example(input_shape)
-    shapes: dict[str, tuple[int, ...]] = {}
-    order: list[str] = []
-    handles = []
-
-    def record(name: str, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            shapes[name] = tuple(out.shape)
-            order.append(name)
-
     modules = dict(adapter.model.named_modules())
-    for name, module in modules.items():
-        if name:
-            handles.append(module.register_forward_hook(
-                lambda _m, _i, o, name=name: record(name, o)))
-    try:
-        with torch.no_grad(), adapter.frozen(freeze_parameters=False):
-            adapter.forward_logits(x)
-    finally:
-        for h in handles:
-            h.remove()
+    shapes: dict[str, tuple[int, ...]] = {}  # each module's last output shape
+    order: list[str] = []  # every call, in the order the calls finish
+    for name, _module, shape in adapter._trace(input_shape, every_module=True):
+        shapes[name] = shape
+        order.append(name)
     convs = [n for n in order if isinstance(modules[n], CONV_TYPES)]
     if not convs:
         raise ValueError("feature_layer: the model has no convolution layers; pass the layer "

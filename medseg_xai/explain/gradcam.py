@@ -139,23 +139,12 @@ def localising_layer(adapter: SegmentationAdapter, input_shape: Sequence[int]) -
     if adapter.is_scripted:
         raise ValueError("gradcam: TorchScript models do not support hooks; pass an nn.Module")
     modules = dict(adapter.model.named_modules())
-    shapes: dict[str, tuple[int, ...]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}  # each module's first output shape
     order: list[str] = []
-
-    def record(key: str, out: Any) -> None:  # a hook must return None (or it replaces `out`)
-        if isinstance(out, torch.Tensor) and key not in shapes:
-            shapes[key] = tuple(out.shape)
+    for key, _module, out_shape in adapter._trace(shape, every_module=True):
+        if key not in shapes:
+            shapes[key] = out_shape
             order.append(key)
-
-    hooks = [m.register_forward_hook(lambda _m, _i, out, key=n: record(key, out))
-             for n, m in modules.items() if n]
-    try:
-        x = torch.zeros(shape, device=adapter.device)
-        with torch.no_grad(), adapter.frozen(freeze_parameters=False):
-            adapter.forward_logits(x)
-    finally:
-        for h in hooks:
-            h.remove()
     convs = [n for n in order if isinstance(modules[n], CONV_TYPES)]
     if not convs:
         raise ValueError(
