@@ -219,7 +219,7 @@ def test_in_flight_work_is_bounded(cohort_path, executor):
             client.close()
             cluster.close()
     assert state["received"] == 60 and info.n_cases == 60 and info.workers == 2
-    chunk = runner._chunk_size(60, 2)
+    chunk = runner._chunk_size(60, 2, runner.CHUNK_CAP[executor])
     # at most 2 chunks per worker in flight, plus the chunk being filled
     assert state["ahead"] <= (2 * 2 + 1) * chunk < 60
 

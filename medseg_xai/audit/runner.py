@@ -486,8 +486,14 @@ def _die_with_parent(parent_pid: int) -> None:
         threading.Thread(target=_watch, daemon=True, name="medseg-xai-parent-watch").start()
 
 
-def _fix_threads() -> None:
-    """Pin torch's intra-op threads (identical numbers on every executor)."""
+def _fix_threads(torch_needed: bool = True) -> None:
+    """Pin torch's intra-op threads (identical numbers on every executor).
+
+    Without a model nothing runs torch: a worker that has not imported it does not import it
+    (it took ~1.5 s per forked worker, a quarter of a 2,000-case audit's time on one worker).
+    """
+    if not torch_needed and "torch" not in sys.modules:
+        return
     try:  # a plain import: it waits for another thread's import of torch to finish
         import torch
     except ImportError:  # pragma: no cover
@@ -500,12 +506,15 @@ def _init_worker(adapter: Any, parent_pid: int) -> None:
     global _WORKER_ADAPTER
     _die_with_parent(parent_pid)
     _WORKER_ADAPTER = adapter
-    _fix_threads()
+    _fix_threads(adapter is not None)
 
 
 @contextmanager
-def _pinned_threads() -> Iterator[None]:
+def _pinned_threads(torch_needed: bool = True) -> Iterator[None]:
     """Serial runs pin torch's threads in the caller's process and restore them afterwards."""
+    if not torch_needed and "torch" not in sys.modules:
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
@@ -527,21 +536,27 @@ def _batches(tasks: Iterable[CaseTask], size: int) -> Iterator[list[CaseTask]]:
         yield batch
 
 
-def _chunk_size(n_tasks: int, slots: int) -> int:
-    # Small chunks amortise the round trip to a worker; several chunks per worker keep the load
-    # balanced when cases differ in cost.
-    return max(1, min(8, n_tasks // (8 * max(slots, 1))))
+#: Most tasks per chunk. A chunk amortises the round trip to a worker; several chunks per worker
+#: keep the load balanced when cases differ in cost. Dask's round trip goes through the
+#: scheduler (a few ms of client and scheduler CPU per future), so its chunks are larger: with
+#: chunks of 8 the scheduler's share held 2 workers on 2 cores at 1.64x one worker, with 32 at
+#: 1.80x (benchmarks/bench_audit_scale.py throughput, warm workers).
+CHUNK_CAP = {"process": 8, "dask": 32}
+
+
+def _chunk_size(n_tasks: int, slots: int, cap: int = 8) -> int:
+    return max(1, min(cap, n_tasks // (4 * max(slots, 1))))
 
 
 def _chunk(fn: Callable[..., dict], tasks: list[CaseTask], adapter: Any = None) -> list[dict]:
-    _fix_threads()
+    _fix_threads(adapter is not None)
     if adapter is None:
         return [fn(task) for task in tasks]
     return [fn(task, adapter=adapter) for task in tasks]
 
 
 def _serial(fn: Callable[..., dict], tasks: Iterable[CaseTask], adapter: Any) -> Iterator[dict]:
-    with _pinned_threads():
+    with _pinned_threads(adapter is not None):
         for task in tasks:
             yield fn(task, adapter=adapter)
 
@@ -557,13 +572,15 @@ def _process(
         # fork is cheap and safe for numpy/scipy work; torch inference wants a fresh process.
         mp_context = "spawn" if adapter is not None else ("fork" if os.name == "posix" else "spawn")
     ctx = mp.get_context(mp_context)
+    if ctx.get_start_method() == "fork":
+        _preload()
     worker_fn = partial(_chunk, fn, adapter="worker" if adapter is not None else None)
     limit = 2 * workers  # chunks in flight: enough to keep every worker busy, no more
     pending: set = set()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(adapter, os.getpid())) as pool:
         try:
-            for chunk in _batches(tasks, _chunk_size(n_tasks, workers)):
+            for chunk in _batches(tasks, _chunk_size(n_tasks, workers, CHUNK_CAP["process"])):
                 pending.add(pool.submit(worker_fn, chunk))
                 while len(pending) >= limit:  # back-pressure: wait before submitting more
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -576,6 +593,18 @@ def _process(
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+def _preload() -> None:
+    """Build what every case needs before a pool forks, so that the workers inherit it.
+
+    MONAI's loader imports torch and MONAI: about 3 s and a few hundred MB in every worker that
+    builds its own (with 2 workers, 2,000 small cases ran at 1.65x one worker instead of 1.9x).
+    """
+    from medseg_xai.cohort import _loader
+
+    for is_image in (True, False):
+        _loader("nifti", is_image)
 
 
 def dask_slots(client: Any) -> int:
@@ -597,7 +626,7 @@ def _dask(fn: Callable[..., dict], tasks: Iterable[CaseTask], n_tasks: int, clie
     limit = 2 * slots
     pending: set = set()
     try:
-        for chunk in _batches(tasks, _chunk_size(n_tasks, slots)):
+        for chunk in _batches(tasks, _chunk_size(n_tasks, slots, CHUNK_CAP["dask"])):
             pending.add(client.submit(_chunk, fn, chunk, pure=False, **kwargs))
             while len(pending) >= limit:  # back-pressure: no futures pile up in the client
                 done, pending = wait(pending, return_when="FIRST_COMPLETED")

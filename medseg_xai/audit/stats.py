@@ -18,6 +18,7 @@ from scipy import stats
 
 __all__ = [
     "CI_METHODS",
+    "bca_mean_interval",
     "bh",
     "bland_altman",
     "bootstrap_mean_ci",
@@ -199,35 +200,74 @@ def bootstrap_mean_ci(
         (means,) = blocked_weighted_means(n_units, n_resamples, rng, (sums, counts))
         return percentile_interval(means, confidence)
     batch = max(1, MAX_BOOTSTRAP_CELLS // x.size)  # bounded memory; same numbers as unbatched
+    # SciPy draws the resamples (identically for both methods); BCa's correction is done here
+    # with the closed-form jackknife of the mean: SciPy's generic jackknife is O(n^2) time
+    # (n leave-one-out means of n - 1 values), hours for every group of a 100,000-case audit.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DegenerateDataWarning on near-constant data
-        res = stats.bootstrap(
-            (x,),
-            np.mean,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method=method,
-            vectorized=True,
-            rng=rng,
-            batch=batch,
-        )
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                              method="percentile", vectorized=True, rng=rng, batch=batch)
+    if method == "percentile":
+        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    else:
+        low, high = bca_mean_interval(x, res.bootstrap_distribution, confidence)
     if not (np.isfinite(low) and np.isfinite(high)):
         # BCa can fail on heavily tied data; fall back to the percentile interval.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = stats.bootstrap(
-                (x,),
-                np.mean,
-                n_resamples=n_resamples,
-                confidence_level=confidence,
-                method="percentile",
-                vectorized=True,
-                rng=rng,
-                batch=batch,
-            )
+            res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples,
+                                  confidence_level=confidence, method="percentile",
+                                  vectorized=True, rng=rng, batch=batch)
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return (low, high)
+
+
+def bca_mean_interval(x: np.ndarray, boot_means: np.ndarray,
+                      confidence: float = 0.95) -> tuple[float, float]:
+    """Bias-corrected and accelerated interval of the mean from its bootstrap distribution.
+
+    The same interval as ``scipy.stats.bootstrap(..., method="BCa")`` (Efron and Tibshirani
+    1993, 14.3 and 15.4, eq. 14.15), but the acceleration uses the closed form of the mean's
+    jackknife: the leave-one-out means are ``(S - x_i) / (n - 1)``, so the jackknife influence
+    values are ``U_i = x_i - mean`` and ``a = sum(U^3) / (6 * sum(U^2)^1.5)``: O(n) instead of
+    SciPy's O(n^2).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The finite observations.
+    boot_means : numpy.ndarray
+        ``(B,)`` means of the bootstrap resamples of ``x``.
+    confidence : float
+        Two-sided confidence level.
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``; NaN where BCa is undefined (e.g. every resample on one side of the
+        estimate).
+    """
+    from scipy.special import ndtr, ndtri
+
+    x = np.asarray(x, dtype=float)
+    theta_b = np.asarray(boot_means, dtype=float)
+    theta = float(np.mean(x))
+    # proportion of resamples below the estimate, ties counted half (SciPy's convention)
+    share = (np.count_nonzero(theta_b < theta) + np.count_nonzero(theta_b <= theta)) / (
+        2 * theta_b.size)
+    u = x - theta
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z0 = ndtri(share)
+        accel = float(np.sum(u**3) / (6.0 * np.sum(u**2) ** 1.5))
+        z_alpha = float(ndtri((1.0 - confidence) / 2.0))
+        levels = []
+        for z in (z_alpha, -z_alpha):
+            num = z0 + z
+            levels.append(float(ndtr(z0 + num / (1.0 - accel * num))))
+    if not all(np.isfinite(levels)):
+        return (float("nan"), float("nan"))
+    low, high = np.quantile(theta_b, levels)
+    return (float(low), float(high))
 
 
 def group_vs_rest_test(
