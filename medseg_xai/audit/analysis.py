@@ -102,6 +102,16 @@ def _clusters(cases: pd.DataFrame) -> tuple[pd.Series, bool]:
     return cases["case_id"].astype(str), False
 
 
+def _cluster_sums(clusters: np.ndarray, groups: np.ndarray | None, values: np.ndarray,
+                  n_clusters: int, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_clusters, n_groups)`` sum and count of ``values`` per cluster and group."""
+    index = clusters * n_groups + (0 if groups is None else groups)
+    size = n_clusters * n_groups
+    sums = np.bincount(index, weights=values, minlength=size).reshape(n_clusters, n_groups)
+    counts = np.bincount(index, minlength=size).astype(float).reshape(n_clusters, n_groups)
+    return sums, counts
+
+
 def _flag(n: int, min_n: int, gap: float, p_adj: float, direction: int, alpha: float) -> str:
     if n < min_n:
         return INSUFFICIENT
@@ -138,8 +148,9 @@ def subgroup_table(
     orders : mapping, optional
         Display order of derived strata.
     seed : int
-        Seeds the bootstrap; each (stratum, metric) gets its own stream so tables do not shift
-        when a stratum is added.
+        Seeds the bootstrap. Each stratum draws one set of cluster resamples shared by its
+        metrics (the gaps' intervals); each (stratum, metric) has its own stream for the group
+        intervals and tests, so tables do not shift when a stratum or a metric is added.
     min_n : int
         Groups with fewer evaluated values are flagged ``"insufficient data"`` and not tested.
     n_resamples, confidence, ci_method
@@ -155,35 +166,47 @@ def subgroup_table(
     if correction not in ("holm", "bh"):
         raise ValueError(f"correction: expected 'holm' or 'bh', got {correction!r}")
     orders = orders or {}
-    ok = cases[cases["status"] == "ok"]
+    # a mask, not a copy of the cases table (at 100,000 cases every copy is tens of MB)
+    ok = (cases["status"] == "ok").to_numpy()
     clusters_all, clustered = _clusters(cases)
     rows: list[dict[str, Any]] = []
+    cl = clusters_all.to_numpy()[ok]
+    cl_codes, cl_names = pd.factorize(cl)
+    n_cl = len(cl_names)
     for s_idx, stratum in enumerate([OVERALL, *strata]):
         labels_all, order = stratum_groups(cases, stratum, orders)
-        labels = labels_all.loc[ok.index]
+        position = {g: j for j, g in enumerate(order)}
+        g_codes = np.array([position.get(g, -1) for g in labels_all.to_numpy()[ok]], dtype=int)
+        n_groups = len(order)
+        prepared = []
         for m_idx, metric in enumerate(metrics):
-            if metric not in ok.columns:
+            if metric not in cases.columns:
                 continue
-            rng = np.random.default_rng([int(seed), s_idx, m_idx])
-            values = pd.to_numeric(ok[metric], errors="coerce").to_numpy(dtype=float)
+            values = pd.to_numeric(cases[metric], errors="coerce").to_numpy(dtype=float)[ok]
             finite = np.isfinite(values)
-            cl = clusters_all.loc[ok.index].to_numpy()
-            cl_codes, cl_names = pd.factorize(cl)
-            n_cl = len(cl_names)
-            g_codes = np.array([order.index(g) if g in order else -1
-                                for g in labels.to_numpy()], dtype=int)
-            n_groups = len(order)
-            keep = finite & (g_codes >= 0)
-            sums = np.zeros((n_cl, n_groups))
-            counts = np.zeros((n_cl, n_groups))
-            np.add.at(sums, (cl_codes[keep], g_codes[keep]), values[keep])
-            np.add.at(counts, (cl_codes[keep], g_codes[keep]), 1.0)
-            o_sums = np.zeros(n_cl)
-            o_counts = np.zeros(n_cl)
-            np.add.at(o_sums, cl_codes[finite], values[finite])
-            np.add.at(o_counts, cl_codes[finite], 1.0)
-            boot_groups, boot_overall = stats.blocked_weighted_means(  # memory-bounded
-                n_cl, n_resamples, rng, (sums, counts), (o_sums, o_counts))
+            prepared.append((m_idx, metric, values, finite, finite & (g_codes >= 0)))
+        # One set of cluster resamples per stratum, shared by its metrics (a joint bootstrap):
+        # drawing the (B x clusters) counts is the slow part at 100,000 cases, so it is done
+        # once per stratum, block by block; each metric's per-cluster sums are rebuilt per
+        # block (O(n)) rather than held for every metric at once (O(n x groups x metrics)).
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in prepared]
+        for w in stats.weight_blocks(n_cl, n_resamples, np.random.default_rng([int(seed), s_idx])):
+            for k, (_, _, values, finite, keep) in enumerate(prepared):
+                sums, counts = _cluster_sums(cl_codes[keep], g_codes[keep], values[keep],
+                                             n_cl, n_groups)
+                o_sums, o_counts = _cluster_sums(cl_codes[finite], None, values[finite], n_cl, 1)
+                parts[k].append((stats.weighted_means(w, sums, counts),
+                                 stats.weighted_means(w, o_sums[:, 0], o_counts[:, 0])))
+        for k, (m_idx, metric, values, finite, keep) in enumerate(prepared):
+            if parts[k]:
+                boot_groups = np.concatenate([g for g, _ in parts[k]])
+                boot_overall = np.concatenate([o for _, o in parts[k]])
+            else:
+                boot_groups, boot_overall = np.zeros((0, n_groups)), np.zeros(0)
+            parts[k] = []
+            # group intervals and tests: a stream per (stratum, metric), so tables do not shift
+            # when a metric or a stratum is added
+            rng = np.random.default_rng([int(seed), s_idx, m_idx])
             overall = float(values[finite].mean()) if finite.any() else float("nan")
             direction = stats.metric_direction(metric)
             ests = np.array([values[keep & (g_codes == j)].mean() if (keep & (g_codes == j)).any()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as _dt
 import hashlib
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -287,7 +289,9 @@ def audit(
             if client is not None:
                 client.close()
         elapsed = time.perf_counter() - started
+        release_memory()  # the per-case phase's freed heap, before the tables are built
         cases, lesions = _tables(cohort, stream_path)
+        release_memory()
         reader_cases = (_readers.records_tables(read_records(stream_path)) if cohort.readers
                         else None)
     cases, features, layer = _pop_features(cases)
@@ -335,6 +339,25 @@ def audit(
 
         result.model_layers = weights(adapter)
     return result
+
+
+def release_memory() -> None:
+    """Give freed heap back to the operating system between the audit's phases.
+
+    The per-case phase and the table build free many small objects (records, row dicts,
+    chunk frames); glibc's ``malloc_trim`` and pyarrow's pool (pandas' string columns) keep
+    that memory otherwise, and the next phase's arrays are allocated beside it.
+    """
+    if "pyarrow" in sys.modules:
+        try:
+            sys.modules["pyarrow"].default_memory_pool().release_unused()
+        except Exception:  # noqa: BLE001 - an old pyarrow without the call
+            pass
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # pragma: no cover - musl and other libcs
+            pass
 
 
 def _pop_features(cases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None, str | None]:
@@ -524,18 +547,57 @@ def _frames(records: list[dict[str, Any]],
     return pd.DataFrame(rows), pd.DataFrame(lesion_rows)
 
 
-def _concat(frames: list[pd.DataFrame], order: dict[str, tuple[int, int]]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f.columns)]
-    if not frames:
-        return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True, sort=False) if len(frames) > 1 else frames[0]
-    # Records arrive in completion order; the tables are in manifest order (stable per case).
-    df = df.sort_values("row", kind="stable").reset_index(drop=True)
-    df = df[sorted(df.columns, key=lambda c: order.get(c, (1 << 62, 0)))]
-    obj = [c for c in df.columns if df[c].dtype == object]
-    if obj and len(frames) > 1:  # a chunk where a column was all-None left it object
-        df[obj] = df[obj].infer_objects()
-    return df
+def _reorder(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``df[columns]`` without copying the data (``df[list]`` copies every column)."""
+    return pd.DataFrame({c: df[c] for c in columns}, copy=False)
+
+
+class _ColumnParts:
+    """One table's chunks kept column by column, concatenated one column at a time.
+
+    ``pd.concat`` of the chunk frames held every chunk and the whole new table at once (twice
+    the table at the peak). Here each chunk frame is split into its columns as it is read and
+    freed; at the end each column's parts are concatenated and released before the next
+    column, so the peak is the table plus one column's parts.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[pd.Series | int]] = {}
+        self.lengths: list[int] = []
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if not len(frame.columns):
+            return
+        k = len(self.lengths)
+        for col in frame.columns:
+            # a column absent from earlier chunks: their length stands in (NA there)
+            self.parts.setdefault(col, list(self.lengths))
+            self.parts[col].append(frame[col].copy())  # its own array: the chunk's block is freed
+        for parts in self.parts.values():
+            if len(parts) == k:
+                parts.append(len(frame))
+        self.lengths.append(len(frame))
+
+    def table(self, order: dict[str, tuple[int, int]]) -> pd.DataFrame:
+        if not self.parts:
+            return pd.DataFrame()
+        data: dict[str, pd.Series] = {}
+        for col in sorted(self.parts, key=lambda c: order.get(c, (1 << 62, 0))):
+            parts = [p if isinstance(p, pd.Series) else pd.Series(np.nan, index=range(p))
+                     for p in self.parts.pop(col)]
+            data[col] = (pd.concat(parts, ignore_index=True) if len(parts) > 1
+                         else parts[0].reset_index(drop=True))
+            del parts
+        df = pd.DataFrame(data, copy=False)
+        del data
+        # Records arrive in completion order; the tables are in manifest order (stable per
+        # case). A serial run is already in order: no sorted copy of the table then.
+        if not df["row"].is_monotonic_increasing:
+            df = df.sort_values("row", kind="stable").reset_index(drop=True)
+        obj = [c for c in df.columns if df[c].dtype == object]
+        if obj and len(self.lengths) > 1:  # a chunk where a column was all-None left it object
+            df[obj] = df[obj].infer_objects()
+        return df
 
 
 def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -547,12 +609,12 @@ def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.D
     meta_cols = cohort.metadata_columns
     manifest = cohort.manifest
     seen: dict[str, dict[str, tuple[int, int]]] = {"cases": {}, "lesions": {}}
-    case_frames, lesion_frames = [], []
+    case_parts, lesion_parts = _ColumnParts(), _ColumnParts()
     for cf, lf in read_chunks(stream_path, lambda recs: _frames(recs, seen), _READ_CHUNK):
-        case_frames.append(cf)
-        lesion_frames.append(lf)
-    cases = _concat(case_frames, seen["cases"])
-    del case_frames
+        case_parts.add(cf)
+        lesion_parts.add(lf)
+        del cf, lf
+    cases = case_parts.table(seen["cases"])
     rows = cases["row"].to_numpy()
     if "patient_id" in manifest.columns:
         patients = np.asarray(_patient_labels(manifest, cohort.pseudonymised), dtype=object)
@@ -565,9 +627,8 @@ def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.D
         cases["edge_case"] = cases["edge_case"].astype(object)
     # keep timing columns last
     timing = [c for c in TIMING_COLUMNS if c in cases.columns]
-    cases = cases[[c for c in cases.columns if c not in timing] + timing]
-    lesions = _concat(lesion_frames, seen["lesions"])
-    del lesion_frames
+    cases = _reorder(cases, [c for c in cases.columns if c not in timing] + timing)
+    lesions = lesion_parts.table(seen["lesions"])
     if lesions.empty:
         from medseg_xai.metrics import LESION_COLUMNS
 
@@ -578,8 +639,9 @@ def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.D
         if col in lesions and any(isinstance(v, list) for v in lesions[col]):
             lesions[col] = [_as_tuple(v) if isinstance(v, list) else v for v in lesions[col]]
     if len(lesions) and meta_cols:
-        meta = cases.set_index("case_id")[meta_cols]
-        lesions = lesions.join(meta, on="case_id")
+        meta = cases.set_index("case_id")
+        for col in meta_cols:  # a left join by case id, column by column: no copy of lesions
+            lesions[col] = lesions["case_id"].map(meta[col])
     return cases, lesions
 
 

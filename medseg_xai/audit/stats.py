@@ -11,7 +11,7 @@ overall mean, gaps between groups) is one matrix product over all resamples at o
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from scipy import stats
@@ -28,6 +28,7 @@ __all__ = [
     "kruskal_test",
     "metric_direction",
     "percentile_interval",
+    "weight_blocks",
     "weighted_means",
     "wilson_ci",
 ]
@@ -109,6 +110,15 @@ def weighted_means(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray) ->
 MAX_BOOTSTRAP_CELLS = 1 << 21
 
 
+def weight_blocks(n_clusters: int, n_resamples: int,
+                  rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """The rows of ``cluster_weights(n_clusters, n_resamples, rng)`` in blocks of at most
+    :data:`MAX_BOOTSTRAP_CELLS` cells, drawn from ``rng`` in the same order."""
+    step = max(1, MAX_BOOTSTRAP_CELLS // max(n_clusters, 1))
+    for start in range(0, n_resamples, step):
+        yield cluster_weights(n_clusters, min(step, n_resamples - start), rng)
+
+
 def blocked_weighted_means(
     n_clusters: int, n_resamples: int, rng: np.random.Generator,
     *pairs: tuple[np.ndarray, np.ndarray],
@@ -116,13 +126,11 @@ def blocked_weighted_means(
     """:func:`weighted_means` of each ``(sums, counts)`` pair under the same resamples.
 
     Equal to ``weighted_means(cluster_weights(n_clusters, n_resamples, rng), sums, counts)``
-    for every pair, but the weights are drawn in blocks of rows (at most
-    :data:`MAX_BOOTSTRAP_CELLS` cells), so the ``(B, n_clusters)`` matrix never exists at once.
+    for every pair, but the weights are drawn in blocks of rows (:func:`weight_blocks`), so the
+    ``(B, n_clusters)`` matrix never exists at once.
     """
-    step = max(1, MAX_BOOTSTRAP_CELLS // max(n_clusters, 1))
     out: list[list[np.ndarray]] = [[] for _ in pairs]
-    for start in range(0, n_resamples, step):
-        w = cluster_weights(n_clusters, min(step, n_resamples - start), rng)
+    for w in weight_blocks(n_clusters, n_resamples, rng):
         for i, (sums, counts) in enumerate(pairs):
             out[i].append(weighted_means(w, sums, counts))
     return [np.concatenate(parts) if parts else weighted_means(
