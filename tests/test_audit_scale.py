@@ -323,3 +323,44 @@ def test_efficiency_summary_and_report_section(baseline):
     assert sec_efficiency.build(AuditResult(**{k: getattr(baseline, k) for k in (
         "cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
         "volume_agreement", "verdicts")}), {}) is None  # a result without timings: no section
+
+
+def test_subgroup_rows_do_not_shift_when_a_metric_or_stratum_is_appended(baseline):
+    """Resamples are shared by a stratum's metrics (one draw per stratum, the slow part at
+    100,000 cases) and each (stratum, metric) keeps its own stream for group intervals and
+    tests: appending a metric or a stratum leaves every other row's numbers unchanged."""
+    from medseg_xai.audit import analysis
+    from medseg_xai.audit.strata import parse_strata
+
+    cases, orders = analysis.prepare_cases(baseline.cases, 3)
+    kw = {"orders": orders, "n_resamples": 200, "min_n": 2}
+    strata = parse_strata(["site"])
+    few = analysis.subgroup_table(cases, strata, ["dice", "hd95"], **kw)
+    more = analysis.subgroup_table(cases, parse_strata(["site", "lesion_size"]),
+                                   ["dice", "hd95", "recall"], **kw)
+    cols = ["estimate", "ci_low", "ci_high", "gap", "gap_ci_low", "gap_ci_high",
+            "gap_best", "gap_best_ci_low", "gap_best_ci_high", "p_value"]
+    keyed = more.set_index(["stratum", "group", "metric"])
+    same = keyed.loc[[tuple(k) for k in few[["stratum", "group", "metric"]].to_numpy()], cols]
+    np.testing.assert_array_equal(same.to_numpy(float), few[cols].to_numpy(float))
+    assert np.isfinite(few["gap_ci_low"].to_numpy(float)).any()
+
+
+def test_workers_without_a_model_do_not_import_torch():
+    """A pool worker without a model never imports torch (3 s and hundreds of MB each); the
+    fork pool's parent builds MONAI's loaders first so that forked workers inherit them."""
+    code = ("import sys; from medseg_xai.audit import runner; runner._fix_threads(False); "
+            "print('torch' in sys.modules); runner._preload(); "
+            "from medseg_xai import cohort; print(sorted(cohort._LOADERS))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stdout.split("\n")
+    assert out[0] == "False"
+    assert out[1] == "[('nifti', False), ('nifti', True)]"
+
+
+def test_dask_chunks_are_larger_than_pool_chunks():
+    # each Dask future costs client and scheduler time: fewer, larger chunks there
+    assert runner._chunk_size(100_000, 2, runner.CHUNK_CAP["dask"]) == 32
+    assert runner._chunk_size(100_000, 2, runner.CHUNK_CAP["process"]) == 8
+    assert runner._chunk_size(10, 4, runner.CHUNK_CAP["dask"]) == 1

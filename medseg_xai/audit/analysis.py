@@ -251,7 +251,7 @@ def subgroup_table(
                                                  rng=rng)
                 rows.append({
                     "stratum": stratum.name, "group": str(group), "metric": metric, "n": n,
-                    "n_clusters": int(len(np.unique(cl[sel]))) if n else 0,
+                    "n_clusters": int(len(np.unique(cl_codes[sel]))) if n else 0,
                     "estimate": est, "median": float(np.median(v)) if n else float("nan"),
                     "ci_low": ci[0], "ci_high": ci[1],
                     "gap": gap[0], "gap_ci_low": gap[1], "gap_ci_high": gap[2],
@@ -339,7 +339,9 @@ def detection_table(
     table); ``flag`` is ``"worse"``/``"better"`` when the adjusted p is below ``alpha``.
     """
     orders = orders or {}
-    ref = lesions[lesions["source"] == "reference"] if len(lesions) else lesions
+    # only the three columns used: a row subset of the whole lesions table is its largest copy
+    ref = (lesions.loc[lesions["source"] == "reference", ["case_id", "volume_mm3", "status"]]
+           if len(lesions) else lesions)
     size_labels, size_order = (lesion_size_labels(ref["volume_mm3"], list(bins))
                                if len(ref) else (pd.Series(dtype=object), ["empty"]))
     size_order = [s for s in size_order if s != "empty"]

@@ -105,9 +105,10 @@ def weighted_means(weights: np.ndarray, sums: np.ndarray, counts: np.ndarray) ->
 
 
 #: Bootstrap work is done in blocks of at most this many (resample x unit) cells, so memory is
-#: bounded whatever the cohort size (2000 resamples x 100,000 cases would be 1.6 GB at once).
+#: bounded whatever the cohort size (2000 resamples x 100,000 cases would be 1.6 GB at once;
+#: a block is 8 MB of weights).
 #: Blocks draw from the same random stream in the same order: results do not depend on it.
-MAX_BOOTSTRAP_CELLS = 1 << 21
+MAX_BOOTSTRAP_CELLS = 1 << 20
 
 
 def weight_blocks(n_clusters: int, n_resamples: int,

@@ -166,7 +166,9 @@ def add_derived_columns(
     orders : dict
         Group order of each derived stratum (size order rather than alphabetical).
     """
-    out = cases.copy()
+    # shallow: only new columns are added, so the cases' data are shared, not copied (tens of
+    # MB at 100,000 cases)
+    out = cases.copy(deep=False)
     orders: dict[str, list[str]] = {}
     ok = out["status"] == "ok" if "status" in out else pd.Series(True, index=out.index)
     if "lesion_size" not in cases and "volume_ref_mm3" in out:
