@@ -102,6 +102,37 @@ def _clusters(cases: pd.DataFrame) -> tuple[pd.Series, bool]:
     return cases["case_id"].astype(str), False
 
 
+def _clustered_group_means(
+    prepared: Sequence[tuple[Any, ...]], cl_codes: np.ndarray, g_codes: np.ndarray,
+    n_groups: int, n_resamples: int, seed: list[int],
+) -> dict[tuple[int, int], np.ndarray]:
+    """Cluster-bootstrap means of every metric in every group: ``(metric k, group j) -> (B,)``.
+
+    Each group's clusters (patients) are resampled with replacement, once per group for all
+    metrics (in memory-bounded blocks); a metric's mean in a resample is the ratio of the
+    drawn clusters' sums to their counts of finite values (clusters without a finite value of
+    that metric add nothing). Drawing per metric made a 100,000-case audit with patient ids
+    spend minutes on multinomial draws.
+    """
+    out: dict[tuple[int, int], np.ndarray] = {}
+    for j in range(n_groups):
+        in_group = g_codes == j
+        members, local = np.unique(cl_codes[in_group], return_inverse=True)
+        if members.size < 2:
+            continue
+        pairs = []
+        for _, _, values, finite, _ in prepared:
+            f = finite[in_group]
+            v = values[in_group]
+            pairs.append((np.bincount(local[f], weights=v[f], minlength=members.size),
+                          np.bincount(local[f], minlength=members.size).astype(float)))
+        rng = np.random.default_rng([*seed, 1 << 16, j])
+        for k, means in enumerate(stats.blocked_weighted_means(members.size, n_resamples, rng,
+                                                               *pairs)):
+            out[(k, j)] = means
+    return out
+
+
 def _cluster_sums(clusters: np.ndarray, groups: np.ndarray | None, values: np.ndarray,
                   n_clusters: int, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """``(n_clusters, n_groups)`` sum and count of ``values`` per cluster and group."""
@@ -170,8 +201,7 @@ def subgroup_table(
     ok = (cases["status"] == "ok").to_numpy()
     clusters_all, clustered = _clusters(cases)
     rows: list[dict[str, Any]] = []
-    cl = clusters_all.to_numpy()[ok]
-    cl_codes, cl_names = pd.factorize(cl)
+    cl_codes, cl_names = pd.factorize(clusters_all[ok])
     n_cl = len(cl_names)
     for s_idx, stratum in enumerate([OVERALL, *strata]):
         labels_all, order = stratum_groups(cases, stratum, orders)
@@ -197,6 +227,11 @@ def subgroup_table(
                 o_sums, o_counts = _cluster_sums(cl_codes[finite], None, values[finite], n_cl, 1)
                 parts[k].append((stats.weighted_means(w, sums, counts),
                                  stats.weighted_means(w, o_sums[:, 0], o_counts[:, 0])))
+        # With patient ids, each group's interval resamples the group's patients: drawn once
+        # per group and shared by the metrics, like the gaps' resamples above.
+        group_boot = (_clustered_group_means(prepared, cl_codes, g_codes, n_groups,
+                                             n_resamples, [int(seed), s_idx])
+                      if clustered else {})
         for k, (m_idx, metric, values, finite, keep) in enumerate(prepared):
             if parts[k]:
                 boot_groups = np.concatenate([g for g, _ in parts[k]])
@@ -226,10 +261,16 @@ def subgroup_table(
                 sel = keep & (g_codes == j)
                 v = values[sel]
                 n = int(sel.sum())
-                ci = stats.bootstrap_mean_ci(
-                    v, clusters=cl[sel] if clustered else None, n_resamples=n_resamples,
-                    confidence=confidence, method=ci_method, rng=rng,
-                )
+                n_units = int(len(np.unique(cl_codes[sel]))) if n else 0
+                if not clustered:
+                    ci = stats.bootstrap_mean_ci(v, n_resamples=n_resamples,
+                                                 confidence=confidence, method=ci_method, rng=rng)
+                elif n_units < 2:
+                    ci = (float("nan"), float("nan"))
+                elif np.all(v == v[0]):  # every resample has the same mean
+                    ci = (float(v[0]), float(v[0]))
+                else:
+                    ci = stats.percentile_interval(group_boot[(k, j)], confidence)
                 est = float(ests[j])
                 if stratum is OVERALL:
                     gap = gap_ci = (0.0, 0.0, 0.0)
@@ -251,7 +292,7 @@ def subgroup_table(
                                                  rng=rng)
                 rows.append({
                     "stratum": stratum.name, "group": str(group), "metric": metric, "n": n,
-                    "n_clusters": int(len(np.unique(cl_codes[sel]))) if n else 0,
+                    "n_clusters": n_units,
                     "estimate": est, "median": float(np.median(v)) if n else float("nan"),
                     "ci_low": ci[0], "ci_high": ci[1],
                     "gap": gap[0], "gap_ci_low": gap[1], "gap_ci_high": gap[2],
