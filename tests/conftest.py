@@ -55,6 +55,18 @@ def require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for a module (restored after): tiny tensors on a shared
+    2-core machine are several times slower with two threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """A headless Chromium (``playwright.sync_api.Browser``) for the tests of one module."""
     require_browser()

@@ -29,6 +29,8 @@ from medseg_xai.demo.model import (
 )
 from medseg_xai.demo.scanners import DEVICES
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Held-out cohorts: their seeds are neither the training (1000) nor the validation seed (2000).
 # Scoring is cheap (tens of ms a scan), so the cohorts are large enough for stable means.
 HELD_OUT_SEED = 33
@@ -36,15 +38,6 @@ HELD_OUT_SEEN_CASES = 60  # seen devices only: about 40 scans with lesions
 UNSEEN_SEED = 34
 UNSEEN_CASES = 20  # the unseen device only, at the two sites that run it
 UNSEEN_SITES = ("Hôpital Saint-Éloi", "Lakeside & Valley Imaging")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on a shared 2-core machine are several times slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

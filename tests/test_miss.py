@@ -27,13 +27,7 @@ from medseg_xai.adapters import SegmentationAdapter
 from medseg_xai.explain import probes as P
 from medseg_xai.explain.miss import CAUSES, MissAnalysis, explain_miss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -158,15 +158,6 @@ MODELS = {"contrast": ContrastDetector, "size": SizeDetector, "intensity": Inten
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared machine (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def results(one_thread):
     refs = _references()
     adapters = {k: _adapter(v()) for k, v in MODELS.items()}
