@@ -393,3 +393,17 @@ def test_patient_level_group_intervals_match_the_cluster_bootstrap():
         width = ref[1] - ref[0]
         assert abs(row.ci_low - ref[0]) < 0.1 * width and abs(row.ci_high - ref[1]) < 0.1 * width
         assert row.n_clusters == cases.loc[keep, "patient_id"].nunique()
+
+
+def test_write_json_streams_the_same_bytes_as_to_json(baseline, real_audit, tmp_path):
+    """``write_json`` (what the CLI and the demo write) gives byte for byte ``to_json``'s
+    document: the tables' rows are encoded as they are made, not built first."""
+    from medseg_xai.audit.result import _LazyRows
+
+    for i, result in enumerate((baseline, real_audit)):
+        path = result.write_json(tmp_path / f"streamed{i}.json")
+        assert path.read_bytes() == (result.to_json() + "\n").encode("utf-8")
+        assert AuditResult.from_json(path).to_json() == result.to_json()
+    doc = baseline.to_dict(lazy=True)
+    assert isinstance(doc["tables"]["lesions"]["data"], _LazyRows)
+    assert len(doc["tables"]["cases"]["data"]) == len(baseline.cases)

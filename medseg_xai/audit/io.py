@@ -27,7 +27,7 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"json": out / "audit.json"}
-    result.to_json(written["json"])
+    result.write_json(written["json"])  # streamed: no whole text of a big audit in memory
     for name in TABLES:
         path = out / f"{name}.csv"
         write_csv(getattr(result, name), path)
