@@ -555,10 +555,11 @@ def _reorder(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 class _ColumnParts:
     """One table's chunks kept column by column, concatenated one column at a time.
 
-    ``pd.concat`` of the chunk frames held every chunk and the whole new table at once (twice
-    the table at the peak). Here each chunk frame is split into its columns as it is read and
-    freed; at the end each column's parts are concatenated and released before the next
-    column, so the peak is the table plus one column's parts.
+    ``pd.concat`` of the chunk frames holds every chunk and the whole new table at once. Here
+    each chunk frame is split into its columns as it is read and freed; at the end each
+    column's parts are concatenated and released before the next column, so the data are
+    never held twice (measured at 100,000 cases the RSS peak moved little: most of the tables'
+    memory is the lesions' coordinate tuples, which a concat does not copy).
     """
 
     def __init__(self) -> None:
