@@ -59,6 +59,21 @@ def build_result(folder: Path, n_rows: int, n_files: int = 24, n_resamples: int 
         engine.run_tasks = real
 
 
+def _status(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return float(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> float:
+    """Reset the peak-RSS counter (Linux) and return the current RSS in MB."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status("VmRSS:")
+
+
 def switches(result) -> tuple[float, list[tuple[str, float]]]:
     from medseg_xai.widgets import AuditDashboard
 
@@ -96,13 +111,16 @@ def main() -> None:
         t = time.perf_counter()
         result = build_result(folder, n, n_resamples=args.resamples)
         made = time.perf_counter() - t
+        rss = _reset_peak()
         build, times = switches(result)
+        extra_mb = _status("VmHWM:") - rss
         slowest = max(s for _, s in times)
         ref = ref or slowest
         print(f"{n:>7} cases ({result.n_evaluated} evaluated, {result.n_failed} failed; result "
               f"built in {made:.0f} s): dashboard built in {build:.2f} s; slowest switch "
               f"{slowest:.3f} s = {slowest / ref:.1f}x the {args.rows[0]}-case slowest "
-              f"(target < 1 s) -> {'OK' if slowest < 1 else 'ABOVE TARGET'}; load average "
+              f"(target < 1 s) -> {'OK' if slowest < 1 else 'ABOVE TARGET'}; dashboard and "
+              f"switches peak +{extra_mb:.0f} MB above the result; load average "
               f"{os.getloadavg()[0]:.2f}")
         print("         " + "; ".join(f"{lab} {s:.3f}" for lab, s in times))
 

@@ -71,19 +71,43 @@ def real_result(n_cases: int, tmp: Path):
     return result
 
 
+def _status(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return float(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> float:
+    """Reset the peak-RSS counter (Linux) and return the current RSS in MB."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status("VmRSS:")
+
+
 def bench_report(n_cases: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         result = real_result(n_cases, Path(tmp))
         build_s = time.perf_counter() - t0
         path = Path(tmp) / "report.html"
+        rss = _reset_peak()
         t0 = time.perf_counter()
         write_html(result, path)
         elapsed = time.perf_counter() - t0
+        render_mb = _status("VmHWM:") - rss
         size = path.stat().st_size
+        rss = _reset_peak()
         t0 = time.perf_counter()
-        result.to_json(Path(tmp) / "audit.json")
+        result.write_json(Path(tmp) / "audit.json")  # streamed, what the CLI writes
         json_s = time.perf_counter() - t0
+        json_peak = _status("VmHWM:") - rss
+        rss = _reset_peak()
+        t0 = time.perf_counter()
+        result.to_json(Path(tmp) / "audit_text.json")  # the whole text in memory (reference)
+        text_s = time.perf_counter() - t0
+        text_peak = _status("VmHWM:") - rss
         json_mb = (Path(tmp) / "audit.json").stat().st_size / 1e6
         gallery_mb = sum(len(str(e)) for e in result.explanations) / 1e6
     print(f"report for {len(result.cases)} cases ({len(result.subgroups)} subgroup rows, "
@@ -91,8 +115,10 @@ def bench_report(n_cases: int) -> None:
           f"result built in {build_s:.1f} s)")
     print(f"  render time  {elapsed:6.2f} s   target < 10 s    ratio to target {elapsed / 10:.2f}")
     print(f"  file size    {size / 1e6:6.2f} MB  target < 15 MB   ratio to target {size / 15e6:.2f}")
-    print(f"  audit.json   {json_mb:6.2f} MB (gallery payload {gallery_mb:.2f} MB), "
-          f"written in {json_s:.2f} s")
+    print(f"  render peak  +{render_mb:.0f} MB above the result")
+    print(f"  audit.json   {json_mb:6.2f} MB (gallery payload {gallery_mb:.2f} MB): write_json "
+          f"{json_s:.2f} s, peak +{json_peak:.0f} MB; to_json {text_s:.2f} s, peak "
+          f"+{text_peak:.0f} MB (streamed / whole text: {json_s / text_s:.2f}x the time)")
 
 
 def bench_redraw(n: int = 30) -> None:
