@@ -94,6 +94,13 @@ def _status(field: str) -> float:
     return float("nan")
 
 
+def _reset_peak() -> float:
+    """Reset the peak-RSS counter (Linux) and return the current RSS in MB."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    return _status("VmRSS:")
+
+
 def child(manifest: str, kind: str, workers: int, scheduler: str | None, resamples: int,
           ci_method: str) -> None:
     import medseg_xai as mx
@@ -112,9 +119,7 @@ def child(manifest: str, kind: str, workers: int, scheduler: str | None, resampl
     # long-lived Dask workers (a one-off per worker, not part of the steady rate compared).
     audit(mx.Cohort.from_csv(small), strata=["device", "site"], progress=False, n_resamples=50,
           **kw)
-    with open("/proc/self/clear_refs", "w") as fh:  # peak counter from here on
-        fh.write("5")
-    base = _status("VmRSS:")
+    base = _reset_peak()  # peak counter from here on
     t = time.perf_counter()
     cohort = mx.Cohort.from_csv(manifest)
     result = audit(cohort, strata=["device", "site", "lesion_size"], progress=False,

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_audit_scale import generate  # noqa: E402
+from bench_audit_scale import _reset_peak, _status, generate  # noqa: E402
 
 
 def build_result(folder: Path, n_rows: int, n_files: int = 24, n_resamples: int = 50):
@@ -57,21 +57,6 @@ def build_result(folder: Path, n_rows: int, n_files: int = 24, n_resamples: int 
                         ci_method="percentile")
     finally:
         engine.run_tasks = real
-
-
-def _status(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return float(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    """Reset the peak-RSS counter (Linux) and return the current RSS in MB."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    return _status("VmRSS:")
 
 
 def switches(result) -> tuple[float, list[tuple[str, float]]]:

@@ -16,6 +16,7 @@ Run by hand:  MPLBACKEND=Agg python benchmarks/bench_report.py [--cases 1000]
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 import warnings
@@ -31,6 +32,9 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from medseg_xai import viz  # noqa: E402
 from medseg_xai.reports import write_html  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_audit_scale import _reset_peak, _status  # noqa: E402
 
 
 def real_result(n_cases: int, tmp: Path):
@@ -69,21 +73,6 @@ def real_result(n_cases: int, tmp: Path):
     gallery = explain_failures(small, cohort, adapter)
     result.explanations = gallery
     return result
-
-
-def _status(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return float(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> float:
-    """Reset the peak-RSS counter (Linux) and return the current RSS in MB."""
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-    return _status("VmRSS:")
 
 
 def bench_report(n_cases: int) -> None:

@@ -123,9 +123,8 @@ def _clustered_group_means(
         pairs = []
         for _, _, values, finite, _ in prepared:
             f = finite[in_group]
-            v = values[in_group]
-            pairs.append((np.bincount(local[f], weights=v[f], minlength=members.size),
-                          np.bincount(local[f], minlength=members.size).astype(float)))
+            sums, counts = _cluster_sums(local[f], None, values[in_group][f], members.size, 1)
+            pairs.append((sums[:, 0], counts[:, 0]))
         rng = np.random.default_rng([*seed, 1 << 16, j])
         for k, means in enumerate(stats.blocked_weighted_means(members.size, n_resamples, rng,
                                                                *pairs)):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -212,21 +213,22 @@ def bootstrap_mean_ci(
     # SciPy draws the resamples (identically for both methods); BCa's correction is done here
     # with the closed-form jackknife of the mean: SciPy's generic jackknife is O(n^2) time
     # (n leave-one-out means of n - 1 values), hours for every group of a 100,000-case audit.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DegenerateDataWarning on near-constant data
-        res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-                              method="percentile", vectorized=True, rng=rng, batch=batch)
+
+    def draw() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DegenerateDataWarning on near-constant data
+            return stats.bootstrap((x,), np.mean, n_resamples=n_resamples,
+                                   confidence_level=confidence, method="percentile",
+                                   vectorized=True, rng=rng, batch=batch)
+
+    res = draw()
     if method == "percentile":
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     else:
         low, high = bca_mean_interval(x, res.bootstrap_distribution, confidence)
     if not (np.isfinite(low) and np.isfinite(high)):
-        # BCa can fail on heavily tied data; fall back to the percentile interval.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples,
-                                  confidence_level=confidence, method="percentile",
-                                  vectorized=True, rng=rng, batch=batch)
+        # BCa can fail on heavily tied data; fall back to the percentile interval (new draws).
+        res = draw()
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return (low, high)
 
