@@ -89,6 +89,17 @@ def neutralise_formula(value: Any) -> Any:
     return value
 
 
+def _is_arrow_list(dtype: Any) -> bool:
+    import pandas as pd
+    import pyarrow as pa
+
+    return isinstance(dtype, pd.ArrowDtype) and pa.types.is_list(dtype.pyarrow_dtype)
+
+
+def _as_tuple(v: list) -> tuple:
+    return tuple(_as_tuple(x) if isinstance(x, list) else x for x in v)
+
+
 def write_csv(df: Any, path: str | Path, **kwargs: Any) -> Path:
     """Write a DataFrame as CSV, atomically, with formula cells neutralised.
 
@@ -100,7 +111,9 @@ def write_csv(df: Any, path: str | Path, **kwargs: Any) -> Path:
 
     safe = df.copy()
     for col in safe.columns:
-        if safe[col].dtype == object or pd.api.types.is_string_dtype(safe[col].dtype):
+        if _is_arrow_list(safe[col].dtype):  # coordinates: written as tuples, "(1.5, 2.0, 3.0)"
+            safe[col] = [str(_as_tuple(v)) if isinstance(v, list) else None for v in safe[col]]
+        elif safe[col].dtype == object or pd.api.types.is_string_dtype(safe[col].dtype):
             safe[col] = safe[col].map(neutralise_formula)
     safe.columns = [neutralise_formula(c) if isinstance(c, str) else c for c in safe.columns]
     kwargs.setdefault("index", False)

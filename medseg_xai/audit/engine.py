@@ -21,7 +21,7 @@ import pandas as pd
 from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
-from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult
+from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult, coordinate_columns
 from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
 from medseg_xai.audit.strata import parse_strata
 from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
@@ -506,11 +506,6 @@ def _patient_labels(manifest: pd.DataFrame, pseudonymised: bool) -> list[str | N
     return out
 
 
-_TUPLE_COLUMNS = ("centroid_voxel", "centroid_mm", "bbox")
-
-
-def _as_tuple(v: list) -> tuple:
-    return tuple(tuple(x) if isinstance(x, list) else x for x in v)
 
 
 def _frames(records: list[dict[str, Any]],
@@ -537,14 +532,11 @@ def _frames(records: list[dict[str, Any]],
         rows.append(row)
         for les in rec.get("lesions") or []:
             lesion = {"row": r, "case_id": rec["case_id"], **les}
-            for col in _TUPLE_COLUMNS:  # JSON lists -> tuples now: no second copy at the end
-                if isinstance(lesion.get(col), list):
-                    lesion[col] = _as_tuple(lesion[col])
             for pos, k in enumerate(lesion):
                 if (r, pos) < seen["lesions"].get(k, (1 << 62, 0)):
                     seen["lesions"][k] = (r, pos)
             lesion_rows.append(lesion)
-    return pd.DataFrame(rows), pd.DataFrame(lesion_rows)
+    return pd.DataFrame(rows), coordinate_columns(pd.DataFrame(lesion_rows))
 
 
 def _reorder(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -584,8 +576,13 @@ class _ColumnParts:
             return pd.DataFrame()
         data: dict[str, pd.Series] = {}
         for col in sorted(self.parts, key=lambda c: order.get(c, (1 << 62, 0))):
-            parts = [p if isinstance(p, pd.Series) else pd.Series(np.nan, index=range(p))
-                     for p in self.parts.pop(col)]
+            parts = self.parts.pop(col)
+            dtype = next((p.dtype for p in parts if isinstance(p, pd.Series)), None)
+            arrow = isinstance(dtype, pd.ArrowDtype)
+            parts = [p if isinstance(p, pd.Series) else
+                     (pd.Series([None] * p, dtype=dtype) if arrow else
+                      pd.Series(np.nan, index=range(p)))
+                     for p in parts]
             data[col] = (pd.concat(parts, ignore_index=True) if len(parts) > 1
                          else parts[0].reset_index(drop=True))
             del parts
@@ -636,9 +633,7 @@ def _tables(cohort: Cohort, stream_path: str | Path) -> tuple[pd.DataFrame, pd.D
         lesions = pd.DataFrame(columns=["case_id", *LESION_COLUMNS])
     else:
         lesions = lesions.drop(columns="row")
-    for col in _TUPLE_COLUMNS:
-        if col in lesions and any(isinstance(v, list) for v in lesions[col]):
-            lesions[col] = [_as_tuple(v) if isinstance(v, list) else v for v in lesions[col]]
+    lesions = coordinate_columns(lesions)
     if len(lesions) and meta_cols:
         meta = cases.set_index("case_id")
         for col in meta_cols:  # a left join by case id, column by column: no copy of lesions

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 __all__ = ["READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
@@ -81,6 +82,26 @@ def _cell(value: Any) -> Any:
     except (TypeError, ValueError):
         pass
     return str(value)
+
+
+#: The lesions table's coordinate columns, stored as Arrow lists (a cell reads as a list):
+#: as Python tuples they took about 0.9 KB per case at 100,000 cases.
+COORDINATE_TYPES: dict[str, pa.DataType] = {
+    "centroid_voxel": pa.list_(pa.float64()),
+    "centroid_mm": pa.list_(pa.float64()),
+    "bbox": pa.list_(pa.list_(pa.int64())),
+}
+
+
+def coordinate_columns(lesions: pd.DataFrame) -> pd.DataFrame:
+    """``lesions`` with its coordinate columns (:data:`COORDINATE_TYPES`) as Arrow lists."""
+    for col, typ in COORDINATE_TYPES.items():
+        if col in lesions.columns and not isinstance(lesions[col].dtype, pd.ArrowDtype):
+            values = [list(v) if isinstance(v, (list, tuple, np.ndarray)) else None
+                      for v in lesions[col]]
+            lesions[col] = pd.Series(pd.arrays.ArrowExtensionArray(pa.array(values, type=typ)),
+                                     index=lesions.index)
+    return lesions
 
 
 def _dtype_name(series: pd.Series) -> str:
@@ -391,6 +412,7 @@ class AuditResult:
                              f"got {data.get('schema_version')!r}")
         tables = {name: table_from_json(data["tables"][name]) for name in TABLES
                   if name in data["tables"] or name not in _OPTIONAL_TABLES}
+        tables["lesions"] = coordinate_columns(tables["lesions"])
         tables.update({name: table_from_json(data["tables"][name]) for name in READER_TABLES
                        if name in data["tables"]})
         tables.update({name: table_from_json(data["tables"][name]) for name in MODEL_TABLES
