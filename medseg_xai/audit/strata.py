@@ -136,12 +136,12 @@ def lesion_size_labels(
         if not np.isinf(edges[-1]):
             edges = np.concatenate([edges, [np.inf]])
     names = [f"[{_fmt(lo)}, {_fmt(hi)}) mm3" for lo, hi in zip(edges[:-1], edges[1:])]
-    idx = np.searchsorted(edges, v.to_numpy(), side="right") - 1
-    labels = pd.Series(np.full(len(v), None, dtype=object), index=v.index)
-    pos = (v > 0).to_numpy()
-    labels[pos] = [names[min(max(i, 0), len(names) - 1)] for i in idx[pos]]
-    labels[(v == 0).to_numpy()] = EMPTY
-    return labels, [EMPTY, *names]
+    x = v.to_numpy()
+    # one shared str per label: a list of per-row labels was 37 MB at 150,000 lesions
+    code = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(names) - 1)
+    code = np.where(x > 0, code, np.where(x == 0, len(names), len(names) + 1))
+    choices = np.array([*names, EMPTY, None], dtype=object)
+    return pd.Series(choices[code], index=v.index, dtype=object), [EMPTY, *names]
 
 
 def _count_label(n: float) -> object:
@@ -211,25 +211,30 @@ def group_labels(cases: pd.DataFrame, stratum: Stratum, derived: bool = False) -
             f"strata: column(s) {missing} of stratum {stratum.name!r} not found; available "
             f"columns: {sorted(map(str, cases.columns))}"
         )
-    parts = []
+    # Labels are made once per distinct value (and per distinct combination of an
+    # intersection) and shared by the rows: a str per row was 100,000 objects per call at
+    # 100,000 cases, for every table that splits by the stratum.
+    per = []
     for col in stratum.columns:
-        values = cases[col]
-        labels = values.map(lambda x: None if _is_missing(x) else _label(x))
-        parts.append(labels)
-    if len(parts) == 1:
-        out = parts[0]
+        codes, uniques = pd.factorize(cases[col], use_na_sentinel=True)  # missing: -1
+        per.append((codes, [None if _is_missing(u) else _label(u) for u in uniques]))
+    if len(per) == 1:
+        codes, names = per[0]
+        labels: list[object] = list(names)
     else:
-        frame = pd.concat(parts, axis=1)
-        out = frame.apply(
-            lambda r: None if (derived and r.isna().any()) else _SEP.join(
-                MISSING if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-                for v in r
-            ),
-            axis=1,
-        )
+        stacked = np.stack([codes for codes, _ in per], axis=1)
+        combos, codes = np.unique(stacked, axis=0, return_inverse=True)
+        codes = codes.reshape(-1)
+        labels = []
+        for combo in combos:
+            values = [names[c] if c >= 0 else None for c, (_, names) in zip(combo, per)]
+            labels.append(None if derived and any(v is None for v in values) else
+                          _SEP.join(MISSING if v is None else str(v) for v in values))
+    table = np.array([*labels, None], dtype=object)  # code -1 (missing) takes the last
     if not derived:
-        out = out.map(lambda x: MISSING if x is None or (isinstance(x, float) and np.isnan(x)) else x)
-    return out.astype(object)
+        table[[v is None for v in table]] = MISSING
+    name = stratum.columns[0] if len(per) == 1 else None
+    return pd.Series(table[codes], index=cases.index, dtype=object, name=name)
 
 
 def _is_missing(x: object) -> bool:
