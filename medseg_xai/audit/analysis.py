@@ -102,6 +102,14 @@ def _clusters(cases: pd.DataFrame) -> tuple[pd.Series, bool]:
     return cases["case_id"].astype(str), False
 
 
+def _float_values(column: pd.Series) -> np.ndarray:
+    """A metric column as a float array: the column's own array when it is float64 (no copy
+    per metric and stratum), else coerced."""
+    if column.dtype == np.float64:
+        return column.to_numpy()
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+
+
 def _clustered_group_means(
     prepared: Sequence[tuple[Any, ...]], cl_codes: np.ndarray, g_codes: np.ndarray,
     n_groups: int, n_resamples: int, seed: list[int],
@@ -196,23 +204,32 @@ def subgroup_table(
     if correction not in ("holm", "bh"):
         raise ValueError(f"correction: expected 'holm' or 'bh', got {correction!r}")
     orders = orders or {}
-    # a mask, not a copy of the cases table (at 100,000 cases every copy is tens of MB)
+    # A mask, not a copy of the cases table (at 100,000 cases every copy is tens of MB); the
+    # arrays below span every row (-1 codes outside the evaluated cases), so each metric's
+    # values are the column itself, not a masked copy per stratum.
     ok = (cases["status"] == "ok").to_numpy()
     clusters_all, clustered = _clusters(cases)
     rows: list[dict[str, Any]] = []
-    cl_codes, cl_names = pd.factorize(clusters_all[ok])
-    n_cl = len(cl_names)
+    if clustered:  # codes of the evaluated cases' clusters, in order of appearance
+        cl_ok, cl_names = pd.factorize(clusters_all[ok])
+        n_cl = len(cl_names)
+    else:  # each case is its own cluster: no hashing of 100,000 case ids (17 MB)
+        n_cl = int(ok.sum())
+        cl_ok = np.arange(n_cl)
+    cl_codes = np.full(len(cases), -1, dtype=np.int64)
+    cl_codes[ok] = cl_ok
+    del cl_ok
     for s_idx, stratum in enumerate([OVERALL, *strata]):
         labels_all, order = stratum_groups(cases, stratum, orders)
-        position = {g: j for j, g in enumerate(order)}
-        g_codes = np.array([position.get(g, -1) for g in labels_all.to_numpy()[ok]], dtype=int)
+        g_codes = pd.Index(order).get_indexer(labels_all.to_numpy()).astype(np.int64)
+        g_codes[~ok] = -1
         n_groups = len(order)
         prepared = []
         for m_idx, metric in enumerate(metrics):
             if metric not in cases.columns:
                 continue
-            values = pd.to_numeric(cases[metric], errors="coerce").to_numpy(dtype=float)[ok]
-            finite = np.isfinite(values)
+            values = _float_values(cases[metric])
+            finite = np.isfinite(values) & ok
             prepared.append((m_idx, metric, values, finite, finite & (g_codes >= 0)))
         # One set of cluster resamples per stratum, shared by its metrics (a joint bootstrap):
         # drawing the (B x clusters) counts is the slow part at 100,000 cases, so it is done

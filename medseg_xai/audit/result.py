@@ -89,7 +89,7 @@ def _cell(value: Any) -> Any:
 COORDINATE_TYPES: dict[str, pa.DataType] = {
     "centroid_voxel": pa.list_(pa.float64()),
     "centroid_mm": pa.list_(pa.float64()),
-    "bbox": pa.list_(pa.list_(pa.int64())),
+    "bbox": pa.list_(pa.list_(pa.int32())),  # voxel indices
 }
 
 
