@@ -67,3 +67,49 @@ def test_group_labels_missing_and_intersections():
     assert derived["lesion_count"].tolist()[:2] == ["0", "3+"]
     assert derived["lesion_size"].iloc[2] is None  # failed case joins no derived group
     assert orders["lesion_count"] == ["0", "1", "2", "3+"]
+
+
+def _row_label(x: object) -> object:
+    """The per-row rule the labels follow (a value's shortest text; None when missing)."""
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return None
+    if isinstance(x, float) and x.is_integer():
+        return str(int(x))
+    return str(x)
+
+
+_cells = st.one_of(st.none(), st.sampled_from(["A", "B", "Zürich", "3"]),
+                   st.sampled_from([1.0, 3.0, 2.5, np.nan]), st.sampled_from([3, 7]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(_cells, _cells), min_size=1, max_size=30), st.booleans())
+def test_group_labels_follow_the_per_row_rule(rows, derived):
+    """Labels are made once per distinct value (and combination) and shared by the rows; every
+    row still gets what the per-row rule gives it, for single columns and intersections."""
+    cases = pd.DataFrame({"a": pd.Series([r[0] for r in rows], dtype=object),
+                          "b": pd.Series([r[1] for r in rows], dtype=object)})
+    single = group_labels(cases, Stratum("a", ("a",)), derived=derived)
+    want = [_row_label(x) for x in cases["a"]]
+    if not derived:
+        want = [MISSING if w is None else w for w in want]
+    assert [None if pd.isna(v) else v for v in single] == want
+    both = group_labels(cases, Stratum("a x b", ("a", "b")), derived=derived).tolist()
+    pairs = [(_row_label(x), _row_label(y)) for x, y in zip(cases["a"], cases["b"])]
+    assert both == [None if derived and None in p else
+                    " x ".join(MISSING if v is None else v for v in p) for p in pairs]
+    assert single.index.equals(cases.index) and single.dtype == object
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.one_of(st.floats(-5, 1e5, allow_nan=False), st.just(np.nan), st.just(0.0)),
+                min_size=1, max_size=40))
+def test_lesion_size_labels_match_searching_each_volume(volumes):
+    edges = [100.0, 1000.0]
+    labels, order = lesion_size_labels(pd.Series(volumes), edges)
+    names = order[1:]
+    for v, lab in zip(volumes, labels):
+        if not v > 0:
+            assert lab == ("empty" if v == 0 else None)
+            continue
+        assert lab == names[int(np.searchsorted([0.0, *edges], v, side="right")) - 1]
