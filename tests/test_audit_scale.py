@@ -447,7 +447,7 @@ def test_system_arrow_pool_is_used_inside_and_restored():
     before = pa.default_memory_pool().backend_name
     with system_arrow_pool():
         assert pa.default_memory_pool().backend_name == "system"
-        kept = pd.Series(["case-%d" % i for i in range(1000)], dtype="string[pyarrow]")
+        kept = pd.Series([f"case-{i}" for i in range(1000)], dtype="string[pyarrow]")
     assert pa.default_memory_pool().backend_name == before
     assert kept.iloc[999] == "case-999"
     del kept
@@ -458,3 +458,48 @@ def test_detection_positions_of_lesions_absent_from_the_cases():
 
     pos = _case_positions(pd.Series(["a", "b", "c"]), pd.Series(["c", "x", "a", None, "c"]))
     assert pos.tolist() == [2, -1, 0, -1, 2]
+
+
+def test_column_parts_put_out_of_order_chunks_in_manifest_order():
+    """Records from a pool arrive in completion order; each column is put in row order on its
+    own (no sorted copy of the whole table), strings and Arrow coordinates included."""
+    from medseg_xai.audit.result import coordinate_columns
+
+    def chunk(rows):
+        df = pd.DataFrame({"row": rows, "case_id": [f"c{r}" for r in rows],
+                           "dice": [r / 10 for r in rows],
+                           "centroid_mm": [[float(r), 1.0, 2.0] for r in rows]})
+        if rows[0] == 5:
+            df["late"] = "x"  # a column only some chunks have
+        return coordinate_columns(df)
+
+    parts = engine._ColumnParts()
+    for rows in ([3, 4], [0, 1, 2], [5, 6]):
+        parts.add(chunk(rows))
+    table = parts.table({"row": (0, 0), "case_id": (0, 1), "dice": (0, 2),
+                         "centroid_mm": (0, 3), "late": (5, 4)})
+    assert table["row"].tolist() == list(range(7))
+    assert table["case_id"].tolist() == [f"c{r}" for r in range(7)]
+    assert table["dice"].tolist() == [r / 10 for r in range(7)]
+    assert [v[0] for v in table["centroid_mm"]] == [float(r) for r in range(7)]
+    assert isinstance(table["centroid_mm"].dtype, pd.ArrowDtype)
+    assert table["late"].isna().tolist() == [True] * 5 + [False] * 2
+
+
+def test_stream_reads_records_back_in_manifest_order(tmp_path):
+    """Records written in completion order are read back by row through the stream's line
+    index (16 bytes per case), so the tables need no reordering; in order, no index is used."""
+    from medseg_xai.audit.stream import RecordStream, read_at, read_chunks
+
+    with RecordStream(tmp_path / "s.jsonl") as sink:
+        for row in (2, 0, 3, 1):
+            sink.write({"row": row, "case_id": f"c{row}", "note": "é" * row, "x": float("nan")})
+    offsets = sink.in_row_order()
+    assert offsets is not None and len(offsets) == 4
+    chunks = list(read_chunks(sink.path, lambda recs: [r["row"] for r in recs], 3, offsets))
+    assert chunks == [[0, 1, 2], [3]]
+    assert [r["note"] for r in read_at(sink.path, offsets)] == ["", "é", "éé", "ééé"]
+    with RecordStream(tmp_path / "t.jsonl") as ordered:
+        for row in range(3):
+            ordered.write({"row": row})
+    assert ordered.in_row_order() is None

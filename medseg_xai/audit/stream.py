@@ -17,9 +17,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from medseg_xai.audit.cache import _from_json, _to_json
 
@@ -67,6 +70,12 @@ class RecordStream:
         self.path = Path(path).absolute()
         self._fh: Any = None
         self.n_written = 0
+        # Where each line starts and its record's ``row``: 16 bytes per case, so the tables
+        # can be read back in manifest order (:meth:`in_row_order`) whatever order the
+        # records arrived in, and no whole-table reordering is needed.
+        self.rows = array("q")
+        self.offsets = array("q")
+        self._end = 0
 
     def __enter__(self) -> RecordStream:
         try:
@@ -88,13 +97,23 @@ class RecordStream:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Append one record and flush it to the operating system."""
-        line = json.dumps(_to_json(dict(record)), ensure_ascii=False, allow_nan=False)
+        line = json.dumps(_to_json(dict(record)), ensure_ascii=False, allow_nan=False) + "\n"
         try:
-            self._fh.write(line + "\n")
+            self._fh.write(line)
             self._fh.flush()
         except OSError as exc:
             raise infrastructure_error(exc, "the streamed case records") from exc
         self.n_written += 1
+        self.rows.append(int(record.get("row", -1)))
+        self.offsets.append(self._end)
+        self._end += len(line.encode("utf-8"))
+
+    def in_row_order(self) -> np.ndarray | None:
+        """Line offsets sorted by ``row`` (stable), or None when the lines already are."""
+        rows = np.frombuffer(self.rows, dtype=np.int64) if len(self.rows) else np.zeros(0, int)
+        if np.all(rows[1:] >= rows[:-1]):
+            return None
+        return np.frombuffer(self.offsets, dtype=np.int64)[np.argsort(rows, kind="stable")]
 
 
 def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -109,12 +128,22 @@ def read_records(path: str | Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
+def read_at(path: str | Path, offsets: Sequence[int]) -> Iterator[dict[str, Any]]:
+    """Records of a stream file at the given line offsets, in that order."""
+    with open(path, "rb") as fh:
+        for offset in offsets:
+            fh.seek(int(offset))
+            yield _from_json(json.loads(fh.readline().decode("utf-8")))
+
+
 def read_chunks(
-    path: str | Path, build: Callable[[list[dict[str, Any]]], Any], chunk: int = 4096
+    path: str | Path, build: Callable[[list[dict[str, Any]]], Any], chunk: int = 4096,
+    offsets: Sequence[int] | None = None,
 ) -> Iterator[Any]:
-    """``build(records)`` for successive chunks of ``chunk`` records of a stream file."""
+    """``build(records)`` for successive chunks of ``chunk`` records of a stream file (in
+    written order, or at ``offsets`` in that order, see :meth:`RecordStream.in_row_order`)."""
     buf: list[dict[str, Any]] = []
-    for rec in read_records(path):
+    for rec in (read_records(path) if offsets is None else read_at(path, offsets)):
         buf.append(rec)
         if len(buf) >= chunk:
             yield build(buf)
