@@ -487,8 +487,6 @@ def _patient_labels(manifest: pd.DataFrame, pseudonymised: bool) -> list[str | N
     return out
 
 
-
-
 def _frames(records: list[dict[str, Any]],
             seen: dict[str, dict[str, tuple[int, int]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Case rows and lesion rows of a chunk of records (no metadata yet), keyed by ``row``.
