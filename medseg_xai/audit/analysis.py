@@ -428,11 +428,11 @@ def detection_table(
     rows = []
     totals: dict[tuple[str, Any], list[int]] = {}
     in_group = np.zeros(len(cases), dtype=bool)
+    known = ref_pos >= 0
     for stratum, group, idx in _groups_iter(cases, strata, orders):
         in_group[:] = False
         in_group[cases.index.get_indexer(idx)] = True
         members = np.zeros(len(ref_pos), dtype=bool)
-        known = ref_pos >= 0
         members[known] = in_group[ref_pos[known]]
         for size_j, size in enumerate(["all", *size_order]):
             sel = members if size == "all" else members & (size_codes == size_j - 1)

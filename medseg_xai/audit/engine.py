@@ -539,10 +539,7 @@ def _contiguous(column: pd.Series) -> pd.Series:
         array = type(column.array)(whole, dtype=column.dtype)
     else:
         array = type(column.array)(whole)
-    out = pd.Series(array, index=column.index, name=column.name, copy=False)
-    del column, chunked, array
-    release_memory()  # the chunks' heap now, before the next column is copied
-    return out
+    return pd.Series(array, index=column.index, name=column.name, copy=False)
 
 
 #: Chunks whose column parts are merged into one segment per column (8,192 records).
@@ -621,7 +618,10 @@ class _ColumnParts:
             if perm is not None:
                 column = column.take(perm).reset_index(drop=True)
             data[col] = _contiguous(column)
+            copied = data[col] is not column
             del column
+            if copied:
+                release_memory()  # the chunks' heap now, before the next column is copied
         del rows
         df = pd.DataFrame(data, copy=False)
         del data
@@ -675,13 +675,13 @@ def _tables(cohort: Cohort, stream_path: str | Path, offsets: np.ndarray | None 
 
         lesions = pd.DataFrame(columns=["case_id", *LESION_COLUMNS])
     else:
+        # a lesion's record row is its case's manifest row: metadata joined like the cases',
+        # column by column (no lookup by case id, no copy of lesions)
+        lesion_rows = lesions["row"].to_numpy()
         lesions = lesions.drop(columns="row")
-    lesions = coordinate_columns(lesions)
-    if len(lesions) and meta_cols:
-        meta = cases.set_index("case_id")
-        for col in meta_cols:  # a left join by case id, column by column: no copy of lesions
-            lesions[col] = lesions["case_id"].map(meta[col])
-    return cases, lesions
+        for col in meta_cols:
+            lesions[col] = manifest[col].to_numpy()[lesion_rows]
+    return cases, coordinate_columns(lesions)
 
 
 def build_result(
