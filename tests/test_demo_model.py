@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from monai.metrics import DiceMetric
 
@@ -122,6 +122,7 @@ def test_load_model_rejects_foreign_weights(tmp_path):
 
 @settings(max_examples=25, deadline=None)
 @given(scale=st.floats(0.01, 1e4), offset=st.floats(-100.0, 100.0), seed=st.integers(0, 99))
+@example(scale=0.015625, offset=3.0, seed=1)  # a voxel within float32 rounding of the mean
 def test_normalisation_ignores_the_scanner_intensity_scale(scale, offset, seed):
     x = torch.from_numpy(np.random.default_rng(seed).gamma(2.0, 1.0, (2, 1, 6, 7, 5)))
     a = normalise_intensity(x)

@@ -65,10 +65,12 @@ def normalise_intensity(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """
     if x.ndim < 3:
         raise ValueError(f"x: expected a tensor (N, C, *spatial), got shape {tuple(x.shape)}")
-    x = x.float()
     dims = tuple(range(2, x.ndim))
     # The mask is a selection, not part of the function being explained: no gradient through it.
+    # Chosen in the input's own precision: after a cast to float32 a voxel within rounding of
+    # the mean could change sides when the scan is rescaled (x * 0.015625 + 3 did).
     mask = (x > x.mean(dim=dims, keepdim=True)).detach()
+    x = x.float()
     # A constant scan has no voxel above its mean: use every voxel (the output is then 0).
     mask = (mask | (mask.sum(dim=dims, keepdim=True) == 0)).float()
     count = mask.sum(dim=dims, keepdim=True)
