@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from monai.metrics import (
@@ -220,3 +220,21 @@ def test_partition_quantile_is_bit_identical_to_torch_quantile(d, q):
     from medseg_xai.metrics.surface import torch_quantile
 
     assert torch_quantile(d, q) == float(torch.quantile(torch.from_numpy(d.copy()), q))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([2, 3]).flatmap(
+    lambda nd: arrays(bool, st.tuples(*[st.integers(1, 11)] * nd))))
+def test_packed_edges_equal_the_bool_erosion(mask):
+    # the packed-bit erosion of evaluate_case's dense path against the plain bool one
+    from medseg_xai.metrics._nearest import box_of, pad_crop
+    from medseg_xai.metrics.surface import _edges_box, _edges_padded
+
+    box = box_of(mask)
+    if box is None:
+        return
+    pad = (2,) * mask.ndim
+    expected = _edges_padded(pad_crop(mask, box, pad), pad)
+    flat, grid = _edges_box(mask, box, pad)
+    np.testing.assert_array_equal(grid, expected)
+    np.testing.assert_array_equal(flat, np.flatnonzero(expected))

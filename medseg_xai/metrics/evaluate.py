@@ -97,7 +97,7 @@ def _binary_case(
     out["mcc"] = mcc_from_counts(tp, n_pred, n_ref, n_total, empty=empty)
     out.update(case_surface_metrics(
         pred, ref, spacing, percentile=percentile, tolerance=tolerance, empty=empty,
-        convention=convention, use_subvoxels=use_subvoxels,
+        convention=convention, use_subvoxels=use_subvoxels, box=box,
     ))
     out.update(volumes_from_counts(n_pred, n_ref, float(np.prod(spacing))))
     if "cldice" in extra:

@@ -124,7 +124,10 @@ class SurfaceDistances:
 
 
 def _edges_padded(padded: np.ndarray, pad: tuple[int, ...]) -> np.ndarray:
-    """Edge voxels of a zero-padded mask (pad >= 1), on the same padded grid."""
+    """Edge voxels of a zero-padded mask (pad >= 1), on the same padded grid.
+
+    The plain bool form of :func:`_edges_box`, kept as the reference the tests compare it to.
+    """
     core = tuple(slice(p, n - p) for p, n in zip(pad, padded.shape))
     inner = padded[core]
     interior = inner.copy()
@@ -138,8 +141,57 @@ def _edges_padded(padded: np.ndarray, pad: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _shift_and(inter: np.ndarray, p: np.ndarray, axis: int) -> None:
+    """``inter &= both face neighbours of p along a leading axis`` (outside = background)."""
+    nd = p.ndim
+    lo, hi = [slice(None)] * nd, [slice(None)] * nd
+    lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+    inter[tuple(hi)] &= p[tuple(lo)]
+    inter[tuple(lo)] &= p[tuple(hi)]
+    for end in (0, -1):
+        sl = [slice(None)] * nd
+        sl[axis] = end
+        inter[tuple(sl)] = 0
+
+
+def _edges_box(mask: np.ndarray, box: tuple[slice, ...], pad: tuple[int, ...]):
+    """Edge voxels of ``mask`` (all foreground inside ``box``) on the zero-padded box grid.
+
+    Returns their sorted flat indices on the grid ``box + 2 * pad`` and that grid as a bool
+    mask, as ``_edges_padded(pad_crop(mask, box, pad), pad)`` does. The erosion runs on the
+    crop packed 8 voxels to a byte along the last axis (``np.packbits``: big-endian bits, so
+    voxel ``x - 1`` is the next more significant bit): an eighth of the memory traffic of the
+    bool passes, and no padded copy of the mask.
+    """
+    crop = mask[box]
+    p = np.packbits(crop, axis=-1)
+    inter = p.copy()
+    for axis in range(p.ndim - 1):
+        _shift_and(inter, p, axis)
+    nb = np.zeros_like(p)
+    nb[..., 1:] = p[..., :-1]  # the previous byte: its last bit is the first voxel's left
+    inter &= (p >> 1) | (nb << 7)
+    nb[..., :-1] = p[..., 1:]  # the next byte: its first bit is the last voxel's right
+    nb[..., -1] = 0
+    inter &= (p << 1) | (nb >> 7)
+    edge = p & ~inter
+    byte = np.flatnonzero(edge)
+    row, bit = np.nonzero(np.unpackbits(edge.ravel()[byte]).reshape(-1, 8))
+    coords = list(np.unravel_index(byte[row], edge.shape))
+    coords[-1] = coords[-1] * 8 + bit
+    grid = tuple(n + 2 * q for n, q in zip(crop.shape, pad))
+    flat = np.ravel_multi_index(tuple(c + q for c, q in zip(coords, pad)), grid)
+    out = np.zeros(grid, dtype=bool)
+    out.ravel()[flat] = True
+    return flat, out
+
+
 def surface_distances(
-    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...]
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: tuple[float, ...],
+    *,
+    box: tuple[slice, ...] | None = None,
 ) -> SurfaceDistances:
     """Directed distances between the edge voxels of two validated bool masks.
 
@@ -147,12 +199,14 @@ def surface_distances(
     stay background) and each directed distance is found exactly on the voxel lattice
     (:mod:`medseg_xai.metrics._nearest`), equal to a distance transform of the other surface
     evaluated at this surface's voxels. Every surface metric of the case derives from the
-    result (:func:`surface_metrics`).
+    result (:func:`surface_metrics`). ``box``: the box of the union when the caller has it
+    already (``box_of(pred, ref)``, a pass over both volumes).
     """
     pred = np.ascontiguousarray(pred, dtype=bool)
     ref = np.ascontiguousarray(ref, dtype=bool)
     shape, sp = tuple(pred.shape), tuple(float(s) for s in spacing)
-    box = box_of(pred, ref)
+    if box is None:
+        box = box_of(pred, ref)
     if box is None:
         empty = np.empty(0, dtype=np.float64)
         return SurfaceDistances(empty, empty.copy(), shape, sp, "both_empty")
@@ -192,9 +246,8 @@ def surface_distances(
             spacing=sp,
             edge_case=edge_case(len(lp), len(lr)),
         )
-    ep = _edges_padded(pad_crop(pred, box, pad), pad)
-    er = _edges_padded(pad_crop(ref, box, pad), pad)
-    pts_p, pts_r = np.flatnonzero(ep), np.flatnonzero(er)
+    pts_p, ep = _edges_box(pred, box, pad)
+    pts_r, er = _edges_box(ref, box, pad)
     return SurfaceDistances(
         pred_to_ref=directed_distances(pts_p, er, pts_r, sp, scan=len(pts_p) >= SCAN_MIN_POINTS),
         ref_to_pred=directed_distances(pts_r, ep, pts_p, sp, scan=len(pts_r) >= SCAN_MIN_POINTS),
@@ -439,8 +492,12 @@ def case_surface_metrics(
     empty: str = "worst",
     convention: str = "monai",
     use_subvoxels: bool = False,
+    box: tuple[slice, ...] | None = None,
 ) -> dict[str, float]:
-    """Every surface metric of two validated bool masks under ``convention``."""
+    """Every surface metric of two validated bool masks under ``convention``.
+
+    ``box``: the box of the union (``box_of(pred, ref)``) when the caller has it already.
+    """
     check_convention(convention)
     if use_subvoxels and convention != "monai":
         raise ValueError(
@@ -451,7 +508,7 @@ def case_surface_metrics(
         sd = surfel_distances(pred, ref, spacing)
         return surface_metrics(sd, percentile=percentile, tolerance=tolerance, empty=empty,
                                convention=convention)
-    sd = surface_distances(pred, ref, spacing)
+    sd = surface_distances(pred, ref, spacing, box=box)
     sub = None
     if use_subvoxels and sd.edge_case == "none":
         sub = surfel_distances(pred, ref, spacing, areas="float32")
