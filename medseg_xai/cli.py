@@ -110,6 +110,9 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
                         "predictions; a TorchScript file is code: load only files you trust")
     _add_label_options(p)
+    p.add_argument("--na-values", nargs="+", default=None, metavar="TEXT",
+                   help="CSV cell texts that mean 'missing' besides an empty cell (default: "
+                        "none; a case id or site 'NA', 'None' or 'null' stays that text)")
     p.add_argument("--keep-columns", nargs="*", default=None, metavar="COLUMN",
                    help="metadata columns to keep in the outputs besides the strata")
     p.add_argument("--max-failed", type=int, default=0, metavar="N",
@@ -187,9 +190,11 @@ def _run_audit(args: argparse.Namespace) -> int:
     load_criteria(args.criteria)
     lesion_size_bins = _lesion_size_bins(args.lesion_size_bins)
     out = _output_folder(args.out)
-    cohort = read_cohort(_input_file(args.manifest, "manifest", table=True))
+    cohort = read_cohort(_input_file(args.manifest, "manifest", table=True),
+                         na_values=args.na_values)
     adapter = _load_model(args.model) if args.model else None
-    config.setdefault("command_line", _command_line(args.argv))  # stored in audit.json: `report` re-renders
+    # provenance is the program's: a config file cannot set it (refused by load_config)
+    config["command_line"] = _command_line(args.argv)  # stored in audit.json: `report` re-renders
     extra = {} if args.detection_bins is None else {"detection_bins": args.detection_bins}
     result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
                    adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,

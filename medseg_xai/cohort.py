@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import pandas as pd
 
 from medseg_xai._dicom import IDENTIFYING_FIELDS, dicom_metadata, sidecar_metadata
 from medseg_xai._io import file_kind
+from medseg_xai._manifest import normalise_path, read_csv_manifest
 from medseg_xai._memory import system_arrow_pool
 from medseg_xai._privacy import is_identifier_column, redact_paths
 from medseg_xai._validation import check_label_values
@@ -508,6 +508,23 @@ def is_identifier(column: object) -> bool:
         is_identifier_column(name)
 
 
+def _warn_shared_files(df: pd.DataFrame) -> None:
+    """Rows naming the same image, label or prediction file count one scan twice (a copy-paste
+    slip in a spreadsheet): legal, so a warning naming the column and the case ids."""
+    shared = []
+    for col in ("image", "label", "prediction"):
+        if col not in df.columns:
+            continue
+        paths = df[col]
+        dup = paths.notna() & paths.duplicated(keep=False)
+        if dup.any():
+            ids = df["case_id"][dup].tolist()
+            shared.append(f"{col} of cases {ids[:6]}" + (f" (+{len(ids) - 6})" if len(ids) > 6 else ""))
+    if shared:
+        warnings.warn("manifest: rows share files, so a scan counts more than once: "
+                      + "; ".join(shared), stacklevel=3)
+
+
 def _empty(value: Any) -> bool:
     if value is None:
         return True
@@ -613,9 +630,7 @@ class Cohort:
                                          f"case {cid!r}: {col}: expected a file path, got an empty value"})
                     resolved.append(None)
                     continue
-                p = Path(str(value)).expanduser()
-                p = p if p.is_absolute() else base / p
-                p = Path(os.path.normpath(p))
+                p = normalise_path(str(value), base)  # Windows "\\" separators too
                 if not p.exists():
                     problems.append({"case_id": cid, "field": col, "message":
                                      f"case {cid!r}: {col} file not found: expected a file at {str(p)!r}"})
@@ -641,6 +656,7 @@ class Cohort:
             if "patient_id" in df.columns:
                 df["patient_id"] = [None if _empty(v) else pseudonym(v, salt, "p-")
                                     for v in df["patient_id"]]
+        _warn_shared_files(df)  # after pseudonymisation: the ids shown are the ones kept
         self.manifest: pd.DataFrame = df
         self.problems: pd.DataFrame = pd.DataFrame(problems, columns=["case_id", "field", "message"])
         self.root = base
@@ -664,12 +680,19 @@ class Cohort:
 
     @classmethod
     @system_arrow_pool()
-    def from_csv(cls, path: str | Path, root: str | Path | None = None, **kwargs: Any) -> Cohort:
-        """Cohort from a CSV manifest; relative paths resolve against its folder."""
+    def from_csv(cls, path: str | Path, root: str | Path | None = None, *,
+                 na_values: Sequence[str] | None = None, **kwargs: Any) -> Cohort:
+        """Cohort from a CSV manifest; relative paths resolve against its folder.
+
+        The encoding is detected (UTF-8 with or without a byte-order mark, UTF-16, cp1252 with a
+        warning), ``;``-separated files are read, and only empty cells are missing: a case id or
+        site ``NA`` stays that text unless listed in ``na_values``
+        (:func:`medseg_xai._manifest.read_csv_manifest`).
+        """
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"manifest: expected a CSV file, got {str(p)!r} (not found)")
-        df = pd.read_csv(p, dtype={"case_id": str, "patient_id": str}, keep_default_na=True)
+        df = read_csv_manifest(p, na_values=na_values)
         return cls(df, root=root if root is not None else p.parent, source=str(p), **kwargs)
 
     @classmethod

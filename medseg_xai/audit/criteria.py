@@ -153,16 +153,12 @@ def load_criteria(source: str | Path | Mapping[str, Any] | Sequence[Mapping[str,
         p = Path(source)
         if not p.is_file():
             raise ValueError(f"criteria: expected a YAML or JSON file, got {str(p)!r} (not found)")
-        text = p.read_text(encoding="utf-8")
-        if p.suffix.lower() == ".json":
-            source = json.loads(text)
-        else:
-            import yaml
+        from medseg_xai._yaml import load_yaml_file
 
-            try:
-                source = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise ValueError(f"criteria: {str(p)!r} is not valid YAML ({exc})") from exc
+        if p.suffix.lower() == ".json":
+            source = json.loads(p.read_text(encoding="utf-8"))
+        else:  # size, alias and depth limits, repeated keys refused (medseg_xai._yaml)
+            source = load_yaml_file(p, "criteria")
     if isinstance(source, Mapping):
         if "criteria" not in source:
             raise ValueError(f"criteria: expected a list or a mapping with key 'criteria', got "

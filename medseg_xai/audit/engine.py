@@ -22,7 +22,7 @@ from medseg_xai.audit import analysis
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult, coordinate_columns
 from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
-from medseg_xai.audit.strata import parse_strata
+from medseg_xai.audit.strata import check_scalar_columns, parse_strata
 from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
 from medseg_xai.cohort import Cohort
 
@@ -227,6 +227,7 @@ def audit(
             )
     # privacy: only metadata used as strata or declared to keep reaches the result
     kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
+    check_scalar_columns(cohort.manifest, kept, "strata")  # a list cell is not a group
     from medseg_xai.audit.features import parse_reference, reference_mask
 
     feature_ref = parse_reference(feature_reference)

@@ -40,16 +40,21 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
     return written
 
 
-def read_cohort(manifest: str | Path) -> Any:
-    """Cohort from a manifest path: Decathlon ``dataset.json``, Parquet, or CSV."""
+def read_cohort(manifest: str | Path, *, na_values: Sequence[str] | None = None,
+                **cohort_kwargs: Any) -> Any:
+    """Cohort from a manifest path: Decathlon ``dataset.json``, Parquet, or CSV.
+
+    ``na_values`` (CSV only): cell texts read as missing besides the empty cell;
+    ``cohort_kwargs`` (``pseudonymise``, ``salt``...) go to :class:`~medseg_xai.Cohort`.
+    """
     from medseg_xai.cohort import Cohort
 
     p = Path(manifest)
     if p.name == "dataset.json":
-        return Cohort.from_decathlon(p)
+        return Cohort.from_decathlon(p, **cohort_kwargs)
     if p.suffix.lower() in (".parquet", ".pq"):
-        return Cohort.from_parquet(p)
-    return Cohort.from_csv(p)
+        return Cohort.from_parquet(p, **cohort_kwargs)
+    return Cohort.from_csv(p, na_values=na_values, **cohort_kwargs)
 
 
 def run_audit_cli(

@@ -397,13 +397,21 @@ class AuditResult:
         ValueError
             If the document is not an audit result or has an unknown major schema version.
         """
+        from medseg_xai.audit.schema import check_audit_document, load_audit_json
+
         text = str(source)
-        if not text.lstrip().startswith("{"):
+        if not text.lstrip().startswith(("{", "[")):
             p = Path(source)
             if not p.is_file():
                 raise ValueError(f"from_json: expected an audit JSON file, got {text!r} (not found)")
-            text = p.read_text(encoding="utf-8")
-        data = json.loads(text)
+            data = load_audit_json(p)  # size, depth and layout checked: errors name the path
+        else:
+            try:
+                data = json.loads(text)
+            except RecursionError:
+                raise ValueError("from_json: refused: nesting deeper than the parser allows"
+                                 ) from None
+            check_audit_document(data, "from_json")
         if data.get("schema") != SCHEMA:
             raise ValueError(f"from_json: expected schema {SCHEMA!r}, got {data.get('schema')!r}")
         major = str(data.get("schema_version", "")).split(".")[0]

@@ -251,3 +251,22 @@ def _label(x: object) -> str:
     if isinstance(x, (float, np.floating)) and float(x).is_integer():
         return str(int(x))
     return str(x)
+
+
+def check_scalar_columns(manifest: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    """Refuse a stratum or kept column whose cells are lists, arrays or mappings (a list-typed
+    Parquet column): a group label must be one value, and such cells cannot be compared.
+
+    Raises
+    ------
+    ValueError
+        Naming the column, the first case and the type found.
+    """
+    for col in dict.fromkeys(columns):
+        if col not in manifest.columns or manifest[col].dtype != object:
+            continue
+        for cid, value in zip(manifest["case_id"], manifest[col]):
+            if isinstance(value, (list, tuple, dict, set, np.ndarray)):
+                raise ValueError(
+                    f"{what}: column {col!r}: expected one text or number per case, got a "
+                    f"{type(value).__name__} in case {cid!r}; flatten the column first")

@@ -48,22 +48,30 @@ def _environment() -> jinja2.Environment:
 
 
 def load_config(config: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
-    """Report configuration from a dict or a YAML file (keys: README, "REPORT.yaml")."""
+    """Report configuration from a dict or a YAML file (keys: README, "REPORT.yaml").
+
+    A file is read with the limits of :mod:`medseg_xai._yaml` (size, aliases, depth, repeated
+    keys) and may not set provenance keys (``command_line``...: the program writes those); both
+    a file and a dict are checked against the schema of :mod:`medseg_xai._config` (types per
+    key), so a wrong type stops here naming the key instead of rendering as garbage.
+    """
+    from medseg_xai._config import check_report_config
+
     if config is None:
         return {}
     if isinstance(config, Mapping):
-        return dict(config)
+        return check_report_config(config, "config", from_file=False)
     if isinstance(config, (str, os.PathLike)):
         path = Path(config)
         if not path.is_file():
             raise ValueError(f"config: expected a YAML file or a dict, got missing path {str(path)!r}")
-        import yaml
+        from medseg_xai._yaml import load_yaml_file
 
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_yaml_file(path, "config") or {}
         if not isinstance(data, Mapping):
             raise ValueError(f"config: expected a YAML mapping in {str(path)!r}, got "
                              f"{type(data).__name__}")
-        return dict(data)
+        return check_report_config(data, f"config {path.name!r}", from_file=True)
     raise ValueError(f"config: expected a dict, a YAML path or None, got {type(config).__name__}")
 
 
@@ -99,7 +107,10 @@ def render_html(result: Any, *, config: Mapping[str, Any] | str | os.PathLike | 
                 comparison: Any = None) -> str:
     """The report's HTML text (see :func:`write_html`)."""
     _check_result(result)
-    cfg = {**result.report, **load_config(config), "comparison": comparison}
+    from medseg_xai._config import check_report_config
+
+    stored = check_report_config(result.report or {}, "audit.json: report", from_file=False)
+    cfg = {**stored, **load_config(config), "comparison": comparison}
     shown = sections(result, cfg)
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return _environment().get_template("report.html.j2").render(
