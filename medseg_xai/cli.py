@@ -244,8 +244,9 @@ def _output_folder(path: str):
     return out
 
 
-def _input_file(path: str, what: str, *, table: bool = False) -> str:
-    """A named input must be a regular file: a FIFO or a device would block the reader."""
+def _input_file(path: str, what: str, *, table: bool = False, folder: bool = False) -> str:
+    """A named input must be a regular file (or, with ``folder``, a DICOM series folder): a
+    FIFO or a device would block the reader."""
     from pathlib import Path
 
     from medseg_xai._io import file_kind
@@ -253,8 +254,9 @@ def _input_file(path: str, what: str, *, table: bool = False) -> str:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what}: expected a file, found nothing at {path!r}")
-    if not p.is_file():
-        raise InputError(f"{what}: expected a regular file, got {file_kind(p)} at {path!r}")
+    if not (p.is_file() or (folder and p.is_dir())):
+        expected = "a regular file or a DICOM series folder" if folder else "a regular file"
+        raise InputError(f"{what}: expected {expected}, got {file_kind(p)} at {path!r}")
     if table and p.stat().st_size == 0:  # volumes: the loader names empty files itself
         raise InputError(f"{what}: expected a table, got an empty file {path!r}")
     return path
@@ -517,7 +519,7 @@ def _explain_inputs(args: argparse.Namespace):
 
     from medseg_xai.cohort import load_on_one_grid
 
-    paths = {"image": _input_file(args.image, "image"),
+    paths = {"image": _input_file(args.image, "image", folder=True),
              "reference": None if args.ref is None else _input_file(args.ref, "reference")}
     from pathlib import Path
 

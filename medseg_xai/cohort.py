@@ -6,9 +6,10 @@ A manifest is a table with one row per case::
 
 Paths may be relative; they resolve against the manifest's folder (``from_csv``,
 ``from_parquet``, ``from_decathlon``) or ``root`` (``from_dataframe``). Volumes load through
-MONAI's ``LoadImage`` (NIfTI with nibabel; DICOM series folders with pydicom, ``dicom`` extra)
-keeping the voxel grid as stored: spacing and orientation come from the affine, nothing is
-resampled. A prediction or reference on another grid than its image makes the case fail with a
+:mod:`medseg_xai.io` (NIfTI, NRRD / Slicer ``.seg.nrrd``, MetaImage, DICOM series and DICOM-SEG,
+2D PNG/JPEG/TIFF/BMP with a ``spacing`` column) keeping the voxel grid as stored: spacing and
+orientation come from the affine, nothing is resampled (a DICOM-SEG is put on its source
+series' grid). A prediction or reference on another grid than its image makes the case fail with a
 message saying so, never a silent resample.
 
 Acquisition metadata (device, site, field strength, slice thickness, kernel, study date) is read
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,16 +41,17 @@ from medseg_xai._manifest import normalise_path, read_csv_manifest
 from medseg_xai._memory import system_arrow_pool
 from medseg_xai._privacy import is_identifier_column, redact_paths
 from medseg_xai._validation import check_label_values
-
-# MONAI's DICOM reader warns once per process that the optional GPU decoder (nvImageCodec) is
-# absent; on CPU machines that is expected, and with a process pool it floods the console.
-logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+from medseg_xai.io.nifti import check_nifti as _check_nifti
+from medseg_xai.io.volume import Volume
 
 __all__ = ["Case", "Cohort", "is_identifier", "load_on_one_grid", "load_volume", "pseudonym"]
 
 REQUIRED_COLUMNS = ("case_id", "image", "label")
 PATH_COLUMNS = ("image", "label", "prediction", "probability")
-RESERVED_COLUMNS = (*PATH_COLUMNS, "case_id", "patient_id")
+#: Reading options of a row (pixel spacing of 2D raster files; a time series' frame axis and
+#: the frame of an expanded row). ``frame`` also stays a metadata column (a stratum).
+READ_COLUMNS = ("spacing", "frame_axis", "frame")
+RESERVED_COLUMNS = (*PATH_COLUMNS, "case_id", "patient_id", "spacing", "frame_axis")
 #: Several readers' references: columns ``label_<reader>`` (``label_r1, label_r2, ...``).
 READER_PREFIX = "label_"
 _GRID_ATOL_MM = 1e-3
@@ -81,6 +82,11 @@ class Case:
         Reader name -> that reader's label map (manifest columns ``label_<reader>``), grid-checked.
     missing_readers : list of str
         Readers whose file was absent, skipped with ``allow_missing_readers=True``.
+    class_names : dict
+        Label value -> name where the reference file names its segments (Slicer ``.seg.nrrd``,
+        DICOM-SEG).
+    notes : list of str
+        What the readers assumed (default pixel spacing, colour as channels, resampling).
     """
 
     case_id: str
@@ -93,6 +99,8 @@ class Case:
     metadata: dict[str, Any] = field(default_factory=dict)
     readers: dict[str, np.ndarray] = field(default_factory=dict)
     missing_readers: list[str] = field(default_factory=list)
+    class_names: dict[int, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def reader_columns(columns: Any) -> list[str]:
@@ -116,43 +124,31 @@ def pseudonym(value: object, salt: str | bytes, prefix: str = "") -> str:
 # loading
 
 
-_LOADERS: dict[tuple[str, bool], Any] = {}
-
-
-def _loader(kind: str, is_image: bool) -> Any:
-    """Cached MONAI ``LoadImage`` (building one costs more than reading a small volume)."""
-    key = (kind, is_image)
-    if key not in _LOADERS:
-        from monai.transforms import LoadImage
-
-        reader = "PydicomReader" if kind == "dicom" else "NibabelReader"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _LOADERS[key] = LoadImage(
-                image_only=False,
-                ensure_channel_first=True,
-                reader=reader,
-                dtype=np.float32 if is_image else None,
-            )
-    return _LOADERS[key]
-
-
 def _kind(path: Path) -> str:
-    name = path.name.lower()
-    if path.is_dir() or name.endswith(".dcm"):
-        return "dicom"
-    return "nifti"
+    """``"dicom"`` for DICOM series folders and files, else the reading format."""
+    from medseg_xai.io import format_of
+
+    return format_of(path)
+
+
+def read_file(path: str | Path, *, is_image: bool = True, what: str = "image",
+              case_id: str = "?", **kwargs: Any) -> Volume:
+    """Read one image or label file (any format of :mod:`medseg_xai.io`) as a
+    :class:`~medseg_xai.io.Volume`; ``kwargs`` go to :func:`medseg_xai.io.read_volume`."""
+    from medseg_xai.io import read_volume
+
+    return read_volume(path, is_image=is_image, what=what, case_id=case_id, **kwargs)
 
 
 def load_volume(
     path: str | Path, *, is_image: bool = True, what: str = "image", case_id: str = "?"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load one volume with MONAI, keeping its grid.
+    """Load one volume keeping its grid (any format of :mod:`medseg_xai.io`).
 
     Parameters
     ----------
     path : str or Path
-        NIfTI file or DICOM series folder / file.
+        NIfTI, NRRD, MetaImage, PNG/JPEG/TIFF/BMP file or DICOM series folder / file.
     is_image : bool
         Images are cast to float32; masks keep their stored dtype.
     what, case_id : str
@@ -170,127 +166,8 @@ def load_volume(
     ValueError
         If the file is missing or unreadable, naming the case, field and path.
     """
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"case {case_id!r}: {what} file not found: expected a file at {str(p)!r}")
-    kind = _kind(p)
-    if not (p.is_file() or (kind == "dicom" and p.is_dir())):
-        # a FIFO or a device (a symlink to /dev/zero) would block or never end a read
-        raise ValueError(f"case {case_id!r}: {what}: expected a regular file, got "
-                         f"{file_kind(p)} at {str(p)!r}")
-    shape = None
-    if kind == "nifti":
-        shape = _check_nifti(p, what, case_id)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data, meta = _loader(kind, is_image)(str(p))
-    except MemoryError as exc:
-        raise ValueError(
-            f"case {case_id!r}: could not read {what} file {p.name!r}: its header declares "
-            f"shape {shape}, too large to load (out of memory); expected a volume of the "
-            "image's size"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - readers raise many types for corrupt files
-        raise ValueError(
-            f"case {case_id!r}: could not read {what} file {str(p)!r}: "
-            f"{_read_error(exc, kind)}"
-        ) from exc
-    array = np.asarray(data.detach().cpu().numpy() if hasattr(data, "detach") else data)
-    affine = meta.get("affine", getattr(data, "affine", None))
-    if affine is None:
-        affine = np.eye(array.ndim)
-    affine = np.asarray(affine.detach().cpu().numpy() if hasattr(affine, "detach") else affine,
-                        dtype=np.float64)
-    if not np.all(np.isfinite(affine)):
-        raise ValueError(
-            f"case {case_id!r}: could not read {what} file {p.name!r}: its affine "
-            "(voxel-to-world matrix) holds NaN or infinite values; expected a finite one"
-        )
-    return array, affine
-
-
-_NIFTI_MAGIC = {348: (344, (b"n+1\x00", b"ni1\x00")), 540: (4, (b"n+2\x00", b"ni2\x00"))}
-
-
-def _check_nifti(p: Path, what: str, case_id: str) -> tuple[int, ...] | None:
-    """Refuse empty, truncated and non-NIfTI files with a message a user can act on (MONAI's
-    own errors for these say "install the reader libraries" or nothing at all).
-
-    Returns the shape the header declares (for the out-of-memory message).
-    """
-    import gzip
-    import zlib
-
-    size = p.stat().st_size
-    if size == 0:
-        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: it is empty "
-                         "(0 bytes); expected a NIfTI file")
-    gz = p.name.lower().endswith(".gz")
-    try:
-        with (gzip.open(p, "rb") if gz else open(p, "rb")) as fh:
-            head = fh.read(548)
-    except (OSError, EOFError, zlib.error) as exc:
-        with open(p, "rb") as fh:
-            first = fh.read(8)
-        state = ("truncated gzip data" if first[:2] == b"\x1f\x8b"
-                 else f"not gzip data, its first bytes are {first!r}")
-        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI "
-                         f"file ({state}); expected a .nii.gz NIfTI file") from exc
-    sizes = {int.from_bytes(head[:4], order) for order in ("little", "big")} & set(_NIFTI_MAGIC)
-    if len(head) < 4 or not sizes:
-        raise ValueError(
-            f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI file (its "
-            f"first bytes are {head[:8]!r}); expected a NIfTI-1/2 image (.nii or .nii.gz)"
-        )
-    hdr_size = sizes.pop()
-    if len(head) < hdr_size:
-        raise ValueError(f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, "
-                         f"{len(head)} header bytes, expected a NIfTI header of {hdr_size}")
-    at, magics = _NIFTI_MAGIC[hdr_size]
-    if head[at:at + 4] not in magics and hdr_size != 348:  # 348 without magic: Analyze 7.5
-        raise ValueError(
-            f"case {case_id!r}: could not read {what} file {p.name!r}: not a NIfTI file (no "
-            f"NIfTI magic); expected a NIfTI-1/2 image (.nii or .nii.gz)"
-        )
-    try:
-        import nibabel as nib
-
-        img = nib.load(str(p))
-        shape = tuple(int(n) for n in img.shape)
-        if not np.all(np.isfinite(img.affine)):  # MONAI would silently fall back to identity
-            raise ValueError(
-                f"case {case_id!r}: could not read {what} file {p.name!r}: its affine "
-                "(voxel-to-world matrix) holds NaN or infinite values; expected a finite "
-                "qform/sform in the header"
-            )
-        if not gz:
-            need = int(img.dataobj.offset) + int(np.prod(shape, dtype=np.int64)) * \
-                img.get_data_dtype().itemsize
-            if size < need:
-                raise ValueError(
-                    f"case {case_id!r}: could not read {what} file {p.name!r}: truncated, {size} bytes, "
-                    f"expected {need} for its declared shape {shape}"
-                )
-        return shape
-    except ValueError:
-        raise
-    except Exception:  # noqa: BLE001 - the full read below reports what the header lacks
-        return None
-
-
-def _read_error(exc: BaseException, kind: str) -> str:
-    """The reader's failure in words, with what was expected."""
-    import zlib
-
-    text = f"{type(exc).__name__}: {str(exc)[:200]}" if str(exc) else type(exc).__name__
-    chain = [exc, exc.__cause__, exc.__context__]
-    if any(isinstance(e, EOFError) for e in chain) or "ended before" in str(exc):
-        return f"the file is truncated (its compressed data ends early); expected a whole file ({text})"
-    if any(isinstance(e, zlib.error) for e in chain):
-        return f"the compressed data is corrupt; expected a valid .nii.gz file ({text})"
-    expected = "a readable DICOM series" if kind == "dicom" else "a readable NIfTI file"
-    return f"expected {expected} ({text})"
+    vol = read_file(path, is_image=is_image, what=what, case_id=case_id)
+    return vol.array, vol.affine
 
 
 def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
@@ -379,27 +256,130 @@ def load_on_one_grid(
     affine : numpy.ndarray
         The grid's affine.
     """
-    out: dict[str, np.ndarray] = {}
-    affines: dict[str, np.ndarray] = {}
     for what, path in paths.items():  # every file's header first: a bad one fails before work
         p = Path(path) if path is not None else None
         if p is not None and p.is_file() and _kind(p) == "nifti":
             _check_nifti(p, what, case_id)
-    for what, path in paths.items():
-        if path is None:
-            continue
-        arr, aff = load_volume(path, is_image=what in images, what=what, case_id=case_id)
-        out[what] = arr if what in images else _as_mask(arr, what, case_id, labels, binarize)
-        affines[what] = aff
-    if grid not in out:
+    if paths.get(grid) is None:
         raise ValueError(f"case {case_id!r}: {grid}: expected a file path, got none")
-    ref_shape = out[grid].shape[1:] if grid in images else out[grid].shape
-    for what, arr in out.items():
-        if what != grid:
-            shape = arr.shape[1:] if what in images else arr.shape
-            _check_grid(case_id, what, shape, affines[what], ref_shape, affines[grid],
-                        against=f"the {grid}")
-    return out, affines[grid]
+    base = read_file(str(paths[grid]), is_image=grid in images, what=grid, case_id=case_id)
+    base = _time(base, {}, grid, case_id)
+    out: dict[str, np.ndarray] = {
+        grid: base.array if grid in images else _as_mask(base.array, grid, case_id, labels,
+                                                         binarize)}
+    for what, path in paths.items():
+        if path is None or what == grid:
+            continue
+        vol = _read_on_grid(case_id, what, str(path), base, {}, what in images)
+        if what not in images:
+            _check_label_shape(case_id, what, vol, base)
+        out[what] = vol.array if what in images else _as_mask(vol.array, what, case_id,
+                                                              labels, binarize)
+        shape = out[what].shape[1:] if what in images else out[what].shape
+        _check_grid(case_id, what, shape, vol.affine, base.spatial_shape, base.affine,
+                    against=f"the {grid}")
+    return out, base.affine
+
+
+def _parse_spacing(value: Any, case_id: str) -> tuple[float, float] | None:
+    """A manifest ``spacing`` cell ("0.5", "0.5 0.4", "0.5x0.4") -> mm per pixel (x, y)."""
+    if _empty(value):
+        return None
+    parts = str(value).replace("x", " ").replace(",", " ").split()
+    try:
+        nums = [float(v) for v in parts]
+    except ValueError:
+        nums = []
+    if len(nums) not in (1, 2) or not all(np.isfinite(v) and v > 0 for v in nums):
+        raise ValueError(f"case {case_id!r}: spacing: expected one or two positive numbers in "
+                         f"mm per pixel (\"0.5\" or \"0.5 0.4\"), got {value!r}")
+    return (nums[0], nums[-1])
+
+
+def _drop_axis(array: np.ndarray, affine: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove spatial ``axis`` (of a ``(C, *spatial)`` array) and move its affine column behind
+    the remaining axes, so the 4x4 matrix still maps the remaining voxel axes."""
+    n = array.ndim - 1
+    cols = [i for i in range(n) if i != axis] + [axis]
+    new = affine.copy()
+    new[:3, :n] = affine[:3, cols] if n <= 3 else affine[:3, cols[:3]]
+    return np.take(array, 0, axis=axis + 1), new
+
+
+def _select_frame(vol: Volume, axis: int, frame: int, what: str, case_id: str) -> Volume:
+    """One frame of a time series as its own 2D/3D volume."""
+    n = vol.array.shape[axis + 1]
+    if not 0 <= frame < n:
+        raise ValueError(f"case {case_id!r}: {what}: frame {frame} out of range; expected 0.."
+                         f"{n - 1} along axis {axis}")
+    arr = np.take(vol.array, [frame], axis=axis + 1)
+    affine = vol.affine
+    if axis < 3:
+        arr, affine = _drop_axis(arr, affine, axis)
+    else:
+        arr = arr[..., 0]
+    if arr.ndim == 4 and 1 in arr.shape[1:]:  # (X, Y, 1) after the frame: a 2D frame
+        arr, affine = _drop_axis(arr, affine, arr.shape[1:].index(1))
+    return Volume(arr, affine, vol.format, vol.geometry, vol.class_names, None, vol.notes,
+                  vol.frame_of_reference)
+
+
+def _time(vol: Volume, read: Mapping[str, Any], what: str, case_id: str) -> Volume:
+    """Apply the declared frame (manifest ``frame_axis`` + ``frame``, or the header's time
+    axis); a time series without a frame is refused, never scored as a volume or channels."""
+    axis = read.get("frame_axis")
+    axis = vol.time_axis if _empty(axis) else int(axis)
+    if axis is None:
+        return vol
+    frame = read.get("frame")
+    if _empty(frame):
+        n = vol.array.shape[axis + 1] if axis + 1 < vol.array.ndim else "?"
+        raise ValueError(
+            f"case {case_id!r}: {what}: a time series ({n} frames along axis {axis}); expected "
+            "a 2D/3D volume, or a manifest frame_axis column for per-frame evaluation")
+    if axis + 1 >= vol.array.ndim:
+        raise ValueError(f"case {case_id!r}: {what}: frame_axis {axis}: expected an axis of "
+                         f"the shape {vol.array.shape[1:]}")
+    return _select_frame(vol, axis, int(frame), what, case_id)
+
+
+def _read_image(case_id: str, path: str, read: Mapping[str, Any]) -> Volume:
+    vol = read_file(path, is_image=True, what="image", case_id=case_id,
+                    spacing=_parse_spacing(read.get("spacing"), case_id))
+    vol = _time(vol, read, "image", case_id)
+    if vol.array.ndim < 3:
+        raise ValueError(
+            f"case {case_id!r}: image: expected a 2D or 3D volume, got shape {vol.array.shape[1:]}"
+        )
+    if vol.array.ndim > 4:
+        raise ValueError(f"case {case_id!r}: image: expected a 2D or 3D volume (channels "
+                         f"first), got shape {vol.array.shape}")
+    if not np.all(np.isfinite(vol.array)):
+        n_bad = int(np.size(vol.array) - np.count_nonzero(np.isfinite(vol.array)))
+        raise ValueError(
+            f"case {case_id!r}: image contains {n_bad} NaN or infinite voxels; expected finite "
+            "intensities"
+        )
+    return vol
+
+
+def _read_on_grid(case_id: str, what: str, path: str, image: Volume, read: Mapping[str, Any],
+                  is_image: bool = False) -> Volume:
+    """A label/prediction/probability file read and put on the image's grid: a file without
+    geometry (PNG...) takes the image's when the shapes agree; a DICOM-SEG is put on it."""
+    spatial = image.spatial_shape
+    vol = read_file(path, is_image=is_image, what=what, case_id=case_id,
+                    spacing=_parse_spacing(read.get("spacing"), case_id),
+                    grid=(spatial, image.affine), frame_of_reference=image.frame_of_reference)
+    if vol.time_axis is not None or not _empty(read.get("frame_axis")):
+        if not _empty(read.get("frame")) or vol.time_axis is not None:
+            vol = _time(vol, read, what, case_id)
+    if vol.array.ndim - 1 != len(spatial) and not is_image and vol.array.ndim == len(spatial):
+        vol.array = vol.array[None]  # a spatial-only array from a reader without channels
+    shape = vol.array.shape[1:]
+    if vol.geometry != "file" and image.geometry == "file" and tuple(shape) == spatial:
+        vol.affine = image.affine  # no geometry in the file: the image's, shapes checked
+    return vol
 
 
 def load_case_from_paths(
@@ -411,6 +391,7 @@ def load_case_from_paths(
     labels: Any = None,
     binarize: bool = False,
     allow_missing_readers: bool = False,
+    read: Mapping[str, Any] | None = None,
 ) -> Case:
     """Load a case from its path columns and check that every volume shares the image grid.
 
@@ -432,68 +413,86 @@ def load_case_from_paths(
         Count every value ``> 0`` as foreground instead.
     allow_missing_readers : bool
         Skip reader files that are absent (listed in ``Case.missing_readers``) instead of failing.
+    read : mapping, optional
+        Reading options from the manifest (:data:`READ_COLUMNS`): ``spacing`` (mm per pixel of
+        2D PNG/JPEG/TIFF/BMP files), ``frame_axis`` and ``frame`` (one frame of a time series).
 
     Raises
     ------
     ValueError
         Naming the case and the field for missing/unreadable files, grid mismatches, NaN values.
     """
-    image, affine = load_volume(paths["image"], is_image=True, what="image", case_id=case_id)
-    if image.ndim < 3:
-        raise ValueError(
-            f"case {case_id!r}: image: expected a 2D or 3D volume, got shape {image.shape[1:]}"
-        )
-    if not np.all(np.isfinite(image)):
-        n_bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-        raise ValueError(
-            f"case {case_id!r}: image contains {n_bad} NaN or infinite voxels; expected finite "
-            "intensities"
-        )
-    spatial = image.shape[1:]
-    ndim = len(spatial)
+    read = dict(read or {})
+    image = _read_image(case_id, str(paths["image"]), read)
+    spatial, affine = image.spatial_shape, image.affine
+    notes = list(image.notes)
+    class_names: dict[int, str] = {}
     volumes: dict[str, np.ndarray | None] = {"label": None, "prediction": None, "probability": None}
     for what in ("label", "prediction", "probability"):
         path = paths.get(what)
-        if path is None or (isinstance(path, float) and np.isnan(path)) or path == "":
+        if _empty(path):
             continue
-        arr, aff = load_volume(path, is_image=what == "probability", what=what, case_id=case_id)
+        vol = _read_on_grid(case_id, what, str(path), image, read, what == "probability")
+        notes += vol.notes
         if what == "probability":
-            if not np.all(np.isfinite(arr)):
+            if not np.all(np.isfinite(vol.array)):
                 raise ValueError(f"case {case_id!r}: probability contains NaN or infinite values")
-            _check_grid(case_id, what, arr.shape[1:], aff, spatial, affine)
-            volumes[what] = arr.astype(np.float32, copy=False)
+            _check_grid(case_id, what, vol.array.shape[1:], vol.affine, spatial, affine)
+            volumes[what] = vol.array.astype(np.float32, copy=False)
         else:
-            mask = _as_mask(arr, what, case_id, labels, binarize)
-            _check_grid(case_id, what, mask.shape, aff, spatial, affine)
+            _check_label_shape(case_id, what, vol, image)
+            mask = _as_mask(vol.array, what, case_id, labels, binarize)
+            _check_grid(case_id, what, mask.shape, vol.affine, spatial, affine)
             volumes[what] = mask
-    readers: dict[str, np.ndarray] = {}
-    missing_readers: list[str] = []
-    for col in reader_columns(paths):
-        name, path = col[len(READER_PREFIX):], paths.get(col)
-        if _empty(path) or not Path(str(path)).exists():
-            if allow_missing_readers:
-                missing_readers.append(name)
-                continue
-            raise ValueError(f"case {case_id!r}: reader {name!r} ({col}): expected a file, got "
-                             + ("an empty value" if _empty(path) else "a missing file"))
-        arr, aff = load_volume(str(path), is_image=False, what=col, case_id=case_id)
-        mask = _as_mask(arr, col, case_id, labels, binarize)
-        _check_grid(case_id, col, mask.shape, aff, spatial, affine)
-        readers[name] = mask
+            if what == "label":
+                class_names = dict(vol.class_names)
+    readers, missing_readers = _load_readers(case_id, paths, image, read, labels, binarize,
+                                             allow_missing_readers)
     if volumes["label"] is None and not reader_columns(paths):
         raise ValueError(f"case {case_id!r}: label: expected a reference file path, got none")
     return Case(
         case_id=case_id,
-        image=image.astype(np.float32, copy=False),
+        image=image.array.astype(np.float32, copy=False),
         label=volumes["label"],
         prediction=volumes["prediction"],
         probability=volumes["probability"],
-        spacing=_spacing(affine, ndim),
+        spacing=_spacing(affine, len(spatial)),
         affine=affine,
         metadata=dict(metadata or {}),
         readers=readers,
         missing_readers=missing_readers,
+        class_names=class_names,
+        notes=list(dict.fromkeys(notes)),
     )
+
+
+def _check_label_shape(case_id: str, what: str, vol: Volume, image: Volume) -> None:
+    """A label with more axes than the image (or a 3D label of a 3D+t image) fails clearly."""
+    if vol.array.ndim >= 3 and vol.array.shape[0] > 1:
+        raise ValueError(
+            f"case {case_id!r}: {what}: expected one label map on the image grid "
+            f"{image.spatial_shape}, got {vol.array.shape[0]} channels/frames of shape "
+            f"{vol.array.shape[1:]}")
+
+
+def _load_readers(case_id: str, paths: Mapping[str, str | None], image: Volume,
+                  read: Mapping[str, Any], labels: Any, binarize: bool,
+                  allow_missing: bool) -> tuple[dict[str, np.ndarray], list[str]]:
+    readers: dict[str, np.ndarray] = {}
+    missing: list[str] = []
+    for col in reader_columns(paths):
+        name, path = col[len(READER_PREFIX):], paths.get(col)
+        if _empty(path) or not Path(str(path)).exists():
+            if allow_missing:
+                missing.append(name)
+                continue
+            raise ValueError(f"case {case_id!r}: reader {name!r} ({col}): expected a file, got "
+                             + ("an empty value" if _empty(path) else "a missing file"))
+        vol = _read_on_grid(case_id, col, str(path), image, read)
+        mask = _as_mask(vol.array, col, case_id, labels, binarize)
+        _check_grid(case_id, col, mask.shape, vol.affine, image.spatial_shape, image.affine)
+        readers[name] = mask
+    return readers, missing
 
 
 # --------------------------------------------------------------------------------------------

@@ -601,10 +601,10 @@ def _preload() -> None:
     MONAI's loader imports torch and MONAI: about 3 s and a few hundred MB in every worker that
     builds its own (with 2 workers, 2,000 small cases ran at 1.65x one worker instead of 1.9x).
     """
-    from medseg_xai.cohort import _loader
+    from medseg_xai.io.nifti import _loader
 
     for is_image in (True, False):
-        _loader("nifti", is_image)
+        _loader(is_image)
 
 
 def dask_slots(client: Any) -> int:
