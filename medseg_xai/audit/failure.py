@@ -1,0 +1,403 @@
+"""Failure detection: would the scans a score ranks as least certain be the ones that fail?
+
+A *failure* is stated up front (``FailureSettings.failure``): ``"dice < 0.5"`` (any metric
+column, operator and threshold) or ``"missed lesion"`` (a reference lesion missed). Each
+per-case *score* is "larger = less trustworthy": the uncertainty aggregations
+(``unc_entropy``, ``unc_disagreement``, ``unc_volume_cv``), the feature-shift ``ood_score``
+and ``combined``, the mean of their rank percentiles (no fitting, so nothing leaks).
+
+Selective prediction: scans are retained from the lowest score up; at coverage ``c`` the
+fraction ``c`` with the lowest scores is retained and the rest go to a human. The *risk* is the
+failure rate among the retained scans. The risk-coverage curve and its area (AURC, Geifman et
+al.: the mean over ``k = 1..n`` of the risk of the ``k`` lowest-scored scans) use the
+*expected* risk over random orderings of tied scores (cumulative failures interpolated
+linearly inside a block of ties), so ties cannot flatter a score; ``e_aurc`` subtracts the AURC
+of the ideal ranking (failures last). ``auroc`` is the probability that a failed scan scores
+above a successful one (ties count half).
+
+Per coverage target the result holds the sentence "if the scans above score ``t`` go to a
+human (fraction ``1 - c``), the rest reach mean ``metric`` X with failure rate r, and f of
+the failures are caught". Per subgroup, the overall threshold at the target coverage is
+applied (one deployed threshold): how many of that group's failures it catches.
+
+Calibration per subgroup (from the bin sums the runner stores per case,
+:mod:`medseg_xai.metrics.calibration`): ``ece, ace, mce`` are the mean over the group's cases
+of each case's value (MONAI's ``CalibrationErrorMetric`` with its default mean reduction over
+the group's images), ``*_pooled`` those of the group's voxels pooled; the reliability table
+has the pooled points per bin.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CALIBRATION_COLUMNS", "FAILURE_COLUMNS", "RISK_COVERAGE_COLUMNS", "SCORE_COLUMNS",
+           "FailureSettings", "aurc", "calibration_tables", "case_calibration",
+           "expected_risks", "failure_tables", "parse_failure"]
+
+#: Per-case score columns considered (those present), larger = less trustworthy.
+SCORE_COLUMNS = ("unc_entropy", "unc_disagreement", "unc_volume_cv", "ood_score")
+FAILURE_COLUMNS = ("stratum", "group", "score", "n", "n_failures", "failure_rate", "aurc",
+                   "e_aurc", "aurc_random", "auroc", "spearman_metric", "coverage_target",
+                   "threshold", "referred", "caught", "retained_metric", "retained_risk")
+RISK_COVERAGE_COLUMNS = ("stratum", "group", "score", "coverage", "risk", "threshold",
+                         "retained_metric")
+CALIBRATION_COLUMNS = ("stratum", "group", "class", "n", "n_voxels", "ece", "ace", "mce",
+                       "ece_pooled", "ace_pooled", "mce_pooled")
+RELIABILITY_COLUMNS = ("stratum", "group", "class", "bin", "bin_centre", "count",
+                       "mean_probability", "observed")
+_OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+@dataclass(frozen=True)
+class FailureSettings:
+    """Failure detection, calibration and hidden-strata settings (plain data, in ``settings``).
+
+    Attributes
+    ----------
+    failure : str
+        ``"<metric> <op> <value>"`` (``"dice < 0.5"``) or ``"missed lesion"``.
+    metric : str
+        The metric the sentences report for the retained scans (default Dice).
+    coverages : sequence of float
+        Coverage targets of the sentences; ``target_coverage`` is the one applied per subgroup.
+    target_coverage : float
+    calibration_bins : int
+        Bins of the calibration errors (MONAI's default 20); 0: no calibration tables.
+    hidden_strata : bool
+        Search for hidden strata (:mod:`medseg_xai.audit.hidden_strata`).
+    min_gap : float
+        Smallest metric gap (group below the rest) a hidden stratum must show.
+    max_depth : int
+        Depth of the rules describing hidden strata (conditions per group).
+    curve_points : int
+        Points of each stored risk-coverage curve.
+    """
+
+    failure: str = "dice < 0.5"
+    metric: str = "dice"
+    coverages: tuple[float, ...] = (0.5, 0.8, 0.9)
+    target_coverage: float = 0.8
+    calibration_bins: int = 20
+    hidden_strata: bool = True
+    min_gap: float = 0.05
+    max_depth: int = 2
+    curve_points: int = 50
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "coverages", tuple(float(c) for c in self.coverages))
+        parse_failure(self.failure)
+        for c in (*self.coverages, self.target_coverage):
+            if not 0.0 < float(c) <= 1.0:
+                raise ValueError(f"failure.coverages: expected fractions in (0, 1], got {c!r}")
+        if int(self.calibration_bins) < 0 or int(self.max_depth) < 1 or int(self.curve_points) < 2:
+            raise ValueError("failure: calibration_bins >= 0, max_depth >= 1 and curve_points "
+                             f">= 2 expected, got {self.calibration_bins!r}, {self.max_depth!r}, "
+                             f"{self.curve_points!r}")
+
+    @classmethod
+    def from_value(cls, value: Any) -> FailureSettings | None:
+        """None, True (defaults), a mapping of fields, a failure string or an instance."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(failure=value)
+        if isinstance(value, Mapping):
+            unknown = set(value) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"failure: unknown setting(s) {sorted(unknown)}; expected some "
+                                 f"of {sorted(cls.__dataclass_fields__)}")
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+        raise ValueError(f"failure: expected None, True, a failure string, a mapping or "
+                         f"FailureSettings, got {type(value).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def parse_failure(text: str) -> tuple[str, Any, float] | tuple[str, None, None]:
+    """``"dice < 0.5"`` -> ``("dice", operator.lt, 0.5)``; ``"missed lesion"`` ->
+    ``("missed lesion", None, None)``."""
+    t = str(text).strip().lower()
+    if t in ("missed lesion", "missed_lesion", "missed"):
+        return "missed lesion", None, None
+    m = re.fullmatch(r"([a-z_][a-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)", t)
+    if not m:
+        raise ValueError(f"failure: expected '<metric> <op> <value>' (e.g. 'dice < 0.5') or "
+                         f"'missed lesion', got {text!r}")
+    return m.group(1), _OPS[m.group(2)], float(m.group(3))
+
+
+def failures(cases: pd.DataFrame, failure: str) -> np.ndarray:
+    """Float array: 1 failed, 0 not, NaN undefined (metric missing)."""
+    name, op, value = parse_failure(failure)
+    if op is None:
+        if "n_missed" not in cases:
+            raise ValueError("failure 'missed lesion': the cases table has no n_missed column")
+        v = cases["n_missed"].to_numpy(dtype=float)
+        return np.where(np.isfinite(v), (v > 0).astype(float), np.nan)
+    if name not in cases:
+        raise ValueError(f"failure {failure!r}: no column {name!r} in the cases table")
+    v = cases[name].to_numpy(dtype=float)
+    return np.where(np.isfinite(v), op(v, value).astype(float), np.nan)
+
+
+# -- risk and coverage --------------------------------------------------------------------
+
+def expected_risks(scores: np.ndarray, failed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expected failure count among the ``k`` lowest-scored scans, ``k = 1..n``, over random
+    orderings of ties; and the score at rank ``k`` (ascending)."""
+    order = np.argsort(scores, kind="stable")
+    s, f = scores[order], failed[order].astype(np.float64)
+    n = len(s)
+    cum = np.cumsum(f)
+    # tie blocks: [start, end) of equal scores; inside, failures accrue at the block's rate
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], n]
+    block = np.repeat(np.arange(len(starts)), ends - starts)
+    before = np.where(starts > 0, cum[np.maximum(starts - 1, 0)], 0.0)
+    total = cum[ends - 1] - before
+    k = np.arange(1, n + 1)
+    pos = k - starts[block]
+    expected = before[block] + total[block] * pos / (ends - starts)[block]
+    return expected, s
+
+
+def aurc(scores: Any, failed: Any) -> float:
+    """Area under the risk-coverage curve (expected over tie orderings; lower is better)."""
+    s = np.asarray(scores, dtype=np.float64)
+    f = np.asarray(failed, dtype=np.float64)
+    if s.shape != f.shape or s.ndim != 1:
+        raise ValueError(f"aurc: expected two 1D arrays of one length, got {s.shape}, {f.shape}")
+    if not len(s):
+        return float("nan")
+    cum, _ = expected_risks(s, f)
+    return float(np.mean(cum / np.arange(1, len(s) + 1)))
+
+
+def _auroc(scores: np.ndarray, failed: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    n1 = int(failed.sum())
+    n0 = len(failed) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[failed > 0].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def combined_score(cases: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Mean rank percentile of the given score columns (NaN where any is missing)."""
+    if not columns:
+        return np.full(len(cases), np.nan)
+    ranks = [cases[c].rank(pct=True).to_numpy(dtype=float) for c in columns]
+    return np.mean(ranks, axis=0)
+
+
+def _sentence(s: np.ndarray, f: np.ndarray, metric: np.ndarray, coverage: float
+              ) -> dict[str, float]:
+    """Threshold at ``coverage`` (the k-th lowest score, ties retained) and what it gives."""
+    k = max(1, int(np.ceil(coverage * len(s))))
+    t = float(np.sort(s)[k - 1])
+    keep = s <= t
+    fails = f > 0
+    return {"coverage_target": float(coverage), "threshold": t,
+            "referred": float(1.0 - keep.mean()),
+            "caught": float(fails[~keep].sum() / fails.sum()) if fails.any() else float("nan"),
+            "retained_metric": float(np.nanmean(metric[keep])) if keep.any() else float("nan"),
+            "retained_risk": float(f[keep].mean()) if keep.any() else float("nan")}
+
+
+def _curve(s: np.ndarray, f: np.ndarray, metric: np.ndarray, points: int) -> list[dict]:
+    cum, sorted_s = expected_risks(s, f)
+    order = np.argsort(s, kind="stable")
+    metric_cum = np.cumsum(np.nan_to_num(metric[order]))
+    n = len(s)
+    rows = []
+    for c in np.linspace(1.0 / points, 1.0, points):
+        k = max(1, int(np.ceil(c * n)))
+        rows.append({"coverage": k / n, "risk": float(cum[k - 1] / k),
+                     "threshold": float(sorted_s[k - 1]),
+                     "retained_metric": float(metric_cum[k - 1] / k)})
+    return rows
+
+
+def _score_row(s: np.ndarray, f: np.ndarray, metric: np.ndarray, global_t: float | None,
+               target: float) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    n = len(s)
+    risk = float(f.mean())
+    ideal = aurc(f, f)  # failures scored highest: the best any score can do
+    a = aurc(s, f)
+    row = {"n": n, "n_failures": int(f.sum()), "failure_rate": risk, "aurc": a,
+           "e_aurc": a - ideal, "aurc_random": risk, "auroc": _auroc(s, f)}
+    ok = np.isfinite(metric)
+    row["spearman_metric"] = (float(spearmanr(s[ok], metric[ok]).statistic)
+                              if ok.sum() > 2 and np.ptp(s[ok]) > 0 and np.ptp(metric[ok]) > 0
+                              else float("nan"))
+    sent = _sentence(s, f, metric, target)
+    if global_t is not None:  # a subgroup: the overall threshold applied to it
+        keep = s <= global_t
+        fails = f > 0
+        sent.update({"threshold": global_t, "referred": float(1.0 - keep.mean()),
+                     "caught": float(fails[~keep].sum() / fails.sum()) if fails.any() else np.nan,
+                     "retained_metric": float(np.nanmean(metric[keep])) if keep.any() else np.nan,
+                     "retained_risk": float(f[keep].mean()) if keep.any() else np.nan})
+    row.update(sent)
+    return row
+
+
+def failure_tables(cases: pd.DataFrame,
+                   groups: Sequence[tuple[str, pd.Series, Sequence[Any]]],
+                   settings: FailureSettings, min_n: int = 10
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Failure-detection table, risk-coverage curves, selective sentences and the cases'
+    ``combined`` score column.
+
+    Parameters
+    ----------
+    cases : pandas.DataFrame
+        The cases table (ok rows are used; score columns of :data:`SCORE_COLUMNS`).
+    groups : sequence of (stratum, labels, order)
+        As ``analysis.stratum_groups`` gives them; "overall" is added.
+    settings : FailureSettings
+    min_n : int
+        Smallest group that gets a row.
+
+    Returns
+    -------
+    (failure_detection, risk_coverage, selective, per_case)
+        ``failure_detection`` (:data:`FAILURE_COLUMNS`: per stratum x group x score),
+        ``risk_coverage`` (:data:`RISK_COVERAGE_COLUMNS`), ``selective`` (per score and
+        coverage target, overall: the sentence data) and ``per_case`` (``unc_combined``).
+    """
+    ok = (cases["status"] == "ok").to_numpy()
+    scores = [c for c in SCORE_COLUMNS if c in cases and cases.loc[ok, c].notna().any()]
+    per_case = pd.DataFrame(index=cases.index)
+    if not scores:
+        empty = pd.DataFrame(columns=list(FAILURE_COLUMNS))
+        return empty, pd.DataFrame(columns=list(RISK_COVERAGE_COLUMNS)), pd.DataFrame(), per_case
+    f_all = failures(cases, settings.failure)
+    metric_all = (cases[settings.metric].to_numpy(dtype=float) if settings.metric in cases
+                  else np.full(len(cases), np.nan))
+    if len(scores) > 1:
+        per_case["unc_combined"] = np.where(ok, combined_score(cases.where(
+            pd.Series(ok, index=cases.index), np.nan), scores), np.nan)
+        scores.append("unc_combined")
+    table = {c: (per_case[c] if c in per_case else cases[c]).to_numpy(dtype=float)
+             for c in scores}
+    overall = ("overall", pd.Series("all", index=cases.index, dtype=object), ["all"])
+    rows, curves, sentences = [], [], []
+    thresholds: dict[str, float] = {}
+    for stratum, labels, order in [overall, *groups]:
+        lab = labels.reindex(cases.index).astype(object).to_numpy()
+        for g in order:
+            for name in scores:
+                s_all = table[name]
+                sel = ok & (lab == g) & np.isfinite(s_all) & np.isfinite(f_all)
+                if sel.sum() < (1 if stratum == "overall" else max(int(min_n), 1)):
+                    continue
+                s, f, m = s_all[sel], f_all[sel], metric_all[sel]
+                glob = None if stratum == "overall" else thresholds.get(name)
+                row = _score_row(s, f, m, glob, settings.target_coverage)
+                rows.append({"stratum": stratum, "group": str(g), "score": name, **row})
+                if stratum == "overall":
+                    thresholds[name] = row["threshold"]
+                    sentences += [{"score": name, "failure": settings.failure,
+                                   "metric": settings.metric, "n": int(sel.sum()),
+                                   **_sentence(s, f, m, c)} for c in settings.coverages]
+                curves += [{"stratum": stratum, "group": str(g), "score": name, **p}
+                           for p in _curve(s, f, m, settings.curve_points)]
+    return (pd.DataFrame(rows, columns=list(FAILURE_COLUMNS)),
+            pd.DataFrame(curves, columns=list(RISK_COVERAGE_COLUMNS)),
+            pd.DataFrame(sentences), per_case)
+
+
+# -- calibration ---------------------------------------------------------------------------
+
+def case_calibration(probabilities: np.ndarray, reference: np.ndarray, labels: Any,
+                     n_bins: int) -> dict[str, Any]:
+    """The runner's calibration part of a case record: bin sums per scored class
+    (``calibration_sums``, ``(K, 3, n_bins)`` as nested lists), the class names, and the
+    case's ``ece, ace, mce`` (mean over the scored classes, as MONAI's mean reduction of one
+    image).
+
+    Binary audits score the foreground probability against ``reference > 0``; with ``labels``
+    each label's probability channel against ``reference == label``.
+    """
+    from medseg_xai.metrics.calibration import calibration_bin_sums, calibration_errors
+
+    p = np.asarray(probabilities, dtype=np.float32)
+    if labels is None:
+        probs = p[None] if p.ndim == np.ndim(reference) else p[-1:]
+        refs = (np.asarray(reference) > 0)[None]
+        names = ["1"]
+        if probs.shape[1:] != refs.shape[1:]:
+            raise ValueError(f"probabilities: expected the reference's shape {reference.shape}, "
+                             f"got {p.shape}")
+    else:
+        values = list(labels.keys()) if isinstance(labels, Mapping) else list(labels)
+        if p.shape[0] <= max(values):
+            raise ValueError(f"probabilities: {p.shape[0]} channels, expected one per label up "
+                             f"to {max(values)}")
+        probs = np.stack([p[v] for v in values])
+        refs = np.stack([np.asarray(reference) == v for v in values])
+        names = [str(v) for v in values]
+    sums = calibration_bin_sums(np.clip(probs, 0.0, 1.0), refs, n_bins)
+    err = calibration_errors(sums)
+    return {"calibration_sums": sums.tolist(), "calibration_classes": names,
+            **{k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+               for k, v in err.items()}}
+
+
+def calibration_tables(sums: np.ndarray, classes: Sequence[str], cases: pd.DataFrame,
+                       groups: Sequence[tuple[str, pd.Series, Sequence[Any]]], min_n: int = 1
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Calibration per stratum x group x class and the pooled reliability points.
+
+    ``sums`` is ``(n_cases, K, 3, n_bins)`` (NaN rows for cases without probabilities).
+    Groups with fewer than ``min_n`` cases get no row: a calibration error from a handful of
+    scans describes those scans, not the group.
+    """
+    from medseg_xai.metrics.calibration import calibration_errors, reliability
+
+    has = np.isfinite(sums).all(axis=(1, 2, 3)) & (cases["status"] == "ok").to_numpy()
+    per_case = calibration_errors(sums)  # (n, K) each
+    overall = ("overall", pd.Series("all", index=cases.index, dtype=object), ["all"])
+    rows, points = [], []
+    for stratum, labels, order in [overall, *groups]:
+        lab = labels.reindex(cases.index).astype(object).to_numpy()
+        for g in order:
+            sel = has & (lab == g)
+            smallest = 1 if stratum == "overall" else max(int(min_n), 1)
+            if sel.sum() < smallest:
+                continue
+            pooled = sums[sel].sum(axis=0)  # (K, 3, B)
+            perr = calibration_errors(pooled)
+            for k, cls in enumerate(classes):
+                row = {"stratum": stratum, "group": str(g), "class": str(cls),
+                       "n": int(sel.sum()), "n_voxels": int(pooled[k, 0].sum())}
+                for key in ("ece", "ace", "mce"):
+                    v = per_case[key][sel, k]
+                    row[key] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                    row[f"{key}_pooled"] = float(perr[key][k])
+                rows.append(row)
+                r = reliability(pooled[k])
+                for b in range(pooled.shape[-1]):
+                    points.append({"stratum": stratum, "group": str(g), "class": str(cls),
+                                   "bin": b, **{c: float(r[c][b]) for c in (
+                                       "bin_centre", "count", "mean_probability", "observed")}})
+    return (pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS)),
+            pd.DataFrame(points, columns=list(RELIABILITY_COLUMNS)))

@@ -1,0 +1,400 @@
+"""Hidden strata: coherent groups of cases where the model does worse that no column names.
+
+Candidates come from the cases' *describable* columns: interpretable properties (``prop_*``,
+:mod:`medseg_xai.audit.properties`), uncertainty and feature-shift scores (``unc_*``,
+``ood_score``), directions of the model's pooled features (``feature_dir1..5``: principal
+components of the z-scored features) and metadata columns (categorical). Each candidate is a
+rule, a conjunction of at most ``max_depth`` conditions (``lesion contrast <= 0.21 and device
+= C``), so a group is described in words by construction; its description adds the properties
+that set it apart most (standardised mean difference against the rest).
+
+False discoveries are controlled by a held-out check (the split is seeded, by patient where
+the cases carry one):
+
+1. *discovery* half: a regression tree (scikit-learn, depth ``max_depth``, leaves of at least
+   ``max(min_n, 2%)`` cases) on the metric gives every non-root node as a rule, and a depth-1
+   tree per column gives each column's best single threshold (or category);
+2. *confirmation* half: every candidate that looked worse by ``min_gap`` in discovery is
+   applied to the other half and tested there (one-sided Mann-Whitney: the group's metric is
+   lower than the rest's); the p-values are adjusted together (Holm by default: the chance
+   that an honest model yields any group is at most ``alpha``) and a group is reported when
+   the adjusted p-value is below ``alpha`` *and* its confirmed gap is at least ``min_gap``.
+
+With ``adjust_for`` (the audit passes its own strata) the search runs on the metric minus its
+mean in the case's cell of the known strata: a group is "hidden" only where the model does
+worse than the named strata already say.
+
+Reported groups are ranked by their confirmed gap; one overlapping an earlier (worse) group by
+Jaccard > 0.5 is dropped, and at most five are kept. Work is a
+few tree fits and rank tests over one table: 100,000 cases take seconds with memory linear in
+the table (``benchmarks/bench_hidden_strata.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["HIDDEN_STRATA_COLUMNS", "HiddenStrata", "describable_columns",
+           "find_hidden_strata", "feature_directions"]
+
+HIDDEN_STRATA_COLUMNS = ("group_id", "rule", "description", "n", "n_confirmation", "metric",
+                         "mean_group", "mean_rest", "gap", "adjusted_gap", "relative_gap",
+                         "failure_rate_group", "failure_rate_rest", "p_value", "p_adjusted",
+                         "n_candidates")
+_MAX_LEVELS = 20
+_SCORE_WORDS = {"ood_score": "feature-shift score", "unc_entropy": "predictive entropy",
+                "unc_disagreement": "member disagreement",
+                "unc_volume_cv": "predicted-volume variation",
+                "unc_combined": "combined uncertainty",
+                **{f"feature_dir{i}": f"model-feature direction {i}" for i in range(1, 6)}}
+_MAX_GROUPS = 5
+
+
+@dataclass
+class HiddenStrata:
+    """Reported groups (:data:`HIDDEN_STRATA_COLUMNS`), per-case membership (group id of the
+    first reported group a case belongs to, "" otherwise) and the number of candidates tested."""
+
+    groups: pd.DataFrame
+    membership: pd.Series
+    n_candidates: int = 0
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Cond:
+    column: str
+    op: str  # "<=", ">", "==", "!="
+    value: Any
+
+    def apply(self, frame: pd.DataFrame, medians: dict[str, float]) -> np.ndarray:
+        v = frame[self.column]
+        if self.op in ("==", "!="):
+            eq = (v.astype(str) == str(self.value)).to_numpy()
+            return eq if self.op == "==" else ~eq
+        x = v.to_numpy(dtype=float)
+        x = np.where(np.isfinite(x), x, medians.get(self.column, 0.0))
+        return x <= self.value if self.op == "<=" else x > self.value
+
+    def text(self, labels: dict[str, str]) -> str:
+        name = labels.get(self.column, self.column)
+        if self.op in ("==", "!="):
+            return f"{name} {'=' if self.op == '==' else '!='} {self.value}"
+        return f"{name} {'<=' if self.op == '<=' else '>'} {self.value:.4g}"
+
+
+def _simplify(conds: list[_Cond]) -> list[_Cond]:
+    """Keep the tightest bound per column and direction."""
+    out: dict[tuple[str, str], _Cond] = {}
+    for c in conds:
+        key = (c.column, c.op if c.op in ("<=", ">") else f"{c.op}{c.value}")
+        old = out.get(key)
+        if old is None or (c.op == "<=" and c.value < old.value) or (
+                c.op == ">" and c.value > old.value):
+            out[key] = c
+    return list(out.values())
+
+
+def describable_columns(cases: pd.DataFrame, metadata: Sequence[str] = ()
+                        ) -> tuple[list[str], list[str]]:
+    """Numeric candidate columns present (``prop_*``, ``unc_*``, ``ood_score``,
+    ``feature_dir*``) and the categorical ones (``metadata``)."""
+    numeric = [c for c in cases.columns if (c.startswith(("prop_", "unc_", "feature_dir"))
+                                           or c == "ood_score")
+               and pd.api.types.is_numeric_dtype(cases[c]) and cases[c].notna().any()]
+    categorical = [c for c in metadata if c in cases.columns and c not in numeric]
+    return numeric, categorical
+
+
+def feature_directions(features: np.ndarray, k: int = 5) -> pd.DataFrame:
+    """The first ``k`` principal components of the z-scored pooled features
+    (``feature_dir1..k``; NaN rows stay NaN)."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(features, dtype=np.float64)
+    has = np.isfinite(x).all(axis=1)
+    k = int(min(k, x.shape[1], max(has.sum() - 1, 0)))
+    out = np.full((len(x), k), np.nan)
+    if k >= 1:
+        z = x[has]
+        z = (z - z.mean(0)) / np.maximum(z.std(0), 1e-12)
+        out[has] = PCA(n_components=k, svd_solver="randomized" if len(z) > 2000 else "full",
+                       random_state=0).fit_transform(z)
+    return pd.DataFrame(out, columns=[f"feature_dir{i + 1}" for i in range(k)])
+
+
+def _design(frame: pd.DataFrame, numeric: list[str], categorical: list[str], min_n: int
+            ) -> tuple[np.ndarray, list[tuple[str, str, Any]], dict[str, float]]:
+    """Matrix for the trees: numeric columns (NaN -> median) and one-hot frequent levels."""
+    medians = {c: float(np.nanmedian(frame[c].to_numpy(dtype=float))) for c in numeric}
+    cols, spec = [], []
+    for c in numeric:
+        x = frame[c].to_numpy(dtype=float)
+        cols.append(np.where(np.isfinite(x), x, medians[c]))
+        spec.append((c, "num", None))
+    for c in categorical:
+        counts = frame[c].astype(str).value_counts()
+        for level in counts.index[:_MAX_LEVELS]:
+            if counts[level] >= min_n and counts[level] < len(frame):
+                cols.append((frame[c].astype(str) == level).to_numpy(dtype=float))
+                spec.append((c, "cat", level))
+    x = np.column_stack(cols) if cols else np.zeros((len(frame), 0))
+    return x, spec, medians
+
+
+def _tree_rules(tree: Any, spec: list[tuple[str, str, Any]]) -> list[list[_Cond]]:
+    """Every non-root node's path as conditions."""
+    t = tree.tree_
+    rules: list[list[_Cond]] = []
+
+    def walk(node: int, path: list[_Cond]) -> None:
+        if path:
+            rules.append(path)
+        left, right = t.children_left[node], t.children_right[node]
+        if left == -1:
+            return
+        col, kind, level = spec[t.feature[node]]
+        thr = float(t.threshold[node])
+        if kind == "cat":  # one-hot: <= 0.5 is "not this level"
+            walk(left, [*path, _Cond(col, "!=", level)])
+            walk(right, [*path, _Cond(col, "==", level)])
+        else:
+            walk(left, [*path, _Cond(col, "<=", thr)])
+            walk(right, [*path, _Cond(col, ">", thr)])
+
+    walk(0, [])
+    return rules
+
+
+def _candidates(x: np.ndarray, y: np.ndarray, spec: list, depth: int, leaf: int, seed: int
+                ) -> list[list[_Cond]]:
+    from sklearn.tree import DecisionTreeRegressor
+
+    if x.shape[1] == 0 or len(y) < 2 * leaf:
+        return []
+    rules = _tree_rules(DecisionTreeRegressor(max_depth=depth, min_samples_leaf=leaf,
+                                              random_state=seed).fit(x, y), spec)
+    for j in range(x.shape[1]):  # each column's best single split
+        stump = DecisionTreeRegressor(max_depth=1, min_samples_leaf=leaf).fit(x[:, j:j + 1], y)
+        rules += _tree_rules(stump, [spec[j]])
+    seen, out = set(), []
+    for r in rules:
+        r = _simplify(r)
+        key = tuple(sorted((c.column, c.op, str(c.value)) for c in r))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def _split(frame: pd.DataFrame, seed: int) -> np.ndarray:
+    """True = discovery half (by patient when the cases carry one)."""
+    rng = np.random.default_rng([int(seed), 2718])
+    if "patient_id" in frame and frame["patient_id"].notna().all():
+        codes, uniq = pd.factorize(frame["patient_id"])
+        return (rng.random(len(uniq)) < 0.5)[codes]
+    return rng.random(len(frame)) < 0.5
+
+
+def _describe(mask: np.ndarray, frame: pd.DataFrame, numeric: list[str],
+              categorical: list[str], rule: list[_Cond], labels: dict[str, str]) -> str:
+    """The rule, then the properties that differ most (|SMD| >= 0.5, top 3)."""
+    used = {c.column for c in rule}
+    diffs = []
+    for c in numeric:
+        if c in used:
+            continue
+        v = frame[c].to_numpy(dtype=float)
+        a, b = v[mask & np.isfinite(v)], v[~mask & np.isfinite(v)]
+        if len(a) > 1 and len(b) > 1:
+            sd = np.sqrt((a.var() + b.var()) / 2)
+            if sd > 0:
+                diffs.append(((a.mean() - b.mean()) / sd, labels.get(c, c)))
+    for c in categorical:
+        if c in used:
+            continue
+        share = frame.loc[mask, c].astype(str).value_counts(normalize=True)
+        rest = frame.loc[~mask, c].astype(str).value_counts(normalize=True)
+        if len(share):
+            level = share.index[0]
+            if share.iloc[0] - rest.get(level, 0.0) >= 0.25:
+                diffs.append((np.inf, f"{labels.get(c, c)} mostly {level} "
+                                      f"({share.iloc[0]:.0%} vs {rest.get(level, 0.0):.0%})"))
+    diffs = sorted([d for d in diffs if abs(d[0]) >= 0.5], key=lambda d: -abs(d[0]))[:3]
+    text = " and ".join(c.text(labels) for c in rule)
+    if diffs:
+        parts = [name if np.isinf(d) else f"{name} {'higher' if d > 0 else 'lower'} "
+                 f"({d:+.1f} SD)" for d, name in diffs]
+        text += "; also: " + ", ".join(parts)
+    return text
+
+
+def _prepare(cases: pd.DataFrame, metric: str, adjust_for: Sequence[str]
+             ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, np.ndarray]:
+    """Usable rows, their frame, the raw metric and the searched one (residual against the
+    known strata's cell means when ``adjust_for`` names any)."""
+    y_all = cases[metric].to_numpy(dtype=float)
+    use = np.isfinite(y_all)
+    if "status" in cases:
+        use &= (cases["status"] == "ok").to_numpy()
+    frame = cases.loc[use].reset_index(drop=True)
+    raw = y_all[use]
+    known = [c for c in adjust_for if c in frame.columns]
+    if not known or not len(raw):
+        return use, frame, raw, raw.copy()
+    cell = frame[known].astype(str).agg("|".join, axis=1).to_numpy()
+    y = raw - pd.Series(raw).groupby(cell).transform("mean").to_numpy() + raw.mean()
+    return use, frame, raw, y
+
+
+def _confirm(rules: list[list[_Cond]], frame: pd.DataFrame, medians: dict[str, float],
+             y: np.ndarray, raw: np.ndarray, disc: np.ndarray, min_n: int, min_gap: float
+             ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Candidates worse by ``min_gap`` in discovery, tested on the confirmation half."""
+    from scipy.stats import mannwhitneyu
+
+    rows, masks = [], []
+    conf = ~disc
+    for rule in rules:
+        mask = np.logical_and.reduce([c.apply(frame, medians) for c in rule])
+        d_in, d_out = mask & disc, ~mask & disc
+        if not d_in.any() or not d_out.any() or y[d_out].mean() - y[d_in].mean() < min_gap:
+            continue  # not worse in discovery: never tested, costs no power
+        g, r = y[mask & conf], y[~mask & conf]
+        p = (float(mannwhitneyu(g, r, alternative="less").pvalue)
+             if len(g) >= min_n and len(r) >= min_n else 1.0)
+        rg, rr = raw[mask & conf], raw[~mask & conf]
+        rows.append({"rule": rule, "p_value": p, "n_confirmation": int(len(g)),
+                     "adjusted_gap": float(r.mean() - g.mean()) if len(g) and len(r) else np.nan,
+                     "mean_group": float(rg.mean()) if len(rg) else np.nan,
+                     "mean_rest": float(rr.mean()) if len(rr) else np.nan})
+        masks.append(mask)
+    return rows, masks
+
+
+def _select(rows: list[dict[str, Any]], masks: list[np.ndarray], p_adj: np.ndarray,
+            alpha: float, min_gap: float, rank: str) -> list[int]:
+    """Confirmed groups in report order, overlapping ones (Jaccard > 0.5) dropped."""
+    gaps = np.nan_to_num(np.array([r["adjusted_gap"] for r in rows]), nan=-np.inf)
+    order = np.argsort(-gaps, kind="stable") if rank == "gap" else np.lexsort((-gaps, p_adj))
+    kept: list[int] = []
+    for i in order:
+        if p_adj[i] >= alpha or not gaps[i] >= min_gap:
+            continue
+        if any((masks[i] & masks[j]).sum() / max((masks[i] | masks[j]).sum(), 1) > 0.5
+               for j in kept):
+            continue
+        kept.append(i)
+        if len(kept) >= _MAX_GROUPS:
+            break
+    return kept
+
+
+def _report(kept: list[tuple[int, dict[str, Any], np.ndarray, float]], use: np.ndarray,
+            frame: pd.DataFrame, columns: tuple[list[str], list[str]], fail: np.ndarray | None,
+            metric: str, words: dict[str, str], n_candidates: int) -> HiddenStrata:
+    """The reported groups' rows, masks over all cases and the per-case membership."""
+    numeric, categorical = columns
+
+    def rate(m: np.ndarray) -> float:
+        return float(np.nanmean(fail[m])) if fail is not None and m.any() else np.nan
+
+    out, membership, out_masks = [], np.full(len(use), "", dtype=object), {}
+    positions = np.flatnonzero(use)
+    for k, (_, row, mask, p_adj) in enumerate(kept, start=1):
+        gid = f"H{k}"
+        out_masks[gid] = np.zeros(len(use), bool)
+        out_masks[gid][positions[mask]] = True
+        free = membership[positions[mask]] == ""
+        membership[positions[mask][free]] = gid
+        out.append({
+            "group_id": gid, "rule": " and ".join(c.text(words) for c in row["rule"]),
+            "description": _describe(mask, frame, numeric, categorical, row["rule"], words),
+            "n": int(mask.sum()), "n_confirmation": row["n_confirmation"], "metric": metric,
+            "mean_group": row["mean_group"], "mean_rest": row["mean_rest"],
+            "gap": row["mean_rest"] - row["mean_group"], "adjusted_gap": row["adjusted_gap"],
+            "relative_gap": ((row["mean_rest"] - row["mean_group"]) / abs(row["mean_rest"])
+                             if row["mean_rest"] else np.nan),
+            "failure_rate_group": rate(mask), "failure_rate_rest": rate(~mask),
+            "p_value": row["p_value"], "p_adjusted": p_adj, "n_candidates": n_candidates})
+    return HiddenStrata(pd.DataFrame(out, columns=list(HIDDEN_STRATA_COLUMNS)),
+                        pd.Series(membership, dtype=object), n_candidates, out_masks)
+
+
+def find_hidden_strata(
+    cases: pd.DataFrame,
+    metric: str = "dice",
+    *,
+    numeric: Sequence[str] | None = None,
+    categorical: Sequence[str] = (),
+    failed: np.ndarray | None = None,
+    labels: dict[str, str] | None = None,
+    seed: int = 0,
+    alpha: float = 0.05,
+    correction: str = "holm",
+    min_n: int = 10,
+    min_gap: float = 0.05,
+    max_depth: int = 2,
+    adjust_for: Sequence[str] = (),
+    rank: str = "p",
+) -> HiddenStrata:
+    """Groups where ``metric`` (higher = better) is lower, confirmed on held-out cases.
+
+    Parameters
+    ----------
+    cases : pandas.DataFrame
+        One row per case; rows with ``status != "ok"`` (when present) or a missing metric
+        are left out of the search and belong to no group.
+    metric : str
+        The column compared (higher is better; pass e.g. ``-hd95`` as its own column).
+    numeric, categorical : sequence of str
+        Candidate columns (default :func:`describable_columns`).
+    failed : numpy.ndarray, optional
+        Per-case failure indicator (1/0/NaN) for the groups' failure rates.
+    labels : dict, optional
+        Column -> words for the descriptions (default the properties' labels).
+    seed, alpha, correction, min_n, min_gap, max_depth
+        Split seed, level, ``"holm" | "bh"``, smallest group in each half, smallest gap, and
+        the most conditions per rule.
+    adjust_for : sequence of str
+        Known (audited) strata: the search runs on the metric minus its mean in the case's
+        cell of these columns, so a group is reported only where the model does worse than
+        the known strata already say (its ``adjusted_gap``).
+    rank : {"p", "gap"}
+        Order of the reported groups: adjusted p-value (ties: larger gap first) or gap.
+    """
+    from medseg_xai.audit import stats
+    from medseg_xai.audit.properties import PROPERTY_LABELS
+
+    words = {**PROPERTY_LABELS, **_SCORE_WORDS, **(labels or {})}
+    if metric not in cases:
+        raise ValueError(f"hidden strata: metric {metric!r} not in the cases table")
+    if numeric is None:
+        numeric, auto_cat = describable_columns(cases, categorical)
+        categorical = auto_cat
+    numeric, categorical = list(numeric), list(categorical)
+    use, frame, raw, y = _prepare(cases, metric, adjust_for)
+    empty = HiddenStrata(pd.DataFrame(columns=list(HIDDEN_STRATA_COLUMNS)),
+                         pd.Series("", index=cases.index, dtype=object))
+    if len(frame) < 4 * max(int(min_n), 2):
+        return empty
+    disc = _split(frame, seed)
+    x, spec, medians = _design(frame, numeric, categorical, int(min_n))
+    leaf = max(int(min_n), int(0.02 * disc.sum()))
+    rules = _candidates(x[disc], y[disc], spec, int(max_depth), leaf, int(seed))
+    rows, masks = _confirm(rules, frame, medians, y, raw, disc, int(min_n), float(min_gap))
+    if not rows:
+        return HiddenStrata(empty.groups, empty.membership, 0)
+    p_adj = (stats.holm if correction == "holm" else stats.bh)(
+        np.array([r["p_value"] for r in rows]))
+    kept = _select(rows, masks, p_adj, alpha, min_gap, rank)
+    fail = None if failed is None else np.asarray(failed, dtype=float)[use]
+    found = _report([(i, rows[i], masks[i], float(p_adj[i])) for i in kept], use, frame,
+                    (numeric, categorical), fail, metric, words, len(rows))
+    found.membership.index = cases.index
+    return found
