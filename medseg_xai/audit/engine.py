@@ -91,6 +91,8 @@ def audit(
     allow_missing_readers: bool = False,
     feature_layer: str | None = "auto",
     feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+    uncertainty: Any = None,
+    failure: Any = None,
 ) -> AuditResult:
     """Audit a segmentation model on a cohort, per case and per subgroup.
 
@@ -177,6 +179,15 @@ def audit(
     feature_reference : mapping or sequence of "COLUMN=V1,V2", optional
         Reference cases of the feature shift, e.g. ``{"device": ["A", "B"]}`` (the devices the
         model was trained on); default: the whole cohort, each group against the rest.
+    uncertainty : UncertaintySettings, mapping or True, optional
+        With an adapter: per-case uncertainty from test-time augmentation / MC dropout
+        (:mod:`medseg_xai.explain.uncertainty`; the audit's own pass is the plain member):
+        case columns ``unc_entropy, unc_disagreement, unc_volume_cv``, lesion columns
+        ``unc_entropy, unc_max_vote``. Turns ``failure`` on with its defaults.
+    failure : FailureSettings, mapping, failure string or True, optional
+        Failure detection (risk-coverage, AURC per score and subgroup), calibration per
+        subgroup (from the probabilities the audit reads or computes) and hidden strata
+        (:mod:`medseg_xai.audit.failure`, :mod:`medseg_xai.audit.hidden_strata`).
 
     Returns
     -------
@@ -255,6 +266,8 @@ def audit(
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     task_settings = dict(case_settings)
+    extra_settings = _failure_settings(uncertainty, failure, adapter)
+    task_settings.update(extra_settings.pop("task"))  # only when asked: cache keys unchanged
     if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
         task_settings["feature_layer"] = str(feature_layer)
     if executor is None:
@@ -296,6 +309,9 @@ def audit(
         reader_cases = (_readers.records_tables(read_records(stream_path)) if cohort.readers
                         else None)
     cases, features, layer = _pop_features(cases)
+    from medseg_xai.audit.failure import pop_calibration
+
+    cases, calibration = pop_calibration(cases)
     settings = {
         "strata": [s.name for s in strata_list], "seed": int(seed),
         "metrics": metric_list, **case_settings,
@@ -304,7 +320,7 @@ def audit(
         "detection_bins": [float(x) for x in detection_bins], "min_n": int(min_n),
         "n_resamples": int(n_resamples), "confidence": float(confidence), "ci_method": ci_method,
         "test": test, "correction": correction, "alpha": float(alpha), "criteria": crit,
-        "inference": adapter is not None,
+        "inference": adapter is not None, **extra_settings,
     }
     if "feature_layer" in task_settings:
         settings.update({"feature_layer": layer or str(feature_layer),
@@ -334,12 +350,40 @@ def audit(
         "efficiency": efficiency_summary(cases, elapsed),
     }
     result = build_result(cases, lesions, settings, provenance, run, report=report,
-                          readers=reader_cases, features=features)
+                          readers=reader_cases, features=features, calibration=calibration)
     if adapter is not None:
         from medseg_xai.explain.weights import weights
 
         result.model_layers = weights(adapter)
     return result
+
+
+def _failure_settings(uncertainty: Any, failure: Any, adapter: Any) -> dict[str, Any]:
+    """``settings`` entries of ``uncertainty=`` / ``failure=`` and (key ``"task"``) what the
+    per-case work needs of them."""
+    from medseg_xai.audit.failure import FailureSettings
+
+    unc = None
+    if uncertainty is not None and uncertainty is not False:  # loads the explain package
+        from medseg_xai.explain.uncertainty import UncertaintySettings
+
+        unc = UncertaintySettings.from_value(uncertainty)
+    if unc is not None and adapter is None:
+        raise ValueError("uncertainty: expected an adapter (the members are forward passes of "
+                         "the model), got stored predictions only")
+    fail = FailureSettings.from_value(failure)
+    if fail is None and unc is not None:
+        fail = FailureSettings()
+    out: dict[str, Any] = {"task": {}}
+    if unc is not None:
+        out["uncertainty"] = out["task"]["uncertainty"] = unc.to_dict()
+    if fail is not None:
+        out["failure"] = fail.to_dict()
+        if fail.calibration_bins:
+            out["task"]["calibration_bins"] = int(fail.calibration_bins)
+        if fail.hidden_strata:
+            out["task"]["properties"] = True
+    return out
 
 
 def _pop_features(cases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None, str | None]:
@@ -695,6 +739,7 @@ def build_result(
     report: Mapping[str, Any] | None = None,
     readers: Mapping[str, pd.DataFrame] | None = None,
     features: np.ndarray | None = None,
+    calibration: tuple[np.ndarray, list[str]] | None = None,
 ) -> AuditResult:
     """Subgroup, lesion, agreement and criteria tables from per-case and per-lesion tables.
 
@@ -744,6 +789,17 @@ def build_result(
         timing = [c for c in TIMING_COLUMNS if c in cases.columns]
         stale = [c for c in (*timing, *per_case.columns) if c in cases.columns]
         cases = cases.drop(columns=stale).join(per_case).join(cases[timing])
+    failure_tables: dict[str, pd.DataFrame] = {}
+    if settings.get("failure"):  # issue 27: failure detection, calibration, hidden strata
+        from medseg_xai.audit.failure import audit_tables
+
+        groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
+        failure_tables, per_case = audit_tables(
+            cases, groups, settings, features=features, calibration=calibration,
+            categorical=[c for s in strata_list for c in s.columns], stat=stat)
+        timing = [c for c in TIMING_COLUMNS if c in cases.columns]
+        cases = cases.drop(columns=[*timing, *[c for c in per_case if c in cases]]
+                           ).join(per_case).join(cases[timing])
     group_index = {}
     for stratum in [analysis.OVERALL, *strata_list]:
         labels, order = analysis.stratum_groups(cases, stratum, orders)
@@ -778,4 +834,5 @@ def build_result(
         settings=settings, provenance=provenance, run=dict(run or {}), report=dict(report or {}),
         **{k: v for k, v in reader.items() if k in _readers.READER_TABLES},
         **({} if feature_table is None else {"feature_shift": feature_table}),
+        **failure_tables,
     )

@@ -39,8 +39,9 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["CALIBRATION_COLUMNS", "FAILURE_COLUMNS", "RISK_COVERAGE_COLUMNS", "SCORE_COLUMNS",
-           "FailureSettings", "aurc", "calibration_tables", "case_calibration",
-           "expected_risks", "failure_tables", "parse_failure"]
+           "FailureSettings", "audit_tables", "aurc", "calibration_tables", "case_calibration",
+           "case_parts", "expected_risks", "failure_tables", "failures", "parse_failure",
+           "pop_calibration"]
 
 #: Per-case score columns considered (those present), larger = less trustworthy.
 SCORE_COLUMNS = ("unc_entropy", "unc_disagreement", "unc_volume_cv", "ood_score")
@@ -401,3 +402,127 @@ def calibration_tables(sums: np.ndarray, classes: Sequence[str], cases: pd.DataF
                                        "bin_centre", "count", "mean_probability", "observed")}})
     return (pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS)),
             pd.DataFrame(points, columns=list(RELIABILITY_COLUMNS)))
+
+
+# -- the runner's per-case part ------------------------------------------------------------
+
+def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter: Any,
+               class_probs: np.ndarray | None, probs_eval: np.ndarray | None,
+               lesion_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+    """What a case record gains from the audit's ``uncertainty`` / ``failure`` settings, and
+    the seconds the uncertainty members took.
+
+    - ``settings["uncertainty"]`` (with an adapter): the :data:`UNCERTAINTY_COLUMNS` scores
+      (the audit's own pass is reused as the plain member); each lesion row gains
+      ``unc_entropy`` (mean entropy in its box) and ``unc_max_vote`` (largest fraction of
+      members calling a voxel of its box foreground);
+    - ``settings["calibration_bins"]`` (with probabilities): :func:`case_calibration`;
+    - ``settings["properties"]``: the ``prop_*`` numbers (:mod:`.properties`).
+    """
+    import time
+
+    out: dict[str, Any] = {}
+    seconds = 0.0
+    labels = settings.get("labels")
+    if settings.get("uncertainty") and adapter is not None:
+        from medseg_xai.explain.uncertainty import case_uncertainty
+
+        t0 = time.perf_counter()
+        u = case_uncertainty(adapter, case.image, settings["uncertainty"],
+                             base_probabilities=class_probs,
+                             connectivity=settings.get("connectivity"))
+        seconds = time.perf_counter() - t0
+        out.update(u.scores)
+        out["unc_members"] = u.n_members
+        for les in lesion_rows:
+            box = tuple(slice(int(a), int(b)) for a, b in (les.get("bbox") or []))
+            if box:
+                les["unc_entropy"] = float(u.entropy[box].mean())
+                les["unc_max_vote"] = float(u.vote[box].max())
+    bins = int(settings.get("calibration_bins") or 0)
+    if bins and probs_eval is not None:
+        out.update(case_calibration(probs_eval, ref, labels, bins))
+    if settings.get("properties"):
+        from medseg_xai.audit.properties import case_properties
+
+        out.update(case_properties(case.image, ref if labels is None else np.isin(
+            ref, list(labels.keys()) if isinstance(labels, Mapping) else list(labels)),
+            case.spacing))
+    return out, seconds
+
+
+# -- the audit's part ----------------------------------------------------------------------
+
+def pop_calibration(cases: pd.DataFrame) -> tuple[pd.DataFrame, tuple[np.ndarray, list[str]] | None]:
+    """The records' calibration bin sums as ``(n, K, 3, B)`` (NaN rows where a case has none)
+    and the class names, taken out of the cases table."""
+    if "calibration_sums" not in cases.columns:
+        return cases, None
+    cells = list(cases["calibration_sums"])
+    first = next((np.asarray(c, dtype=float) for c in cells if isinstance(c, list)), None)
+    names = next((list(c) for c in cases.get("calibration_classes", []) if isinstance(c, list)),
+                 [])
+    cases = cases.drop(columns=["calibration_sums", "calibration_classes"], errors="ignore")
+    if first is None:
+        return cases, None
+    out = np.full((len(cells), *first.shape), np.nan)
+    for i, c in enumerate(cells):
+        if isinstance(c, list):
+            a = np.asarray(c, dtype=float)
+            if a.shape == first.shape:
+                out[i] = a
+    return cases, (out, [str(n) for n in names])
+
+
+def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Sequence[Any]]],
+                 settings: Mapping[str, Any], *, features: np.ndarray | None = None,
+                 calibration: tuple[np.ndarray, list[str]] | None = None,
+                 categorical: Sequence[str] = (), stat: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The :data:`~medseg_xai.audit.result.FAILURE_TABLES` of an audit and the case columns
+    they add (``unc_combined``, ``hidden_stratum``).
+
+    Hidden strata are searched beyond the audit's own strata (``adjust_for``: each case's
+    group in every audited stratum), with the metadata ``categorical`` columns, the
+    ``prop_*`` / ``unc_*`` / ``ood_score`` columns and, with ``features``, five directions
+    of the model's pooled features as candidate conditions.
+    """
+    from medseg_xai.audit.hidden_strata import (
+        HIDDEN_STRATA_COLUMNS,
+        describable_columns,
+        feature_directions,
+        find_hidden_strata,
+    )
+
+    fs = FailureSettings.from_value(dict(settings["failure"]))
+    assert fs is not None
+    st = dict(stat or {})
+    min_n = int(st.get("min_n", 10))
+    tables: dict[str, pd.DataFrame] = {}
+    detection, curves, sentences, per_case = failure_tables(cases, groups, fs, min_n)
+    tables.update(failure_detection=detection, risk_coverage=curves, selective=sentences)
+    if calibration is not None:
+        tables["calibration"], tables["reliability"] = calibration_tables(
+            calibration[0], calibration[1], cases, groups, min_n)
+    with_scores = cases.join(per_case)
+    if fs.hidden_strata and fs.metric in cases:
+        frame = with_scores.copy()
+        known = []
+        for i, (_name, labels, _order) in enumerate(groups):
+            frame[f"_stratum{i}"] = labels.reindex(cases.index).astype(str).to_numpy()
+            known.append(f"_stratum{i}")
+        if features is not None and features.shape[1] > 1:
+            dirs = feature_directions(features)
+            for c in dirs.columns:
+                frame[c] = dirs[c].to_numpy()
+        numeric, cat = describable_columns(frame, [c for c in categorical if c in frame])
+        found = find_hidden_strata(
+            frame, fs.metric, numeric=numeric, categorical=cat,
+            failed=failures(cases, fs.failure), seed=int(st.get("seed", 0)),
+            alpha=float(st.get("alpha", 0.05)), correction=str(st.get("correction", "holm")),
+            min_n=min_n, min_gap=fs.min_gap, max_depth=fs.max_depth, adjust_for=known)
+        tables["hidden_strata"] = found.groups
+        per_case["hidden_stratum"] = found.membership.to_numpy()
+    else:
+        tables["hidden_strata"] = pd.DataFrame(columns=list(HIDDEN_STRATA_COLUMNS))
+    return tables, per_case

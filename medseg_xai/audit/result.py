@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-__all__ = ["READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
+__all__ = ["FAILURE_TABLES", "READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
 SCHEMA = "medseg-xai/audit"
 #: 1.1 (additive over 1.0: verdict, report, explanations, group_counts, reader and model tables,
@@ -49,8 +49,12 @@ READER_TABLES = ("readers", "reader_lesions", "reader_subgroups", "reader_noninf
 #: Tables only an audit with an adapter fills (issue 17): feature shift per subgroup and the
 #: model's per-layer weight statistics; empty otherwise, read as empty from older documents.
 MODEL_TABLES = ("feature_shift", "model_layers")
+#: Failure detection, calibration and hidden strata (issue 27, ``audit(failure=...)``):
+#: empty otherwise, read as empty from documents that lack them.
+FAILURE_TABLES = ("calibration", "reliability", "failure_detection", "risk_coverage",
+                  "selective", "hidden_strata")
 TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
-                  "peak_memory_mb", "peak_gpu_memory_mb")
+                  "peak_memory_mb", "peak_gpu_memory_mb", "uncertainty_s")
 VOLATILE_KEYS = ("run", "timings")
 
 
@@ -252,6 +256,13 @@ class AuditResult:
     #: ``audit.features.FEATURE_SHIFT_COLUMNS`` / ``explain.weights.WEIGHT_COLUMNS``
     feature_shift: pd.DataFrame = field(default_factory=pd.DataFrame)
     model_layers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: ``audit.failure`` / ``audit.hidden_strata`` tables (:data:`FAILURE_TABLES`)
+    calibration: pd.DataFrame = field(default_factory=pd.DataFrame)
+    reliability: pd.DataFrame = field(default_factory=pd.DataFrame)
+    failure_detection: pd.DataFrame = field(default_factory=pd.DataFrame)
+    risk_coverage: pd.DataFrame = field(default_factory=pd.DataFrame)
+    selective: pd.DataFrame = field(default_factory=pd.DataFrame)
+    hidden_strata: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- counts and views --------------------------------------------------------------------
 
@@ -338,7 +349,7 @@ class AuditResult:
         while an encoder iterates them (:meth:`write_json`)."""
         timing_cols = [c for c in TIMING_COLUMNS if c in self.cases.columns]
         tables = {name: table_to_json(getattr(self, name), lazy)
-                  for name in (*TABLES, *READER_TABLES, *MODEL_TABLES)}
+                  for name in (*TABLES, *READER_TABLES, *MODEL_TABLES, *FAILURE_TABLES)}
         tables["cases"] = table_to_json(self.cases.drop(columns=timing_cols), lazy)
         timings = (table_to_json(self.cases[["case_id", *timing_cols]], lazy) if timing_cols
                    else None)
@@ -424,6 +435,8 @@ class AuditResult:
         tables.update({name: table_from_json(data["tables"][name]) for name in READER_TABLES
                        if name in data["tables"]})
         tables.update({name: table_from_json(data["tables"][name]) for name in MODEL_TABLES
+                       if name in data["tables"]})
+        tables.update({name: table_from_json(data["tables"][name]) for name in FAILURE_TABLES
                        if name in data["tables"]})
         if data.get("timings"):
             timings = table_from_json(data["timings"])

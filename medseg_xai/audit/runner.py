@@ -279,6 +279,12 @@ def _compute_case(
     record["shape"] = "x".join(str(s) for s in ref.shape)
     record["spacing"] = ",".join(f"{s:g}" for s in case.spacing)
     record["lesions"] = _lesion_records(table)
+    if any(settings.get(k) for k in ("uncertainty", "calibration_bins", "properties")):
+        from medseg_xai.audit.failure import case_parts  # issue 27: only when asked
+
+        extra, timing["uncertainty_s"] = case_parts(case, ref, settings, adapter, class_probs,
+                                                    probs_eval, record["lesions"])
+        record.update(extra)
     if adapter is not None and features is not None:
         record["features"] = features
         record["feature_layer"] = feature_layer
