@@ -214,6 +214,7 @@ def audit(
 
     check_convention(convention)
     check_matching(matching)
+    extra_settings = _failure_settings(uncertainty, failure, adapter)  # bad settings: fail now
     if use_subvoxels and convention != "monai":
         raise ValueError(f"use_subvoxels: expected convention='monai', got {convention!r}")
     if not 0.0 < float(iou_threshold) <= 1.0:
@@ -266,7 +267,6 @@ def audit(
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     task_settings = dict(case_settings)
-    extra_settings = _failure_settings(uncertainty, failure, adapter)
     task_settings.update(extra_settings.pop("task"))  # only when asked: cache keys unchanged
     if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
         task_settings["feature_layer"] = str(feature_layer)
