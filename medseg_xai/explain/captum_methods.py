@@ -34,6 +34,7 @@ from captum.attr import (
 from torch import nn
 
 from medseg_xai.adapters import SegmentationAdapter
+from medseg_xai.explain.windowed import WINDOWED_METHODS, windowed_target
 from medseg_xai.targets import Target
 
 __all__ = ["INPUT_METHODS", "LOCAL_BACKGROUND", "attribute_input", "local_background_baseline",
@@ -242,6 +243,9 @@ def attribute_input(
     def forward(t: torch.Tensor) -> torch.Tensor:
         return target(adapter.forward_logits(t))
 
+    if adapter.sliding_window is not None and method in WINDOWED_METHODS:
+        # gradients window batch by window batch: memory bounded by the window (#25)
+        forward = windowed_target(adapter, target)
     kwargs = dict(kwargs)
     local = method in _BASELINE_METHODS and isinstance(kwargs.get("baseline"), str)
     if local:

@@ -200,6 +200,10 @@ def layer_cam(
         maps = []
         for i, sl in enumerate(coords):
             sub = padded.crop(sl[2:])
+            if not sub.mask.any():  # no target voxel here: a zero map, no passes (#25)
+                maps.append(torch.zeros((1, 1, *win.shape[2:]), dtype=win.dtype,
+                                        device=win.device))
+                continue
             maps.append(_cam_at_layer(adapter, win[i : i + 1], sub, module, plusplus, relu))
         return torch.cat(maps)
 

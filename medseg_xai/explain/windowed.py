@@ -1,0 +1,218 @@
+"""Input gradients through sliding-window inference, one window batch at a time.
+
+MONAI's :func:`~monai.inferers.sliding_window_inference` blends the windows' outputs:
+``L(v) = sum_w f_w(v) * imp(v - o_w) / count(v)`` with ``count = sum_w imp(. - o_w)`` (the
+importance map ``imp``, constant or Gaussian, placed at every window origin ``o_w`` of the
+padded image). A target ``T(L)`` therefore has the input gradient
+
+    dT/dx = sum_w J_w^T [ (dT/dL)|_w * imp / count|_w ],
+
+where ``J_w`` is the Jacobian of the network on window ``w`` alone. The cotangent ``dT/dL`` is
+cheap (the target is a masked mean of the logits: no network in it), so the gradient is
+accumulated window batch by window batch with each window's own backward pass, and only the
+windows where that cotangent is non-zero (the target's support) are run at all. Peak memory
+is the activations of one window batch plus arrays of the volume's size (the image, the
+logits, the gradient), instead of the activations of every window at once, which the
+whole-volume backward pass keeps.
+
+:func:`windowed_target` wraps this as an autograd function ``x -> T(L(x))``: Captum's
+saliency, input x gradient, integrated gradients and SmoothGrad run on it unchanged (same
+steps, noise and seeds), so their maps equal the whole-volume computation up to float
+rounding (tested at a small size: correlation >= 0.999). The forward value is MONAI's own
+blended output, computed without gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from medseg_xai.adapters import SegmentationAdapter
+
+__all__ = ["WINDOWED_METHODS", "WindowPlan", "window_plan", "windowed_gradient",
+           "windowed_target"]
+
+#: ``explain()`` methods whose gradients are accumulated window by window.
+WINDOWED_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad")
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """MONAI's window layout for one image size (sliding_window_inference's own helpers).
+
+    Attributes
+    ----------
+    pad : list of int
+        ``F.pad`` amounts (last axis first) MONAI applies when the image is smaller than the
+        window.
+    slices : list of tuple of slice
+        Spatial slices of every window in the padded image, in MONAI's order.
+    importance : torch.Tensor
+        ``(*roi)`` blending weights of one window.
+    count : torch.Tensor
+        ``(*padded spatial)`` sum of the importance maps placed at every window.
+    """
+
+    pad: list[int]
+    slices: list[tuple[slice, ...]]
+    importance: torch.Tensor
+    count: torch.Tensor
+
+
+def window_plan(
+    spatial: Sequence[int], cfg: dict[str, Any], device: torch.device, dtype: torch.dtype
+) -> WindowPlan:
+    """The windows, padding and blending weights ``sliding_window_inference`` uses.
+
+    Parameters
+    ----------
+    spatial : sequence of int
+        The image's spatial shape.
+    cfg : dict
+        The adapter's ``sliding_window`` settings (``roi_size``, ``overlap``, ``mode``,
+        ``sigma_scale``).
+    """
+    from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
+    from monai.inferers.utils import _get_scan_interval
+    from monai.utils import ensure_tuple_rep
+
+    nd = len(spatial)
+    roi = tuple(int(r) for r in cfg["roi_size"])
+    pad: list[int] = []
+    for k in range(nd - 1, -1, -1):  # MONAI's loop: last axis first
+        diff = max(roi[k] - int(spatial[k]), 0)
+        pad.extend([diff // 2, diff - diff // 2])
+    size = tuple(max(int(s), r) for s, r in zip(spatial, roi))
+    overlap = ensure_tuple_rep(cfg.get("overlap", 0.25), nd)
+    interval = _get_scan_interval(size, roi, nd, overlap)
+    slices = [tuple(s) for s in dense_patch_slices(size, roi, interval)]
+    valid = get_valid_patch_size(size, roi)
+    imp = compute_importance_map(valid, mode=cfg.get("mode", "constant"),
+                                 sigma_scale=cfg.get("sigma_scale", 0.125), device=device,
+                                 dtype=dtype)
+    count = torch.zeros(size, dtype=dtype, device=device)
+    for sl in slices:
+        count[sl] += imp
+    return WindowPlan(pad=pad, slices=slices, importance=imp, count=count)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _pad(x: torch.Tensor, plan: WindowPlan, cfg: dict[str, Any]) -> torch.Tensor:
+    if not any(plan.pad):
+        return x
+    from monai.utils import PytorchPadMode, look_up_option
+
+    mode = look_up_option(cfg.get("padding_mode", "constant"), PytorchPadMode)
+    return F.pad(x, pad=plan.pad, mode=mode, value=cfg.get("cval", 0.0))
+
+
+def windowed_gradient(
+    adapter: SegmentationAdapter,
+    x: torch.Tensor,
+    cotangent: torch.Tensor,
+    *,
+    window_batch: int | None = None,
+) -> torch.Tensor:
+    """``J(x)^T cotangent`` of the blended sliding-window logits, window batch by batch.
+
+    Parameters
+    ----------
+    adapter : SegmentationAdapter
+        With ``sliding_window`` set.
+    x : torch.Tensor
+        Images ``(N, C, *spatial)``.
+    cotangent : torch.Tensor
+        ``dT/dL``, ``(N, K, *spatial)``: the gradient of the target with respect to the
+        blended logits.
+    window_batch : int, optional
+        Windows per backward pass (default the adapter's ``sw_batch_size``).
+
+    Returns
+    -------
+    torch.Tensor
+        The input gradient, ``x``'s shape. Windows where ``cotangent`` is zero are skipped.
+    """
+    cfg = adapter.sliding_window
+    if cfg is None:
+        raise ValueError("windowed_gradient: the adapter has no sliding_window")
+    plan = window_plan(x.shape[2:], cfg, x.device, x.dtype)
+    bs = int(window_batch or cfg.get("sw_batch_size", 1))
+    # the cotangent in the padded grid, divided by the overlap count: the blend's weights
+    cot = F.pad(cotangent, plan.pad) if any(plan.pad) else cotangent
+    cot = cot / plan.count
+    grad_x = torch.zeros_like(x)
+    for n in range(x.shape[0]):
+        xp_leaf = x[n : n + 1].detach().requires_grad_(True)
+        with torch.enable_grad():
+            xp = _pad(xp_leaf, plan, cfg)
+        todo = [sl for sl in plan.slices if bool(cot[(n, slice(None), *sl)].any())]
+        grad_pad = torch.zeros_like(xp)
+        for group in _batches(todo, bs):
+            win = torch.cat([xp[(slice(None), slice(None), *sl)].detach() for sl in group])
+            weight = torch.cat([cot[(slice(n, n + 1), slice(None), *sl)] for sl in group])
+            win.requires_grad_(True)
+            with torch.enable_grad():
+                out = adapter._model_forward(win)
+                (g,) = torch.autograd.grad((out * (weight * plan.importance)).sum(), win)
+            for i, sl in enumerate(group):
+                grad_pad[(slice(None), slice(None), *sl)] += g[i : i + 1]
+            del out, g, win
+        if any(plan.pad):  # back through MONAI's padding (reflect/replicate fold back)
+            (grad_n,) = torch.autograd.grad(xp, xp_leaf, grad_pad)
+        else:
+            grad_n = grad_pad
+        grad_x[n : n + 1] = grad_n
+    return grad_x
+
+
+class _WindowedTarget(torch.autograd.Function):
+    """``x -> target(sliding-window logits(x))`` with a window-by-window backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, adapter: SegmentationAdapter,  # type: ignore[override]
+                target: Callable, window_batch: int | None) -> torch.Tensor:
+        with torch.no_grad():
+            logits = adapter.forward_logits(x)
+        with torch.enable_grad():
+            leaf = logits.detach().requires_grad_(True)
+            value = target(leaf)
+        ctx.save_for_backward(x)
+        ctx.graph = (leaf, value)
+        ctx.adapter = adapter
+        ctx.window_batch = window_batch
+        return value.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        leaf, value = ctx.graph
+        ctx.graph = None
+        # dT/dL: the target alone, no network (a masked mean: zero off its support)
+        (cot,) = torch.autograd.grad(value, leaf, grad_out)
+        del leaf, value
+        grad = windowed_gradient(ctx.adapter, x.detach(), cot, window_batch=ctx.window_batch)
+        return grad, None, None, None
+
+
+def windowed_target(
+    adapter: SegmentationAdapter, target: Callable, window_batch: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward function ``x (N, C, *spatial) -> (N,)`` for Captum, window-by-window backward.
+
+    Its value is ``target(adapter.forward_logits(x))``; its gradient is that of the
+    whole-volume computation, accumulated one window batch at a time
+    (:func:`windowed_gradient`).
+    """
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _WindowedTarget.apply(x, adapter, target, window_batch)
+
+    return forward
