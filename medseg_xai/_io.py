@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["FORMULA_PREFIXES", "atomic_open", "atomic_write", "file_kind", "neutralise_formula",
-           "write_csv"]
+__all__ = ["FORMULA_PREFIXES", "FolderInUse", "atomic_open", "atomic_write", "file_kind",
+           "folder_lock", "neutralise_formula", "write_csv"]
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 _UMASK = os.umask(0o022)  # read once at import (os.umask is the only way to read it)
@@ -123,3 +123,56 @@ def write_csv(df: Any, path: str | Path, **kwargs: Any) -> Path:
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         safe.to_csv(fh, **kwargs)
     return Path(path)
+
+
+class FolderInUse(ValueError):
+    """Another run holds the folder's lock (a usage error: exit code 2 on the command line)."""
+
+
+LOCK_NAME = ".medseg-xai.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, what: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` for one run (issue 28).
+
+    Two audits writing one output folder truncated and read back each other's streamed
+    records, or one run's outputs silently replaced the other's. The lock is an OS advisory
+    lock (``flock``; ``msvcrt.locking`` on Windows) on ``folder/.medseg-xai.lock``: released
+    by the kernel when the process ends, even by ``kill -9``, so a stale file never blocks.
+
+    Raises
+    ------
+    FolderInUse
+        Naming the folder and the process id that holds it.
+    """
+    path = Path(folder) / LOCK_NAME
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            _lock(fh)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise FolderInUse(
+                f"{what}: folder {Path(folder).name!r} is in use by another medseg-xai run "
+                f"(process {holder}); wait for it to finish or choose another folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield path
+    finally:
+        fh.close()  # releases the lock; the file stays (removing it would race a waiting run)
+
+
+def _lock(fh: Any) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -70,10 +70,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from medseg_xai._io import folder_lock
     from medseg_xai.demo.run_demo import run_demo
 
-    run_demo(args.out, n_cases=args.n_cases, seed=args.seed, workers=args.workers,
-             progress=not args.quiet, echo=print)
+    with folder_lock(_output_folder(args.out), "--out"):  # one run per folder
+        run_demo(args.out, n_cases=args.n_cases, seed=args.seed, workers=args.workers,
+                 progress=not args.quiet, echo=print)
     return 0
 
 
@@ -115,6 +117,14 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "none; a case id or site 'NA', 'None' or 'null' stays that text)")
     p.add_argument("--keep-columns", nargs="*", default=None, metavar="COLUMN",
                    help="metadata columns to keep in the outputs besides the strata")
+    p.add_argument("--allow-free-text", action="store_true",
+                   help="keep text columns that look like they hold names, record numbers or "
+                        "dates (default: refused, naming the column)")
+    p.add_argument("--pseudonymise", action="store_true",
+                   help="replace case and patient ids by salted pseudonyms (salt: --salt-file "
+                        "or MEDSEG_XAI_SALT); error texts then name fields, not files")
+    p.add_argument("--salt-file", default=None, metavar="FILE",
+                   help="file holding the secret salt of --pseudonymise (at least 16 characters)")
     p.add_argument("--max-failed", type=int, default=0, metavar="N",
                    help="failed rows allowed before the exit code is 3 (default: %(default)s)")
     p.add_argument("--lesion-size-bins", nargs="+", default=None, metavar="X",
@@ -176,12 +186,8 @@ def _lesion_size_bins(values):
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from medseg_xai.audit import audit, write_outputs
+    from medseg_xai._io import folder_lock
     from medseg_xai.audit.criteria import load_criteria
-    from medseg_xai.audit.explanations import explain_failures
-    from medseg_xai.audit.io import read_cohort
 
     # every option is checked before any case runs
     if args.max_failed < 0:
@@ -190,8 +196,21 @@ def _run_audit(args: argparse.Namespace) -> int:
     load_criteria(args.criteria)
     lesion_size_bins = _lesion_size_bins(args.lesion_size_bins)
     out = _output_folder(args.out)
+    with folder_lock(out, "--out"):  # one run per folder: never mixed or truncated outputs
+        return _audit_into(args, config, out, lesion_size_bins)
+
+
+def _audit_into(args: argparse.Namespace, config: dict, out, lesion_size_bins) -> int:
+    """The audit itself, with ``--out`` locked (see :func:`_run_audit`)."""
+    from pathlib import Path
+
+    from medseg_xai.audit import audit, write_outputs
+    from medseg_xai.audit.explanations import explain_failures
+    from medseg_xai.audit.io import read_cohort
+
     cohort = read_cohort(_input_file(args.manifest, "manifest", table=True),
-                         na_values=args.na_values)
+                         na_values=args.na_values, **_pseudonymisation(args))
+    _check_free_text(cohort, args)
     adapter = _load_model(args.model) if args.model else None
     # provenance is the program's: a config file cannot set it (refused by load_config)
     config["command_line"] = _command_line(args.argv)  # stored in audit.json: `report` re-renders
@@ -220,6 +239,42 @@ def _run_audit(args: argparse.Namespace) -> int:
               "outputs written, see the error column of cases.csv", file=sys.stderr)
         return EXIT_FAILED_ROWS
     return EXIT_OK
+
+
+def _pseudonymisation(args: argparse.Namespace) -> dict:
+    """``--pseudonymise``: the salt from ``--salt-file`` or ``MEDSEG_XAI_SALT``, never from the
+    command line (it is recorded in the report, and shells keep a history)."""
+    import os
+
+    if not args.pseudonymise:
+        if args.salt_file:
+            raise InputError("--salt-file: only used with --pseudonymise")
+        return {}
+    if args.salt_file:
+        from pathlib import Path
+
+        salt = Path(_input_file(args.salt_file, "--salt-file")).read_text(encoding="utf-8").strip()
+    else:
+        salt = os.environ.get("MEDSEG_XAI_SALT", "")
+    if len(salt) < 16:
+        raise InputError("--pseudonymise: expected a secret salt of at least 16 characters in "
+                         "--salt-file or the MEDSEG_XAI_SALT environment variable, got "
+                         + ("none" if not salt else f"{len(salt)} characters"))
+    return {"pseudonymise": True, "salt": salt}
+
+
+def _check_free_text(cohort, args: argparse.Namespace) -> None:
+    """Kept text columns (strata, --keep-columns) holding what looks like names, record
+    numbers or dates are refused unless --allow-free-text (then the audit warns)."""
+    from medseg_xai.audit.strata import parse_strata
+    from medseg_xai.cohort import describe_findings
+
+    columns = [c for s in parse_strata(args.strata or None) for c in s.columns]
+    found = cohort.identifier_findings([*columns, *(args.keep_columns or ())])
+    if found and not args.allow_free_text:
+        raise InputError(f"--keep-columns/--strata: {describe_findings(found)}; these would "
+                         "reach audit.json, the CSVs and the report. Drop the column, or pass "
+                         "--allow-free-text if it holds no identifiers")
 
 
 def _load_report_config(path: str | None) -> dict:

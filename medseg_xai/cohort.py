@@ -39,7 +39,12 @@ from medseg_xai._dicom import IDENTIFYING_FIELDS, dicom_metadata, sidecar_metada
 from medseg_xai._io import file_kind
 from medseg_xai._manifest import normalise_path, read_csv_manifest
 from medseg_xai._memory import system_arrow_pool
-from medseg_xai._privacy import is_identifier_column, redact_paths
+from medseg_xai._privacy import (
+    free_text_findings,
+    is_identifier_column,
+    redact_paths,
+    strip_file_names,
+)
 from medseg_xai._validation import check_label_values
 from medseg_xai.io.nifti import check_nifti as _check_nifti
 from medseg_xai.io.volume import Volume
@@ -507,6 +512,13 @@ def is_identifier(column: object) -> bool:
         is_identifier_column(name)
 
 
+def describe_findings(found: Mapping[str, Mapping[str, int]]) -> str:
+    """``{column: {kind: n}}`` in words, without any cell's content."""
+    return "; ".join(f"column {col!r} holds what looks like " + ", ".join(
+        f"{kind} ({n} cell{'s' if n > 1 else ''})" for kind, n in kinds.items())
+        for col, kinds in found.items())
+
+
 def _warn_shared_files(df: pd.DataFrame) -> None:
     """Rows naming the same image, label or prediction file count one scan twice (a copy-paste
     slip in a spreadsheet): legal, so a warning naming the column and the case ids."""
@@ -648,9 +660,9 @@ class Cohort:
             assert salt is not None
             mapping = {cid: pseudonym(cid, salt, "c-") for cid in df["case_id"]}
             df["case_id"] = df["case_id"].map(mapping)
-            for prob in problems:
-                prob["message"] = prob["message"].replace(repr(prob["case_id"]),
-                                                          repr(mapping[prob["case_id"]]))
+            for prob in problems:  # file names can carry the original ids too
+                prob["message"] = strip_file_names(prob["message"].replace(
+                    repr(prob["case_id"]), repr(mapping[prob["case_id"]])))
                 prob["case_id"] = mapping[prob["case_id"]]
             if "patient_id" in df.columns:
                 df["patient_id"] = [None if _empty(v) else pseudonym(v, salt, "p-")
@@ -860,12 +872,29 @@ class Cohort:
             if c not in self.metadata_columns:
                 raise ValueError(f"keep_columns: expected metadata columns of the cohort "
                                  f"{self.metadata_columns}, got {c!r}")
+        found = self.identifier_findings(wanted)
+        if found:  # the CLI refuses these unless --allow-free-text
+            warnings.warn(f"keep_columns: {describe_findings(found)} reach the outputs; "
+                          "check them or drop the column(s)", stacklevel=2)
         new = object.__new__(Cohort)
         new.__dict__.update(self.__dict__)
         drop = [c for c in self.metadata_columns if c not in wanted]
         new.manifest = self.manifest.drop(columns=drop)
         new._fingerprint = self.fingerprint()
         return new
+
+    def identifier_findings(self, columns: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Text columns among ``columns`` whose cells look like names, record numbers, dates,
+        e-mail addresses or phone numbers (:func:`medseg_xai._privacy.free_text_findings`):
+        column -> kind -> number of cells. Identifier columns are dropped by name; this finds
+        identifiers inside free text (a ``notes`` column) that no column name reveals."""
+        out = {}
+        for col in columns:
+            if col in self.manifest.columns and self.manifest[col].dtype.kind not in "biufcM":
+                found = free_text_findings(self.manifest[col])
+                if found:
+                    out[str(col)] = found
+        return out
 
     def fingerprint(self) -> str:
         """SHA-256 (16 hex) of the manifest content (ids, file names, metadata)."""

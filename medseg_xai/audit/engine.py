@@ -270,6 +270,10 @@ def audit(
     task_settings.update(extra_settings.pop("task"))  # only when asked: cache keys unchanged
     if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
         task_settings["feature_layer"] = str(feature_layer)
+    if adapter is not None:  # torch seeded per case from the seed (stochastic models)
+        task_settings["seed"] = int(seed)
+    if cohort.pseudonymised:  # error texts then name no file (file names can hold the ids)
+        task_settings["pseudonymised"] = True
     if executor is None:
         if dask_scheduler is not None:
             executor = "dask"
@@ -289,6 +293,11 @@ def audit(
     cache_path = None if cache_dir is None else os.path.abspath(os.fspath(cache_dir))
     if cache_path is not None:
         probe_writable(cache_path, "the cache")
+    determinism = None
+    if adapter is not None:  # two passes on one case: a stochastic model is reported
+        from medseg_xai.audit.model_checks import probe_model
+
+        determinism = probe_model(adapter, cohort, int(seed))
     started = time.perf_counter()
     with _stream_file(stream) as stream_path:
         try:
@@ -337,6 +346,8 @@ def audit(
         "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
         "pseudonymised": cohort.pseudonymised,
     }
+    if determinism is not None:
+        provenance["model_determinism"] = determinism
     run = {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),

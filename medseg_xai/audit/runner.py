@@ -178,6 +178,7 @@ def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None
     else:
         fg = 1.0 - p[0]
     timing = {"inference_s": elapsed, "peak_memory_mb": _peak_rss_mb()}
+    timing["n_channels"] = int(p.shape[0])  # checked against activation and labels
     if cuda:
         timing["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if hook is not None and hook.error is None and hook._count:
@@ -211,8 +212,16 @@ def _compute_case(
     labels = settings.get("labels")
     class_probs = None
     if adapter is not None:
+        import torch
+
+        from medseg_xai.audit.model_checks import case_seed, check_output_channels
+
+        torch.manual_seed(case_seed(settings.get("seed", 0), case_id))  # stochastic layers
         pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
                                                           settings.get("feature_layer"))
+        check_output_channels(case_id, infer_timing.pop("n_channels"),
+                              getattr(adapter, "activation", "softmax"), labels,
+                              bool(settings.get("binarize")))
         features = infer_timing.pop("features", None)
         feature_layer = infer_timing.pop("feature_layer", None)
         timing.update(infer_timing)
@@ -413,7 +422,7 @@ def evaluate_task(
     start = clock()
     base = {"row": task.row, "case_id": task.case_id, "from_cache": False, "input_hash": ""}
     if task.problem:
-        return {**base, "status": "failed", "error": _error_text(task.problem, task),
+        return {**base, "status": "failed", "error": _error_text(task.problem, task, settings),
                 "timing": {"total_s": clock() - start}}
     try:
         key = input_hash(task.paths, settings, cache_extra)
@@ -446,19 +455,37 @@ def evaluate_task(
                f"{case_timeout:g} s (case_timeout), it did not")
         return {**base, "status": "failed", "error": msg, "timing": {"total_s": clock() - start}}
     except Exception as exc:  # noqa: BLE001 - one bad case must not abort the audit
-        msg = str(exc)
+        msg = _missing_file(exc, task) or str(exc)
         if task.case_id not in msg:
             msg = f"case {task.case_id!r}: {type(exc).__name__}: {msg}"
-        return {**base, "status": "failed", "error": _error_text(msg, task),
+        return {**base, "status": "failed", "error": _error_text(msg, task, settings),
                 "timing": {"total_s": clock() - start}}
 
 
-def _error_text(message: str, task: CaseTask) -> str:
-    """A failed case's error as stored in results: paths reduced to their file names.
+def _missing_file(exc: BaseException, task: CaseTask) -> str | None:
+    """A file that vanished between the manifest check and its read (deleted or moved while
+    the audit ran): the case and field named, not a raw ``[Errno 2]``."""
+    if not isinstance(exc, FileNotFoundError):
+        return None
+    name = str(exc.filename or "")
+    field = next((k for k, v in task.paths.items() if v and name and str(v) == name), "input")
+    return (f"case {task.case_id!r}: {field} file not found: expected a file at {name!r} "
+            "(deleted or moved while the audit ran?)")
+
+
+def _error_text(message: str, task: CaseTask, settings: Mapping[str, Any] | None = None) -> str:
+    """A failed case's error as stored in results: paths reduced to their file names, and with
+    pseudonymised ids no file name at all (file names often hold the original id).
 
     Results and reports are shared beyond the machine that ran the audit, and hospital folder
     names often carry patient names or record numbers.
     """
+    if settings and settings.get("pseudonymised"):
+        from medseg_xai._privacy import strip_file_names
+
+        for path in sorted((str(p) for p in task.paths.values() if p), key=len, reverse=True):
+            message = message.replace(path, "<file>")
+        return strip_file_names(message)
     return redact_paths(message, task.paths.values())
 
 
@@ -725,7 +752,14 @@ def run_tasks(
         n_tasks = len(tasks)
     fn = partial(evaluate_task, settings=dict(settings), cache_dir=cache_dir,
                  cache_extra=cache_extra, case_timeout=case_timeout)
-    if executor == "serial":
+    if executor in ("serial", "process") and case_timeout:
+        # killable workers: the limit holds for native code that never returns (isolated.py)
+        from medseg_xai.audit.isolated import isolated
+
+        n = 1 if executor == "serial" else int(workers or os.cpu_count() or 1)
+        info = RunInfo(executor, n)
+        stream = isolated(fn, tasks, n, adapter, case_timeout, mp_context)
+    elif executor == "serial":
         info = RunInfo("serial", 1)
         stream = _serial(fn, tasks, adapter)
     elif executor == "process":
