@@ -246,7 +246,7 @@ def lesions(
             f"overlap_threshold: expected a fraction in (0, 1], got {overlap_threshold!r}"
         )
     check_matching(matching)
-    from medseg_xai.metrics.instances import _check_threshold, match_instances
+    from medseg_xai.metrics.instances import _check_threshold, match_pairs
 
     iou_thr = _check_threshold(iou_threshold)
     probs = None
@@ -265,38 +265,40 @@ def lesions(
     ps = _component_stats(pred_lab, n_pred, probs, offset)
     voxel_mm3 = float(np.prod(sp))
 
-    # Overlap table: inter[r, p] = voxels shared by reference lesion r and predicted component p.
+    # Overlapping pairs only (sparse): voxels shared by reference lesion r and component p,
+    # sorted by r then p. A dense (n_ref x n_pred) table took 3.8 GB for 10,000 x 9,000 lesions.
     both = np.flatnonzero(pred.ravel() & ref.ravel())
     r_ids = ref_lab.ravel()[both].astype(np.int64)
     p_ids = pred_lab.ravel()[both].astype(np.int64)
-    pair, pair_count = np.unique(r_ids * (n_pred + 1) + p_ids, return_counts=True)
-    inter = np.zeros((n_ref + 1, n_pred + 1), dtype=np.int64)
-    inter[pair // (n_pred + 1), pair % (n_pred + 1)] = pair_count
-
-    covered = inter[:, 1:].sum(axis=1)  # voxels of each reference lesion covered by pred
+    pair, shared = np.unique(r_ids * (n_pred + 1) + p_ids, return_counts=True)
+    pr, pp = pair // (n_pred + 1), pair % (n_pred + 1)
+    covered = np.bincount(pr, weights=shared, minlength=n_ref + 1)  # each lesion's voxels in pred
     ref_frac = covered / np.maximum(rs["counts"], 1)
     partner: dict[int, int] = {}  # hungarian: reference lesion -> its one predicted component
     if matching == "overlap":
         detected = ref_frac >= thr
     else:
-        sizes = rs["counts"][1:, None] + ps["counts"][None, 1:] - inter[1:, 1:]
-        iou_tab = inter[1:, 1:] / np.maximum(sizes, 1)
-        partner = {i + 1: j + 1 for i, j, _ in match_instances(iou_tab, iou_thr)}
+        iou_pairs = shared / np.maximum(rs["counts"][pr] + ps["counts"][pp] - shared, 1)
+        partner = {i: j for i, j, _ in match_pairs(pr, pp, iou_pairs, iou_thr)}
         detected = np.zeros(n_ref + 1, dtype=bool)
         detected[list(partner)] = True
     detected[0] = False
-    touches = inter > 0
-    n_refs_per_pred = touches[1:, :].sum(axis=0)  # reference lesions each component overlaps
+    n_refs_per_pred = np.bincount(pp, minlength=n_pred + 1)  # reference lesions per component
+    in_ref = np.bincount(pp, weights=shared, minlength=n_pred + 1)  # component voxels in ref
+    r_start = np.searchsorted(pr, np.arange(n_ref + 2))
+    by_p = np.argsort(pp, kind="stable")
+    p_start = np.searchsorted(pp[by_p], np.arange(n_pred + 2))
     paired = set(partner.values())
 
     rows: list[dict[str, Any]] = []
     for r in range(1, n_ref + 1):
-        comps = np.flatnonzero(touches[r, 1:]) + 1
+        lo, hi = r_start[r], r_start[r + 1]
+        comps = pp[lo:hi]
         if r in partner:
             j = partner[r]
-            shared, size_p = int(inter[r, j]), int(ps["counts"][j])
-            d = 2.0 * shared / (rs["counts"][r] + size_p)
-            iou = shared / (rs["counts"][r] + size_p - shared)
+            common, size_p = int(shared[lo + np.searchsorted(comps, j)]), int(ps["counts"][j])
+            d = 2.0 * common / (rs["counts"][r] + size_p)
+            iou = common / (rs["counts"][r] + size_p - common)
             named = [j]
         else:
             union = int(ps["counts"][comps].sum())
@@ -326,12 +328,12 @@ def lesions(
             )
         )
     for p in range(1, n_pred + 1):
-        refs = np.flatnonzero(touches[1:, p]) + 1
+        refs = pr[by_p[p_start[p]:p_start[p + 1]]]
         if matching == "overlap" and np.any(detected[refs]):
             continue  # part of a detection, reported on the reference lesion's row
         if p in paired:
             continue  # the partner of a detected lesion
-        frac = inter[1:, p].sum() / max(int(ps["counts"][p]), 1)
+        frac = in_ref[p] / max(int(ps["counts"][p]), 1)
         rows.append(
             _row(
                 f"pred-{p}",
