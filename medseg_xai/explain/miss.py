@@ -56,6 +56,9 @@ CAUSES: tuple[str, ...] = ("contrast", "size", "intensity", "noise", "location")
 PROBES: tuple[str, ...] = CAUSES
 #: Smallest change of the lesion probability (mean over the lesion) that counts as an effect.
 DEFAULT_MARGIN = 0.2
+#: Probes under sliding-window inference evaluate only the windows covering the mask they read
+#: (:mod:`medseg_xai.explain.local`); False runs every probe image whole (the reference).
+LOCAL_PROBES = True
 #: Default probe settings when the error is a miss (make it appear) / otherwise (make it vanish).
 SETTINGS_MISS: dict[str, tuple[float, ...]] = {
     "contrast": (1.5, 2.0), "size": (1.5, 2.0), "noise": (1.0, 3.0), "location": (3,)}
@@ -174,7 +177,12 @@ def _clean(v: Any) -> Any:
 
 # ----------------------------------------------------------------------------- helpers
 class _Model:
-    """The adapter's class probability and call (``adapters.label_map``), batched and counted."""
+    """The adapter's class probability and call (``adapters.label_map``), batched and counted.
+
+    With ``local`` (a :class:`~medseg_xai.explain.local.WindowCache` of the original image) and
+    masks given, each image is evaluated only inside its mask's box, from the sliding windows
+    that cover it: the arrays returned are then zero outside that box.
+    """
 
     def __init__(self, adapter: Any, class_index: int | None, threshold: float,
                  batch: int = 4) -> None:
@@ -183,32 +191,54 @@ class _Model:
         self.threshold = threshold
         self.batch = batch
         self.n_images = 0
+        self.local: Any = None
 
-    def __call__(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _called(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class probability, called) of probabilities ``(N, K, *s)``."""
+        from medseg_xai.adapters import label_map
+
+        k = p.shape[1]
+        if self.class_index is None:
+            self.class_index = 1 if k > 1 else 0
+        if not 0 <= self.class_index < k:
+            raise ValueError(
+                f"class_index: the model has {k} output channels, got {self.class_index}")
+        # label value of this channel under label_map: the channel (softmax), else 1 + it
+        value = self.class_index if (self.adapter.activation != "sigmoid" and k > 1) \
+            else self.class_index + 1
+        labels = label_map(p, self.threshold, activation=self.adapter.activation,
+                           channel_axis=1)
+        return p[:, self.class_index], np.asarray(labels) == value
+
+    def __call__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
         """(probability, called) per image, both spatial; called = the toolkit's decision."""
         import torch
 
-        from medseg_xai.adapters import label_map
-
+        if self.local is not None and masks is not None:
+            return [self._region(im, m) for im, m in zip(images, masks)]
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for start in range(0, len(images), self.batch):
             chunk = np.stack(images[start:start + self.batch]).astype(np.float32)
             t = torch.from_numpy(chunk).to(self.adapter.device)
             p = self.adapter.probabilities(t).detach().float().cpu().numpy()
-            k = p.shape[1]
-            if self.class_index is None:
-                self.class_index = 1 if k > 1 else 0
-            if not 0 <= self.class_index < k:
-                raise ValueError(
-                    f"class_index: the model has {k} output channels, got {self.class_index}")
-            # label value of this channel under label_map: the channel (softmax), else 1 + it
-            value = self.class_index if (self.adapter.activation != "sigmoid" and k > 1) \
-                else self.class_index + 1
-            labels = label_map(p, self.threshold, activation=self.adapter.activation,
-                               channel_axis=1)
-            out.extend(zip(p[:, self.class_index], np.asarray(labels) == value))
+            out.extend(zip(*self._called(p)))
             self.n_images += len(chunk)
         return out
+
+    def _region(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from medseg_xai.explain.local import mask_box
+
+        box = mask_box(mask)
+        logits = self.local.region_logits(image, box)[None]
+        p = self.adapter._activate(logits).numpy()
+        pc, called = self._called(p)
+        # zeros are allocated lazily: only the box's pages are touched
+        pf = np.zeros(mask.shape, np.float32)
+        cf = np.zeros(mask.shape, bool)
+        pf[box], cf[box] = pc[0], called[0]
+        self.n_images += 1
+        return pf, cf
 
 
 def _stats(pc: tuple[np.ndarray, np.ndarray], mask: np.ndarray, overlap: float) -> dict[str, Any]:
@@ -357,7 +387,8 @@ def _run_probes(
         if swapped is not None:
             swap = (f"detected {donor[0]} moved into this place", *swapped)
     images = [j[3] for j in jobs] + ([swap[1]] if swap else [])
-    probs = model(images) if images else []
+    masks = [j[4] for j in jobs] + ([swap[2]] if swap else [])  # where each is read
+    probs = model(images, masks) if images else []
     rows = [{"probe": "original", "setting": "as acquired", "value": 1.0, **base,
              "change": 0.0, "effect": False}]
     sign = 1.0 if want_detect else -1.0
@@ -729,6 +760,11 @@ def explain_miss(
         raise ValueError(f"spacing: expected {len(shape)} positive numbers, got {spacing}")
     model = _Model(adapter, class_index, float(threshold))
     p0 = model([img])[0]
+    if LOCAL_PROBES and adapter.sliding_window is not None:
+        from medseg_xai.explain.local import WindowCache
+
+        # probes run only the windows covering the lesion (#25; docs/scale.md)
+        model.local = WindowCache(adapter, img)
     ci = int(model.class_index)
     pred_fg = p0[1] if pred is None else _foreground(pred, ci, "pred", shape)
     ref_fg = None if ref is None else _foreground(ref, ci, "ref", shape)
