@@ -23,6 +23,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+# the toolkit's one decision rule lives in decide.py, re-exported here
+from medseg_xai.decide import label_map
+
 __all__ = ["SegmentationAdapter", "ACTIVATIONS", "CONV_TYPES", "Cancelled", "label_map"]
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -48,6 +51,7 @@ _SW_KEYS = {
 }
 
 
+
 def _is_scripted(model: nn.Module) -> bool:
     return isinstance(model, torch.jit.ScriptModule)
 
@@ -61,61 +65,6 @@ _PROBE_SIDE = {1: 256, 2: 64, 3: 32}
 
 class Cancelled(RuntimeError):
     """Raised inside a forward pass by a :meth:`SegmentationAdapter.watch` callback to stop."""
-
-
-def label_map(probabilities: Any, threshold: float | None = None, *,
-              activation: str = "softmax", channel_axis: int = 0) -> Any:
-    """Turn class probabilities into a label map: THE decision rule of the toolkit.
-
-    Adapters (:meth:`SegmentationAdapter.predict`), audits, the demo and the widgets all call
-    this, so ``threshold`` means the same everywhere.
-
-    Parameters
-    ----------
-    probabilities : numpy.ndarray or torch.Tensor
-        Per-class probabilities with the class axis at ``channel_axis``: ``(K, *spatial)`` by
-        default, ``(N, K, *spatial)`` with ``channel_axis=1``.
-    threshold : float, optional
-        * One channel (sigmoid, or probabilities of the foreground): label 1 where
-          ``p > threshold`` (default 0.5).
-        * Several sigmoid channels (multi-label): ``1 + argmax`` where the largest probability
-          exceeds ``threshold`` (default 0.5), else 0.
-        * Softmax (channel 0 = background): ``None`` is the argmax. A number labels a voxel
-          with its most probable foreground class ``c`` when ``p_c > threshold``, else 0; for
-          two classes and 0.5 this is the argmax.
-    activation : {"softmax", "sigmoid", "none"}
-        How the probabilities were made (``"none"`` is read like ``"softmax"``).
-
-    Returns
-    -------
-    Same library as the input: integer label map without the class axis (int64).
-    """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    if threshold is not None and not (isinstance(threshold, (int, float, np.floating))
-                                      and 0.0 <= float(threshold) <= 1.0):
-        raise ValueError(f"threshold: expected a probability in [0, 1] or None, got {threshold!r}")
-    is_torch = isinstance(probabilities, torch.Tensor)
-    p = probabilities if is_torch else torch.from_numpy(np.asarray(probabilities, dtype=np.float32))
-    if p.ndim < 2 or not -p.ndim <= channel_axis < p.ndim:
-        raise ValueError(
-            f"probabilities: expected a class axis {channel_axis} and spatial axes, got shape "
-            f"{tuple(p.shape)}"
-        )
-    p = p.movedim(channel_axis, 0)
-    k = p.shape[0]
-    t = 0.5 if threshold is None else float(threshold)
-    if k == 1:
-        out = (p[0] > t).long()
-    elif activation == "sigmoid":
-        best, idx = p.max(dim=0)
-        out = torch.where(best > t, idx + 1, torch.zeros_like(idx))
-    elif threshold is None:
-        out = p.argmax(dim=0)
-    else:
-        best, idx = p[1:].max(dim=0)
-        out = torch.where(best > t, idx + 1, torch.zeros_like(idx))
-    return out if is_torch else out.numpy()
 
 
 class SegmentationAdapter:

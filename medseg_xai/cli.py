@@ -519,7 +519,7 @@ def _run_explain(args: argparse.Namespace) -> int:
             case_id=case)
         from medseg_xai.miss_files import write_miss_files
 
-        pred = adapter.predict(image[None]).numpy()[0] == args.class_index
+        pred = adapter.predict(image[None], threshold=args.threshold).numpy()[0] == args.class_index
         written, warns = write_miss_files(analysis, out, case_id=case, image=image, pred=pred,
                                           affine=affine, spacing=spacing)
         for w in warns:
@@ -528,7 +528,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         print("wrote " + ", ".join(str(w) for w in written))
         return 0
 
-    pred = adapter.predict(image[None]).numpy()[0]
+    pred = adapter.predict(image[None], threshold=args.threshold).numpy()[0]
     if args.target == "prediction":
         if not (pred == args.class_index).any():
             raise ValueError(f"the model predicts no voxel of class {args.class_index} in "

@@ -261,10 +261,13 @@ def lesion(
     else:
         raw = lesion_index
         if isinstance(raw, str):
-            digits = raw.rsplit("-", 1)[-1]
-            if not digits.isdigit():
-                raise ValueError(f"lesion_index: expected an int or an id like 'ref-2', got {raw!r}")
-            raw = int(digits)
+            from medseg_xai.decide import parse_lesion_id
+
+            try:
+                raw = parse_lesion_id(raw, kinds=("ref",))[1]
+            except ValueError:
+                raise ValueError(f"lesion_index: expected an int or an id like 'ref-2', "
+                                 f"got {raw!r}") from None
         idx = _check_class_index(raw)
         if not 1 <= idx <= n:
             raise ValueError(

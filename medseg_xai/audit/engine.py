@@ -268,6 +268,8 @@ def audit(
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     task_settings = dict(case_settings)
     task_settings.update(extra_settings.pop("task"))  # only when asked: cache keys unchanged
+    if adapter is not None and getattr(adapter, "threshold", None) is not None:
+        task_settings["threshold"] = float(adapter.threshold)  # part of the cache key
     if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
         task_settings["feature_layer"] = str(feature_layer)
     if adapter is not None:  # torch seeded per case from the seed (stochastic models)
@@ -330,6 +332,8 @@ def audit(
         "n_resamples": int(n_resamples), "confidence": float(confidence), "ci_method": ci_method,
         "test": test, "correction": correction, "alpha": float(alpha), "criteria": crit,
         "inference": adapter is not None, **extra_settings,
+        # the decision rule of the audit's own inference (None: 0.5 / argmax, decide.py)
+        "threshold": task_settings.get("threshold"),
     }
     if "feature_layer" in task_settings:
         settings.update({"feature_layer": layer or str(feature_layer),

@@ -14,7 +14,9 @@ Each entry (a plain dict, JSON-safe)::
 
     {"case_id", "category": "worst" | "false_positive_scan" | "requested",
      "picked_for": [str, ...],
-     "metric", "value", "lesion_id" (the explained missed lesion or None), "method",
+     "metric", "value", "lesion_id" (the explained missed lesion or None),
+     "status" (the audit's status of that lesion), "volume_mm3" (of the lesion's voxels as the
+     gallery found them under the audit's rules), "method",
      "analysis" (MissAnalysis.to_dict(), or the fallback's summary, or None),
      "figure" (see :func:`slice_payload`, or None), "note"}
 """
@@ -29,6 +31,14 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai.audit.analysis import rank_false_positive_scans, rank_worst
+from medseg_xai.decide import (
+    DecisionRules,
+    foreground,
+    lesion_mask,
+    parse_lesion_id,
+    predict,
+    reference_mask,
+)
 
 __all__ = ["DEFAULT_MAX_CASES", "decode_plane", "explain_failures", "gallery_cases",
            "slice_payload"]
@@ -248,30 +258,29 @@ def explain_failures(
     if "detected_lesions" not in kwargs and les is not None and "status" in les:
         # the verdict compares a miss with the cohort's detected lesions, not one image's
         kwargs["detected_lesions"] = les[les["status"] == "detected"]
+    rules = DecisionRules.from_settings(result.settings)
     n_explained = 0
     for e in entries:
-        e.update(lesion_id=None, method=None, analysis=None, figure=None, note="")
+        e.update(lesion_id=None, status=None, volume_mm3=None, method=None, analysis=None,
+                 figure=None, note="")
         if cohort is None:
             e["note"] = "no images: the audit was not given the cohort's files for the gallery"
             continue
         try:
-            case = cohort.load_case(e["case_id"])
-            ref = np.asarray(case.label) != 0
-            pred = None if case.prediction is None else np.asarray(case.prediction) != 0
+            case, ref, pred = _audit_masks(result, cohort, adapter, e["case_id"], rules)
             missed = _missed_lesions(result, e["case_id"])
             lesion_id = wanted.get(e["case_id"]) or (str(missed["lesion_id"].iloc[0])
                                                      if len(missed) else None)
             target = heat = None
-            from medseg_xai.metrics import label_lesions
-
             if lesion_id is not None:
-                labels, _ = label_lesions(ref)
-                target = labels == int(str(lesion_id).split("-")[-1])
+                target = _lesion_target(ref, pred, lesion_id, rules)
+                e["status"] = _audit_status(result, e["case_id"], lesion_id)
+                e["volume_mm3"] = float(target.sum() * np.prod(case.spacing))
             if lesion_id is not None and adapter is not None and (
                     n_explained < max_explanations or e["case_id"] in wanted):
                 try:
                     analysis, heat, e["method"] = _explain(adapter, case, ref, pred, lesion_id,
-                                                           seed, kwargs)
+                                                           seed, {**kwargs, "rules": rules})
                     e["analysis"] = analysis.to_dict()
                     if analyses is not None:
                         analyses[(e["case_id"], str(lesion_id))] = analysis
@@ -293,6 +302,39 @@ def explain_failures(
 
             e["note"] = f"case could not be shown: {type(err).__name__}: {redact_paths(str(err))}"
     return entries
+
+
+def _audit_masks(result: Any, cohort: Any, adapter: Any, case_id: str, rules: DecisionRules
+                 ) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(case, reference foreground, prediction foreground) as the audit decided them: its
+    label values, reference standard and (for audits that ran the model) its threshold."""
+    from medseg_xai.cohort import load_case_from_paths
+
+    settings = result.settings
+    case = load_case_from_paths(case_id, cohort.paths(case_id), labels=rules.label_setting,
+                                binarize=rules.binarize,
+                                allow_missing_readers=bool(settings.get("allow_missing_readers")))
+    ref = foreground(reference_mask(case, rules), rules.label_setting)
+    if settings.get("inference") and adapter is not None:
+        pred: np.ndarray | None = predict(adapter, case.image, rules)
+    else:
+        pred = None if case.prediction is None else np.asarray(case.prediction)
+    return case, ref, None if pred is None else foreground(pred, rules.label_setting)
+
+
+def _lesion_target(ref: np.ndarray, pred: np.ndarray | None, lesion_id: str,
+                   rules: DecisionRules) -> np.ndarray:
+    kind, _ = parse_lesion_id(lesion_id)
+    mask = ref if kind == "ref" else (np.zeros_like(ref) if pred is None else pred)
+    return lesion_mask(mask, lesion_id, rules.connectivity)
+
+
+def _audit_status(result: Any, case_id: str, lesion_id: str) -> str | None:
+    les = result.lesions
+    if les is None or les.empty or "status" not in les:
+        return None
+    row = les[(les["case_id"].astype(str) == case_id) & (les["lesion_id"].astype(str) == lesion_id)]
+    return str(row["status"].iloc[0]) if len(row) else None
 
 
 def _centre(ref: np.ndarray, pred: np.ndarray | None, target: np.ndarray | None) -> tuple:

@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai.decide import foreground, is_detected, parse_lesion_id
+
 __all__ = [
     "DEFAULT_MARGIN",
     "NONINFERIORITY_METRICS",
@@ -134,13 +136,6 @@ def check_reference(reference: str | None, readers: Sequence[str], has_label: bo
                          f"got {reference!r}")
 
 
-def _foreground(mask: np.ndarray, labels: Any) -> np.ndarray:
-    if labels is None:
-        return mask > 0
-    values = list(labels.keys()) if isinstance(labels, Mapping) else list(labels)
-    return np.isin(mask, values)
-
-
 def case_reference(case: Any, settings: Mapping[str, Any]) -> tuple[np.ndarray, ReaderContext]:
     """The reference label map of a case under ``settings["reference"]``, and its readers.
 
@@ -162,7 +157,7 @@ def case_reference(case: Any, settings: Mapping[str, Any]) -> tuple[np.ndarray, 
     cid = case.case_id
     rule = settings.get("reference")
     labels = settings.get("labels")
-    masks = {name: np.ascontiguousarray(_foreground(m, labels)) for name, m in case.readers.items()}
+    masks = {name: np.ascontiguousarray(foreground(m, labels)) for name, m in case.readers.items()}
     missing = list(getattr(case, "missing_readers", []) or [])
     ctx = ReaderContext(masks=masks, reference=rule or "label", missing=missing)
     if len(masks) >= 2:
@@ -295,7 +290,7 @@ def case_readers(
                     "lesion_id": f"u-{k}", "volume_mm3": float(counts[k]) * voxel,
                     "n_readers": len(names), "n_readers_marked": len(by), "marked_by": ",".join(by),
                     "agreement": agree, "in_reference": bool(in_ref[k]),
-                    "detected": bool(covered[k] / counts[k] >= thr)})
+                    "detected": bool(is_detected(covered[k] / counts[k], thr))})
     out["reader_lesions"] = les_rows
 
     if lesion_table is not None and len(lesion_table):
@@ -307,7 +302,7 @@ def case_readers(
         ids = lesion_table["lesion_id"].astype(str)
         is_ref = lesion_table["source"] == "reference"
         lesion_table["n_readers_marked"] = [
-            int(n_marked[int(i.split("-")[1])]) if r else float("nan")
+            int(n_marked[parse_lesion_id(i)[1]]) if r else float("nan")
             for i, r in zip(ids, is_ref)]
     return out
 

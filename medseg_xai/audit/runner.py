@@ -137,8 +137,8 @@ def _peak_rss_mb() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024.0
 
 
-def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None,
+           threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Run the model once: label map, foreground probability, class probabilities, timing.
 
     With ``feature_layer`` a forward hook pools that layer's output during the same pass
@@ -164,13 +164,13 @@ def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None
     if cuda:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    from medseg_xai.adapters import label_map
+    from medseg_xai.decide import DecisionRules, labels_from_probabilities
 
     p = probs.detach().cpu().numpy()[0]
     activation = getattr(adapter, "activation", "softmax")
-    # the toolkit's one decision rule (threshold 0.5, the audit's documented default)
-    pred = label_map(p, 0.5 if p.shape[0] == 1 or activation == "sigmoid" else None,
-                     activation=activation).astype(np.int16)
+    # the toolkit's one decision rule: the plan's threshold, else the adapter's, else 0.5 / argmax
+    pred = labels_from_probabilities(p, DecisionRules(threshold=threshold),
+                                     adapter).astype(np.int16)
     if p.shape[0] == 1:
         fg = p[0]
     elif activation == "sigmoid":
@@ -187,13 +187,6 @@ def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None
     return pred, fg.astype(np.float32), p, timing
 
 
-def _foreground(mask: np.ndarray, labels: Any) -> np.ndarray:
-    if labels is None:
-        return mask > 0
-    values = list(labels.keys()) if isinstance(labels, Mapping) else list(labels)
-    return np.isin(mask, values)
-
-
 def _compute_case(
     case_id: str, paths: Mapping[str, str | None], settings: Mapping[str, Any], adapter: Any
 ) -> dict[str, Any]:
@@ -201,7 +194,8 @@ def _compute_case(
 
     The record's ``timing`` holds the seconds of each stage (:data:`STAGES`).
     """
-    from medseg_xai.metrics import evaluate_case, lesion_summary, lesions
+    from medseg_xai.decide import DecisionRules, foreground, lesion_table
+    from medseg_xai.metrics import evaluate_case, lesion_summary
 
     clock = time.perf_counter
     t0 = clock()
@@ -218,7 +212,8 @@ def _compute_case(
 
         torch.manual_seed(case_seed(settings.get("seed", 0), case_id))  # stochastic layers
         pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
-                                                          settings.get("feature_layer"))
+                                                          settings.get("feature_layer"),
+                                                          settings.get("threshold"))
         check_output_channels(case_id, infer_timing.pop("n_channels"),
                               getattr(adapter, "activation", "softmax"), labels,
                               bool(settings.get("binarize")))
@@ -264,14 +259,9 @@ def _compute_case(
     )
     timing["metrics_s"] = clock() - t0
     t0 = clock()
-    pred_fg, ref_fg = _foreground(pred, labels), _foreground(ref, labels)
-    table = lesions(
-        pred_fg, ref_fg, case.spacing,
-        probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0),
-        connectivity=settings["connectivity"], overlap_threshold=settings["overlap_threshold"],
-        matching=settings.get("matching", "overlap"),
-        iou_threshold=settings.get("iou_threshold", 0.5),
-    )
+    pred_fg, ref_fg = foreground(pred, labels), foreground(ref, labels)
+    table = lesion_table(pred_fg, ref_fg, case.spacing, DecisionRules.from_settings(settings),
+                         probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0))
     summary = lesion_summary(table, n_cases=1)
     timing["lesions_s"] = clock() - t0
     reader_part = None

@@ -46,6 +46,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai.decide import (
+    DecisionRules,
+    components,
+    foreground,
+    is_detected,
+    lesion_mask,
+    lesion_status,
+    parse_lesion_id,
+)
 from medseg_xai.explain import probes as P
 
 __all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "PROBES", "explain_miss"]
@@ -195,7 +204,7 @@ class _Model:
 
     def _called(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class probability, called) of probabilities ``(N, K, *s)``."""
-        from medseg_xai.adapters import label_map
+        from medseg_xai.decide import call_threshold, called
 
         k = p.shape[1]
         if self.class_index is None:
@@ -203,12 +212,11 @@ class _Model:
         if not 0 <= self.class_index < k:
             raise ValueError(
                 f"class_index: the model has {k} output channels, got {self.class_index}")
-        # label value of this channel under label_map: the channel (softmax), else 1 + it
-        value = self.class_index if (self.adapter.activation != "sigmoid" and k > 1) \
-            else self.class_index + 1
-        labels = label_map(p, self.threshold, activation=self.adapter.activation,
-                           channel_axis=1)
-        return p[:, self.class_index], np.asarray(labels) == value
+        # the toolkit's one decision rule (decide.py); None: 0.5 / argmax as the audit
+        self.threshold = call_threshold(self.threshold, None, k, self.adapter.activation)
+        calls = called(p, self.class_index, self.threshold, activation=self.adapter.activation,
+                       channel_axis=1)
+        return p[:, self.class_index], calls
 
     def __call__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None
                  ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -246,30 +254,42 @@ def _stats(pc: tuple[np.ndarray, np.ndarray], mask: np.ndarray, overlap: float) 
     vals = p[mask]
     covered = float(called[mask].mean())
     return {"max_prob": float(vals.max()), "mean_prob": float(vals.mean()),
-            "covered_fraction": covered, "detected": bool(covered >= overlap)}
+            "covered_fraction": covered, "detected": bool(is_detected(covered, overlap))}
 
 
-def _foreground(labels: Any, class_index: int | None, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _foreground(labels: Any, class_index: int, name: str, shape: tuple[int, ...],
+                rules: DecisionRules | None, class_value: int | None = None
+                ) -> tuple[np.ndarray, int | None]:
+    """(foreground mask, lesion class value) of a reference or prediction.
+
+    With an audit's rules: the audit's foreground (its declared label values). Without: a
+    boolean mask as given; a prediction label map is read by the reference lesion's class
+    ``class_value`` when known (a voxel called as another class does not cover the lesion);
+    otherwise a label map with one foreground value is that class and one with several is
+    read at ``class_index``.
+    """
     a = np.asarray(labels)
     if a.shape != shape:
         raise ValueError(f"{name}: expected the image's spatial shape {shape}, got {a.shape}")
+    if rules is not None:
+        return foreground(a, rules.label_setting), None
     if a.dtype == bool:
-        return a
+        return a, None
+    if class_value is not None:
+        return a == class_value, class_value
     values = [v for v in np.unique(a).tolist() if v != 0]
     if len(values) <= 1:  # one foreground value: that is the lesion class
-        return a != 0
-    # several labels: the lesion class is the label equal to the class index (softmax channels)
+        return a != 0, (int(values[0]) if values else None)
     if class_index not in values:
         raise ValueError(f"{name}: labels {values} do not include the lesion class "
                          f"{class_index}; pass class_index= or a binary mask")
-    return a == class_index
+    return a == class_index, int(class_index)
 
 
 def _resolve_lesion(lesion: Any, ref_fg: np.ndarray | None, pred_fg: np.ndarray,
-                    shape: tuple[int, ...]) -> tuple[str, np.ndarray, str]:
+                    shape: tuple[int, ...], connectivity: int | None = None
+                    ) -> tuple[str, np.ndarray, str]:
     """(lesion_id, mask, source) with source 'reference' | 'prediction' | 'region'."""
-    from medseg_xai.metrics import label_lesions
-
     if isinstance(lesion, (np.ndarray, list)) and np.asarray(lesion).ndim == len(shape):
         m = np.asarray(lesion) != 0
         if m.shape != shape:
@@ -278,24 +298,17 @@ def _resolve_lesion(lesion: Any, ref_fg: np.ndarray | None, pred_fg: np.ndarray,
         if not m.any():
             raise ValueError("lesion: the drawn region is empty")
         return "region", m, "region"
-    if isinstance(lesion, (int, np.integer)) and not isinstance(lesion, bool):
-        lesion = f"ref-{int(lesion)}"
-    if not isinstance(lesion, str) or "-" not in lesion:
-        raise ValueError(f"lesion: expected an id such as 'ref-2' or 'pred-3', a 1-based reference "
-                         f"lesion number or a mask, got {lesion!r}")
-    kind, _, num = lesion.partition("-")
-    if kind not in ("ref", "pred") or not num.isdigit() or int(num) < 1:
-        raise ValueError(f"lesion: expected 'ref-N' or 'pred-N' with N >= 1, got {lesion!r}")
+    try:
+        kind, k = parse_lesion_id(lesion)
+    except ValueError:
+        raise ValueError(f"lesion: expected an id such as 'ref-2' or 'pred-3', a 1-based "
+                         f"reference lesion number or a mask, got {lesion!r}") from None
+    lid = f"{kind}-{k}"
     if kind == "ref" and ref_fg is None:
-        raise ValueError(f"lesion {lesion!r}: a reference lesion needs ref (the reference mask); "
+        raise ValueError(f"lesion {lid!r}: a reference lesion needs ref (the reference mask); "
                          f"without one explain a predicted component ('pred-N') or a drawn mask")
-    source = ref_fg if kind == "ref" else pred_fg
-    labels, n = label_lesions(source)
-    k = int(num)
-    if k > n:
-        what = "reference" if kind == "ref" else "predicted"
-        raise ValueError(f"lesion {lesion!r}: the {what} mask has {n} component(s)")
-    return lesion, labels == k, "reference" if kind == "ref" else "prediction"
+    mask = lesion_mask(ref_fg if kind == "ref" else pred_fg, lid, connectivity)
+    return lid, mask, "reference" if kind == "ref" else "prediction"
 
 
 def _safe_cnr(image: np.ndarray, mask: np.ndarray, exclude: np.ndarray) -> float:
@@ -567,7 +580,8 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
         "false_positive": f"{lid} is a false positive (no reference lesion overlaps it)",
         "predicted": f"{lid} is a region the model calls lesion (no reference given)",
     }[status]
-    lines = [f"{headline}: at threshold {thr:.2f} on the class {st['class_index']} probability its "
+    at = f"at threshold {thr:.2f}" if thr is not None else "by the most probable class"
+    lines = [f"{headline}: {at} on the class {st['class_index']} probability its "
              f"highest probability is {_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
              f"{o['covered_fraction']:.0%} of its voxels are called lesion ({ov:.0%} needed to "
              f"count as detected)."]
@@ -659,6 +673,74 @@ def _probe_spec(probes: Any, want_detect: bool) -> dict[str, tuple[Any, ...]]:
     return spec
 
 
+def _check_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
+    from medseg_xai.explain.core import METHODS
+
+    if isinstance(methods, str):
+        methods = (methods,)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+    return tuple(methods)
+
+
+def _check_spacing(spacing: Sequence[float] | None, shape: tuple[int, ...]) -> tuple[float, ...]:
+    sp = (1.0,) * len(shape) if spacing is None else tuple(float(s) for s in spacing)
+    if len(sp) != len(shape) or min(sp) <= 0:
+        raise ValueError(f"spacing: expected {len(shape)} positive numbers, got {sp}")
+    return sp
+
+
+def _decide(ref: Any, pred: Any, p0: tuple[np.ndarray, np.ndarray], lesion: Any, ci: int,
+            shape: tuple[int, ...], rules: DecisionRules, given: bool
+            ) -> tuple[np.ndarray | None, np.ndarray, str, np.ndarray, str, str]:
+    """(ref_fg, pred_fg, lesion id, lesion mask, source, status) by ``medseg_xai.decide``.
+
+    The status of a reference lesion comes from the rules' matching (the audit's own table);
+    a predicted component is a false positive when it touches no reference voxel.
+    """
+    audit_rules = rules if given else None
+    ref_fg, value = (None, None) if ref is None else _foreground(ref, ci, "ref", shape,
+                                                                  audit_rules)
+    if pred is None:
+        pred_fg = p0[1]
+    else:
+        pred_fg, _ = _foreground(pred, ci, "pred", shape, audit_rules, value)
+    lid, mask, source = _resolve_lesion(lesion, ref_fg, pred_fg, shape, rules.connectivity)
+    if source == "reference":
+        status = lesion_status(pred_fg, ref_fg, lid, rules)
+    elif source == "prediction":
+        status = "predicted" if ref_fg is None else (
+            "false_positive" if not (ref_fg & mask).any() else "detected")
+    else:
+        status = ""
+    return ref_fg, pred_fg, lid, mask, source, status
+
+
+def _donors(img: np.ndarray, p0: tuple[np.ndarray, np.ndarray], ref_fg: np.ndarray | None,
+            pred_fg: np.ndarray, mask: np.ndarray, spacing: tuple[float, ...],
+            overlap_threshold: float, connectivity: int | None, want_detect: bool
+            ) -> tuple[Any, list[dict[str, Any]]]:
+    """A detected lesion of this image to move into a missed one's place, and the detected
+    reference lesions of this image (the comparison without a cohort)."""
+    donor = None
+    rows: list[dict[str, Any]] = []
+    if ref_fg is None:
+        return donor, rows
+    labels, n = components(ref_fg, connectivity)
+    for j in range(1, n + 1):
+        mj = labels == j
+        if (mj & mask).any():
+            continue
+        sj = _stats(p0, mj, overlap_threshold)
+        if sj["detected"]:
+            rows.append({"lesion_id": f"ref-{j}", "volume_mm3": float(mj.sum() * np.prod(spacing)),
+                         "cnr": _safe_cnr(img, mj, (ref_fg | pred_fg) & ~mj)})
+            if donor is None and want_detect:
+                donor = (f"ref-{j}", mj, sj)
+    return donor, rows
+
+
 def explain_miss(
     adapter: Any,
     image: Any,
@@ -680,6 +762,7 @@ def explain_miss(
     layer: str | None = None,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     case_id: str | None = None,
+    rules: DecisionRules | Mapping[str, Any] | None = None,
 ) -> MissAnalysis:
     """Why did the model miss (or call) this lesion? Probes re-run through the model.
 
@@ -732,33 +815,33 @@ def explain_miss(
         {"n_steps": 16}}``).
     case_id : str, optional
         Recorded in ``settings``.
+    rules : DecisionRules or mapping, optional
+        An audit's decision rules (``AuditResult.settings``): they replace ``threshold`` and
+        ``overlap_threshold`` and bring the audit's label values, connectivity and matching,
+        so ``ref-N`` names the audit's lesion and its status is the audit's. Without them a
+        reference lesion is detected when ``overlap_threshold`` of it is called as its class.
 
     Returns
     -------
     MissAnalysis
     """
     start = time.perf_counter()
-    if not 0.0 < float(threshold) < 1.0:
+    if rules is not None:
+        rules = rules if isinstance(rules, DecisionRules) else DecisionRules.from_settings(rules)
+        threshold = rules.threshold if rules.threshold is not None else getattr(
+            adapter, "threshold", None)
+        overlap_threshold = rules.overlap_threshold
+    if threshold is not None and not 0.0 < float(threshold) < 1.0:
         raise ValueError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
     if not 0.0 < float(overlap_threshold) <= 1.0:
         raise ValueError(f"overlap_threshold: expected a share in (0, 1], got {overlap_threshold!r}")
     if not 0.0 < float(margin) < 1.0:
         raise ValueError(f"margin: expected a probability change in (0, 1), got {margin!r}")
-    from medseg_xai.explain.core import METHODS
-
-    if isinstance(methods, str):
-        methods = (methods,)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+    methods = _check_methods(methods)
     img = P.as_image(image, adapter.spatial_dims)
     shape = tuple(img.shape[1:])
-    if spacing is None:
-        spacing = (1.0,) * len(shape)
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != len(shape) or min(spacing) <= 0:
-        raise ValueError(f"spacing: expected {len(shape)} positive numbers, got {spacing}")
-    model = _Model(adapter, class_index, float(threshold))
+    spacing = _check_spacing(spacing, shape)
+    model = _Model(adapter, class_index, None if threshold is None else float(threshold))
     p0 = model([img])[0]
     if LOCAL_PROBES and adapter.sliding_window is not None:
         from medseg_xai.explain.local import WindowCache
@@ -766,42 +849,20 @@ def explain_miss(
         # probes run only the windows covering the lesion (#25; docs/scale.md)
         model.local = WindowCache(adapter, img)
     ci = int(model.class_index)
-    pred_fg = p0[1] if pred is None else _foreground(pred, ci, "pred", shape)
-    ref_fg = None if ref is None else _foreground(ref, ci, "ref", shape)
-    lid, mask, source = _resolve_lesion(lesion, ref_fg, pred_fg, shape)
-
+    given = rules is not None
+    rules = rules or DecisionRules(overlap_threshold=float(overlap_threshold))
+    ref_fg, pred_fg, lid, mask, source, status = _decide(ref, pred, p0, lesion, ci, shape, rules,
+                                                         given)
     base = _stats(p0, mask, overlap_threshold)
-    if source == "reference":
-        status = "detected" if float(pred_fg[mask].mean()) >= overlap_threshold else "missed"
-    elif source == "prediction":
-        status = "predicted" if ref_fg is None else (
-            "false_positive" if not (ref_fg & mask).any() else "detected")
-    else:
+    if source == "region":
         status = "detected" if base["detected"] else "missed"
     want_detect = status == "missed"
     others = ((ref_fg if ref_fg is not None else np.zeros(shape, bool)) | pred_fg) & ~mask
     from scipy import ndimage
 
     exclude = ndimage.binary_dilation(others, iterations=1) & ~mask
-
-    # a detected lesion of this image to move into a missed one's place
-    from medseg_xai.metrics import label_lesions
-
-    donor = None
-    detected_rows = []
-    if ref_fg is not None:
-        labels, n = label_lesions(ref_fg)
-        for j in range(1, n + 1):
-            mj = labels == j
-            if (mj & mask).any():
-                continue
-            sj = _stats(p0, mj, overlap_threshold)
-            if sj["detected"]:
-                detected_rows.append({"lesion_id": f"ref-{j}",
-                                      "volume_mm3": float(mj.sum() * np.prod(spacing)),
-                                      "cnr": _safe_cnr(img, mj, (ref_fg | pred_fg) & ~mj)})
-                if donor is None and want_detect:
-                    donor = (f"ref-{j}", mj, sj)
+    donor, detected_rows = _donors(img, p0, ref_fg, pred_fg, mask, spacing, overlap_threshold,
+                                   rules.connectivity, want_detect)
 
     spec = _probe_spec(probes, want_detect)
     skipped = []
@@ -838,7 +899,9 @@ def explain_miss(
         comp = _comparison(volume, meas["cnr"], pd.DataFrame(detected_rows), "this image",
                            min_comparison)
     settings = {
-        "case_id": case_id, "threshold": float(threshold), "overlap_threshold": float(overlap_threshold),
+        "case_id": case_id, "threshold": model.threshold,
+        "overlap_threshold": float(overlap_threshold), "matching": rules.matching,
+        "connectivity": rules.connectivity,
         "margin": float(margin), "class_index": ci, "methods": list(methods),
         "layer": next((r["layer"] for r in rows if r["layer"]), None),
         "probes": {n: list(v) for n, v in spec.items()}, "seed": int(seed),

@@ -198,6 +198,8 @@ def contrast_sweep(
     """
     import torch
 
+    from medseg_xai.decide import called, is_detected
+
     img = _image(image)
     m = np.asarray(mask) != 0
     if img.ndim == m.ndim:
@@ -212,19 +214,19 @@ def contrast_sweep(
         with torch.no_grad():
             probs = adapter.probabilities(x)
         p = probs.detach().cpu().numpy()[0] if hasattr(probs, "detach") else np.asarray(probs)[0]
-        if p.shape[0] == 1:
-            fg = p[0]
-        else:
-            if not 0 <= class_index < p.shape[0]:
-                raise ValueError(f"class_index: expected 0..{p.shape[0] - 1}, got {class_index!r}")
-            fg = p[class_index]
-        covered = float((fg[m] > threshold).mean())
+        channel = 0 if p.shape[0] == 1 else class_index
+        if not 0 <= channel < p.shape[0]:
+            raise ValueError(f"class_index: expected 0..{p.shape[0] - 1}, got {class_index!r}")
+        fg = p[channel]
+        # the toolkit's one decision rule (decide.py), not a threshold of its own
+        covered = float(called(p, channel, threshold,
+                               activation=getattr(adapter, "activation", "softmax"))[m].mean())
         rows.append({
             "factor": f,
             "mean_prob": float(fg[m].mean()),
             "max_prob": float(fg[m].max()),
             "covered_fraction": covered,
-            "detected": covered >= overlap_threshold,
+            "detected": is_detected(covered, overlap_threshold),
         })
     return pd.DataFrame(rows)
 

@@ -40,7 +40,7 @@ from medseg_xai._validation import (
     check_spacing,
 )
 
-__all__ = ["LESION_COLUMNS", "MATCHING_MODES", "label_lesions", "lesion_summary", "lesions"]
+__all__ = ["LESION_COLUMNS", "MATCHING_MODES", "is_detected", "label_lesions", "lesion_summary", "lesions"]
 
 LESION_COLUMNS = [
     "lesion_id",
@@ -69,6 +69,14 @@ def check_matching(matching: str) -> str:
     if matching not in MATCHING_MODES:
         raise ValueError(f"matching: expected one of {MATCHING_MODES}, got {matching!r}")
     return matching
+
+
+def is_detected(covered_fraction: Any, overlap_threshold: float) -> Any:
+    """The one covered-share rule: a reference lesion is detected when the share of its voxels
+    the prediction covers reaches ``overlap_threshold`` (``medseg_xai.decide`` re-exports it)."""
+    if np.ndim(covered_fraction):
+        return np.asarray(covered_fraction) >= float(overlap_threshold)
+    return bool(float(covered_fraction) >= float(overlap_threshold))
 
 
 def _structure(ndim: int, connectivity: int | None) -> np.ndarray:
@@ -276,7 +284,7 @@ def lesions(
     ref_frac = covered / np.maximum(rs["counts"], 1)
     partner: dict[int, int] = {}  # hungarian: reference lesion -> its one predicted component
     if matching == "overlap":
-        detected = ref_frac >= thr
+        detected = is_detected(ref_frac, thr)
     else:
         iou_pairs = shared / np.maximum(rs["counts"][pr] + ps["counts"][pp] - shared, 1)
         partner = {i: j for i, j, _ in match_pairs(pr, pp, iou_pairs, iou_thr)}

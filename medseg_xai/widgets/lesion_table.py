@@ -108,10 +108,10 @@ class CaseLesions:
 
     def mask(self, lesion_id: str) -> np.ndarray:
         """Boolean mask of one lesion."""
-        source, _, num = str(lesion_id).partition("-")
-        if source not in self._labels or not num.isdigit():
-            raise ValueError(f"lesion_id: expected 'ref-k' or 'pred-k', got {lesion_id!r}")
-        m = self._labels[source] == int(num)
+        from medseg_xai.decide import parse_lesion_id
+
+        source, num = parse_lesion_id(lesion_id, kinds=tuple(self._labels))
+        m = self._labels[source] == num
         if not m.any():
             raise ValueError(f"lesion_id: no component {lesion_id!r} in this case")
         return m
