@@ -40,6 +40,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "explain_miss": ("medseg_xai.explain.miss", "explain_miss"),
     "MissAnalysis": ("medseg_xai.explain.miss", "MissAnalysis"),
     "AuditResult": ("medseg_xai.audit", "AuditResult"),
+    "AuditPlan": ("medseg_xai.audit.plan", "AuditPlan"),
     "compare": ("medseg_xai.audit", "compare"),
 }
 
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from medseg_xai import audit, explain, metrics, targets
     from medseg_xai.adapters import SegmentationAdapter
     from medseg_xai.audit import AuditResult, compare
+    from medseg_xai.audit.plan import AuditPlan
     from medseg_xai.cohort import Cohort
     from medseg_xai.explain import Explanation, activations
     from medseg_xai.explain.weights import weights
@@ -68,4 +70,5 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["__version__", "metrics", "SegmentationAdapter", "targets", "explain", "Explanation",
-           "activations", "weights", "Cohort", "audit", "compare", "AuditResult"]
+           "activations", "weights", "Cohort", "audit", "compare", "AuditResult",
+           "AuditPlan"]

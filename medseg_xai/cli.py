@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_explain(sub)
     _add_metrics(sub)
+    _add_plan(sub)
     return parser
 
 
@@ -107,7 +108,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--case-timeout", type=float, default=None, metavar="SECONDS",
                    help="fail a case that takes longer than this (loading, inference, metrics); "
                         "each finished case is streamed to --out/cases.jsonl as it completes")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: 0)")
     p.add_argument("--model", default=None,
                    help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
                         "predictions; a TorchScript file is code: load only files you trust")
@@ -135,7 +136,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "(default: 0 100 1000 10000)")
     p.add_argument("--gallery", type=int, default=12,
                    help="cases in the failure gallery (images are read from the manifest)")
-    p.add_argument("--feature-layer", default="auto",
+    p.add_argument("--feature-layer", default=None,
                    help="with --model: layer whose pooled output feeds the feature shift and "
                         "ood_score ('auto': deepest encoder output; 'none': off)")
     p.add_argument("--feature-reference", action="append", default=None,
@@ -146,21 +147,100 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
                    "or WeasyPrint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--convention", default="monai",
+    p.add_argument("--convention", default=None,
                    choices=["monai", "medpy", "deepmind", "metricsreloaded", "panoptica"],
-                   help="surface-metric definitions (default: %(default)s)")
-    p.add_argument("--matching", default="overlap", choices=["overlap", "hungarian"],
-                   help="lesion matching: covered fraction, or one-to-one IoU (default: "
-                        "%(default)s)")
-    p.add_argument("--iou-threshold", type=float, default=0.5,
-                   help="smallest IoU of a match with --matching hungarian (default: %(default)s)")
+                   help="surface-metric definitions (default: monai)")
+    p.add_argument("--matching", default=None, choices=["overlap", "hungarian"],
+                   help="lesion matching: covered fraction, or one-to-one IoU (default: overlap)")
+    p.add_argument("--iou-threshold", type=float, default=None,
+                   help="smallest IoU of a match with --matching hungarian (default: 0.5)")
     p.add_argument("--reference", default=None,
                    help="reference standard from reader columns label_<reader>: staple, majority "
                         "or a reader name (default: the label column)")
     p.add_argument("--allow-missing-readers", action="store_true",
                    help="analyse a case with the readers present when a reader file is missing "
                         "(default: that row fails, naming the reader)")
+    _add_plan_options(p)
     p.set_defaults(func=_run_audit)
+
+
+#: Audit options that are fields of the analysis plan: option dest -> AuditPlan keyword.
+_PLAN_OPTIONS = {
+    "strata": "strata", "seed": "seed", "criteria": "criteria", "labels": "labels",
+    "keep_columns": "keep_columns", "convention": "convention", "matching": "matching",
+    "iou_threshold": "iou_threshold", "reference": "reference",
+    "feature_reference": "feature_reference", "detection_bins": "detection_bins",
+    "threshold": "threshold", "connectivity": "connectivity",
+    "overlap_threshold": "overlap_threshold", "n_resamples": "n_resamples",
+    "confidence": "confidence", "alpha": "alpha", "min_n": "min_n",
+    "interval_method": "ci_method", "test": "test", "correction": "correction",
+    "metrics": "metrics", "tolerance": "tolerance",
+}
+
+
+def _add_plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plan", default=None, metavar="PLAN.yaml",
+                   help="the pre-specified analysis plan (medseg-xai plan init > plan.yaml); "
+                        "options given as well override its fields")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="with --model: probability above which a voxel is called (default: "
+                        "the model's own, else 0.5 / the most probable class)")
+    p.add_argument("--connectivity", type=int, default=None,
+                   help="lesion components: 1 = face neighbours ... 3 = full (default: full)")
+    p.add_argument("--overlap-threshold", type=float, default=None,
+                   help="share of a lesion that must be covered to count as detected "
+                        "(default: 0.1)")
+    p.add_argument("--metrics", nargs="+", default=None, help="metrics summarised per group")
+    p.add_argument("--tolerance", type=float, default=None, help="NSD tolerance in mm (1.0)")
+    p.add_argument("--n-resamples", type=int, default=None, help="bootstrap resamples (2000)")
+    p.add_argument("--confidence", type=float, default=None, help="confidence level (0.95)")
+    p.add_argument("--alpha", type=float, default=None, help="significance level (0.05)")
+    p.add_argument("--min-n", type=int, default=None, help="smallest group analysed (10)")
+    p.add_argument("--interval-method", default=None, help="bootstrap interval (BCa)")
+    p.add_argument("--test", default=None, help="group-vs-rest test (mannwhitney)")
+    p.add_argument("--correction", default=None, help="multiple-comparison correction (holm)")
+
+
+def _plan_from_args(args: argparse.Namespace):
+    """The audit's plan: --plan (or the default) with every plan option given mapped into it."""
+    from medseg_xai.audit.plan import AuditPlan
+
+    base = AuditPlan.from_yaml(_input_file(args.plan, "--plan")) if args.plan else None
+    given = {kw: getattr(args, dest) for dest, kw in _PLAN_OPTIONS.items()
+             if getattr(args, dest, None) is not None}
+    if getattr(args, "binarize", False):
+        given["binarize"] = True
+    if args.lesion_size_bins is not None:
+        given["lesion_size_bins"] = _lesion_size_bins(args.lesion_size_bins)
+    if args.feature_layer is not None:
+        given["feature_layer"] = None if args.feature_layer == "none" else args.feature_layer
+    if given.get("strata") == []:
+        given["strata"] = None
+    return AuditPlan.from_options(base, **given)
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan", help="write or check an analysis plan (YAML)",
+        description="'plan init' prints the default analysis plan as YAML (medseg-xai plan init "
+                    "> plan.yaml); 'plan check PLAN.yaml' validates one and prints its hash.",
+        epilog=EXIT_CODES)
+    p.add_argument("action", choices=["init", "check"])
+    p.add_argument("file", nargs="?", default=None, help="the plan to check")
+    p.set_defaults(func=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from medseg_xai.audit.plan import AuditPlan
+
+    if args.action == "init":
+        print(AuditPlan().to_yaml(), end="")
+        return 0
+    if args.file is None:
+        raise InputError("plan check: expected a plan file")
+    plan = AuditPlan.from_yaml(_input_file(args.file, "plan"))
+    print(f"valid plan, sha256 {plan.hash}")
+    return 0
 
 
 def _add_label_options(p: argparse.ArgumentParser) -> None:
@@ -187,20 +267,18 @@ def _lesion_size_bins(values):
 
 def _run_audit(args: argparse.Namespace) -> int:
     from medseg_xai._io import folder_lock
-    from medseg_xai.audit.criteria import load_criteria
 
     # every option is checked before any case runs
     if args.max_failed < 0:
         raise InputError(f"--max-failed: expected a count >= 0, got {args.max_failed}")
     config = _load_report_config(args.config)  # checked even with --no-html: a typo is a typo
-    load_criteria(args.criteria)
-    lesion_size_bins = _lesion_size_bins(args.lesion_size_bins)
+    plan = _plan_from_args(args)  # every plan field checked, named, before any case runs
     out = _output_folder(args.out)
     with folder_lock(out, "--out"):  # one run per folder: never mixed or truncated outputs
-        return _audit_into(args, config, out, lesion_size_bins)
+        return _audit_into(args, config, out, plan)
 
 
-def _audit_into(args: argparse.Namespace, config: dict, out, lesion_size_bins) -> int:
+def _audit_into(args: argparse.Namespace, config: dict, out, plan) -> int:
     """The audit itself, with ``--out`` locked (see :func:`_run_audit`)."""
     from pathlib import Path
 
@@ -210,24 +288,16 @@ def _audit_into(args: argparse.Namespace, config: dict, out, lesion_size_bins) -
 
     cohort = read_cohort(_input_file(args.manifest, "manifest", table=True),
                          na_values=args.na_values, **_pseudonymisation(args))
-    _check_free_text(cohort, args)
+    _check_free_text(cohort, args, plan)
     adapter = _load_model(args.model) if args.model else None
     # provenance is the program's: a config file cannot set it (refused by load_config)
     config["command_line"] = _command_line(args.argv)  # stored in audit.json: `report` re-renders
-    extra = {} if args.detection_bins is None else {"detection_bins": args.detection_bins}
-    result = audit(cohort, strata=args.strata or None, seed=args.seed, criteria=args.criteria,
-                   adapter=adapter, workers=args.workers, dask_scheduler=args.dask_scheduler,
-                   cache_dir=args.cache, progress=not args.quiet, labels=args.labels,
-                   binarize=args.binarize, keep_columns=args.keep_columns,
-                   lesion_size_bins=lesion_size_bins, report=config,
-                   case_timeout=args.case_timeout, stream=out / "cases.jsonl",
-                   convention=args.convention, matching=args.matching,
-                   iou_threshold=args.iou_threshold, reference=args.reference,
-                   allow_missing_readers=args.allow_missing_readers, **extra,
-                   feature_layer=None if args.feature_layer == "none" else args.feature_layer,
-                   feature_reference=args.feature_reference)
+    result = audit(cohort, plan, adapter=adapter, workers=args.workers,
+                   dask_scheduler=args.dask_scheduler, cache_dir=args.cache,
+                   progress=not args.quiet, report=config, case_timeout=args.case_timeout,
+                   stream=out / "cases.jsonl", allow_missing_readers=args.allow_missing_readers)
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
-                                           seed=args.seed)
+                                           seed=plan.statistics.seed)
     written = write_outputs(result, out)
     if not args.no_html:
         written["html"] = Path(result.to_html(out / "report.html", pdf=args.pdf))
@@ -263,14 +333,14 @@ def _pseudonymisation(args: argparse.Namespace) -> dict:
     return {"pseudonymise": True, "salt": salt}
 
 
-def _check_free_text(cohort, args: argparse.Namespace) -> None:
+def _check_free_text(cohort, args: argparse.Namespace, plan) -> None:
     """Kept text columns (strata, --keep-columns) holding what looks like names, record
     numbers or dates are refused unless --allow-free-text (then the audit warns)."""
     from medseg_xai.audit.strata import parse_strata
     from medseg_xai.cohort import describe_findings
 
-    columns = [c for s in parse_strata(args.strata or None) for c in s.columns]
-    found = cohort.identifier_findings([*columns, *(args.keep_columns or ())])
+    columns = [c for s in parse_strata(list(plan.strata.strata) or None) for c in s.columns]
+    found = cohort.identifier_findings([*columns, *plan.strata.keep_columns])
     if found and not args.allow_free_text:
         raise InputError(f"--keep-columns/--strata: {describe_findings(found)}; these would "
                          "reach audit.json, the CSVs and the report. Drop the column, or pass "

@@ -409,10 +409,12 @@ def test_write_outputs_and_cli_helper(serial_result, cohort_dir, tmp_path):
     assert back.verdict == serial_result.verdict
     with pytest.raises(ValueError, match="schema version 1.x"):
         AuditResult.from_json(json.dumps({**doc, "schema_version": "2.0"}))
-    from medseg_xai.audit import run_audit_cli
+    from medseg_xai.audit import AuditPlan
+    from medseg_xai.audit.io import read_cohort
 
-    result, files = run_audit_cli(cohort_dir / "manifest.csv", tmp_path / "cli", ["device"],
-                                  "default", workers=1, n_resamples=200, progress=False)
+    plan = AuditPlan.from_options(strata=["device"], criteria="default", n_resamples=200)
+    result = audit(read_cohort(cohort_dir / "manifest.csv"), plan, workers=1, progress=False)
+    files = write_outputs(result, tmp_path / "cli")
     assert files["subgroups"].exists() and result.verdicts["criterion"].nunique() == 3
 
 

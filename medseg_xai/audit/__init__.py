@@ -3,7 +3,8 @@
 ::
 
     cohort = mx.Cohort.from_csv("manifest.csv")
-    result = mx.audit(cohort, strata=["device", "site", "lesion_size"], criteria="default")
+    plan = mx.AuditPlan.from_options(strata=["device", "site", "lesion_size"], criteria="default")
+    result = mx.audit(cohort, plan)
     result.subgroups ; result.criteria ; result.to_json("audit.json")
     mx.compare(result_a, result_b).worse
 """
@@ -11,19 +12,20 @@
 from medseg_xai.audit.compare import ComparisonResult, compare
 from medseg_xai.audit.criteria import DEFAULT_CRITERIA, load_criteria
 from medseg_xai.audit.engine import DEFAULT_METRICS, audit, build_result
-from medseg_xai.audit.io import run_audit_cli, write_outputs
+from medseg_xai.audit.io import write_outputs
+from medseg_xai.audit.plan import AuditPlan
 from medseg_xai.audit.result import AuditResult
 
 __all__ = [
     "DEFAULT_CRITERIA",
     "DEFAULT_METRICS",
+    "AuditPlan",
     "AuditResult",
     "ComparisonResult",
     "audit",
     "build_result",
     "compare",
     "load_criteria",
-    "run_audit_cli",
     "write_outputs",
 ]
 

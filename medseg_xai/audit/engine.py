@@ -8,6 +8,7 @@ import hashlib
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata as _md
 from pathlib import Path
@@ -19,7 +20,9 @@ import pandas as pd
 from medseg_xai._memory import release_memory, system_arrow_pool
 from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
+from medseg_xai.audit import readers as _readers
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
+from medseg_xai.audit.plan import OPTION_FIELDS, AuditPlan, legacy_to_plan
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult, coordinate_columns
 from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
 from medseg_xai.audit.strata import check_scalar_columns, parse_strata
@@ -48,68 +51,38 @@ def _versions() -> dict[str, str]:
     return library_versions()
 
 
+#: Keywords of ``audit()`` that are not part of the analysis plan (how it runs, not what it finds).
+RUN_OPTIONS = ("dask_scheduler", "mp_context", "allow_missing_readers", "uncertainty", "failure")
+
+
 @system_arrow_pool()
 def audit(
     cohort: Cohort,
-    strata: Sequence[str | Sequence[str]] | str | None = None,
+    plan: AuditPlan | Mapping[str, Any] | str | Path | None = None,
+    *,
     adapter: Any = None,
-    seed: int = 0,
-    criteria: Any = None,
     executor: str | Any | None = None,
     workers: int | None = None,
     cache_dir: str | Path | None = None,
-    *,
-    metrics: Sequence[str] | None = None,
-    labels: Sequence[int] | Mapping[int, str] | None = None,
-    tolerance: float = 1.0,
-    percentile: float = 95,
-    empty: str = "worst",
-    connectivity: int | None = None,
-    overlap_threshold: float = 0.1,
-    convention: str = "monai",
-    use_subvoxels: bool = False,
-    matching: str = "overlap",
-    iou_threshold: float = 0.5,
-    lesion_size_bins: int | Sequence[float] = 3,
-    detection_bins: Sequence[float] = (0, 100, 1000, 10000),
-    min_n: int = 10,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    ci_method: str = "BCa",
-    test: str = "mannwhitney",
-    correction: str = "holm",
-    alpha: float = 0.05,
-    dask_scheduler: str | None = None,
     progress: bool = True,
-    mp_context: str | None = None,
-    binarize: bool = False,
-    keep_columns: Sequence[str] | None = None,
-    case_timeout: float | None = None,
     stream: str | Path | None = None,
+    case_timeout: float | None = None,
     report: Mapping[str, Any] | None = None,
-    reference: str | None = None,
-    allow_missing_readers: bool = False,
-    feature_layer: str | None = "auto",
-    feature_reference: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
-    uncertainty: Any = None,
-    failure: Any = None,
+    **options: Any,
 ) -> AuditResult:
-    """Audit a segmentation model on a cohort, per case and per subgroup.
+    """Audit a segmentation model on a cohort, per case and per subgroup, by an analysis plan.
 
     Parameters
     ----------
     cohort : Cohort
         The cases (stored predictions in a ``prediction`` column, or an ``adapter``).
-    strata : str or sequence, optional
-        Metadata columns (``"device"``), derived strata (``"lesion_size"``, ``"lesion_count"``,
-        ``"empty_reference"``) and intersections (``"device x site"``).
+    plan : AuditPlan, mapping or YAML path, optional
+        The pre-specified analysis plan (:class:`~medseg_xai.audit.plan.AuditPlan`: strata,
+        metrics, decision rules, statistics, criteria); default ``AuditPlan()``. It is recorded
+        with its hash in ``result.settings["plan"]`` / ``["plan_hash"]`` and so in ``audit.json``.
     adapter : SegmentationAdapter, optional
-        Run inference instead of reading stored predictions; records per-case inference time
-        and peak memory.
-    seed : int
-        Seeds every bootstrap and permutation; same inputs and seed -> same JSON.
-    criteria : str, Path, dict, list or "default", optional
-        Acceptance criteria (see :mod:`medseg_xai.audit.criteria`).
+        Run inference instead of reading stored predictions (its ``threshold`` is used unless
+        the plan sets ``decision.threshold``); records per-case inference time and memory.
     executor : {"serial", "process", "dask"} or distributed.Client, optional
         Default: ``"serial"`` when ``workers == 1`` or an adapter runs without ``workers``,
         ``"dask"`` with ``dask_scheduler``, else a process pool.
@@ -117,77 +90,26 @@ def audit(
         Processes of the pool (default: all cores).
     cache_dir : str or Path, optional
         Per-case cache; rerunning an interrupted audit recomputes only missing cases.
-    metrics : sequence of str, optional
-        Metrics summarised per subgroup (default :data:`DEFAULT_METRICS`).
-    labels, tolerance, percentile, empty
-        Passed to ``metrics.evaluate_case`` (``empty`` is the empty-mask policy).
-    connectivity, overlap_threshold
-        Passed to ``metrics.lesions``.
-    convention, use_subvoxels
-        Surface-metric convention (``"monai"``, ``"medpy"``, ``"deepmind"``,
-        ``"metricsreloaded"``, ``"panoptica"``) and MONAI's sub-voxel NSD, passed to
-        ``metrics.evaluate_case``; recorded in ``settings``.
-    matching, iou_threshold
-        Lesion matching mode (``"overlap"``: covered fraction; ``"hungarian"``: one-to-one
-        IoU >= ``iou_threshold``), passed to ``metrics.lesions``; recorded in ``settings``.
-    lesion_size_bins : int or sequence of float
-        Quantile count or edges (mm^3) of the ``lesion_size`` stratum.
-    detection_bins : sequence of float
-        Lesion-volume edges (mm^3) of the detection table.
-    min_n : int
-        Groups below it are "insufficient data".
-    n_resamples, confidence, ci_method, test, correction, alpha
-        Statistics settings (see :func:`medseg_xai.audit.analysis.subgroup_table`).
-    dask_scheduler : str, optional
-        Address of a Dask scheduler (``"tcp://host:8786"``).
     progress : bool
         Show a progress bar.
-    mp_context : str, optional
-        Start method of the process pool.
-    binarize : bool
-        Count every label / prediction value ``> 0`` as foreground. Without it, label maps
-        must hold only the declared ``labels`` (binary ``{0, 1}`` when None); a case with other
-        values fails with the values found.
-    keep_columns : sequence of str, optional
-        Metadata columns to keep in the result besides the strata; the others never reach the
-        result (direct-identifier columns are dropped by the cohort in any case).
-    case_timeout : float, optional
-        Seconds one case may take (loading, inference, evaluation); a case past it fails with
-        a message saying so, the audit goes on.
     stream : str or Path, optional
         JSON-lines file that receives each case's record the moment it is evaluated (default:
-        a temporary file, removed afterwards). An interrupted audit leaves its finished cases
-        there; the tables are built from it, so the client never holds per-case objects.
+        a temporary file, removed afterwards).
+    case_timeout : float, optional
+        Seconds one case may take; a case past it fails with a message saying so.
     report : mapping, optional
-        Report configuration stored in the result (and its JSON): ``intended_use``,
-        ``model_name``, ``model_version``, ``model_fingerprint`` (recorded as the model's
-        fingerprint when no adapter runs), ``reference_standard``... (see
-        :mod:`medseg_xai.reports`).
-    reference : {"staple", "majority"} or str, optional
-        Reference standard when the manifest has reader columns ``label_<reader>``: a consensus
-        rule or one reader's name (default: the ``label`` column). See
-        :mod:`medseg_xai.audit.readers` for the reader tables this adds.
-    allow_missing_readers : bool
-        Analyse a case with the readers present when a reader file is missing (default: the
-        row fails, naming the reader).
-
-    feature_layer : str or None
-        With an adapter: the layer whose pooled output is each case's feature vector, taken
-        by a hook in the same inference pass (``"auto"``: the deepest encoder output; None:
-        no features). Gives ``result.feature_shift``, ``result.model_layers`` and the case
-        columns ``ood_score, feature_pc1, feature_pc2`` (see :mod:`medseg_xai.audit.features`).
-    feature_reference : mapping or sequence of "COLUMN=V1,V2", optional
-        Reference cases of the feature shift, e.g. ``{"device": ["A", "B"]}`` (the devices the
-        model was trained on); default: the whole cohort, each group against the rest.
-    uncertainty : UncertaintySettings, mapping or True, optional
-        With an adapter: per-case uncertainty from test-time augmentation / MC dropout
-        (:mod:`medseg_xai.explain.uncertainty`; the audit's own pass is the plain member):
-        case columns ``unc_entropy, unc_disagreement, unc_volume_cv``, lesion columns
-        ``unc_entropy, unc_max_vote``. Turns ``failure`` on with its defaults.
-    failure : FailureSettings, mapping, failure string or True, optional
-        Failure detection (risk-coverage, AURC per score and subgroup), calibration per
-        subgroup (from the probabilities the audit reads or computes) and hidden strata
-        (:mod:`medseg_xai.audit.failure`, :mod:`medseg_xai.audit.hidden_strata`).
+        Report configuration stored in the result (``intended_use``, ``model_name``...).
+    **options
+        ``dask_scheduler`` (address of a Dask scheduler), ``mp_context`` (start method of the
+        pool), ``allow_missing_readers`` (analyse a case with the readers present),
+        ``uncertainty`` (UncertaintySettings, mapping or True: with an adapter, per-case
+        uncertainty from test-time augmentation / MC dropout, :mod:`medseg_xai.explain.uncertainty`;
+        turns ``failure`` on with its defaults) and ``failure`` (FailureSettings, mapping or
+        True: failure detection, calibration per subgroup and hidden strata,
+        :mod:`medseg_xai.audit.failure`). The old
+        plan keywords (``strata=``, ``criteria=``, ``labels=``, ``confidence=``... see
+        :data:`medseg_xai.audit.plan.OPTION_FIELDS`) still work for one release with a
+        ``FutureWarning``; they are mapped into the plan.
 
     Returns
     -------
@@ -196,99 +118,24 @@ def audit(
     Raises
     ------
     ValueError
-        Bad arguments (unknown stratum column, executor, criteria, ``workers < 1``...), named
-        in the message.
+        An invalid plan (naming the field, ``plan.statistics.confidence: ...``), an unknown
+        stratum column, executor or reader, ``workers < 1``... -- before any case runs.
     InfrastructureError
-        The cache or the streamed records cannot be written (disk full, read-only, permission
-        denied): the audit aborts instead of failing the rows.
+        The cache or the streamed records cannot be written: the audit aborts.
     """
     if not isinstance(cohort, Cohort):
         raise ValueError(f"cohort: expected a medseg_xai.Cohort, got {type(cohort).__name__}")
-    if int(min_n) < 1:
-        raise ValueError(f"min_n: expected a positive int, got {min_n!r}")
+    run_opts = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
+    plan = resolve_plan(plan, options)
     _check_execution(workers=workers, case_timeout=case_timeout)
-    _check_settings(empty=empty, ci_method=ci_method, test=test, correction=correction,
-                    n_resamples=n_resamples, confidence=confidence, alpha=alpha)
-    from medseg_xai.metrics.conventions import check_convention
-    from medseg_xai.metrics.lesions import check_matching
-
-    check_convention(convention)
-    check_matching(matching)
-    extra_settings = _failure_settings(uncertainty, failure, adapter)  # bad settings: fail now
-    if use_subvoxels and convention != "monai":
-        raise ValueError(f"use_subvoxels: expected convention='monai', got {convention!r}")
-    if not 0.0 < float(iou_threshold) <= 1.0:
-        raise ValueError(f"iou_threshold: expected an IoU in (0, 1], got {iou_threshold!r}")
-    strata_list = parse_strata(strata)
-    crit = load_criteria(criteria)
-    metric_list = _metric_list(metrics, crit, labels)
-    names = {s.name for s in strata_list} | {"overall"}
-    for c in crit:
-        if isinstance(c["strata"], list) and not set(c["strata"]) <= names:
-            raise ValueError(
-                f"criteria {c['name']!r}: strata {sorted(set(c['strata']) - names)} are not "
-                f"audited; expected some of {sorted(names)} (add them to strata=)"
-            )
-    known = set(cohort.manifest.columns) | set(analysis.DERIVED_STRATA)
-    for s in strata_list:
-        unknown = [c for c in s.columns if c not in known]
-        if unknown:
-            raise ValueError(
-                f"strata: column(s) {unknown} of {s.name!r} not in the cohort; expected one of "
-                f"{sorted(cohort.metadata_columns) + list(analysis.DERIVED_STRATA)}"
-            )
-    # privacy: only metadata used as strata or declared to keep reaches the result
-    kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
-    check_scalar_columns(cohort.manifest, kept, "strata")  # a list cell is not a group
-    from medseg_xai.audit.features import parse_reference, reference_mask
-
-    feature_ref = parse_reference(feature_reference)
-    if feature_ref is not None and (adapter is None or feature_layer is None):
-        raise ValueError("feature_reference: expected an adapter and a feature_layer (features "
-                         "come from the model's inference pass)")
-    reference_mask(cohort.manifest, feature_ref)  # unknown column or value: fail before any case
-    kept += list(feature_ref or {})  # the reference columns reach the result
-    cohort = cohort.with_metadata([*kept, *(keep_columns or ())])
-    from medseg_xai.audit import readers as _readers
-
-    _readers.check_reference(reference, cohort.readers, "label" in cohort.manifest.columns)
-    if adapter is None and "prediction" not in cohort.manifest.columns:
-        raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
-                         "got neither")
-    case_settings = {
-        "labels": (dict(labels) if isinstance(labels, Mapping) else
-                   (list(labels) if labels is not None else None)),
-        "tolerance": float(tolerance), "percentile": percentile, "empty": empty,
-        "connectivity": connectivity, "overlap_threshold": float(overlap_threshold),
-        "binarize": bool(binarize),
-        "convention": convention, "use_subvoxels": bool(use_subvoxels), "matching": matching,
-        "iou_threshold": float(iou_threshold),
-        "reference": reference, "allow_missing_readers": bool(allow_missing_readers),
-    }
-    assert set(case_settings) == set(CASE_SETTING_KEYS)
-    task_settings = dict(case_settings)
-    task_settings.update(extra_settings.pop("task"))  # only when asked: cache keys unchanged
-    if adapter is not None and getattr(adapter, "threshold", None) is not None:
-        task_settings["threshold"] = float(adapter.threshold)  # part of the cache key
-    if adapter is not None and feature_layer is not None:  # only then: cache keys unchanged
-        task_settings["feature_layer"] = str(feature_layer)
-    if adapter is not None:  # torch seeded per case from the seed (stochastic models)
-        task_settings["seed"] = int(seed)
-    if cohort.pseudonymised:  # error texts then name no file (file names can hold the ids)
-        task_settings["pseudonymised"] = True
-    if executor is None:
-        if dask_scheduler is not None:
-            executor = "dask"
-        elif workers == 1 or (adapter is not None and workers is None) or len(cohort) < 2:
-            executor = "serial"
-        else:
-            executor = "process"
-    client = None
-    if dask_scheduler is not None:
-        from distributed import Client
-
-        client = Client(dask_scheduler)
-        executor = client
+    extra_settings = _failure_settings(run_opts.get("uncertainty"), run_opts.get("failure"),
+                                       adapter)  # bad settings: fail now
+    cohort, checked = _prepare(cohort, plan, adapter,
+                               bool(run_opts.get("allow_missing_readers")))
+    # only when asked: cache keys unchanged
+    checked["task_settings"].update(extra_settings.pop("task"))
+    executor, client = _executor(executor, run_opts.get("dask_scheduler"), workers, adapter,
+                                 len(cohort))
     fingerprint = getattr(adapter, "fingerprint", None) if adapter is not None else None
     cache_extra = f"{_version('medseg-xai')}|{fingerprint or ''}"
     # Absolute before work leaves the client: Dask workers run in other folders.
@@ -299,16 +146,17 @@ def audit(
     if adapter is not None:  # two passes on one case: a stochastic model is reported
         from medseg_xai.audit.model_checks import probe_model
 
-        determinism = probe_model(adapter, cohort, int(seed))
+        determinism = probe_model(adapter, cohort, int(plan.statistics.seed))
     started = time.perf_counter()
     with _stream_file(stream) as stream_path:
         try:
             with RecordStream(stream_path) as sink:
                 info = run_tasks(
-                    iter_tasks(cohort, bool(allow_missing_readers)), task_settings, executor=executor, workers=workers,
+                    iter_tasks(cohort, bool(run_opts.get("allow_missing_readers"))),
+                    checked["task_settings"], executor=executor, workers=workers,
                     cache_dir=cache_path, adapter=adapter, cache_extra=cache_extra,
-                    progress=progress, mp_context=mp_context, case_timeout=case_timeout,
-                    sink=sink.write, n_tasks=len(cohort),
+                    progress=progress, mp_context=run_opts.get("mp_context"),
+                    case_timeout=case_timeout, sink=sink.write, n_tasks=len(cohort),
                 )
         finally:
             if client is not None:
@@ -323,33 +171,8 @@ def audit(
     from medseg_xai.audit.failure import pop_calibration
 
     cases, calibration = pop_calibration(cases)
-    settings = {
-        "strata": [s.name for s in strata_list], "seed": int(seed),
-        "metrics": metric_list, **case_settings,
-        "lesion_size_bins": (int(lesion_size_bins) if isinstance(lesion_size_bins, (int, np.integer))
-                             else [float(x) for x in lesion_size_bins]),
-        "detection_bins": [float(x) for x in detection_bins], "min_n": int(min_n),
-        "n_resamples": int(n_resamples), "confidence": float(confidence), "ci_method": ci_method,
-        "test": test, "correction": correction, "alpha": float(alpha), "criteria": crit,
-        "inference": adapter is not None, **extra_settings,
-        # the decision rule of the audit's own inference (None: 0.5 / argmax, decide.py)
-        "threshold": task_settings.get("threshold"),
-    }
-    if "feature_layer" in task_settings:
-        settings.update({"feature_layer": layer or str(feature_layer),
-                         "feature_reference": feature_ref,
-                         "feature_method": "ledoit-wolf mahalanobis, permutation tests"})
-    provenance = {
-        "versions": _versions(),
-        "seed": int(seed),
-        "empty_policy": empty,
-        "manifest_hash": cohort.fingerprint(),
-        "manifest_source": Path(cohort.source).name if cohort.source else None,
-        "inputs_hash": hashlib.sha256(
-            "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
-        "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
-        "pseudonymised": cohort.pseudonymised,
-    }
+    settings = {**_settings(plan, checked, adapter, layer), **extra_settings}
+    provenance = _provenance(plan, cohort, cases, fingerprint, report)
     if determinism is not None:
         provenance["model_determinism"] = determinism
     run = {
@@ -371,6 +194,150 @@ def audit(
 
         result.model_layers = weights(adapter)
     return result
+
+
+def resolve_plan(plan: Any, options: dict[str, Any]) -> AuditPlan:
+    """The plan an audit runs: ``plan`` with the old keywords mapped into it (FutureWarning).
+
+    An old positional ``strata`` (a column name or a list of them in the plan's place) is read
+    as ``strata=`` with the same warning.
+    """
+    if isinstance(plan, (list, tuple)) or (isinstance(plan, str) and not plan.endswith(
+            (".yaml", ".yml", ".json"))):
+        options = {"strata": plan, **options}
+        plan = None
+    if options:
+        mapped = ", ".join(f"{k} -> plan.{'.'.join(OPTION_FIELDS[k])}" if k in OPTION_FIELDS
+                           else k for k in options)
+        warnings.warn(
+            f"audit(): the plan keywords are deprecated and will be removed in the next "
+            f"release; pass plan=AuditPlan(...) instead ({mapped})", FutureWarning, stacklevel=3)
+    return legacy_to_plan(plan, options)
+
+
+def _prepare(cohort: Cohort, plan: AuditPlan, adapter: Any, allow_missing: bool
+             ) -> tuple[Cohort, dict[str, Any]]:
+    """Check the plan against the cohort before any case runs; the case settings to run."""
+    from medseg_xai.audit.features import parse_reference, reference_mask
+
+    dec, met, st = plan.decision, plan.metrics, plan.strata
+    strata_list = parse_strata(list(st.strata) or None)
+    crit = [dict(c) for c in plan.criteria]
+    metric_list = _metric_list(met.metrics, crit, dec.label_setting)
+    names = {s.name for s in strata_list} | {"overall"}
+    for c in crit:
+        if isinstance(c["strata"], list) and not set(c["strata"]) <= names:
+            raise ValueError(
+                f"criteria {c['name']!r}: strata {sorted(set(c['strata']) - names)} are not "
+                f"audited; expected some of {sorted(names)} (add them to strata=)"
+            )
+    known = set(cohort.manifest.columns) | set(analysis.DERIVED_STRATA)
+    for s in strata_list:
+        unknown = [c for c in s.columns if c not in known]
+        if unknown:
+            raise ValueError(
+                f"strata: column(s) {unknown} of {s.name!r} not in the cohort; expected one of "
+                f"{sorted(cohort.metadata_columns) + list(analysis.DERIVED_STRATA)}"
+            )
+    # privacy: only metadata used as strata or declared to keep reaches the result
+    kept = [c for s in strata_list for c in s.columns if c in cohort.metadata_columns]
+    check_scalar_columns(cohort.manifest, kept, "strata")  # a list cell is not a group
+    feature_ref = parse_reference(list(st.feature_reference) if st.feature_reference else None)
+    if feature_ref is not None and (adapter is None or st.feature_layer is None):
+        raise ValueError("feature_reference: expected an adapter and a feature_layer (features "
+                         "come from the model's inference pass)")
+    reference_mask(cohort.manifest, feature_ref)  # unknown column or value: fail before any case
+    kept += list(feature_ref or {})  # the reference columns reach the result
+    cohort = cohort.with_metadata([*kept, *st.keep_columns])
+    _readers.check_reference(dec.reference, cohort.readers, "label" in cohort.manifest.columns)
+    if adapter is None and "prediction" not in cohort.manifest.columns:
+        raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
+                         "got neither")
+    case_settings = {
+        "labels": dec.label_setting, "tolerance": float(met.tolerance),
+        "percentile": met.percentile, "empty": met.empty, "connectivity": dec.connectivity,
+        "overlap_threshold": float(dec.overlap_threshold), "binarize": bool(dec.binarize),
+        "convention": met.convention, "use_subvoxels": bool(met.use_subvoxels),
+        "matching": dec.matching, "iou_threshold": float(dec.iou_threshold),
+        "reference": dec.reference, "allow_missing_readers": allow_missing,
+    }
+    assert set(case_settings) == set(CASE_SETTING_KEYS)
+    task_settings = dict(case_settings)
+    threshold = dec.threshold if dec.threshold is not None else getattr(adapter, "threshold", None)
+    if adapter is not None and threshold is not None:
+        task_settings["threshold"] = float(threshold)  # part of the cache key
+    if adapter is not None and st.feature_layer is not None:  # only then: cache keys unchanged
+        task_settings["feature_layer"] = str(st.feature_layer)
+    if adapter is not None:  # torch seeded per case from the seed (stochastic models)
+        task_settings["seed"] = int(plan.statistics.seed)
+    if cohort.pseudonymised:  # error texts then name no file (file names can hold the ids)
+        task_settings["pseudonymised"] = True
+    return cohort, {"strata": strata_list, "criteria": crit, "metrics": metric_list,
+                    "feature_reference": feature_ref, "case_settings": case_settings,
+                    "task_settings": task_settings}
+
+
+def _executor(executor: Any, dask_scheduler: str | None, workers: int | None, adapter: Any,
+              n_cases: int) -> tuple[Any, Any]:
+    """The executor to run (and the Dask client to close afterwards, if one was opened)."""
+    if executor is None:
+        if dask_scheduler is not None:
+            executor = "dask"
+        elif workers == 1 or (adapter is not None and workers is None) or n_cases < 2:
+            executor = "serial"
+        else:
+            executor = "process"
+    client = None
+    if dask_scheduler is not None:
+        from distributed import Client
+
+        client = Client(dask_scheduler)
+        executor = client
+    return executor, client
+
+
+def _settings(plan: AuditPlan, checked: Mapping[str, Any], adapter: Any,
+              layer: str | None) -> dict[str, Any]:
+    """``result.settings``: the plan (and its hash) and every setting the views read."""
+    st, stats = plan.strata, plan.statistics
+    bins = st.lesion_size_bins
+    settings = {
+        "strata": [s.name for s in checked["strata"]], "seed": int(stats.seed),
+        "metrics": checked["metrics"], **checked["case_settings"],
+        "lesion_size_bins": (int(bins) if isinstance(bins, (int, np.integer))
+                             else [float(x) for x in bins]),
+        "detection_bins": [float(x) for x in st.detection_bins], "min_n": int(stats.min_n),
+        "n_resamples": int(stats.n_resamples), "confidence": float(stats.confidence),
+        "ci_method": stats.interval_method, "test": stats.test,
+        "n_permutations": int(stats.n_permutations), "correction": stats.correction,
+        "alpha": float(stats.alpha), "criteria": checked["criteria"],
+        "inference": adapter is not None,
+        # the decision rule of the audit's own inference (None: 0.5 / argmax, decide.py)
+        "threshold": checked["task_settings"].get("threshold"),
+        "classes": [dict(c) for c in plan.decision.classes],
+        "plan": plan.to_dict(), "plan_hash": plan.hash,
+    }
+    if "feature_layer" in checked["task_settings"]:
+        settings.update({"feature_layer": layer or str(st.feature_layer),
+                         "feature_reference": checked["feature_reference"],
+                         "feature_method": "ledoit-wolf mahalanobis, permutation tests"})
+    return settings
+
+
+def _provenance(plan: AuditPlan, cohort: Cohort, cases: pd.DataFrame, fingerprint: Any,
+                report: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {
+        "versions": _versions(),
+        "seed": int(plan.statistics.seed),
+        "empty_policy": plan.metrics.empty,
+        "plan_hash": plan.hash,
+        "manifest_hash": cohort.fingerprint(),
+        "manifest_source": Path(cohort.source).name if cohort.source else None,
+        "inputs_hash": hashlib.sha256(
+            "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
+        "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
+        "pseudonymised": cohort.pseudonymised,
+    }
 
 
 def _failure_settings(uncertainty: Any, failure: Any, adapter: Any) -> dict[str, Any]:
@@ -399,6 +366,7 @@ def _failure_settings(uncertainty: Any, failure: Any, adapter: Any) -> dict[str,
         if fail.hidden_strata:
             out["task"]["properties"] = True
     return out
+
 
 
 def _pop_features(cases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None, str | None]:
@@ -484,25 +452,6 @@ def probe_writable(folder: str, what: str) -> None:
         with contextlib.suppress(OSError):
             os.remove(probe)
         raise infrastructure_error(exc, what) from exc
-
-
-def _check_settings(**given: Any) -> None:
-    """Reject bad settings before any case runs: a typo in ``empty`` would otherwise fail every
-    case one by one, and one in ``test`` would surface only after all of them were evaluated."""
-    from medseg_xai.audit.stats import CI_METHODS
-    from medseg_xai.metrics import EMPTY_POLICIES
-
-    choices = {"empty": EMPTY_POLICIES, "ci_method": CI_METHODS,
-               "test": ("mannwhitney", "permutation"), "correction": ("holm", "bh")}
-    for name, allowed in choices.items():
-        if given[name] not in allowed:
-            raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {given[name]!r}")
-    if not isinstance(given["n_resamples"], (int, np.integer)) or given["n_resamples"] < 1:
-        raise ValueError(f"n_resamples: expected a positive int, got {given['n_resamples']!r}")
-    for name in ("confidence", "alpha"):
-        if not 0.0 < float(given[name]) < 1.0:
-            raise ValueError(f"{name}: expected a number strictly between 0 and 1, "
-                             f"got {given[name]!r}")
 
 
 _LESION_KEYS = ("n_ref_lesions", "n_pred_lesions", "n_detected", "n_missed", "n_false_positive",

@@ -9,7 +9,7 @@ from typing import Any
 from medseg_xai._io import write_csv
 from medseg_xai.audit.result import MODEL_TABLES, READER_TABLES, TABLES, AuditResult
 
-__all__ = ["read_cohort", "run_audit_cli", "write_outputs"]
+__all__ = ["read_cohort", "write_outputs"]
 
 
 def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
@@ -55,48 +55,3 @@ def read_cohort(manifest: str | Path, *, na_values: Sequence[str] | None = None,
     if p.suffix.lower() in (".parquet", ".pq"):
         return Cohort.from_parquet(p, **cohort_kwargs)
     return Cohort.from_csv(p, na_values=na_values, **cohort_kwargs)
-
-
-def run_audit_cli(
-    manifest: str | Path,
-    out_dir: str | Path,
-    strata: Sequence[str] | None = None,
-    criteria: str | Path | None = None,
-    workers: int | None = None,
-    dask_scheduler: str | None = None,
-    cache_dir: str | Path | None = None,
-    *,
-    seed: int = 0,
-    html: bool = False,
-    progress: bool = True,
-    **audit_kwargs: Any,
-) -> tuple[AuditResult, dict[str, Path]]:
-    """Run an audit from a manifest file and write its outputs (what the CLI calls).
-
-    Parameters
-    ----------
-    manifest : str or Path
-        CSV, Parquet or Decathlon ``dataset.json``.
-    out_dir : str or Path
-        Output folder (``audit.json`` + CSV tables, ``report.html`` with ``html=True``).
-    strata, criteria, workers, dask_scheduler, cache_dir, seed
-        As in :func:`medseg_xai.audit`; ``criteria`` may be a YAML/JSON file or ``"default"``.
-    html : bool
-        Also write the HTML report (needs :mod:`medseg_xai.reports`).
-
-    Returns
-    -------
-    result : AuditResult
-    written : dict
-        Paths written.
-    """
-    from medseg_xai.audit.engine import audit
-
-    cohort = read_cohort(manifest)
-    result = audit(cohort, strata=list(strata) if strata else None, seed=seed, criteria=criteria,
-                   workers=workers, dask_scheduler=dask_scheduler, cache_dir=cache_dir,
-                   progress=progress, **audit_kwargs)
-    written = write_outputs(result, out_dir)
-    if html:
-        written["html"] = Path(result.to_html(Path(out_dir) / "report.html"))
-    return result, written
