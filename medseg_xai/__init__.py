@@ -32,7 +32,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "reports": ("medseg_xai.reports", None),
     "viz": ("medseg_xai.viz", None),
     "SegmentationAdapter": ("medseg_xai.adapters", "SegmentationAdapter"),
-    "label_map": ("medseg_xai.adapters", "label_map"),
+    "label_map": ("medseg_xai.decide", "label_map"),
     "Cohort": ("medseg_xai.cohort", "Cohort"),
     "Explanation": ("medseg_xai.explain", "Explanation"),
     "activations": ("medseg_xai.explain", "activations"),

@@ -224,7 +224,10 @@ def test_bad_arguments(serial_result, cohort_dir):
 def test_bad_settings_fail_before_any_case_runs(cohort_dir, monkeypatch, setting, value):
     monkeypatch.setattr(engine, "run_tasks", lambda *a, **k: pytest.fail("cases ran"))
     cohort = Cohort.from_csv(cohort_dir / "manifest.csv")
-    with pytest.raises(ValueError, match=rf"^{setting}: expected .*, got {value!r}$"):
+    from medseg_xai.audit.plan import OPTION_FIELDS
+
+    field = ".".join(OPTION_FIELDS[setting])  # the plan names the field it refuses
+    with pytest.raises(ValueError, match=rf"^plan\.{field}: expected .*, got {value!r}$"):
         audit(cohort, **{**FAST, setting: value})
 
 

@@ -69,9 +69,9 @@ def test_audit_passes_convention_and_matching_through_and_records_them(manifest,
 
 def test_audit_rejects_unknown_names_before_running(manifest):
     cohort = Cohort.from_csv(manifest)
-    with pytest.raises(ValueError, match=r"convention: expected one of \('monai'"):
+    with pytest.raises(ValueError, match=r"plan.metrics.convention: expected one of \['monai'"):
         mx.audit(cohort, workers=1, progress=False, convention="itk")
-    with pytest.raises(ValueError, match=r"matching: expected one of \('overlap', 'hungarian'\)"):
+    with pytest.raises(ValueError, match=r"plan.decision.matching: expected one of \['overlap', 'hungarian'\]"):
         mx.audit(cohort, workers=1, progress=False, matching="greedy")
 
 

@@ -238,10 +238,12 @@ def test_widgets(audited):
 
 def test_statistics_defaults_are_one_set():
     from medseg_xai.audit.analysis import STATS_DEFAULTS, subgroup_table
+    from medseg_xai.audit.plan import OPTION_FIELDS
 
-    audit_params, table_params = _params(mx.audit), _params(subgroup_table)
+    plan, table_params = mx.AuditPlan(), _params(subgroup_table)
     for key, value in STATS_DEFAULTS.items():
-        assert audit_params[key] == value, key
+        part, field = OPTION_FIELDS[key]  # the plan's defaults are the audit's
+        assert getattr(getattr(plan, part), field) == value, key
         if key in table_params:
             assert table_params[key] == value, key
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai.audit import stats
+from medseg_xai.audit.plan import DEFAULTS as _PLAN_DEFAULTS
 from medseg_xai.audit.strata import (
     DERIVED_STRATA,
     Stratum,
@@ -64,10 +65,10 @@ OVERALL = Stratum("overall", ())
 #: Statistics defaults of an audit. ``audit()`` and :func:`subgroup_table` spell them out in
 #: their signatures (tests keep the three in step); :func:`~medseg_xai.audit.build_result` and
 #: ``compare()`` fall back on them for settings a stored result does not record.
+#: The statistics defaults, as the analysis plan defines them (``audit.plan.DEFAULTS``).
 STATS_DEFAULTS: dict[str, Any] = {
-    "seed": 0, "min_n": 10, "n_resamples": 2000, "confidence": 0.95, "ci_method": "BCa",
-    "test": "mannwhitney", "correction": "holm", "alpha": 0.05, "lesion_size_bins": 3,
-    "detection_bins": (0, 100, 1000, 10000),
+    "ci_method" if k == "interval_method" else k: v for k, v in _PLAN_DEFAULTS.items()
+    if k != "n_permutations"
 }
 INSUFFICIENT = FLAG_INSUFFICIENT
 SUBGROUP_COLUMNS = [

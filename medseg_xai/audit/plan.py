@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "interval_method": "BCa",
     "test": "mannwhitney",
     "correction": "holm",
+    "seed": 0,
+    "lesion_size_bins": 3,
+    "detection_bins": (0.0, 100.0, 1000.0, 10000.0),
 }
 
 
@@ -161,8 +164,8 @@ class StrataPart:
     """
 
     strata: tuple[str, ...] = ()
-    lesion_size_bins: int | tuple[float, ...] = 3
-    detection_bins: tuple[float, ...] = (0.0, 100.0, 1000.0, 10000.0)
+    lesion_size_bins: int | tuple[float, ...] = DEFAULTS["lesion_size_bins"]
+    detection_bins: tuple[float, ...] = DEFAULTS["detection_bins"]
     keep_columns: tuple[str, ...] = ()
     feature_layer: str | None = "auto"
     feature_reference: tuple[str, ...] | None = None
@@ -267,7 +270,7 @@ class StatisticsPart:
     correction: str = DEFAULTS["correction"]
     alpha: float = DEFAULTS["alpha"]
     min_n: int = DEFAULTS["min_n"]
-    seed: int = 0
+    seed: int = DEFAULTS["seed"]
 
     def __post_init__(self) -> None:
         from medseg_xai.audit.stats import CI_METHODS

@@ -16,10 +16,25 @@ def _bins(v: Any) -> str:
     return f"{v} quantile bins of the reference volume"
 
 
+def _matching(s: Any) -> str:
+    conn = f"connectivity {s.get('connectivity') or 'full'}"
+    if s.get("matching") == "hungarian":
+        return f"one-to-one (Hungarian), IoU at least {fmt(s.get('iou_threshold'))}, {conn}"
+    return f"covered share at least {fmt(s.get('overlap_threshold'))}, {conn}"
+
+
+def _threshold(s: Any) -> str:
+    if not s.get("inference"):
+        return "stored predictions (no model run)"
+    t = s.get("threshold")
+    return f"probability above {fmt(t)}" if t is not None else "0.5 / most probable class"
+
+
 def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     s = result.settings
     ci = ci_text(result)
     rows = [
+        ("Analysis plan (SHA-256)", str(s.get("plan_hash") or "not recorded")),
         ("Strata", ", ".join(s.get("strata") or []) or "none"),
         ("Confidence level", f"{result.confidence * 100:g}%"),
         ("Confidence intervals", f"{ci} by {s.get('ci_method', 'BCa')} bootstrap of the mean, "
@@ -34,12 +49,24 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         ("Empty-mask policy", str(s.get("empty"))),
         ("Lesion-size strata", _bins(s.get("lesion_size_bins"))),
         ("Detection size bins", _bins(s.get("detection_bins"))),
-        ("Lesion matching", f"overlap above {fmt(s.get('overlap_threshold'))}, connectivity "
-         f"{s.get('connectivity') or 'full'}"),
+        ("Lesion matching", _matching(s)),
+        ("Reference standard", str(s.get("reference") or "the label column")),
+        ("Decision threshold", _threshold(s)),
         ("NSD tolerance", f"{fmt(s.get('tolerance'))} mm"),
     ]
     return {
         "definitions": [(m, metric_definition(m)) for m in s.get("metrics") or []],
         "rows": rows,
         "empty_policy": str(s.get("empty")),
+        "plan_hash": s.get("plan_hash"),
+        "plan_yaml": _plan_yaml(s.get("plan")),
     }
+
+
+def _plan_yaml(plan: Any) -> str | None:
+    """The recorded plan as YAML text (what ``--plan`` reads back), for the reader to check."""
+    if not plan:
+        return None
+    import yaml
+
+    return yaml.safe_dump(plan, sort_keys=False)
