@@ -571,6 +571,13 @@ class SegmentationAdapter:
             )
         return torch.zeros(shape, device=self.device)
 
+    def trace(self, input_shape: Sequence[int], *, every_module: bool = False
+              ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+        """``(name, module, output shape)`` of the conv layers (``every_module``: of every named
+        module) in one zero-filled forward pass of ``input_shape``, in the order the calls
+        finish: the public tracing explain's layer choices use."""
+        return self._trace(input_shape, every_module=every_module)
+
     def _trace(self, input_shape: Sequence[int], *, every_module: bool = False
                ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
         """Run one zero-filled forward pass and record (name, module, output shape) of the conv

@@ -10,7 +10,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +38,9 @@ _READ_CHUNK = 512  # records turned into column arrays at a time when the tables
 
 
 def _version(pkg: str) -> str:
-    try:
-        return _md.version(pkg)
-    except _md.PackageNotFoundError:
-        return "not installed"
+    from medseg_xai.versions import library_versions  # the one place versions are read
+
+    return library_versions((pkg,))[pkg]
 
 
 def _versions() -> dict[str, str]:

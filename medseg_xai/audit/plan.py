@@ -16,8 +16,8 @@ think in:
 Each field is checked on construction against a declared constraint (scikit-learn's
 ``_param_validation`` style: types, ranges, options); an invalid plan raises a ValueError that
 names the field (``plan.statistics.confidence: expected ...``) before any case runs. The plan
-round-trips to YAML (:meth:`AuditPlan.to_yaml`, :meth:`AuditPlan.from_yaml`, loaded with
-``yaml.safe_load``) and carries a content hash (:attr:`AuditPlan.hash`, SHA-256 of its canonical
+round-trips to YAML (:meth:`AuditPlan.to_yaml`, :meth:`AuditPlan.from_yaml`, loaded safely
+within the package's YAML limits) and carries a content hash (:attr:`AuditPlan.hash`, SHA-256 of its canonical
 JSON): a plan written and hashed before the data are seen is the evidence of pre-specification.
 ``audit.json`` holds the plan and its hash (``settings["plan"]``, ``settings["plan_hash"]``).
 
@@ -395,20 +395,18 @@ class AuditPlan:
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> AuditPlan:
-        """The plan in a YAML file (a path) or YAML text (``yaml.safe_load``)."""
-        import yaml
+        """The plan in a YAML file (a path) or YAML text (safe loading within the package's
+        YAML limits, ``medseg_xai._yaml``)."""
+        from medseg_xai._yaml import load_yaml_file, load_yaml_text
 
-        text = source
         if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
                                         and source.endswith((".yaml", ".yml", ".json"))):
             p = Path(source)
             if not p.is_file():
                 raise ValueError(f"plan: expected a YAML file, got {p.name!r} (not found)")
-            text = p.read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ValueError(f"plan: not valid YAML ({str(err).splitlines()[0]})") from None
+            data = load_yaml_file(p, "plan")
+        else:
+            data = load_yaml_text(str(source), "plan")
         return cls.from_dict(data or {})
 
     @property

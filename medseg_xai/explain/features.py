@@ -50,7 +50,7 @@ def feature_layer(adapter: Any, input_shape: Sequence[int]) -> str:
     modules = dict(adapter.model.named_modules())
     shapes: dict[str, tuple[int, ...]] = {}  # each module's last output shape
     order: list[str] = []  # every call, in the order the calls finish
-    for name, _module, shape in adapter._trace(input_shape, every_module=True):
+    for name, _module, shape in adapter.trace(input_shape, every_module=True):
         shapes[name] = shape
         order.append(name)
     convs = [n for n in order if isinstance(modules[n], CONV_TYPES)]

@@ -141,7 +141,7 @@ def localising_layer(adapter: SegmentationAdapter, input_shape: Sequence[int]) -
     modules = dict(adapter.model.named_modules())
     shapes: dict[str, tuple[int, ...]] = {}  # each module's first output shape
     order: list[str] = []
-    for key, _module, out_shape in adapter._trace(shape, every_module=True):
+    for key, _module, out_shape in adapter.trace(shape, every_module=True):
         if key not in shapes:
             shapes[key] = out_shape
             order.append(key)

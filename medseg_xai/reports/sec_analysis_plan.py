@@ -67,6 +67,9 @@ def _plan_yaml(plan: Any) -> str | None:
     """The recorded plan as YAML text (what ``--plan`` reads back), for the reader to check."""
     if not plan:
         return None
+    import json
+
     import yaml
 
-    return yaml.safe_dump(plan, sort_keys=False)
+    # as audit.json holds it (string keys, sorted), so a re-rendered report is the same text
+    return yaml.safe_dump(json.loads(json.dumps(plan, sort_keys=True)), sort_keys=True)
