@@ -26,7 +26,8 @@ from torch import nn
 # the toolkit's one decision rule lives in decide.py, re-exported here
 from medseg_xai.decide import label_map
 
-__all__ = ["SegmentationAdapter", "ACTIVATIONS", "CONV_TYPES", "Cancelled", "label_map"]
+__all__ = ["SegmentationAdapter", "ACTIVATIONS", "CONV_TYPES", "Cancelled", "label_map",
+           "resolve_device", "to_numpy"]
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 
@@ -61,6 +62,35 @@ _DOWNSAMPLING = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn
                  nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 #: Side of the zero image used to infer the divisor (a power of two the net surely takes).
 _PROBE_SIDE = {1: 256, 2: 64, 3: 32}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` (CUDA when available) or a device.
+
+    A CUDA device on a machine without one is a ValueError that says so.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}"
+                         ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asked for, but this torch build or machine has "
+                             "no CUDA device; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device!r} asked for, but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A tensor on any device (detached, moved to the CPU) or an array-like, as numpy."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 class Cancelled(RuntimeError):
@@ -161,7 +191,11 @@ class SegmentationAdapter:
         if device is None:
             first = next(iter(model.parameters()), None)
             device = first.device if first is not None else torch.device("cpu")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
+        # the model goes where its inputs go (nn.Module.to moves it in place); a model on
+        # another device than its inputs used to fail with a message about divisors
+        model.to(self.device)
+        self.geometry: dict[str, Any] | None = None
         self._default_layers: dict[tuple, str] = {}
         self.threshold = threshold
         self._divisor_arg = divisor
@@ -204,8 +238,8 @@ class SegmentationAdapter:
 
     def _infer_divisor(self) -> tuple[int, ...]:
         dims = self.model_spatial_dims
-        if self.is_scripted:
-            return (1,) * dims
+        if self.is_scripted or not self.supports_hooks:
+            return self._probe_divisor()
         side = _PROBE_SIDE[dims]
         c = self.in_channels or 1
         smallest = [side] * dims
@@ -225,6 +259,27 @@ class SegmentationAdapter:
             for h in handles:
                 h.remove()
         return tuple(max(1, side // max(s, 1)) for s in smallest)
+
+    def _probe_divisor(self) -> tuple[int, ...]:
+        """Divisor of a model without hooks (TorchScript, ONNX): the smallest power of two
+        ``d`` for which a zero image of side ``d * odd`` comes back with its own shape.
+
+        A UNet with k 2x down-samplings refuses (or crops) sides that are not multiples of
+        2**k, so the first ``d`` that works is its divisor. Up to 6 small forward passes.
+        """
+        dims = self.model_spatial_dims
+        c = self.in_channels or 1
+        for d, odd in ((1, 33), (2, 17), (4, 9), (8, 5), (16, 3), (32, 3)):
+            side = d * odd
+            try:
+                with torch.no_grad(), self.frozen(freeze_parameters=False):
+                    y = self._select(self.model(torch.zeros((1, c, *(side,) * dims),
+                                                            device=self.device)))
+            except Exception:  # noqa: BLE001 - refused: try the next multiple
+                continue
+            if tuple(y.shape[2:]) == (side,) * dims:
+                return (d,) * dims
+        return (1,) * dims
 
     def _check_sliding_window(self, sw: Any) -> dict[str, Any] | None:
         if sw is None:
@@ -258,15 +313,70 @@ class SegmentationAdapter:
         return _is_scripted(self.model)
 
     @property
+    def supports_gradients(self) -> bool:
+        """False for gradient-free models (ONNX through onnxruntime): only occlusion, feature
+        ablation and the probes run on them."""
+        return bool(getattr(self.model, "supports_gradients", True))
+
+    @property
+    def supports_hooks(self) -> bool:
+        """False for TorchScript and ONNX models: layer methods (Grad-CAM, activations,
+        guided backprop, DeepLift) cannot run on them."""
+        return not self.is_scripted and bool(getattr(self.model, "supports_hooks", True))
+
+    @property
+    def available_methods(self) -> tuple[str, ...]:
+        """Explanation methods this model can run (see :data:`medseg_xai.explain.METHODS`)."""
+        gradient_free = ("occlusion", "feature_ablation")
+        if not self.supports_gradients:
+            return gradient_free
+        inputs = ("saliency", "integrated_gradients", "smoothgrad", "input_x_gradient")
+        if not self.supports_hooks:
+            return (*inputs, *gradient_free)
+        return (*inputs, "guided_backprop", "deeplift", *gradient_free, "gradcam", "gradcam++")
+
+    def with_geometry(self, spacing: Sequence[float] | None = None,
+                      affine: Any = None) -> SegmentationAdapter:
+        """A copy of this adapter that knows the case's voxel spacing (mm) and affine.
+
+        Models that carry their own pipeline (nnU-Net, MONAI bundles: resampling to the
+        model's spacing, axis transposition) need the geometry of each scan; the audit and
+        ``explain`` call this for every case. For a bare network the copy behaves the same.
+        """
+        import copy
+
+        twin = copy.copy(self)
+        twin.geometry = {"spacing": None if spacing is None else tuple(float(v) for v in spacing),
+                         "affine": None if affine is None else np.asarray(affine, dtype=float)}
+        bind = getattr(self.model, "with_geometry", None)
+        if callable(bind):
+            twin.model = bind(twin.geometry["spacing"], twin.geometry["affine"])
+        return twin
+
+    @property
     def model_spatial_dims(self) -> int:
         """Spatial dimensionality the wrapped model itself sees (2 with ``slice_axis``)."""
         return self.spatial_dims - 1 if self.slice_axis is not None else self.spatial_dims
 
     @property
     def fingerprint(self) -> str:
-        """First 16 hex digits of the sha256 of the model's ``state_dict`` (names + bytes)."""
+        """First 16 hex digits of the sha256 of the model's identity.
+
+        A model loaded by :func:`medseg_xai.load_model` carries the hash of its weights or file
+        (``model.fingerprint``: ONNX file, nnU-Net checkpoints, bundle weights). Otherwise the
+        ``state_dict`` (names + bytes); a model without parameters hashes its TorchScript code
+        or its printed structure, never an empty list.
+        """
+        given = getattr(self.model, "fingerprint", None)
+        if isinstance(given, str) and given:
+            return given[:16]
+        state = self.model.state_dict()
+        if not state:
+            code = getattr(self.model, "code", None) if self.is_scripted else None
+            text = f"{type(self.model).__qualname__}|{code if code else repr(self.model)}"
+            return hashlib.sha256(("no-parameters|" + text).encode()).hexdigest()[:16]
         h = hashlib.sha256()
-        for name, value in self.model.state_dict().items():
+        for name, value in state.items():
             h.update(name.encode())
             if isinstance(value, torch.Tensor):
                 t = value.detach().cpu().contiguous()
@@ -510,8 +620,9 @@ class SegmentationAdapter:
     def probabilities(self, x: Any) -> torch.Tensor:
         """Class probabilities ``(N, K, *spatial)`` (softmax, sigmoid or the raw output)."""
         t, from_numpy = self.as_batch(x)
+        exact = getattr(self.model, "exact_logits", None)  # the framework's own inference
         with torch.no_grad(), self.frozen(freeze_parameters=False):
-            p = self._activate(self.forward_logits(t))
+            p = self._activate(exact(t) if callable(exact) else self.forward_logits(t))
         return p.cpu() if from_numpy else p
 
     def predict(self, x: Any, threshold: float | None = None) -> torch.Tensor:

@@ -574,7 +574,10 @@ def _run_explain(args: argparse.Namespace) -> int:
     # The case id names the output files: one with '/' or '..' must not write outside --out.
     safe_file_name(case, folder=out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = args.method or (["gradcam", "integrated_gradients"] if args.lesion else ["gradcam"])
+    from medseg_xai.explain.core import default_methods
+
+    methods = args.method or list(default_methods(adapter, miss=args.lesion is not None
+                                                  and args.target != "lesion"))
 
     if args.lesion is not None and args.target != "lesion":
         from medseg_xai.explain.miss import explain_miss

@@ -41,10 +41,11 @@ def activations(adapter: SegmentationAdapter, image: Any, layer: str) -> np.ndar
     size is the layer's). With ``sliding_window`` each window's maps are resampled to the window
     and blended, so the result has the image's spatial shape.
     """
-    if adapter.is_scripted:
+    if not adapter.supports_hooks:
         raise ValueError(
-            "activations: TorchScript models do not support forward hooks; pass the original "
-            "(unscripted) nn.Module to SegmentationAdapter"
+            "activations: TorchScript and ONNX models do not support forward hooks; pass the "
+            "original (unscripted) nn.Module to SegmentationAdapter, or use an input method ("
+            + ", ".join(adapter.available_methods) + ")"
         )
     x = prepare_image(adapter, image)
     module = adapter.get_layer(layer)

@@ -106,7 +106,11 @@ def _baseline(x: torch.Tensor, value: Any) -> torch.Tensor | float:
         return 0.0
     if isinstance(value, (int, float)):
         return float(value)
-    b = torch.as_tensor(np.asarray(value, dtype=np.float32), device=x.device)
+    if isinstance(value, torch.Tensor):
+        # a tensor baseline (the local background) may live on the GPU: NumPy never sees it
+        b = value.detach().to(device=x.device, dtype=x.dtype)
+    else:
+        b = torch.as_tensor(np.asarray(value, dtype=np.float32), device=x.device)
     if b.shape == x.shape[1:]:
         b = b[None]
     if b.shape != x.shape:

@@ -17,7 +17,8 @@ from medseg_xai.explain.gradcam import layer_cam
 from medseg_xai.explain.provenance import provenance
 from medseg_xai.targets import Target
 
-__all__ = ["explain", "Explanation", "METHODS", "LAYER_METHODS", "prepare_image"]
+__all__ = ["explain", "Explanation", "METHODS", "LAYER_METHODS", "prepare_image",
+           "refuse_unavailable", "default_methods"]
 
 LAYER_METHODS = ("gradcam", "gradcam++")
 METHODS: tuple[str, ...] = (*INPUT_METHODS, *LAYER_METHODS)
@@ -95,6 +96,37 @@ def prepare_image(adapter: SegmentationAdapter, image: Any) -> torch.Tensor:
     return x.detach().float()
 
 
+def default_methods(adapter: SegmentationAdapter, miss: bool = False) -> tuple[str, ...]:
+    """Methods run when none are named: Grad-CAM (and integrated gradients for a miss
+    analysis) on a plain network; integrated gradients (or saliency) without hooks
+    (TorchScript); occlusion on a gradient-free model (ONNX)."""
+    available = getattr(adapter, "available_methods", METHODS)
+    wanted = ("gradcam", "integrated_gradients") if miss else ("gradcam",)
+    chosen = tuple(m for m in wanted if m in available)
+    if chosen:
+        return chosen
+    fallback = "integrated_gradients" if miss else "saliency"
+    return (fallback,) if fallback in available else ("occlusion",)
+
+
+def refuse_unavailable(adapter: SegmentationAdapter, method: str) -> None:
+    """ValueError naming the methods that do work when ``method`` cannot run on this model."""
+    available = getattr(adapter, "available_methods", METHODS)
+    if method in available:
+        return
+    works = ", ".join(repr(m) for m in available)
+    if not getattr(adapter, "supports_gradients", True):
+        why = ("the model runs without gradients (ONNX through onnxruntime, or an exact-only "
+               "pipeline)")
+    elif method in LAYER_METHODS or method in HOOKING_METHODS:
+        why = ("it needs hooks on the model's layers, which TorchScript and ONNX models do not "
+               "have (explain the original nn.Module, or a checkpoint + class, for layer maps)")
+    else:
+        why = "the model does not support it"
+    raise ValueError(f"method {method!r} cannot run on this model: {why}; methods that work: "
+                     f"{works}")
+
+
 def _check_target(target: Any, spatial: tuple[int, ...]) -> None:
     if isinstance(target, Target):
         if target.mask.shape != spatial:
@@ -157,12 +189,7 @@ def explain(
     x = prepare_image(adapter, image)
     spatial = tuple(x.shape[2:])
     _check_target(target, spatial)
-    if adapter.is_scripted and (method in LAYER_METHODS or method in HOOKING_METHODS):
-        raise ValueError(
-            f"method {method!r} needs hooks on the model's layers, and TorchScript models do not "
-            f"support hooks; explain the original nn.Module (unscripted), or use an "
-            f"input-attribution method such as 'saliency', 'integrated_gradients' or 'occlusion'"
-        )
+    refuse_unavailable(adapter, method)
     if layer is not None and method not in LAYER_METHODS:
         raise ValueError(f"layer: only {list(LAYER_METHODS)} use a layer, got method {method!r}")
 

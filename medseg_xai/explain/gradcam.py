@@ -136,8 +136,10 @@ def localising_layer(adapter: SegmentationAdapter, input_shape: Sequence[int]) -
     cache = _LOCALISING.setdefault(adapter.model, {})
     if shape in cache:
         return cache[shape]
-    if adapter.is_scripted:
-        raise ValueError("gradcam: TorchScript models do not support hooks; pass an nn.Module")
+    if not adapter.supports_hooks:
+        from medseg_xai.explain.core import refuse_unavailable
+
+        refuse_unavailable(adapter, "gradcam")
     modules = dict(adapter.model.named_modules())
     shapes: dict[str, tuple[int, ...]] = {}  # each module's first output shape
     order: list[str] = []

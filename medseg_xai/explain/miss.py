@@ -504,6 +504,8 @@ def _evidence(
             xb = local_background_baseline(x, mask)
         elif isinstance(b, (int, float)):
             xb = torch.full_like(x, float(b))
+        elif isinstance(b, torch.Tensor):
+            xb = b.detach().to(device=x.device, dtype=x.dtype).reshape(x.shape)
         else:
             xb = torch.as_tensor(np.asarray(b, dtype=np.float32), device=x.device).reshape(x.shape)
         with torch.no_grad():
@@ -752,7 +754,7 @@ def explain_miss(
     threshold: float = 0.5,
     reference_images: Sequence[Any] | None = None,
     probes: Any = None,
-    methods: Sequence[str] = ("gradcam", "integrated_gradients"),
+    methods: Sequence[str] | None = None,
     seed: int = 0,
     class_index: int | None = None,
     detected_lesions: pd.DataFrame | None = None,
@@ -793,8 +795,10 @@ def explain_miss(
     probes : None, sequence of str or mapping
         Probes to run (default all of :data:`PROBES`); a mapping gives settings per probe
         (contrast / size factors, noise weights, ``location: (n_positions,)``).
-    methods : sequence of str
-        Attribution methods (``explain.METHODS``), supporting evidence only.
+    methods : sequence of str, optional
+        Attribution methods (``explain.METHODS``), supporting evidence only. Default
+        (:func:`medseg_xai.explain.core.default_methods`): Grad-CAM and integrated gradients,
+        or those of them the model can run (TorchScript: IG; ONNX: occlusion).
     seed : int
         Seeds tie-breaking among positions and the parameter randomisation.
     class_index : int, optional
@@ -837,6 +841,10 @@ def explain_miss(
         raise ValueError(f"overlap_threshold: expected a share in (0, 1], got {overlap_threshold!r}")
     if not 0.0 < float(margin) < 1.0:
         raise ValueError(f"margin: expected a probability change in (0, 1), got {margin!r}")
+    if methods is None:  # Grad-CAM and IG where the model allows them, else occlusion
+        from medseg_xai.explain.core import default_methods
+
+        methods = default_methods(adapter, miss=True)
     methods = _check_methods(methods)
     img = P.as_image(image, adapter.spatial_dims)
     shape = tuple(img.shape[1:])

@@ -220,6 +220,24 @@ def map_gate(attribution: Any) -> str | None:
     return None
 
 
+def _copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy whose parameters are leaves (re-initialisable, freezable).
+
+    ``copy.deepcopy`` of a TorchScript module clones each parameter through autograd (non-leaf
+    tensors: freezing them then fails with "you can only change requires_grad flags of leaf
+    variables"), so TorchScript goes through a save/load round trip instead.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        import io
+
+        buf = io.BytesIO()
+        torch.jit.save(model, buf)
+        buf.seek(0)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return torch.jit.load(buf, map_location=device)
+    return copy.deepcopy(model)
+
+
 def randomised_copy(adapter: SegmentationAdapter, seed: int = 0) -> SegmentationAdapter:
     """A copy of the adapter whose model has every parameterised module re-initialised.
 
@@ -228,8 +246,12 @@ def randomised_copy(adapter: SegmentationAdapter, seed: int = 0) -> Segmentation
     parameter's own standard deviation), module ``i`` with seed ``seed + i``.
     """
     clone = copy.copy(adapter)
-    clone.model = copy.deepcopy(adapter.model)
     clone._default_layers = {}
+    own = getattr(adapter.model, "randomised", None)
+    if callable(own):  # models with their own weights format (ONNX initialisers)
+        clone.model = own(seed)
+        return clone
+    clone.model = _copy_model(adapter.model)
     params = [m for _, m in clone.model.named_modules()
               if any(True for _ in m.parameters(recurse=False))]
     if not params:
