@@ -42,6 +42,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "AuditResult": ("medseg_xai.audit", "AuditResult"),
     "AuditPlan": ("medseg_xai.audit.plan", "AuditPlan"),
     "compare": ("medseg_xai.audit", "compare"),
+    "models": ("medseg_xai.models", None),
+    "load_model": ("medseg_xai.models", "load_model"),
 }
 
 if TYPE_CHECKING:  # static tools see the real names
@@ -71,4 +73,4 @@ def __dir__() -> list[str]:
 
 __all__ = ["__version__", "metrics", "SegmentationAdapter", "targets", "explain", "Explanation",
            "activations", "weights", "Cohort", "audit", "compare", "AuditResult",
-           "AuditPlan"]
+           "AuditPlan", "load_model"]

@@ -225,8 +225,14 @@ class SegmentationAdapter:
     def in_channels(self) -> int | None:
         """Input channels of the model's first convolution (None when it has none)."""
         if not hasattr(self, "_in_channels"):
-            self._in_channels = next((int(m.in_channels) for m in self.model.modules()
-                                      if isinstance(m, CONV_TYPES)), None)
+            given = getattr(self.model, "in_channels", None)  # loaders that know it (ONNX)
+            self._in_channels = int(given) if isinstance(given, int) else next(
+                (int(m.in_channels) for m in self.model.modules() if isinstance(m, CONV_TYPES)),
+                None)
+            if self._in_channels is None and self.is_scripted:  # no module types: first kernel
+                dims = self.model_spatial_dims + 2
+                self._in_channels = next((int(p.shape[1]) for p in self.model.parameters()
+                                          if p.ndim == dims), None)
         return self._in_channels
 
     @property

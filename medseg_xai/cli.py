@@ -49,7 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_explain(sub)
     _add_metrics(sub)
     _add_plan(sub)
+    _add_model_info(sub)
     return parser
+
+
+def _add_model_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model-info",
+        help="print what a model file or folder was recognised as, before a long audit",
+        description=("Load MODEL as `audit --model` / `explain --model` would and print its "
+                     "format, classes, input channels, spacing, patch size, normalisation, "
+                     "folds, divisor, device, fingerprint and the explanation methods it runs."),
+    )
+    p.add_argument("model", help="model file or folder (see `audit --model`)")
+    _add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_run_model_info)
+
+
+def _run_model_info(args: argparse.Namespace) -> int:
+    import json
+
+    from medseg_xai.models import model_info
+
+    info = model_info(_load_model(args.model, args))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for key, value in info.items():
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(str(v) for v in value) if value else "-"
+        print(f"{key:<14} {value if value is not None else '-'}")
+    return 0
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
@@ -110,8 +141,11 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "each finished case is streamed to --out/cases.jsonl as it completes")
     p.add_argument("--seed", type=int, default=None, help="bootstrap seed (default: 0)")
     p.add_argument("--model", default=None,
-                   help="'demo' (the bundled model) or a TorchScript file to run instead of stored "
-                        "predictions; a TorchScript file is code: load only files you trust")
+                   help="model to run instead of stored predictions: 'demo', a TorchScript file, "
+                        "an .onnx file, a MONAI bundle folder, an nnU-Net v2 results folder or "
+                        "zip, or a checkpoint with --model-class (see docs/models.md); model "
+                        "files can hold code: load only files you trust")
+    _add_model_options(p)
     _add_label_options(p)
     p.add_argument("--na-values", nargs="+", default=None, metavar="TEXT",
                    help="CSV cell texts that mean 'missing' besides an empty cell (default: "
@@ -243,6 +277,41 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-class", default=None, metavar="PACKAGE.MODULE:CLASS",
+                   help="with a PyTorch checkpoint (state dict): the network's class")
+    p.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of --model-class as a JSON object")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (CUDA when available; default: %(default)s)")
+    p.add_argument("--divisor", default=None, metavar="N",
+                   help="multiple the network needs each spatial size to be (e.g. 16 for four 2x "
+                        "down-samplings; default: inferred)")
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    """The CLI's model options as keyword arguments of mx.load_model (checked here)."""
+    import json
+
+    opts: dict = {}
+    if getattr(args, "model_class", None):
+        opts["model_class"] = args.model_class
+    if getattr(args, "model_kwargs", None):
+        try:
+            kwargs = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--model-kwargs: expected a JSON object, got "
+                             f"{args.model_kwargs!r}") from exc
+        if not isinstance(kwargs, dict):
+            raise InputError(f"--model-kwargs: expected a JSON object, got {args.model_kwargs!r}")
+        opts["model_kwargs"] = kwargs
+    if getattr(args, "divisor", None) is not None:
+        if not str(args.divisor).isdigit() or int(args.divisor) < 1:
+            raise InputError(f"--divisor: expected a positive integer, got {args.divisor!r}")
+        opts["divisor"] = int(args.divisor)
+    return opts
+
+
 def _add_label_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=int, nargs="+", default=None, metavar="VALUE",
                    help="foreground label values of the label maps (default: binary 0/1); a "
@@ -289,7 +358,7 @@ def _audit_into(args: argparse.Namespace, config: dict, out, plan) -> int:
     cohort = read_cohort(_input_file(args.manifest, "manifest", table=True),
                          na_values=args.na_values, **_pseudonymisation(args))
     _check_free_text(cohort, args, plan)
-    adapter = _load_model(args.model) if args.model else None
+    adapter = _load_model(args.model, args) if args.model else None
     # provenance is the program's: a config file cannot set it (refused by load_config)
     config["command_line"] = _command_line(args.argv)  # stored in audit.json: `report` re-renders
     result = audit(cohort, plan, adapter=adapter, workers=args.workers,
@@ -417,25 +486,20 @@ def _command_line(argv: Sequence[str]) -> str:
     return redact_paths(" ".join(shlex.quote(name(a)) for a in ["medseg-xai", *argv]))
 
 
-def _load_model(spec: str):
-    """'demo' -> the bundled demo model; a TorchScript file -> a 3D softmax adapter."""
-    if spec == "demo":
-        from medseg_xai.demo import load_model
+def _load_model(spec: str, args: argparse.Namespace | None = None):
+    """``--model`` (+ ``--model-class``, ``--device``, ``--divisor``) -> an adapter through
+    :func:`medseg_xai.load_model` (demo, TorchScript, ONNX, MONAI bundle, nnU-Net, checkpoint)."""
+    from medseg_xai.models import load_model
 
-        return load_model()
-    import torch
+    opts = _model_options(args) if args is not None else {}
+    device = getattr(args, "device", None) or "auto"
+    if spec != "demo":
+        from pathlib import Path
 
-    from medseg_xai.adapters import SegmentationAdapter
-
-    # TorchScript archives hold code and weights without pickle, unlike plain checkpoints,
-    # which need the architecture in Python (use the API for those).
-    _input_file(spec, "--model")
-    try:
-        model = torch.jit.load(spec, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError with C++ text
-        raise InputError(f"--model: expected 'demo' or a TorchScript archive "
-                         f"(torch.jit.save), could not load {spec!r} ({type(exc).__name__})") from exc
-    return SegmentationAdapter(model, spatial_dims=3, activation="softmax")
+        if not Path(spec).exists():
+            raise InputError(f"--model: expected 'demo', a model file or a model folder, found "
+                             f"nothing at {spec!r}")
+    return load_model(spec, device=device, **opts)
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -490,7 +554,10 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image", help="image NIfTI")
     p.add_argument("--model", default="demo",
-                   help="'demo' or a TorchScript file (it is code: load only files you trust)")
+                   help="'demo', a TorchScript file, an .onnx file, a MONAI bundle folder, an "
+                        "nnU-Net v2 results folder or zip, or a checkpoint with --model-class "
+                        "(model files can hold code: load only files you trust)")
+    _add_model_options(p)
     p.add_argument("--ref", default=None, help="reference label NIfTI (for reference / missed)")
     p.add_argument("--target", choices=["missed", "reference", "lesion", "prediction"],
                    default="missed",
@@ -566,8 +633,9 @@ def _run_explain(args: argparse.Namespace) -> int:
     from medseg_xai.explain import explain
     from medseg_xai.explain.quality import localisation, map_gate
 
-    adapter = _load_model(args.model)
+    adapter = _load_model(args.model, args)
     image, ref, affine, spacing = _explain_inputs(args)  # the audit's checks
+    adapter = adapter.with_geometry(spacing, affine)  # models with their own resampling need it
     name = Path(args.image).name
     case = args.case_id or name.removesuffix(".gz").removesuffix(".nii")
     out = Path(args.out)

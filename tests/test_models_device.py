@@ -55,6 +55,8 @@ def test_every_method_on_a_fake_accelerator(case, method: str) -> None:
                                                          "deeplift") else {}
     if method == "integrated_gradients":
         kw["n_steps"] = 4
+    if method == "occlusion":
+        kw["window"] = 8
     with on_fake_device(ad):
         exp = explain(ad, img, target, method=method, **kw)
     ref_exp = explain(ad, img, target, method=method, **kw)
@@ -68,7 +70,10 @@ def test_miss_analysis_on_a_fake_accelerator(case) -> None:
     ad = mx.SegmentationAdapter(_unet())
     with on_fake_device(ad):
         a = explain_miss(ad, img, ref, "ref-1",
-                         methods=("integrated_gradients", "gradcam", "occlusion"))
+                         methods=("integrated_gradients", "gradcam", "occlusion"),
+                         probes=("contrast",),
+                         method_kwargs={"integrated_gradients": {"n_steps": 4},
+                                        "occlusion": {"window": 8}})
     ev = a.evidence.set_index("method")
     assert not ev["reason"].str.contains("could not run").any(), ev["reason"].tolist()
     assert np.isfinite(ev.loc["integrated_gradients", "completeness_error"])
@@ -126,7 +131,8 @@ def test_torchscript_miss_analysis_and_randomisation_gate(case, traced) -> None:
     flags of leaf variables"): deepcopy of a ScriptModule clones parameters through autograd."""
     img, ref = case
     ad = mx.SegmentationAdapter(traced)
-    a = explain_miss(ad, img, ref, "ref-1", method_kwargs={"integrated_gradients": {"n_steps": 4}})
+    a = explain_miss(ad, img, ref, "ref-1", probes=("contrast",),
+                     method_kwargs={"integrated_gradients": {"n_steps": 4}})
     ev = a.evidence.set_index("method")
     assert list(ev.index) == ["integrated_gradients"]  # the default without hooks
     assert np.isfinite(ev.loc["integrated_gradients", "randomisation_spearman"])

@@ -181,6 +181,8 @@ def _explain(adapter: Any, case: Any, ref: np.ndarray, pred: np.ndarray | None, 
     """(MissAnalysis, the first method's attribution map, its name) of one lesion."""
     from medseg_xai.explain.miss import explain_miss  # the one way to explain a miss
 
+    bind = getattr(adapter, "with_geometry", None)  # models that resample need the geometry
+    adapter = bind(case.spacing, case.affine) if callable(bind) else adapter
     analysis = explain_miss(adapter, case.image, ref, lesion_id, pred=pred, spacing=case.spacing,
                             seed=seed, case_id=str(case.case_id), **dict(explain_kwargs))
     maps = getattr(analysis, "attributions", None) or {}

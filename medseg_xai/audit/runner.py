@@ -211,6 +211,8 @@ def _compute_case(
         from medseg_xai.audit.model_checks import case_seed, check_output_channels
 
         torch.manual_seed(case_seed(settings.get("seed", 0), case_id))  # stochastic layers
+        bind = getattr(adapter, "with_geometry", None)  # the case's spacing and affine
+        adapter = bind(case.spacing, case.affine) if callable(bind) else adapter
         pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
                                                           settings.get("feature_layer"),
                                                           settings.get("threshold"))
