@@ -499,6 +499,14 @@ def _load_model(spec: str, args: argparse.Namespace | None = None):
         if not Path(spec).exists():
             raise InputError(f"--model: expected 'demo', a model file or a model folder, found "
                              f"nothing at {spec!r}")
+        from medseg_xai.models import detect_format
+
+        try:
+            opts["format"] = detect_format(spec, opts.get("model_class"))
+        except ValueError as exc:
+            raise InputError(f"--model: expected 'demo' or a TorchScript archive, an .onnx file, "
+                             f"a MONAI bundle folder, an nnU-Net v2 results folder or zip, or a "
+                             f"checkpoint with --model-class ({exc})") from exc
     return load_model(spec, device=device, **opts)
 
 

@@ -119,8 +119,9 @@ def refuse_unavailable(adapter: SegmentationAdapter, method: str) -> None:
         why = ("the model runs without gradients (ONNX through onnxruntime, or an exact-only "
                "pipeline)")
     elif method in LAYER_METHODS or method in HOOKING_METHODS:
-        why = ("it needs hooks on the model's layers, which TorchScript and ONNX models do not "
-               "have (explain the original nn.Module, or a checkpoint + class, for layer maps)")
+        why = ("it needs hooks on the model's layers, and TorchScript and ONNX models do not "
+               "support hooks (explain the original, unscripted nn.Module, or a checkpoint + "
+               "class, for layer maps)")
     else:
         why = "the model does not support it"
     raise ValueError(f"method {method!r} cannot run on this model: {why}; methods that work: "
