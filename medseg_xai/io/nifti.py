@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_xai._geometry_checks import nifti_datatype_problem, nifti_pixdim_problem
 from medseg_xai.io.volume import Volume
 
 __all__ = ["MAX_UNTIMED_CHANNELS", "check_nifti", "is_nifti", "read_nifti"]
@@ -86,6 +87,9 @@ def check_nifti(p: Path, what: str, case_id: str) -> tuple[int, ...] | None:
     if head[at:at + 4] not in magics and hdr_size != 348:  # 348 without magic: Analyze 7.5
         raise _fail(case_id, what, p.name, "not a NIfTI file (no NIfTI magic); expected a "
                     "NIfTI-1/2 image (.nii or .nii.gz)")
+    problem = nifti_datatype_problem(head, hdr_size)  # DT_BINARY, complex, RGB: by name
+    if problem:
+        raise _fail(case_id, what, p.name, problem)
     try:
         import nibabel as nib
 
@@ -94,6 +98,9 @@ def check_nifti(p: Path, what: str, case_id: str) -> tuple[int, ...] | None:
         if not np.all(np.isfinite(img.affine)):  # MONAI would silently fall back to identity
             raise _fail(case_id, what, p.name, "its affine (voxel-to-world matrix) holds NaN or "
                         "infinite values; expected a finite qform/sform in the header")
+        problem = nifti_pixdim_problem(img)  # two tools would measure two volumes
+        if problem:
+            raise _fail(case_id, what, p.name, problem)
         if not p.name.lower().endswith(".gz"):
             need = int(img.dataobj.offset) + int(np.prod(shape, dtype=np.int64)) * \
                 img.get_data_dtype().itemsize

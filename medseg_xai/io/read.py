@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg_xai._geometry_checks import affine_problem
 from medseg_xai._io import file_kind
 from medseg_xai.io.itk import ITK_SUFFIXES
 from medseg_xai.io.raster import RASTER_SUFFIXES
@@ -148,4 +149,7 @@ def read_volume(path: str | Path, *, is_image: bool = True, what: str = "image",
         raise ValueError(
             f"case {case_id!r}: could not read {what} file {p.name!r}: its affine "
             "(voxel-to-world matrix) holds NaN or infinite values; expected a finite one")
+    problem = affine_problem(vol.affine, len(vol.spatial_shape))  # sheared: spacing wrong
+    if problem:
+        raise ValueError(f"case {case_id!r}: {what} file {p.name!r}: {problem}")
     return vol
