@@ -116,3 +116,24 @@ def test_bad_settings_are_named() -> None:
     with pytest.raises(ValueError, match="do not exist"):
         case_uncertainty(_adapter(), _image()[:, 0], {"flips": (2,)})
     assert len(UncertaintySettings(flip_combinations=True).flip_sets(3)) == 7
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(st.integers(1, 4), st.sampled_from(["softmax", "sigmoid"]),
+       st.one_of(st.none(), st.sampled_from([0.0, 0.3, 0.5, 0.9])), st.integers(0, 2**31 - 1))
+def test_foreground_equals_the_decision_rule(k: int, activation: str, threshold, seed: int
+                                             ) -> None:
+    from medseg_xai.adapters import label_map
+    from medseg_xai.explain.uncertainty import _foreground
+
+    rng = np.random.default_rng(seed)
+    p = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0], size=(k, 5, 6)).astype(np.float32)  # ties
+    if activation == "softmax" and k > 1:
+        p = rng.random((k, 5, 6)).astype(np.float32)
+        p[:, 0, :] = 1.0 / k  # exact ties on a row
+        p /= p.sum(0, keepdims=True)
+    expected = np.asarray(label_map(p, threshold, activation=activation)) > 0
+    np.testing.assert_array_equal(_foreground(p, activation, threshold), expected)

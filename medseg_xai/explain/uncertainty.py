@@ -145,9 +145,17 @@ def _activation(adapter: Any) -> str:
 
 
 def _foreground(p: np.ndarray, activation: str, threshold: float | None) -> np.ndarray:
-    from medseg_xai.adapters import label_map
-
-    return np.asarray(label_map(p, threshold, activation=activation)) > 0
+    """``adapters.label_map(p, threshold, activation) > 0`` without the label map: the rule's
+    foreground test in numpy (torch's argmax over a class axis cost more than a forward pass
+    of the demo model). Equal to it by test (``tests/test_uncertainty.py``)."""
+    t = 0.5 if threshold is None else float(threshold)
+    if p.shape[0] == 1:
+        return p[0] > t
+    if activation == "sigmoid":
+        return p.max(axis=0) > t
+    best = p[1:].max(axis=0)
+    # softmax argmax: background wins ties (first index); a threshold tests the best class
+    return best > p[0] if threshold is None else best > t
 
 
 def normalised_entropy(p: np.ndarray, activation: str) -> np.ndarray:
