@@ -247,8 +247,12 @@ def _prepare(cases: pd.DataFrame, metric: str, adjust_for: Sequence[str]
     known = [c for c in adjust_for if c in frame.columns]
     if not known or not len(raw):
         return use, frame, raw, raw.copy()
-    cell = frame[known].astype(str).agg("|".join, axis=1).to_numpy()
-    y = raw - pd.Series(raw).groupby(cell).transform("mean").to_numpy() + raw.mean()
+    cell = np.zeros(len(frame), dtype=np.int64)  # one code per cell (row-wise joins: slow)
+    for c in known:
+        codes, uniq = pd.factorize(frame[c], use_na_sentinel=False)
+        cell = cell * len(uniq) + codes
+    sums = np.bincount(cell, weights=raw)
+    y = raw - (sums / np.bincount(cell))[cell] + raw.mean()
     return use, frame, raw, y
 
 
