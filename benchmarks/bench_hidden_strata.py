@@ -87,7 +87,7 @@ def scale(sizes: list[int]) -> None:
         input_mb = cases.memory_usage(deep=True).sum() / 2**20
         tracemalloc.start()
         t0 = time.perf_counter()
-        tables, per_case = audit_tables(cases, groups, settings, categorical=["device", "site"],
+        tables, per_case, _ = audit_tables(cases, groups, settings, categorical=["device", "site"],
                                         stat={"seed": 0, "min_n": 10})
         elapsed = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
@@ -105,9 +105,12 @@ def main() -> None:
     parser.add_argument("--recovery-n", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--null", type=int, default=100)
     args = parser.parse_args()
-    recovery(args.recovery_n)
-    null(args.null)
-    scale(args.sizes)
+    if any(args.recovery_n):  # --recovery-n 0 / --null 0 / --sizes 0: skip that part
+        recovery([n for n in args.recovery_n if n])
+    if args.null:
+        null(args.null)
+    if any(args.sizes):
+        scale([n for n in args.sizes if n])
 
 
 if __name__ == "__main__":

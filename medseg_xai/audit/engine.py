@@ -756,9 +756,11 @@ def build_result(
         from medseg_xai.audit.failure import audit_tables
 
         groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
-        failure_tables, per_case = audit_tables(
+        failure_tables, per_case, searched = audit_tables(
             cases, groups, settings, features=features, calibration=calibration,
             categorical=[c for s in strata_list for c in s.columns], stat=stat)
+        if searched:
+            provenance = {**provenance, "hidden_strata": searched}
         timing = [c for c in TIMING_COLUMNS if c in cases.columns]
         cases = cases.drop(columns=[*timing, *[c for c in per_case if c in cases]]
                            ).join(per_case).join(cases[timing])

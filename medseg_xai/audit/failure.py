@@ -47,13 +47,16 @@ __all__ = ["CALIBRATION_COLUMNS", "FAILURE_COLUMNS", "RISK_COVERAGE_COLUMNS", "S
 SCORE_COLUMNS = ("unc_entropy", "unc_disagreement", "unc_volume_cv", "ood_score")
 FAILURE_COLUMNS = ("stratum", "group", "score", "n", "n_failures", "failure_rate", "aurc",
                    "e_aurc", "aurc_random", "auroc", "spearman_metric", "coverage_target",
-                   "threshold", "referred", "caught", "retained_metric", "retained_risk")
+                   "threshold", "referred", "caught", "retained_metric", "retained_risk",
+                   "best")
 RISK_COVERAGE_COLUMNS = ("stratum", "group", "score", "coverage", "risk", "threshold",
                          "retained_metric")
 CALIBRATION_COLUMNS = ("stratum", "group", "class", "n", "n_voxels", "ece", "ace", "mce",
                        "ece_pooled", "ace_pooled", "mce_pooled")
 RELIABILITY_COLUMNS = ("stratum", "group", "class", "bin", "bin_centre", "count",
                        "mean_probability", "observed")
+HIDDEN_STRATA_METHOD = ("regression-tree rules on a seeded discovery half; one-sided "
+                        "Mann-Whitney on the held-out half, {}-adjusted")
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
@@ -288,7 +291,7 @@ def failure_tables(cases: pd.DataFrame,
     scores = [c for c in SCORE_COLUMNS if c in cases and cases.loc[ok, c].notna().any()]
     per_case = pd.DataFrame(index=cases.index)
     if not scores:
-        empty = pd.DataFrame(columns=list(FAILURE_COLUMNS))
+        empty = pd.DataFrame(columns=list(FAILURE_COLUMNS))  # no score column
         return empty, pd.DataFrame(columns=list(RISK_COVERAGE_COLUMNS)), pd.DataFrame(), per_case
     f_all = failures(cases, settings.failure)
     metric_all = (cases[settings.metric].to_numpy(dtype=float) if settings.metric in cases
@@ -321,9 +324,16 @@ def failure_tables(cases: pd.DataFrame,
                                    **_sentence(s, f, m, c)} for c in settings.coverages]
                 curves += [{"stratum": stratum, "group": str(g), "score": name, **p}
                            for p in _curve(s, f, m, settings.curve_points)]
-    return (pd.DataFrame(rows, columns=list(FAILURE_COLUMNS)),
-            pd.DataFrame(curves, columns=list(RISK_COVERAGE_COLUMNS)),
-            pd.DataFrame(sentences), per_case)
+    table = pd.DataFrame(rows, columns=list(FAILURE_COLUMNS))
+    overall_rows = table["stratum"] == "overall"
+    best = table.loc[overall_rows, "aurc"].idxmin() if overall_rows.any() else None
+    table["best"] = False  # the overall score with the lowest AURC (what the views lead with)
+    if best is not None and np.isfinite(table.loc[best, "aurc"]):
+        table["best"] = table["score"] == table.loc[best, "score"]
+    sent = pd.DataFrame(sentences)
+    if len(sent):
+        sent["best"] = sent["score"].isin(table.loc[table["best"], "score"])
+    return table, pd.DataFrame(curves, columns=list(RISK_COVERAGE_COLUMNS)), sent, per_case
 
 
 # -- calibration ---------------------------------------------------------------------------
@@ -478,9 +488,10 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
                  settings: Mapping[str, Any], *, features: np.ndarray | None = None,
                  calibration: tuple[np.ndarray, list[str]] | None = None,
                  categorical: Sequence[str] = (), stat: Mapping[str, Any] | None = None
-                 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """The :data:`~medseg_xai.audit.result.FAILURE_TABLES` of an audit and the case columns
-    they add (``unc_combined``, ``hidden_stratum``).
+                 ) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict[str, Any]]:
+    """The :data:`~medseg_xai.audit.result.FAILURE_TABLES` of an audit, the case columns
+    they add (``unc_combined``, ``hidden_stratum``) and what the hidden-strata search did
+    (``provenance["hidden_strata"]``: candidates tested, method).
 
     Hidden strata are searched beyond the audit's own strata (``adjust_for``: each case's
     group in every audited stratum), with the metadata ``categorical`` columns, the
@@ -523,6 +534,11 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
             min_n=min_n, min_gap=fs.min_gap, max_depth=fs.max_depth, adjust_for=known)
         tables["hidden_strata"] = found.groups
         per_case["hidden_stratum"] = found.membership.to_numpy()
+        info = {"n_candidates": int(found.n_candidates), "n_groups": int(len(found.groups)),
+                "searched": list(numeric) + list(cat), "adjusted_for": list(settings.get(
+                    "strata") or []), "method": HIDDEN_STRATA_METHOD.format(
+                    st.get("correction", "holm"))}
     else:
         tables["hidden_strata"] = pd.DataFrame(columns=list(HIDDEN_STRATA_COLUMNS))
-    return tables, per_case
+        info = {}
+    return tables, per_case, info
