@@ -82,3 +82,29 @@ def test_uncertainty_needs_an_adapter(small) -> None:
         audit(cohort, uncertainty=True, progress=False)
     with pytest.raises(ValueError, match="failure: expected"):
         audit(cohort, adapter=small[1], failure=3, progress=False)
+
+
+def test_report_section_shows_the_json_numbers(small, tmp_path) -> None:
+    import json
+
+    from report_html import _compare, json_rows, parse, records
+
+    _, _, r = small
+    r.write_json(tmp_path / "audit.json")
+    doc = json.loads((tmp_path / "audit.json").read_text())
+    html = (tmp_path / "r.html")
+    AuditResult.from_json(tmp_path / "audit.json").to_html(html)
+    text = html.read_text()
+    assert "Failure detection, calibration and hidden strata" in text
+    best = [row for row in json_rows(doc, "selective") if row["best"]]
+    assert best and f"If the scans with {best[0]['score']} above" in text
+    p = parse(text)
+    overall = [row for row in json_rows(doc, "failure_detection") if row["stratum"] == "overall"]
+    assert _compare(records(p.tables["failure-detection-overall"]), overall,
+                    {0: "score", 1: "n", 2: "n_failures", 3: "aurc", 4: "e_aurc", 6: "auroc",
+                     7: "spearman_metric"}) == 7 * len(overall)
+    cal = json_rows(doc, "calibration")
+    assert _compare(records(p.tables["calibration-table"]), cal,
+                    {1: "group", 3: "n", 5: "ece", 6: "ace", 7: "mce"}) == 5 * len(cal)
+    assert "No hidden stratum at the stated false-discovery level" in text or \
+        "hidden-strata" in p.tables

@@ -47,8 +47,8 @@ __all__ = ["CALIBRATION_COLUMNS", "FAILURE_COLUMNS", "RISK_COVERAGE_COLUMNS", "S
 SCORE_COLUMNS = ("unc_entropy", "unc_disagreement", "unc_volume_cv", "ood_score")
 FAILURE_COLUMNS = ("stratum", "group", "score", "n", "n_failures", "failure_rate", "aurc",
                    "e_aurc", "aurc_random", "auroc", "spearman_metric", "coverage_target",
-                   "threshold", "referred", "caught", "retained_metric", "retained_risk",
-                   "best")
+                   "threshold", "coverage", "referred", "caught", "retained_metric",
+                   "retained_risk", "best")
 RISK_COVERAGE_COLUMNS = ("stratum", "group", "score", "coverage", "risk", "threshold",
                          "retained_metric")
 CALIBRATION_COLUMNS = ("stratum", "group", "class", "n", "n_voxels", "ece", "ace", "mce",
@@ -217,7 +217,7 @@ def _sentence(s: np.ndarray, f: np.ndarray, metric: np.ndarray, coverage: float
     keep = s <= t
     fails = f > 0
     return {"coverage_target": float(coverage), "threshold": t,
-            "referred": float(1.0 - keep.mean()),
+            "coverage": float(keep.mean()), "referred": float(1.0 - keep.mean()),
             "caught": float(fails[~keep].sum() / fails.sum()) if fails.any() else float("nan"),
             "retained_metric": float(np.nanmean(metric[keep])) if keep.any() else float("nan"),
             "retained_risk": float(f[keep].mean()) if keep.any() else float("nan")}
@@ -255,7 +255,8 @@ def _score_row(s: np.ndarray, f: np.ndarray, metric: np.ndarray, global_t: float
     if global_t is not None:  # a subgroup: the overall threshold applied to it
         keep = s <= global_t
         fails = f > 0
-        sent.update({"threshold": global_t, "referred": float(1.0 - keep.mean()),
+        sent.update({"threshold": global_t, "coverage": float(keep.mean()),
+                     "referred": float(1.0 - keep.mean()),
                      "caught": float(fails[~keep].sum() / fails.sum()) if fails.any() else np.nan,
                      "retained_metric": float(np.nanmean(metric[keep])) if keep.any() else np.nan,
                      "retained_risk": float(f[keep].mean()) if keep.any() else np.nan})

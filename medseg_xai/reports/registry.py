@@ -31,6 +31,7 @@ SECTIONS: tuple[str, ...] = (
     "subgroups",
     "lesions",
     "failures",
+    "failure_detection",
     "model_and_data",
     "comparison",
     "limitations",

@@ -1,0 +1,101 @@
+"""Failure detection, calibration per subgroup and hidden strata (issue 27): a view of
+``result.selective``, ``failure_detection``, ``risk_coverage``, ``calibration``,
+``reliability`` and ``hidden_strata``. Left out when the audit ran without ``failure=``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medseg_xai.reports import figures
+from medseg_xai.reports.common import stratum_title
+from medseg_xai.reports.figures_failure import reliability_plot, risk_coverage_plot
+from medseg_xai.reports.tables import fmt, table_from_frame
+
+TITLE = "Failure detection, calibration and hidden strata"
+#: Subgroups below this many scans get no reliability panel (and are marked in the table).
+CAVEAT_N = 30
+
+
+def _sentences(result: Any) -> list[str]:
+    out = []
+    sel = result.selective
+    if sel is None or sel.empty:
+        return out
+    for r in sel[sel["best"]].to_dict("records"):
+        out.append(
+            f"If the scans with {r['score']} above {fmt(r['threshold'])} go to a human "
+            f"({fmt(r['referred'] * 100, 1)}% of {r['n']} scans), the rest (coverage "
+            f"{fmt(r['coverage'] * 100, 1)}%) reach mean {r['metric']} "
+            f"{fmt(r['retained_metric'])} with {fmt(r['retained_risk'] * 100, 1)}% failures "
+            f"({r['failure']}); {fmt(r['caught'] * 100, 1)}% of all failures are caught.")
+    return out
+
+
+def _calibration(result: Any) -> dict[str, Any] | None:
+    cal = result.calibration
+    if cal is None or cal.empty:
+        return None
+    table = table_from_frame(cal, "calibration-table", ["stratum", "group", "class", "n",
+                                                        "n_voxels", "ece", "ace", "mce",
+                                                        "ece_pooled", "ace_pooled"],
+                             headers={"n": "scans", "n_voxels": "voxels",
+                                      "ece_pooled": "ECE (voxels pooled)",
+                                      "ace_pooled": "ACE (voxels pooled)"})
+    blocks = []
+    rel = result.reliability
+    for stratum in dict.fromkeys(cal["stratum"]):
+        big = cal[(cal["stratum"] == stratum) & (cal["n"] >= CAVEAT_N)]
+        pts = rel[(rel["stratum"] == stratum) & rel["group"].isin(big["group"])]
+        if len(pts):
+            blocks.append({"title": stratum_title(stratum), "figure": figures.to_uri(
+                reliability_plot(pts, f"Reliability: {stratum}"))})
+    return {"table": table, "blocks": blocks, "caveat_n": CAVEAT_N,
+            "bins": result.settings.get("failure", {}).get("calibration_bins")}
+
+
+def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
+    fd = result.failure_detection
+    settings = result.settings.get("failure")
+    if not settings or fd is None or fd.empty and (result.calibration is None
+                                                   or result.calibration.empty):
+        return None
+    out: dict[str, Any] = {"failure": settings.get("failure"), "sentences": _sentences(result),
+                           "target": settings.get("target_coverage"), "overall": None,
+                           "figure": None, "subgroups": None, "calibration": _calibration(result),
+                           "hidden": None, "hidden_info": result.provenance.get("hidden_strata"),
+                           "alpha": result.settings.get("alpha"),
+                           "min_gap": settings.get("min_gap")}
+    if fd is not None and len(fd):
+        overall = fd[fd["stratum"] == "overall"]
+        out["overall"] = table_from_frame(
+            overall, "failure-detection-overall",
+            ["score", "n", "n_failures", "aurc", "e_aurc", "aurc_random", "auroc",
+             "spearman_metric", "best"],
+            headers={"n_failures": "failures", "aurc": "AURC", "e_aurc": "excess AURC",
+                     "aurc_random": "AURC of a random score", "auroc": "AUROC",
+                     "spearman_metric": f"Spearman with {settings.get('metric')}",
+                     "best": "lowest AURC"})
+        curves = result.risk_coverage
+        curves = curves[curves["stratum"] == "overall"]
+        if len(curves):
+            out["figure"] = figures.to_uri(risk_coverage_plot(curves, out["failure"]))
+        best = fd[fd["best"] & (fd["stratum"] != "overall")]
+        if len(best):
+            out["subgroups"] = table_from_frame(
+                best, "failure-detection-subgroups",
+                ["stratum", "group", "score", "n", "n_failures", "aurc", "auroc", "referred",
+                 "caught", "retained_metric"],
+                headers={"n_failures": "failures", "aurc": "AURC", "auroc": "AUROC",
+                         "referred": "referred at the overall threshold",
+                         "caught": "failures caught", "retained_metric": "mean of the kept"})
+    hs = result.hidden_strata
+    if hs is not None and len(hs):
+        out["hidden"] = table_from_frame(
+            hs, "hidden-strata",
+            ["group_id", "description", "n", "mean_group", "mean_rest", "gap", "adjusted_gap",
+             "failure_rate_group", "failure_rate_rest", "p_adjusted"],
+            headers={"group_id": "group", "mean_group": "mean in group",
+                     "mean_rest": "mean elsewhere", "adjusted_gap": "gap beyond known strata",
+                     "failure_rate_group": "failure rate in group",
+                     "failure_rate_rest": "failure rate elsewhere", "p_adjusted": "adjusted p"})
+    return out
