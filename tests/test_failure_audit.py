@@ -108,3 +108,32 @@ def test_report_section_shows_the_json_numbers(small, tmp_path) -> None:
                     {1: "group", 3: "n", 5: "ece", 6: "ace", 7: "mce"}) == 5 * len(cal)
     assert "No hidden stratum at the stated false-discovery level" in text or \
         "hidden-strata" in p.tables
+
+
+def test_dashboard_failure_panel_drills_down(small) -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    from medseg_xai.audit.hidden_strata import HIDDEN_STRATA_COLUMNS
+    from medseg_xai.widgets import AuditDashboard
+    from medseg_xai.widgets.failure_view import FailurePanel
+
+    _, _, r = small
+    dash = AuditDashboard(r)
+    assert dash.failure is not None and "If the scans with" in dash.failure.sentences.value
+    assert "aurc" in dash.failure.scores.value and "ece" in dash.failure.calibration.value
+    # drill-down mechanics on the engine's cases with one stratum marked by hand
+    cases = r.cases.copy()
+    ok = cases.index[cases["status"] == "ok"][:4]
+    cases["hidden_stratum"] = ""
+    cases.loc[ok, "hidden_stratum"] = "H1"
+    row = {c: None for c in HIDDEN_STRATA_COLUMNS}
+    row.update(group_id="H1", description="lesion contrast <= 0.5", n=4)
+    marked = dataclasses.replace(r, cases=cases, hidden_strata=pd.DataFrame([row]))
+    opened: list[str] = []
+    panel = FailurePanel(marked, on_open=opened.append, n=3)
+    assert panel.group.value == "H1" and len(panel.members.children) == 3
+    assert set(panel.cases()["case_id"]) <= set(cases.loc[ok, "case_id"])
+    panel.members.children[0].click()
+    assert opened == [str(panel.cases()["case_id"].iloc[0])]

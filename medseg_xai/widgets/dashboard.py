@@ -239,6 +239,13 @@ class AuditDashboard(W.VBox):
 
             self.feature_shift = FeatureShiftPanel(result, on_open=self.open_case)
             self.children = [*self.children, self.feature_shift]
+        self.failure = None  # audit with failure=: sentences, calibration, hidden strata
+        if len(getattr(result, "failure_detection", ())) or len(getattr(result, "hidden_strata",
+                                                                        ())):
+            from medseg_xai.widgets.failure_view import FailurePanel
+
+            self.failure = FailurePanel(result, on_open=self.open_case)
+            self.children = [*self.children, self.failure]
         self.add_class("mx-audit-dashboard")
         self.refresh()
 
