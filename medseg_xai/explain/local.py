@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medseg_xai.explain.windowed import _pad, window_plan
+from medseg_xai.explain.windowed import _pad, blend, overlapping, window_plan
 
 __all__ = ["WindowCache", "mask_box"]
 
@@ -30,10 +30,6 @@ def mask_box(mask: np.ndarray) -> tuple[slice, ...]:
     """Smallest box holding a non-empty mask."""
     idx = np.nonzero(mask)
     return tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-
-
-def _overlaps(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
-    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
 
 
 class WindowCache:
@@ -81,7 +77,7 @@ class WindowCache:
         """Blended logits ``(K, *box)`` of ``image`` (the original's shape) inside ``box``."""
         xp = self._padded(image)
         boxp = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, self.before))
-        need = [i for i, sl in enumerate(self.plan.slices) if _overlaps(sl, boxp)]
+        need = overlapping(self.plan, boxp)
         outputs: dict[int, torch.Tensor] = {}
         fresh: list[int] = []
         for i in need:
@@ -100,15 +96,4 @@ class WindowCache:
             outputs[i] = y
             if j < 0:
                 self._outputs[i] = y
-        acc: torch.Tensor | None = None
-        for i in need:  # MONAI's order and arithmetic: sum of f * imp, then / count
-            y = outputs[i] * self.plan.importance
-            sl = self.plan.slices[i]
-            inter = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(sl, boxp))
-            src_sl = tuple(slice(t.start - a.start, t.stop - a.start) for t, a in zip(inter, sl))
-            dst_sl = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(inter, boxp))
-            if acc is None:
-                acc = torch.zeros((y.shape[0], *(b.stop - b.start for b in boxp)))
-            acc[(slice(None), *dst_sl)] += y[(slice(None), *src_sl)]
-        assert acc is not None
-        return acc / self.plan.count[boxp]
+        return blend(self.plan, need, outputs, boxp)  # MONAI's order and arithmetic

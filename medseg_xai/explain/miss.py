@@ -509,7 +509,15 @@ def _evidence(
         else:
             xb = torch.as_tensor(np.asarray(b, dtype=np.float32), device=x.device).reshape(x.shape)
         with torch.no_grad():
-            fx, fb = (float(v) for v in target(adapter.logits(torch.cat([x, xb]))))
+            both = torch.cat([x, xb])
+            if adapter.sliding_window is not None:  # only the windows the target reads (#25)
+                from medseg_xai.explain.windowed import windowed_target
+
+                with adapter.frozen(freeze_parameters=False):
+                    vals = windowed_target(adapter, target)(both)
+            else:
+                vals = target(adapter.logits(both))
+            fx, fb = (float(v) for v in vals)
         err = completeness_error(row["total"], fx, fb)
         row["completeness_error"] = err
         if not (np.isfinite(fx) and np.isfinite(fb)):

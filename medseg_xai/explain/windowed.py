@@ -10,7 +10,9 @@ padded image). A target ``T(L)`` therefore has the input gradient
 where ``J_w`` is the Jacobian of the network on window ``w`` alone. The cotangent ``dT/dL`` is
 cheap (the target is a masked mean of the logits: no network in it), so the gradient is
 accumulated window batch by window batch with each window's own backward pass, and only the
-windows where that cotangent is non-zero (the target's support) are run at all. Peak memory
+windows where that cotangent is non-zero (the target's support) are run at all. The forward
+value of a :class:`~medseg_xai.targets.Target` likewise needs the logits inside its mask only,
+so it runs only the windows overlapping the mask's box (:func:`region_logits`). Peak memory
 is the activations of one window batch plus arrays of the volume's size (the image, the
 logits, the gradient), instead of the activations of every window at once, which the
 whole-volume backward pass keeps.
@@ -33,8 +35,8 @@ import torch.nn.functional as F
 
 from medseg_xai.adapters import SegmentationAdapter
 
-__all__ = ["WINDOWED_METHODS", "WindowPlan", "window_plan", "windowed_gradient",
-           "windowed_target"]
+__all__ = ["WINDOWED_METHODS", "WindowPlan", "blend", "overlapping", "region_logits",
+           "window_plan", "windowed_gradient", "windowed_target"]
 
 #: ``explain()`` methods whose gradients are accumulated window by window.
 WINDOWED_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad")
@@ -114,6 +116,62 @@ def _pad(x: torch.Tensor, plan: WindowPlan, cfg: dict[str, Any]) -> torch.Tensor
     return F.pad(x, pad=plan.pad, mode=mode, value=cfg.get("cval", 0.0))
 
 
+def overlapping(plan: WindowPlan, boxp: tuple[slice, ...]) -> list[int]:
+    """Indices of the windows of ``plan`` that overlap ``boxp`` (padded-grid slices)."""
+    return [i for i, sl in enumerate(plan.slices)
+            if all(a.start < b.stop and b.start < a.stop for a, b in zip(sl, boxp))]
+
+
+def blend(plan: WindowPlan, need: list[int], outputs: dict[int, torch.Tensor],
+          boxp: tuple[slice, ...]) -> torch.Tensor:
+    """MONAI's blend restricted to ``boxp``: ``sum f_w * imp`` in window order, ``/ count``.
+
+    ``outputs[i]`` is window ``i``'s output ``(..., K, *roi)``; windows not overlapping
+    ``boxp`` contribute nothing there, so ``need`` (:func:`overlapping`) suffices.
+    """
+    acc: torch.Tensor | None = None
+    imp = plan.importance.to(next(iter(outputs.values())).device) if outputs else None
+    for i in need:
+        y = outputs[i] * imp
+        sl = plan.slices[i]
+        inter = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(sl, boxp))
+        src = tuple(slice(t.start - a.start, t.stop - a.start) for t, a in zip(inter, sl))
+        dst = tuple(slice(t.start - b.start, t.stop - b.start) for t, b in zip(inter, boxp))
+        if acc is None:
+            acc = torch.zeros((*y.shape[:-len(boxp)], *(b.stop - b.start for b in boxp)),
+                              dtype=y.dtype, device=y.device)
+        acc[(..., *dst)] += y[(..., *src)]
+    if acc is None:
+        raise ValueError("blend: no window overlaps the region")
+    return acc / plan.count[boxp].to(acc.device)
+
+
+def region_logits(adapter: SegmentationAdapter, x: torch.Tensor, box: tuple[slice, ...],
+                  window_batch: int | None = None) -> torch.Tensor:
+    """Blended sliding-window logits ``(N, K, *box)`` of ``x`` inside ``box``, no gradients.
+
+    Only the windows overlapping ``box`` run; the values are MONAI's there.
+    """
+    cfg = adapter.sliding_window
+    plan = window_plan(x.shape[2:], cfg, x.device, x.dtype)
+    before = [plan.pad[2 * k] for k in range(x.ndim - 3, -1, -1)]
+    boxp = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, before))
+    need = overlapping(plan, boxp)
+    bs = int(window_batch or cfg.get("sw_batch_size", 1))
+    with torch.no_grad():
+        xp = _pad(x, plan, cfg)
+        outputs: dict[int, torch.Tensor] = {}
+        for group in _batches(need, bs):
+            for n in range(x.shape[0]):  # (window, example) pairs batched together
+                win = torch.cat([xp[(slice(n, n + 1), slice(None), *plan.slices[i])]
+                                 for i in group])
+                y = adapter._model_forward(win)
+                for j, i in enumerate(group):
+                    outputs.setdefault(i, []).append(y[j])  # type: ignore[attr-defined]
+        stacked = {i: torch.stack(v) for i, v in outputs.items()}  # type: ignore[arg-type]
+        return blend(plan, need, stacked, boxp)
+
+
 def windowed_gradient(
     adapter: SegmentationAdapter,
     x: torch.Tensor,
@@ -173,14 +231,34 @@ def windowed_gradient(
     return grad_x
 
 
+def _target_logits(adapter: SegmentationAdapter, x: torch.Tensor, target: Callable,
+                   window_batch: int | None) -> torch.Tensor:
+    """Logits enough for ``target``: inside a Target's mask box only (zero elsewhere)."""
+    from medseg_xai.targets import Target
+
+    mask = target.mask if isinstance(target, Target) else None
+    if mask is None or not mask.any():
+        with torch.no_grad():
+            return adapter.forward_logits(x)
+    import numpy as np
+
+    idx = np.nonzero(mask)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
+    part = region_logits(adapter, x, box, window_batch)
+    # a Target reads the logits inside its mask only: the rest stays zero
+    logits = torch.zeros((x.shape[0], part.shape[1], *x.shape[2:]), dtype=part.dtype,
+                         device=part.device)
+    logits[(slice(None), slice(None), *box)] = part
+    return logits
+
+
 class _WindowedTarget(torch.autograd.Function):
     """``x -> target(sliding-window logits(x))`` with a window-by-window backward pass."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, adapter: SegmentationAdapter,  # type: ignore[override]
                 target: Callable, window_batch: int | None) -> torch.Tensor:
-        with torch.no_grad():
-            logits = adapter.forward_logits(x)
+        logits = _target_logits(adapter, x, target, window_batch)
         with torch.enable_grad():
             leaf = logits.detach().requires_grad_(True)
             value = target(leaf)
