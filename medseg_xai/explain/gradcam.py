@@ -100,6 +100,9 @@ def _cam_at_layer(
             cam = LayerGradCam(forward, module).attribute(x, relu_attributions=relu).detach()
     if isinstance(cam, tuple):
         raise ValueError("gradcam: the chosen layer has several outputs; pick a convolution")
+    to_source = getattr(adapter.model, "layer_map_to_source", None)
+    if callable(to_source):  # a model with its own pipeline maps its layer grid back itself
+        return to_source(cam)
     if adapter.slice_axis is None:
         return upsample(cam, x.shape[2:])
     # slices were folded into the batch: (N*S, 1, h, w) -> (N, 1, *volume)
