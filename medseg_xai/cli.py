@@ -146,7 +146,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "zip, or a checkpoint with --model-class (see docs/models.md); model "
                         "files can hold code: load only files you trust")
     _add_model_options(p)
-    _add_label_options(p)
+    _add_label_options(p, classes=True)
     p.add_argument("--na-values", nargs="+", default=None, metavar="TEXT",
                    help="CSV cell texts that mean 'missing' besides an empty cell (default: "
                         "none; a case id or site 'NA', 'None' or 'null' stays that text)")
@@ -209,6 +209,7 @@ _PLAN_OPTIONS = {
     "confidence": "confidence", "alpha": "alpha", "min_n": "min_n",
     "interval_method": "ci_method", "test": "test", "correction": "correction",
     "metrics": "metrics", "tolerance": "tolerance",
+    "reference_threshold": "reference_threshold",
 }
 
 
@@ -244,6 +245,11 @@ def _plan_from_args(args: argparse.Namespace):
              if getattr(args, dest, None) is not None}
     if getattr(args, "binarize", False):
         given["binarize"] = True
+    if getattr(args, "classes", None) is not None:
+        if args.labels is not None:
+            raise InputError("--classes and --labels: expected one of them (--classes names "
+                             "the values --labels would list)")
+        given["labels"] = list(args.classes)
     if args.lesion_size_bins is not None:
         given["lesion_size_bins"] = _lesion_size_bins(args.lesion_size_bins)
     if args.feature_layer is not None:
@@ -312,13 +318,22 @@ def _model_options(args: argparse.Namespace) -> dict:
     return opts
 
 
-def _add_label_options(p: argparse.ArgumentParser) -> None:
+def _add_label_options(p: argparse.ArgumentParser, classes: bool = False) -> None:
     p.add_argument("--labels", type=int, nargs="+", default=None, metavar="VALUE",
                    help="foreground label values of the label maps (default: binary 0/1); a "
                         "file with other values fails with the values found")
     p.add_argument("--binarize", action="store_true",
                    help="count every label value > 0 as foreground instead of failing on "
-                        "undeclared values")
+                        "undeclared values (each case's read_notes says which values)")
+    if classes:
+        p.add_argument("--classes", nargs="+", default=None, metavar="VALUE=NAME[:KIND]",
+                       help="named classes instead of --labels, e.g. 1=liver:structure "
+                            "2=tumour:lesion (structure: overlap/surface metrics only; lesion: "
+                            "also connected components and detection; default: lesion for one "
+                            "class, structure for several)")
+        p.add_argument("--reference-threshold", type=float, default=None, metavar="T",
+                       help="soft (probabilistic 0..1) references count voxels >= T as "
+                            "foreground (default 0.5; recorded in the plan)")
 
 
 def _lesion_size_bins(values):

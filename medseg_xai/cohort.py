@@ -179,10 +179,36 @@ def _spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
     return tuple(float(np.linalg.norm(affine[:ndim, i])) for i in range(ndim))
 
 
+#: Default threshold of soft (probabilistic, 0..1) references: a voxel is reference
+#: foreground where its value is >= this; recorded in every audit's settings.
+REFERENCE_THRESHOLD = 0.5
+
+
+def _soft_reference(array: np.ndarray, threshold: float, what: str,
+                    notes: list[str] | None) -> np.ndarray:
+    """A soft reference (floats in 0..1, some not 0 or 1) thresholded at ``>= threshold``;
+    any other map unchanged (integer maps keep the label-value rule)."""
+    if array.dtype.kind != "f" or not np.all(np.isfinite(array)):
+        return array
+    if array.size == 0 or array.min() < 0 or array.max() > 1 or np.all(array == np.round(array)):
+        return array
+    if notes is not None:
+        notes.append(f"{what}: soft reference (values in 0..1) thresholded at >= {threshold:g} "
+                     "(reference_threshold)")
+    return (array >= threshold).astype(np.uint8)
+
+
 def _as_mask(array: np.ndarray, what: str, case_id: str, labels: Any = None,
-             binarize: bool = False) -> np.ndarray:
+             binarize: bool = False, *, reference_threshold: float | None = None,
+             notes: list[str] | None = None) -> np.ndarray:
     if array.ndim >= 3 and array.shape[0] == 1:
         array = array[0]
+    if reference_threshold is not None:
+        array = _soft_reference(array, float(reference_threshold), what, notes)
+    if binarize and notes is not None and array.dtype != bool:
+        found = [v for v in np.unique(array).tolist() if v > 0]
+        notes.append(f"{what}: binarize counted value(s) {found[:8]}"
+                     f"{' and more' if len(found) > 8 else ''} as foreground")
     # label values are explicit: anything outside ``labels`` fails here, with the values found
     array = check_label_values(array, labels, f"case {case_id!r}: {what}", binarize=binarize)
     if not np.all(np.isfinite(array)):
@@ -397,6 +423,7 @@ def load_case_from_paths(
     binarize: bool = False,
     allow_missing_readers: bool = False,
     read: Mapping[str, Any] | None = None,
+    reference_threshold: float = REFERENCE_THRESHOLD,
 ) -> Case:
     """Load a case from its path columns and check that every volume shares the image grid.
 
@@ -421,6 +448,9 @@ def load_case_from_paths(
     read : mapping, optional
         Reading options from the manifest (:data:`READ_COLUMNS`): ``spacing`` (mm per pixel of
         2D PNG/JPEG/TIFF/BMP files), ``frame_axis`` and ``frame`` (one frame of a time series).
+    reference_threshold : float
+        A soft reference (label or reader file of floats in 0..1) counts voxels ``>=`` it as
+        foreground (stated in ``Case.notes``); integer label maps are unaffected.
 
     Raises
     ------
@@ -446,13 +476,14 @@ def load_case_from_paths(
             volumes[what] = vol.array.astype(np.float32, copy=False)
         else:
             _check_label_shape(case_id, what, vol, image)
-            mask = _as_mask(vol.array, what, case_id, labels, binarize)
+            mask = _as_mask(vol.array, what, case_id, labels, binarize, notes=notes,
+                            reference_threshold=reference_threshold if what == "label" else None)
             _check_grid(case_id, what, mask.shape, vol.affine, spatial, affine)
             volumes[what] = mask
             if what == "label":
                 class_names = dict(vol.class_names)
     readers, missing_readers = _load_readers(case_id, paths, image, read, labels, binarize,
-                                             allow_missing_readers)
+                                             allow_missing_readers, reference_threshold, notes)
     if volumes["label"] is None and not reader_columns(paths):
         raise ValueError(f"case {case_id!r}: label: expected a reference file path, got none")
     return Case(
@@ -482,7 +513,8 @@ def _check_label_shape(case_id: str, what: str, vol: Volume, image: Volume) -> N
 
 def _load_readers(case_id: str, paths: Mapping[str, str | None], image: Volume,
                   read: Mapping[str, Any], labels: Any, binarize: bool,
-                  allow_missing: bool) -> tuple[dict[str, np.ndarray], list[str]]:
+                  allow_missing: bool, reference_threshold: float | None = None,
+                  notes: list[str] | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     readers: dict[str, np.ndarray] = {}
     missing: list[str] = []
     for col in reader_columns(paths):
@@ -494,7 +526,8 @@ def _load_readers(case_id: str, paths: Mapping[str, str | None], image: Volume,
             raise ValueError(f"case {case_id!r}: reader {name!r} ({col}): expected a file, got "
                              + ("an empty value" if _empty(path) else "a missing file"))
         vol = _read_on_grid(case_id, col, str(path), image, read)
-        mask = _as_mask(vol.array, col, case_id, labels, binarize)
+        mask = _as_mask(vol.array, col, case_id, labels, binarize, notes=notes,
+                        reference_threshold=reference_threshold)
         _check_grid(case_id, col, mask.shape, vol.affine, image.spatial_shape, image.affine)
         readers[name] = mask
     return readers, missing
@@ -502,6 +535,59 @@ def _load_readers(case_id: str, paths: Mapping[str, str | None], image: Volume,
 
 # --------------------------------------------------------------------------------------------
 # cohort
+
+
+def _frame_count(path: str, axis: int) -> int:
+    """Entries along ``axis`` of a file (the header only for NIfTI)."""
+    p = Path(path)
+    if _kind(p) == "nifti":
+        import nibabel as nib
+
+        shape = nib.load(str(p)).shape
+    else:
+        shape = read_file(p).array.shape[1:]
+    if not 0 <= axis < len(shape):
+        raise ValueError(f"frame_axis: expected an axis of the image shape {tuple(shape)}, "
+                         f"got {axis}")
+    return int(shape[axis])
+
+
+def _expand_frames(df: pd.DataFrame, problems: list[dict[str, str]]) -> pd.DataFrame:
+    """Rows with a ``frame_axis`` become one row per frame: case id ``<case>_f<k>``, a
+    ``frame`` column (a stratum) and ``patient_id`` the case's (frames are clustered by case in
+    every interval unless a patient id groups them more widely)."""
+    rows: list[dict[str, Any]] = []
+    for rec in df.to_dict(orient="records"):
+        value = rec.get("frame_axis")
+        if _empty(value):
+            rows.append(rec)
+            continue
+        cid = rec["case_id"]
+        try:
+            axis = int(float(value))
+            if axis != float(value):
+                raise ValueError
+        except (TypeError, ValueError):
+            problems.append({"case_id": cid, "field": "frame_axis", "message":
+                             f"case {cid!r}: frame_axis: expected an axis number, got {value!r}"})
+            rows.append(rec)
+            continue
+        try:
+            n = _frame_count(str(rec["image"]), axis) if rec.get("image") else 0
+        except Exception as exc:  # noqa: BLE001 - the row fails, the cohort goes on
+            problems.append({"case_id": cid, "field": "frame_axis",
+                             "message": f"case {cid!r}: frame_axis: {exc}"})
+            rows.append(rec)
+            continue
+        patient = rec.get("patient_id")
+        for k in range(n):
+            rows.append({**rec, "case_id": f"{cid}_f{k}", "frame": k, "frame_axis": axis,
+                         "patient_id": cid if _empty(patient) else patient})
+    out = pd.DataFrame(rows, columns=[*df.columns, *[c for c in ("frame", "patient_id")
+                                                    if c not in df.columns]])
+    if "frame" in out.columns:
+        out["frame"] = out["frame"].astype("Int64")
+    return out
 
 
 def is_identifier(column: object) -> bool:
@@ -654,6 +740,8 @@ class Cohort:
             # of a Python str per row: 100,000 rows x 3 path columns were 25 MB as objects)
             with system_arrow_pool():  # see medseg_xai._memory
                 df[col] = pd.Series(resolved, index=df.index)
+        if "frame_axis" in df.columns:
+            df = _expand_frames(df, problems)
         if read_metadata:
             df = self._fill_metadata(df, problems)
         if pseudonymise:
@@ -845,11 +933,20 @@ class Cohort:
         cols = (*PATH_COLUMNS, *reader_columns(self.manifest.columns))
         return {c: (None if _empty(row.get(c)) else row.get(c)) for c in cols}
 
-    def load_case(self, case_id: str, *, labels: Any = None, binarize: bool = False) -> Case:
+    def read_options(self, case_id: str) -> dict[str, Any]:
+        """Reading options of a case (:data:`READ_COLUMNS`: ``spacing``, ``frame_axis``,
+        ``frame``), empty ones left out."""
+        row = self.row(case_id)
+        return {c: row[c] for c in READ_COLUMNS if c in row and not _empty(row[c])}
+
+    def load_case(self, case_id: str, *, labels: Any = None, binarize: bool = False,
+                  reference_threshold: float = REFERENCE_THRESHOLD) -> Case:
         """Load image, reference, prediction and probability of one case (grid-checked; label
         values as declared by ``labels``, binary by default, see :func:`load_case_from_paths`)."""
         return load_case_from_paths(case_id, self.paths(case_id), self.metadata(case_id),
-                                    labels=labels, binarize=binarize)
+                                    labels=labels, binarize=binarize,
+                                    read=self.read_options(case_id),
+                                    reference_threshold=reference_threshold)
 
     def with_metadata(self, columns: Sequence[str]) -> Cohort:
         """The same cohort with only the metadata ``columns`` kept (the rest never reach a
@@ -878,7 +975,8 @@ class Cohort:
                           "check them or drop the column(s)", stacklevel=2)
         new = object.__new__(Cohort)
         new.__dict__.update(self.__dict__)
-        drop = [c for c in self.metadata_columns if c not in wanted]
+        # the reading options (a frame's index) stay: the rows cannot be read without them
+        drop = [c for c in self.metadata_columns if c not in wanted and c not in READ_COLUMNS]
         new.manifest = self.manifest.drop(columns=drop)
         new._fingerprint = self.fingerprint()
         return new

@@ -85,6 +85,9 @@ class DecisionRules:
         Smallest IoU of a pair under ``matching="hungarian"``.
     binarize : bool
         Count every label value ``> 0`` as foreground (instead of failing on undeclared ones).
+    reference_threshold : float
+        Soft (probabilistic 0..1) reference files count voxels ``>=`` it as foreground
+        (:func:`medseg_xai.cohort.load_case_from_paths`).
     """
 
     threshold: float | None = None
@@ -97,6 +100,7 @@ class DecisionRules:
     overlap_threshold: float = 0.1
     iou_threshold: float = 0.5
     binarize: bool = False
+    reference_threshold: float = 0.5
 
     @property
     def label_setting(self) -> dict[int, str] | list[int] | None:

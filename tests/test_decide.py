@@ -170,7 +170,9 @@ def test_gallery_under_the_adapter_threshold(cohort_dir: Path) -> None:
 
 def test_gallery_of_a_three_class_audit(cohort_dir: Path) -> None:
     cohort = _cohort(cohort_dir, drop=("label_r1", "label_r2", "label_r3"))
-    result = mx.audit(cohort, labels={1: "a", 2: "b"}, progress=False, executor="serial")
+    # both classes declared lesions (several classes default to structures: no lesion table)
+    result = mx.audit(cohort, labels={1: "a:lesion", 2: "b:lesion"}, progress=False,
+                      executor="serial")
     assert (result.cases["status"] == "ok").all(), result.cases["error"].tolist()
     assert _check_gallery(result, cohort) >= 6
 

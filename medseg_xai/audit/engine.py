@@ -27,6 +27,7 @@ from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_t
 from medseg_xai.audit.strata import check_scalar_columns, parse_strata
 from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
 from medseg_xai.cohort import Cohort
+from medseg_xai.metrics.evaluate import METRIC_KEYS
 
 __all__ = ["DEFAULT_METRICS", "audit", "build_result"]
 
@@ -222,6 +223,15 @@ def _prepare(cohort: Cohort, plan: AuditPlan, adapter: Any, allow_missing: bool
     strata_list = parse_strata(list(st.strata) or None)
     crit = [dict(c) for c in plan.criteria]
     metric_list = _metric_list(met.metrics, crit, dec.label_setting)
+    from medseg_xai.classes import (
+        effective_classes,
+        lesion_values,
+        parse_classes,
+        per_class_metrics,
+    )
+
+    classes = effective_classes(dec)  # declared kinds, else one class: lesion, several: structure
+    metric_list = per_class_metrics(metric_list, classes, _PER_CLASS_KEYS)
     names = {s.name for s in strata_list} | {"overall"}
     for c in crit:
         if isinstance(c["strata"], list) and not set(c["strata"]) <= names:
@@ -258,6 +268,8 @@ def _prepare(cohort: Cohort, plan: AuditPlan, adapter: Any, allow_missing: bool
         "convention": met.convention, "use_subvoxels": bool(met.use_subvoxels),
         "matching": dec.matching, "iou_threshold": float(dec.iou_threshold),
         "reference": dec.reference, "allow_missing_readers": allow_missing,
+        "lesion_labels": lesion_values(parse_classes(classes) if classes else None),
+        "reference_threshold": float(dec.reference_threshold),
     }
     assert set(case_settings) == set(CASE_SETTING_KEYS)
     task_settings = dict(case_settings)
@@ -272,6 +284,7 @@ def _prepare(cohort: Cohort, plan: AuditPlan, adapter: Any, allow_missing: bool
         task_settings["pseudonymised"] = True
     return cohort, {"strata": strata_list, "criteria": crit, "metrics": metric_list,
                     "feature_reference": feature_ref, "case_settings": case_settings,
+                    "classes": classes,
                     "task_settings": task_settings}
 
 
@@ -312,7 +325,8 @@ def _settings(plan: AuditPlan, checked: Mapping[str, Any], adapter: Any,
         "inference": adapter is not None,
         # the decision rule of the audit's own inference (None: 0.5 / argmax, decide.py)
         "threshold": checked["task_settings"].get("threshold"),
-        "classes": [dict(c) for c in plan.decision.classes],
+        # the classes audited with their kinds (declared, else the defaults of classes.py)
+        "classes": checked.get("classes") or [dict(c) for c in plan.decision.classes],
         "plan": plan.to_dict(), "plan_hash": plan.hash,
     }
     if "feature_layer" in checked["task_settings"]:
@@ -452,6 +466,8 @@ def probe_writable(folder: str, what: str) -> None:
         raise infrastructure_error(exc, what) from exc
 
 
+#: Metrics that a multi-class audit reports per class (``dice_liver``) besides their mean.
+_PER_CLASS_KEYS = (*METRIC_KEYS, "soft_dice", "brier")
 _LESION_KEYS = ("n_ref_lesions", "n_pred_lesions", "n_detected", "n_missed", "n_false_positive",
                 "lesion_sensitivity", "fp_per_case", "lesion_f1")
 
@@ -726,6 +742,12 @@ def build_result(
         ci_method=stat["ci_method"], test=stat["test"], correction=stat["correction"],
         alpha=float(stat["alpha"]),
     )
+    if settings.get("classes") and len(settings["classes"]) > 1 and len(subgroups):
+        from medseg_xai.classes import class_of_metric
+
+        # which class a row describes; the unlabelled mean names the classes it covers
+        subgroups.insert(subgroups.columns.get_loc("metric") + 1, "class", [
+            class_of_metric(m, settings["classes"], _PER_CLASS_KEYS) for m in subgroups["metric"]])
     # Each table's working arrays are freed when it is done; giving that heap back before the
     # next one keeps the peak at one table's work above the data (at 100,000 cases RSS
     # otherwise climbed by each table's leftovers: +45 MB by the detection table).

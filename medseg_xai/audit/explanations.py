@@ -315,12 +315,22 @@ def _audit_masks(result: Any, cohort: Any, adapter: Any, case_id: str, rules: De
     settings = result.settings
     case = load_case_from_paths(case_id, cohort.paths(case_id), labels=rules.label_setting,
                                 binarize=rules.binarize,
-                                allow_missing_readers=bool(settings.get("allow_missing_readers")))
-    ref = foreground(reference_mask(case, rules), rules.label_setting)
+                                allow_missing_readers=bool(settings.get("allow_missing_readers")),
+                                read=cohort.read_options(case_id),
+                                reference_threshold=float(settings.get("reference_threshold",
+                                                                       0.5)))
+    ref_map = reference_mask(case, rules)
     if settings.get("inference") and adapter is not None:
         pred: np.ndarray | None = predict(adapter, case.image, rules)
     else:
         pred = None if case.prediction is None else np.asarray(case.prediction)
+    lesion_labels = settings.get("lesion_labels")
+    if lesion_labels:  # a multi-class audit: lesion ids name components of the lesion classes
+        from medseg_xai.classes import lesion_foreground
+
+        return case, lesion_foreground(ref_map, lesion_labels), (
+            None if pred is None else lesion_foreground(pred, lesion_labels))
+    ref = foreground(ref_map, rules.label_setting)
     return case, ref, None if pred is None else foreground(pred, rules.label_setting)
 
 

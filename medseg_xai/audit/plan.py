@@ -303,6 +303,7 @@ def _check_decision(d: DecisionRules) -> None:
         "overlap_threshold": [Interval(numbers.Real, 0, 1, "right")],
         "iou_threshold": [Interval(numbers.Real, 0, 1, "right")],
         "binarize": [Typed((bool,))],
+        "reference_threshold": [Interval(numbers.Real, 0, 1, "right")],
     })
     if d.label_names is not None and (d.labels is None or len(d.label_names) != len(d.labels)):
         raise ValueError(f"plan.decision.label_names: expected one name per label value "
@@ -445,9 +446,10 @@ class AuditPlan:
             part, name = OPTION_FIELDS[key]
             if part == "criteria":
                 d["criteria"] = _criteria_list(value)
-            elif key == "labels":
-                d["decision"]["labels"] = (dict(value) if isinstance(value, Mapping) else
-                                           (None if value is None else list(value)))
+            elif key == "labels":  # values, {value: name[:kind]} or "VALUE=NAME[:KIND]" items
+                from medseg_xai.classes import declaration
+
+                d["decision"].update(declaration(value))
             elif key == "feature_reference":
                 d[part][name] = _reference_strings(value)
             elif key == "strata":
@@ -512,6 +514,7 @@ OPTION_FIELDS: dict[str, tuple[str, str]] = {
     "overlap_threshold": ("decision", "overlap_threshold"),
     "iou_threshold": ("decision", "iou_threshold"),
     "binarize": ("decision", "binarize"),
+    "reference_threshold": ("decision", "reference_threshold"),
     "ci_method": ("statistics", "interval_method"),
     "confidence": ("statistics", "confidence"),
     "n_resamples": ("statistics", "n_resamples"),

@@ -37,7 +37,14 @@ import numpy as np
 from medseg_xai._privacy import redact_paths
 from medseg_xai.audit.cache import CaseCache, input_hash
 from medseg_xai.audit.stream import InfrastructureError, infrastructure_error
-from medseg_xai.cohort import PATH_COLUMNS, Cohort, load_case_from_paths, reader_columns
+from medseg_xai.cohort import (
+    PATH_COLUMNS,
+    READ_COLUMNS,
+    REFERENCE_THRESHOLD,
+    Cohort,
+    load_case_from_paths,
+    reader_columns,
+)
 
 __all__ = ["CASE_SETTING_KEYS", "EXECUTORS", "STAGES", "TORCH_THREADS", "CaseTask", "CaseTimeout",
            "evaluate_task", "iter_tasks", "run_tasks", "tasks_for"]
@@ -46,7 +53,8 @@ EXECUTORS = ("serial", "process", "dask")
 # Settings that change a case's record (and therefore its cache key).
 CASE_SETTING_KEYS = ("labels", "tolerance", "percentile", "empty", "connectivity",
                      "overlap_threshold", "binarize", "convention", "use_subvoxels", "matching",
-                     "iou_threshold", "reference", "allow_missing_readers")
+                     "iou_threshold", "reference", "allow_missing_readers", "lesion_labels",
+                     "reference_threshold")
 #: Per-case stage timings (seconds) in every record's ``timing``: loading the volumes, model
 #: inference (only with an adapter), the metrics, lesion matching, and the cache (input hash,
 #: lookup, store); ``total_s`` is the whole case as the worker saw it.
@@ -66,6 +74,9 @@ class CaseTask:
     case_id: str
     paths: Mapping[str, str | None]
     problem: str | None = None
+    #: Reading options of the row (``spacing``, ``frame_axis``, ``frame``; see
+    #: :data:`medseg_xai.cohort.READ_COLUMNS`); None when the manifest has none.
+    read: Mapping[str, Any] | None = None
 
 
 def _abs(value: Any) -> str | None:
@@ -98,12 +109,24 @@ def iter_tasks(cohort: Cohort, allow_missing_readers: bool = False) -> Iterator[
         problems.setdefault(cid, []).append(msg)
     manifest = cohort.manifest
     cols = {c: (manifest[c] if c in manifest.columns else None) for c in (*PATH_COLUMNS, *readers)}
+    read_cols = {c: manifest[c] for c in READ_COLUMNS if c in manifest.columns}
     for i, cid in enumerate(manifest["case_id"]):
         paths = {c: (None if col is None else _abs(col.iat[i])) for c, col in cols.items()}
         for fld in absent.get(cid, ()):
             paths[fld] = None
         msgs = problems.get(cid)
-        yield CaseTask(i, str(cid), paths, "; ".join(msgs) if msgs else None)
+        read = _read_options({c: col.iat[i] for c, col in read_cols.items()})
+        yield CaseTask(i, str(cid), paths, "; ".join(msgs) if msgs else None, read)
+
+
+def _read_options(cells: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A row's non-empty reading options as JSON-friendly values (they are hashed)."""
+    out: dict[str, Any] = {}
+    for k, v in cells.items():
+        if v is None or (isinstance(v, float) and np.isnan(v)) or str(v).strip() == "":
+            continue
+        out[k] = int(v) if k in ("frame", "frame_axis") else str(v)
+    return out or None
 
 
 def tasks_for(cohort: Cohort, allow_missing_readers: bool = False) -> list[CaseTask]:
@@ -201,7 +224,10 @@ def _compute_case(
     t0 = clock()
     case = load_case_from_paths(case_id, paths, labels=settings.get("labels"),
                                 binarize=bool(settings.get("binarize")),
-                                allow_missing_readers=bool(settings.get("allow_missing_readers")))
+                                allow_missing_readers=bool(settings.get("allow_missing_readers")),
+                                read=settings.get("read"),
+                                reference_threshold=float(settings.get("reference_threshold",
+                                                                       REFERENCE_THRESHOLD)))
     timing: dict[str, float] = {"load_s": clock() - t0}
     labels = settings.get("labels")
     class_probs = None
@@ -261,7 +287,13 @@ def _compute_case(
     )
     timing["metrics_s"] = clock() - t0
     t0 = clock()
-    pred_fg, ref_fg = foreground(pred, labels), foreground(ref, labels)
+    if "lesion_labels" in settings:  # only the lesion classes (medseg_xai.classes)
+        from medseg_xai.classes import lesion_foreground
+
+        pred_fg = lesion_foreground(pred, settings["lesion_labels"])
+        ref_fg = lesion_foreground(ref, settings["lesion_labels"])
+    else:
+        pred_fg, ref_fg = foreground(pred, labels), foreground(ref, labels)
     table = lesion_table(pred_fg, ref_fg, case.spacing, DecisionRules.from_settings(settings),
                          probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0))
     summary = lesion_summary(table, n_cases=1)
@@ -279,6 +311,8 @@ def _compute_case(
     record.update(summary)
     record["shape"] = "x".join(str(s) for s in ref.shape)
     record["spacing"] = ",".join(f"{s:g}" for s in case.spacing)
+    if case.notes:  # what the readers assumed (default spacing, soft reference, binarize)
+        record["read_notes"] = "; ".join(case.notes)
     record["lesions"] = _lesion_records(table)
     if any(settings.get(k) for k in ("uncertainty", "calibration_bins", "properties")):
         from medseg_xai.audit.failure import case_parts  # issue 27: only when asked
@@ -417,6 +451,8 @@ def evaluate_task(
         return {**base, "status": "failed", "error": _error_text(task.problem, task, settings),
                 "timing": {"total_s": clock() - start}}
     try:
+        if task.read:  # only then: the cache keys of rows without reading options are unchanged
+            settings = {**settings, "read": dict(task.read)}
         key = input_hash(task.paths, settings, cache_extra)
         base["input_hash"] = key[:16]
         cache = None

@@ -153,9 +153,9 @@ def read_nifti(p: Path, *, is_image: bool, what: str, case_id: str) -> Volume:
             notes.append(f"{what}: NIfTI 4th axis (no time unit) read as {shape[3]} channels")
             return Volume(array, affine, "nifti", notes=notes)
         # MONAI made dim 4 (time) the channel axis: put it back behind the spatial axes
+        # (X, Y, 1, T) stays 4D here so that the time axis is the file's axis 3; the frame
+        # reader drops the singleton slice axis of a 2D cine
         array = np.moveaxis(array, 0, -1)[None]
-        if shape[2] == 1:  # (X, Y, 1, T): a 2D cine
-            array = array[:, :, :, 0]
-        time_axis = array.ndim - 2
+        time_axis = 3
         notes.append(f"{what}: NIfTI dim 4 is time ({shape[3]} frames, unit {unit})")
     return Volume(array, affine, "nifti", time_axis=time_axis, notes=notes)
