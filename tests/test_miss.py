@@ -362,3 +362,22 @@ def test_label_maps_with_several_classes(contrast_model) -> None:
         explain_miss(contrast_model, img, two, "ref-1", methods=())
     a = explain_miss(contrast_model, img, (lab * 2).astype(np.uint8), "ref-1", methods=())
     assert a.causes == ["contrast"]  # one foreground value, whatever it is
+
+
+def test_explain_miss_class_index_uses_only_that_class() -> None:
+    """A named class of a multi-class map: another class's voxels never count for it."""
+    torch.manual_seed(0)
+    net = nn.Conv2d(1, 4, 1)  # a 4-class softmax model (background + 3 classes)
+    ad = SegmentationAdapter(net.eval(), spatial_dims=2, activation="softmax")
+    img, lab = scan([((14, 14), 4, 0.4), ((28, 28), 4, 0.4)], seed=5)
+    ref = np.zeros(lab.shape, np.uint8)
+    ref[_disc((14, 14), 4)] = 2
+    ref[_disc((28, 28), 4)] = 3
+    only3 = np.where(ref > 0, 3, 0).astype(np.uint8)  # label 3 where the reference says 2 or 3
+    a = explain_miss(ad, img, ref, "ref-1", pred=only3, class_index=2, methods=(), probes=())
+    assert a.status == "missed"  # was "detected": the single label 3 counted as class 2
+    ones_and_threes = np.where(ref == 3, 3, 0).astype(np.uint8)
+    ones_and_threes[_disc((14, 14), 2)] = 1
+    b = explain_miss(ad, img, ref, "ref-1", pred=ones_and_threes, class_index=2, methods=(),
+                     probes=())  # labels 1 and 3: no error, class 2 is simply absent
+    assert b.status == "missed"

@@ -722,3 +722,29 @@ def test_a_demo_cohort_case_shows_its_readers_in_the_explorer(tmp_path) -> None:
     ex.reader_toggles["r1"].value = False
     assert _pngs(ex) != without
     assert ex.reader_view().choose.options == ("r1", "r2", "r3")  # the separate view still works
+
+
+def test_class_selector_changes_the_reference_outline() -> None:
+    """A multi-class label map: the explorer starts on ``class_index`` (not every class merged)
+    and the class selector swaps the reference outline, the prediction and the lesion list."""
+    g = np.indices((40, 40))
+    ref = np.zeros((40, 40), np.uint8)
+    ref[((g[0] - 12) ** 2 + (g[1] - 12) ** 2) <= 16] = 2
+    ref[((g[0] - 28) ** 2 + (g[1] - 26) ** 2) <= 36] = 3
+    pred = np.where(ref == 3, 3, 0).astype(np.uint8)
+    img = np.random.default_rng(2).normal(size=(40, 40)).astype(np.float32) + 2.0 * (ref > 0)
+    ex = CaseExplorer(None, img, ref, pred, classes={2: "tumour", 3: "cyst"}, class_index=2)
+    assert ex.selected_class == 2 and int(ex.ref.sum()) == int((ref == 2).sum())
+    assert not ex.pred.any() and ex.lesions.status("ref-1") == "missed"
+    two = ex.renderer.render()[0]
+    ex.class_select.value = 3  # the dropdown, as a user changes it
+    assert int(ex.renderer.ref.sum()) == int((ref == 3).sum())
+    assert ex.lesions.status("ref-1") == "detected"
+    assert ex.renderer.render()[0] != two  # the outline moved
+    ex.set_class(0)
+    assert int(ex.ref.sum()) == int((ref > 0).sum())
+    assert [label for label, _ in ex.class_select.options] == ["all classes", "tumour (2)",
+                                                              "cyst (3)"]
+    with pytest.raises(ValueError, match="class: expected 0"):
+        ex.set_class(7)
+    assert ex.last_error is None

@@ -113,6 +113,11 @@ class CaseExplorer(W.VBox):
         outline is a toggle in the planes, and with two or more readers a "disagreement"
         overlay marks the voxels some but not all readers marked (display layers of the
         loaded masks, :mod:`medseg_xai.widgets.readers`).
+    classes : mapping, optional
+        Label value -> class name of multi-class ``ref`` / ``pred`` label maps. A "class"
+        selector then shows one class at a time (reference and prediction outlines, lesion
+        table); it starts on ``class_index`` when that is one of the label values, else on all
+        classes. Without names the values found are offered.
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class CaseExplorer(W.VBox):
         background: bool = True,
         method_options: dict[str, dict[str, Any]] | None = None,
         readers: Any = None,
+        classes: Any = None,
     ) -> None:
         super().__init__()
         if image is None:
@@ -170,6 +176,14 @@ class CaseExplorer(W.VBox):
         self.class_index = self._class_index(class_index)
         self.ref = None if ref is None else self._mask(ref, spatial, "ref")
         self.pred = None if pred is None else self._mask(pred, spatial, "pred")
+        # the label maps as given: the class selector cuts one class out of them
+        self._label_maps = {k: (None if m is None else np.asarray(m)) for k, m in
+                            (("ref", ref), ("pred", pred))}
+        self.class_options = self._class_options(classes)
+        self.selected_class = 0
+        if class_index is not None and int(class_index) in self.class_options:
+            self.selected_class = int(class_index)
+            self.ref, self.pred = self._class_masks(self.selected_class)
         self.probability = self._probability(probability, spatial, self.class_index)
         if probs is not None and (self.pred is None or self.probability is None):
             self._predict(probs)
@@ -205,9 +219,13 @@ class CaseExplorer(W.VBox):
     def from_cohort(cls, cohort: Any, case_id: str, adapter: Any = None, **kwargs: Any) -> CaseExplorer:
         """Open manifest row ``case_id`` of a :class:`~medseg_xai.cohort.Cohort` (its affine
         orients the views)."""
-        case = cohort.load_case(str(case_id))
+        load = {k: kwargs.pop(k) for k in ("labels", "binarize", "reference_threshold")
+                if k in kwargs}
+        case = cohort.load_case(str(case_id), **load)
         if case.readers:
             kwargs.setdefault("readers", dict(case.readers))
+        if case.class_names or isinstance(load.get("labels"), dict):
+            kwargs.setdefault("classes", case.class_names or load["labels"])
         return cls(adapter, case.image, case.label, case.prediction, case.spacing,
                    probability=case.probability, affine=case.affine, case_id=case.case_id,
                    **kwargs)
@@ -299,6 +317,50 @@ class CaseExplorer(W.VBox):
             raise ValueError(f"{name}: expected shape {spatial}, got {arr.shape}")
         return arr != 0
 
+    def _class_options(self, classes: Any) -> dict[int, str]:
+        """Label value -> name of the classes the selector offers (none for binary masks)."""
+        found: set[int] = set()
+        for m in self._label_maps.values():
+            if m is not None and m.dtype != bool:
+                found |= {int(v) for v in np.unique(m) if v != 0}
+        names = {int(k): str(v) for k, v in dict(classes or {}).items()}
+        values = sorted(set(names) | found) if (names or len(found) > 1) else []
+        return {v: names.get(v, f"class {v}") for v in values}
+
+    def _class_masks(self, value: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Reference and prediction masks of one class (``0``: every class together)."""
+        out = []
+        for key in ("ref", "pred"):
+            m = self._label_maps[key]
+            out.append(None if m is None else (m != 0 if value == 0 else m == value))
+        return out[0], out[1]
+
+    def set_class(self, value: int) -> None:
+        """Show one class (its label value; ``0`` for all classes): the reference and
+        prediction outlines, the lesion table and the lesion list follow."""
+        v = int(value)
+        if v != 0 and v not in self.class_options:
+            raise ValueError(f"class: expected 0 (all) or one of {list(self.class_options)}, "
+                             f"got {value!r}")
+        if self.class_select.value != v:
+            self.class_select.value = v  # re-enters through the observer
+            return
+        self.selected_class = v
+        self.ref, self.pred = self._class_masks(v)
+        self.renderer.ref, self.renderer.pred = self.ref, self.pred
+        if self.selected_lesion is not None:
+            self.lesion_select.value = None  # lesion ids change with the class
+            self.select_lesion(None)
+        if self.ref is not None or self.pred is not None:
+            pred_mask = self.pred if self.pred is not None else np.zeros(self.ref.shape, bool)
+            self.lesions = CaseLesions(self.image, self.ref, pred_mask, self.probability,
+                                       self.spacing)
+            self.lesion_select.options = [("(no lesion selected)", None)] + [
+                (self.lesions.label(i), i) for i in self.lesions.ids]
+            self.lesion_table.value = self._lesion_table_html()
+        self.analyses = {}
+        self.redraw()
+
     @staticmethod
     def _spacing(spacing: Any, ndim: int, affine: np.ndarray | None) -> tuple[float, ...]:
         if spacing is None:
@@ -370,6 +432,12 @@ class CaseExplorer(W.VBox):
                                   layout=W.Layout(width="260px"))
         self.channel.add_class("mx-channel")
         self.channel.observe(self._on_channel, "value")
+        self.class_select = W.Dropdown(
+            options=[("all classes", 0)] + [(f"{n} ({v})", v) for v, n in self.class_options.items()],
+            value=self.selected_class, description="class",
+            disabled=len(self.class_options) < 2, layout=W.Layout(width="260px"))
+        self.class_select.add_class("mx-class-select")
+        self.class_select.observe(lambda change: self.set_class(int(change["new"])), "value")
 
         self.toggles: dict[str, W.Checkbox] = {}
         for key, label in (("reference", "reference"), ("prediction", "prediction"),
@@ -422,7 +490,8 @@ class CaseExplorer(W.VBox):
         self.zoom_lesion.add_class("mx-zoom-lesion")
         self.zoom_lesion.on_click(lambda _b: self.zoom_to_lesion())
         view_controls = W.VBox([
-            W.HBox([self.channel, self.preset, self.window, self.window_readout]),
+            W.HBox([self.channel, self.class_select, self.preset, self.window,
+                    self.window_readout]),
             W.HBox([cb for k, cb in self.toggles.items() if k != "disagreement"]),
             W.HBox([*self.reader_toggles.values(), dis],
                    layout=W.Layout(display="flex" if self.readers else "none")),
