@@ -261,3 +261,21 @@ def test_explain_accepts_a_dicom_folder_like_audit(tmp_path: Path, capsys):
     assert code == 0, capsys.readouterr().err
     saved = list((tmp_path / "out").glob("*.nii.gz"))
     assert len(saved) == 1 and nib.load(saved[0]).shape == image.spatial_shape
+
+
+def test_png_audit_report_states_the_assumed_spacing(tmp_path: Path):
+    import medseg_xai as mx
+
+    _raster_twins(tmp_path)
+    df = pd.DataFrame({"case_id": ["p1", "p2"], "image": ["im.png", "im.bmp"],
+                       "label": ["lab.png", "lab.bmp"], "prediction": ["pred.png", "pred.png"],
+                       "spacing": [None, "0.4 0.7"]})
+    result = mx.audit(mx.Cohort.from_dataframe(df, root=tmp_path), n_resamples=20, workers=1,
+                      progress=False)
+    assert (result.cases["status"] == "ok").all(), result.cases["error"].tolist()
+    notes = result.provenance["read_notes"]
+    assert notes == {"PNG carries no pixel spacing and the manifest gives none: 1 mm per pixel "
+                     "assumed": 1}
+    html = Path(result.to_html(tmp_path / "r.html")).read_text(encoding="utf-8")
+    assert "1 mm per pixel assumed (1 case)" in html
+    assert result.settings["reference_threshold"] == 0.5

@@ -458,3 +458,39 @@ def test_two_channel_explorer_navigation_and_cancel(lab: LabServer, browser: obj
         save_screenshot(page, "two_channel_explorer.png")
     finally:
         page.close()
+
+
+_CLASS_CELLS = [
+    "import numpy as np\n"
+    "from medseg_xai.widgets import CaseExplorer\n"
+    "shape = (12, 40, 40)\n"
+    "g = np.indices(shape)\n"
+    "ref = np.zeros(shape, np.uint8)\n"
+    "ref[((g[0] - 6) ** 2 + (g[1] - 12) ** 2 + (g[2] - 12) ** 2) <= 16] = 2\n"
+    "ref[((g[0] - 6) ** 2 + (g[1] - 28) ** 2 + (g[2] - 27) ** 2) <= 25] = 3\n"
+    "x = (np.random.default_rng(0).normal(size=shape) + 2.0 * (ref > 0)).astype(np.float32)\n"
+    "ex = CaseExplorer(None, x, ref, ref, classes={2: 'tumour', 3: 'cyst'}, class_index=2,\n"
+    "                  case_id='classes', px=240)\n"
+    "ex",
+]
+
+
+def test_class_selector_changes_the_reference_outline(lab: LabServer, browser: object) -> None:
+    """A multi-class case: choosing another class in the explorer's class selector redraws the
+    planes with that class's reference outline."""
+    _write_notebook(lab.root / "classes.ipynb", _CLASS_CELLS)
+    page = open_notebook(browser, lab, "classes.ipynb")
+    try:
+        run_all_cells(page)
+        assert error_outputs(page) == []
+        planes = [f".mx-case-explorer .mx-plane-{p}" for p in ("axial", "coronal", "sagittal")]
+        page.wait_for_selector(planes[0], timeout=60_000)
+        page.locator(planes[0]).scroll_into_view_if_needed()
+        before = _view_digest(page, planes)
+        assert before is not None
+        assert _select(page, "mx-class-select", "cyst") == "cyst (3)"
+        _wait_digest_change(page, planes, before)
+        assert page.locator(".mx-case-explorer .mx-error").count() == 0
+        assert error_outputs(page) == []
+    finally:
+        page.close()

@@ -809,6 +809,9 @@ def build_result(
     edge = cases.loc[ok, "edge_case"].value_counts() if "edge_case" in cases else pd.Series(dtype=int)
     provenance["edge_cases"] = {k: int(edge.get(k, 0))
                                 for k in ("none", "both_empty", "pred_empty", "ref_empty")}
+    if "read_notes" in cases:  # what the readers assumed (default spacing, soft reference...)
+        notes = [n for v in cases.loc[ok, "read_notes"].dropna() for n in str(v).split("; ") if n]
+        provenance["read_notes"] = {n: notes.count(n) for n in dict.fromkeys(notes)}
     provenance["n_rows"] = len(cases)
     provenance["n_evaluated"] = int(ok.sum())
     provenance["n_failed"] = int((cases["status"] == "failed").sum())

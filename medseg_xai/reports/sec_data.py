@@ -36,4 +36,10 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
                        ("prediction empty, reference not", edge.get("pred_empty", 0)),
                        ("reference empty, prediction not", edge.get("ref_empty", 0))],
         "failed": table_from_frame(failed, "failed-cases", ["case_id", "error"]),
+        # how the files were read: assumptions the readers made (default pixel spacing, soft
+        # references thresholded, values merged by binarize), each with its number of cases
+        "read_notes": [(n, k) for n, k in (result.provenance.get("read_notes") or {}).items()],
+        "classes": [f"{c.get('name')} (value {c.get('value')}, {c.get('kind')})"
+                    for c in (result.settings.get("classes") or [])],
+        "reference_threshold": result.settings.get("reference_threshold"),
     }
