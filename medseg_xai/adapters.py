@@ -204,6 +204,26 @@ class SegmentationAdapter:
         self.output_channels: int | None = None  # known after the first forward pass
 
     # ------------------------------------------------------------------ configuration
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable with a TorchScript model too (spawned worker processes, issue 28): the
+        script travels as its archive bytes (``torch.jit.save``), which pickle cannot write."""
+        state = self.__dict__.copy()
+        if isinstance(state.get("model"), torch.jit.ScriptModule):
+            import io
+
+            buf = io.BytesIO()
+            torch.jit.save(state["model"], buf)
+            state["model"] = _ScriptBytes(buf.getvalue())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state.get("model"), _ScriptBytes):
+            import io
+
+            state["model"] = torch.jit.load(io.BytesIO(state["model"].data),
+                                            map_location=str(state.get("device", "cpu")))
+        self.__dict__.update(state)
+
     def _check_divisor(self, divisor: Any) -> tuple[int, ...] | None:
         """Divisor per model axis, or None while "auto" is not inferred yet."""
         dims = self.model_spatial_dims
@@ -844,3 +864,10 @@ def _strided(m: nn.Module) -> bool:
     stride = getattr(m, "stride", 1)
     stride = (stride,) if isinstance(stride, int) else tuple(stride or (1,))
     return any(int(v) > 1 for v in stride)
+
+
+class _ScriptBytes:
+    """A TorchScript archive's bytes inside a pickled adapter (see ``__getstate__``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data

@@ -293,6 +293,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--divisor", default=None, metavar="N",
                    help="multiple the network needs each spatial size to be (e.g. 16 for four 2x "
                         "down-samplings; default: inferred)")
+    p.add_argument("--activation", default="auto", choices=["auto", "softmax", "sigmoid"],
+                   help="how the model's outputs become probabilities (default auto: sigmoid "
+                        "for a one-channel output, else the loader's, softmax for files)")
 
 
 def _model_options(args: argparse.Namespace) -> dict:
@@ -311,6 +314,8 @@ def _model_options(args: argparse.Namespace) -> dict:
         if not isinstance(kwargs, dict):
             raise InputError(f"--model-kwargs: expected a JSON object, got {args.model_kwargs!r}")
         opts["model_kwargs"] = kwargs
+    if getattr(args, "activation", "auto") not in (None, "auto"):
+        opts["activation"] = args.activation
     if getattr(args, "divisor", None) is not None:
         if not str(args.divisor).isdigit() or int(args.divisor) < 1:
             raise InputError(f"--divisor: expected a positive integer, got {args.divisor!r}")
@@ -374,6 +379,8 @@ def _audit_into(args: argparse.Namespace, config: dict, out, plan) -> int:
                          na_values=args.na_values, **_pseudonymisation(args))
     _check_free_text(cohort, args, plan)
     adapter = _load_model(args.model, args) if args.model else None
+    if adapter is not None and getattr(args, "activation", "auto") == "auto":
+        adapter.activation_auto = True  # one output channel -> sigmoid (audit's model probe)
     # provenance is the program's: a config file cannot set it (refused by load_config)
     config["command_line"] = _command_line(args.argv)  # stored in audit.json: `report` re-renders
     result = audit(cohort, plan, adapter=adapter, workers=args.workers,

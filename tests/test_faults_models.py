@@ -144,3 +144,73 @@ def test_stochastic_model_is_reported_and_seeded(manifest):
     cols = ["dice", "volume_pred_mm3"]
     assert a.cases[cols].equals(b.cases[cols])  # same seed, same audit
     assert not a.cases[cols].equals(c.cases[cols])  # the seed reaches the model
+
+
+# -- from the command line: TorchScript models --------------------------------------------
+
+
+class _Constant(__import__("torch").nn.Module):
+    """One output channel of logit -10 everywhere: empty under sigmoid, all foreground under a
+    softmax over the single channel."""
+
+    def forward(self, x):
+        return x[:, :1] * 0.0 - 10.0
+
+
+class _Forever(__import__("torch").nn.Module):
+    """Never returns: a TorchScript loop (native code, no signal reaches it)."""
+
+    def forward(self, x):
+        y = x
+        while bool(y.sum() > -1.0e30):
+            y = y * 1.0
+        return y
+
+
+def _script(module, path: Path) -> Path:
+    import torch
+
+    torch.jit.save(torch.jit.script(module), str(path))
+    return path
+
+
+def test_one_channel_model_from_the_cli_is_not_softmaxed(manifest, tmp_path, capsys):
+    import pandas as pd
+
+    from medseg_xai.cli import main
+
+    model = _script(_Constant(), tmp_path / "one.pt")
+    base = ["audit", str(manifest), "--model", str(model), "--quiet", "--no-html",
+            "--workers", "1", "--feature-layer", "none", "--gallery", "0"]
+    with pytest.warns(UserWarning, match="one output channel: activation 'sigmoid'"):
+        assert main([*base, "--out", str(tmp_path / "auto")]) == 0
+    cases = pd.read_csv(tmp_path / "auto" / "cases.csv")
+    assert (cases["volume_pred_mm3"] == 0).all()  # was: every voxel foreground
+    assert main([*base, "--out", str(tmp_path / "soft"), "--activation", "softmax"]) == 3
+    cases = pd.read_csv(tmp_path / "soft" / "cases.csv")
+    assert cases["error"].str.contains("1 channel with activation 'softmax'").all()
+
+
+@pytest.mark.slow
+def test_a_torchscript_model_that_never_returns_from_the_cli(manifest, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    model = _script(_Forever(), tmp_path / "forever.pt")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "MPLBACKEND": "Agg"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "medseg_xai", "audit", str(manifest), "--model", str(model),
+         "--out", str(tmp_path / "o"), "--case-timeout", "2", "--quiet", "--no-html",
+         "--workers", "1", "--feature-layer", "none", "--gallery", "0"],
+        capture_output=True, text=True, env=env, timeout=240)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 3, proc.stderr[-2000:]  # every row a timeout; was: hung
+    doc = json.loads((tmp_path / "o" / "audit.json").read_text())
+    cases = doc["tables"]["cases"]
+    errors = [row[cases["columns"].index("error")] for row in cases["data"]]
+    assert all("timeout: expected the case to finish within 2 s" in e for e in errors), errors
+    assert doc["provenance"]["model_determinism"]["error"] == "timeout"
+    assert wall < 200

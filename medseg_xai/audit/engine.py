@@ -145,7 +145,9 @@ def audit(
     if adapter is not None:  # two passes on one case: a stochastic model is reported
         from medseg_xai.audit.model_checks import probe_model
 
-        determinism = probe_model(adapter, cohort, int(plan.statistics.seed))
+        determinism = probe_model(adapter, cohort, int(plan.statistics.seed),
+                                  case_timeout=case_timeout,
+                                  mp_context=run_opts.get("mp_context"))
     started = time.perf_counter()
     with _stream_file(stream) as stream_path:
         try:

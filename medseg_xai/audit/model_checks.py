@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,42 +65,89 @@ def case_seed(seed: int, case_id: str) -> int:
 def determinism_probe(adapter: Any, image: np.ndarray, seed: int) -> float:
     """Largest absolute difference of the output probabilities between two passes on one
     image with different torch seeds (0.0 for a deterministic model)."""
+    return _two_passes(adapter, image, seed)["max_abs_diff"]
+
+
+def _two_passes(adapter: Any, image: np.ndarray, seed: int) -> dict[str, Any]:
     import torch
 
     outs = []
     for s in (seed, seed + 1):
         torch.manual_seed(s)
         with torch.no_grad():
-            outs.append(adapter.probabilities(image).detach().cpu().numpy())
-    return float(np.max(np.abs(outs[0] - outs[1]))) if outs[0].size else 0.0
+            outs.append(adapter.logits(image).detach().cpu().numpy())
+    probs = [adapter._activate(torch.from_numpy(o)).numpy() for o in outs]
+    diff = float(np.max(np.abs(probs[0] - probs[1]))) if probs[0].size else 0.0
+    return {"max_abs_diff": diff, "n_channels": int(outs[0].shape[1])}
 
 
 #: Largest output difference between two passes still read as "the same" (float noise).
 DETERMINISM_ATOL = 1e-5
 
 
-def probe_model(adapter: Any, cohort: Any, seed: int) -> dict[str, Any] | None:
-    """Run :func:`determinism_probe` on the cohort's first loadable case; warn when the two
-    passes differ. Returns what the audit's provenance records (None: no case could load)."""
-    import warnings
+@dataclass
+class _ProbeTask:
+    """One probe as a task of :func:`medseg_xai.audit.isolated.isolated` (killable worker)."""
 
+    row: int
+    case_id: str
+    path: str
+    seed: int
+
+
+def _probe_task(task: _ProbeTask, adapter: Any = None) -> dict[str, Any]:
+    from medseg_xai.audit import runner
     from medseg_xai.cohort import load_volume
 
+    model = runner._WORKER_ADAPTER if isinstance(adapter, str) else adapter
+    try:
+        image, _ = load_volume(task.path, what="image", case_id=task.case_id)
+        return {"status": "ok", **_two_passes(model, image, task.seed)}
+    except Exception as exc:  # noqa: BLE001 - the case's row reports its own fault
+        return {"status": "failed", "error": str(exc)}
+
+
+def probe_model(adapter: Any, cohort: Any, seed: int, *, case_timeout: float | None = None,
+                mp_context: str | None = None) -> dict[str, Any] | None:
+    """Two passes on the cohort's first loadable case (with ``case_timeout``: in a killable
+    worker, so a model that never returns cannot hang the audit here either).
+
+    Warns when the passes differ. An adapter marked ``activation_auto`` (the CLI's
+    ``--activation auto``) with one output channel becomes a sigmoid model. Returns what the
+    audit's provenance records (None: no case could be probed).
+    """
     bad = set(cohort.problems["case_id"]) if len(cohort.problems) else set()
-    for cid in cohort.case_ids[:5]:  # a few tries: a broken first case fails in its own row
-        if cid in bad:
+    tasks = [_ProbeTask(0, cid, cohort.paths(cid)["image"], int(seed))
+             for cid in cohort.case_ids[:5] if cid not in bad]
+    for task in tasks[:3]:  # a few tries: a broken first case fails in its own row
+        if case_timeout:
+            from medseg_xai.audit.isolated import isolated
+
+            rec = next(iter(isolated(_probe_task, [task], 1, adapter, case_timeout, mp_context)))
+        else:
+            rec = _probe_task(task, adapter)
+        if rec.get("status") != "ok":
+            if "timeout" in str(rec.get("error", "")):
+                return {"case_id": task.case_id, "error": "timeout"}  # the rows say the rest
             continue
-        try:
-            image, _ = load_volume(cohort.paths(cid)["image"], what="image", case_id=cid)
-            diff = determinism_probe(adapter, image, seed)
-        except Exception:  # noqa: BLE001 - the case's row reports its own fault
-            continue
-        deterministic = diff <= DETERMINISM_ATOL
-        if not deterministic:
-            warnings.warn(
-                f"model: two passes on case {cid!r} differ (largest probability difference "
-                f"{diff:.3g}): the model is not deterministic (dropout left on, sampling "
-                "layers). Each case is seeded from the audit's seed, so the same seed gives the "
-                "same audit, but its numbers are one draw of a random model", stacklevel=3)
-        return {"case_id": cid, "max_abs_diff": round(diff, 9), "deterministic": deterministic}
+        return _report(adapter, task.case_id, rec)
     return None
+
+
+def _report(adapter: Any, cid: str, rec: dict[str, Any]) -> dict[str, Any]:
+    import warnings
+
+    if (rec["n_channels"] == 1 and getattr(adapter, "activation_auto", False)
+            and adapter.activation != "sigmoid"):
+        adapter.activation = "sigmoid"  # a softmax over one channel is 1 everywhere
+        warnings.warn("model: one output channel: activation 'sigmoid' (--activation to "
+                      "choose)", stacklevel=3)
+    diff = rec["max_abs_diff"]
+    deterministic = diff <= DETERMINISM_ATOL
+    if not deterministic:
+        warnings.warn(
+            f"model: two passes on case {cid!r} differ (largest probability difference "
+            f"{diff:.3g}): the model is not deterministic (dropout left on, sampling "
+            "layers). Each case is seeded from the audit's seed, so the same seed gives the "
+            "same audit, but its numbers are one draw of a random model", stacklevel=3)
+    return {"case_id": cid, "max_abs_diff": round(diff, 9), "deterministic": deterministic}
