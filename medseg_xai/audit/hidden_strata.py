@@ -20,9 +20,9 @@ the cases carry one):
    that an honest model yields any group is at most ``alpha``) and a group is reported when
    the adjusted p-value is below ``alpha`` *and* its confirmed gap is at least ``min_gap``.
 
-With ``adjust_for`` (the audit passes its own strata) the search runs on the metric minus its
-mean in the case's cell of the known strata: a group is "hidden" only where the model does
-worse than the named strata already say.
+With ``adjust_for`` (the audit passes its own strata) the search runs on the metric minus the
+known strata's additive effects (least squares on their levels): a group is "hidden" only where
+the model does worse than the named strata already say.
 
 Reported groups are ranked by their confirmed gap; one overlapping an earlier (worse) group by
 Jaccard > 0.5 is dropped, and at most five are kept. Work is a
@@ -236,8 +236,8 @@ def _describe(mask: np.ndarray, frame: pd.DataFrame, numeric: list[str],
 
 def _prepare(cases: pd.DataFrame, metric: str, adjust_for: Sequence[str]
              ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, np.ndarray]:
-    """Usable rows, their frame, the raw metric and the searched one (residual against the
-    known strata's cell means when ``adjust_for`` names any)."""
+    """Usable rows, their frame, the raw metric and the searched one (residual of the known
+    strata's additive effects when ``adjust_for`` names any)."""
     y_all = cases[metric].to_numpy(dtype=float)
     use = np.isfinite(y_all)
     if "status" in cases:
@@ -247,12 +247,15 @@ def _prepare(cases: pd.DataFrame, metric: str, adjust_for: Sequence[str]
     known = [c for c in adjust_for if c in frame.columns]
     if not known or not len(raw):
         return use, frame, raw, raw.copy()
-    cell = np.zeros(len(frame), dtype=np.int64)  # one code per cell (row-wise joins: slow)
+    # additive effects of the known strata (least squares on their one-hot levels): joint
+    # cells of several strata hold a handful of cases each and would absorb any effect
+    cols = [np.ones(len(frame))]
     for c in known:
         codes, uniq = pd.factorize(frame[c], use_na_sentinel=False)
-        cell = cell * len(uniq) + codes
-    sums = np.bincount(cell, weights=raw)
-    y = raw - (sums / np.bincount(cell))[cell] + raw.mean()
+        cols += [(codes == k).astype(float) for k in range(1, len(uniq))]
+    design = np.column_stack(cols)
+    beta = np.linalg.lstsq(design, raw, rcond=None)[0]
+    y = raw - design @ beta + raw.mean()
     return use, frame, raw, y
 
 
@@ -366,9 +369,9 @@ def find_hidden_strata(
         Split seed, level, ``"holm" | "bh"``, smallest group in each half, smallest gap, and
         the most conditions per rule.
     adjust_for : sequence of str
-        Known (audited) strata: the search runs on the metric minus its mean in the case's
-        cell of these columns, so a group is reported only where the model does worse than
-        the known strata already say (its ``adjusted_gap``).
+        Known (audited) strata: the search runs on the metric minus their additive effects
+        (least squares on their levels), so a group is reported only where the model does
+        worse than the known strata already say (its ``adjusted_gap``).
     rank : {"p", "gap"}
         Order of the reported groups: adjusted p-value (ties: larger gap first) or gap.
     """
