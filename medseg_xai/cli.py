@@ -194,6 +194,14 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-missing-readers", action="store_true",
                    help="analyse a case with the readers present when a reader file is missing "
                         "(default: that row fails, naming the reader)")
+    p.add_argument("--failure", default=None, metavar="DEFINITION",
+                   help="failure detection, calibration per subgroup and hidden strata for a "
+                        "stated failure: 'dice < 0.5', 'missed lesion', any 'METRIC OP VALUE'")
+    p.add_argument("--uncertainty-flips", type=int, nargs="+", default=None, metavar="AXIS",
+                   help="with --model: per-case uncertainty from test-time flips along these "
+                        "spatial axes (e.g. 0 1 2; turns --failure on with 'dice < 0.5')")
+    p.add_argument("--mc-dropout", type=int, default=None, metavar="N",
+                   help="with --model: N Monte-Carlo dropout passes as uncertainty members")
     _add_plan_options(p)
     p.set_defaults(func=_run_audit)
 
@@ -211,6 +219,18 @@ _PLAN_OPTIONS = {
     "metrics": "metrics", "tolerance": "tolerance",
     "reference_threshold": "reference_threshold",
 }
+
+
+def _failure_options(args: argparse.Namespace) -> dict[str, object]:
+    """``uncertainty=`` / ``failure=`` of the audit from --uncertainty-flips, --mc-dropout and
+    --failure (issue 27)."""
+    out: dict[str, object] = {}
+    flips, drops = getattr(args, "uncertainty_flips", None), getattr(args, "mc_dropout", None)
+    if flips is not None or drops:
+        out["uncertainty"] = {"flips": tuple(flips or ()), "mc_dropout": int(drops or 0)}
+    if getattr(args, "failure", None):
+        out["failure"] = args.failure
+    return out
 
 
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
@@ -386,7 +406,8 @@ def _audit_into(args: argparse.Namespace, config: dict, out, plan) -> int:
     result = audit(cohort, plan, adapter=adapter, workers=args.workers,
                    dask_scheduler=args.dask_scheduler, cache_dir=args.cache,
                    progress=not args.quiet, report=config, case_timeout=args.case_timeout,
-                   stream=out / "cases.jsonl", allow_missing_readers=args.allow_missing_readers)
+                   stream=out / "cases.jsonl", allow_missing_readers=args.allow_missing_readers,
+                   **_failure_options(args))
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
                                            seed=plan.statistics.seed)
     written = write_outputs(result, out)

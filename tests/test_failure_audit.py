@@ -137,3 +137,24 @@ def test_dashboard_failure_panel_drills_down(small) -> None:
     assert set(panel.cases()["case_id"]) <= set(cases.loc[ok, "case_id"])
     panel.members.children[0].click()
     assert opened == [str(panel.cases()["case_id"].iloc[0])]
+
+
+def test_cli_failure_options(tmp_path) -> None:
+    import json
+
+    from medseg_xai.cli import main
+    from medseg_xai.demo import load_model, make_cohort, predict_cohort
+
+    manifest = predict_cohort(make_cohort(tmp_path / "c", n_cases=12, seed=4, shape=(24, 32, 32)),
+                              load_model(), progress=False)
+    assert main(["audit", str(manifest), "--out", str(tmp_path / "bad"), "--quiet",
+                 "--failure", "dice is bad"]) == 2
+    rc = main(["audit", str(manifest), "--out", str(tmp_path / "out"), "--quiet", "--no-html",
+               "--failure", "missed lesion", "--strata", "device", "--min-n", "3",
+               "--n-resamples", "50", "--gallery", "0"])
+    assert rc == 0
+    doc = json.loads((tmp_path / "out" / "audit.json").read_text())
+    assert doc["settings"]["failure"]["failure"] == "missed lesion"
+    assert "hidden_strata" in doc["tables"] and "prop_noise" in doc["tables"]["cases"]["columns"]
+    # stored predictions: no probabilities, no uncertainty -> no score, no calibration rows
+    assert doc["tables"]["failure_detection"]["data"] == []
