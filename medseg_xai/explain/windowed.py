@@ -160,15 +160,15 @@ def region_logits(adapter: SegmentationAdapter, x: torch.Tensor, box: tuple[slic
     bs = int(window_batch or cfg.get("sw_batch_size", 1))
     with torch.no_grad():
         xp = _pad(x, plan, cfg)
-        outputs: dict[int, torch.Tensor] = {}
-        for group in _batches(need, bs):
-            for n in range(x.shape[0]):  # (window, example) pairs batched together
-                win = torch.cat([xp[(slice(n, n + 1), slice(None), *plan.slices[i])]
-                                 for i in group])
-                y = adapter._model_forward(win)
-                for j, i in enumerate(group):
-                    outputs.setdefault(i, []).append(y[j])  # type: ignore[attr-defined]
-        stacked = {i: torch.stack(v) for i, v in outputs.items()}  # type: ignore[arg-type]
+        outputs: dict[int, list[torch.Tensor]] = {i: [] for i in need}
+        pairs = [(i, n) for i in need for n in range(x.shape[0])]  # batched together
+        for group in _batches(pairs, bs):
+            win = torch.cat([xp[(slice(n, n + 1), slice(None), *plan.slices[i])]
+                             for i, n in group])
+            y = adapter._model_forward(win)
+            for j, (i, _n) in enumerate(group):
+                outputs[i].append(y[j])
+        stacked = {i: torch.stack(v) for i, v in outputs.items()}
         return blend(plan, need, stacked, boxp)
 
 
@@ -206,29 +206,27 @@ def windowed_gradient(
     # the cotangent in the padded grid, divided by the overlap count: the blend's weights
     cot = F.pad(cotangent, plan.pad) if any(plan.pad) else cotangent
     cot = cot / plan.count
-    grad_x = torch.zeros_like(x)
-    for n in range(x.shape[0]):
-        xp_leaf = x[n : n + 1].detach().requires_grad_(True)
+    leaf = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        xp = _pad(leaf, plan, cfg)
+    # (example, window) pairs with a non-zero cotangent, batched together
+    todo = [(n, sl) for n in range(x.shape[0]) for sl in plan.slices
+            if bool(cot[(n, slice(None), *sl)].any())]
+    grad_pad = torch.zeros_like(xp)
+    for group in _batches(todo, bs):
+        win = torch.cat([xp[(slice(n, n + 1), slice(None), *sl)].detach() for n, sl in group])
+        weight = torch.cat([cot[(slice(n, n + 1), slice(None), *sl)] for n, sl in group])
+        win.requires_grad_(True)
         with torch.enable_grad():
-            xp = _pad(xp_leaf, plan, cfg)
-        todo = [sl for sl in plan.slices if bool(cot[(n, slice(None), *sl)].any())]
-        grad_pad = torch.zeros_like(xp)
-        for group in _batches(todo, bs):
-            win = torch.cat([xp[(slice(None), slice(None), *sl)].detach() for sl in group])
-            weight = torch.cat([cot[(slice(n, n + 1), slice(None), *sl)] for sl in group])
-            win.requires_grad_(True)
-            with torch.enable_grad():
-                out = adapter._model_forward(win)
-                (g,) = torch.autograd.grad((out * (weight * plan.importance)).sum(), win)
-            for i, sl in enumerate(group):
-                grad_pad[(slice(None), slice(None), *sl)] += g[i : i + 1]
-            del out, g, win
-        if any(plan.pad):  # back through MONAI's padding (reflect/replicate fold back)
-            (grad_n,) = torch.autograd.grad(xp, xp_leaf, grad_pad)
-        else:
-            grad_n = grad_pad
-        grad_x[n : n + 1] = grad_n
-    return grad_x
+            out = adapter._model_forward(win)
+            (g,) = torch.autograd.grad((out * (weight * plan.importance)).sum(), win)
+        for j, (n, sl) in enumerate(group):
+            grad_pad[(slice(n, n + 1), slice(None), *sl)] += g[j : j + 1]
+        del out, g, win
+    if any(plan.pad):  # back through MONAI's padding (reflect/replicate fold back)
+        (grad_x,) = torch.autograd.grad(xp, leaf, grad_pad)
+        return grad_x
+    return grad_pad
 
 
 def _target_logits(adapter: SegmentationAdapter, x: torch.Tensor, target: Callable,
