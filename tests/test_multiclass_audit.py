@@ -126,3 +126,12 @@ def test_gallery_loads_cases_with_the_audits_labels(audited):
     for e in entries:
         assert "could not be shown" not in (e.get("note") or ""), e.get("note")
         assert e.get("figure") is not None
+
+
+def test_report_shows_each_class_and_what_a_mean_covers(audited):
+    out, _, _ = audited
+    assert main(["report", str(out / "audit.json"), "--out", str(out / "r.html")]) == 0
+    html = (out / "r.html").read_text(encoding="utf-8")
+    assert "mean of csf, grey_matter, white_matter" in html  # the unlabelled mean, labelled
+    assert "dice_grey_matter" in html
+    assert "grey_matter (value 2, structure)" in html  # the Data section's class list

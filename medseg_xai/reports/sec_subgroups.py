@@ -19,6 +19,15 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     overall = {r["metric"]: (r["estimate"], r["ci_low"], r["ci_high"])
                for r in sub[sub["stratum"] == "overall"].to_dict("records")}
     metrics = list(dict.fromkeys(sub["metric"]))
+    per_class = "class" in sub.columns and sub["class"].notna().any()
+    if per_class:  # a multi-class audit: the forest plots show each class, not their mean
+        of = dict(zip(sub["metric"], sub["class"]))
+        named = [m for m in metrics if isinstance(of.get(m), str)
+                 and not of[m].startswith("mean of")]
+        n_classes = len(result.settings.get("classes") or ()) or PLOT_METRICS
+        plotted = named[:max(PLOT_METRICS, n_classes)] or metrics[:PLOT_METRICS]
+    else:
+        plotted = metrics[:PLOT_METRICS]
     blocks = []
     for i, stratum in enumerate(result.strata):
         rows = sub[sub["stratum"] == stratum]
@@ -26,11 +35,12 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
             continue
         flagged = {(str(r["group"]), str(r["metric"])) for r in rows.to_dict("records")
                    if r["flag"] in ("worse", "better")}
-        fig = figures.to_uri(figures.forest_plot(rows, metrics[:PLOT_METRICS], overall=overall,
+        fig = figures.to_uri(figures.forest_plot(rows, plotted, overall=overall,
                                                  flagged=flagged, ci=ci))
+        columns = ["group", "metric", *(["class"] if per_class else []), "n", "estimate",
+                   "ci_low", "ci_high", "gap", "p_adjusted", "flag"]
         table = table_from_frame(
-            rows, f"subgroup-table-{i}",
-            ["group", "metric", "n", "estimate", "ci_low", "ci_high", "gap", "p_adjusted", "flag"],
+            rows, f"subgroup-table-{i}", columns,
             headers={"estimate": "mean", "ci_low": f"{ci} low", "ci_high": f"{ci} high",
                      "gap": "difference to overall mean", "p_adjusted": "adjusted p"})
         table.columns.append("criterion")
