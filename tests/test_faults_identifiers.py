@@ -108,6 +108,9 @@ def test_pseudonymise_from_the_cli_leaves_no_original_anywhere(named_files, tmp_
     assert "prediction file not found" in err and "<file>" in err, err
     texts = {p.name: p.read_text(errors="replace") for p in out.iterdir() if p.is_file()}
     assert {"audit.json", "cases.csv", "report.html"} <= set(texts)
+    import json
+
+    assert json.loads(texts["audit.json"])["provenance"]["manifest_source"] is None
     for name in ("DOE", "ROE", "MUSTERMANN", "DUPONT", "JOHN", "MARIE"):
         leaks = [f for f, t in texts.items() if name in t]
         assert not leaks, (name, leaks)

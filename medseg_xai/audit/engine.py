@@ -182,7 +182,8 @@ def audit(
         "executor": info.executor,
         "workers": info.workers,
         "n_from_cache": info.n_from_cache,
-        "cache_dir": None if cache_dir is None else redact_paths(str(Path(cache_dir).absolute())),
+        "cache_dir": None if cache_dir is None else (
+            "<folder>" if cohort.pseudonymised else redact_paths(str(Path(cache_dir).absolute()))),
         "case_timeout_s": None if case_timeout is None else float(case_timeout),
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
@@ -346,7 +347,9 @@ def _provenance(plan: AuditPlan, cohort: Cohort, cases: pd.DataFrame, fingerprin
         "empty_policy": plan.metrics.empty,
         "plan_hash": plan.hash,
         "manifest_hash": cohort.fingerprint(),
-        "manifest_source": Path(cohort.source).name if cohort.source else None,
+        # pseudonymised: no file name in any output (names can hold the original ids)
+        "manifest_source": (Path(cohort.source).name if cohort.source and not cohort.pseudonymised
+                            else None),
         "inputs_hash": hashlib.sha256(
             "|".join(cases["input_hash"].astype(str)).encode("ascii")).hexdigest()[:16],
         "model_fingerprint": fingerprint or (dict(report or {}).get("model_fingerprint")),
