@@ -189,3 +189,24 @@ def declaration(labels: Any) -> dict[str, Any]:
     named = any(c.name != str(c.value) for c in specs)
     return {"labels": ({c.value: c.name for c in specs} if named else [c.value for c in specs]),
             "classes": [c.to_dict() for c in specs]}
+
+
+def file_class_names(cohort: Any) -> dict[int, str]:
+    """Segment names of the cohort's first label file when it names them (Slicer
+    ``.seg.nrrd``, DICOM-SEG); empty otherwise or when it cannot be read (the case then fails
+    on its own). One file is read: names are the same across a cohort's segmentations."""
+    manifest = getattr(cohort, "manifest", None)
+    if manifest is None or "label" not in manifest.columns:
+        return {}
+    paths = [p for p in manifest["label"] if isinstance(p, str) and p]
+    if not paths:
+        return {}
+    path = paths[0]
+    if not path.lower().endswith((".seg.nrrd", ".dcm")):
+        return {}
+    from medseg_xai.io import read_volume
+
+    try:
+        return dict(read_volume(path, is_image=False, what="label").class_names)
+    except ValueError:
+        return {}

@@ -279,3 +279,15 @@ def test_png_audit_report_states_the_assumed_spacing(tmp_path: Path):
     html = Path(result.to_html(tmp_path / "r.html")).read_text(encoding="utf-8")
     assert "1 mm per pixel assumed (1 case)" in html
     assert result.settings["reference_threshold"] == 0.5
+
+
+def test_slicer_segment_names_become_the_audits_class_names(files: Path):
+    import medseg_xai as mx
+
+    df = pd.DataFrame({"case_id": ["n1", "n2"], "image": ["image.nrrd"] * 2,
+                       "label": ["label.seg.nrrd"] * 2, "prediction": ["pred.nrrd"] * 2})
+    result = mx.audit(mx.Cohort.from_dataframe(df, root=files), labels=[1, 2], n_resamples=20,
+                      workers=1, progress=False)
+    assert [c["name"] for c in result.settings["classes"]] == ["liver", "tumour"]
+    assert {"dice_liver", "dice_tumour"} <= set(result.cases.columns)
+    assert "mean of liver, tumour" in set(result.subgroups["class"])

@@ -228,12 +228,20 @@ def _prepare(cohort: Cohort, plan: AuditPlan, adapter: Any, allow_missing: bool
     metric_list = _metric_list(met.metrics, crit, dec.label_setting)
     from medseg_xai.classes import (
         effective_classes,
+        file_class_names,
         lesion_values,
         parse_classes,
         per_class_metrics,
     )
 
     classes = effective_classes(dec)  # declared kinds, else one class: lesion, several: structure
+    metric_labels = dec.label_setting
+    if classes and all(c["name"] == str(c["value"]) for c in classes):
+        # unnamed values: the names a Slicer .seg.nrrd / DICOM-SEG gives its segments
+        found = file_class_names(cohort)
+        if found:
+            classes = [{**c, "name": found.get(c["value"], c["name"])} for c in classes]
+            metric_labels = {c["value"]: c["name"] for c in classes}
     metric_list = per_class_metrics(metric_list, classes, _PER_CLASS_KEYS)
     names = {s.name for s in strata_list} | {"overall"}
     for c in crit:
@@ -265,7 +273,7 @@ def _prepare(cohort: Cohort, plan: AuditPlan, adapter: Any, allow_missing: bool
         raise ValueError("audit: expected a 'prediction' column in the manifest or an adapter, "
                          "got neither")
     case_settings = {
-        "labels": dec.label_setting, "tolerance": float(met.tolerance),
+        "labels": metric_labels, "tolerance": float(met.tolerance),
         "percentile": met.percentile, "empty": met.empty, "connectivity": dec.connectivity,
         "overlap_threshold": float(dec.overlap_threshold), "binarize": bool(dec.binarize),
         "convention": met.convention, "use_subvoxels": bool(met.use_subvoxels),
