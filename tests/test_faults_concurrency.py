@@ -27,6 +27,7 @@ def manifest(tmp_path_factory) -> Path:
     return write_cohort(tmp_path_factory.mktemp("concurrency") / "c", n=3)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_out_is_refused(manifest, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -43,6 +43,7 @@ def _cli(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_alias_bomb_is_refused_fast_and_leaves_nothing(audited, tmp_path):
     assert len(BOMB) < 2048
     bomb = tmp_path / "REPORT.yaml"

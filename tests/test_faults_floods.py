@@ -43,6 +43,7 @@ def _flood(n_ref: int, n_shared: int, n_extra: int, size: int = 40):
     return pred, ref
 
 
+@pytest.mark.slow
 def test_a_flood_of_lesions_stays_small_in_memory():
     pred, ref = _flood(5000, 4000, 500)
     tracemalloc.start()
