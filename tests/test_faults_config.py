@@ -147,3 +147,16 @@ def test_many_aliases_are_refused():
     text = "a: &a x\nb: [" + ",".join(["*a"] * 101) + "]\n"
     with pytest.raises(ValueError, match="more than 100 alias references"):
         load_yaml_text(text, "t")
+
+
+def test_hostile_criteria_json(tmp_path):
+    from medseg_xai.audit.criteria import load_criteria
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=r"criteria 'deep.json': refused: nesting deeper"):
+        load_criteria(str(deep))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"criteria": [')
+    with pytest.raises(ValueError, match=r"criteria 'broken.json': expected valid JSON"):
+        load_criteria(str(broken))

@@ -156,7 +156,14 @@ def load_criteria(source: str | Path | Mapping[str, Any] | Sequence[Mapping[str,
         from medseg_xai._yaml import load_yaml_file
 
         if p.suffix.lower() == ".json":
-            source = json.loads(p.read_text(encoding="utf-8"))
+            try:
+                source = json.loads(p.read_text(encoding="utf-8"))
+            except RecursionError:
+                raise ValueError(f"criteria {p.name!r}: refused: nesting deeper than the parser "
+                                 "allows") from None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"criteria {p.name!r}: expected valid JSON, could not parse it "
+                                 f"({exc.msg} at line {exc.lineno})") from None
         else:  # size, alias and depth limits, repeated keys refused (medseg_xai._yaml)
             source = load_yaml_file(p, "criteria")
     if isinstance(source, Mapping):
