@@ -241,15 +241,19 @@ def attribute_input(
     target: Target,
     batch_size: int | None,
     kwargs: dict[str, Any],
+    window_batch: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any], float | None]:
-    """Run one input-attribution method; returns (attribution like x, params, delta)."""
+    """Run one input-attribution method; returns (attribution like x, params, delta).
+
+    ``window_batch``: windows per backward pass under sliding-window inference.
+    """
 
     def forward(t: torch.Tensor) -> torch.Tensor:
         return target(adapter.forward_logits(t))
 
     if adapter.sliding_window is not None and method in WINDOWED_METHODS:
         # gradients window batch by window batch: memory bounded by the window (#25)
-        forward = windowed_target(adapter, target)
+        forward = windowed_target(adapter, target, window_batch)
     kwargs = dict(kwargs)
     local = method in _BASELINE_METHODS and isinstance(kwargs.get("baseline"), str)
     if local:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from medseg_xai.adapters import SegmentationAdapter
+from medseg_xai.explain.budget import answer_oom, budget_bytes, plan_batches
 from medseg_xai.explain.captum_methods import HOOKING_METHODS, INPUT_METHODS, attribute_input
 from medseg_xai.explain.gradcam import layer_cam
 from medseg_xai.explain.provenance import provenance
@@ -142,6 +143,7 @@ def _check_target(target: Any, spatial: tuple[int, ...]) -> None:
         )
 
 
+@answer_oom("explain()")
 def explain(
     adapter: SegmentationAdapter,
     image: Any,
@@ -149,6 +151,7 @@ def explain(
     method: str = "gradcam",
     layer: str | None = None,
     batch_size: int | None = None,
+    max_memory: Any = None,
     **kwargs: Any,
 ) -> Explanation:
     """Explain why the model scores ``target`` as it does on ``image``.
@@ -173,6 +176,11 @@ def explain(
     batch_size : int, optional
         Bounds memory for many-pass methods: examples per forward pass for integrated
         gradients / smoothgrad, perturbations per forward pass for occlusion / ablation.
+    max_memory : str, int or None
+        A memory budget (``"8GB"``, bytes, or ``"auto"``: the device's free memory) that
+        picks the windows per backward pass and, unless ``batch_size`` is given, the examples
+        per forward pass (:mod:`medseg_xai.explain.budget`). Running out of memory raises
+        :class:`~medseg_xai.explain.budget.OutOfMemory` saying what to lower.
 
     Returns
     -------
@@ -194,6 +202,12 @@ def explain(
     if layer is not None and method not in LAYER_METHODS:
         raise ValueError(f"layer: only {list(LAYER_METHODS)} use a layer, got method {method!r}")
 
+    window_batch = None
+    budget = budget_bytes(max_memory, adapter.device)
+    if budget is not None:
+        window_batch, examples = plan_batches(adapter, tuple(x.shape), budget)
+        if batch_size is None and method in ("integrated_gradients", "smoothgrad"):
+            batch_size = examples
     start = time.perf_counter()
     delta = None
     with adapter.frozen():
@@ -211,13 +225,17 @@ def explain(
             params: dict[str, Any] = {"upsampling": "linear", "relu": relu}
         else:
             layer_name = None
-            attr, params, delta = attribute_input(method, adapter, x, target, batch_size, kwargs)
+            attr, params, delta = attribute_input(method, adapter, x, target, batch_size, kwargs,
+                                                  window_batch=window_batch)
     elapsed = time.perf_counter() - start
 
     channel = attr[0].detach().float().cpu().numpy()
     attribution = channel.sum(axis=0) if channel.shape[0] > 1 else channel[0].copy()
     if batch_size is not None:
         params["batch_size"] = int(batch_size)
+    if budget is not None:
+        params["max_memory"] = int(budget)
+        params["window_batch"] = window_batch
     return Explanation(
         attribution=attribution.astype(np.float32),
         channel_attribution=channel.astype(np.float32),

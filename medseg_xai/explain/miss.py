@@ -56,6 +56,7 @@ from medseg_xai.decide import (
     parse_lesion_id,
 )
 from medseg_xai.explain import probes as P
+from medseg_xai.explain.budget import answer_oom
 
 __all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "PROBES", "explain_miss"]
 
@@ -751,6 +752,7 @@ def _donors(img: np.ndarray, p0: tuple[np.ndarray, np.ndarray], ref_fg: np.ndarr
     return donor, rows
 
 
+@answer_oom("explain_miss()")
 def explain_miss(
     adapter: Any,
     image: Any,
