@@ -748,3 +748,14 @@ def test_class_selector_changes_the_reference_outline() -> None:
     with pytest.raises(ValueError, match="class: expected 0"):
         ex.set_class(7)
     assert ex.last_error is None
+
+
+def test_uncertainty_overlay_shows_the_entropy_map(explorer) -> None:
+    before = _pngs(explorer)
+    explorer.uncertainty_button.click()
+    u = explorer.uncertainty
+    assert u is not None and u.n_members == 4  # plain + three flips
+    assert "showing uncertainty" in explorer.status.value
+    assert f"{u.scores['unc_entropy']:.3f}" in explorer.status.value
+    assert _pngs(explorer) != before  # the entropy heatmap is drawn
+    assert u.entropy.shape == explorer.image.shape[1:]

@@ -551,6 +551,12 @@ class CaseExplorer(W.VBox):
                                       disabled=True)
         self.cancel_button.add_class("mx-cancel")
         self.cancel_button.on_click(lambda _b: self.cancel())
+        # issue 27: test-time-augmentation uncertainty shown as the heatmap (entropy)
+        self.uncertainty_button = W.Button(description="uncertainty (TTA)", icon="random",
+                                           disabled=self.adapter is None)
+        self.uncertainty_button.add_class("mx-uncertainty")
+        self.uncertainty_button.on_click(lambda _b: self._guarded_uncertainty())
+        self.uncertainty: Any = None
         self.progress = W.FloatProgress(value=0, min=0, max=1, layout=W.Layout(width="160px"))
         self.progress.add_class("mx-progress")
         self.status = W.HTML("")
@@ -577,7 +583,8 @@ class CaseExplorer(W.VBox):
         explain_box = W.VBox([
             W.HTML("<b>Explanation</b>"),
             W.HBox([self.method, self.layer, self.target]),
-            W.HBox([self.run_button, self.cancel_button, self.progress, self.status]),
+            W.HBox([self.run_button, self.cancel_button, self.uncertainty_button,
+                    self.progress, self.status]),
             self.montage, self.channel_panels, self.ablation_html,
         ])
         lesion_box = W.VBox([W.HTML("<b>Lesions</b>"), self.lesion_table, self.lesion_select,
@@ -1219,6 +1226,33 @@ class CaseExplorer(W.VBox):
 
         self._start(method, work, self._expected_passes(method), done, wait)
         return self.cache.get(*key) if wait and key in self.cache else None
+
+    def _guarded_uncertainty(self) -> None:
+        try:
+            self.show_uncertainty()
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            self._set_status(f"uncertainty: {type(exc).__name__}: {exc}", error=True)
+
+    def show_uncertainty(self, settings: Any = None) -> Any:
+        """Run the uncertainty members (:func:`medseg_xai.explain.uncertainty.case_uncertainty`:
+        flips along every axis by default) and show the voxel entropy as the heatmap (0 certain,
+        1 uniform); the case scores go to the status line. Returns the ``CaseUncertainty``.
+        """
+        if self.adapter is None:
+            raise ValueError("uncertainty: needs a model (adapter)")
+        from medseg_xai.explain.uncertainty import case_uncertainty
+
+        u = case_uncertainty(self.adapter, self.image, settings)
+        self.uncertainty = u
+        self.explanation = self.explanation_key = None
+        self.ablation_html.value = ""
+        self.renderer.set_heatmap(u.entropy)
+        self.redraw()
+        s = u.scores
+        self._set_status(f"showing uncertainty: entropy over {u.n_members} members; case "
+                         f"entropy {s['unc_entropy']:.3f}, disagreement "
+                         f"{s['unc_disagreement']:.3f}, volume CV {s['unc_volume_cv']:.3f}")
+        return u
 
     def show_cached(self) -> bool:
         """Show the cached result of the current choice; clear the heatmap when there is none."""
