@@ -15,6 +15,7 @@ from medseg_xai.audit.failure import (
     aurc,
     calibration_tables,
     case_calibration,
+    decode_sums,
     failure_tables,
     parse_failure,
 )
@@ -93,7 +94,8 @@ def test_calibration_tables_mean_equals_per_case_monai_values() -> None:
         part = case_calibration(p, ref.astype(np.int8), None, 10)
         assert part["ece"] == pytest.approx(float(calibration_error(p[None], ref[None], 10)[0]),
                                             abs=1e-12)
-        sums.append(part["calibration_sums"])
+        sums.append(decode_sums(part["calibration_sums"]).reshape(1, 3, 10))
+        assert part["calibration_classes"] == "1"
         ece.append(part["ece"])
         groups.append("a" if i < 5 else "b")
     cases = pd.DataFrame({"status": "ok", "g": groups})

@@ -29,6 +29,7 @@ has the pooled points per bin.
 
 from __future__ import annotations
 
+import base64
 import operator
 import re
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,8 @@ import pandas as pd
 
 __all__ = ["CALIBRATION_COLUMNS", "FAILURE_COLUMNS", "RISK_COVERAGE_COLUMNS", "SCORE_COLUMNS",
            "FailureSettings", "audit_tables", "aurc", "calibration_tables", "case_calibration",
-           "case_parts", "expected_risks", "failure_tables", "failures", "parse_failure",
+           "case_parts", "decode_sums", "expected_risks", "failure_tables", "failures",
+           "parse_failure",
            "pop_calibration"]
 
 #: Per-case score columns considered (those present), larger = less trustworthy.
@@ -342,7 +344,9 @@ def failure_tables(cases: pd.DataFrame,
 def case_calibration(probabilities: np.ndarray, reference: np.ndarray, labels: Any,
                      n_bins: int) -> dict[str, Any]:
     """The runner's calibration part of a case record: bin sums per scored class
-    (``calibration_sums``, ``(K, 3, n_bins)`` as nested lists), the class names, and the
+    (``calibration_sums``: the ``(K, 3, n_bins)`` float64 array as base64 text, ~0.6 KB a
+    case where nested lists of Python floats took several; :func:`decode_sums`), the class
+    names (``calibration_classes``, comma-separated), and the
     case's ``ece, ace, mce`` (mean over the scored classes, as MONAI's mean reduction of one
     image).
 
@@ -369,7 +373,8 @@ def case_calibration(probabilities: np.ndarray, reference: np.ndarray, labels: A
         names = [str(v) for v in values]
     sums = calibration_bin_sums(np.clip(probs, 0.0, 1.0), refs, n_bins)
     err = calibration_errors(sums)
-    return {"calibration_sums": sums.tolist(), "calibration_classes": names,
+    return {"calibration_sums": base64.b64encode(sums.astype("<f8").tobytes()).decode("ascii"),
+            "calibration_classes": ",".join(names),
             **{k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
                for k, v in err.items()}}
 
@@ -469,20 +474,28 @@ def pop_calibration(cases: pd.DataFrame) -> tuple[pd.DataFrame, tuple[np.ndarray
     and the class names, taken out of the cases table."""
     if "calibration_sums" not in cases.columns:
         return cases, None
-    cells = list(cases["calibration_sums"])
-    first = next((np.asarray(c, dtype=float) for c in cells if isinstance(c, list)), None)
-    names = next((list(c) for c in cases.get("calibration_classes", []) if isinstance(c, list)),
-                 [])
+    texts = cases["calibration_sums"].to_numpy(dtype=object)
+    names_col = cases.get("calibration_classes")
+    names = next((str(c).split(",") for c in (names_col if names_col is not None else [])
+                  if isinstance(c, str) and c), [])
     cases = cases.drop(columns=["calibration_sums", "calibration_classes"], errors="ignore")
-    if first is None:
+    first = next((t for t in texts if isinstance(t, str)), None)
+    if first is None or not names:
         return cases, None
-    out = np.full((len(cells), *first.shape), np.nan)
-    for i, c in enumerate(cells):
-        if isinstance(c, list):
-            a = np.asarray(c, dtype=float)
-            if a.shape == first.shape:
-                out[i] = a
-    return cases, (out, [str(n) for n in names])
+    k = len(names)
+    bins = decode_sums(first).size // (3 * k)
+    out = np.full((len(texts), k, 3, bins), np.nan)
+    for i, t in enumerate(texts):
+        if isinstance(t, str):
+            a = decode_sums(t)
+            if a.size == out[i].size:
+                out[i] = a.reshape(k, 3, bins)
+    return cases, (out, names)
+
+
+def decode_sums(text: str) -> np.ndarray:
+    """The flat float64 bin sums of a record's ``calibration_sums`` text."""
+    return np.frombuffer(base64.b64decode(text), dtype="<f8")
 
 
 def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Sequence[Any]]],
