@@ -109,3 +109,20 @@ def test_classes_option_is_checked_before_any_case(tmp_path: Path, capsys):
     assert "expected a kind in ['structure', 'lesion'], got 'organ'" in capsys.readouterr().err
     assert main(["audit", str(tmp_path / "m.csv"), "--out", str(tmp_path / "o"),
                  "--classes", "1=liver", "--labels", "1"]) == 2
+
+
+def test_nrrd_cine_with_a_time_kind_is_refused_or_read_per_frame(tmp_path: Path):
+    _, lab, pred = _cine()  # (H, W, T)
+    for name, arr in (("lab", lab), ("pred", pred)):
+        hdr = (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: {arr.shape[0]} {arr.shape[1]} "
+               f"{arr.shape[2]}\nkinds: domain domain time\nspacings: 1.5 1.5 0.03\n"
+               "encoding: raw\n\n").encode("ascii")
+        (tmp_path / f"{name}.nrrd").write_bytes(hdr + arr.transpose(2, 1, 0).tobytes())
+    paths = {"image": str(tmp_path / "lab.nrrd"), "label": str(tmp_path / "lab.nrrd"),
+             "prediction": str(tmp_path / "pred.nrrd")}
+    with pytest.raises(ValueError, match=r"case 'n': image: a time series \(6 frames along axis 2\)"):
+        load_case_from_paths("n", paths)
+    case = load_case_from_paths("n", paths, read={"frame_axis": 2, "frame": 2})
+    np.testing.assert_array_equal(case.label, lab[..., 2])
+    np.testing.assert_array_equal(case.prediction, pred[..., 2])
+    assert case.spacing == pytest.approx((1.5, 1.5))

@@ -4,7 +4,8 @@
 SimpleITK's arrays are ``(z, y, x)``; they are returned ``(x, y, z)`` with a RAS+ affine, the
 layout nibabel gives for the NIfTI file SimpleITK writes from the same image, so a file and its
 NIfTI twin read identically. Vector pixels (RGB) become channels. A fourth image dimension is
-time (ITK's convention for 3D+t). Slicer segment names (``Segment<i>_Name`` with
+time (ITK's convention for 3D+t), and so is an NRRD axis whose ``kinds`` entry is ``time``
+(a 2D cine stored as ``(x, y, t)``). Slicer segment names (``Segment<i>_Name`` with
 ``Segment<i>_LabelValue``) become class names.
 """
 
@@ -69,6 +70,11 @@ def read_itk(p: Path, *, is_image: bool) -> Volume:
         notes.append(f"4th axis read as time ({data.shape[-1]} frames)")
     elif n > 4:
         raise FormatError(f"expected a 2D, 3D or 3D+t image, got {n} dimensions")
+    kinds = [image.GetMetaData(f"NRRD_kinds[{i}]").strip().lower()
+             if image.HasMetaDataKey(f"NRRD_kinds[{i}]") else "" for i in range(n)]
+    if time_axis is None and "time" in kinds:  # NRRD "kinds: domain domain time": a cine
+        time_axis = kinds.index("time")
+        notes.append(f"NRRD axis {time_axis} is time ({data.shape[time_axis + 1]} frames)")
     if comps > 1:
         notes.append(f"{comps} components per pixel read as {comps} channels")
     data = np.ascontiguousarray(data, dtype=np.float32 if is_image else data.dtype)
