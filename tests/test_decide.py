@@ -252,3 +252,23 @@ def test_explain_cli_threshold_draws_and_targets_at_that_threshold(tmp_path: Pat
         np.testing.assert_array_equal(pred, called)
         np.testing.assert_array_equal(mask, (arrays["label"] > 0) & ~called)
     assert not np.array_equal(seen[0.3][1], seen[0.5][1])  # the threshold mattered
+
+
+def test_case_explorer_from_audit_shows_the_audits_lesions(cohort_dir: Path) -> None:
+    """The explorer opened from an audit (STAPLE reference, face connectivity) lists the
+    audit's lesion ids with the audit's volumes and statuses."""
+    pytest.importorskip("ipywidgets")
+    from medseg_xai.widgets.case_explorer import CaseExplorer
+
+    cohort = _binary_cohort(cohort_dir)
+    result = mx.audit(cohort, progress=False, executor="serial", reference="staple",
+                      connectivity=1)
+    with pytest.raises(TypeError):
+        CaseExplorer.from_audit(result, "c1")  # a result holds no images: cohort= is required
+    ex = CaseExplorer.from_audit(result, "c1", cohort=cohort)
+    mine = ex.lesions.table.set_index("lesion_id")
+    audit_rows = result.lesions[result.lesions["case_id"] == "c1"].set_index("lesion_id")
+    assert sorted(mine.index) == sorted(audit_rows.index)
+    for lid, row in audit_rows.iterrows():
+        assert mine.loc[lid, "status"] == row["status"], lid
+        assert mine.loc[lid, "volume_mm3"] == pytest.approx(row["volume_mm3"]), lid

@@ -24,7 +24,8 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
-from medseg_xai.adapters import Cancelled, label_map
+from medseg_xai.adapters import Cancelled
+from medseg_xai.decide import DecisionRules, label_map
 from medseg_xai.viz import Geometry
 from medseg_xai.widgets.lesion_table import CaseLesions
 from medseg_xai.widgets.render import PlaneRenderer
@@ -142,6 +143,7 @@ class CaseExplorer(W.VBox):
         method_options: dict[str, dict[str, Any]] | None = None,
         readers: Any = None,
         classes: Any = None,
+        rules: Any = None,
     ) -> None:
         super().__init__()
         if image is None:
@@ -150,6 +152,11 @@ class CaseExplorer(W.VBox):
             raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold!r}")
         self.adapter = adapter
         self.case_id = case_id
+        # an audit's rules (decide.DecisionRules, from_audit): its threshold, ids and statuses
+        self.rules = None if rules is None else (
+            rules if isinstance(rules, DecisionRules) else DecisionRules.from_settings(rules))
+        if self.rules is not None and self.rules.threshold is not None:
+            threshold = self.rules.threshold
         self.threshold = float(threshold)
         self.affine = None if affine is None else np.asarray(affine, dtype=float)
         self.miss_options = dict(miss_options or {})
@@ -192,7 +199,7 @@ class CaseExplorer(W.VBox):
         if self.ref is not None or self.pred is not None:
             pred_mask = self.pred if self.pred is not None else np.zeros(spatial, bool)
             self.lesions = CaseLesions(self.image, self.ref, pred_mask, self.probability,
-                                       self.spacing)
+                                       self.spacing, rules=self.rules)
         self.detected_reference = detected_reference
         self.selected_lesion: str | None = None
         self.cache = ExplanationCache()
@@ -242,21 +249,45 @@ class CaseExplorer(W.VBox):
         return ReaderCaseView(self.image, self.readers, axis=axis, case_id=self.case_id)
 
     @classmethod
-    def from_audit(cls, result: Any, case_id: str, adapter: Any = None, cohort: Any = None,
+    def from_audit(cls, result: Any, case_id: str, adapter: Any = None, *, cohort: Any,
                    **kwargs: Any) -> CaseExplorer:
-        """Open a case of an :class:`~medseg_xai.audit.AuditResult`.
+        """Open a case of an :class:`~medseg_xai.audit.AuditResult` as the audit decided it.
 
-        The cohort is ``cohort`` when given, else re-opened from the manifest path the result
-        records in ``settings["manifest"]`` (or ``provenance["manifest"]``). The verdict
+        The case is read from ``cohort`` (the audited one: a result holds no images) with the
+        audit's label values, reference standard (STAPLE, majority, a reader), prediction (for
+        audits that ran the model: at the audit's threshold) and lesion rules (connectivity,
+        matching, overlap threshold), so ``ref-N`` and its status are the audit's. The verdict
         compares against the lesions the model detected across the audited cohort.
         """
+        from medseg_xai.cohort import load_case_from_paths
+        from medseg_xai.decide import foreground, predict, reference_mask
+
         if cohort is None:
-            cohort = _cohort_of(result)
+            raise ValueError("cohort: expected the audited Cohort (an audit result holds no "
+                             "images), got None")
+        rules = DecisionRules.from_settings(result.settings)
+        case = load_case_from_paths(
+            str(case_id), cohort.paths(str(case_id)), labels=rules.label_setting,
+            binarize=rules.binarize,
+            allow_missing_readers=bool(result.settings.get("allow_missing_readers")))
+        def audited(m: Any) -> Any:  # the label map with only the audit's foreground values
+            return None if m is None else np.where(foreground(m, rules.label_setting), m, 0)
+
+        ref = audited(reference_mask(case, rules))
+        pred = case.prediction
+        if result.settings.get("inference") and adapter is not None:
+            pred = predict(adapter, case.image, rules)
+        pred = audited(pred)
+        if isinstance(rules.label_setting, dict):
+            kwargs.setdefault("classes", rules.label_setting)
         if "detected_reference" not in kwargs:
             les = getattr(result, "lesions", None)
             if isinstance(les, pd.DataFrame) and "status" in les and "volume_mm3" in les:
                 kwargs["detected_reference"] = les[les["status"] == "detected"]
-        return cls.from_cohort(cohort, case_id, adapter=adapter, **kwargs)
+        if case.readers:
+            kwargs.setdefault("readers", dict(case.readers))
+        return cls(adapter, case.image, ref, pred, case.spacing, probability=case.probability,
+                   affine=case.affine, case_id=case.case_id, rules=rules, **kwargs)
 
     # ------------------------------------------------------------------ input handling
     @staticmethod
@@ -1045,7 +1076,7 @@ class CaseExplorer(W.VBox):
                                 spacing=self.spacing, threshold=self.threshold,
                                 class_index=self.class_index,
                                 overlap_threshold=self.lesions.overlap_threshold,
-                                case_id=self.case_id, **opts)
+                                case_id=self.case_id, rules=self.rules, **opts)
 
         def done(analysis: Any) -> None:
             self.analyses[lid] = analysis
@@ -1396,21 +1427,3 @@ class CaseExplorer(W.VBox):
         else:
             out = self.export_attribution(Path(f"{stem}_attribution.nii.gz"))
         self._set_status(f"saved {out.name}")
-
-
-def _cohort_of(result: Any) -> Any:
-    """Re-open the cohort an audit ran on, from the manifest path it recorded."""
-    from medseg_xai.cohort import Cohort
-
-    for holder in ("settings", "provenance"):
-        info = getattr(result, holder, None) or {}
-        for key in ("manifest", "manifest_path"):
-            path = info.get(key) if isinstance(info, dict) else None
-            if path and Path(str(path)).exists():
-                root = info.get("root") if isinstance(info, dict) else None
-                return Cohort.from_csv(path, root=root) if str(path).endswith(".csv") else \
-                    Cohort.from_parquet(path, root=root)
-    raise ValueError(
-        "cohort: the audit result records no readable manifest path (settings['manifest']); "
-        "pass cohort= explicitly"
-    )

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medseg_xai.metrics import label_lesions, lesions
+from medseg_xai.decide import DecisionRules, components, lesion_table
 from medseg_xai.widgets.verdict import contrast_to_noise
 
 __all__ = ["CaseLesions"]
@@ -34,6 +34,11 @@ class CaseLesions:
     spacing : sequence of float, optional
     margin : int
         Width in voxels of the background ring used for the contrast-to-noise ratio.
+    connectivity, overlap_threshold
+        Lesion components and the covered share of a detection (without ``rules``).
+    rules : DecisionRules, optional
+        An audit's decision rules (connectivity, matching, thresholds): the ids and statuses are
+        then the audit's.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class CaseLesions:
         connectivity: int | None = None,
         overlap_threshold: float = 0.1,
         channel: int = 0,
+        rules: Any = None,
     ) -> None:
         self.pred = np.asarray(pred) != 0
         self.has_reference = ref is not None
@@ -55,12 +61,14 @@ class CaseLesions:
         self.ndim = self.pred.ndim
         self.channel = int(channel)
         self._margin = margin
-        self.overlap_threshold = float(overlap_threshold)
-        self.table = lesions(self.pred, self.ref, spacing, probability,
-                             connectivity=connectivity, overlap_threshold=overlap_threshold)
+        # an audit's rules (decide.DecisionRules) replace connectivity and overlap_threshold
+        self.rules = rules if rules is not None else DecisionRules(
+            connectivity=connectivity, overlap_threshold=float(overlap_threshold))
+        self.overlap_threshold = float(self.rules.overlap_threshold)
+        self.table = lesion_table(self.pred, self.ref, spacing, self.rules, probability)
         self._labels = {
-            "ref": label_lesions(self.ref, connectivity)[0],
-            "pred": label_lesions(self.pred, connectivity)[0],
+            "ref": components(self.ref, self.rules.connectivity)[0],
+            "pred": components(self.pred, self.rules.connectivity)[0],
         }
         if not self.has_reference:
             self.table["status"] = "predicted"
