@@ -46,6 +46,7 @@ __all__ = [
     "lesion_table",
     "parse_lesion_id",
     "predict",
+    "reference_from_readers",
     "reference_mask",
 ]
 
@@ -265,21 +266,58 @@ def foreground(mask: Any, labels: Any = None) -> np.ndarray:
 
 def reference_mask(case: Any, rules: DecisionRules | Mapping[str, Any] | None = None
                    ) -> np.ndarray:
-    """The reference label map of ``case`` under the rules' reference standard.
-
-    ``case.label`` when no reference rule is set and the case has no readers; else the
-    consensus or reader :func:`medseg_xai.audit.readers.case_reference` builds for the audit.
-    """
+    """The reference label map of ``case`` under the rules' reference standard: ``case.label``
+    (no rule), the STAPLE or majority consensus of its readers, or one reader's map."""
     r = rules if isinstance(rules, DecisionRules) else DecisionRules.from_settings(rules)
-    if not (getattr(case, "readers", None) or getattr(case, "missing_readers", None)
-            or r.reference):
-        if case.label is None:
-            raise ValueError(f"case {case.case_id!r}: label: expected a reference file")
-        return np.asarray(case.label)
-    from medseg_xai.audit.readers import case_reference
+    readers = dict(getattr(case, "readers", None) or {})
+    return np.asarray(reference_from_readers(
+        case.case_id, case.label, readers, r.reference, r.label_setting,
+        missing=list(getattr(case, "missing_readers", None) or [])))
 
-    ref, _ = case_reference(case, {"reference": r.reference, "labels": r.label_setting})
-    return np.asarray(ref)
+
+def reference_from_readers(case_id: str, label: Any, readers: Mapping[str, Any],
+                           rule: str | None, labels: Any = None, *,
+                           missing: Sequence[str] = (), masks: Mapping[str, Any] | None = None,
+                           consensus_of: Mapping[str, Any] | None = None) -> Any:
+    """The reference standard of one case (the audit's rule, :mod:`medseg_xai.audit.readers`).
+
+    ``rule`` None: the ``label`` map; ``"staple"`` / ``"majority"``: the consensus of the
+    readers' foregrounds, labelled with the one declared label value; a reader's name: that
+    reader's map. ``masks`` (reader foregrounds) and ``consensus_of`` (consensus objects by
+    rule) reuse what a caller computed already.
+
+    Raises
+    ------
+    ValueError
+        Naming the case: no label, too few readers, a consensus of several labels, the
+        reference reader missing.
+    """
+    if rule is None:
+        if label is None:
+            raise ValueError(f"case {case_id!r}: label: expected a reference file or a declared "
+                             "reference rule (reference='staple' | 'majority' | '<reader>')")
+        return label
+    masks = masks if masks is not None else {
+        name: np.ascontiguousarray(foreground(m, labels)) for name, m in readers.items()}
+    if rule in ("staple", "majority"):
+        if len(masks) < 2:
+            raise ValueError(
+                f"case {case_id!r}: reference {rule!r}: expected at least 2 readers, got "
+                f"{len(masks)} ({', '.join(masks) or 'none'}; missing: {', '.join(missing)})")
+        if labels is not None and len(labels) > 1:
+            raise ValueError(f"case {case_id!r}: reference {rule!r}: a consensus is binary; "
+                             f"expected one label, got labels {list(labels)}")
+        cons = (consensus_of or {}).get(rule)
+        if cons is None:
+            from medseg_xai.metrics.consensus import consensus
+
+            cons = consensus(masks, rule)
+        value = next(iter(labels)) if labels is not None else 1
+        return cons.mask.astype(np.int16) * int(value)
+    if rule not in readers:
+        raise ValueError(f"case {case_id!r}: reference reader {rule!r}: expected its file, got "
+                         f"none (readers present: {', '.join(masks) or 'none'})")
+    return readers[rule]
 
 
 # ------------------------------------------------------------------ 3. lesions and their ids

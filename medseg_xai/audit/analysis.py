@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai.audit import stats
-from medseg_xai.audit.plan import DEFAULTS as _PLAN_DEFAULTS
+from medseg_xai.audit.defaults import DEFAULTS as _PLAN_DEFAULTS
 from medseg_xai.audit.strata import (
     DERIVED_STRATA,
     Stratum,

@@ -34,11 +34,11 @@ __all__ = ["KILL_MARGIN_S", "isolated"]
 KILL_MARGIN_S = 1.0
 
 
-def _worker(conn: Any, fn: Callable[..., dict], adapter: Any, parent_pid: int) -> None:
+def _worker(conn: Any, fn: Callable[..., dict], adapter: Any, parent_pid: int,
+            init: Callable[[Any, int], None] | None = None) -> None:
     """Worker loop: answer ``("ok", record)`` or ``("raise", exception)`` per task."""
-    from medseg_xai.audit.runner import _init_worker
-
-    _init_worker(adapter, parent_pid)
+    if init is not None:  # the runner's worker initializer (passed in: no import cycle)
+        init(adapter, parent_pid)
     conn.send(("ready", None))
     while True:
         task = conn.recv()
@@ -75,13 +75,15 @@ def _timeout_record(task: Any, limit: float, elapsed: float) -> dict[str, Any]:
 class _Pool:
     """Worker processes, started, fed, killed and replaced."""
 
-    def __init__(self, ctx: Any, fn: Callable[..., dict], adapter: Any, n: int) -> None:
-        self.ctx, self.fn, self.adapter = ctx, fn, adapter
+    def __init__(self, ctx: Any, fn: Callable[..., dict], adapter: Any, n: int,
+                 init: Callable[[Any, int], None] | None = None) -> None:
+        self.ctx, self.fn, self.adapter, self.init = ctx, fn, adapter, init
         self.slots = [self._start() for _ in range(n)]
 
     def _start(self) -> _Slot:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker, args=(child, self.fn, self.adapter, os.getpid()),
+        proc = self.ctx.Process(target=_worker, args=(child, self.fn, self.adapter, os.getpid(),
+                                                       self.init),
                                 daemon=True, name="medseg-xai-case")
         proc.start()
         child.close()
@@ -109,20 +111,21 @@ class _Pool:
 
 
 def isolated(fn: Callable[..., dict], tasks: Iterable[Any], workers: int, adapter: Any,
-             case_timeout: float, mp_context: str | None) -> Iterator[dict[str, Any]]:
+             case_timeout: float, mp_context: str | None, *,
+             init: Callable[[Any, int], None] | None = None,
+             preload: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
     """Run ``fn(task, adapter=...)`` for every task in killable workers; yield the records
-    (completion order). See the module docstring."""
+    (completion order). See the module docstring. ``init(adapter, parent_pid)`` runs once in
+    each worker and ``preload()`` before forking (the runner's, passed in)."""
     import multiprocessing as mp
     from multiprocessing.connection import wait
-
-    from medseg_xai.audit.runner import _preload
 
     if mp_context is None:  # as the pool: fork for numpy work, a fresh process for torch
         mp_context = "spawn" if adapter is not None else ("fork" if os.name == "posix" else "spawn")
     ctx = mp.get_context(mp_context)
-    if ctx.get_start_method() == "fork":
-        _preload()
-    pool = _Pool(ctx, fn, adapter, max(1, workers))
+    if ctx.get_start_method() == "fork" and preload is not None:
+        preload()
+    pool = _Pool(ctx, fn, adapter, max(1, workers), init)
     todo = iter(tasks)
     exhausted = False
     limit = float(case_timeout) + KILL_MARGIN_S

@@ -36,26 +36,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from medseg_xai.audit.defaults import DEFAULTS
 from medseg_xai.decide import DecisionRules
 
 __all__ = ["DEFAULTS", "AuditPlan", "Interval", "MetricsPart", "Options", "StatisticsPart",
            "StrataPart", "legacy_to_plan"]
-
-#: The statistics defaults of the whole package (one place; signatures elsewhere read these).
-DEFAULTS: dict[str, Any] = {
-    "min_n": 10,
-    "confidence": 0.95,
-    "alpha": 0.05,
-    "n_resamples": 2000,
-    "n_permutations": 2000,
-    "interval_method": "BCa",
-    "test": "mannwhitney",
-    "correction": "holm",
-    "seed": 0,
-    "lesion_size_bins": 3,
-    "detection_bins": (0.0, 100.0, 1000.0, 10000.0),
-}
-
 
 # ------------------------------------------------------------------ declared constraints
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medseg_xai.decide import foreground, is_detected, parse_lesion_id
+from medseg_xai.decide import foreground, is_detected, parse_lesion_id, reference_from_readers
 
 __all__ = [
     "DEFAULT_MARGIN",
@@ -164,26 +164,11 @@ def case_reference(case: Any, settings: Mapping[str, Any]) -> tuple[np.ndarray, 
         ctx.staple = consensus(masks, "staple")
         if rule == "majority":
             ctx.majority = consensus(masks, "majority")
-    if rule is None:
-        if case.label is None:
-            raise ValueError(f"case {cid!r}: label: expected a reference file or a declared "
-                             "reference rule (reference='staple' | 'majority' | '<reader>')")
-        return case.label, ctx
-    if rule in ("staple", "majority"):
-        if len(masks) < 2:
-            raise ValueError(
-                f"case {cid!r}: reference {rule!r}: expected at least 2 readers, got "
-                f"{len(masks)} ({', '.join(masks) or 'none'}; missing: {', '.join(missing)})")
-        if labels is not None and len(labels) > 1:
-            raise ValueError(f"case {cid!r}: reference {rule!r}: a consensus is binary; expected "
-                             f"one label, got labels {list(labels)}")
-        cons = ctx.majority if rule == "majority" else ctx.staple
-        value = next(iter(labels)) if labels is not None else 1
-        return cons.mask.astype(np.int16) * int(value), ctx
-    if rule not in case.readers:
-        raise ValueError(f"case {cid!r}: reference reader {rule!r}: expected its file, got none "
-                         f"(readers present: {', '.join(masks) or 'none'})")
-    return case.readers[rule], ctx
+    # the reference standard itself is decided in one place (decide.py)
+    consensus_of = {"staple": ctx.staple, "majority": ctx.majority}
+    ref = reference_from_readers(cid, case.label, case.readers, rule, labels, missing=missing,
+                                 masks=masks, consensus_of=consensus_of)
+    return ref, ctx
 
 
 def _pair(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...],
@@ -502,8 +487,8 @@ def noninferiority_rows(crit: Mapping[str, Any], table: pd.DataFrame, strata: Se
     finite interval); NOT EVALUATED without multi-reader cases in that stratum. Rows carry a
     ``reason`` when not PASS / FAIL.
     """
-    from medseg_xai.audit.criteria import FAIL, NOT_EVALUATED, PASS
-    from medseg_xai.audit.criteria import INSUFFICIENT as INS
+    from medseg_xai.status import FAIL, NOT_EVALUATED, PASS
+    from medseg_xai.status import INSUFFICIENT as INS
 
     metric = crit.get("metric") or "dice"
     margin = float(crit.get("margin", DEFAULT_MARGIN))

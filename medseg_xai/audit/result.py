@@ -31,13 +31,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+# the document's name and version live with its validation (schema.py), re-exported here
+from medseg_xai.audit.schema import SCHEMA, SCHEMA_VERSION
+
 __all__ = ["FAILURE_TABLES", "READER_TABLES", "SCHEMA", "SCHEMA_VERSION", "TABLES", "TIMING_COLUMNS", "VOLATILE_KEYS", "AuditResult"]
 
-SCHEMA = "medseg-xai/audit"
-#: 1.1 (additive over 1.0: verdict, report, explanations, group_counts, reader and model tables,
-#: run.efficiency, settings.convention / matching); any 1.x is read, missing keys as empty.
-#: Layout and history: docs/audit_json.md.
-SCHEMA_VERSION = "1.1"
 TABLES = ("cases", "subgroups", "lesions", "criteria", "lesion_detection", "false_positives",
           "volume_agreement", "verdicts", "group_counts")
 #: Tables added after schema 1.0: read as empty from older documents.

@@ -786,7 +786,8 @@ def run_tasks(
 
         n = 1 if executor == "serial" else int(workers or os.cpu_count() or 1)
         info = RunInfo(executor, n)
-        stream = isolated(fn, tasks, n, adapter, case_timeout, mp_context)
+        stream = isolated(fn, tasks, n, adapter, case_timeout, mp_context, init=_init_worker,
+                          preload=_preload)
     elif executor == "serial":
         info = RunInfo("serial", 1)
         stream = _serial(fn, tasks, adapter)

@@ -21,6 +21,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+SCHEMA = "medseg-xai/audit"
+#: 1.1 (additive over 1.0: verdict, report, explanations, group_counts, reader and model tables,
+#: run.efficiency, settings.convention / matching); any 1.x is read, missing keys as empty.
+#: Layout and history: docs/audit_json.md.
+SCHEMA_VERSION = "1.1"
+
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "check_audit_document", "load_audit_json"]
 
 MAX_BYTES = 4 << 30
@@ -96,8 +102,6 @@ def _depth(data: Any, where: str, path: str = "", start: int = 0,
 
 def check_audit_document(data: Any, where: str = "audit.json") -> None:
     """Check a parsed document against the ``audit.json`` layout; raise naming the path."""
-    from medseg_xai.audit.result import SCHEMA, SCHEMA_VERSION
-
     if not isinstance(data, dict):
         _fail(where, "(top)", "a JSON object", data)
     if data.get("schema") != SCHEMA:  # another tool's JSON: say so before any layout detail

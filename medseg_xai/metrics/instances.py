@@ -161,7 +161,7 @@ def match_pairs(ref_idx: np.ndarray, pred_idx: np.ndarray, iou: np.ndarray,
 
 
 def _instances(a: Any, name: str, connectivity: int | None) -> tuple[np.ndarray, int]:
-    from medseg_xai.metrics.lesions import label_lesions
+    from medseg_xai.metrics.components import label_lesions
 
     arr = check_label_map(a, name)
     if arr.size and int(arr.max()) <= 1:  # a binary mask: its connected components

@@ -10,39 +10,15 @@ import pandas as pd
 
 from medseg_xai.reports.tables import ci_label
 
-__all__ = ["METRIC_DEFINITIONS", "ci_text", "config_list", "config_text", "criteria_status",
+__all__ = ["ci_text", "config_list", "config_text", "criteria_status",
            "metric_definition", "statistic_label", "stratum_title"]
 
-METRIC_DEFINITIONS = {
-    "dice": "Dice similarity coefficient 2|P∩R| / (|P|+|R|).",
-    "jaccard": "Jaccard index |P∩R| / |P∪R|.",
-    "precision": "Positive predictive value per voxel |P∩R| / |P|.",
-    "recall": "Voxel sensitivity |P∩R| / |R|.",
-    "specificity": "Voxel specificity on background.",
-    "hd": "Hausdorff distance (mm) between edge voxels (mask minus its face-connected erosion).",
-    "hd95": "95th-percentile Hausdorff distance (mm): the larger of the two directed 95th "
-    "percentiles of edge-voxel distances between voxel centres (MONAI convention).",
-    "assd": "Average symmetric surface distance (mm) between edge voxels.",
-    "nsd": "Normalised surface Dice: share of edge voxels within the tolerance (mm) of the other "
-    "surface.",
-    "abs_volume_diff_mm3": "Absolute volume difference |V_pred − V_ref| in mm³.",
-    "lesion_sensitivity": "Share of reference lesions detected (overlap above the threshold).",
-    "fp_per_case": "False-positive predicted components per scan.",
-}
-
-
 def metric_definition(metric: str) -> str:
-    """The metric's definition (the metrics' own metadata where available)."""
-    try:  # issue 14: one metadata table for every metric
-        from medseg_xai.metrics.metadata import METRICS  # type: ignore[attr-defined]
+    """The metric's definition from the one metadata table (``metrics.metadata``)."""
+    from medseg_xai.metrics.metadata import metric_info
 
-        meta = METRICS.get(metric)
-        text = getattr(meta, "definition", None) or (meta or {}).get("definition")  # type: ignore[union-attr]
-        if text:
-            return str(text)
-    except Exception:  # noqa: BLE001 - optional richer source
-        pass
-    return METRIC_DEFINITIONS.get(metric, "see the medseg-xai documentation")
+    info = metric_info(metric)
+    return info.definition if info is not None else "see the medseg-xai documentation"
 
 
 def ci_text(result: Any) -> str:

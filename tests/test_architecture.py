@@ -1,0 +1,124 @@
+"""The house rules, checked by parsing the package: no import cycles between modules (lazy
+imports inside functions included), a short audit() signature, one decision module."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import medseg_xai as mx
+
+ROOT = Path(mx.__file__).parent
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = f.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = f
+    return out
+
+
+def _reexports(mods: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """package -> {name: the module it comes from} (``from pkg.mod import name`` in __init__)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, f in mods.items():
+        if f.name != "__init__.py":
+            continue
+        table = out.setdefault(name, {})
+        for node in ast.parse(f.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.module in mods:
+                for a in node.names:
+                    table[a.asname or a.name] = node.module
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports (anywhere in the file); a name imported from a
+    package counts as an import of the module the package takes it from."""
+    mods = _modules()
+    names = _reexports(mods)
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, f in mods.items():
+        pkg = name if f.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    keep = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(keep + ([base] if base else []))
+                for a in node.names:
+                    full = f"{base}.{a.name}"
+                    targets.append(full if full in mods else names.get(base, {}).get(a.name, base))
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                while t and t not in mods:  # an imported name -> the module that holds it
+                    t = t.rpartition(".")[0]
+                if t and t != name and t != "medseg_xai":
+                    graph[name].add(t)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(g) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Was: criteria <-> readers, result -> reports -> render -> result, instances <-> lesions."""
+    graph = _graph()
+    assert "medseg_xai.decide" in graph and "medseg_xai.audit.plan" in graph
+    assert _cycles(graph) == []
+
+
+def test_audit_takes_at_most_twelve_parameters() -> None:
+    assert len(inspect.signature(mx.audit.audit).parameters) <= 12
+
+
+def test_decide_is_light_and_below_the_audit() -> None:
+    """decide.py imports no audit, explain, view or torch module at import time."""
+    tree = ast.parse((ROOT / "decide.py").read_text(encoding="utf-8"))
+    top = [n.module for n in tree.body if isinstance(n, ast.ImportFrom)] + [
+        a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in top if m and m.split(".")[:2] in (
+        ["medseg_xai", "audit"], ["medseg_xai", "explain"], ["medseg_xai", "widgets"])]
+    assert "torch" not in top
