@@ -122,3 +122,26 @@ def test_decide_is_light_and_below_the_audit() -> None:
     assert not [m for m in top if m and m.split(".")[:2] in (
         ["medseg_xai", "audit"], ["medseg_xai", "explain"], ["medseg_xai", "widgets"])]
     assert "torch" not in top
+
+
+def test_one_registry_of_explanation_methods() -> None:
+    """explain(), the Captum wrappers and the miss analysis use the registry's sets, and each
+    input method records the registry's parameter defaults."""
+    import numpy as np
+    import torch
+
+    from medseg_xai.explain import captum_methods, core, miss, registry
+
+    assert core.METHODS == registry.METHODS == (*captum_methods.INPUT_METHODS,
+                                                *registry.LAYER_METHODS)
+    assert captum_methods.HOOKING_METHODS == registry.HOOKING_METHODS
+    assert miss._BASELINE_METHODS == registry.BASELINE_METHODS
+    assert miss._METHOD_NAMES["gradcam"] == registry.display_name("gradcam") == "Grad-CAM"
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
+    adapter = mx.SegmentationAdapter(net, spatial_dims=2)
+    image = np.random.default_rng(0).random((1, 8, 8)).astype(np.float32)
+    target = mx.targets.region(1, np.ones((8, 8), bool))
+    for name in ("integrated_gradients", "smoothgrad", "saliency"):
+        exp = mx.explain(adapter, image, target, method=name)
+        for key, value in registry.method_info(name).parameters.items():
+            assert exp.params[key] == value, (name, key)

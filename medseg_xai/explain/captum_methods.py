@@ -34,6 +34,8 @@ from captum.attr import (
 from torch import nn
 
 from medseg_xai.adapters import SegmentationAdapter
+from medseg_xai.explain.registry import BASELINE_METHODS
+from medseg_xai.explain.registry import HOOKING_METHODS as _HOOKING
 from medseg_xai.explain.windowed import WINDOWED_METHODS, windowed_target
 from medseg_xai.targets import Target
 
@@ -42,7 +44,7 @@ __all__ = ["INPUT_METHODS", "LOCAL_BACKGROUND", "attribute_input", "local_backgr
 
 #: Baseline name: the target region replaced by its local background.
 LOCAL_BACKGROUND = "local_background"
-_BASELINE_METHODS = {"integrated_gradients", "deeplift", "occlusion", "feature_ablation"}
+_BASELINE_METHODS = BASELINE_METHODS  # the registry's (explain/registry.py)
 
 
 def local_background_baseline(x: torch.Tensor, mask: Any) -> torch.Tensor:
@@ -230,8 +232,8 @@ INPUT_METHODS: dict[str, Callable[..., tuple]] = {
     "feature_ablation": _feature_ablation,
 }
 
-#: methods that hook sub-modules of the model (unavailable for TorchScript)
-HOOKING_METHODS = {"guided_backprop", "deeplift"}
+#: methods that hook sub-modules of the model (unavailable for TorchScript): the registry's
+HOOKING_METHODS = _HOOKING
 
 
 def attribute_input(

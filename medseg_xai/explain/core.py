@@ -13,16 +13,22 @@ import torch
 
 from medseg_xai.adapters import SegmentationAdapter
 from medseg_xai.explain.budget import answer_oom, budget_bytes, plan_batches
-from medseg_xai.explain.captum_methods import HOOKING_METHODS, INPUT_METHODS, attribute_input
+from medseg_xai.explain.captum_methods import attribute_input
 from medseg_xai.explain.gradcam import layer_cam
 from medseg_xai.explain.provenance import provenance
+from medseg_xai.explain.registry import (
+    LAYER_METHODS,
+    METHODS,
+    default_methods,
+    refuse_unavailable,
+)
 from medseg_xai.targets import Target
 
 __all__ = ["explain", "Explanation", "METHODS", "LAYER_METHODS", "prepare_image",
            "refuse_unavailable", "default_methods"]
 
-LAYER_METHODS = ("gradcam", "gradcam++")
-METHODS: tuple[str, ...] = (*INPUT_METHODS, *LAYER_METHODS)
+# METHODS, LAYER_METHODS, default_methods, refuse_unavailable: the one registry
+# (explain/registry.py), re-exported here
 
 
 @dataclass
@@ -95,38 +101,6 @@ def prepare_image(adapter: SegmentationAdapter, image: Any) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise ValueError("image: contains NaN or infinite values")
     return x.detach().float()
-
-
-def default_methods(adapter: SegmentationAdapter, miss: bool = False) -> tuple[str, ...]:
-    """Methods run when none are named: Grad-CAM (and integrated gradients for a miss
-    analysis) on a plain network; integrated gradients (or saliency) without hooks
-    (TorchScript); occlusion on a gradient-free model (ONNX)."""
-    available = getattr(adapter, "available_methods", METHODS)
-    wanted = ("gradcam", "integrated_gradients") if miss else ("gradcam",)
-    chosen = tuple(m for m in wanted if m in available)
-    if chosen:
-        return chosen
-    fallback = "integrated_gradients" if miss else "saliency"
-    return (fallback,) if fallback in available else ("occlusion",)
-
-
-def refuse_unavailable(adapter: SegmentationAdapter, method: str) -> None:
-    """ValueError naming the methods that do work when ``method`` cannot run on this model."""
-    available = getattr(adapter, "available_methods", METHODS)
-    if method in available:
-        return
-    works = ", ".join(repr(m) for m in available)
-    if not getattr(adapter, "supports_gradients", True):
-        why = ("the model runs without gradients (ONNX through onnxruntime, or an exact-only "
-               "pipeline)")
-    elif method in LAYER_METHODS or method in HOOKING_METHODS:
-        why = ("it needs hooks on the model's layers, and TorchScript and ONNX models do not "
-               "support hooks (explain the original, unscripted nn.Module, or a checkpoint + "
-               "class, for layer maps)")
-    else:
-        why = "the model does not support it"
-    raise ValueError(f"method {method!r} cannot run on this model: {why}; methods that work: "
-                     f"{works}")
 
 
 def _check_target(target: Any, spatial: tuple[int, ...]) -> None:

@@ -140,7 +140,7 @@ def localising_layer(adapter: SegmentationAdapter, input_shape: Sequence[int]) -
     if shape in cache:
         return cache[shape]
     if not adapter.supports_hooks:
-        from medseg_xai.explain.core import refuse_unavailable
+        from medseg_xai.explain.registry import refuse_unavailable
 
         refuse_unavailable(adapter, "gradcam")
     modules = dict(adapter.model.named_modules())

@@ -57,6 +57,7 @@ from medseg_xai.decide import (
 )
 from medseg_xai.explain import probes as P
 from medseg_xai.explain.budget import answer_oom
+from medseg_xai.explain.registry import BASELINE_METHODS, PATH_METHODS, REGISTRY
 
 __all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "PROBES", "explain_miss"]
 
@@ -77,14 +78,10 @@ SETTINGS_REMOVE: dict[str, tuple[float, ...]] = {
 #: Integrated-gradients steps of the miss analysis (Gauss-Legendre; the path from the
 #: lesion-free image is short, so few steps keep completeness within tolerance).
 IG_STEPS = 8
-_METHOD_NAMES = {
-    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "integrated_gradients": "Integrated gradients",
-    "deeplift": "DeepLift", "saliency": "Saliency", "smoothgrad": "SmoothGrad",
-    "input_x_gradient": "Input x gradient", "guided_backprop": "Guided backprop",
-    "occlusion": "Occlusion", "feature_ablation": "Feature ablation",
-}
-_PATH_METHODS = {"integrated_gradients", "deeplift"}
-_BASELINE_METHODS = {"integrated_gradients", "deeplift", "occlusion", "feature_ablation"}
+# method names and properties: the one registry (explain/registry.py)
+_METHOD_NAMES = {m: i.display for m, i in REGISTRY.items()}
+_PATH_METHODS = PATH_METHODS
+_BASELINE_METHODS = BASELINE_METHODS
 PROBE_COLUMNS = ["probe", "setting", "value", "max_prob", "mean_prob", "covered_fraction",
                  "detected", "change", "effect"]
 EVIDENCE_COLUMNS = ["method", "layer", "baseline", "enrichment", "inside_share", "total",
