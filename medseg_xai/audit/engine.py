@@ -80,35 +80,24 @@ def audit(
         metrics, decision rules, statistics, criteria); default ``AuditPlan()``. It is recorded
         with its hash in ``result.settings["plan"]`` / ``["plan_hash"]`` and so in ``audit.json``.
     adapter : SegmentationAdapter, optional
-        Run inference instead of reading stored predictions (its ``threshold`` is used unless
-        the plan sets ``decision.threshold``); records per-case inference time and memory.
-    executor : {"serial", "process", "dask"} or distributed.Client, optional
-        Default: ``"serial"`` when ``workers == 1`` or an adapter runs without ``workers``,
-        ``"dask"`` with ``dask_scheduler``, else a process pool.
-    workers : int, optional
-        Processes of the pool (default: all cores).
-    cache_dir : str or Path, optional
-        Per-case cache; rerunning an interrupted audit recomputes only missing cases.
+        Run inference (at the plan's ``decision.threshold``, else the adapter's own).
+    executor, workers : optional
+        ``"serial"``, ``"process"``, ``"dask"`` or a distributed.Client, and processes
+        (default: serial for one worker or a model, else a pool of all cores).
+    cache_dir, stream : str or Path, optional
+        Per-case cache (resume) and the JSON-lines file each case's record is streamed to.
     progress : bool
         Show a progress bar.
-    stream : str or Path, optional
-        JSON-lines file that receives each case's record the moment it is evaluated (default:
-        a temporary file, removed afterwards).
     case_timeout : float, optional
         Seconds one case may take; a case past it fails with a message saying so.
     report : mapping, optional
         Report configuration stored in the result (``intended_use``, ``model_name``...).
     **options
-        ``dask_scheduler`` (address of a Dask scheduler), ``mp_context`` (start method of the
-        pool), ``allow_missing_readers`` (analyse a case with the readers present),
-        ``uncertainty`` (UncertaintySettings, mapping or True: with an adapter, per-case
-        uncertainty from test-time augmentation / MC dropout, :mod:`medseg_xai.explain.uncertainty`;
-        turns ``failure`` on with its defaults) and ``failure`` (FailureSettings, mapping or
-        True: failure detection, calibration per subgroup and hidden strata,
-        :mod:`medseg_xai.audit.failure`). The old
-        plan keywords (``strata=``, ``criteria=``, ``labels=``, ``confidence=``... see
-        :data:`medseg_xai.audit.plan.OPTION_FIELDS`) still work for one release with a
-        ``FutureWarning``; they are mapped into the plan.
+        ``dask_scheduler``, ``mp_context``, ``allow_missing_readers``, ``uncertainty``
+        (:mod:`medseg_xai.explain.uncertainty`) and ``failure`` (:mod:`medseg_xai.audit.failure`).
+        The old plan keywords (``strata=``, ``criteria=``, ``confidence=``...,
+        :data:`medseg_xai.audit.plan.OPTION_FIELDS`) work for one release with a
+        ``FutureWarning``, mapped into the plan.
 
     Returns
     -------
@@ -117,47 +106,90 @@ def audit(
     Raises
     ------
     ValueError
-        An invalid plan (naming the field, ``plan.statistics.confidence: ...``), an unknown
-        stratum column, executor or reader, ``workers < 1``... -- before any case runs.
-    InfrastructureError
-        The cache or the streamed records cannot be written: the audit aborts.
+        Before any case runs: an invalid plan (``plan.statistics.confidence: ...``), an
+        unknown stratum column or reader, ``workers < 1``...; InfrastructureError when the
+        cache or the streamed records cannot be written.
     """
     if not isinstance(cohort, Cohort):
         raise ValueError(f"cohort: expected a medseg_xai.Cohort, got {type(cohort).__name__}")
     run_opts = {k: options.pop(k) for k in RUN_OPTIONS if k in options}
     plan = resolve_plan(plan, options)
     _check_execution(workers=workers, case_timeout=case_timeout)
-    extra_settings = _failure_settings(run_opts.get("uncertainty"), run_opts.get("failure"),
-                                       adapter)  # bad settings: fail now
-    cohort, checked = _prepare(cohort, plan, adapter,
-                               bool(run_opts.get("allow_missing_readers")))
-    # only when asked: cache keys unchanged
-    checked["task_settings"].update(extra_settings.pop("task"))
-    executor, client = _executor(executor, run_opts.get("dask_scheduler"), workers, adapter,
-                                 len(cohort))
+    cohort, checked, extra_settings = _check_all(cohort, plan, adapter, run_opts)
+    fingerprint = getattr(adapter, "fingerprint", None) if adapter is not None else None
+    determinism = _determinism(adapter, cohort, int(plan.statistics.seed), case_timeout,
+                               run_opts.get("mp_context"))
+    cases, lesions, reader_cases, info, elapsed = _run(
+        cohort, checked["task_settings"], adapter, run_opts,
+        {"executor": executor, "workers": workers, "cache_dir": cache_dir, "progress": progress,
+         "stream": stream, "case_timeout": case_timeout})
+    cases, features, layer, calibration = _pop_arrays(cases)
+    settings = {**_settings(plan, checked, adapter, layer), **extra_settings}
+    provenance = _provenance(plan, cohort, cases, fingerprint, report)
+    if determinism is not None:
+        provenance["model_determinism"] = determinism
+    run = _run_record(info, elapsed, cache_dir, case_timeout, cases)
+    result = build_result(cases, lesions, settings, provenance, run, report=report,
+                          readers=reader_cases, features=features, calibration=calibration)
+    if adapter is not None:
+        from medseg_xai.explain.weights import weights
+
+        result.model_layers = weights(adapter)
+    return result
+
+
+def _check_all(cohort: Cohort, plan: AuditPlan, adapter: Any, run_opts: Mapping[str, Any]
+               ) -> tuple[Cohort, dict[str, Any], dict[str, Any]]:
+    """Every check that can fail before a case runs; the case settings to run with."""
+    extra = _failure_settings(run_opts.get("uncertainty"), run_opts.get("failure"), adapter)
+    cohort, checked = _prepare(cohort, plan, adapter, bool(run_opts.get("allow_missing_readers")))
+    checked["task_settings"].update(extra.pop("task"))  # only when asked: cache keys unchanged
+    return cohort, checked, extra
+
+
+def _determinism(adapter: Any, cohort: Cohort, seed: int, case_timeout: float | None,
+                 mp_context: str | None) -> Any:
+    """Two passes on one case: a stochastic model is reported (None without a model)."""
+    if adapter is None:
+        return None
+    from medseg_xai.audit.model_checks import probe_model
+
+    return probe_model(adapter, cohort, seed, case_timeout=case_timeout, mp_context=mp_context)
+
+
+def _pop_arrays(cases: pd.DataFrame) -> tuple:
+    """The per-case feature vectors and calibration bins, taken out of the cases table."""
+    from medseg_xai.audit.failure import pop_calibration
+
+    cases, features, layer = _pop_features(cases)
+    cases, calibration = pop_calibration(cases)
+    return cases, features, layer, calibration
+
+
+def _run(cohort: Cohort, task_settings: Mapping[str, Any], adapter: Any,
+         run_opts: Mapping[str, Any], how: Mapping[str, Any]) -> tuple:
+    """Evaluate every case (streamed to a JSON-lines file) and build the per-case and
+    per-lesion tables: ``(cases, lesions, reader_cases, run_info, elapsed_s)``."""
+    workers = how["workers"]
+    executor, client = _executor(how["executor"], run_opts.get("dask_scheduler"), workers,
+                                 adapter, len(cohort))
     fingerprint = getattr(adapter, "fingerprint", None) if adapter is not None else None
     cache_extra = f"{_version('medseg-xai')}|{fingerprint or ''}"
     # Absolute before work leaves the client: Dask workers run in other folders.
+    cache_dir = how["cache_dir"]
     cache_path = None if cache_dir is None else os.path.abspath(os.fspath(cache_dir))
     if cache_path is not None:
         probe_writable(cache_path, "the cache")
-    determinism = None
-    if adapter is not None:  # two passes on one case: a stochastic model is reported
-        from medseg_xai.audit.model_checks import probe_model
-
-        determinism = probe_model(adapter, cohort, int(plan.statistics.seed),
-                                  case_timeout=case_timeout,
-                                  mp_context=run_opts.get("mp_context"))
     started = time.perf_counter()
-    with _stream_file(stream) as stream_path:
+    with _stream_file(how["stream"]) as stream_path:
         try:
             with RecordStream(stream_path) as sink:
                 info = run_tasks(
                     iter_tasks(cohort, bool(run_opts.get("allow_missing_readers"))),
-                    checked["task_settings"], executor=executor, workers=workers,
+                    task_settings, executor=executor, workers=workers,
                     cache_dir=cache_path, adapter=adapter, cache_extra=cache_extra,
-                    progress=progress, mp_context=run_opts.get("mp_context"),
-                    case_timeout=case_timeout, sink=sink.write, n_tasks=len(cohort),
+                    progress=how["progress"], mp_context=run_opts.get("mp_context"),
+                    case_timeout=how["case_timeout"], sink=sink.write, n_tasks=len(cohort),
                 )
         finally:
             if client is not None:
@@ -168,15 +200,13 @@ def audit(
         release_memory()
         reader_cases = (_readers.records_tables(read_records(stream_path)) if cohort.readers
                         else None)
-    cases, features, layer = _pop_features(cases)
-    from medseg_xai.audit.failure import pop_calibration
+    return cases, lesions, reader_cases, info, elapsed
 
-    cases, calibration = pop_calibration(cases)
-    settings = {**_settings(plan, checked, adapter, layer), **extra_settings}
-    provenance = _provenance(plan, cohort, cases, fingerprint, report)
-    if determinism is not None:
-        provenance["model_determinism"] = determinism
-    run = {
+
+def _run_record(info: Any, elapsed: float, cache_dir: Any, case_timeout: float | None,
+                cases: pd.DataFrame) -> dict[str, Any]:
+    """``result.run``: the facts of this execution (not part of the stable provenance)."""
+    return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "elapsed_s": round(elapsed, 3),
         "executor": info.executor,
@@ -189,13 +219,6 @@ def audit(
         "stage_seconds": info.stage_seconds,
         "efficiency": efficiency_summary(cases, elapsed),
     }
-    result = build_result(cases, lesions, settings, provenance, run, report=report,
-                          readers=reader_cases, features=features, calibration=calibration)
-    if adapter is not None:
-        from medseg_xai.explain.weights import weights
-
-        result.model_layers = weights(adapter)
-    return result
 
 
 def resolve_plan(plan: Any, options: dict[str, Any]) -> AuditPlan:

@@ -35,6 +35,7 @@ from medseg_xai.decide import (
     DecisionRules,
     foreground,
     lesion_mask,
+    lesion_status,
     parse_lesion_id,
     predict,
     reference_mask,
@@ -244,8 +245,33 @@ def explain_failures(
         entry with the error in ``note``.
     """
     entries = gallery_cases(result, metric=metric, per_group=per_group, max_cases=max_cases)
+    wanted = _add_requested(result, entries, extra)
+    kwargs = dict(explain_kwargs or {})
+    les = result.lesions
+    if "detected_lesions" not in kwargs and les is not None and "status" in les:
+        # the verdict compares a miss with the cohort's detected lesions, not one image's
+        kwargs["detected_lesions"] = les[les["status"] == "detected"]
+    kwargs["rules"] = DecisionRules.from_settings(result.settings)
+    budget = {"left": int(max_explanations), "max": int(max_explanations)}
+    for e in entries:
+        e.update(lesion_id=None, status=None, volume_mm3=None, method=None, analysis=None,
+                 figure=None, note="")
+        if cohort is None:
+            e["note"] = "no images: the audit was not given the cohort's files for the gallery"
+            continue
+        try:
+            _fill_entry(e, result, cohort, adapter, wanted, seed, kwargs, budget, analyses)
+        except Exception as err:  # noqa: BLE001 - recorded, never dropped
+            from medseg_xai._privacy import redact_paths
+
+            e["note"] = f"case could not be shown: {type(err).__name__}: {redact_paths(str(err))}"
+    return entries
+
+
+def _add_requested(result: Any, entries: list[dict[str, Any]],
+                   extra: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """Add the cases of the requested lesions to ``entries``; ``{case_id: lesion_id}``."""
     by_id = {e["case_id"]: e for e in entries}
-    wanted = {cid: lid for cid, lid in extra}
     for cid, _lid in extra:
         if cid not in by_id:
             row = result.cases[result.cases["case_id"].astype(str) == cid]
@@ -255,55 +281,45 @@ def explain_failures(
                           "picked_for": ["lesion asked for (e.g. the largest missed one)"],
                           "metric": m, "value": value}
             entries.append(by_id[cid])
-    kwargs = dict(explain_kwargs or {})
-    les = result.lesions
-    if "detected_lesions" not in kwargs and les is not None and "status" in les:
-        # the verdict compares a miss with the cohort's detected lesions, not one image's
-        kwargs["detected_lesions"] = les[les["status"] == "detected"]
-    rules = DecisionRules.from_settings(result.settings)
-    n_explained = 0
-    for e in entries:
-        e.update(lesion_id=None, status=None, volume_mm3=None, method=None, analysis=None,
-                 figure=None, note="")
-        if cohort is None:
-            e["note"] = "no images: the audit was not given the cohort's files for the gallery"
-            continue
-        try:
-            case, ref, pred = _audit_masks(result, cohort, adapter, e["case_id"], rules)
-            missed = _missed_lesions(result, e["case_id"])
-            lesion_id = wanted.get(e["case_id"]) or (str(missed["lesion_id"].iloc[0])
-                                                     if len(missed) else None)
-            target = heat = None
-            if lesion_id is not None:
-                target = _lesion_target(ref, pred, lesion_id, rules)
-                e["status"] = _audit_status(result, e["case_id"], lesion_id)
-                e["volume_mm3"] = float(target.sum() * np.prod(case.spacing))
-            if lesion_id is not None and adapter is not None and (
-                    n_explained < max_explanations or e["case_id"] in wanted):
-                try:
-                    analysis, heat, e["method"] = _explain(adapter, case, ref, pred, lesion_id,
-                                                           seed, {**kwargs, "rules": rules})
-                    e["analysis"] = analysis.to_dict()
-                    if analyses is not None:
-                        analyses[(e["case_id"], str(lesion_id))] = analysis
-                    n_explained += 1
-                except Exception as err:  # noqa: BLE001 - one failed explanation keeps its entry
-                    e["note"] = f"explanation failed: {type(err).__name__}: {err}"
-            elif lesion_id is not None and adapter is None:
-                e["note"] = "missed lesion not explained: no model was given"
-            elif lesion_id is not None:
-                e["note"] = (f"missed lesion not explained: the gallery explains at most "
-                             f"{max_explanations} lesions")
-            e["lesion_id"] = lesion_id
-            centre = _centre(ref, pred, target)
-            e["figure"] = slice_payload(case.image, ref, pred, centre=centre, target=target,
-                                        heatmap=heat, spacing=case.spacing,
-                                        affine=getattr(case, "affine", None))
-        except Exception as err:  # noqa: BLE001 - recorded, never dropped
-            from medseg_xai._privacy import redact_paths
+    return {cid: lid for cid, lid in extra}
 
-            e["note"] = f"case could not be shown: {type(err).__name__}: {redact_paths(str(err))}"
-    return entries
+
+def _fill_entry(e: dict[str, Any], result: Any, cohort: Any, adapter: Any,
+                wanted: Mapping[str, str], seed: int, kwargs: Mapping[str, Any],
+                budget: dict[str, int], analyses: dict | None) -> None:
+    """One gallery entry: the lesion as the audit decided it, its explanation, its slices."""
+    rules = kwargs["rules"]
+    case, ref, pred = _audit_masks(result, cohort, adapter, e["case_id"], rules)
+    missed = _missed_lesions(result, e["case_id"])
+    lesion_id = wanted.get(e["case_id"]) or (str(missed["lesion_id"].iloc[0])
+                                             if len(missed) else None)
+    target = heat = None
+    if lesion_id is not None:
+        target = _lesion_target(ref, pred, lesion_id, rules)
+        # decided again from the masks the gallery shows, by the audit's rules
+        e["status"] = (lesion_status(pred, ref, lesion_id, rules) if pred is not None
+                       else _audit_status(result, e["case_id"], lesion_id))
+        e["volume_mm3"] = float(target.sum() * np.prod(case.spacing))
+    if lesion_id is not None and adapter is not None and (
+            budget["left"] > 0 or e["case_id"] in wanted):
+        try:
+            analysis, heat, e["method"] = _explain(adapter, case, ref, pred, lesion_id, seed,
+                                                   kwargs)
+            e["analysis"] = analysis.to_dict()
+            if analyses is not None:
+                analyses[(e["case_id"], str(lesion_id))] = analysis
+            budget["left"] -= 1
+        except Exception as err:  # noqa: BLE001 - one failed explanation keeps its entry
+            e["note"] = f"explanation failed: {type(err).__name__}: {err}"
+    elif lesion_id is not None and adapter is None:
+        e["note"] = "missed lesion not explained: no model was given"
+    elif lesion_id is not None:
+        e["note"] = (f"missed lesion not explained: the gallery explains at most "
+                     f"{budget['max']} lesions")
+    e["lesion_id"] = lesion_id
+    e["figure"] = slice_payload(case.image, ref, pred, centre=_centre(ref, pred, target),
+                                target=target, heatmap=heat, spacing=case.spacing,
+                                affine=getattr(case, "affine", None))
 
 
 def _audit_masks(result: Any, cohort: Any, adapter: Any, case_id: str, rules: DecisionRules

@@ -693,10 +693,9 @@ def _check_methods(methods: Sequence[str] | str) -> tuple[str, ...]:
 
 
 def _check_spacing(spacing: Sequence[float] | None, shape: tuple[int, ...]) -> tuple[float, ...]:
-    sp = (1.0,) * len(shape) if spacing is None else tuple(float(s) for s in spacing)
-    if len(sp) != len(shape) or min(sp) <= 0:
-        raise ValueError(f"spacing: expected {len(shape)} positive numbers, got {sp}")
-    return sp
+    from medseg_xai._validation import check_spacing  # the shared check
+
+    return check_spacing(spacing, len(shape))
 
 
 def _decide(ref: Any, pred: Any, p0: tuple[np.ndarray, np.ndarray], lesion: Any, ci: int,
@@ -747,6 +746,46 @@ def _donors(img: np.ndarray, p0: tuple[np.ndarray, np.ndarray], ref_fg: np.ndarr
             if donor is None and want_detect:
                 donor = (f"ref-{j}", mj, sj)
     return donor, rows
+
+
+def _check_rules(adapter: Any, rules: Any, threshold: float | None, overlap_threshold: float,
+                 margin: float) -> tuple[DecisionRules | None, float | None, float]:
+    """An audit's rules (they replace ``threshold`` and ``overlap_threshold``), checked."""
+    if rules is not None:
+        rules = rules if isinstance(rules, DecisionRules) else DecisionRules.from_settings(rules)
+        threshold = rules.threshold if rules.threshold is not None else getattr(
+            adapter, "threshold", None)
+        overlap_threshold = rules.overlap_threshold
+    if threshold is not None and not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
+    if not 0.0 < float(overlap_threshold) <= 1.0:
+        raise ValueError(f"overlap_threshold: expected a share in (0, 1], got {overlap_threshold!r}")
+    if not 0.0 < float(margin) < 1.0:
+        raise ValueError(f"margin: expected a probability change in (0, 1), got {margin!r}")
+    return rules, threshold, float(overlap_threshold)
+
+
+def _evidence_rows(adapter: Any, img: np.ndarray, mask: np.ndarray, target: Any,
+                   methods: Sequence[str], layer: str | None,
+                   method_kwargs: Mapping[str, Mapping[str, Any]] | None, seed: int
+                   ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """One gated evidence row (and map) per attribution method."""
+    rows, maps, randomised = [], {}, {}
+    for method in methods:
+        kw = dict((method_kwargs or {}).get(method, {}))
+        row, a = _evidence(adapter, img, mask, target, method, layer, kw, seed, randomised)
+        rows.append(row)
+        if a is not None:
+            maps[method] = a
+    return rows, maps
+
+
+def _measurements(img: np.ndarray, mask: np.ndarray, exclude: np.ndarray,
+                  base: Mapping[str, Any], spacing: Sequence[float]) -> dict[str, Any]:
+    return {"volume_voxels": int(mask.sum()), "volume_mm3": float(mask.sum() * np.prod(spacing)),
+            "cnr": _safe_cnr(img, mask, exclude),
+            **{k: base[k] for k in ("max_prob", "mean_prob", "covered_fraction")},
+            "lesion_fraction": float(mask.mean())}
 
 
 @answer_oom("explain_miss()")
@@ -837,17 +876,8 @@ def explain_miss(
     MissAnalysis
     """
     start = time.perf_counter()
-    if rules is not None:
-        rules = rules if isinstance(rules, DecisionRules) else DecisionRules.from_settings(rules)
-        threshold = rules.threshold if rules.threshold is not None else getattr(
-            adapter, "threshold", None)
-        overlap_threshold = rules.overlap_threshold
-    if threshold is not None and not 0.0 < float(threshold) < 1.0:
-        raise ValueError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
-    if not 0.0 < float(overlap_threshold) <= 1.0:
-        raise ValueError(f"overlap_threshold: expected a share in (0, 1], got {overlap_threshold!r}")
-    if not 0.0 < float(margin) < 1.0:
-        raise ValueError(f"margin: expected a probability change in (0, 1), got {margin!r}")
+    rules, threshold, overlap_threshold = _check_rules(adapter, rules, threshold,
+                                                       overlap_threshold, margin)
     if methods is None:  # Grad-CAM and IG where the model allows them, else occlusion
         from medseg_xai.explain.core import default_methods
 
@@ -891,28 +921,14 @@ def explain_miss(
 
     # supporting evidence
     target = _target(adapter, mask, ci, 2 if adapter.activation == "softmax" else 1)
-    rows, maps, randomised = [], {}, {}
-    for method in methods:
-        kw = dict((method_kwargs or {}).get(method, {}))
-        row, a = _evidence(adapter, img, mask, target, method, layer, kw, seed, randomised)
-        rows.append(row)
-        if a is not None:
-            maps[method] = a
+    rows, maps = _evidence_rows(adapter, img, mask, target, methods, layer, method_kwargs, seed)
     evidence = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
-
-    volume = float(mask.sum() * np.prod(spacing))
-    meas = {"volume_voxels": int(mask.sum()), "volume_mm3": volume,
-            "cnr": _safe_cnr(img, mask, exclude), **{k_: base[k_] for k_ in
-                                                      ("max_prob", "mean_prob", "covered_fraction")},
-            "lesion_fraction": float(mask.mean())}
-    if detected_lesions is not None:
-        det = detected_lesions
-        if "status" in det:
-            det = det[det["status"] == "detected"]
-        comp = _comparison(volume, meas["cnr"], det, "the cohort", min_comparison)
-    else:
-        comp = _comparison(volume, meas["cnr"], pd.DataFrame(detected_rows), "this image",
-                           min_comparison)
+    meas = _measurements(img, mask, exclude, base, spacing)
+    det = pd.DataFrame(detected_rows) if detected_lesions is None else detected_lesions
+    if "status" in det:
+        det = det[det["status"] == "detected"]
+    comp = _comparison(meas["volume_mm3"], meas["cnr"], det,
+                       "this image" if detected_lesions is None else "the cohort", min_comparison)
     settings = {
         "case_id": case_id, "threshold": model.threshold,
         "overlap_threshold": float(overlap_threshold), "matching": rules.matching,

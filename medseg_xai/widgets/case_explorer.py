@@ -398,10 +398,9 @@ class CaseExplorer(W.VBox):
             if affine is not None:
                 return Geometry((1,) * ndim, affine).spacing
             return (1.0,) * ndim
-        sp = tuple(float(s) for s in spacing)
-        if len(sp) != ndim or not all(np.isfinite(s) and s > 0 for s in sp):
-            raise ValueError(f"spacing: expected {ndim} positive values in mm, got {spacing!r}")
-        return sp
+        from medseg_xai._validation import check_spacing  # the shared check
+
+        return check_spacing(spacing, ndim)
 
     def _predict(self, p: np.ndarray) -> None:
         act = "sigmoid" if self.adapter.activation == "sigmoid" else "softmax"
