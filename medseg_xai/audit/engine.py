@@ -153,8 +153,10 @@ def _determinism(adapter: Any, cohort: Cohort, seed: int, case_timeout: float | 
     if adapter is None:
         return None
     from medseg_xai.audit.model_checks import probe_model
+    from medseg_xai.audit.runner import _init_worker, _preload
 
-    return probe_model(adapter, cohort, seed, case_timeout=case_timeout, mp_context=mp_context)
+    return probe_model(adapter, cohort, seed, case_timeout=case_timeout, mp_context=mp_context,
+                       worker_init=_init_worker, preload=_preload)
 
 
 def _pop_arrays(cases: pd.DataFrame) -> tuple:

@@ -96,10 +96,10 @@ class _ProbeTask:
 
 
 def _probe_task(task: _ProbeTask, adapter: Any = None) -> dict[str, Any]:
-    from medseg_xai.audit import runner
+    from medseg_xai.audit import workerstate
     from medseg_xai.cohort import load_volume
 
-    model = runner._WORKER_ADAPTER if isinstance(adapter, str) else adapter
+    model = workerstate.resolve(adapter)
     try:
         image, _ = load_volume(task.path, what="image", case_id=task.case_id)
         return {"status": "ok", **_two_passes(model, image, task.seed)}
@@ -108,7 +108,8 @@ def _probe_task(task: _ProbeTask, adapter: Any = None) -> dict[str, Any]:
 
 
 def probe_model(adapter: Any, cohort: Any, seed: int, *, case_timeout: float | None = None,
-                mp_context: str | None = None) -> dict[str, Any] | None:
+                mp_context: str | None = None, worker_init: Any = None,
+                preload: Any = None) -> dict[str, Any] | None:
     """Two passes on the cohort's first loadable case (with ``case_timeout``: in a killable
     worker, so a model that never returns cannot hang the audit here either).
 
@@ -123,7 +124,9 @@ def probe_model(adapter: Any, cohort: Any, seed: int, *, case_timeout: float | N
         if case_timeout:
             from medseg_xai.audit.isolated import isolated
 
-            rec = next(iter(isolated(_probe_task, [task], 1, adapter, case_timeout, mp_context)))
+            # the runner's worker initializer / preload, passed in (no import cycle)
+            rec = next(iter(isolated(_probe_task, [task], 1, adapter, case_timeout, mp_context,
+                                     init=worker_init, preload=preload)))
         else:
             rec = _probe_task(task, adapter)
         if rec.get("status") != "ok":

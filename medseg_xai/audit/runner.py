@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from medseg_xai._privacy import redact_paths
+from medseg_xai.audit import workerstate
 from medseg_xai.audit.cache import CaseCache, input_hash
 from medseg_xai.audit.stream import InfrastructureError, infrastructure_error
 from medseg_xai.cohort import (
@@ -63,7 +64,6 @@ STAGES = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s
 #: which executor ran the case, and worker processes do not oversubscribe the cores.
 TORCH_THREADS = 1
 
-_WORKER_ADAPTER: Any = None  # set once per worker process by the pool initializer
 
 
 @dataclass(frozen=True)
@@ -442,8 +442,7 @@ def evaluate_task(
     InfrastructureError
         When the cache cannot be written (disk full, read-only, permission denied).
     """
-    if isinstance(adapter, str) and adapter == "worker":
-        adapter = _WORKER_ADAPTER
+    adapter = workerstate.resolve(adapter)  # "worker": the one the initializer installed
     clock = time.perf_counter
     start = clock()
     base = {"row": task.row, "case_id": task.case_id, "from_cache": False, "input_hash": ""}
@@ -564,9 +563,8 @@ def _fix_threads(torch_needed: bool = True) -> None:
 
 
 def _init_worker(adapter: Any, parent_pid: int) -> None:
-    global _WORKER_ADAPTER
     _die_with_parent(parent_pid)
-    _WORKER_ADAPTER = adapter
+    workerstate.ADAPTER = adapter
     _fix_threads(adapter is not None)
 
 
