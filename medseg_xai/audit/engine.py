@@ -128,7 +128,7 @@ def audit(
     provenance = _provenance(plan, cohort, cases, fingerprint, report)
     if determinism is not None:
         provenance["model_determinism"] = determinism
-    run = _run_record(info, elapsed, cache_dir, case_timeout, cases)
+    run = _run_record(info, elapsed, cache_dir, case_timeout, cases, cohort.pseudonymised)
     result = build_result(cases, lesions, settings, provenance, run, report=report,
                           readers=reader_cases, features=features, calibration=calibration)
     if adapter is not None:
@@ -206,7 +206,7 @@ def _run(cohort: Cohort, task_settings: Mapping[str, Any], adapter: Any,
 
 
 def _run_record(info: Any, elapsed: float, cache_dir: Any, case_timeout: float | None,
-                cases: pd.DataFrame) -> dict[str, Any]:
+                cases: pd.DataFrame, pseudonymised: bool) -> dict[str, Any]:
     """``result.run``: the facts of this execution (not part of the stable provenance)."""
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -215,7 +215,7 @@ def _run_record(info: Any, elapsed: float, cache_dir: Any, case_timeout: float |
         "workers": info.workers,
         "n_from_cache": info.n_from_cache,
         "cache_dir": None if cache_dir is None else (
-            "<folder>" if cohort.pseudonymised else redact_paths(str(Path(cache_dir).absolute()))),
+            "<folder>" if pseudonymised else redact_paths(str(Path(cache_dir).absolute()))),
         "case_timeout_s": None if case_timeout is None else float(case_timeout),
         # seconds summed over cases per stage (load, inference, metrics, lesions, cache)
         "stage_seconds": info.stage_seconds,
