@@ -160,14 +160,15 @@ def _foreground(p: np.ndarray, activation: str, threshold: float | None) -> np.n
 
 
 def normalised_entropy(p: np.ndarray, activation: str) -> np.ndarray:
-    """Predictive entropy per voxel in [0, 1] of class probabilities ``(K, *spatial)``."""
-    q = np.clip(p.astype(np.float64), 1e-12, 1.0)
+    """Predictive entropy per voxel in [0, 1] of class probabilities ``(K, *spatial)``
+    (float32 throughout: a per-voxel display and mean, not a sum over millions)."""
+    q = np.clip(p, 1e-12, 1.0, dtype=np.float32)
     if p.shape[0] == 1 or activation == "sigmoid":  # independent channels: binary entropy
-        r = np.clip(1.0 - p.astype(np.float64), 1e-12, 1.0)
-        h = -(q * np.log(q) + r * np.log(r)) / math.log(2.0)
-        return h.mean(axis=0).astype(np.float32)
-    h = -(q * np.log(q)).sum(axis=0) / math.log(p.shape[0])
-    return np.clip(h, 0.0, 1.0).astype(np.float32)
+        r = np.clip(1.0 - p, 1e-12, 1.0, dtype=np.float32)
+        h = -(q * np.log(q) + r * np.log(r)) / np.float32(math.log(2.0))
+        return h.mean(axis=0, dtype=np.float32)
+    h = -(q * np.log(q)).sum(axis=0) / np.float32(math.log(p.shape[0]))
+    return np.clip(h, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def _dropout_modules(model: Any) -> list[Any]:
