@@ -737,7 +737,7 @@ def _run_explain(args: argparse.Namespace) -> int:
             which = int(args.lesion) if str(args.lesion).isdigit() else args.lesion
             target = targets.lesion(args.class_index, ref, which)
         else:
-            target = targets.missed(args.class_index, ref, pred)
+            target = targets.missed(args.class_index, pred=pred, ref=ref)
     written = []
     for method in methods:
         exp = explain(adapter, image[None], target, method=method, layer=args.layer,

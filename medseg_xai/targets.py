@@ -197,8 +197,24 @@ def reference(class_index: int, ref: Any, *, margin: bool = False) -> Target:
     return Target(c, m, "reference", bool(margin))
 
 
-def missed(class_index: int, ref: Any, pred: Any, *, margin: bool = False) -> Target:
-    """Mean ``class_index`` logit over the false negatives: reference and not predicted."""
+def missed(class_index: int, *args: Any, pred: Any = None, ref: Any = None,
+           margin: bool = False) -> Target:
+    """Mean ``class_index`` logit over the false negatives: reference and not predicted.
+
+    ``pred`` and ``ref`` are keyword-only (the toolkit's order is ``(pred, ref)``); the old
+    positional ``missed(class_index, ref, pred)`` still works for one release with a
+    FutureWarning.
+    """
+    if args:
+        if len(args) != 2 or pred is not None or ref is not None:
+            raise TypeError("missed(class_index, *, pred, ref): expected pred= and ref= keywords")
+        import warnings
+
+        warnings.warn("targets.missed(class_index, ref, pred) is deprecated; pass "
+                      "missed(class_index, pred=..., ref=...)", FutureWarning, stacklevel=2)
+        ref, pred = args
+    if pred is None or ref is None:
+        raise ValueError("missed: expected both pred= and ref= (label maps or masks)")
     c = _check_class_index(class_index)
     r = class_mask(ref, c, "ref")
     p = class_mask(pred, c, "pred")

@@ -139,7 +139,7 @@ def test_targets_select_the_documented_voxels():
     pred[0:2, 0:2, 0:2] = True
     region = mx.targets.region(1, ref)
     assert region.class_index == 1 and np.array_equal(region.mask, ref)
-    missed = mx.targets.missed(1, ref, pred)
+    missed = mx.targets.missed(1, pred=pred, ref=ref)
     assert np.array_equal(missed.mask, ref & ~pred)
     lesion = mx.targets.lesion(1, ref, point=(5, 5, 5))
     assert lesion.mask.sum() == 8 and lesion.mask[5, 5, 5] and not lesion.mask[0, 0, 0]

@@ -60,13 +60,19 @@ def test_missed_is_reference_minus_prediction_and_reports_nothing_missed():
     ref[1:4, 1:4] = 1
     pred = np.zeros((6, 6), int)
     pred[1:4, 1:3] = 1
-    t = targets.missed(1, ref, pred)
+    t = targets.missed(1, pred=pred, ref=ref)
     np.testing.assert_array_equal(t.mask, (ref == 1) & (pred == 0))
     assert "missed" in t.describe() and "3 voxels" in t.describe()
     with pytest.raises(ValueError, match="nothing was missed"):
-        targets.missed(1, ref, ref)
+        targets.missed(1, pred=ref, ref=ref)
     with pytest.raises(ValueError, match="same shape"):
-        targets.missed(1, ref, pred[:5])
+        targets.missed(1, pred=pred[:5], ref=ref)
+    # the old positional (ref, pred) order: same target, with a FutureWarning
+    with pytest.warns(FutureWarning, match="pred=..., ref=..."):
+        old = targets.missed(1, ref, pred)
+    np.testing.assert_array_equal(old.mask, t.mask)
+    with pytest.raises(TypeError, match="pred= and ref="):
+        targets.missed(1, ref, pred=pred)
 
 
 def test_multiclass_label_maps_select_the_class():

@@ -107,7 +107,7 @@ def _window(size: int, centre: int, crop: int) -> slice:
     return slice(lo, min(lo + crop, size))
 
 
-def slice_payload(image: np.ndarray, ref: np.ndarray, pred: np.ndarray | None, *,
+def slice_payload(image: np.ndarray, *, pred: np.ndarray | None, ref: np.ndarray,
                   centre: Sequence[int], target: np.ndarray | None = None,
                   heatmap: np.ndarray | None = None, spacing: Sequence[float] | None = None,
                   affine: np.ndarray | None = None, crop: int = CROP) -> dict[str, Any]:
@@ -317,7 +317,8 @@ def _fill_entry(e: dict[str, Any], result: Any, cohort: Any, adapter: Any,
         e["note"] = (f"missed lesion not explained: the gallery explains at most "
                      f"{budget['max']} lesions")
     e["lesion_id"] = lesion_id
-    e["figure"] = slice_payload(case.image, ref, pred, centre=_centre(ref, pred, target),
+    e["figure"] = slice_payload(case.image, pred=pred, ref=ref,
+                                centre=_centre(pred=pred, ref=ref, target=target),
                                 target=target, heatmap=heat, spacing=case.spacing,
                                 affine=getattr(case, "affine", None))
 
@@ -365,7 +366,7 @@ def _audit_status(result: Any, case_id: str, lesion_id: str) -> str | None:
     return str(row["status"].iloc[0]) if len(row) else None
 
 
-def _centre(ref: np.ndarray, pred: np.ndarray | None, target: np.ndarray | None) -> tuple:
+def _centre(*, pred: np.ndarray | None, ref: np.ndarray, target: np.ndarray | None) -> tuple:
     """The explained lesion, else the largest missed region, false positive or reference."""
     from medseg_xai.metrics import label_lesions
 

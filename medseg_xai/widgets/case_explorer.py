@@ -198,8 +198,9 @@ class CaseExplorer(W.VBox):
         self.lesions: CaseLesions | None = None
         if self.ref is not None or self.pred is not None:
             pred_mask = self.pred if self.pred is not None else np.zeros(spatial, bool)
-            self.lesions = CaseLesions(self.image, self.ref, pred_mask, self.probability,
-                                       self.spacing, rules=self.rules)
+            self.lesions = CaseLesions(self.image, pred=pred_mask, ref=self.ref,
+                                       probability=self.probability, spacing=self.spacing,
+                                       rules=self.rules)
         self.detected_reference = detected_reference
         self.selected_lesion: str | None = None
         self.cache = ExplanationCache()
@@ -384,8 +385,9 @@ class CaseExplorer(W.VBox):
             self.select_lesion(None)
         if self.ref is not None or self.pred is not None:
             pred_mask = self.pred if self.pred is not None else np.zeros(self.ref.shape, bool)
-            self.lesions = CaseLesions(self.image, self.ref, pred_mask, self.probability,
-                                       self.spacing)
+            self.lesions = CaseLesions(self.image, pred=pred_mask, ref=self.ref,
+                                       probability=self.probability, spacing=self.spacing,
+                                       rules=self.rules)
             self.lesion_select.options = [("(no lesion selected)", None)] + [
                 (self.lesions.label(i), i) for i in self.lesions.ids]
             self.lesion_table.value = self._lesion_table_html()

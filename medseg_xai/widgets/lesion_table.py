@@ -26,8 +26,8 @@ class CaseLesions:
     image : numpy.ndarray
         ``(C, *spatial)`` or spatial only; channel ``channel`` is used for the contrast-to-noise
         ratio.
-    ref, pred : numpy.ndarray
-        Binary masks (spatial shape). ``ref=None``: a case without a reference; the rows are
+    pred, ref : numpy.ndarray
+        Binary masks (spatial shape), keyword-only (the toolkit's ``(pred, ref)`` order). ``ref=None``: a case without a reference; the rows are
         the predicted components (status ``"predicted"``), nothing is called missed.
     probability : numpy.ndarray, optional
         Foreground probability (spatial shape); fills ``max_prob``.
@@ -44,11 +44,11 @@ class CaseLesions:
     def __init__(
         self,
         image: Any,
-        ref: Any,
+        *,
         pred: Any,
+        ref: Any,
         probability: Any = None,
         spacing: Any = None,
-        *,
         margin: int = 3,
         connectivity: int | None = None,
         overlap_threshold: float = 0.1,
