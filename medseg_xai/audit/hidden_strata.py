@@ -106,7 +106,7 @@ def describable_columns(cases: pd.DataFrame, metadata: Sequence[str] = ()
     ``feature_dir*``) and the categorical ones (``metadata``)."""
     numeric = [c for c in cases.columns if (c.startswith(("prop_", "unc_", "feature_dir"))
                                            or c == "ood_score")
-               and pd.api.types.is_numeric_dtype(cases[c]) and cases[c].notna().any()]
+               and pd.api.types.is_numeric_dtype(cases[c]) and cases[c].nunique() > 1]
     categorical = [c for c in metadata if c in cases.columns and c not in numeric]
     return numeric, categorical
 
