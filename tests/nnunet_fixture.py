@@ -119,6 +119,7 @@ def _train(root: Path, plans: dict, dataset_json: dict, steps: int) -> Path:
         loss.backward()
         opt.step()
     trainer.set_deep_supervision_enabled(True)
+    trainer.inference_allowed_mirroring_axes = (0, 1, 2)  # what on_train_start would set
     trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
     base = Path(trainer.output_folder).parent
     # what nnU-Net's on_train_start copies next to the folds

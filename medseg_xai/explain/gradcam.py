@@ -93,7 +93,10 @@ def _cam_at_layer(
     def forward(t: torch.Tensor) -> torch.Tensor:
         return target(adapter._model_forward(t))
 
-    with torch.enable_grad():
+    import contextlib
+
+    single = getattr(adapter.model, "single_pass", None)  # pipelines: one hooked call
+    with torch.enable_grad(), (single() if callable(single) else contextlib.nullcontext()):
         if plusplus:
             cam = _gradcam_pp(forward, module, x, relu=relu)
         else:

@@ -78,6 +78,8 @@ SETTINGS_REMOVE: dict[str, tuple[float, ...]] = {
 #: Integrated-gradients steps of the miss analysis (Gauss-Legendre; the path from the
 #: lesion-free image is short, so few steps keep completeness within tolerance).
 IG_STEPS = 8
+#: Largest distance (source voxels) an impulse may move through a pipeline's layer-map mapping.
+ALIGNMENT_TOLERANCE = 1.5
 # method names and properties: the one registry (explain/registry.py)
 _METHOD_NAMES = {m: i.display for m, i in REGISTRY.items()}
 _PATH_METHODS = PATH_METHODS
@@ -495,6 +497,12 @@ def _evidence(
     gate = map_gate(a)
     if gate:
         reasons.append(gate)
+    align = getattr(adapter.model, "alignment_error", None)  # pipelines that map layer grids
+    if method in ("gradcam", "gradcam++") and callable(align):
+        moved = align(tuple(img.shape[1:]))
+        if moved > ALIGNMENT_TOLERANCE:
+            reasons.append(f"layer map misaligned: an impulse comes back {moved:.1f} voxels "
+                           f"from where it started (> {ALIGNMENT_TOLERANCE:g})")
     if method in _PATH_METHODS:
         x = torch.from_numpy(img[None]).to(adapter.device)
         b = kw["baseline"]
