@@ -187,3 +187,23 @@ def test_cli_audit_explain_model_info(nnunet, tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["model-info", folder, "--device", "cpu"]) == 0
     assert "nnunet" in capsys.readouterr().out
+
+
+def test_exported_zip_loads_the_same_model(nnunet, adapter, tmp_path) -> None:
+    """The layout of nnUNetv2_export_model_to_zip: Dataset/Trainer__Plans__Config/... inside."""
+    import zipfile
+
+    folder = nnunet["folder"]
+    zpath = tmp_path / "model.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for f in ["plans.json", "dataset.json", "dataset_fingerprint.json",
+                  "fold_0/checkpoint_final.pth"]:
+            z.write(folder / f, f"{folder.parent.name}/{folder.name}/{f}")
+    assert mx.models.detect_format(zpath) == "nnunet"
+    z_ad = mx.load_model(str(zpath), device="cpu")
+    assert z_ad.fingerprint == adapter.fingerprint
+    image, _ = nnunet["cases"][0]
+    nii = nib.load(image)
+    img = np.asarray(nii.dataobj, np.float32)[None]
+    np.testing.assert_array_equal(z_ad.with_geometry(affine=nii.affine).predict(img).numpy(),
+                                  adapter.with_geometry(affine=nii.affine).predict(img).numpy())
