@@ -39,6 +39,7 @@ from medseg_xai._dicom import IDENTIFYING_FIELDS, dicom_metadata, sidecar_metada
 from medseg_xai._io import file_kind
 from medseg_xai._manifest import normalise_path, read_csv_manifest
 from medseg_xai._memory import system_arrow_pool
+from medseg_xai._patients import repeated_patient_columns, repeated_patient_warning
 from medseg_xai._privacy import (
     free_text_findings,
     is_identifier_column,
@@ -705,6 +706,11 @@ class Cohort:
                 f"manifest: case_id: expected unique ids, got duplicates {dup[:10]}"
                 + (f" (and {len(dup) - 10} more)" if len(dup) > 10 else "")
             )
+        # looked for before identifier columns are dropped: "PatientID" is both
+        self.repeated_patient_columns: list[str] = repeated_patient_columns(df)
+        if self.repeated_patient_columns:
+            warnings.warn(f"manifest: {repeated_patient_warning(self.repeated_patient_columns)}",
+                          stacklevel=2)
         dropped = [c for c in df.columns if is_identifier(c)]
         if dropped:
             warnings.warn(

@@ -366,33 +366,43 @@ def test_dask_chunks_are_larger_than_pool_chunks():
     assert runner._chunk_size(10, 4, runner.CHUNK_CAP["dask"]) == 1
 
 
-def test_patient_level_group_intervals_match_the_cluster_bootstrap():
-    """Group intervals with patient ids come from one draw of each group's patients shared by
-    the metrics: the same cluster bootstrap as ``stats.bootstrap_mean_ci(clusters=...)``, so
-    at many resamples both give the same interval up to Monte Carlo error; a metric with
-    missing values counts only the patients that have one."""
-    from medseg_xai.audit import analysis
-    from medseg_xai.audit.strata import parse_strata
-
+def _clustered_cases(n: int = 240) -> pd.DataFrame:
     rng = np.random.default_rng(3)
-    n = 240
     patient = np.arange(n) // 4
     effect = rng.normal(0, 0.08, n // 4)[patient]  # scans of a patient are correlated
     cases = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient_id": patient.astype(str),
                           "status": "ok", "site": np.where(patient % 2, "a", "b"),
-                          "dice": 0.8 + effect + rng.normal(0, 0.02, n)})
+                          "dice": np.clip(0.8 + effect + rng.normal(0, 0.02, n), 0, 1)})
     cases["hd95"] = np.where(np.arange(n) % 4 == 0, np.nan, 5 + 10 * effect)
     cases.loc[patient < 3, "hd95"] = np.nan  # three patients without any hd95
+    return cases
+
+
+@pytest.mark.parametrize("ci_method", ["percentile", "auto"])
+def test_patient_level_group_intervals_match_the_cluster_bootstrap(ci_method):
+    """Group intervals with patient ids come from one draw of each group's patients shared by
+    the metrics: the same clustered interval as ``stats.mean_interval(clusters=...)`` (legacy:
+    ``bootstrap_mean_ci(clusters=...)``), up to Monte Carlo error and the betting interval's
+    random order; a metric with missing values counts only the patients that have one."""
+    from medseg_xai.audit import analysis
+    from medseg_xai.audit.strata import parse_strata
+
+    cases = _clustered_cases()
+    n = len(cases)
     table = analysis.subgroup_table(cases, parse_strata(["site"]), ["dice", "hd95"],
-                                    n_resamples=4000, min_n=2)
+                                    n_resamples=4000, min_n=2, ci_method=ci_method)
     for (stratum, group, metric), row in table.set_index(["stratum", "group", "metric"]).iterrows():
         sel = cases["site"] == group if stratum == "site" else np.ones(n, bool)
         keep = sel & cases[metric].notna()
-        ref = stats.bootstrap_mean_ci(cases.loc[keep, metric], clusters=cases.loc[keep, "patient_id"],
-                                      n_resamples=4000, rng=np.random.default_rng(9))
+        ref = stats.mean_interval(cases.loc[keep, metric], metric=metric, method=ci_method,
+                                  clusters=cases.loc[keep, "patient_id"],
+                                  n_resamples=4000, rng=np.random.default_rng(9))
+        assert row.n_clusters == cases.loc[keep, "patient_id"].nunique()
+        if row.n_clusters < stats.MIN_INTERVAL_UNITS[stats.interval_method(metric, ci_method)]:
+            assert np.isnan(row.ci_low) and np.isnan(ref[0])  # too few patients: no interval
+            continue
         width = ref[1] - ref[0]
         assert abs(row.ci_low - ref[0]) < 0.1 * width and abs(row.ci_high - ref[1]) < 0.1 * width
-        assert row.n_clusters == cases.loc[keep, "patient_id"].nunique()
 
 
 def test_write_json_streams_the_same_bytes_as_to_json(baseline, real_audit, tmp_path):

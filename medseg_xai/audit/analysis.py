@@ -141,6 +141,56 @@ def _clustered_group_means(
     return out
 
 
+def _group_intervals(
+    prepared: Sequence[tuple[Any, ...]], methods: Sequence[str], cl_codes: np.ndarray,
+    g_codes: np.ndarray, n_groups: int, *, n_resamples: int, confidence: float, seed: list[int],
+) -> dict[tuple[int, int], tuple[float, float]]:
+    """Each group's interval of every metric by its own method (``"betting"`` or
+    ``"studentized"``, :func:`stats.interval_method`): ``(metric k, group j) -> (low, high)``.
+
+    Units are the clusters (patients; each scan its own when no patient id is given). Betting
+    intervals take the units' means; the studentized bootstrap resamples the group's units
+    once for all its unbounded metrics (:func:`stats.studentized_from_sums`). Below
+    ``stats.MIN_INTERVAL_UNITS`` units the interval is NaN (not shown).
+    """
+    out: dict[tuple[int, int], tuple[float, float]] = {}
+    nan = (float("nan"), float("nan"))
+    for j in range(n_groups):
+        in_group = g_codes == j
+        members, local = np.unique(cl_codes[in_group], return_inverse=True)
+        stud: list[tuple[int, np.ndarray, np.ndarray, str]] = []
+        for k, (_, metric, values, finite, _) in enumerate(prepared):
+            method = methods[k]
+            if method not in ("betting", "studentized"):
+                continue
+            f = finite[in_group]
+            sums, counts = _cluster_sums(local[f], None, values[in_group][f], members.size, 1)
+            sums, counts = sums[:, 0], counts[:, 0]
+            if int(np.count_nonzero(counts)) < stats.MIN_INTERVAL_UNITS[method]:
+                out[(k, j)] = nan
+            elif method == "betting":
+                has = counts > 0
+                out[(k, j)] = stats.betting_mean_ci(
+                    sums[has] / counts[has], bounds=stats.metric_bounds(metric) or (0.0, 1.0),
+                    confidence=confidence, rng=np.random.default_rng([*seed, 1 << 17, j, k]))
+            else:
+                stud.append((k, sums, counts, metric))
+        if stud:
+            cis = stats.studentized_from_sums(
+                np.stack([t[1] for t in stud], axis=1), np.stack([t[2] for t in stud], axis=1),
+                n_resamples=n_resamples, confidence=confidence,
+                rng=np.random.default_rng([*seed, 1 << 18, j]))
+            for (k, _, _, metric), ci in zip(stud, cis):
+                out[(k, j)] = _clip(ci, stats.metric_bounds(metric))
+    return out
+
+
+def _clip(ci: tuple[float, float], bounds: tuple[float, float] | None) -> tuple[float, float]:
+    if bounds is None:
+        return ci
+    return (max(ci[0], bounds[0]), min(ci[1], bounds[1]))
+
+
 def _cluster_sums(clusters: np.ndarray, groups: np.ndarray | None, values: np.ndarray,
                   n_clusters: int, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """``(n_clusters, n_groups)`` sum and count of ``values`` per cluster and group."""
@@ -169,7 +219,7 @@ def subgroup_table(
     min_n: int = 10,
     n_resamples: int = 2000,
     confidence: float = 0.95,
-    ci_method: str = "BCa",
+    ci_method: str = "auto",
     test: str = "mannwhitney",
     correction: str = "holm",
     alpha: float = 0.05,
@@ -193,8 +243,10 @@ def subgroup_table(
     min_n : int
         Groups with fewer evaluated values are flagged ``"insufficient data"`` and not tested.
     n_resamples, confidence, ci_method
-        Bootstrap settings (``ci_method`` applies without patient ids; with them the cluster
-        bootstrap uses the percentile interval).
+        Interval settings. ``ci_method="auto"`` chooses per metric
+        (:func:`stats.interval_method`: betting for bounded metrics, studentized bootstrap for
+        unbounded ones), patient-clustered with patient ids. The legacy ``"BCa"`` /
+        ``"percentile"`` apply to every metric (with patient ids: the cluster percentile).
     test : {"mannwhitney", "permutation"}
         Group-vs-rest test; Kruskal-Wallis across groups is reported as ``p_kruskal``.
     correction : {"holm", "bh"}
@@ -246,9 +298,14 @@ def subgroup_table(
                                  stats.weighted_means(w, o_sums[:, 0], o_counts[:, 0])))
         # With patient ids, each group's interval resamples the group's patients: drawn once
         # per group and shared by the metrics, like the gaps' resamples above.
+        methods = [stats.interval_method(p[1], ci_method) for p in prepared]
+        legacy = ci_method in ("BCa", "percentile")
         group_boot = (_clustered_group_means(prepared, cl_codes, g_codes, n_groups,
                                              n_resamples, [int(seed), s_idx])
-                      if clustered else {})
+                      if clustered and legacy else {})
+        group_ci = ({} if legacy else _group_intervals(
+            prepared, methods, cl_codes, g_codes, n_groups, n_resamples=n_resamples,
+            confidence=confidence, seed=[int(seed), s_idx]))
         for k, (m_idx, metric, values, finite, keep) in enumerate(prepared):
             if parts[k]:
                 boot_groups = np.concatenate([g for g, _ in parts[k]])
@@ -279,7 +336,9 @@ def subgroup_table(
                 v = values[sel]
                 n = int(sel.sum())
                 n_units = int(len(np.unique(cl_codes[sel]))) if n else 0
-                if not clustered:
+                if not legacy:
+                    ci = group_ci.get((k, j), (float("nan"), float("nan")))
+                elif not clustered:
                     ci = stats.bootstrap_mean_ci(v, n_resamples=n_resamples,
                                                  confidence=confidence, method=ci_method, rng=rng)
                 elif n_units < 2:
@@ -405,7 +464,7 @@ def detection_table(
     alpha: float = 0.05,
     correction: str = "holm",
 ) -> pd.DataFrame:
-    """Lesion detection rate with Wilson CIs by reference-lesion size bin, per subgroup.
+    """Lesion detection rate with Clopper-Pearson (exact) CIs by reference-lesion size bin, per subgroup.
 
     Columns: ``stratum, group, size_bin, n_lesions, n_detected, rate, ci_low, ci_high, p_value,
     p_adjusted, flag``; ``size_bin="all"`` covers every size. A group's rate is tested against
@@ -439,7 +498,7 @@ def detection_table(
             sel = members if size == "all" else members & (size_codes == size_j - 1)
             n = int(sel.sum())
             k = int((detected & sel).sum())
-            lo, hi = stats.wilson_ci(k, n, confidence)
+            lo, hi = stats.rate_interval(k, n, confidence)
             tot = totals.setdefault((stratum, size), [0, 0])
             tot[0] += k
             tot[1] += n
@@ -469,7 +528,7 @@ def false_positive_table(
     """False positives on scans whose reference is empty, per subgroup.
 
     Columns: ``stratum, group, n_scans, n_with_fp`` (scans with any predicted voxel),
-    ``fp_scan_rate`` and its Wilson ``ci_low, ci_high``, ``fp_per_scan`` (mean number of false
+    ``fp_scan_rate`` and its Clopper-Pearson ``ci_low, ci_high``, ``fp_per_scan`` (mean number of false
     positive components), ``p_value, p_adjusted`` (Fisher's exact test of the group's
     false-positive scan rate against the rest of its stratum) and ``flag`` (a higher rate is
     ``"worse"``).
@@ -486,7 +545,7 @@ def false_positive_table(
         sel = empty & cases.index.isin(idx)
         n = int(sel.sum())
         k = int((vol_pred[sel] > 0).sum())
-        lo, hi = stats.wilson_ci(k, n, confidence)
+        lo, hi = stats.rate_interval(k, n, confidence)
         tot = totals.setdefault((stratum, None), [0, 0])
         tot[0] += k
         tot[1] += n

@@ -154,10 +154,10 @@ def compare(
                 sel = (labels == g).to_numpy() & np.isfinite(diff)
                 d = diff[sel]
                 n = int(sel.sum())
-                lo, hi = stats.bootstrap_mean_ci(
-                    d, clusters=None if clusters is None else clusters[sel],
+                lo, hi = stats.mean_interval(
+                    d, metric=m, clusters=None if clusters is None else clusters[sel],
                     n_resamples=n_resamples, confidence=confidence,
-                    method=sa.get("ci_method", dflt["ci_method"]), rng=rng)
+                    method=sa.get("ci_method", dflt["ci_method"]), rng=rng, difference=True)
                 p = float("nan")
                 if n >= min_n and np.any(d != 0):
                     p = float(sps.wilcoxon(d).pvalue)

@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medseg_xai.audit.stats import wilson_ci
+from medseg_xai.audit.stats import rate_interval
 from medseg_xai.status import FAIL, INSUFFICIENT, NOT_EVALUATED, PASS
 
 __all__ = [
@@ -99,8 +99,16 @@ VERDICT_COLUMNS = ["criterion", "status", "n_rows", "n_pass", "n_fail", "n_insuf
 #: Metrics that still mean something on a scan without reference lesions.
 _EMPTY_REFERENCE_METRICS = ("fp_per_case", "n_false_positive", "n_pred_lesions", "specificity",
                             "volume_pred_mm3")
-_EMPTY_REASON = ("no reference lesion in this group: {metric} is not judged on such scans "
-                 "(false-positive criteria judge them)")
+_EMPTY_REASON = "no reference lesion in this group: {metric} is not judged on such scans{who}"
+
+
+def _empty_reason(metric: str, criteria: Sequence[Mapping[str, Any]]) -> str:
+    """Says which false-positive criterion judges empty-reference scans, or that none does
+    (the sentence promises only what the plan holds)."""
+    names = [str(c.get("name")) for c in criteria if c.get("kind") == "false_positive"]
+    who = (f" (the false-positive criterion {names[0]!r} judges them)" if names else
+           " (no false-positive criterion in these criteria judges them)")
+    return _EMPTY_REASON.format(metric=metric, who=who)
 _OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _STATISTICS = {
     "metric": ("estimate", "median", "ci_low", "ci_high"),
@@ -113,7 +121,9 @@ _KEYS = {"name", "kind", "metric", "statistic", "op", "threshold", "strata", "mi
          "max_volume_mm3", "min_n", "margin"}
 
 #: Sensible defaults: Dice lower CI >= 0.70 in every group, largest Dice gap <= 0.05 within every
-#: stratum, detection >= 0.90 for reference lesions of at least 100 mm^3.
+#: stratum, detection >= 0.90 for reference lesions of at least 100 mm^3, and at most 20% of the
+#: scans without reference lesions with a false positive (the overlap and distance criteria do
+#: not judge those scans: without this one nothing would).
 DEFAULT_CRITERIA: list[dict[str, Any]] = [
     {"name": "Dice lower CI bound >= 0.70 in every subgroup", "kind": "metric", "metric": "dice",
      "statistic": "ci_low", "op": ">=", "threshold": 0.70, "strata": "all"},
@@ -121,6 +131,9 @@ DEFAULT_CRITERIA: list[dict[str, Any]] = [
      "statistic": "gap", "op": "<=", "threshold": 0.05, "strata": "all"},
     {"name": "Detection rate >= 0.90 for lesions >= 100 mm3", "kind": "detection",
      "statistic": "rate", "op": ">=", "threshold": 0.90, "min_volume_mm3": 100.0,
+     "strata": "overall"},
+    {"name": "False positives on <= 20% of scans without reference lesions",
+     "kind": "false_positive", "statistic": "rate", "op": "<=", "threshold": 0.20,
      "strata": "overall"},
 ]
 
@@ -298,7 +311,7 @@ def evaluate_criteria(
     min_n : int
         Default minimum group size.
     confidence : float
-        Level of the Wilson intervals of detection criteria.
+        Level of the Clopper-Pearson intervals of detection criteria.
     noninferiority : pandas.DataFrame, optional
         ``AuditResult.reader_noninferiority`` (kind ``"noninferiority"``).
     """
@@ -363,7 +376,7 @@ def evaluate_criteria(
                     if is_empty:
                         rows.append({**base, "stratum": stratum, "group": r["group"],
                                      "n": int(r["n"]), "value": value, "status": NOT_EVALUATED,
-                                     "reason": _EMPTY_REASON.format(metric=crit["metric"])})
+                                     "reason": _empty_reason(crit["metric"], criteria)})
                         continue
                     rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n"]),
                                  "value": value,
@@ -400,7 +413,7 @@ def evaluate_criteria(
                     sel = ref[ref["case_id"].isin(ids)] if len(ref) else ref
                     n = len(sel)
                     k = int((sel["status"] == "detected").sum()) if n else 0
-                    lo, hi = wilson_ci(k, n, confidence)
+                    lo, hi = rate_interval(k, n, confidence)
                     value = {"rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi}[crit["statistic"]]
                     rows.append({**base, "stratum": stratum, "group": group, "n": n, "value": value,
                                  "reason": "" if n else "no reference lesion in the size range",

@@ -14,7 +14,7 @@ DEFAULTS: dict[str, Any] = {
     "alpha": 0.05,
     "n_resamples": 2000,
     "n_permutations": 2000,
-    "interval_method": "BCa",
+    "interval_method": "auto",
     "test": "mannwhitney",
     "correction": "holm",
     "seed": 0,

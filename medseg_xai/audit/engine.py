@@ -17,9 +17,11 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai._memory import release_memory, system_arrow_pool
+from medseg_xai._patients import repeated_patient_warning
 from medseg_xai._privacy import redact_paths
 from medseg_xai.audit import analysis
 from medseg_xai.audit import readers as _readers
+from medseg_xai.audit import stats as stats_mod
 from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.plan import OPTION_FIELDS, AuditPlan, legacy_to_plan
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult, coordinate_columns
@@ -125,6 +127,9 @@ def audit(
          "stream": stream, "case_timeout": case_timeout})
     cases, features, layer, calibration = _pop_arrays(cases)
     settings = {**_settings(plan, checked, adapter, layer), **extra_settings}
+    warning = repeated_patient_warning(list(getattr(cohort, "repeated_patient_columns", [])))
+    if warning:
+        settings["statistics_warnings"] = [warning]
     provenance = _provenance(plan, cohort, cases, fingerprint, report)
     if determinism is not None:
         provenance["model_determinism"] = determinism
@@ -842,6 +847,14 @@ def build_result(
         group_index=group_index, audit_strata=[s.name for s in strata_list], min_n=min_n,
         confidence=confidence, noninferiority=reader["reader_noninferiority"])
     settings["metrics"] = list(metric_names)
+    # the interval method each metric's means got, and from how many independent units an
+    # interval is shown (stats.MIN_INTERVAL_UNITS): reports print both
+    settings["ci_method"] = stat["ci_method"]
+    settings["interval_methods"] = {
+        m: stats_mod.interval_method(m, stat["ci_method"]) for m in metric_names}
+    settings["interval_min_units"] = {
+        m: int(stats_mod.MIN_INTERVAL_UNITS[meth])
+        for m, meth in settings["interval_methods"].items()}
     provenance = dict(provenance)
     ok = cases["status"] == "ok"
     edge = cases.loc[ok, "edge_case"].value_counts() if "edge_case" in cases else pd.Series(dtype=int)

@@ -34,7 +34,7 @@ Per subgroup (:func:`reader_tables`, from the per-case rows), with the audit's b
   when the CI's lower bound is >= ``-delta`` (non-inferiority). ``delta`` is pre-specified as an
   acceptance criterion of kind ``"noninferiority"`` (``margin``, default 0.05); without one the
   table uses 0.05.
-- ``reader_detection``: detection rate (Wilson CI) of lesions marked by all readers, by a
+- ``reader_detection``: detection rate (Clopper-Pearson CI) of lesions marked by all readers, by a
   majority of readers and by any reader.
 """
 
@@ -334,12 +334,13 @@ def _margins(criteria: Sequence[Mapping[str, Any]] | None) -> dict[str, float]:
 
 
 def _ci(values: np.ndarray, clusters: np.ndarray | None, stat: Mapping[str, Any],
-        rng: np.random.Generator) -> tuple[float, float]:
-    from medseg_xai.audit.stats import bootstrap_mean_ci
+        rng: np.random.Generator, metric: str, difference: bool = False) -> tuple[float, float]:
+    from medseg_xai.audit.stats import mean_interval
 
-    return bootstrap_mean_ci(values, clusters=clusters, n_resamples=int(stat["n_resamples"]),
-                             confidence=float(stat["confidence"]), method=stat["ci_method"],
-                             rng=rng)
+    return mean_interval(values, metric=metric, clusters=clusters,
+                         n_resamples=int(stat["n_resamples"]),
+                         confidence=float(stat["confidence"]), method=stat["ci_method"],
+                         rng=rng, difference=difference)
 
 
 def _seed(seed: int, *parts: str) -> np.random.Generator:
@@ -380,7 +381,7 @@ def reader_tables(
         ``reader_subgroups``, ``reader_noninferiority``, ``reader_detection``.
     """
     from medseg_xai.audit.analysis import _clusters
-    from medseg_xai.audit.stats import wilson_ci
+    from medseg_xai.audit.stats import rate_interval
 
     empty = {"reader_subgroups": pd.DataFrame(columns=SUBGROUP_COLUMNS),
              "reader_noninferiority": pd.DataFrame(columns=NONINFERIORITY_COLUMNS),
@@ -429,7 +430,7 @@ def reader_tables(
             sel = g[g["case_id"].isin(members)]
             x = sel["value"].to_numpy(float)
             cl = np.asarray([cl_by_case[c] for c in sel["case_id"]]) if clustered else None
-            lo, hi = (_ci(x, cl, stat, _seed(seed, "readers", stratum, group, *key))
+            lo, hi = (_ci(x, cl, stat, _seed(seed, "readers", stratum, group, *key), key[3])
                       if x.size >= 2 else (float("nan"), float("nan")))
             sub_rows.append({"stratum": stratum, "group": group, "comparison": key[0],
                              "reader_a": key[1], "reader_b": key[2], "metric": key[3],
@@ -446,7 +447,8 @@ def reader_tables(
             d = (model - inter)[keep].to_numpy(float)
             cl = (np.asarray([cl_by_case[c] for c in sel_cases.loc[keep, "case_id"]])
                   if clustered else None)
-            lo, hi = (_ci(d, cl, stat, _seed(seed, "noninferiority", stratum, group, m))
+            lo, hi = (_ci(d, cl, stat, _seed(seed, "noninferiority", stratum, group, m), m,
+                          difference=True)
                       if d.size >= 2 else (float("nan"), float("nan")))
             if d.size < min_n or not np.isfinite(lo):
                 status = INSUFFICIENT
@@ -469,7 +471,7 @@ def reader_tables(
                 s = les
             n = len(s)
             k = int(s["detected"].astype(bool).sum()) if n else 0
-            lo, hi = wilson_ci(k, n, float(stat["confidence"]))
+            lo, hi = rate_interval(k, n, float(stat["confidence"]))
             det_rows.append({"stratum": stratum, "group": group, "lesion_set": lesion_set,
                              "n_lesions": n, "n_detected": k,
                              "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})

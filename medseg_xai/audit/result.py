@@ -205,7 +205,7 @@ class AuditResult:
     criteria : pandas.DataFrame
         ``criterion, kind, stratum, group, metric, statistic, n, value, op, threshold, status``.
     lesion_detection : pandas.DataFrame
-        Detection rate with Wilson CI by size bin and subgroup.
+        Detection rate with Clopper-Pearson CI by size bin and subgroup.
     false_positives : pandas.DataFrame
         False positives on empty-reference scans, per subgroup.
     volume_agreement : pandas.DataFrame

@@ -43,8 +43,12 @@ _REPORT_CONFIG: dict[str, Any] = {
     ),
     "intended_users": "ML engineers and quality / regulatory staff evaluating medseg-xai.",
     "reference_standard": "Synthetic ground truth: the lesion masks the phantom generator drew.",
-    "annotators": "None: labels are the generator's own masks (no human reader).",
-    "adjudication": "Not applicable (a single synthetic reference).",
+    "annotators": (
+        "No human annotator: the reference labels are the generator's own masks. Three "
+        "simulated readers (the generator's masks, perturbed) are compared with the reference "
+        "and the model in the readers section; they are not the reference."),
+    "adjudication": "Not applicable: the reference is the generator's mask, not a combination "
+                    "of readers.",
     "test_set": (
         "A synthetic multi-site cohort generated with its own seed by "
         "medseg_xai.demo.make_cohort; one of its devices was absent from the model's training."

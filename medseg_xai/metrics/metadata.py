@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-__all__ = ["METRICS", "MetricInfo", "glossary", "metric_direction", "metric_info"]
+__all__ = ["DISPLAY_NAMES", "METRICS", "MetricInfo", "glossary", "metric_direction",
+           "metric_info", "metric_label", "unit_text"]
 
 _INF = math.inf
 
@@ -109,6 +110,52 @@ def metric_info(metric: str) -> MetricInfo | None:
         if metric.startswith(name + "_"):
             return METRICS[name]
     return None
+
+
+#: How reports, widgets and CLI name each metric (never the raw column name).
+DISPLAY_NAMES: dict[str, str] = {
+    "dice": "Dice", "jaccard": "Jaccard", "precision": "Precision", "recall": "Recall",
+    "specificity": "Specificity", "mcc": "MCC", "hd": "Hausdorff distance", "hd95": "HD95",
+    "assd": "ASSD", "masd": "MASD", "nsd": "NSD", "cldice": "clDice",
+    "boundary_iou": "Boundary IoU",
+    "thickness_mean_ref": "Mean thickness (reference)",
+    "thickness_mean_pred": "Mean thickness (prediction)",
+    "thickness_p05_ref": "5th-percentile thickness (reference)",
+    "thickness_p05_pred": "5th-percentile thickness (prediction)",
+    "thickness_p95_ref": "95th-percentile thickness (reference)",
+    "thickness_p95_pred": "95th-percentile thickness (prediction)",
+    "thickness_mean_diff": "Mean thickness difference",
+    "abs_thickness_mean_diff": "Absolute mean thickness difference",
+    "volume_pred_mm3": "Predicted volume", "volume_ref_mm3": "Reference volume",
+    "volume_diff_mm3": "Volume difference", "abs_volume_diff_mm3": "Absolute volume difference",
+    "volume_diff_pct": "Volume difference", "soft_dice": "Soft Dice", "brier": "Brier score",
+    "lesion_sensitivity": "Lesion sensitivity", "lesion_f1": "Lesion F1",
+    "fp_per_case": "False positives per scan", "n_false_positive": "False-positive lesions",
+    "n_missed": "Missed lesions", "n_detected": "Detected lesions",
+    "n_ref_lesions": "Reference lesions", "n_pred_lesions": "Predicted lesions",
+    "rq": "Recognition quality", "sq": "Segmentation quality", "pq": "Panoptic quality",
+    "instance_tp": "Matched instances", "instance_fp": "Unmatched predicted instances",
+    "instance_fn": "Unmatched reference instances",
+}
+_UNIT_TEXT = {"mm": "mm", "mm3": "mm³", "%": "%"}
+
+
+def unit_text(metric: str) -> str:
+    """The unit as printed (``"mm"``, ``"mm³"``, ``"%"``; ``""`` for ratios, counts, rates)."""
+    info = metric_info(metric)
+    return "" if info is None else _UNIT_TEXT.get(info.unit, "")
+
+
+def metric_label(metric: str, unit: bool = True) -> str:
+    """Display name with unit: ``"HD95 (mm)"``, ``"Dice"``, ``"Dice (liver)"`` for a per-class
+    column; an unknown name is returned as is."""
+    info = metric_info(metric)
+    if info is None:
+        return metric
+    name = DISPLAY_NAMES.get(info.name, info.name)
+    suffix = metric[len(info.name) + 1:] if metric != info.name else ""
+    parts = [p for p in (suffix.replace("_", " "), unit_text(metric) if unit else "") if p]
+    return name + (f" ({', '.join(parts)})" if parts else "")
 
 
 def metric_direction(metric: str) -> int:

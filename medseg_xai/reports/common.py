@@ -8,10 +8,11 @@ from typing import Any
 
 import pandas as pd
 
+from medseg_xai.metrics.metadata import metric_label
 from medseg_xai.reports.tables import ci_label
 
-__all__ = ["ci_text", "config_list", "config_text", "criteria_status",
-           "metric_definition", "statistic_label", "stratum_title"]
+__all__ = ["ci_text", "config_list", "config_text", "criteria_status", "metric_definition",
+           "metric_label", "reference_statement", "statistic_label", "stratum_title"]
 
 def metric_definition(metric: str) -> str:
     """The metric's definition from the one metadata table (``metrics.metadata``)."""
@@ -40,8 +41,8 @@ def statistic_label(kind: str, statistic: str, metric: str | None, confidence: f
                     statistic, statistic)
     what = ("lesion detection rate" if kind == "detection"
             else "share of scans without reference lesions with a false positive")
-    return {"rate": what, "ci_low": f"lower {ci} (Wilson) bound of the {what}",
-            "ci_high": f"upper {ci} (Wilson) bound of the {what}"}.get(statistic, what)
+    return {"rate": what, "ci_low": f"lower {ci} (Clopper-Pearson) bound of the {what}",
+            "ci_high": f"upper {ci} (Clopper-Pearson) bound of the {what}"}.get(statistic, what)
 
 
 def stratum_title(stratum: str) -> str:
@@ -60,6 +61,31 @@ def criteria_status(result: Any, *, kinds: tuple[str, ...] = ("metric",)) -> dic
         if key not in out or rank.get(rec["status"], 9) < rank.get(out[key], 9):
             out[key] = str(rec["status"])
     return out
+
+
+_RULE_NAMES = {"staple": "the STAPLE consensus", "majority": "the majority vote"}
+
+
+def reference_statement(result: Any) -> str:
+    """What the audit used as the reference standard, in one sentence, from the result (the
+    ``reference`` setting and the readers it analysed): the report says it once, the same way,
+    wherever it names the reference."""
+    settings = result.settings or {}
+    rule = settings.get("reference")
+    readers = getattr(result, "readers", None)
+    names: list[str] = []
+    if readers is not None and len(readers) and "reader_a" in readers.columns:
+        model = readers[readers["comparison"] == "model"] if "comparison" in readers else readers
+        names = [str(r) for r in pd.unique(model["reader_a"]) if r not in ("consensus",
+                                                                          "all readers")]
+    n = len(names)
+    if rule in _RULE_NAMES:
+        return f"{_RULE_NAMES[rule]} of {n} readers' masks ({', '.join(names)}) per scan"
+    if rule:
+        return f"the masks of one reader ({rule}) per scan"
+    alongside = (f"; {n} readers' masks ({', '.join(names)}) are compared with it and with the "
+                 "model, but are not the reference" if n else "")
+    return f"the manifest's label mask of each scan (one reference per scan){alongside}"
 
 
 def config_text(config: Mapping[str, Any], *keys: str) -> str | None:

@@ -186,7 +186,7 @@ def bland_altman_plot(measured: Any, reference: Any, summary: dict[str, float]) 
 
 
 def detection_by_size_plot(table: pd.DataFrame, ci: str = "CI") -> Figure:
-    """Lesion detection rate per size bin with Wilson intervals (``bin, rate, ci_low, ci_high, n``)."""
+    """Lesion detection rate per size bin with Clopper-Pearson intervals (``bin, rate, ci_low, ci_high, n``)."""
     fig = Figure(figsize=(4.8, 2.8))
     ax = fig.add_subplot()
     x = np.arange(len(table))

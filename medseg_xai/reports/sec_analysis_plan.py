@@ -30,6 +30,34 @@ def _threshold(s: Any) -> str:
     return f"probability above {fmt(t)}" if t is not None else "0.5 / most probable class"
 
 
+def _interval_text(s: dict[str, Any], ci: str) -> str:
+    """How each mean's interval was computed, from the methods the result records."""
+    from medseg_xai.audit.stats import INTERVAL_METHOD_NAMES
+    from medseg_xai.reports.common import metric_label
+
+    methods = s.get("interval_methods") or {}
+    if not methods:  # results from before per-metric methods
+        return (f"{ci} by {s.get('ci_method', 'BCa')} bootstrap of the mean, "
+                f"{s.get('n_resamples')} resamples, resampling patients when patient ids are "
+                "known; Wilson intervals for rates")
+    minimum = s.get("interval_min_units") or {}
+    # the audit's metric order (a JSON round trip sorts the mapping's keys)
+    order = [m for m in s.get("metrics") or [] if m in methods] + sorted(
+        m for m in methods if m not in (s.get("metrics") or []))
+    parts = []
+    for method in dict.fromkeys(methods[m] for m in order):
+        names = [metric_label(m) for m in order if methods[m] == method]
+        units = max(int(minimum.get(m, 2)) for m in order if methods[m] == method)
+        extra = f"; shown from {units} patients (or scans without patient ids)" if units > 2 else ""
+        resamples = (f", {s.get('n_resamples')} resamples"
+                     if method in ("studentized", "BCa", "percentile") else "")
+        parts.append(f"{', '.join(names)}: {INTERVAL_METHOD_NAMES.get(method, method)}"
+                     f"{resamples}{extra}")
+    return (f"{ci} per metric — " + "; ".join(parts) + ". With patient ids, intervals are "
+            "patient-clustered (betting on per-patient means; bootstrap resampling whole "
+            "patients). Rates: Clopper-Pearson (exact) intervals.")
+
+
 def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     s = result.settings
     ci = ci_text(result)
@@ -37,9 +65,7 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         ("Analysis plan (SHA-256)", str(s.get("plan_hash") or "not recorded")),
         ("Strata", ", ".join(s.get("strata") or []) or "none"),
         ("Confidence level", f"{result.confidence * 100:g}%"),
-        ("Confidence intervals", f"{ci} by {s.get('ci_method', 'BCa')} bootstrap of the mean, "
-         f"{s.get('n_resamples')} resamples, resampling patients when patient ids are known "
-         "(then percentile intervals); Wilson intervals for rates"),
+        ("Confidence intervals", _interval_text(s, ci)),
         ("Group-vs-rest test", f"{s.get('test')} (Fisher's exact test for detection and "
          "false-positive rates)"),
         ("Multiple-comparison correction", f"{s.get('correction')} over each table's tests"),

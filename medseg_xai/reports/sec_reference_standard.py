@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg_xai.reports.common import config_text
+from medseg_xai.reports.common import config_text, reference_statement
 
 TITLE = "Reference standard"
 
@@ -21,4 +21,6 @@ KEYS = (
 def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     rows = [(label, config_text(config, key) or "not stated") for key, label in KEYS]
     silent = all(v == "not stated" for _, v in rows)
-    return {"rows": rows, "silent": silent}
+    used = reference_statement(result)
+    return {"rows": [("Reference standard used by this audit", used[0].upper() + used[1:]),
+                     *rows], "silent": silent, "used": used}

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai.reports.common import reference_statement
 from medseg_xai.reports.tables import fmt, table_from_frame
 
 TITLE = "Reference standard: readers and agreement"
@@ -25,6 +26,10 @@ _RULES = {"staple": "STAPLE consensus of the readers (the algorithm of SimpleITK
                     "STAPLEImageFilter; posterior probability >= 0.5)",
           "majority": "majority vote of the readers (a voxel marked by exactly half of them is "
                       "background)"}
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _est_ci(est: Any, lo: Any, hi: Any) -> str:
@@ -114,9 +119,7 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
     cases = result.cases
     rows = [
         ("Readers", f"{len(names)}: {', '.join(names)}"),
-        ("Reference standard of the model's metrics",
-         _RULES.get(rule) or (f"reader {rule}" if rule else "the manifest's label column "
-                              "(readers analysed alongside)")),
+        ("Reference standard used by this audit", _capital(reference_statement(result))),
         ("Consensus the model is also compared with",
          _RULES["majority" if rule == "majority" else "staple"]),
         ("Missing reader files", "allowed: a case is analysed with the readers present"
