@@ -129,7 +129,8 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strata", nargs="*", default=None,
                    help="metadata columns, 'lesion_size', or intersections like 'device x site'")
     p.add_argument("--criteria", default=None,
-                   help="acceptance criteria YAML/JSON file, or 'default'")
+                   help="acceptance criteria YAML/JSON file, 'default' or 'none' (without "
+                        "--plan and --criteria: the default criteria, and the run says so)")
     p.add_argument("--config", default=None,
                    help="report YAML (intended use, reference standard, limitations...)")
     group = p.add_mutually_exclusive_group()
@@ -381,6 +382,13 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.max_failed < 0:
         raise InputError(f"--max-failed: expected a count >= 0, got {args.max_failed}")
     config = _load_report_config(args.config)  # checked even with --no-html: a typo is a typo
+    if args.criteria is None and not args.plan:
+        # no plan, no criteria named: the defaults judge the audit (and the summary says so)
+        args.criteria = "default"
+        print("criteria: the default acceptance criteria (medseg_xai.audit.criteria."
+              "DEFAULT_CRITERIA); --criteria FILE to set your own, --criteria none for none")
+    elif args.criteria == "none":
+        args.criteria = None
     plan = _plan_from_args(args)  # every plan field checked, named, before any case runs
     out = _output_folder(args.out)
     with folder_lock(out, "--out"):  # one run per folder: never mixed or truncated outputs

@@ -113,3 +113,34 @@ def test_lesion_size_labels_match_searching_each_volume(volumes):
             assert lab == ("empty" if v == 0 else None)
             continue
         assert lab == names[int(np.searchsorted([0.0, *edges], v, side="right")) - 1]
+
+
+def test_continuous_strata_are_binned_with_a_warning():
+    from medseg_xai.audit import analysis
+    from medseg_xai.audit.strata import bin_continuous_strata
+
+    rng = np.random.default_rng(0)
+    n = 120
+    cases = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "status": "ok",
+                          "age": rng.integers(20, 90, n).astype(float),
+                          "device": rng.choice(["a", "b"], n), "dice": rng.beta(8, 2, n)})
+    orders: dict = {}
+    out, strata, notes = bin_continuous_strata(
+        cases, parse_strata(["age", "device", "age x device", "age:40,60"]), orders)
+    assert [s.name for s in strata] == ["age", "device", "age x device", "age:40,60"]
+    assert strata[0].columns == ("age (binned)",) and strata[1].columns == ("device",)
+    assert strata[3].columns == ("age (40,60)",)
+    assert len(notes) == 2 and "quantile" in notes[0] and "'age:a,b,...'" in notes[0]
+    assert "age" in out and out["age"].equals(cases["age"])  # raw values kept
+    # quantile bins: 4 groups, each a quarter of the cases give or take ties
+    table = analysis.subgroup_table(out, strata[:1], ["dice"], n_resamples=50)
+    groups = table[table["stratum"] == "age"]
+    assert len(groups) == 4 and groups["n"].min() >= 20
+    # given edges: the stated groups, no warning for them
+    out2, strata2, notes2 = bin_continuous_strata(cases, parse_strata(["age:40,60"]), {})
+    assert notes2 == []
+    labels = set(out2[strata2[0].columns[0]])
+    assert labels == {"< 40", "[40, 60)", ">= 60"}
+    assert (out2.loc[cases["age"] < 40, strata2[0].columns[0]] == "< 40").all()
+    with pytest.raises(ValueError, match="increasing edges"):
+        parse_strata(["age:60,40"])

@@ -5,7 +5,11 @@ one block per stratum. Groups below ``min_n`` keep their numbers but are flagged
 ``"insufficient data"`` and take no part in tests or verdicts.
 
 ``subgroups`` flags: ``"insufficient data"`` (n < min_n), ``"worse"`` / ``"better"`` (adjusted
-p-value below ``alpha`` and the gap to the overall value points that way), ``"ok"``.
+p-value below ``alpha`` and the gap to the overall value points that way), ``"ok"``. Scans
+without reference lesions take no part in the tests of overlap and distance metrics (their value
+is the empty-mask policy's, e.g. an image-diagonal HD95, not a finding): a group made only of
+them reads ``"not tested"`` for those metrics, one with fewer than ``min_n`` scans with lesions
+``"insufficient data"``.
 
 The lesion-detection, false-positive and volume-agreement tables are flagged the same way: each
 group is tested against the rest of the cohort in its stratum (Fisher's exact test for rates,
@@ -29,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai.audit import stats
+from medseg_xai.audit.criteria import judged_on_empty
 from medseg_xai.audit.defaults import DEFAULTS as _PLAN_DEFAULTS
 from medseg_xai.audit.strata import (
     DERIVED_STRATA,
@@ -269,6 +274,8 @@ def subgroup_table(
     else:  # each case is its own cluster: no hashing of 100,000 case ids (17 MB)
         n_cl = int(ok.sum())
         cl_ok = np.arange(n_cl)
+    has_ref = (~_empty_reference(cases)).to_numpy() if "volume_ref_mm3" in cases.columns \
+        else np.ones(len(cases), dtype=bool)
     cl_codes = np.full(len(cases), -1, dtype=np.int64)
     cl_codes[ok] = cl_ok
     del cl_ok
@@ -328,8 +335,12 @@ def subgroup_table(
             if eligible:
                 score = {1: -ests, -1: ests, 0: np.abs(ests)}[direction]
                 best = min(eligible, key=lambda j: score[j])  # noqa: B023 - used immediately
-            tested = [j for j in range(n_groups) if ns[j] >= min_n]
-            p_kw = (stats.kruskal_test([values[keep & (g_codes == j)] for j in tested])
+            # scans without reference lesions take no part in the tests of a metric that means
+            # nothing on them (overlap, distances: their value is the empty-mask policy's)
+            judged = keep if judged_on_empty(metric) else keep & has_ref
+            n_judged = np.bincount(g_codes[judged], minlength=n_groups)
+            tested = [j for j in range(n_groups) if n_judged[j] >= min_n]
+            p_kw = (stats.kruskal_test([values[judged & (g_codes == j)] for j in tested])
                     if stratum is not OVERALL and len(tested) >= 2 else float("nan"))
             for j, group in enumerate(order):
                 sel = keep & (g_codes == j)
@@ -362,10 +373,16 @@ def subgroup_table(
                     gbest = (est - float(ests[best]), *stats.percentile_interval(
                         boot_groups[:, j] - boot_groups[:, best], confidence))
                 p = float("nan")
+                untested = ""
                 if stratum is not OVERALL and n >= min_n and len(order) > 1:
-                    rest = values[keep & (g_codes != j) & (g_codes >= 0)]
-                    p = stats.group_vs_rest_test(v, rest, test=test, n_resamples=n_resamples,
-                                                 rng=rng)
+                    if n_judged[j] == 0:
+                        untested = FLAG_NOT_TESTED  # only scans without reference lesions
+                    elif n_judged[j] < min_n:
+                        untested = INSUFFICIENT
+                    else:
+                        rest = values[judged & (g_codes != j) & (g_codes >= 0)]
+                        p = stats.group_vs_rest_test(values[judged & (g_codes == j)], rest,
+                                                     test=test, n_resamples=n_resamples, rng=rng)
                 rows.append({
                     "stratum": stratum.name, "group": str(group), "metric": metric, "n": n,
                     "n_clusters": n_units,
@@ -375,6 +392,7 @@ def subgroup_table(
                     "gap_best": gbest[0], "gap_best_ci_low": gbest[1], "gap_best_ci_high": gbest[2],
                     "best_group": "" if best is None else str(order[best]),
                     "p_value": p, "p_kruskal": p_kw, "_direction": direction,
+                    "_untested": untested,
                 })
     table = pd.DataFrame(rows)
     if table.empty:
@@ -382,8 +400,9 @@ def subgroup_table(
     adjust = stats.holm if correction == "holm" else stats.bh
     table["p_adjusted"] = adjust(table["p_value"].to_numpy(dtype=float))
     table["flag"] = [
-        _flag(n, min_n, g, pa, d, alpha)
-        for n, g, pa, d in zip(table["n"], table["gap"], table["p_adjusted"], table["_direction"])
+        u or _flag(n, min_n, g, pa, d, alpha)
+        for n, g, pa, d, u in zip(table["n"], table["gap"], table["p_adjusted"],
+                                  table["_direction"], table["_untested"])
     ]
     return table[SUBGROUP_COLUMNS].reset_index(drop=True)
 

@@ -283,6 +283,11 @@ def _judged_on_empty(metric: str | None) -> bool:
     return any(m == e or m.startswith(e + "_") for e in _EMPTY_REFERENCE_METRICS)
 
 
+#: True for metrics that mean something on a scan without reference lesions (false positives,
+#: predicted volume, specificity); overlap and distance metrics do not.
+judged_on_empty = _judged_on_empty
+
+
 def evaluate_criteria(
     criteria: Sequence[Mapping[str, Any]],
     *,

@@ -26,7 +26,7 @@ from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.plan import OPTION_FIELDS, AuditPlan, legacy_to_plan
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult, coordinate_columns
 from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
-from medseg_xai.audit.strata import check_scalar_columns, parse_strata
+from medseg_xai.audit.strata import bin_continuous_strata, check_scalar_columns, parse_strata
 from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
 from medseg_xai.cohort import Cohort
 from medseg_xai.metrics.evaluate import METRIC_KEYS
@@ -775,6 +775,12 @@ def build_result(
             **{k: v for k, v in settings.items() if k in analysis.STATS_DEFAULTS}}
     strata_list = parse_strata(settings.get("strata"))
     cases, orders = analysis.prepare_cases(cases, stat["lesion_size_bins"])
+    cases, strata_list, binned = bin_continuous_strata(cases, strata_list, orders)
+    if binned:
+        for note in binned:
+            warnings.warn(note, stacklevel=2)
+        settings["statistics_warnings"] = [
+            *[w for w in settings.get("statistics_warnings") or [] if w not in binned], *binned]
     release_memory()
     metric_names = [m for m in (settings.get("metrics") or DEFAULT_METRICS) if m in cases.columns]
     min_n = int(stat["min_n"])

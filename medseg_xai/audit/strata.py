@@ -20,6 +20,7 @@ __all__ = [
     "MISSING",
     "Stratum",
     "add_derived_columns",
+    "bin_continuous_strata",
     "group_labels",
     "lesion_size_labels",
     "parse_strata",
@@ -45,6 +46,8 @@ class Stratum:
 
     name: str
     columns: tuple[str, ...]
+    #: given bin edges of continuous columns, ``(("age", (40.0, 60.0)),)`` ("age:40,60")
+    bins: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     @property
     def is_intersection(self) -> bool:
@@ -68,10 +71,12 @@ def parse_strata(strata: Sequence[str | Sequence[str]] | str | None) -> list[Str
     if isinstance(strata, str):
         strata = [strata]
     out: list[Stratum] = []
-    seen: set[tuple[str, ...]] = set()
+    seen: set[tuple] = set()
     for item in strata:
+        bins: list[tuple[str, tuple[float, ...]]] = []
         if isinstance(item, str):
             cols = tuple(c.strip() for c in item.split(_SEP))
+            cols = tuple(_split_edges(c, bins) for c in cols)
         elif isinstance(item, Sequence) and all(isinstance(c, str) for c in item):
             cols = tuple(c.strip() for c in item)
         else:
@@ -80,11 +85,97 @@ def parse_strata(strata: Sequence[str | Sequence[str]] | str | None) -> list[Str
             )
         if not cols or any(not c for c in cols):
             raise ValueError(f"strata: empty column name in {item!r}")
-        if cols in seen:
+        if (cols, tuple(bins)) in seen:
             continue
-        seen.add(cols)
-        out.append(Stratum(_SEP.join(cols), cols))
+        seen.add((cols, tuple(bins)))
+        name = item if isinstance(item, str) and bins else _SEP.join(cols)
+        out.append(Stratum(name.strip(), cols, tuple(bins)))
     return out
+
+
+def _split_edges(column: str, bins: list[tuple[str, tuple[float, ...]]]) -> str:
+    """``"age:40,60"`` -> ``"age"``, recording the edges in ``bins``."""
+    if ":" not in column:
+        return column
+    name, _, text = column.partition(":")
+    try:
+        edges = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"strata: expected 'column:edge,edge,...' with numeric edges, got "
+                         f"{column!r}") from None
+    if not edges or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"strata: expected increasing edges in {column!r}")
+    bins.append((name.strip(), edges))
+    return name.strip()
+
+
+#: A numeric stratum column with more distinct values than this is continuous: it is binned
+#: (a column such as age otherwise splits into dozens of groups of one to six scans).
+MAX_CATEGORIES = 12
+#: Quantile bins of a continuous stratum column when no edges are given.
+CONTINUOUS_BINS = 4
+
+
+def _edge_labels(values: pd.Series, edges: np.ndarray) -> tuple[pd.Series, list[str]]:
+    names = [f"< {_fmt(hi)}" if lo == -np.inf else f">= {_fmt(lo)}" if hi == np.inf
+             else f"[{_fmt(lo)}, {_fmt(hi)})" for lo, hi in zip(edges[:-1], edges[1:])]
+    if len(names) == 1:
+        names = ["all"]
+    x = values.to_numpy(dtype=float)
+    code = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(names) - 1)
+    choices = np.array([*names, None], dtype=object)
+    code = np.where(np.isfinite(x), code, len(names))
+    return pd.Series(choices[code], index=values.index, dtype=object), names
+
+
+def bin_continuous_strata(
+    cases: pd.DataFrame, strata: Sequence[Stratum], orders: dict[str, list[str]],
+) -> tuple[pd.DataFrame, list[Stratum], list[str]]:
+    """Bin continuous stratum columns: given edges (``"age:40,60"``), else
+    :data:`CONTINUOUS_BINS` quantile bins when a numeric column has more than
+    :data:`MAX_CATEGORIES` distinct values.
+
+    The binned labels go to a new column ``"<column> (binned)"`` (the raw values stay); the
+    stratum keeps its name. Returns the cases (a shallow copy when columns were added), the
+    strata pointing at the binned columns, and one warning per column binned by quantiles.
+    ``orders`` gets the bins' order.
+    """
+    out_strata: list[Stratum] = []
+    notes: list[str] = []
+    out = cases
+    for stratum in strata:
+        given = dict(stratum.bins)
+        cols = []
+        for col in stratum.columns:
+            if col in DERIVED_STRATA or col not in cases.columns:
+                cols.append(col)
+                continue
+            raw = cases[col]
+            values = pd.to_numeric(raw, errors="coerce")
+            numeric = bool(values.notna().sum() == raw.notna().sum() and values.notna().any())
+            distinct = int(values.nunique()) if numeric else 0
+            if col not in given and distinct <= MAX_CATEGORIES:
+                cols.append(col)
+                continue
+            if col in given:
+                edges = np.concatenate([[-np.inf], given[col], [np.inf]])
+            else:
+                qs = np.quantile(values.dropna(), np.linspace(0, 1, CONTINUOUS_BINS + 1)[1:-1])
+                edges = np.unique(np.concatenate([[-np.inf], qs, [np.inf]]))
+            labels, names = _edge_labels(values, edges)
+            binned = (f"{col} ({','.join(_fmt(e) for e in given[col])})" if col in given
+                      else f"{col} (binned)")
+            if out is cases:
+                out = cases.copy(deep=False)
+            out[binned] = labels
+            orders[binned] = names
+            cols.append(binned)
+            if col not in given:
+                notes.append(f"stratum {col!r}: a continuous column ({distinct} distinct values) "
+                             f"was binned into {len(names)} quantile groups {names}; give edges "
+                             f"as '{col}:a,b,...' to choose them")
+        out_strata.append(Stratum(stratum.name, tuple(cols), stratum.bins))
+    return out, out_strata, notes
 
 
 def _fmt(x: float) -> str:
