@@ -106,8 +106,13 @@ def _compare(parsed: list[dict], rows: list[dict], mapping: dict, p_cols=()) -> 
     for got, want in zip(parsed, rows):
         cols = list(got)
         for idx, key in mapping.items():
-            assert _same(got[cols[idx]], want[key], p=key in p_cols), (cols[idx], got[cols[idx]],
-                                                                        key, want[key])
+            expected = want[key]
+            if key == "metric" and isinstance(expected, str):  # shown by its display name
+                from medseg_xai.metrics.metadata import metric_label
+
+                expected = metric_label(expected)
+            assert _same(got[cols[idx]], expected, p=key in p_cols), (cols[idx], got[cols[idx]],
+                                                                       key, expected)
             n += 1
     return n
 

@@ -418,12 +418,13 @@ def test_write_outputs_and_cli_helper(serial_result, cohort_dir, tmp_path):
     with pytest.raises(ValueError, match="schema version 1.x"):
         AuditResult.from_json(json.dumps({**doc, "schema_version": "2.0"}))
     from medseg_xai.audit import AuditPlan
+    from medseg_xai.audit.criteria import DEFAULT_CRITERIA
     from medseg_xai.audit.io import read_cohort
 
     plan = AuditPlan.from_options(strata=["device"], criteria="default", n_resamples=200)
     result = audit(read_cohort(cohort_dir / "manifest.csv"), plan, workers=1, progress=False)
     files = write_outputs(result, tmp_path / "cli")
-    assert files["subgroups"].exists() and result.verdicts["criterion"].nunique() == 3
+    assert files["subgroups"].exists() and result.verdicts["criterion"].nunique() == len(DEFAULT_CRITERIA)
 
 
 def test_top_level_names():

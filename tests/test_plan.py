@@ -131,8 +131,10 @@ def test_cli_plan_init_and_plan_file_equal_the_options(manifest: Path, tmp_path:
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["audit", str(manifest), "--plan", str(f), "--out", str(a), "--workers", "1",
                  "--no-html"]) in (0, 3)
+    # without --plan the CLI applies the default criteria (issue 26): none here, like the plan
     assert main(["audit", str(manifest), "--strata", "device", "--n-resamples", "50",
-                 "--confidence", "0.9", "--out", str(b), "--workers", "1", "--no-html"]) in (0, 3)
+                 "--confidence", "0.9", "--criteria", "none", "--out", str(b), "--workers", "1",
+                 "--no-html"]) in (0, 3)
     ja = json.loads((a / "audit.json").read_text())
     jb = json.loads((b / "audit.json").read_text())
     assert ja["settings"]["plan_hash"] == jb["settings"]["plan_hash"] == plan.hash

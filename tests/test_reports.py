@@ -99,7 +99,7 @@ def test_criteria_definitions_apart_from_results_and_not_evaluated_reasons(real_
     assert [float(d["threshold"][1]) for d in defs] == [c["threshold"] for c in
                                                        r.settings["criteria"]]
     lower = next(d for d in defs if d["criterion"][0].startswith("Dice lower"))
-    assert lower["statistic (what is compared)"][0] == "lower 95% CI bound of mean dice"
+    assert lower["statistic (what is compared)"][0] == "lower 95% CI bound of mean Dice"
     results = records(p.tables["criteria-results"])
     assert any(x["status"][0] == "NOT EVALUATED" and "no strata" in x["reason"][0]
                for x in results)

@@ -118,7 +118,7 @@ _STATISTICS = {
     "noninferiority": ("ci_low",),
 }
 _KEYS = {"name", "kind", "metric", "statistic", "op", "threshold", "strata", "min_volume_mm3",
-         "max_volume_mm3", "min_n", "margin"}
+         "max_volume_mm3", "min_n", "margin", "assumed_mean"}
 
 #: Sensible defaults: Dice lower CI >= 0.70 in every group, largest Dice gap <= 0.05 within every
 #: stratum, detection >= 0.90 for reference lesions of at least 100 mm^3, and at most 20% of the
@@ -233,6 +233,12 @@ def _normalise(i: int, crit: Any) -> dict[str, Any]:
     }
     if kind == "noninferiority":
         out["margin"] = float(crit["margin"])
+    assumed = crit.get("assumed_mean")
+    if assumed is not None:  # the true mean a sample size is stated for (audit.sample_size)
+        if isinstance(assumed, bool) or not isinstance(assumed, (int, float)) \
+                or not np.isfinite(assumed):
+            raise ValueError(f"{where}: assumed_mean: expected a finite number, got {assumed!r}")
+        out["assumed_mean"] = float(assumed)
     out["name"] = str(crit.get("name") or _auto_name(out))
     return out
 

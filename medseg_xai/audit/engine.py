@@ -26,6 +26,7 @@ from medseg_xai.audit.criteria import evaluate_criteria, load_criteria, verdicts
 from medseg_xai.audit.plan import OPTION_FIELDS, AuditPlan, legacy_to_plan
 from medseg_xai.audit.result import TIMING_COLUMNS, AuditResult, coordinate_columns
 from medseg_xai.audit.runner import CASE_SETTING_KEYS, STAGES, iter_tasks, run_tasks
+from medseg_xai.audit.sample_size import add_sample_size
 from medseg_xai.audit.strata import bin_continuous_strata, check_scalar_columns, parse_strata
 from medseg_xai.audit.stream import RecordStream, infrastructure_error, read_chunks, read_records
 from medseg_xai.cohort import Cohort
@@ -852,6 +853,8 @@ def build_result(
         crit, subgroups=subgroups, cases=cases, lesions=lesions, false_positives=fps,
         group_index=group_index, audit_strata=[s.name for s in strata_list], min_n=min_n,
         confidence=confidence, noninferiority=reader["reader_noninferiority"])
+    criteria_table = add_sample_size(criteria_table, crit, subgroups, cases, group_index,
+                                     confidence=confidence, ci_method=stat["ci_method"])
     settings["metrics"] = list(metric_names)
     # the interval method each metric's means got, and from how many independent units an
     # interval is shown (stats.MIN_INTERVAL_UNITS): reports print both

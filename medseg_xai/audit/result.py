@@ -283,6 +283,20 @@ class AuditResult:
         return self.cases.loc[self.cases["status"] == "failed", ["case_id", "error"]]
 
     @property
+    def audit_id(self) -> str:
+        """Short content id of the audit (12 hex): SHA-256 of the manifest, input files, model,
+        analysis plan and seed hashes in ``provenance``; the same audit re-rendered (or read
+        back from its JSON) keeps it, another cohort, model or plan changes it. Printed in the
+        report's footer so a printed page can be traced to its audit.json."""
+        import hashlib
+        import json
+
+        p = self.provenance or {}
+        keys = ("manifest_hash", "inputs_hash", "model_fingerprint", "plan_hash", "seed")
+        text = json.dumps([str(p.get(k)) for k in keys])
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+    @property
     def strata(self) -> list[str]:
         """Names of the strata of this audit (without ``"overall"``)."""
         return list(self.settings.get("strata", []))

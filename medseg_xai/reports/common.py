@@ -30,7 +30,7 @@ def ci_text(result: Any) -> str:
 def statistic_label(kind: str, statistic: str, metric: str | None, confidence: float) -> str:
     """What a criterion's number is, in words (``lower 90% CI bound of mean dice``)."""
     ci = ci_label(confidence)
-    m = metric or ""
+    m = metric_label(metric) if metric else ""
     if kind == "metric":
         return {"estimate": f"mean {m}", "median": f"median {m}",
                 "ci_low": f"lower {ci} bound of mean {m}",

@@ -8,6 +8,7 @@ small.
 
 from __future__ import annotations
 
+import textwrap
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from medseg_xai import viz
+from medseg_xai.metrics.metadata import metric_label
 
 __all__ = [
     "bland_altman_plot",
@@ -98,7 +100,9 @@ def forest_plot(
         ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(est)
         ax.hlines(y[ok], lo[ok], hi[ok], colors=np.array(colours, dtype=object)[ok], lw=1.5)
         ax.scatter(est, y, c=colours, s=18, zorder=3)
-        ax.set_title(f"{metric}: mean, {ci}", fontsize=FONT + 1)
+        # short panel titles (display name and unit, wrapped): "mean, 95% CI" is said once
+        # below, so neighbouring titles never run into each other
+        ax.set_title(textwrap.fill(metric_label(metric), 18), fontsize=FONT + 1)
         ax.tick_params(labelsize=FONT)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y)
@@ -106,12 +110,13 @@ def forest_plot(
     axes[0].set_ylim(-0.7, n_groups - 0.3)
     if title:
         fig.suptitle(title, fontsize=FONT + 1)
+    fig.supxlabel(f"mean with {ci} per group; dashed line and band: all cases", fontsize=FONT)
     fig.subplots_adjust(
         left=min(0.45, 0.06 + 0.012 * max(len(s) for s in groups) + 0.9 / fig.get_figwidth()),
         right=0.98,
-        bottom=0.8 / fig.get_figheight(),
-        top=1 - 0.45 / fig.get_figheight(),
-        wspace=0.08,
+        bottom=0.95 / fig.get_figheight(),
+        top=1 - 0.6 / fig.get_figheight(),
+        wspace=0.12,
     )
     return fig
 

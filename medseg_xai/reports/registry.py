@@ -37,4 +37,9 @@ SECTIONS: tuple[str, ...] = (
     "limitations",
     "efficiency",
     "reproducibility",
+    "traceability",
 )
+
+#: Sections that start a new printed page (the major parts: methods and data, results, cases and
+#: limitations, annex); every other section flows on after the one before it.
+MAJOR_PARTS: frozenset[str] = frozenset({"data", "overall", "failures", "efficiency"})

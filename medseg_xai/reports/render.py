@@ -27,7 +27,7 @@ import jinja2
 from markupsafe import Markup
 
 from medseg_xai import __version__
-from medseg_xai.reports.registry import SECTIONS
+from medseg_xai.reports.registry import MAJOR_PARTS, SECTIONS
 
 __all__ = ["find_chromium", "load_config", "render_html", "sections", "write_html", "write_pdf"]
 
@@ -92,7 +92,14 @@ def sections(result: Any, config: Mapping[str, Any]) -> list[dict[str, Any]]:
         if data is None:
             continue
         out.append({"name": name, "num": len(out) + 1, "title": mod.TITLE,
-                    "anchor": name.replace("_", "-"), "data": data})
+                    "anchor": name.replace("_", "-"), "data": data,
+                    "major": name in MAJOR_PARTS})
+    numbers = {sec["name"]: sec["num"] for sec in out}
+    for sec in out:
+        if sec["name"] == "traceability":  # maps guidance items to the sections shown
+            from medseg_xai.reports.sec_traceability import resolve
+
+            resolve(sec["data"], numbers)
     return out
 
 
@@ -113,10 +120,30 @@ def render_html(result: Any, *, config: Mapping[str, Any] | str | os.PathLike | 
     cfg = {**stored, **load_config(config), "comparison": comparison}
     shown = sections(result, cfg)
     generated = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = str(cfg.get("title") or "Segmentation model audit report")
     return _environment().get_template("report.html.j2").render(
-        title=str(cfg.get("title") or "Segmentation model audit report"),
-        version=__version__, generated=generated, css=_css(), sections=shown,
-        verdict=result.verdict)
+        title=title, version=__version__, generated=generated, css=_css(), sections=shown,
+        verdict=result.verdict, footer=_footer_css(result, cfg, title))
+
+
+def _css_string(text: str, limit: int) -> str:
+    """``text`` as the body of a CSS string: one line, at most ``limit`` characters, no quote,
+    backslash or tag that could end the string or the style element."""
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return "".join(c if c.isalnum() or c in " .,:;()-_+/#'·…" else " " for c in text)
+
+
+def _footer_css(result: Any, cfg: Mapping[str, Any], title: str) -> Markup:
+    """The printed footer: title, model and version, audit id and page numbers on every page
+    (CSS page-margin boxes; Chromium >= 131 and WeasyPrint draw them)."""
+    model = " ".join(str(cfg.get(k)) for k in ("model_name", "model_version") if cfg.get(k))
+    left = _css_string(f"{title} · model: {model or 'not named'}", 110)
+    right = _css_string(f"audit {result.audit_id} · medseg-xai {__version__} · page ", 80)
+    return Markup(
+        "@page { @bottom-left { content: \"" + left + "\"; font-size: 8pt; color: #555; }\n"
+        "  @bottom-right { content: \"" + right + "\" counter(page) \" of \" counter(pages); "
+        "font-size: 8pt; color: #555; } }")
 
 
 def write_html(result: Any, path: str | os.PathLike, *,

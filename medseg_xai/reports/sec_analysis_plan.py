@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg_xai.reports.common import ci_text, metric_definition
+from medseg_xai.reports.common import ci_text, metric_definition, metric_label
 from medseg_xai.reports.tables import fmt
 
 TITLE = "Statistical analysis plan"
@@ -33,7 +33,7 @@ def _threshold(s: Any) -> str:
 def _interval_text(s: dict[str, Any], ci: str) -> str:
     """How each mean's interval was computed, from the methods the result records."""
     from medseg_xai.audit.stats import INTERVAL_METHOD_NAMES
-    from medseg_xai.reports.common import metric_label
+
 
     methods = s.get("interval_methods") or {}
     if not methods:  # results from before per-metric methods
@@ -58,6 +58,15 @@ def _interval_text(s: dict[str, Any], ci: str) -> str:
             "patients). Rates: Clopper-Pearson (exact) intervals.")
 
 
+def _criteria(s: dict[str, Any]) -> list[dict[str, Any]]:
+    from medseg_xai.audit.criteria import load_criteria
+
+    try:
+        return load_criteria(s.get("criteria")) if s.get("criteria") else []
+    except ValueError:
+        return []
+
+
 def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     s = result.settings
     ci = ci_text(result)
@@ -80,10 +89,16 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         ("Decision threshold", _threshold(s)),
         ("NSD tolerance", f"{fmt(s.get('tolerance'))} mm"),
     ]
+    for note in s.get("statistics_warnings") or []:
+        rows.append(("Warning", note))
     return {
-        "definitions": [(m, metric_definition(m)) for m in s.get("metrics") or []],
+        "definitions": [(metric_label(m), metric_definition(m)) for m in s.get("metrics") or []],
         "rows": rows,
         "empty_policy": str(s.get("empty")),
+        "fp_criteria": [f"'{c.get('name')}'" for c in _criteria(s)
+                        if c.get("kind") == "false_positive"],
+        "lesion_size_bins": _bins(s.get("lesion_size_bins")),
+        "detection_bins": _bins(s.get("detection_bins")),
         "plan_hash": s.get("plan_hash"),
         "plan_yaml": _plan_yaml(s.get("plan")),
     }

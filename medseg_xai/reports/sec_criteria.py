@@ -34,4 +34,28 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         ["criterion", "stratum", "group", "n", "statistic", "value", "op", "threshold", "status",
          "reason"],
         headers={"statistic": "statistic", "op": "must be"})
-    return {"definitions": definitions, "results": results, "n": len(defs)}
+    return {"definitions": definitions, "results": results, "n": len(defs),
+            "sample_size": _sample_size(result.criteria, conf)}
+
+
+def _sample_size(crit: pd.DataFrame, conf: float) -> Any:
+    """Rows of criteria on a confidence bound with their sample-size statement (computed by
+    ``audit.sample_size``; this only selects and labels)."""
+    if crit is None or crit.empty or "n_needed" not in crit.columns:
+        return None
+    # the overall row and every check that did not pass: where a justification is needed
+    rows = crit[pd.to_numeric(crit["assumed_mean"], errors="coerce").notna()
+                & ((crit["stratum"] == "overall") | (crit["status"] != "PASS"))]
+    if rows.empty:
+        return None
+    rows = rows.assign(statistic=[statistic_label(k, s, m, conf) for k, s, m in
+                                  zip(rows["kind"], rows["statistic"], rows["metric"])],
+                       condition=["at least" if op.startswith(">") else "at most"
+                                  for op in rows["op"]])
+    return table_from_frame(
+        rows, "criteria-sample-size",
+        ["criterion", "stratum", "group", "n", "statistic", "value", "threshold", "condition",
+         "pass_needs_mean", "assumed_mean", "n_needed"],
+        headers={"value": "bound", "condition": "the mean must be",
+                 "pass_needs_mean": "for the bound to pass at this n and spread",
+                 "assumed_mean": "stated true mean", "n_needed": "n needed at that mean"})

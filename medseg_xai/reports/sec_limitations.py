@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medseg_xai.reports.common import config_list, statistic_label
+from medseg_xai.reports.common import config_list, metric_label, statistic_label
 from medseg_xai.reports.tables import fmt, fmt_p
 
 TITLE = "Limitations and residual risks"
@@ -40,7 +40,7 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     flagged = sub[(sub["stratum"] != "overall") & (sub["flag"] == "worse")]
     for r in flagged.to_dict("records"):
         auto.append(f"Subgroup {r['stratum']} = {r['group']} is worse than the rest on mean "
-                    f"{r['metric']}: difference to the overall mean {fmt(r['gap'])}, adjusted "
+                    f"{metric_label(r['metric'])}: difference to the overall mean {fmt(r['gap'])}, adjusted "
                     f"p {fmt_p(r['p_adjusted'])}.")
     det = result.lesion_detection
     for r in det[det["flag"] == "worse"].to_dict("records"):
@@ -65,4 +65,6 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
                     "groups are not assessed.")
     if result.verdicts.empty:
         auto.append("No pre-specified acceptance criteria were given.")
+    for note in result.settings.get("statistics_warnings") or []:
+        auto.append(f"Statistics: {note[0].upper()}{note[1:]}.")
     return {"automatic": auto, "user": config_list(config, "limitations")}

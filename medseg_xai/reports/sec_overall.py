@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medseg_xai.reports import figures
-from medseg_xai.reports.common import ci_text, criteria_status
+from medseg_xai.reports.common import ci_text, criteria_status, metric_label
 from medseg_xai.reports.tables import cell, table_from_frame
 
 TITLE = "Overall results"
@@ -15,7 +15,8 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     sub = result.subgroups
     rows = sub[sub["stratum"] == "overall"]
     ci = ci_text(result)
-    table = table_from_frame(rows, "overall-results",
+    shown = rows.assign(metric=[metric_label(m) for m in rows["metric"]])
+    table = table_from_frame(shown, "overall-results",
                              ["metric", "n", "estimate", "ci_low", "ci_high", "median"],
                              headers={"estimate": "mean", "ci_low": f"{ci} low",
                                       "ci_high": f"{ci} high"})

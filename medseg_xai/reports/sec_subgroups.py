@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from medseg_xai.reports import figures
-from medseg_xai.reports.common import ci_text, criteria_status, stratum_title
+from medseg_xai.reports.common import ci_text, criteria_status, metric_label, stratum_title
 from medseg_xai.reports.tables import cell, table_from_frame
 
 TITLE = "Subgroup results"
@@ -40,7 +40,8 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         columns = ["group", "metric", *(["class"] if per_class else []), "n", "estimate",
                    "ci_low", "ci_high", "gap", "p_adjusted", "flag"]
         table = table_from_frame(
-            rows, f"subgroup-table-{i}", columns,
+            rows.assign(metric=[metric_label(m) for m in rows["metric"]]), f"subgroup-table-{i}",
+            columns,
             headers={"estimate": "mean", "ci_low": f"{ci} low", "ci_high": f"{ci} high",
                      "gap": "difference to overall mean", "p_adjusted": "adjusted p"})
         table.columns.append("criterion")
