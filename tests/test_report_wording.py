@@ -1,0 +1,108 @@
+"""The demo report read as a reviewer would: its sentences agree with each other and with the
+result (reference standard, empty-reference scans, criteria promised, metric names and units),
+and its printed copy is compact and identifiable (issue 26)."""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+
+import pytest
+from report_html import parse, records
+
+from medseg_xai.metrics.metadata import metric_label
+
+RAW_NAMES = ("abs_volume_diff_mm3", "fp_per_case", "lesion_sensitivity", "volume_ref_mm3")
+
+
+def _visible_text(page: str) -> str:
+    """The report's text without code, preformatted blocks, tags and attributes."""
+    page = re.sub(r"<(style|script|pre|code)\b.*?</\1>", " ", page, flags=re.S)
+    return html_lib.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+@pytest.fixture(scope="module")
+def demo_html(demo_run) -> str:
+    return demo_run.report.read_text(encoding="utf-8")
+
+
+def _kv(page: str, table_id: str) -> dict[str, str]:
+    m = re.search(rf'<table class="kv" id="{table_id}">(.*?)</table>', page, re.S)
+    assert m, table_id
+    rows = re.findall(r"<th[^>]*>(.*?)</th>\s*<td>(.*?)</td>", m.group(1), re.S)
+    return {html_lib.unescape(k.strip()): html_lib.unescape(re.sub(r"<[^>]+>", "", v)).strip()
+            for k, v in rows}
+
+
+def test_reference_standard_is_stated_once_and_the_same_everywhere(demo_run, demo_html):
+    ref = _kv(demo_html, "reference-standard-table")["Reference standard used by this audit"]
+    readers = _kv(demo_html, "readers-table")["Reference standard used by this audit"]
+    assert ref == readers
+    # the demo audits against the generator's masks; its three readers are compared, not used
+    assert ref.startswith("The manifest's label mask") and "3 readers" in ref
+    assert "not the reference" in ref
+    annotators = _kv(demo_html, "reference-standard-table")[
+        "Annotators (number, profession, experience)"]
+    assert "not the reference" in annotators and "Three simulated readers" in annotators
+
+
+def test_empty_reference_scans_make_no_distance_or_overlap_finding(demo_run, demo_html):
+    sub = demo_run.result.subgroups
+    empty = sub[(sub["stratum"] == "lesion_size") & (sub["group"] == "empty")]
+    assert len(empty)
+    for metric in ("hd95", "assd", "dice", "nsd", "recall"):
+        flag = empty.loc[empty["metric"] == metric, "flag"]
+        assert flag.isin(["not tested", "insufficient data"]).all(), (metric, list(flag))
+    text = _visible_text(demo_html)
+    assert not re.search(r"lesion_size = empty is worse", text)
+
+
+def test_every_promised_criterion_exists(demo_run, demo_html):
+    names = set(demo_run.result.criteria_definitions["criterion"])
+    text = _visible_text(demo_html)
+    promised = re.findall(r"false-positive criterion '([^']+)'", text)
+    assert promised, "the default criteria judge empty-reference scans and say by which"
+    assert set(promised) <= names
+    assert any(c["kind"] == "false_positive" for c in demo_run.result.settings["criteria"])
+    assert "false-positive criteria judge them" not in text
+
+
+def test_metrics_shown_with_display_names_and_units(demo_run, demo_html):
+    p = parse(demo_html)
+    metrics = demo_run.result.settings["metrics"]
+    shown = {r["metric"][0] for r in records(p.tables["overall-results"])}
+    assert shown == {metric_label(m) for m in metrics}
+    assert "HD95 (mm)" in shown and "Absolute volume difference (mm³)" in shown
+    for key, table in p.tables.items():
+        if key.startswith("subgroup-table-"):
+            assert {r["metric"][0] for r in records(table)} <= shown
+    text = _visible_text(demo_html)
+    for raw in RAW_NAMES:
+        assert raw not in text, raw
+
+
+def test_interval_methods_and_sample_size_are_stated(demo_run, demo_html):
+    plan = _kv(demo_html, "settings-table")["Confidence intervals"]
+    assert "betting confidence interval for a bounded mean" in plan
+    assert "studentized (bootstrap-t)" in plan and "Clopper-Pearson" in plan
+    crit = demo_run.result.criteria
+    rows = crit[crit["n_needed"].notna() | crit["pass_needs_mean"].notna()]
+    assert len(rows)
+    for r in rows.to_dict("records"):
+        if r["statistic"] == "ci_low":  # passes iff the mean clears threshold + (mean - bound)
+            assert r["pass_needs_mean"] >= r["threshold"]
+    assert "criteria-sample-size" in parse(demo_html).tables
+
+
+def test_traceability_table_maps_every_item(demo_html):
+    from medseg_xai.reports.sec_traceability import ITEMS
+
+    rows = re.findall(r'<table class="data" id="traceability-table">(.*?)</table>', demo_html, re.S)
+    assert rows
+    cells = re.findall(r"<tr[^>]*><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>",
+                       rows[0])
+    assert len(cells) == len(ITEMS)
+    sections = set(re.findall(r"<h2>(\d+)\. ", demo_html))
+    for _, _, _, where in cells:
+        where = html_lib.unescape(where)
+        assert where.startswith("not provided: ") or where.lstrip("§").split()[0] in sections
