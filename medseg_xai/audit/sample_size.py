@@ -59,10 +59,12 @@ def add_sample_size(
     confidence: float, ci_method: str,
 ) -> pd.DataFrame:
     """``criteria_table`` with :data:`SAMPLE_SIZE_COLUMNS` (NaN on rows they do not apply to)."""
+    if criteria_table.empty:  # no criteria: the table keeps its columns (JSON round trip)
+        return criteria_table
     out = criteria_table.copy()
     for col in SAMPLE_SIZE_COLUMNS:
         out[col] = np.nan
-    if out.empty or subgroups.empty:
+    if subgroups.empty:
         return out
     assumed_by_name = {str(c.get("name")): c.get("assumed_mean") for c in criteria}
     sub = subgroups.set_index(["stratum", "group", "metric"])
