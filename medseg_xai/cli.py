@@ -182,19 +182,6 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
                    "or WeasyPrint)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--convention", default=None,
-                   choices=["monai", "medpy", "deepmind", "metricsreloaded", "panoptica"],
-                   help="surface-metric definitions (default: monai)")
-    p.add_argument("--matching", default=None, choices=["overlap", "hungarian"],
-                   help="lesion matching: covered fraction, or one-to-one IoU (default: overlap)")
-    p.add_argument("--iou-threshold", type=float, default=None,
-                   help="smallest IoU of a match with --matching hungarian (default: 0.5)")
-    p.add_argument("--reference", default=None,
-                   help="reference standard from reader columns label_<reader>: staple, majority "
-                        "or a reader name (default: the label column)")
-    p.add_argument("--allow-missing-readers", action="store_true",
-                   help="analyse a case with the readers present when a reader file is missing "
-                        "(default: that row fails, naming the reader)")
     p.add_argument("--failure", default=None, metavar="DEFINITION",
                    help="failure detection, calibration per subgroup and hidden strata for a "
                         "stated failure: 'dice < 0.5', 'missed lesion', any 'METRIC OP VALUE'")
@@ -255,6 +242,19 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval-method", default=None, help="bootstrap interval (BCa)")
     p.add_argument("--test", default=None, help="group-vs-rest test (mannwhitney)")
     p.add_argument("--correction", default=None, help="multiple-comparison correction (holm)")
+    p.add_argument("--convention", default=None,
+                   choices=["monai", "medpy", "deepmind", "metricsreloaded", "panoptica"],
+                   help="surface-metric definitions (default: monai)")
+    p.add_argument("--matching", default=None, choices=["overlap", "hungarian"],
+                   help="lesion matching: covered fraction, or one-to-one IoU (default: overlap)")
+    p.add_argument("--iou-threshold", type=float, default=None,
+                   help="smallest IoU of a match with --matching hungarian (default: 0.5)")
+    p.add_argument("--reference", default=None,
+                   help="reference standard from reader columns label_<reader>: staple, majority "
+                        "or a reader name (default: the label column)")
+    p.add_argument("--allow-missing-readers", action="store_true",
+                   help="analyse a case with the readers present when a reader file is missing "
+                        "(default: that row fails, naming the reader)")
 
 
 def _plan_from_args(args: argparse.Namespace):
@@ -681,11 +681,37 @@ def _explain_png(path, image, mask, pred, heatmap, spacing, title: str):
     return explanation_png(path, image, mask, pred, heatmap, spacing, title)
 
 
-def _run_explain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def _explain_miss_files(args: argparse.Namespace, adapter, inputs: tuple, case: str, out,
+                        methods: list) -> int:
+    """``explain --lesion``: the miss analysis of one lesion, written as files."""
     import nibabel as nib
     import numpy as np
+
+    from medseg_xai.explain.miss import explain_miss
+    from medseg_xai.miss_files import write_miss_files
+
+    image, ref, affine, spacing = inputs
+    lesion = int(args.lesion) if str(args.lesion).isdigit() else args.lesion
+    refs = [np.asarray(nib.load(r).dataobj, dtype=np.float32)
+            for r in (args.reference_images or [])]
+    analysis = explain_miss(
+        adapter, image[None], ref, lesion, spacing=spacing, threshold=args.threshold,
+        reference_images=refs or None, methods=tuple(methods), class_index=args.class_index,
+        layer=args.layer, method_kwargs={m: _method_kwargs(args, m) for m in methods},
+        case_id=case)
+    # the outline drawn at the same --threshold as the analysis (decide.label_map)
+    pred = adapter.predict(image[None], threshold=args.threshold).numpy()[0] == args.class_index
+    written, warns = write_miss_files(analysis, out, case_id=case, image=image, pred=pred,
+                                      affine=affine, spacing=spacing)
+    for w in warns:
+        print(f"warning: {w}", file=sys.stderr)
+    print(analysis.verdict)
+    print("wrote " + ", ".join(str(w) for w in written))
+    return 0
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
 
     from medseg_xai import targets
     from medseg_xai._privacy import safe_file_name
@@ -707,26 +733,8 @@ def _run_explain(args: argparse.Namespace) -> int:
                                                   and args.target != "lesion"))
 
     if args.lesion is not None and args.target != "lesion":
-        from medseg_xai.explain.miss import explain_miss
-
-        lesion = int(args.lesion) if str(args.lesion).isdigit() else args.lesion
-        refs = [np.asarray(nib.load(r).dataobj, dtype=np.float32)
-                for r in (args.reference_images or [])]
-        analysis = explain_miss(
-            adapter, image[None], ref, lesion, spacing=spacing, threshold=args.threshold,
-            reference_images=refs or None, methods=tuple(methods), class_index=args.class_index,
-            layer=args.layer, method_kwargs={m: _method_kwargs(args, m) for m in methods},
-            case_id=case)
-        from medseg_xai.miss_files import write_miss_files
-
-        pred = adapter.predict(image[None], threshold=args.threshold).numpy()[0] == args.class_index
-        written, warns = write_miss_files(analysis, out, case_id=case, image=image, pred=pred,
-                                          affine=affine, spacing=spacing)
-        for w in warns:
-            print(f"warning: {w}", file=sys.stderr)
-        print(analysis.verdict)
-        print("wrote " + ", ".join(str(w) for w in written))
-        return 0
+        return _explain_miss_files(args, adapter, (image, ref, affine, spacing), case, out,
+                                   methods)
 
     pred = adapter.predict(image[None], threshold=args.threshold).numpy()[0]
     if args.target == "prediction":
