@@ -143,3 +143,15 @@ def test_cli_audit_explain_and_model_info(files, fmt: str, tmp_path, capsys) -> 
     assert main(["model-info", path, *extra, "--device", "cpu", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["format"] == fmt and info["channels"] == 1 and info["divisor"] == [4, 4, 4]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "checkpoint", "onnx"])
+def test_adapters_pickle_for_audit_workers(files, fmt: str) -> None:
+    import pickle
+
+    path, opts = _spec(files, fmt)
+    ad = mx.load_model(path, device="cpu", **opts)
+    twin = pickle.loads(pickle.dumps(ad))
+    img = np.random.RandomState(0).rand(1, 16, 12, 16).astype(np.float32)
+    assert twin.fingerprint == ad.fingerprint
+    torch.testing.assert_close(twin.logits(img), ad.logits(img))

@@ -72,6 +72,10 @@ class OnnxModel(nn.Module):
     def __deepcopy__(self, memo: dict) -> OnnxModel:
         return OnnxModel(self._bytes, self.fingerprint, self._device)
 
+    def __reduce__(self) -> tuple:
+        # an onnxruntime session cannot be pickled: audit workers rebuild it from the bytes
+        return (OnnxModel, (self._bytes, self.fingerprint, self._device))
+
 
 def load(path: Path, device: torch.device, divisor: Any = "auto", spatial_dims: int | None = None,
          activation: str = "softmax", class_names: Any = None, **extra: Any) -> Any:
