@@ -19,6 +19,12 @@ Each entry (a plain dict, JSON-safe)::
      gallery found them under the audit's rules), "method",
      "analysis" (MissAnalysis.to_dict(), or the fallback's summary, or None),
      "figure" (see :func:`slice_payload`, or None), "note"}
+
+Audits with structure classes (``--classes 1=liver:structure``) add, per class, the entries of
+:mod:`medseg_xai.audit.class_gallery` (category ``"worst_class"``, with ``class``,
+``class_value``, ``class_index``, ``region_voxels``, ``reference_voxels``: the class's missed
+region explained on its own output channel); an audit with only structure classes has only
+those (it has no lesions).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from medseg_xai.audit.analysis import rank_false_positive_scans, rank_worst
+from medseg_xai.audit.class_gallery import class_entries
 from medseg_xai.decide import (
     DecisionRules,
     foreground,
@@ -244,7 +251,11 @@ def explain_failures(
         The entries (module docstring). A case that cannot be loaded or explained keeps its
         entry with the error in ``note``.
     """
-    entries = gallery_cases(result, metric=metric, per_group=per_group, max_cases=max_cases)
+    structures = class_entries(result, per_group=per_group, max_cases=max_cases)
+    # an organ-only audit has no lesions: its gallery is the per-class one (class_gallery.py)
+    organs_only = bool(structures) and not result.settings.get("lesion_labels") and not extra
+    entries = [] if organs_only else gallery_cases(result, metric=metric, per_group=per_group,
+                                                   max_cases=max_cases)
     wanted = _add_requested(result, entries, extra)
     kwargs = dict(explain_kwargs or {})
     les = result.lesions
@@ -265,7 +276,66 @@ def explain_failures(
             from medseg_xai._privacy import redact_paths
 
             e["note"] = f"case could not be shown: {type(err).__name__}: {redact_paths(str(err))}"
+    return entries + _fill_class_entries(structures, result, cohort, adapter, seed,
+                                         max_explanations)
+
+
+def _fill_class_entries(entries: list[dict[str, Any]], result: Any, cohort: Any, adapter: Any,
+                        seed: int, max_explanations: int) -> list[dict[str, Any]]:
+    """Fill the structure classes' entries (at most ``max_explanations`` explained per class)."""
+    rules = DecisionRules.from_settings(result.settings)
+    left: dict[str, int] = {}
+    for e in entries:
+        e.update(lesion_id=None, status=None, volume_mm3=None, method=None, analysis=None,
+                 figure=None, note="", class_index=None, region_voxels=None,
+                 reference_voxels=None)
+        if cohort is None:
+            e["note"] = "no images: the audit was not given the cohort's files for the gallery"
+            continue
+        try:
+            budget = left.setdefault(e["class"], int(max_explanations))
+            left[e["class"]] -= _fill_class_entry(e, result, cohort, adapter, rules, seed,
+                                                  budget > 0)
+        except Exception as err:  # noqa: BLE001 - recorded, never dropped
+            from medseg_xai._privacy import redact_paths
+
+            e["note"] = f"case could not be shown: {type(err).__name__}: {redact_paths(str(err))}"
     return entries
+
+
+def _fill_class_entry(e: dict[str, Any], result: Any, cohort: Any, adapter: Any,
+                      rules: DecisionRules, seed: int, explain_it: bool) -> int:
+    """One class's missed region in one case, its evidence and slices; 1 if explained."""
+    from medseg_xai.audit.class_gallery import explain_class_region
+
+    case, ref_map, pred_map = _audit_maps(result, cohort, adapter, e["case_id"], rules)
+    ref = ref_map == e["class_value"]
+    pred = None if pred_map is None else pred_map == e["class_value"]
+    region = ref & ~(np.zeros_like(ref) if pred is None else pred)
+    e["reference_voxels"], e["region_voxels"] = int(ref.sum()), int(region.sum())
+    e["volume_mm3"] = float(region.sum() * np.prod(case.spacing))
+    heat, done = None, 0
+    if not region.any():
+        e["note"] = f"nothing of {e['class']} was missed in this case"
+    elif pred is None:
+        e["note"] = "no prediction to compare with"
+    elif adapter is None:
+        e["note"] = f"missed {e['class']} region not explained: no model was given"
+    elif not explain_it:
+        e["note"] = f"missed {e['class']} region not explained: the gallery's budget is spent"
+    else:
+        try:
+            e["analysis"], heat = explain_class_region(adapter, case, ref, pred,
+                                                       e["class_value"], seed=seed)
+            e["analysis"]["class"] = e["class"]
+            e["method"], e["class_index"], done = e["analysis"]["method"], \
+                e["analysis"]["class_index"], 1
+        except Exception as err:  # noqa: BLE001 - one failed explanation keeps its entry
+            e["note"] = f"explanation failed: {type(err).__name__}: {err}"
+    e["figure"] = slice_payload(case.image, ref, pred, centre=_centre(ref, pred, region),
+                                target=region, heatmap=heat, spacing=case.spacing,
+                                affine=getattr(case, "affine", None))
+    return done
 
 
 def _add_requested(result: Any, entries: list[dict[str, Any]],
@@ -327,6 +397,20 @@ def _audit_masks(result: Any, cohort: Any, adapter: Any, case_id: str, rules: De
                  ) -> tuple[Any, np.ndarray, np.ndarray | None]:
     """(case, reference foreground, prediction foreground) as the audit decided them: its
     label values, reference standard and (for audits that ran the model) its threshold."""
+    case, ref_map, pred = _audit_maps(result, cohort, adapter, case_id, rules)
+    lesion_labels = result.settings.get("lesion_labels")
+    if lesion_labels:  # a multi-class audit: lesion ids name components of the lesion classes
+        from medseg_xai.classes import lesion_foreground
+
+        return case, lesion_foreground(ref_map, lesion_labels), (
+            None if pred is None else lesion_foreground(pred, lesion_labels))
+    ref = foreground(ref_map, rules.label_setting)
+    return case, ref, None if pred is None else foreground(pred, rules.label_setting)
+
+
+def _audit_maps(result: Any, cohort: Any, adapter: Any, case_id: str, rules: DecisionRules
+                ) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    """(case, reference label map, prediction label map) as the audit decided them."""
     from medseg_xai.cohort import load_case_from_paths
 
     settings = result.settings
@@ -341,14 +425,7 @@ def _audit_masks(result: Any, cohort: Any, adapter: Any, case_id: str, rules: De
         pred: np.ndarray | None = predict(adapter, case.image, rules)
     else:
         pred = None if case.prediction is None else np.asarray(case.prediction)
-    lesion_labels = settings.get("lesion_labels")
-    if lesion_labels:  # a multi-class audit: lesion ids name components of the lesion classes
-        from medseg_xai.classes import lesion_foreground
-
-        return case, lesion_foreground(ref_map, lesion_labels), (
-            None if pred is None else lesion_foreground(pred, lesion_labels))
-    ref = foreground(ref_map, rules.label_setting)
-    return case, ref, None if pred is None else foreground(pred, rules.label_setting)
+    return case, ref_map, pred
 
 
 def _lesion_target(ref: np.ndarray, pred: np.ndarray | None, lesion_id: str,

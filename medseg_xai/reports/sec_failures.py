@@ -14,7 +14,7 @@ def _analysis_rows(analysis: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not analysis:
         return []
     rows = []
-    for key in ("status", "method", "target", "verdict"):
+    for key in ("class", "status", "method", "target", "verdict"):
         if analysis.get(key):
             rows.append((key, str(analysis[key])))
     causes = analysis.get("causes")
@@ -36,10 +36,16 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
             "method": e.get("method"), "analysis": _analysis_rows(e.get("analysis")),
             "figure": (figures.to_uri(figures.gallery_figure(e["figure"], method=e.get("method")),
                                       dpi=100) if e.get("figure") else None),
-            "note": e.get("note") or "",
+            "note": e.get("note") or "", "class": e.get("class"),
+            "region_voxels": e.get("region_voxels"), "reference_voxels": e.get("reference_voxels"),
         })
     fp = [e for e in entries if e["category"] == "false_positive_scan"]
-    worst = [e for e in entries if e["category"] != "false_positive_scan"]
+    worst = [e for e in entries if e["category"] != "false_positive_scan" and not e["class"]]
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:  # structure classes (class_gallery.py): one list per class, in order
+        if e["class"]:
+            by_class.setdefault(str(e["class"]), []).append(e)
     metrics = result.settings.get("metrics") or []
     return {"worst": worst, "fp": fp, "empty": not entries,
+            "classes": [{"name": k, "entries": v} for k, v in by_class.items()],
             "metric": "dice" if "dice" in metrics else (metrics[0] if metrics else "")}
