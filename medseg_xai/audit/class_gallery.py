@@ -89,10 +89,11 @@ def output_channel(adapter: Any, value: int, image: Any) -> int:
                      f"{act}) is called label {value}")
 
 
-def explain_class_region(adapter: Any, case: Any, ref_class: np.ndarray,
-                         pred_class: np.ndarray, value: int, *, method: str | None = None,
+def explain_class_region(adapter: Any, case: Any, value: int, *, pred: np.ndarray,
+                         ref: np.ndarray, method: str | None = None,
                          seed: int = 0) -> tuple[dict[str, Any], np.ndarray]:
-    """Attribution of one class's missed region on its own output channel.
+    """Attribution of one class's missed region (boolean class masks ``pred``, ``ref``) on
+    the class's own output channel.
 
     Returns ``(analysis, attribution map)``; ``analysis`` holds ``kind, class_index, method,
     target`` (in words), ``region_voxels`` and ``localisation`` (share of the positive
@@ -104,7 +105,7 @@ def explain_class_region(adapter: Any, case: Any, ref_class: np.ndarray,
     bind = getattr(adapter, "with_geometry", None)  # models that resample need the geometry
     adapter = bind(case.spacing, case.affine) if callable(bind) else adapter
     channel = output_channel(adapter, int(value), case.image)
-    target = targets.missed(channel, ref_class, pred_class)
+    target = targets.missed(channel, pred=pred, ref=ref)
     method = method or default_methods(adapter)[0]
     kwargs = {"seed": seed} if method == "smoothgrad" else {}
     exp = explain(adapter, case.image, target, method=method, **kwargs)

@@ -325,14 +325,15 @@ def _fill_class_entry(e: dict[str, Any], result: Any, cohort: Any, adapter: Any,
         e["note"] = f"missed {e['class']} region not explained: the gallery's budget is spent"
     else:
         try:
-            e["analysis"], heat = explain_class_region(adapter, case, ref, pred,
-                                                       e["class_value"], seed=seed)
+            e["analysis"], heat = explain_class_region(adapter, case, e["class_value"],
+                                                       pred=pred, ref=ref, seed=seed)
             e["analysis"]["class"] = e["class"]
             e["method"], e["class_index"], done = e["analysis"]["method"], \
                 e["analysis"]["class_index"], 1
         except Exception as err:  # noqa: BLE001 - one failed explanation keeps its entry
             e["note"] = f"explanation failed: {type(err).__name__}: {err}"
-    e["figure"] = slice_payload(case.image, ref, pred, centre=_centre(ref, pred, region),
+    e["figure"] = slice_payload(case.image, pred=pred, ref=ref,
+                                centre=_centre(pred=pred, ref=ref, target=region),
                                 target=region, heatmap=heat, spacing=case.spacing,
                                 affine=getattr(case, "affine", None))
     return done
