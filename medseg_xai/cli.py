@@ -171,13 +171,6 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "(default: 0 100 1000 10000)")
     p.add_argument("--gallery", type=int, default=12,
                    help="cases in the failure gallery (images are read from the manifest)")
-    p.add_argument("--feature-layer", default=None,
-                   help="with --model: layer whose pooled output feeds the feature shift and "
-                        "ood_score ('auto': deepest encoder output; 'none': off)")
-    p.add_argument("--feature-reference", action="append", default=None,
-                   metavar="COLUMN=V1,V2",
-                   help="reference cases of the feature shift, e.g. the training devices "
-                        "(repeatable; default: the whole cohort)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
     p.add_argument("--pdf", action="store_true", help="also print report.pdf (needs Chromium "
                    "or WeasyPrint)")
@@ -255,6 +248,13 @@ def _add_plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing-readers", action="store_true",
                    help="analyse a case with the readers present when a reader file is missing "
                         "(default: that row fails, naming the reader)")
+    p.add_argument("--feature-layer", default=None,
+                   help="with --model: layer whose pooled output feeds the feature shift and "
+                        "ood_score ('auto': deepest encoder output; 'none': off)")
+    p.add_argument("--feature-reference", action="append", default=None,
+                   metavar="COLUMN=V1,V2",
+                   help="reference cases of the feature shift, e.g. the training devices "
+                        "(repeatable; default: the whole cohort)")
 
 
 def _plan_from_args(args: argparse.Namespace):

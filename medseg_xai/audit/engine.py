@@ -89,10 +89,8 @@ def audit(
         (default: serial for one worker or a model, else a pool of all cores).
     cache_dir, stream : str or Path, optional
         Per-case cache (resume) and the JSON-lines file each case's record is streamed to.
-    progress : bool
-        Show a progress bar.
-    case_timeout : float, optional
-        Seconds one case may take; a case past it fails with a message saying so.
+    progress, case_timeout : optional
+        Show a progress bar; seconds one case may take (past it the case fails, saying so).
     report : mapping, optional
         Report configuration stored in the result (``intended_use``, ``model_name``...).
     **options
@@ -127,13 +125,11 @@ def audit(
         {"executor": executor, "workers": workers, "cache_dir": cache_dir, "progress": progress,
          "stream": stream, "case_timeout": case_timeout})
     cases, features, layer, calibration = _pop_arrays(cases)
-    settings = {**_settings(plan, checked, adapter, layer), **extra_settings}
     warning = repeated_patient_warning(list(getattr(cohort, "repeated_patient_columns", [])))
-    if warning:
-        settings["statistics_warnings"] = [warning]
+    settings = {**_settings(plan, checked, adapter, layer), **extra_settings,
+                **({"statistics_warnings": [warning]} if warning else {})}
     provenance = _provenance(plan, cohort, cases, fingerprint, report)
-    if determinism is not None:
-        provenance["model_determinism"] = determinism
+    provenance.update({} if determinism is None else {"model_determinism": determinism})
     run = _run_record(info, elapsed, cache_dir, case_timeout, cases, cohort.pseudonymised)
     result = build_result(cases, lesions, settings, provenance, run, report=report,
                           readers=reader_cases, features=features, calibration=calibration)
