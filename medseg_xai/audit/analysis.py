@@ -39,6 +39,7 @@ from medseg_xai.audit.strata import (
     DERIVED_STRATA,
     Stratum,
     add_derived_columns,
+    case_clusters,
     group_labels,
     lesion_size_labels,
 )
@@ -100,12 +101,8 @@ def stratum_groups(
     return labels, order
 
 
-def _clusters(cases: pd.DataFrame) -> tuple[pd.Series, bool]:
-    if "patient_id" in cases.columns and cases["patient_id"].notna().any():
-        cl = cases["patient_id"].astype(object).where(cases["patient_id"].notna(),
-                                                     "case:" + cases["case_id"].astype(str))
-        return cl.astype(str), True
-    return cases["case_id"].astype(str), False
+# resampling units (patients when known): one definition, in strata.py, shared with readers
+_clusters = case_clusters
 
 
 def _float_values(column: pd.Series) -> np.ndarray:

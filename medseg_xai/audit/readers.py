@@ -380,8 +380,8 @@ def reader_tables(
     dict
         ``reader_subgroups``, ``reader_noninferiority``, ``reader_detection``.
     """
-    from medseg_xai.audit.analysis import _clusters
     from medseg_xai.audit.stats import rate_interval
+    from medseg_xai.audit.strata import case_clusters as _clusters
 
     empty = {"reader_subgroups": pd.DataFrame(columns=SUBGROUP_COLUMNS),
              "reader_noninferiority": pd.DataFrame(columns=NONINFERIORITY_COLUMNS),

@@ -361,3 +361,13 @@ def check_scalar_columns(manifest: pd.DataFrame, columns: Sequence[str], what: s
                 raise ValueError(
                     f"{what}: column {col!r}: expected one text or number per case, got a "
                     f"{type(value).__name__} in case {cid!r}; flatten the column first")
+
+
+def case_clusters(cases: pd.DataFrame) -> tuple[pd.Series, bool]:
+    """The resampling unit of each case: its patient when patient ids are known (cases without
+    one are their own unit), else the case; and whether patients were used."""
+    if "patient_id" in cases.columns and cases["patient_id"].notna().any():
+        cl = cases["patient_id"].astype(object).where(cases["patient_id"].notna(),
+                                                     "case:" + cases["case_id"].astype(str))
+        return cl.astype(str), True
+    return cases["case_id"].astype(str), False
