@@ -219,8 +219,6 @@ def case_readers(
         ``n_readers, readers_missing, reference, interreader_<m>, model_readers_<m>`` (floats;
         NaN without two readers) plus ``readers`` and ``reader_lesions`` (lists of row dicts).
     """
-    from medseg_xai.metrics import label_lesions
-
     masks = ctx.masks
     names = list(masks)
     rows: list[dict[str, Any]] = []
@@ -252,44 +250,62 @@ def case_readers(
         out[f"model_readers_{m}"] = _nanmean([r[m] for r in model])
     out["readers"] = [{c: r.get(c, float("nan")) for c in READER_COLUMNS[1:]} for r in rows]
 
-    # Lesion level: components of the union of the readers' masks.
-    les_rows: list[dict[str, Any]] = []
-    if names:
-        union = np.zeros_like(pred_fg, dtype=bool)
-        for m in masks.values():
-            union |= m
-        lab, n = label_lesions(union, settings["connectivity"])
-        if n:
-            flat = lab.ravel()
-            counts = np.bincount(flat, minlength=n + 1)
-            marked = {r: np.bincount(flat[masks[r].ravel()], minlength=n + 1) > 0 for r in names}
-            in_ref = np.bincount(flat[ref_fg.ravel()], minlength=n + 1) > 0
-            covered = np.bincount(flat[pred_fg.ravel()], minlength=n + 1)
-            voxel = float(np.prod(spacing))
-            thr = float(settings["overlap_threshold"])
-            for k in range(1, n + 1):
-                by = [r for r in names if marked[r][k]]
-                agree = ("all readers" if len(by) == len(names) else
-                         "majority of readers" if 2 * len(by) > len(names) else "minority")
-                les_rows.append({
-                    "lesion_id": f"u-{k}", "volume_mm3": float(counts[k]) * voxel,
-                    "n_readers": len(names), "n_readers_marked": len(by), "marked_by": ",".join(by),
-                    "agreement": agree, "in_reference": bool(in_ref[k]),
-                    "detected": bool(is_detected(covered[k] / counts[k], thr))})
-    out["reader_lesions"] = les_rows
-
+    out["reader_lesions"] = _reader_lesions(pred_fg, ref_fg, masks, spacing, settings)
     if lesion_table is not None and len(lesion_table):
-        ref_lab, n_ref = label_lesions(ref_fg, settings["connectivity"])
-        flat = ref_lab.ravel()
-        n_marked = np.zeros(n_ref + 1, dtype=int)
-        for m in masks.values():
-            n_marked += np.bincount(flat[m.ravel()], minlength=n_ref + 1) > 0
-        ids = lesion_table["lesion_id"].astype(str)
-        is_ref = lesion_table["source"] == "reference"
-        lesion_table["n_readers_marked"] = [
-            int(n_marked[parse_lesion_id(i)[1]]) if r else float("nan")
-            for i, r in zip(ids, is_ref)]
+        _mark_readers(lesion_table, ref_fg, masks, settings["connectivity"])
     return out
+
+
+def _reader_lesions(pred_fg: np.ndarray, ref_fg: np.ndarray, masks: Mapping[str, np.ndarray],
+                    spacing: tuple[float, ...], settings: Mapping[str, Any]
+                    ) -> list[dict[str, Any]]:
+    """Lesion level: the components of the union of the readers' masks (``u-k``), who marked
+    each, whether the reference holds it and whether the model detected it."""
+    from medseg_xai.metrics import label_lesions
+
+    names = list(masks)
+    les_rows: list[dict[str, Any]] = []
+    if not names:
+        return les_rows
+    union = np.zeros_like(pred_fg, dtype=bool)
+    for m in masks.values():
+        union |= m
+    lab, n = label_lesions(union, settings["connectivity"])
+    if not n:
+        return les_rows
+    flat = lab.ravel()
+    counts = np.bincount(flat, minlength=n + 1)
+    marked = {r: np.bincount(flat[masks[r].ravel()], minlength=n + 1) > 0 for r in names}
+    in_ref = np.bincount(flat[ref_fg.ravel()], minlength=n + 1) > 0
+    covered = np.bincount(flat[pred_fg.ravel()], minlength=n + 1)
+    voxel = float(np.prod(spacing))
+    thr = float(settings["overlap_threshold"])
+    for k in range(1, n + 1):
+        by = [r for r in names if marked[r][k]]
+        agree = ("all readers" if len(by) == len(names) else
+                 "majority of readers" if 2 * len(by) > len(names) else "minority")
+        les_rows.append({
+            "lesion_id": f"u-{k}", "volume_mm3": float(counts[k]) * voxel,
+            "n_readers": len(names), "n_readers_marked": len(by), "marked_by": ",".join(by),
+            "agreement": agree, "in_reference": bool(in_ref[k]),
+            "detected": bool(is_detected(covered[k] / counts[k], thr))})
+    return les_rows
+
+
+def _mark_readers(lesion_table: pd.DataFrame, ref_fg: np.ndarray,
+                  masks: Mapping[str, np.ndarray], connectivity: int | None) -> None:
+    """``n_readers_marked`` of each reference lesion row (in place)."""
+    from medseg_xai.metrics import label_lesions
+
+    ref_lab, n_ref = label_lesions(ref_fg, connectivity)
+    flat = ref_lab.ravel()
+    n_marked = np.zeros(n_ref + 1, dtype=int)
+    for m in masks.values():
+        n_marked += np.bincount(flat[m.ravel()], minlength=n_ref + 1) > 0
+    ids = lesion_table["lesion_id"].astype(str)
+    is_ref = lesion_table["source"] == "reference"
+    lesion_table["n_readers_marked"] = [
+        int(n_marked[parse_lesion_id(i)[1]]) if r else float("nan") for i, r in zip(ids, is_ref)]
 
 
 def _nanmean(values: Sequence[float]) -> float:
