@@ -396,7 +396,6 @@ def reader_tables(
     dict
         ``reader_subgroups``, ``reader_noninferiority``, ``reader_detection``.
     """
-    from medseg_xai.audit.stats import rate_interval
     from medseg_xai.audit.strata import case_clusters as _clusters
 
     empty = {"reader_subgroups": pd.DataFrame(columns=SUBGROUP_COLUMNS),
@@ -404,37 +403,13 @@ def reader_tables(
              "reader_detection": pd.DataFrame(columns=DETECTION_COLUMNS)}
     if readers is None or readers.empty or "interreader_dice" not in cases.columns:
         return empty
-    seed, min_n = int(stat["seed"]), int(stat["min_n"])
+    seed = int(stat["seed"])
     ok = cases["status"] == "ok"
     clusters, clustered = _clusters(cases)
     cl_by_case = dict(zip(cases["case_id"], clusters))
     margins = _margins(criteria)
 
-    # Long per-case values: the two case-level means plus every single comparison.
-    long = [readers.loc[readers["comparison"] == "staple",
-                        ["case_id", "comparison", "reader_a", "reader_b", "sensitivity",
-                         "specificity"]].melt(
-        id_vars=["case_id", "comparison", "reader_a", "reader_b"], var_name="metric")]
-    single = readers[readers["comparison"] != "staple"]
-    long.append(single[["case_id", "comparison", "reader_a", "reader_b", *SUBGROUP_METRICS]].melt(
-        id_vars=["case_id", "comparison", "reader_a", "reader_b"], var_name="metric"))
-    for col, comp, a, b in (("interreader", "reader", "all readers", "all readers"),
-                            ("model_readers", "model", "all readers", MODEL)):
-        part = cases.loc[ok, ["case_id", *[f"{col}_{m}" for m in SUBGROUP_METRICS]]]
-        part = part.melt(id_vars=["case_id"], var_name="metric")
-        part["metric"] = part["metric"].str[len(col) + 1:]
-        part["comparison"], part["reader_a"], part["reader_b"] = comp, a, b
-        long.append(part)
-    values = pd.concat(long, ignore_index=True)
-    values["value"] = pd.to_numeric(values["value"], errors="coerce")
-    values = values[np.isfinite(values["value"])]
-    keys = values[["comparison", "reader_a", "reader_b", "metric"]].drop_duplicates()
-    # Display order: aggregate rows first, then pairs, model vs each reader, consensus, STAPLE.
-    rank = {"reader": 0, "model": 1, "staple": 2}
-    keys = keys.assign(_agg=(keys["reader_a"] != "all readers").astype(int),
-                       _c=keys["comparison"].map(rank),
-                       _cons=(keys["reader_a"] == CONSENSUS).astype(int))
-    keys = keys.sort_values(["_agg", "_c", "_cons", "reader_a", "reader_b"], kind="mergesort")
+    values, keys = _long_values(readers, cases, ok)
     grouped = {k: g for k, g in values.groupby(["comparison", "reader_a", "reader_b", "metric"],
                                                sort=False)}
     sub_rows, ni_rows, det_rows = [], [], []
@@ -454,46 +429,99 @@ def reader_tables(
                              "n_clusters": int(len(set(cl))) if cl is not None else int(x.size),
                              "estimate": float(x.mean()) if x.size else float("nan"),
                              "ci_low": lo, "ci_high": hi})
-        sel_cases = cases[cases["case_id"].isin(members)]
-        for m in NONINFERIORITY_METRICS:
-            margin = margins.get(m, DEFAULT_MARGIN)
-            model = pd.to_numeric(sel_cases[f"model_readers_{m}"], errors="coerce")
-            inter = pd.to_numeric(sel_cases[f"interreader_{m}"], errors="coerce")
-            keep = np.isfinite(model) & np.isfinite(inter)
-            d = (model - inter)[keep].to_numpy(float)
-            cl = (np.asarray([cl_by_case[c] for c in sel_cases.loc[keep, "case_id"]])
-                  if clustered else None)
-            lo, hi = (_ci(d, cl, stat, _seed(seed, "noninferiority", stratum, group, m), m,
-                          difference=True)
-                      if d.size >= 2 else (float("nan"), float("nan")))
-            if d.size < min_n or not np.isfinite(lo):
-                status = INSUFFICIENT
-            else:
-                status = WITHIN if lo >= -margin else NOT_SHOWN
-            ni_rows.append({"stratum": stratum, "group": group, "metric": m, "n": int(d.size),
-                            "n_clusters": int(len(set(cl))) if cl is not None else int(d.size),
-                            "model_vs_readers": float(model[keep].mean()) if d.size else np.nan,
-                            "reader_vs_reader": float(inter[keep].mean()) if d.size else np.nan,
-                            "difference": float(d.mean()) if d.size else float("nan"),
-                            "ci_low": lo, "ci_high": hi, "margin": margin, "status": status})
+        ni_rows += _noninferiority_group(cases[cases["case_id"].isin(members)], margins,
+                                         cl_by_case if clustered else None, stat,
+                                         (stratum, group))
         les = (reader_lesions[reader_lesions["case_id"].isin(members)]
                if len(reader_lesions) else reader_lesions)
-        for lesion_set in LESION_SETS:
-            if lesion_set == "all readers":
-                s = les[les["n_readers_marked"] == les["n_readers"]] if len(les) else les
-            elif lesion_set == "majority of readers":
-                s = les[2 * les["n_readers_marked"] > les["n_readers"]] if len(les) else les
-            else:
-                s = les
-            n = len(s)
-            k = int(s["detected"].astype(bool).sum()) if n else 0
-            lo, hi = rate_interval(k, n, float(stat["confidence"]))
-            det_rows.append({"stratum": stratum, "group": group, "lesion_set": lesion_set,
-                             "n_lesions": n, "n_detected": k,
-                             "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
+        det_rows += _detection_rows(les, stratum, group, float(stat["confidence"]))
     return {"reader_subgroups": pd.DataFrame(sub_rows, columns=SUBGROUP_COLUMNS),
             "reader_noninferiority": pd.DataFrame(ni_rows, columns=NONINFERIORITY_COLUMNS),
             "reader_detection": pd.DataFrame(det_rows, columns=DETECTION_COLUMNS)}
+
+
+def _noninferiority_group(sel_cases: pd.DataFrame, margins: Mapping[str, float],
+                          cl_by_case: Mapping[str, str] | None, stat: Mapping[str, Any],
+                          where: tuple[str, Any]) -> list[dict[str, Any]]:
+    """Model vs readers minus reader vs reader in one group, per metric, against its margin."""
+    stratum, group = where
+    seed, min_n = int(stat["seed"]), int(stat["min_n"])
+    rows = []
+    for m in NONINFERIORITY_METRICS:
+        margin = margins.get(m, DEFAULT_MARGIN)
+        model = pd.to_numeric(sel_cases[f"model_readers_{m}"], errors="coerce")
+        inter = pd.to_numeric(sel_cases[f"interreader_{m}"], errors="coerce")
+        keep = np.isfinite(model) & np.isfinite(inter)
+        d = (model - inter)[keep].to_numpy(float)
+        cl = (np.asarray([cl_by_case[c] for c in sel_cases.loc[keep, "case_id"]])
+              if cl_by_case is not None else None)
+        lo, hi = (_ci(d, cl, stat, _seed(seed, "noninferiority", stratum, group, m), m,
+                      difference=True)
+                  if d.size >= 2 else (float("nan"), float("nan")))
+        if d.size < min_n or not np.isfinite(lo):
+            status = INSUFFICIENT
+        else:
+            status = WITHIN if lo >= -margin else NOT_SHOWN
+        rows.append({"stratum": stratum, "group": group, "metric": m, "n": int(d.size),
+                     "n_clusters": int(len(set(cl))) if cl is not None else int(d.size),
+                     "model_vs_readers": float(model[keep].mean()) if d.size else np.nan,
+                     "reader_vs_reader": float(inter[keep].mean()) if d.size else np.nan,
+                     "difference": float(d.mean()) if d.size else float("nan"),
+                     "ci_low": lo, "ci_high": hi, "margin": margin, "status": status})
+    return rows
+
+
+def _long_values(readers: pd.DataFrame, cases: pd.DataFrame, ok: pd.Series
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Long per-case values (the two case-level means plus every single comparison) and the
+    comparison keys in display order: aggregates, pairs, model vs each reader, consensus,
+    STAPLE."""
+    long = [readers.loc[readers["comparison"] == "staple",
+                        ["case_id", "comparison", "reader_a", "reader_b", "sensitivity",
+                         "specificity"]].melt(
+        id_vars=["case_id", "comparison", "reader_a", "reader_b"], var_name="metric")]
+    single = readers[readers["comparison"] != "staple"]
+    long.append(single[["case_id", "comparison", "reader_a", "reader_b", *SUBGROUP_METRICS]].melt(
+        id_vars=["case_id", "comparison", "reader_a", "reader_b"], var_name="metric"))
+    for col, comp, a, b in (("interreader", "reader", "all readers", "all readers"),
+                            ("model_readers", "model", "all readers", MODEL)):
+        part = cases.loc[ok, ["case_id", *[f"{col}_{m}" for m in SUBGROUP_METRICS]]]
+        part = part.melt(id_vars=["case_id"], var_name="metric")
+        part["metric"] = part["metric"].str[len(col) + 1:]
+        part["comparison"], part["reader_a"], part["reader_b"] = comp, a, b
+        long.append(part)
+    values = pd.concat(long, ignore_index=True)
+    values["value"] = pd.to_numeric(values["value"], errors="coerce")
+    values = values[np.isfinite(values["value"])]
+    keys = values[["comparison", "reader_a", "reader_b", "metric"]].drop_duplicates()
+    rank = {"reader": 0, "model": 1, "staple": 2}
+    keys = keys.assign(_agg=(keys["reader_a"] != "all readers").astype(int),
+                       _c=keys["comparison"].map(rank),
+                       _cons=(keys["reader_a"] == CONSENSUS).astype(int))
+    keys = keys.sort_values(["_agg", "_c", "_cons", "reader_a", "reader_b"], kind="mergesort")
+    return values, keys
+
+
+def _detection_rows(les: pd.DataFrame, stratum: str, group: Any, confidence: float
+                    ) -> list[dict[str, Any]]:
+    """Detection rate of the model on each lesion set of the readers (Wilson-type interval)."""
+    from medseg_xai.audit.stats import rate_interval
+
+    rows = []
+    for lesion_set in LESION_SETS:
+        if lesion_set == "all readers":
+            s = les[les["n_readers_marked"] == les["n_readers"]] if len(les) else les
+        elif lesion_set == "majority of readers":
+            s = les[2 * les["n_readers_marked"] > les["n_readers"]] if len(les) else les
+        else:
+            s = les
+        n = len(s)
+        k = int(s["detected"].astype(bool).sum()) if n else 0
+        lo, hi = rate_interval(k, n, confidence)
+        rows.append({"stratum": stratum, "group": group, "lesion_set": lesion_set,
+                     "n_lesions": n, "n_detected": k,
+                     "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
+    return rows
 
 
 def noninferiority_rows(crit: Mapping[str, Any], table: pd.DataFrame, strata: Sequence[str],
