@@ -106,3 +106,21 @@ def test_traceability_table_maps_every_item(demo_html):
     for _, _, _, where in cells:
         where = html_lib.unescape(where)
         assert where.startswith("not provided: ") or where.lstrip("§").split()[0] in sections
+
+
+@pytest.mark.slow
+def test_demo_pdf_is_compact_and_its_footer_identifies_it(demo_run, tmp_path):
+    from conftest import require_browser
+
+    require_browser()
+    pypdf = pytest.importorskip("pypdf")
+    from medseg_xai.reports import write_pdf
+
+    pdf = write_pdf(demo_run.report, tmp_path / "report.pdf")
+    pages = pypdf.PdfReader(str(pdf)).pages
+    assert len(pages) <= 20
+    result = demo_run.result
+    for page in (pages[0], pages[-1]):
+        text = " ".join(page.extract_text().split())
+        assert f"audit {result.audit_id}" in text
+        assert str(result.report["model_name"]) in text

@@ -241,7 +241,8 @@ def gallery_figure(payload: dict[str, Any], *, method: str | None = None) -> Fig
     has_heat = any(h is not None for h in heats)
     hmax = max((float(np.abs(h).max()) for h in heats if h is not None), default=0.0)
     signed = any(h is not None and (h < 0).any() for h in heats)
-    fig = Figure(figsize=(2.3 * len(planes) + (0.6 if has_heat else 0.0), 2.7))
+    # ~330 px per plane at the gallery's dpi: large enough to follow an outline
+    fig = Figure(figsize=(3.3 * len(planes) + (0.6 if has_heat else 0.0), 3.5))
     axes = fig.subplots(1, len(planes), squeeze=False)[0]
     for ax, plane, heat in zip(axes, planes, heats):
         affine = plane.get("affine")

@@ -198,8 +198,9 @@ def write_pdf(html_path: str | os.PathLike, pdf_path: str | os.PathLike, *,
               timeout: float = 180.0) -> Path:
     """Print a report to PDF: headless Chromium where installed, else WeasyPrint.
 
-    The print stylesheet gives A4 pages, page numbers ("page N of M") and a page break before
-    each section; the table of contents links to the sections.
+    The print stylesheet gives A4 pages, a footer naming the report, model, audit id and page
+    ("page N of M"); sections flow, with a page break only before the major parts
+    (``registry.MAJOR_PARTS``); the table of contents links to the sections.
 
     Raises
     ------

@@ -34,6 +34,8 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         ["criterion", "stratum", "group", "n", "statistic", "value", "op", "threshold", "status",
          "reason"],
         headers={"statistic": "statistic", "op": "must be"})
+    if len(crit):  # the verdict table counts the passes; the print lists what did not pass
+        results.hide_in_print(list(crit["status"] == "PASS"), "of checks that passed")
     return {"definitions": definitions, "results": results, "n": len(defs),
             "sample_size": _sample_size(result.criteria, conf)}
 
@@ -52,10 +54,13 @@ def _sample_size(crit: pd.DataFrame, conf: float) -> Any:
                                   zip(rows["kind"], rows["statistic"], rows["metric"])],
                        condition=["at least" if op.startswith(">") else "at most"
                                   for op in rows["op"]])
-    return table_from_frame(
+    table = table_from_frame(
         rows, "criteria-sample-size",
         ["criterion", "stratum", "group", "n", "statistic", "value", "threshold", "condition",
          "pass_needs_mean", "assumed_mean", "n_needed"],
         headers={"value": "bound", "condition": "the mean must be",
                  "pass_needs_mean": "for the bound to pass at this n and spread",
                  "assumed_mean": "stated true mean", "n_needed": "n needed at that mean"})
+    # printed copy: the overall row and the failed checks (insufficient-data rows in the HTML)
+    return table.hide_in_print(list((rows["stratum"] != "overall") & (rows["status"] != "FAIL")),
+                               "of checks with insufficient data")

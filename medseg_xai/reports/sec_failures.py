@@ -39,6 +39,13 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
             "note": e.get("note") or "", "class": e.get("class"),
             "region_voxels": e.get("region_voxels"), "reference_voxels": e.get("reference_voxels"),
         })
+    # a card shows a figure or an analysis; cases with neither are named in one sentence
+    # instead of as empty cards
+    def shown(e: dict[str, Any]) -> bool:
+        return bool(e["figure"] or e["analysis"] or e["class"])
+
+    bare = [e["case_id"] for e in entries if not shown(e)]
+    entries = [e for e in entries if shown(e)]
     fp = [e for e in entries if e["category"] == "false_positive_scan"]
     worst = [e for e in entries if e["category"] != "false_positive_scan" and not e["class"]]
     by_class: dict[str, list[dict[str, Any]]] = {}
@@ -46,6 +53,6 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         if e["class"]:
             by_class.setdefault(str(e["class"]), []).append(e)
     metrics = result.settings.get("metrics") or []
-    return {"worst": worst, "fp": fp, "empty": not entries,
+    return {"worst": worst, "fp": fp, "empty": not entries and not bare, "bare": bare,
             "classes": [{"name": k, "entries": v} for k, v in by_class.items()],
             "metric": "dice" if "dice" in metrics else (metrics[0] if metrics else "")}

@@ -56,7 +56,8 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
                 ["stratum", "group", "size_bin", "n_lesions", "n_detected", "rate", "ci_low",
                  "ci_high", "p_adjusted", "flag"],
                 headers={**heads, "rate": "detection rate", "size_bin": "lesion size"}),
-                rest, result, "detection")
+                rest, result, "detection").hide_in_print(
+                    list(rest["n_lesions"] == 0), "with no lesion of that size in the group")
     fp = result.false_positives
     if len(fp) and int(fp["n_scans"].max()) > 0:
         out["false_positives"] = _with_criterion(table_from_frame(
@@ -66,7 +67,9 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
             headers={**heads, "n_scans": "scans without reference lesions",
                      "n_with_fp": "with any false positive", "fp_scan_rate": "share",
                      "fp_per_scan": "false-positive components per scan"}),
-            fp, result, "false_positive")
+            fp, result, "false_positive").hide_in_print(
+                list((fp["n_scans"] == 0) & (fp["stratum"] != "overall")),
+                "of groups without such scans")
     va = result.volume_agreement
     if len(va) and int(va["n"].max()) > 0:
         out["volume"] = table_from_frame(
@@ -76,7 +79,8 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
             headers={"bias": "bias (mm³)", "bias_ci_low": f"bias {ci} low",
                      "bias_ci_high": f"bias {ci} high", "sd": "SD (mm³)",
                      "loa_low": "lower limit of agreement", "loa_high": "upper limit of agreement",
-                     "p_adjusted": "adjusted p"})
+                     "p_adjusted": "adjusted p"}).hide_in_print(
+            list(va["n"] == 0), "of groups without scans with both volumes")
         ok = result.cases[result.cases["status"] == "ok"]
         o = va[va["stratum"] == "overall"]
         if len(o) and len(ok) > 1:

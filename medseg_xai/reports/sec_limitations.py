@@ -24,10 +24,11 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     counts = result.group_counts
     if counts is not None and len(counts):
         small = counts[(counts["stratum"] != "overall") & (counts["n_evaluated"] < min_n)]
-        for r in small.to_dict("records"):
-            auto.append(f"Group {r['stratum']} = {r['group']} has {r['n_evaluated']} evaluated "
-                        f"scans (< minimum n {min_n}): its estimates are imprecise and it is "
-                        "not tested.")
+        if len(small):  # one statement, every group named with its count
+            groups = "; ".join(f"Group {r['stratum']} = {r['group']} has {r['n_evaluated']} "
+                               "evaluated scans" for r in small.to_dict("records"))
+            auto.append(f"{groups} (each < minimum n {min_n}): their estimates are imprecise "
+                        "and they are not tested.")
     for r in result.criteria[result.criteria["status"] == "FAIL"].to_dict("records"):
         where = "overall" if r["stratum"] == "overall" else f"{r['stratum']} = {r['group']}"
         label = statistic_label(r["kind"], r["statistic"], r["metric"], conf)

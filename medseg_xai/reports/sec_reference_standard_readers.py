@@ -159,7 +159,9 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
             ["stratum", "group", "metric", "n", "model_vs_readers", "reader_vs_reader",
              "difference", "margin", "status"],
             headers={"model_vs_readers": "model vs readers", "reader_vs_reader":
-                     "reader vs reader", "difference": f"difference ({ci})"}) if len(ni) else None,
+                     "reader vs reader", "difference": f"difference ({ci})"}).hide_in_print(
+                list((ni["stratum"] != "overall") & (ni["metric"] != "dice")),
+                "of metrics other than Dice in subgroups") if len(ni) else None,
         "margins": ", ".join(fmt(m) for m in margins),
         "margin_prespecified": any(c.get("kind") == "noninferiority"
                                    for c in (settings.get("criteria") or [])
@@ -170,5 +172,9 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
             ["stratum", "group", "lesion_set", "n_lesions", "n_detected", "rate", "ci_low",
              "ci_high"],
             headers={"lesion_set": "lesions marked by", "ci_low": f"{ci} low",
-                     "ci_high": f"{ci} high", "rate": "detection rate"}) if len(det) else None,
+                     "ci_high": f"{ci} high", "rate": "detection rate"}).hide_in_print(
+                list((det["n_lesions"] == 0) | ((det["stratum"] != "overall")
+                                                & (det["lesion_set"] != "any reader"))),
+                "without lesions, or of subgroups for lesion sets other than 'any reader'")
+            if len(det) else None,
     }

@@ -44,6 +44,11 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
             columns,
             headers={"estimate": "mean", "ci_low": f"{ci} low", "ci_high": f"{ci} high",
                      "gap": "difference to overall mean", "p_adjusted": "adjusted p"})
+        # printed copy: groups too small to be tested show their Dice only
+        table.hide_in_print(list((rows["flag"] == "insufficient data")
+                                 & (rows["metric"] != plotted[0] if plotted else False)),
+                            "of groups below the minimum n for metrics other than "
+                            f"{metric_label(plotted[0]) if plotted else ''}")
         table.columns.append("criterion")
         for rec, row in zip(rows.to_dict("records"), table.rows):
             row.append(cell(status.get((stratum, str(rec["group"]), rec["metric"]), "–")))

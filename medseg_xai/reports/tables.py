@@ -138,9 +138,23 @@ class Table:
     rows: list[list[Cell]] = field(default_factory=list)
     caption: str = ""
     note: str = ""
+    #: CSS class per row ("print-hide": left out of the printed copy, kept in the HTML)
+    row_classes: list[str] = field(default_factory=list)
+    #: said under the table in the printed copy only (what the print leaves out)
+    print_note: str = ""
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def hide_in_print(self, hide: Sequence[bool], what: str) -> Table:
+        """Leave the rows where ``hide`` is true out of the printed copy (the HTML and the JSON
+        keep them) and say so under the table; returns the table."""
+        hide = list(hide)
+        if any(hide):
+            self.row_classes = ["print-hide" if h else "" for h in hide]
+            self.print_note = (f"Printed copy: {sum(hide)} row(s) {what} are left out; the HTML "
+                               "report and audit.json hold every row.")
+        return self
 
 
 def table_from_frame(
