@@ -178,6 +178,7 @@ def windowed_gradient(
     cotangent: torch.Tensor,
     *,
     window_batch: int | None = None,
+    box: tuple[slice, ...] | None = None,
 ) -> torch.Tensor:
     """``J(x)^T cotangent`` of the blended sliding-window logits, window batch by batch.
 
@@ -188,10 +189,12 @@ def windowed_gradient(
     x : torch.Tensor
         Images ``(N, C, *spatial)``.
     cotangent : torch.Tensor
-        ``dT/dL``, ``(N, K, *spatial)``: the gradient of the target with respect to the
-        blended logits.
+        ``dT/dL``: the gradient of the target with respect to the blended logits,
+        ``(N, K, *spatial)``, or ``(N, K, *box)`` inside ``box`` (zero outside it).
     window_batch : int, optional
         Windows per backward pass (default the adapter's ``sw_batch_size``).
+    box : tuple of slice, optional
+        The region ``cotangent`` covers (default the whole image).
 
     Returns
     -------
@@ -203,24 +206,36 @@ def windowed_gradient(
         raise ValueError("windowed_gradient: the adapter has no sliding_window")
     plan = window_plan(x.shape[2:], cfg, x.device, x.dtype)
     bs = int(window_batch or cfg.get("sw_batch_size", 1))
-    # the cotangent in the padded grid, divided by the overlap count: the blend's weights
-    cot = F.pad(cotangent, plan.pad) if any(plan.pad) else cotangent
-    cot = cot / plan.count
+    if box is None:
+        box = tuple(slice(0, int(s)) for s in x.shape[2:])
+    before = [plan.pad[2 * k] for k in range(x.ndim - 3, -1, -1)]
+    boxp = tuple(slice(b.start + o, b.stop + o) for b, o in zip(box, before))
+    cot = cotangent / plan.count[boxp]  # the blend's weights: divided by the overlap count
     leaf = x.detach().requires_grad_(True)
     with torch.enable_grad():
         xp = _pad(leaf, plan, cfg)
     # (example, window) pairs with a non-zero cotangent, batched together
-    todo = [(n, sl) for n in range(x.shape[0]) for sl in plan.slices
-            if bool(cot[(n, slice(None), *sl)].any())]
+    todo = []
+    for n in range(x.shape[0]):
+        for i in overlapping(plan, boxp):
+            sl = plan.slices[i]
+            inter = [slice(max(a.start, c.start), min(a.stop, c.stop)) for a, c in zip(sl, boxp)]
+            src = tuple(slice(t.start - c.start, t.stop - c.start) for t, c in zip(inter, boxp))
+            dst = tuple(slice(t.start - a.start, t.stop - a.start) for t, a in zip(inter, sl))
+            if bool(cot[(n, slice(None), *src)].any()):
+                todo.append((n, sl, src, dst))
     grad_pad = torch.zeros_like(xp)
     for group in _batches(todo, bs):
-        win = torch.cat([xp[(slice(n, n + 1), slice(None), *sl)].detach() for n, sl in group])
-        weight = torch.cat([cot[(slice(n, n + 1), slice(None), *sl)] for n, sl in group])
+        win = torch.cat([xp[(slice(n, n + 1), slice(None), *sl)].detach() for n, sl, _, _ in group])
+        weight = torch.zeros((len(group), cot.shape[1], *win.shape[2:]), dtype=cot.dtype,
+                             device=cot.device)
+        for j, (n, _sl, src, dst) in enumerate(group):
+            weight[(j, slice(None), *dst)] = cot[(n, slice(None), *src)]
         win.requires_grad_(True)
         with torch.enable_grad():
             out = adapter._model_forward(win)
             (g,) = torch.autograd.grad((out * (weight * plan.importance)).sum(), win)
-        for j, (n, sl) in enumerate(group):
+        for j, (n, sl, _src, _dst) in enumerate(group):
             grad_pad[(slice(n, n + 1), slice(None), *sl)] += g[j : j + 1]
         del out, g, win
     if any(plan.pad):  # back through MONAI's padding (reflect/replicate fold back)
@@ -230,24 +245,20 @@ def windowed_gradient(
 
 
 def _target_logits(adapter: SegmentationAdapter, x: torch.Tensor, target: Callable,
-                   window_batch: int | None) -> torch.Tensor:
-    """Logits enough for ``target``: inside a Target's mask box only (zero elsewhere)."""
+                   window_batch: int | None) -> tuple[torch.Tensor, Callable, Any]:
+    """(logits, target, box): a Target reads its mask box only, so only that is computed."""
     from medseg_xai.targets import Target
 
     mask = target.mask if isinstance(target, Target) else None
     if mask is None or not mask.any():
         with torch.no_grad():
-            return adapter.forward_logits(x)
+            return adapter.forward_logits(x), target, None
     import numpy as np
 
     idx = np.nonzero(mask)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-    part = region_logits(adapter, x, box, window_batch)
-    # a Target reads the logits inside its mask only: the rest stays zero
-    logits = torch.zeros((x.shape[0], part.shape[1], *x.shape[2:]), dtype=part.dtype,
-                         device=part.device)
-    logits[(slice(None), slice(None), *box)] = part
-    return logits
+    # the same mean over the same voxels: the target cropped to its box
+    return region_logits(adapter, x, box, window_batch), target.crop(box), box
 
 
 class _WindowedTarget(torch.autograd.Function):
@@ -256,12 +267,13 @@ class _WindowedTarget(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, adapter: SegmentationAdapter,  # type: ignore[override]
                 target: Callable, window_batch: int | None) -> torch.Tensor:
-        logits = _target_logits(adapter, x, target, window_batch)
+        logits, local, box = _target_logits(adapter, x, target, window_batch)
         with torch.enable_grad():
             leaf = logits.detach().requires_grad_(True)
-            value = target(leaf)
+            value = local(leaf)
         ctx.save_for_backward(x)
         ctx.graph = (leaf, value)
+        ctx.box = box
         ctx.adapter = adapter
         ctx.window_batch = window_batch
         return value.detach()
@@ -274,7 +286,8 @@ class _WindowedTarget(torch.autograd.Function):
         # dT/dL: the target alone, no network (a masked mean: zero off its support)
         (cot,) = torch.autograd.grad(value, leaf, grad_out)
         del leaf, value
-        grad = windowed_gradient(ctx.adapter, x.detach(), cot, window_batch=ctx.window_batch)
+        grad = windowed_gradient(ctx.adapter, x.detach(), cot, window_batch=ctx.window_batch,
+                                 box=ctx.box)
         return grad, None, None, None
 
 
