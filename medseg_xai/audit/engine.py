@@ -225,6 +225,18 @@ def _run_record(info: Any, elapsed: float, cache_dir: Any, case_timeout: float |
     }
 
 
+def _outside_level() -> int:
+    """``stacklevel`` of the first frame outside this package (and its decorators), so a
+    warning names the user's line whether ``audit`` was reached as ``mx.audit`` or directly."""
+    import sys
+
+    level, frame = 2, sys._getframe(2)  # level 2 = audit(), the caller of resolve_plan
+    while frame is not None and (frame.f_globals.get("__name__", "").startswith("medseg_xai")
+                                 or frame.f_code.co_filename.endswith("contextlib.py")):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def resolve_plan(plan: Any, options: dict[str, Any]) -> AuditPlan:
     """The plan an audit runs: ``plan`` with the old keywords mapped into it (FutureWarning).
 
@@ -240,7 +252,7 @@ def resolve_plan(plan: Any, options: dict[str, Any]) -> AuditPlan:
                            else k for k in options)
         warnings.warn(
             f"audit(): the plan keywords are deprecated and will be removed in the next "
-            f"release; pass plan=AuditPlan(...) instead ({mapped})", FutureWarning, stacklevel=3)
+            f"release; pass plan=AuditPlan(...) instead ({mapped})", FutureWarning, stacklevel=_outside_level())
     return legacy_to_plan(plan, options)
 
 
