@@ -482,6 +482,8 @@ def _evidence(
                 else "array"
         if method == "integrated_gradients":
             kw.setdefault("n_steps", IG_STEPS)
+            if adapter.sliding_window is not None:  # 4 steps per pass, not 32 volumes at once
+                kw.setdefault("batch_size", 4)
         lay = layer if method in ("gradcam", "gradcam++") else None
         exp = explain(adapter, img, target, method=method, layer=lay, **kw)
     except ValueError as err:
