@@ -342,8 +342,9 @@ class AuditResult:
         overall = self.metric("dice")
         if len(overall):
             r = overall.iloc[0]
+            # the report's one interval format: "estimate (NN% CI low to high)"
             lines.append(f"Dice {r['estimate']:.3f} ({self.confidence:.0%} CI "
-                         f"{r['ci_low']:.3f}-{r['ci_high']:.3f})")
+                         f"{r['ci_low']:.3f} to {r['ci_high']:.3f})")
         worse = self.subgroups[self.subgroups["flag"] == "worse"]
         for _, r in worse.iterrows():
             lines.append(f"worse: {r['stratum']}={r['group']} {r['metric']} gap {r['gap']:+.3f}")

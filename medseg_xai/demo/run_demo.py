@@ -241,14 +241,14 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
         for _, r in dice.sort_values("estimate").iterrows():
             lines.append(
                 f"  device {r['group']}: Dice {r['estimate']:.3f} "
-                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={int(r['n'])}"
+                f"({r['ci_low']:.3f} to {r['ci_high']:.3f}) n={int(r['n'])}"
                 + (f"  ({r['flag']})" if isinstance(r.get("flag"), str) and r["flag"] else "")
             )
     ni = getattr(result, "reader_noninferiority", None)
     if ni is not None and len(ni):
         for _, r in ni[(ni["metric"] == "dice") & (ni["stratum"].isin(["overall", "device"]))].iterrows():
             lines.append(f"  readers, {r['group']}: model - reader Dice {r['difference']:+.3f} "
-                         f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]: {r['status']}")
+                         f"({r['ci_low']:+.3f} to {r['ci_high']:+.3f}): {r['status']}")
     lines.append(f"verdict: {result.verdict}")
     for r in result.verdicts.to_dict("records"):
         lines.append(f"  {r['status']:<17} {r['criterion']} ({r['n_pass']} pass, {r['n_fail']} "
