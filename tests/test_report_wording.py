@@ -124,3 +124,20 @@ def test_demo_pdf_is_compact_and_its_footer_identifies_it(demo_run, tmp_path):
         text = " ".join(page.extract_text().split())
         assert f"audit {result.audit_id}" in text
         assert str(result.report["model_name"]) in text
+
+
+def test_audit_command_applies_the_default_criteria_and_says_so(demo_run, tmp_path, capsys):
+    import json
+
+    from medseg_xai.audit.criteria import DEFAULT_CRITERIA
+    from medseg_xai.cli import main
+
+    out = tmp_path / "out"
+    code = main(["audit", str(demo_run.manifest), "--out", str(out), "--strata", "device",
+                 "--workers", "1", "--no-html", "--n-resamples", "50", "--quiet"])
+    assert code in (0, 3)
+    assert "criteria: the default acceptance criteria" in capsys.readouterr().out
+    doc = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+    assert doc["verdict"] != "NO CRITERIA"
+    names = {c["name"] for c in doc["settings"]["criteria"]}
+    assert names == {c["name"] for c in DEFAULT_CRITERIA}
