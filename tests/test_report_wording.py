@@ -126,6 +126,7 @@ def test_demo_pdf_is_compact_and_its_footer_identifies_it(demo_run, tmp_path):
         assert str(result.report["model_name"]) in text
 
 
+@pytest.mark.slow
 def test_audit_command_applies_the_default_criteria_and_says_so(demo_run, tmp_path, capsys):
     import json
 
