@@ -8,6 +8,8 @@ from medseg_xai.reports import figures
 from medseg_xai.reports.tables import fmt
 
 TITLE = "Failure analysis"
+#: Gallery cards per list in the printed copy (the HTML report shows every card).
+PRINTED_CARDS = 6
 
 
 def _analysis_rows(analysis: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -52,7 +54,12 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
     for e in entries:  # structure classes (class_gallery.py): one list per class, in order
         if e["class"]:
             by_class.setdefault(str(e["class"]), []).append(e)
+    # the printed copy keeps the first PRINTED_CARDS cards of each list (the HTML keeps all)
+    for group in (worst, fp):
+        for k, e in enumerate(group):
+            e["print_hide"] = k >= PRINTED_CARDS
+    n_unprinted = sum(e["print_hide"] for e in (*worst, *fp))
     metrics = result.settings.get("metrics") or []
-    return {"worst": worst, "fp": fp, "empty": not entries and not bare, "bare": bare,
+    return {"n_unprinted": n_unprinted, "worst": worst, "fp": fp, "empty": not entries and not bare, "bare": bare,
             "classes": [{"name": k, "entries": v} for k, v in by_class.items()],
             "metric": "dice" if "dice" in metrics else (metrics[0] if metrics else "")}
