@@ -1,7 +1,7 @@
 """Peak memory of windowed explanations grows with the window, not the volume (#25).
 
-Each measurement runs in a fresh interpreter: the peak resident size (``ru_maxrss``) during
-one call, above the resident size just before it. What the volume itself costs (arrays of the
+Each measurement runs in a fresh interpreter: the peak resident size (``VmHWM``, reset just
+before the call) during one call, above the resident size just before it. What the volume itself costs (arrays of the
 volume's size: the image, probe images, logits, cotangents, the attribution) is taken out as
 ``ARRAYS x`` the image's bytes, counted generously; the rest (the network's activations) must
 grow by less than 1.5x when the voxel count grows 8x. The whole-volume backward pass, measured
@@ -20,7 +20,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SCRIPT = r"""
-import json, resource, sys
+import json, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 from monai.networks.nets import UNet
@@ -46,15 +46,20 @@ x[0][mask] += 1.0
 warm = np.zeros((16, 16, 16), bool)
 warm[6:9, 6:9, 6:9] = True
 explain(ad, x[:, :16, :16, :16], region(1, warm), "saliency")  # first-call allocations
-with open("/proc/self/statm") as f:
-    before = int(f.read().split()[1]) * 4096
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+# reset the high-water mark (VmHWM): the peak of imports and warm-up must not count
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS:")
 if work == "saliency":
     explain(ad, x, region(1, mask, margin=True), "saliency")
 else:
     explain_miss(ad, x, mask.astype(np.uint8), "ref-1", layer="model.0",
                  methods=("gradcam", "integrated_gradients"),
                  method_kwargs={"integrated_gradients": {"n_steps": 4}})
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = status("VmHWM:")
 print(json.dumps({"peak": peak - before, "volume": x.nbytes}))
 """
 

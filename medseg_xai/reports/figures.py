@@ -76,7 +76,9 @@ def forest_plot(
     metrics = [m for m in metrics if (rows["metric"] == m).any()]
     groups = list(dict.fromkeys(rows["group"].astype(str)))
     n_groups = max(len(groups), 1)
-    fig = Figure(figsize=(min(2.2 * max(len(metrics), 1) + 1.8, 7.0), 0.3 * n_groups + 1.1))
+    # at least 2 in high: the fixed margins below (0.95 + 0.6 in) must leave room for the axes
+    height = max(0.3 * n_groups + 1.1, 2.0)
+    fig = Figure(figsize=(min(2.2 * max(len(metrics), 1) + 1.8, 7.0), height))
     if not metrics:
         fig.text(0.5, 0.5, "no metric to plot", ha="center", va="center")
         return fig
