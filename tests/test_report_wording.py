@@ -142,3 +142,20 @@ def test_audit_command_applies_the_default_criteria_and_says_so(demo_run, tmp_pa
     assert doc["verdict"] != "NO CRITERIA"
     names = {c["name"] for c in doc["settings"]["criteria"]}
     assert names == {c["name"] for c in DEFAULT_CRITERIA}
+
+
+def test_gallery_budget_sentence_agrees_with_the_explained_cards(demo_run, demo_html):
+    # the demo explains 2 picked lesions plus the largest missed one (asked for): the sentence
+    # on an unexplained card must give the count the cards show, not only the budget
+    text = " ".join(_visible_text(demo_html).split())
+    said = {int(n) for n in re.findall(
+        r"the gallery's budget of \d+ explanations is spent; it explains (\d+) lesions?", text)}
+    assert said, "no gallery card was left unexplained by the budget"
+    shown = len(re.findall(r'<table class="kv" id="analysis-', demo_html))
+    held = sum(e.get("analysis") is not None for e in demo_run.result.explanations)
+    assert said == {shown} == {held}
+    asked = re.search(r"it explains \d+ lesions?, (\d+) of them asked for", text)
+    n_asked = sum(e.get("analysis") is not None and e.get("category") == "requested"
+                  for e in demo_run.result.explanations)
+    assert (int(asked.group(1)) if asked else 0) >= n_asked
+    assert "explains at most" not in text

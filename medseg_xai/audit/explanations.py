@@ -276,8 +276,27 @@ def explain_failures(
             from medseg_xai._privacy import redact_paths
 
             e["note"] = f"case could not be shown: {type(err).__name__}: {redact_paths(str(err))}"
+    _word_budget_notes(entries, budget["max"], wanted)
     return entries + _fill_class_entries(structures, result, cohort, adapter, seed,
                                          max_explanations)
+
+
+_BUDGET_SPENT = "\0budget spent"
+
+
+def _word_budget_notes(entries: list[dict[str, Any]], max_explanations: int,
+                       wanted: Mapping[str, str]) -> None:
+    """Word the "budget spent" notes with the counts the gallery holds: requested lesions are
+    explained beyond ``max_explanations``, so "at most N" alone would contradict the cards."""
+    explained = [e for e in entries if e.get("analysis") is not None]
+    asked = sum(e["case_id"] in wanted for e in explained)
+    n = len(explained)
+    text = (f"missed lesion not explained: the gallery's budget of {max_explanations} "
+            f"explanations is spent; it explains {n} lesion{'s' if n != 1 else ''}"
+            + (f", {asked} of them asked for (explained even past the budget)" if asked else ""))
+    for e in entries:
+        if e.get("note") == _BUDGET_SPENT:
+            e["note"] = text
 
 
 def _fill_class_entries(entries: list[dict[str, Any]], result: Any, cohort: Any, adapter: Any,
@@ -385,8 +404,7 @@ def _fill_entry(e: dict[str, Any], result: Any, cohort: Any, adapter: Any,
     elif lesion_id is not None and adapter is None:
         e["note"] = "missed lesion not explained: no model was given"
     elif lesion_id is not None:
-        e["note"] = (f"missed lesion not explained: the gallery explains at most "
-                     f"{budget['max']} lesions")
+        e["note"] = _BUDGET_SPENT  # worded once every entry is filled (_word_budget_notes)
     e["lesion_id"] = lesion_id
     e["figure"] = slice_payload(case.image, pred=pred, ref=ref,
                                 centre=_centre(pred=pred, ref=ref, target=target),
