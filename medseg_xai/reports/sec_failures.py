@@ -55,10 +55,11 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any]:
         if e["class"]:
             by_class.setdefault(str(e["class"]), []).append(e)
     # the printed copy keeps the first PRINTED_CARDS cards of each list (the HTML keeps all)
-    for group in (worst, fp):
+    groups = (worst, fp, *by_class.values())
+    for group in groups:
         for k, e in enumerate(group):
             e["print_hide"] = k >= PRINTED_CARDS
-    n_unprinted = sum(e["print_hide"] for e in (*worst, *fp))
+    n_unprinted = sum(e["print_hide"] for group in groups for e in group)
     metrics = result.settings.get("metrics") or []
     return {"n_unprinted": n_unprinted, "worst": worst, "fp": fp, "empty": not entries and not bare, "bare": bare,
             "classes": [{"name": k, "entries": v} for k, v in by_class.items()],
