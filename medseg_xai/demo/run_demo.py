@@ -145,6 +145,7 @@ def run_demo(
     """
     from medseg_xai.audit import DEFAULT_CRITERIA, audit, write_outputs
     from medseg_xai.audit.explanations import explain_failures
+    from medseg_xai.audit.plan import AuditPlan
     from medseg_xai.cohort import Cohort
     from medseg_xai.demo import load_model, make_cohort, predict_cohort
 
@@ -172,9 +173,9 @@ def run_demo(
     # Predictions were stored, so the audit never ran the model: name its weights in the config.
     config = {**_REPORT_CONFIG, "model_fingerprint": adapter.fingerprint,
               "command_line": f"medseg-xai demo --n-cases {int(n_cases)} --seed {int(seed)}"}
-    result = audit(cohort, strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
-                   lesion_size_bins=DEMO_LESION_SIZE_BINS, workers=workers, progress=progress,
-                   report=config)
+    plan = AuditPlan.from_options(strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
+                                  lesion_size_bins=DEMO_LESION_SIZE_BINS)
+    result = audit(cohort, plan, workers=workers, progress=progress, report=config)
     timings["audit_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -598,11 +598,12 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
         "false_positive": f"{lid} is a false positive (no reference lesion overlaps it)",
         "predicted": f"{lid} is a region the model calls lesion (no reference given)",
     }[status]
-    at = f"at threshold {thr:.2f}" if thr is not None else "by the most probable class"
-    lines = [f"{headline}: {at} on the class {st['class_index']} probability its "
-             f"highest probability is {_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
-             f"{o['covered_fraction']:.0%} of its voxels are called lesion ({ov:.0%} needed to "
-             f"count as detected)."]
+    at = (f" at threshold {thr:.2f}" if thr is not None
+          else f", where class {st['class_index']} is the most probable class,")
+    lines = [f"{headline}: its highest class {st['class_index']} probability is "
+             f"{_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
+             f"{o['covered_fraction']:.0%} of its voxels are called lesion{at} ({ov:.0%} needed "
+             f"to count as detected)."]
     want = "detected" if status == "missed" else "no longer called lesion"
     rule = (f"a cause is named when a probe makes it {want} or moves its mean lesion "
             f"probability by at least {st['margin']:g} that way")
