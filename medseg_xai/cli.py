@@ -98,16 +98,24 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the cohort and the bootstrap")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="cpu",
+                   help="where the demo model runs: cpu, cuda, cuda:N or auto (default: "
+                        "%(default)s, so the demo's figures are the same on every machine)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from medseg_xai._io import folder_lock
+    from medseg_xai.adapters import resolve_device
     from medseg_xai.demo.run_demo import run_demo
 
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise InputError(f"--device: {exc}") from None
     with folder_lock(_output_folder(args.out), "--out"):  # one run per folder
         run_demo(args.out, n_cases=args.n_cases, seed=args.seed, workers=args.workers,
-                 progress=not args.quiet, echo=print)
+                 progress=not args.quiet, echo=print, device=device)
     return 0
 
 

@@ -128,3 +128,34 @@ def test_explain_command_writes_attribution_on_the_source_grid(tmp_path: Path, c
     assert main(["explain", str(image), "--ref", str(label), "--target", "lesion",
                  "--out", str(out)]) == 2
     assert "--lesion" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")
+def test_demo_device_without_cuda_is_a_one_line_error_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cuda", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and "no CUDA device" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused before the cohort, the model or the lock
+
+
+def test_demo_runs_its_model_on_the_device_asked_for(tmp_path, monkeypatch):
+    import torch
+
+    import medseg_xai.demo as demo
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_model(weights=None, device="cpu"):
+        seen.append(device)
+        raise Stop
+
+    monkeypatch.setattr(demo, "load_model", fake_load_model)
+    from medseg_xai.demo.run_demo import run_demo
+
+    with pytest.raises(Stop):
+        run_demo(tmp_path / "d", n_cases=4, progress=False, device=torch.device("cpu"))
+    assert seen == [torch.device("cpu")]

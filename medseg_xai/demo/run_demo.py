@@ -121,6 +121,7 @@ def run_demo(
     workers: int | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    device: Any = "cpu",
 ) -> DemoOutputs:
     """Run the whole demo and write its outputs into ``out_dir``.
 
@@ -138,6 +139,8 @@ def run_demo(
         Show progress bars.
     echo : callable, optional
         Receives one line of summary at a time (``print`` in the CLI).
+    device : str or torch.device
+        Where the demo model runs (``"cpu"``, ``"cuda"``, ``"cuda:N"``; ``--device`` in the CLI).
 
     Returns
     -------
@@ -163,7 +166,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     say("[2/5] predicting with the bundled demo model ...")
-    adapter = load_model()
+    adapter = load_model(device=device)
     manifest = predict_cohort(manifest, adapter, progress=progress)
     timings["predict_s"] = time.perf_counter() - t0
 
