@@ -239,6 +239,12 @@ def bootstrap_mean_ci(
         counts = np.bincount(codes, minlength=n_units).astype(float)
         (means,) = blocked_weighted_means(n_units, n_resamples, rng, (sums, counts))
         return percentile_interval(means, confidence)
+    return _unclustered_mean_ci(x, n_resamples, confidence, method, rng)
+
+
+def _unclustered_mean_ci(x: np.ndarray, n_resamples: int, confidence: float, method: str,
+                         rng: np.random.Generator) -> tuple[float, float]:
+    """SciPy bootstrap interval of the mean of finite ``x`` (BCa with percentile fallback)."""
     # bounded memory (the resampled values are 2 MB per batch); same numbers as unbatched
     batch = max(1, MAX_RESAMPLE_CELLS // x.size)
     # SciPy draws the resamples (identically for both methods); BCa's correction is done here
