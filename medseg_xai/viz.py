@@ -684,6 +684,18 @@ class SliceView:
             self.heatmap.set_data(_heatmap_rgba(self._heat, self.alpha, self.heatmap_cmap, hmax))
 
 
+def _slice_affine(affine: Any, cut_axis: int) -> np.ndarray:
+    """The 4x4 affine of a slice cut along ``cut_axis`` from a volume with ``affine``."""
+    if affine is None:
+        raise ValueError("cut_axis: needs the volume's affine (affine=), got none")
+    a = np.asarray(affine, dtype=float)
+    if a.shape != (4, 4) or cut_axis not in (0, 1, 2):
+        raise ValueError(f"cut_axis: expected 0, 1 or 2 with a 4x4 volume affine, got "
+                         f"{cut_axis!r} and shape {a.shape}")
+    kept = [i for i in range(3) if i != cut_axis]
+    return a[:, [*kept, cut_axis, 3]]  # the slice's axes first, the cut axis third
+
+
 def show_slice(
     ax: Axes,
     image2d: Any,
@@ -717,30 +729,25 @@ def show_slice(
     ax : matplotlib.axes.Axes
         Where to draw.
     image2d : array_like, shape (H, W)
-        The image slice, drawn in grey with window ``vmin``..``vmax`` (default: the 0.5 and 99.5
-        percentiles).
+        The image slice, grey, window ``vmin``..``vmax`` (default: 0.5 and 99.5 percentiles).
     ref, pred : array_like, shape (H, W), optional
         Reference and prediction masks, outlined in :data:`REF_COLOUR` and :data:`PRED_COLOUR`.
     error : bool
-        Fill the error map (:data:`ERROR_COLOURS`) with opacity ``alpha``; needs ``ref`` and
-        ``pred``.
+        Fill the error map (:data:`ERROR_COLOURS`), opacity ``alpha``; needs ``ref``, ``pred``.
     heatmap : array_like, shape (H, W), optional
-        Attribution; opacity scales with |value| up to ``alpha``. Signed maps use a diverging
-        colour map. ``hmax`` fixes the colour scale.
+        Attribution; opacity scales with |value| up to ``alpha``; signed maps use a diverging
+        colour map; ``hmax`` fixes the colour scale.
     alpha : float
         Overlay opacity in [0, 1].
     spacing : (float, float), optional
-        Pixel size of the stored axes (0, 1) in mm (default: from ``affine``, else 1); sets the
-        aspect ratio and the scale bar.
+        Pixel size of stored axes (0, 1) in mm (default: ``affine``'s, else 1): aspect, scale bar.
     contours : bool, optional
-        Draw outlines; default: only when ``error`` is off (the error map already shows both
-        masks).
+        Draw outlines; default: only when ``error`` is off (the error map shows both masks).
     affine : array_like, optional
         ``4x4`` (NIfTI) or ``3x3`` voxel-to-world affine of the 2D image. With ``cut_axis`` it
         is the affine of the *volume* the image was cut from (``np.take(volume, k, cut_axis)``).
     cut_axis : int, optional
-        The volume axis (0, 1 or 2) a 2D slice was cut along, so a volume's affine can orient
-        it (the slice's axes are the volume's remaining axes, in order).
+        Volume axis (0, 1 or 2) the slice was cut along (its axes: the others, in order).
     convention : {"radiological", "neurological"}
     annotate : bool
         Orientation letters, mm scale bar and geometry note.
@@ -753,32 +760,17 @@ def show_slice(
     """
     img = _check_2d(image2d, "image2d")
     if cut_axis is not None:
-        if affine is None:
-            raise ValueError("cut_axis: needs the volume's affine (affine=), got none")
-        a = np.asarray(affine, dtype=float)
-        if a.shape != (4, 4) or cut_axis not in (0, 1, 2):
-            raise ValueError(f"cut_axis: expected 0, 1 or 2 with a 4x4 volume affine, got "
-                             f"{cut_axis!r} and shape {a.shape}")
-        kept = [i for i in range(3) if i != cut_axis]
-        affine = a[:, [*kept, cut_axis, 3]]  # the slice's axes first, the cut axis third
+        affine = _slice_affine(affine, cut_axis)
     geometry = Geometry(img.shape, affine, spacing, convention=convention)
     plane = geometry.planes[0]
-    view = SliceView(
-        ax, img, cmap=cmap, vmin=vmin, vmax=vmax, spacing=geometry.pixel_spacing(plane),
-        heatmap_cmap=heatmap_cmap,
-        orient=None if affine is None else functools.partial(geometry.slice, plane=plane),
-    )
+    orient = None if affine is None else functools.partial(geometry.slice, plane=plane)
+    view = SliceView(ax, img, cmap=cmap, vmin=vmin, vmax=vmax, heatmap_cmap=heatmap_cmap,
+                     spacing=geometry.pixel_spacing(plane), orient=orient)
     view.geometry, view.plane = geometry, plane
     view.annotations = annotate_plane(ax, geometry, plane) if annotate else {}
-    view.update(
-        ref=ref,
-        pred=pred,
-        error=error,
-        contours=(not error) if contours is None else contours,
-        heatmap=heatmap,
-        alpha=alpha,
-        hmax=hmax,
-    )
+    view.update(ref=ref, pred=pred, error=error,
+                contours=(not error) if contours is None else contours,
+                heatmap=heatmap, alpha=alpha, hmax=hmax)
     return view
 
 
@@ -812,6 +804,93 @@ def _volume(image: Any, name: str = "image", channel: int = 0) -> np.ndarray:
             f"{name}: expected a 3D volume (D, H, W) or (C, D, H, W), got shape {np.shape(image)}"
         )
     return arr
+
+
+def _three_plane_inputs(
+    image: Any, ref: Any, pred: Any, heatmap: Any, channel: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The volume, masks and heatmap of :func:`three_plane`, checked to share one shape."""
+    vol = _volume(image, channel=channel).astype(np.float32, copy=False)
+    shape = vol.shape
+    r = None if ref is None else _as_mask(_volume(ref, "ref"), "ref")
+    p = None if pred is None else _as_mask(_volume(pred, "pred"), "pred")
+    h = None if heatmap is None else _volume(heatmap, "heatmap")
+    for arr, name in ((r, "ref"), (p, "pred"), (h, "heatmap")):
+        if arr is not None:
+            _check_shape(arr, shape, name)
+    return vol, r, p, h
+
+
+def _three_plane_centre(
+    center: Sequence[int] | None, r: np.ndarray | None, p: np.ndarray | None,
+    shape: tuple[int, ...],
+) -> tuple[int, ...]:
+    """The voxel the planes pass through: ``center``, else a lesion centre, else the middle."""
+    if center is None:
+        if r is not None and r.any():
+            return lesion_centre(r)
+        if p is not None and p.any():
+            return lesion_centre(p)
+        return tuple(s // 2 for s in shape)
+    c = tuple(int(v) for v in center)
+    if len(c) != 3 or not all(0 <= v < s for v, s in zip(c, shape)):
+        raise ValueError(f"center: expected 3 voxel indices inside {shape}, got {center!r}")
+    return c
+
+
+def _three_plane_axes(geo: Geometry, panel_size: float, fig: Figure | None) -> tuple[Figure, Any]:
+    """The figure (new if ``fig`` is None) and its three axes, sized to the planes' widths."""
+    # Panel widths proportional to the physical width of each plane keep the three the same height.
+    dims = {pl: (geo.display_shape(pl), geo.pixel_spacing(pl)) for pl in _PLANES}
+    widths = [dims[pl][0][1] * dims[pl][1][1] for pl in _PLANES]
+    heights = [dims[pl][0][0] * dims[pl][1][0] for pl in _PLANES]
+    tallest = max(heights)
+    if fig is None:
+        total = sum(w / tallest for w in widths)
+        fig = Figure(figsize=(panel_size * total + 0.3, panel_size + 0.5))
+    return fig, fig.subplots(1, 3, gridspec_kw={"width_ratios": widths})
+
+
+def _plane_panel(
+    ax: Axes, geo: Geometry, plane: str, c: tuple[int, ...],
+    arrays: tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None], *,
+    error: bool, alpha: float, window: tuple[float, float], contours: bool | None,
+    hmax: float | None, annotate: bool, crosshair: bool,
+) -> SliceView:
+    """Draw one plane of :func:`three_plane` through voxel ``c`` on ``ax``."""
+    idx = c[geo.cut_axis(plane)]
+
+    def cut(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else geo.slice(a, plane, idx)
+
+    vol, r, p, h = arrays
+    view = show_slice(
+        ax, cut(vol), ref=cut(r), pred=cut(p), error=error, heatmap=cut(h), alpha=alpha,
+        vmin=window[0], vmax=window[1], spacing=geo.pixel_spacing(plane), contours=contours,
+        hmax=hmax, annotate=False,
+    )
+    view.geometry, view.plane = geo, plane
+    view.annotations = annotate_plane(ax, geo, plane, note=False) if annotate else {}
+    ax.set_title(f"{plane} {idx}", fontsize="small")
+    if crosshair:
+        # Lines mark where the other two planes cut this one.
+        row, col = geo.to_display(plane, c)
+        for line in (ax.axhline(row), ax.axvline(col)):
+            line.set(color="white", linewidth=0.5, alpha=0.35, linestyle=":")
+    return view
+
+
+def _three_plane_frame(fig: Figure, geo: Geometry, title: str | None, annotate: bool) -> None:
+    """Title, geometry note and margins of a :func:`three_plane` figure."""
+    top = 0.86 if title else 0.9
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    fig.geometry_note = None  # type: ignore[attr-defined]
+    if annotate and geo.note:
+        fig.geometry_note = fig.text(  # type: ignore[attr-defined]
+            0.5, 0.005, geo.note, ha="center", va="bottom", fontsize="x-small", color="#8a6d00")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.07 if annotate and geo.note else 0.02,
+                        top=top, wspace=0.05)
 
 
 def three_plane(
@@ -865,80 +944,21 @@ def three_plane(
         With three axes; ``fig.slice_views`` holds the :class:`SliceView` of each plane,
         ``fig.geometry`` the :class:`Geometry`, ``fig.planes`` the plane names.
     """
-    vol = _volume(image, channel=channel).astype(np.float32, copy=False)
+    vol, r, p, h = _three_plane_inputs(image, ref, pred, heatmap, channel)
     shape = vol.shape
-    r = None if ref is None else _as_mask(_volume(ref, "ref"), "ref")
-    p = None if pred is None else _as_mask(_volume(pred, "pred"), "pred")
-    h = None if heatmap is None else _volume(heatmap, "heatmap")
-    for arr, name in ((r, "ref"), (p, "pred"), (h, "heatmap")):
-        if arr is not None:
-            _check_shape(arr, shape, name)
     geo = Geometry(shape, affine, spacing, convention=convention)
-    if center is None:
-        if r is not None and r.any():
-            c = lesion_centre(r)
-        elif p is not None and p.any():
-            c = lesion_centre(p)
-        else:
-            c = tuple(s // 2 for s in shape)
-    else:
-        c = tuple(int(v) for v in center)
-        if len(c) != 3 or not all(0 <= v < s for v, s in zip(c, shape)):
-            raise ValueError(f"center: expected 3 voxel indices inside {shape}, got {center!r}")
+    c = _three_plane_centre(center, r, p, shape)
     lo, hi = _window(vol, vmin, vmax)
     hmax = None
     if h is not None:
         hmax = float(np.nanmax(np.abs(h))) or None
-
-    # Panel widths proportional to the physical width of each plane keep the three the same height.
-    dims = {pl: (geo.display_shape(pl), geo.pixel_spacing(pl)) for pl in _PLANES}
-    widths = [dims[pl][0][1] * dims[pl][1][1] for pl in _PLANES]
-    heights = [dims[pl][0][0] * dims[pl][1][0] for pl in _PLANES]
-    tallest = max(heights)
-    if fig is None:
-        total = sum(w / tallest for w in widths)
-        fig = Figure(figsize=(panel_size * total + 0.3, panel_size + 0.5))
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": widths})
+    fig, axes = _three_plane_axes(geo, panel_size, fig)
     views = []
     for ax, plane in zip(axes, _PLANES):
-        idx = c[geo.cut_axis(plane)]
-
-        def cut(a: np.ndarray | None, plane: str = plane, idx: int = idx) -> np.ndarray | None:
-            return None if a is None else geo.slice(a, plane, idx)
-
-        view = show_slice(
-            ax,
-            cut(vol),
-            ref=cut(r),
-            pred=cut(p),
-            error=error,
-            heatmap=cut(h),
-            alpha=alpha,
-            vmin=lo,
-            vmax=hi,
-            spacing=geo.pixel_spacing(plane),
-            contours=contours,
-            hmax=hmax,
-            annotate=False,
-        )
-        view.geometry, view.plane = geo, plane
-        view.annotations = annotate_plane(ax, geo, plane, note=False) if annotate else {}
-        views.append(view)
-        ax.set_title(f"{plane} {idx}", fontsize="small")
-        if crosshair:
-            # Lines mark where the other two planes cut this one.
-            row, col = geo.to_display(plane, c)
-            for line in (ax.axhline(row), ax.axvline(col)):
-                line.set(color="white", linewidth=0.5, alpha=0.35, linestyle=":")
-    top = 0.86 if title else 0.9
-    if title:
-        fig.suptitle(title, fontsize="medium")
-    fig.geometry_note = None  # type: ignore[attr-defined]
-    if annotate and geo.note:
-        fig.geometry_note = fig.text(  # type: ignore[attr-defined]
-            0.5, 0.005, geo.note, ha="center", va="bottom", fontsize="x-small", color="#8a6d00")
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.07 if annotate and geo.note else 0.02,
-                        top=top, wspace=0.05)
+        views.append(_plane_panel(
+            ax, geo, plane, c, (vol, r, p, h), error=error, alpha=alpha, window=(lo, hi),
+            contours=contours, hmax=hmax, annotate=annotate, crosshair=crosshair))
+    _three_plane_frame(fig, geo, title, annotate)
     fig.slice_views = views  # type: ignore[attr-defined]
     fig.center = c  # type: ignore[attr-defined]
     fig.geometry = geo  # type: ignore[attr-defined]
