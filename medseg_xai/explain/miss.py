@@ -441,6 +441,93 @@ def _target(adapter: Any, mask: np.ndarray, class_index: int, k: int) -> Any:
     return targets.region(class_index, mask, margin=(adapter.activation == "softmax" and k > 1))
 
 
+def _method_kwargs(adapter: Any, img: np.ndarray, method: str, layer: str | None,
+                   kwargs: dict[str, Any], row: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The method's keyword arguments with this analysis's defaults, and its layer (if any)."""
+    from medseg_xai.explain.captum_methods import LOCAL_BACKGROUND
+    from medseg_xai.explain.gradcam import localising_layer
+
+    kw = dict(kwargs)
+    if method in ("gradcam", "gradcam++"):
+        kw.setdefault("relu", False)  # keep the sign; enrichment uses the positive part
+        layer = layer or localising_layer(adapter, img.shape)
+        row["layer"] = layer
+    if method in _BASELINE_METHODS:
+        kw.setdefault("baseline", LOCAL_BACKGROUND)
+        row["baseline"] = kw["baseline"] if isinstance(kw["baseline"], (str, int, float)) \
+            else "array"
+    if method == "integrated_gradients":
+        kw.setdefault("n_steps", IG_STEPS)
+        if adapter.sliding_window is not None:  # 4 steps per pass, not 32 volumes at once
+            kw.setdefault("batch_size", 4)
+    return kw, (layer if method in ("gradcam", "gradcam++") else None)
+
+
+def _completeness(adapter: Any, img: np.ndarray, mask: np.ndarray, target: Any,
+                  kw: dict[str, Any], row: dict[str, Any], reasons: list[str]) -> None:
+    """Check a path method's completeness: the map's total against f(x) - f(baseline)."""
+    import torch
+
+    from medseg_xai.explain.captum_methods import local_background_baseline
+    from medseg_xai.explain.quality import COMPLETENESS_TOLERANCE, completeness_error
+
+    x = torch.from_numpy(img[None]).to(adapter.device)
+    b = kw["baseline"]
+    if isinstance(b, str):
+        xb = local_background_baseline(x, mask)
+    elif isinstance(b, (int, float)):
+        xb = torch.full_like(x, float(b))
+    elif isinstance(b, torch.Tensor):
+        xb = b.detach().to(device=x.device, dtype=x.dtype).reshape(x.shape)
+    else:
+        xb = torch.as_tensor(np.asarray(b, dtype=np.float32), device=x.device).reshape(x.shape)
+    with torch.no_grad():
+        both = torch.cat([x, xb])
+        if adapter.sliding_window is not None:  # only the windows the target reads (#25)
+            from medseg_xai.explain.windowed import windowed_target
+
+            with adapter.frozen(freeze_parameters=False):
+                vals = windowed_target(adapter, target)(both)
+        else:
+            vals = target(adapter.logits(both))
+        fx, fb = (float(v) for v in vals)
+    err = completeness_error(row["total"], fx, fb)
+    row["completeness_error"] = err
+    if not (np.isfinite(fx) and np.isfinite(fb)):
+        reasons.append("the target is not finite at the baseline (the model cannot take it)")
+    elif err > COMPLETENESS_TOLERANCE:
+        reasons.append(f"completeness error {err:.0%} > {COMPLETENESS_TOLERANCE:.0%}")
+
+
+def _randomisation(adapter: Any, img: np.ndarray, mask: np.ndarray, target: Any, method: str,
+                   lay: str | None, kw: dict[str, Any], a: np.ndarray, seed: int,
+                   randomised: dict[str, Any], row: dict[str, Any], reasons: list[str]) -> None:
+    """Check that the map changes when the model's parameters are randomised."""
+    from medseg_xai.explain.core import explain
+    from medseg_xai.explain.quality import (
+        RANDOMISATION_MAX_SPEARMAN,
+        randomisation_similarity,
+        randomised_copy,
+    )
+
+    try:
+        if "adapter" not in randomised:  # one re-initialised copy serves every method
+            randomised["adapter"] = randomised_copy(adapter, seed)
+        rand = randomised["adapter"]
+        kr = dict(kw)
+        if method == "integrated_gradients":  # rank similarity needs no accurate integral
+            kr["n_steps"] = max(2, int(kw["n_steps"]) // 2)
+        ra = explain(rand, img, target, method=method, layer=lay, **kr).attribution
+        region = mask if method in _BASELINE_METHODS else None
+        rho = randomisation_similarity(a, ra, region)
+        row["randomisation_spearman"] = rho
+        if np.isfinite(rho) and rho >= RANDOMISATION_MAX_SPEARMAN:
+            reasons.append(f"map survives parameter randomisation (Spearman {rho:.2f} >= "
+                           f"{RANDOMISATION_MAX_SPEARMAN:g})")
+    except ValueError as err:
+        reasons.append(f"randomisation check could not run: {err}")
+
+
 def _evidence(
     adapter: Any,
     img: np.ndarray,
@@ -452,39 +539,16 @@ def _evidence(
     seed: int,
     randomised: dict[str, Any],
 ) -> tuple[dict[str, Any], np.ndarray | None]:
-    import torch
-
-    from medseg_xai.explain.captum_methods import LOCAL_BACKGROUND, local_background_baseline
+    """One method's attribution map and its gated summary row (passed, and why not)."""
     from medseg_xai.explain.core import explain
-    from medseg_xai.explain.gradcam import localising_layer
-    from medseg_xai.explain.quality import (
-        COMPLETENESS_TOLERANCE,
-        RANDOMISATION_MAX_SPEARMAN,
-        completeness_error,
-        map_gate,
-        randomisation_similarity,
-        randomised_copy,
-    )
+    from medseg_xai.explain.quality import map_gate
 
-    kw = dict(kwargs)
     row: dict[str, Any] = {"method": method, "layer": None, "baseline": None,
                            "enrichment": float("nan"), "inside_share": float("nan"),
                            "total": float("nan"), "completeness_error": float("nan"),
                            "randomisation_spearman": float("nan"), "passed": False, "reason": ""}
     try:
-        if method in ("gradcam", "gradcam++"):
-            kw.setdefault("relu", False)  # keep the sign; enrichment uses the positive part
-            layer = layer or localising_layer(adapter, img.shape)
-            row["layer"] = layer
-        if method in _BASELINE_METHODS:
-            kw.setdefault("baseline", LOCAL_BACKGROUND)
-            row["baseline"] = kw["baseline"] if isinstance(kw["baseline"], (str, int, float)) \
-                else "array"
-        if method == "integrated_gradients":
-            kw.setdefault("n_steps", IG_STEPS)
-            if adapter.sliding_window is not None:  # 4 steps per pass, not 32 volumes at once
-                kw.setdefault("batch_size", 4)
-        lay = layer if method in ("gradcam", "gradcam++") else None
+        kw, lay = _method_kwargs(adapter, img, method, layer, kwargs, row)
         exp = explain(adapter, img, target, method=method, layer=lay, **kw)
     except ValueError as err:
         row["reason"] = f"could not run: {err}"
@@ -506,49 +570,10 @@ def _evidence(
             reasons.append(f"layer map misaligned: an impulse comes back {moved:.1f} voxels "
                            f"from where it started (> {ALIGNMENT_TOLERANCE:g})")
     if method in _PATH_METHODS:
-        x = torch.from_numpy(img[None]).to(adapter.device)
-        b = kw["baseline"]
-        if isinstance(b, str):
-            xb = local_background_baseline(x, mask)
-        elif isinstance(b, (int, float)):
-            xb = torch.full_like(x, float(b))
-        elif isinstance(b, torch.Tensor):
-            xb = b.detach().to(device=x.device, dtype=x.dtype).reshape(x.shape)
-        else:
-            xb = torch.as_tensor(np.asarray(b, dtype=np.float32), device=x.device).reshape(x.shape)
-        with torch.no_grad():
-            both = torch.cat([x, xb])
-            if adapter.sliding_window is not None:  # only the windows the target reads (#25)
-                from medseg_xai.explain.windowed import windowed_target
-
-                with adapter.frozen(freeze_parameters=False):
-                    vals = windowed_target(adapter, target)(both)
-            else:
-                vals = target(adapter.logits(both))
-            fx, fb = (float(v) for v in vals)
-        err = completeness_error(row["total"], fx, fb)
-        row["completeness_error"] = err
-        if not (np.isfinite(fx) and np.isfinite(fb)):
-            reasons.append("the target is not finite at the baseline (the model cannot take it)")
-        elif err > COMPLETENESS_TOLERANCE:
-            reasons.append(f"completeness error {err:.0%} > {COMPLETENESS_TOLERANCE:.0%}")
+        _completeness(adapter, img, mask, target, kw, row, reasons)
     if not gate:
-        try:
-            if "adapter" not in randomised:  # one re-initialised copy serves every method
-                randomised["adapter"] = randomised_copy(adapter, seed)
-            rand = randomised["adapter"]
-            kr = dict(kw)
-            if method == "integrated_gradients":  # rank similarity needs no accurate integral
-                kr["n_steps"] = max(2, int(kw["n_steps"]) // 2)
-            ra = explain(rand, img, target, method=method, layer=lay, **kr).attribution
-            region = mask if method in _BASELINE_METHODS else None
-            rho = randomisation_similarity(a, ra, region)
-            row["randomisation_spearman"] = rho
-            if np.isfinite(rho) and rho >= RANDOMISATION_MAX_SPEARMAN:
-                reasons.append(f"map survives parameter randomisation (Spearman {rho:.2f} >= "
-                               f"{RANDOMISATION_MAX_SPEARMAN:g})")
-        except ValueError as err:
-            reasons.append(f"randomisation check could not run: {err}")
+        _randomisation(adapter, img, mask, target, method, lay, kw, a, seed, randomised, row,
+                       reasons)
     row["passed"] = not reasons
     row["reason"] = "; ".join(reasons) if reasons else "passed: varies, changes under parameter " \
         "randomisation" + (", complete" if method in _PATH_METHODS else "")
@@ -587,9 +612,8 @@ def _fmt_p(p: float) -> str:
     return f"{p:.2f}" if p >= 0.005 or p == 0 else f"{p:.1e}"
 
 
-def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: pd.DataFrame,
-             comp: dict[str, Any], meas: dict[str, Any], st: dict[str, Any],
-             skipped: list[str]) -> str:
+def _headline(lid: str, status: str, table: pd.DataFrame, st: dict[str, Any]) -> str:
+    """The verdict's first line: status, lesion probability and the share called lesion."""
     thr, ov = st["threshold"], st["overlap_threshold"]
     o = table.iloc[0]
     headline = {
@@ -600,10 +624,16 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
     }[status]
     at = (f" at threshold {thr:.2f}" if thr is not None
           else f", where class {st['class_index']} is the most probable class,")
-    lines = [f"{headline}: its highest class {st['class_index']} probability is "
-             f"{_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
-             f"{o['covered_fraction']:.0%} of its voxels are called lesion{at} ({ov:.0%} needed "
-             f"to count as detected)."]
+    return (f"{headline}: its highest class {st['class_index']} probability is "
+            f"{_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
+            f"{o['covered_fraction']:.0%} of its voxels are called lesion{at} ({ov:.0%} needed "
+            f"to count as detected).")
+
+
+def _probe_lines(status: str, causes: list[str], table: pd.DataFrame, st: dict[str, Any],
+                 skipped: list[str]) -> list[str]:
+    """The verdict's lines on the probes: the causes named, then one line per probe."""
+    lines = []
     want = "detected" if status == "missed" else "no longer called lesion"
     rule = (f"a cause is named when a probe makes it {want} or moves its mean lesion "
             f"probability by at least {st['margin']:g} that way")
@@ -629,6 +659,12 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
         why = ("no reference images given" if name == "intensity"
                else "no plausible position found" if name == "location" else "not requested")
         lines.append(f"- {name}: not probed ({why}).")
+    return lines
+
+
+def _evidence_lines(ev: pd.DataFrame, meas: dict[str, Any], st: dict[str, Any]) -> list[str]:
+    """The verdict's lines on the attribution maps, one per method."""
+    lines = []
     for r in ev.itertuples():
         who = _METHOD_NAMES.get(r.method, r.method)
         extra = f" at layer {r.layer}" if isinstance(r.layer, str) else ""
@@ -652,22 +688,37 @@ def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: 
             where += (f"; the lesion's appearance changes the target ({st['target']}) by "
                       f"{r.total:+.3g} (completeness error {r.completeness_error:.1%})")
         lines.append(f"Attribution {who}{extra} (supporting evidence only): {where}.")
-    if comp.get("enough"):
-        bits = []
-        if "larger_share" in comp:
-            bits.append(f"{comp['larger_share']:.0%} of them are larger (median "
-                        f"{comp['median_volume_mm3']:.0f} mm3; this one "
-                        f"{meas['volume_mm3']:.0f} mm3)")
-        if "higher_cnr_share" in comp:
-            bits.append(f"{comp['higher_cnr_share']:.0%} have a higher contrast-to-noise ratio "
-                        f"(median {comp['median_cnr']:.2f}; this one {meas['cnr']:.2f})")
-        if bits:
-            lines.append(f"Compared with {comp['n_detected']} detected lesions ({comp['source']}): "
-                         + "; ".join(bits) + ".")
-    else:
-        lines.append(f"Too few detected lesions to compare size or contrast with "
-                     f"({comp['n_detected']} in {comp['source']}, at least "
-                     f"{comp['min_required']} needed).")
+    return lines
+
+
+def _comparison_lines(comp: dict[str, Any], meas: dict[str, Any]) -> list[str]:
+    """The verdict's line comparing the lesion with detected ones (or saying there are too few)."""
+    if not comp.get("enough"):
+        return [f"Too few detected lesions to compare size or contrast with "
+                f"({comp['n_detected']} in {comp['source']}, at least "
+                f"{comp['min_required']} needed)."]
+    bits = []
+    if "larger_share" in comp:
+        bits.append(f"{comp['larger_share']:.0%} of them are larger (median "
+                    f"{comp['median_volume_mm3']:.0f} mm3; this one "
+                    f"{meas['volume_mm3']:.0f} mm3)")
+    if "higher_cnr_share" in comp:
+        bits.append(f"{comp['higher_cnr_share']:.0%} have a higher contrast-to-noise ratio "
+                    f"(median {comp['median_cnr']:.2f}; this one {meas['cnr']:.2f})")
+    if not bits:
+        return []
+    return [f"Compared with {comp['n_detected']} detected lesions ({comp['source']}): "
+            + "; ".join(bits) + "."]
+
+
+def _verdict(lid: str, status: str, causes: list[str], table: pd.DataFrame, ev: pd.DataFrame,
+             comp: dict[str, Any], meas: dict[str, Any], st: dict[str, Any],
+             skipped: list[str]) -> str:
+    """The plain-language verdict: headline, probes, attribution evidence, comparison."""
+    lines = [_headline(lid, status, table, st)]
+    lines += _probe_lines(status, causes, table, st, skipped)
+    lines += _evidence_lines(ev, meas, st)
+    lines += _comparison_lines(comp, meas)
     return "\n".join(lines)
 
 
@@ -799,28 +850,122 @@ def _measurements(img: np.ndarray, mask: np.ndarray, exclude: np.ndarray,
             "lesion_fraction": float(mask.mean())}
 
 
+def _prepare(adapter: Any, image: Any, spacing: Sequence[float] | None, methods: Any,
+             class_index: int | None, threshold: float | None
+             ) -> tuple[tuple[str, ...], np.ndarray, tuple[float, ...], _Model,
+                        tuple[np.ndarray, np.ndarray], int]:
+    """Checked methods, image and spacing, the model wrapper, its call and its class index."""
+    if methods is None:  # Grad-CAM and IG where the model allows them, else occlusion
+        from medseg_xai.explain.core import default_methods
+
+        methods = default_methods(adapter, miss=True)
+    methods = _check_methods(methods)
+    img = P.as_image(image, adapter.spatial_dims)
+    spacing = _check_spacing(spacing, tuple(img.shape[1:]))
+    model = _Model(adapter, class_index, None if threshold is None else float(threshold))
+    p0 = model([img])[0]
+    if LOCAL_PROBES and adapter.sliding_window is not None:
+        from medseg_xai.explain.local import WindowCache
+
+        # probes run only the windows covering the lesion (#25; docs/scale.md)
+        model.local = WindowCache(adapter, img)
+    return methods, img, spacing, model, p0, int(model.class_index)
+
+
+def _probe_stage(model: _Model, img: np.ndarray, p0: tuple[np.ndarray, np.ndarray],
+                 mask: np.ndarray, base: dict[str, Any], status: str,
+                 fgs: tuple[np.ndarray | None, np.ndarray], spacing: tuple[float, ...],
+                 overlap_threshold: float, rules: DecisionRules, probes: Any,
+                 reference_images: Sequence[Any] | None, margin: float, seed: int
+                 ) -> tuple[pd.DataFrame, dict[str, tuple[Any, ...]], list[str], np.ndarray,
+                            list[dict[str, Any]], list[str]]:
+    """Run the probes: (table, spec, skipped, excluded voxels, detected lesion rows, causes)."""
+    from scipy import ndimage
+
+    ref_fg, pred_fg = fgs
+    want_detect = status == "missed"
+    shape = tuple(img.shape[1:])
+    others = ((ref_fg if ref_fg is not None else np.zeros(shape, bool)) | pred_fg) & ~mask
+    exclude = ndimage.binary_dilation(others, iterations=1) & ~mask
+    donor, detected_rows = _donors(img, p0, ref_fg, pred_fg, mask, spacing, overlap_threshold,
+                                   rules.connectivity, want_detect)
+    spec = _probe_spec(probes, want_detect)
+    skipped = []
+    if "intensity" in spec and not reference_images:
+        skipped.append("intensity")
+    table = _run_probes(model, img, mask, base, want_detect, spec, exclude, donor,
+                        reference_images, overlap_threshold, margin, seed)
+    if "location" in spec and not (table["probe"] == "location").any():
+        skipped.append("location")
+    causes = _causes(table) if status != "detected" else []
+    return table, spec, skipped, exclude, detected_rows, causes
+
+
+def _compare(img: np.ndarray, mask: np.ndarray, exclude: np.ndarray, base: dict[str, Any],
+             spacing: tuple[float, ...], detected_rows: list[dict[str, Any]],
+             detected_lesions: pd.DataFrame | None, min_comparison: int
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The lesion's measurements and their comparison with detected lesions."""
+    meas = _measurements(img, mask, exclude, base, spacing)
+    det = pd.DataFrame(detected_rows) if detected_lesions is None else detected_lesions
+    if "status" in det:
+        det = det[det["status"] == "detected"]
+    comp = _comparison(meas["volume_mm3"], meas["cnr"], det,
+                       "this image" if detected_lesions is None else "the cohort", min_comparison)
+    return meas, comp
+
+
+def _settings(case_id: str | None, model: _Model, overlap_threshold: float,
+              rules: DecisionRules, margin: float, ci: int, methods: Sequence[str],
+              rows: list[dict[str, Any]], spec: dict[str, tuple[Any, ...]], seed: int,
+              target: Any, reference_images: Sequence[Any] | None) -> dict[str, Any]:
+    """The settings an analysis records (and its verdict quotes)."""
+    return {
+        "case_id": case_id, "threshold": model.threshold,
+        "overlap_threshold": float(overlap_threshold), "matching": rules.matching,
+        "connectivity": rules.connectivity,
+        "margin": float(margin), "class_index": ci, "methods": list(methods),
+        "layer": next((r["layer"] for r in rows if r["layer"]), None),
+        "probes": {n: list(v) for n, v in spec.items()}, "seed": int(seed),
+        "target": target.describe(), "n_model_images": model.n_images,
+        "reference_images": len(reference_images) if reference_images else 0,
+    }
+
+
+def _locate(ref: Any, pred: Any, p0: tuple[np.ndarray, np.ndarray], lesion: Any, ci: int,
+            shape: tuple[int, ...], rules: DecisionRules | None, overlap_threshold: float
+            ) -> tuple[DecisionRules, str, np.ndarray, str, dict[str, Any],
+                       tuple[np.ndarray | None, np.ndarray]]:
+    """(rules, lesion id, mask, status, model's stats on it, (ref_fg, pred_fg))."""
+    given = rules is not None
+    rules = rules or DecisionRules(overlap_threshold=float(overlap_threshold))
+    ref_fg, pred_fg, lid, mask, source, status = _decide(ref, pred, p0, lesion, ci, shape, rules,
+                                                         given)
+    base = _stats(p0, mask, overlap_threshold)
+    if source == "region":
+        status = "detected" if base["detected"] else "missed"
+    return rules, lid, mask, status, base, (ref_fg, pred_fg)
+
+
+def _evidence_stage(adapter: Any, img: np.ndarray, mask: np.ndarray, ci: int,
+                    methods: Sequence[str], layer: str | None,
+                    method_kwargs: Mapping[str, Mapping[str, Any]] | None, seed: int
+                    ) -> tuple[Any, list[dict[str, Any]], dict[str, np.ndarray], pd.DataFrame]:
+    """The attribution target, the evidence rows and maps, and the evidence table."""
+    target = _target(adapter, mask, ci, 2 if adapter.activation == "softmax" else 1)
+    rows, maps = _evidence_rows(adapter, img, mask, target, methods, layer, method_kwargs, seed)
+    return target, rows, maps, pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
+
+
 @answer_oom("explain_miss()")
 def explain_miss(
-    adapter: Any,
-    image: Any,
-    ref: Any,
-    lesion: Any,
-    *,
-    pred: Any = None,
-    spacing: Sequence[float] | None = None,
-    threshold: float = 0.5,
-    reference_images: Sequence[Any] | None = None,
-    probes: Any = None,
-    methods: Sequence[str] | None = None,
-    seed: int = 0,
-    class_index: int | None = None,
-    detected_lesions: pd.DataFrame | None = None,
-    min_comparison: int = 5,
-    margin: float = DEFAULT_MARGIN,
-    overlap_threshold: float = 0.1,
-    layer: str | None = None,
-    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    case_id: str | None = None,
+    adapter: Any, image: Any, ref: Any, lesion: Any, *, pred: Any = None,
+    spacing: Sequence[float] | None = None, threshold: float = 0.5,
+    reference_images: Sequence[Any] | None = None, probes: Any = None,
+    methods: Sequence[str] | None = None, seed: int = 0, class_index: int | None = None,
+    detected_lesions: pd.DataFrame | None = None, min_comparison: int = 5,
+    margin: float = DEFAULT_MARGIN, overlap_threshold: float = 0.1, layer: str | None = None,
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None, case_id: str | None = None,
     rules: DecisionRules | Mapping[str, Any] | None = None,
 ) -> MissAnalysis:
     """Why did the model miss (or call) this lesion? Probes re-run through the model.
@@ -832,55 +977,40 @@ def explain_miss(
     image : array
         ``(C, *spatial)`` or spatial only.
     ref : array or None
-        Reference label map; None for a case without a reference (explain ``"pred-N"`` or a
-        drawn mask).
+        Reference label map; None for a case without one (explain ``"pred-N"`` or a mask).
     lesion : str, int or array
-        ``"ref-N"`` (1-based, ``metrics.label_lesions`` order, as the audit's lesion ids), an
-        int N (= ``"ref-N"``), ``"pred-N"`` (component N of the prediction) or a boolean mask.
+        ``"ref-N"`` (1-based, the audit's ids) or int N, ``"pred-N"`` (a predicted component)
+        or a boolean mask.
     pred : array, optional
-        The prediction the status is read from (e.g. a stored prediction); default the model's
-        call ``probability > threshold``. Probes always re-run the model.
+        The prediction the status is read from; default the model's call. Probes re-run it.
     spacing : sequence of float, optional
         Voxel size in mm (volumes).
-    threshold : float
-        A voxel is called lesion by ``adapters.label_map(probabilities, threshold)`` (the
-        toolkit's one decision rule: for one channel or two classes, class probability >
-        threshold); a lesion counts as detected when at least ``overlap_threshold`` of its
-        voxels are called (the rule of ``metrics.lesions``).
+    threshold, overlap_threshold : float
+        Voxel call (``adapters.label_map``) and share of a lesion called for a detection.
     reference_images : sequence of arrays, optional
         Images from a group where the model works, for the intensity probe.
     probes : None, sequence of str or mapping
-        Probes to run (default all of :data:`PROBES`); a mapping gives settings per probe
-        (contrast / size factors, noise weights, ``location: (n_positions,)``).
+        Probes to run (default all of :data:`PROBES`); a mapping gives settings per probe.
     methods : sequence of str, optional
-        Attribution methods (``explain.METHODS``), supporting evidence only. Default
-        (:func:`medseg_xai.explain.core.default_methods`): Grad-CAM and integrated gradients,
-        or those of them the model can run (TorchScript: IG; ONNX: occlusion).
+        Attribution methods (supporting evidence only); default ``explain.default_methods``.
     seed : int
         Seeds tie-breaking among positions and the parameter randomisation.
     class_index : int, optional
         Output channel of the lesion class (default 1, or 0 for a one-channel model).
     detected_lesions : pandas.DataFrame, optional
-        A cohort's detected lesions (``volume_mm3``, optionally ``cnr``) for the comparison;
-        default the detected reference lesions of this image.
+        A cohort's detected lesions (``volume_mm3``, ``cnr``) to compare with; default this image's.
     min_comparison : int
         Fewest detected lesions a comparison is made with.
     margin : float
         Smallest change of the mean lesion probability that counts as an effect.
-    overlap_threshold : float
-        Share of lesion voxels that must be called for a detection.
     layer : str, optional
         Grad-CAM layer (default :func:`~medseg_xai.explain.gradcam.localising_layer`).
     method_kwargs : mapping, optional
-        Per-method keyword arguments for ``explain`` (e.g. ``{"integrated_gradients":
-        {"n_steps": 16}}``).
+        Per-method keyword arguments for ``explain`` (``{"integrated_gradients": {...}}``).
     case_id : str, optional
         Recorded in ``settings``.
     rules : DecisionRules or mapping, optional
-        An audit's decision rules (``AuditResult.settings``): they replace ``threshold`` and
-        ``overlap_threshold`` and bring the audit's label values, connectivity and matching,
-        so ``ref-N`` names the audit's lesion and its status is the audit's. Without them a
-        reference lesion is detected when ``overlap_threshold`` of it is called as its class.
+        An audit's decision rules (replace both thresholds; ``ref-N`` gets the audit's status).
 
     Returns
     -------
@@ -889,70 +1019,21 @@ def explain_miss(
     start = time.perf_counter()
     rules, threshold, overlap_threshold = _check_rules(adapter, rules, threshold,
                                                        overlap_threshold, margin)
-    if methods is None:  # Grad-CAM and IG where the model allows them, else occlusion
-        from medseg_xai.explain.core import default_methods
-
-        methods = default_methods(adapter, miss=True)
-    methods = _check_methods(methods)
-    img = P.as_image(image, adapter.spatial_dims)
-    shape = tuple(img.shape[1:])
-    spacing = _check_spacing(spacing, shape)
-    model = _Model(adapter, class_index, None if threshold is None else float(threshold))
-    p0 = model([img])[0]
-    if LOCAL_PROBES and adapter.sliding_window is not None:
-        from medseg_xai.explain.local import WindowCache
-
-        # probes run only the windows covering the lesion (#25; docs/scale.md)
-        model.local = WindowCache(adapter, img)
-    ci = int(model.class_index)
-    given = rules is not None
-    rules = rules or DecisionRules(overlap_threshold=float(overlap_threshold))
-    ref_fg, pred_fg, lid, mask, source, status = _decide(ref, pred, p0, lesion, ci, shape, rules,
-                                                         given)
-    base = _stats(p0, mask, overlap_threshold)
-    if source == "region":
-        status = "detected" if base["detected"] else "missed"
-    want_detect = status == "missed"
-    others = ((ref_fg if ref_fg is not None else np.zeros(shape, bool)) | pred_fg) & ~mask
-    from scipy import ndimage
-
-    exclude = ndimage.binary_dilation(others, iterations=1) & ~mask
-    donor, detected_rows = _donors(img, p0, ref_fg, pred_fg, mask, spacing, overlap_threshold,
-                                   rules.connectivity, want_detect)
-
-    spec = _probe_spec(probes, want_detect)
-    skipped = []
-    if "intensity" in spec and not reference_images:
-        skipped.append("intensity")
-    table = _run_probes(model, img, mask, base, want_detect, spec, exclude, donor,
-                        reference_images, overlap_threshold, margin, seed)
-    if "location" in spec and not (table["probe"] == "location").any():
-        skipped.append("location")
-    causes = _causes(table) if status != "detected" else []
-
-    # supporting evidence
-    target = _target(adapter, mask, ci, 2 if adapter.activation == "softmax" else 1)
-    rows, maps = _evidence_rows(adapter, img, mask, target, methods, layer, method_kwargs, seed)
-    evidence = pd.DataFrame(rows, columns=EVIDENCE_COLUMNS)
-    meas = _measurements(img, mask, exclude, base, spacing)
-    det = pd.DataFrame(detected_rows) if detected_lesions is None else detected_lesions
-    if "status" in det:
-        det = det[det["status"] == "detected"]
-    comp = _comparison(meas["volume_mm3"], meas["cnr"], det,
-                       "this image" if detected_lesions is None else "the cohort", min_comparison)
-    settings = {
-        "case_id": case_id, "threshold": model.threshold,
-        "overlap_threshold": float(overlap_threshold), "matching": rules.matching,
-        "connectivity": rules.connectivity,
-        "margin": float(margin), "class_index": ci, "methods": list(methods),
-        "layer": next((r["layer"] for r in rows if r["layer"]), None),
-        "probes": {n: list(v) for n, v in spec.items()}, "seed": int(seed),
-        "target": target.describe(), "n_model_images": model.n_images,
-        "reference_images": len(reference_images) if reference_images else 0,
-    }
+    methods, img, spacing, model, p0, ci = _prepare(adapter, image, spacing, methods,
+                                                    class_index, threshold)
+    rules, lid, mask, status, base, fgs = _locate(ref, pred, p0, lesion, ci, tuple(img.shape[1:]),
+                                                  rules, overlap_threshold)
+    table, spec, skipped, exclude, detected_rows, causes = _probe_stage(
+        model, img, p0, mask, base, status, fgs, spacing, overlap_threshold, rules, probes,
+        reference_images, margin, seed)
+    target, rows, maps, evidence = _evidence_stage(adapter, img, mask, ci, methods, layer,
+                                                   method_kwargs, seed)
+    meas, comp = _compare(img, mask, exclude, base, spacing, detected_rows, detected_lesions,
+                          min_comparison)
+    settings = _settings(case_id, model, overlap_threshold, rules, margin, ci, methods, rows,
+                         spec, seed, target, reference_images)
     verdict = _verdict(lid, status, causes, table, evidence, comp, meas, settings, skipped)
-    return MissAnalysis(
-        lesion_id=lid, status=status, causes=causes, probes=table, evidence=evidence,
-        verdict=verdict, measurements=meas, comparison=comp, settings=settings,
-        attributions=maps, mask=mask, elapsed_s=time.perf_counter() - start,
-    )
+    return MissAnalysis(lesion_id=lid, status=status, causes=causes, probes=table,
+                        evidence=evidence, verdict=verdict, measurements=meas, comparison=comp,
+                        settings=settings, attributions=maps, mask=mask,
+                        elapsed_s=time.perf_counter() - start)
