@@ -120,6 +120,30 @@ def _table_html(df: pd.DataFrame, cls: str, max_rows: int = MAX_TABLE_ROWS) -> s
                       float_format=lambda v: f"{v:.3g}") + note
 
 
+def _check_results(result: Any, comparison: Any) -> None:
+    """Refuse anything but an AuditResult and an optional ComparisonResult."""
+    from medseg_xai.audit import AuditResult, ComparisonResult
+
+    if not isinstance(result, AuditResult):
+        raise ValueError(f"result: expected an AuditResult, got {type(result).__name__}")
+    if comparison is not None and not isinstance(comparison, ComparisonResult):
+        raise ValueError(
+            f"comparison: expected a ComparisonResult (mx.compare(result_a, result_b)), got "
+            f"{type(comparison).__name__}; the dashboard shows results, it does not compute them")
+
+
+def _strata_metrics(result: Any) -> tuple[list[str], list[str]]:
+    """The strata ("overall" last) and metrics the result has subgroup rows for."""
+    sub = result.subgroups
+    strata = list(dict.fromkeys(str(s) for s in sub["stratum"]))
+    strata = [s for s in strata if s != "overall"] + (["overall"] if "overall" in strata else [])
+    metrics = [m for m in (result.settings.get("metrics") or []) if (sub["metric"] == m).any()]
+    metrics = metrics or list(dict.fromkeys(sub["metric"]))
+    if not strata or not metrics:
+        raise ValueError("result: expected subgroup rows (stratum, metric), got none")
+    return strata, metrics
+
+
 class AuditDashboard(W.VBox):
     """Subgroup audit results with plots, tables, criteria and worst cases.
 
@@ -152,14 +176,7 @@ class AuditDashboard(W.VBox):
                  adapter: Any = None, n_worst: int = 5,
                  max_points: int = MAX_POINTS, max_rows: int = MAX_TABLE_ROWS) -> None:
         super().__init__()
-        from medseg_xai.audit import AuditResult, ComparisonResult
-
-        if not isinstance(result, AuditResult):
-            raise ValueError(f"result: expected an AuditResult, got {type(result).__name__}")
-        if comparison is not None and not isinstance(comparison, ComparisonResult):
-            raise ValueError(
-                f"comparison: expected a ComparisonResult (mx.compare(result_a, result_b)), got "
-                f"{type(comparison).__name__}; the dashboard shows results, it does not compute them")
+        _check_results(result, comparison)
         self.result = result
         self.comparison = comparison
         self.cohort, self.adapter = cohort, adapter
@@ -180,20 +197,35 @@ class AuditDashboard(W.VBox):
         self.last_error: Exception | None = None
         self._quiet = False
 
-        sub = result.subgroups
-        strata = list(dict.fromkeys(str(s) for s in sub["stratum"]))
-        strata = [s for s in strata if s != "overall"] + (["overall"] if "overall" in strata else [])
-        metrics = [m for m in (result.settings.get("metrics") or []) if (sub["metric"] == m).any()]
-        metrics = metrics or list(dict.fromkeys(sub["metric"]))
-        if not strata or not metrics:
-            raise ValueError("result: expected subgroup rows (stratum, metric), got none")
+        self._build_controls(*_strata_metrics(result))
+
+        verdict = html.escape(result.verdict)
+        header = W.HTML(f"<b>Audit</b> · {result.n_rows} manifest rows, {result.n_evaluated} "
+                        f"evaluated, {result.n_failed} failed · verdict: "
+                        f"<b class='mx-verdict'>{verdict}</b>")
+        header.add_class("mx-header")
+        self.children = [
+            header,
+            W.HBox([self.stratum, self.metric, self.compare]),
+            W.HBox([self.forest, self.distribution]),
+            W.HTML("<b>Subgroups</b>"), self.table,
+            W.HTML("<b>Acceptance criteria</b>"), self.criteria,
+            W.HTML("<b>Worst cases</b>"), self.group, self.worst, self.status, self.explorer_box,
+        ]
+        self._add_panels(result)
+        self.add_class("mx-audit-dashboard")
+        self.refresh()
+
+    def _build_controls(self, strata: list[str], metrics: list[str]) -> None:
+        """Create the selectors, figures, tables and status widgets; wire the selectors."""
         self.stratum = W.Dropdown(options=strata, value=strata[0], description="stratum")
         self.stratum.add_class("mx-stratum")
         self.metric = W.Dropdown(options=metrics, value="dice" if "dice" in metrics else metrics[0],
                                  description="metric")
         self.metric.add_class("mx-metric")
+        names = self.names
         self.compare = W.Checkbox(value=False, description=f"compare {names[1]} vs {names[0]}",
-                                  disabled=comparison is None, indent=False)
+                                  disabled=self.comparison is None, indent=False)
         self.compare.add_class("mx-compare")
         self.group = W.Dropdown(options=[], description="group")
         self.group.add_class("mx-group")
@@ -214,19 +246,8 @@ class AuditDashboard(W.VBox):
             w.observe(self._on_change, "value")
         self.group.observe(self._on_group, "value")
 
-        verdict = html.escape(result.verdict)
-        header = W.HTML(f"<b>Audit</b> · {result.n_rows} manifest rows, {result.n_evaluated} "
-                        f"evaluated, {result.n_failed} failed · verdict: "
-                        f"<b class='mx-verdict'>{verdict}</b>")
-        header.add_class("mx-header")
-        self.children = [
-            header,
-            W.HBox([self.stratum, self.metric, self.compare]),
-            W.HBox([self.forest, self.distribution]),
-            W.HTML("<b>Subgroups</b>"), self.table,
-            W.HTML("<b>Acceptance criteria</b>"), self.criteria,
-            W.HTML("<b>Worst cases</b>"), self.group, self.worst, self.status, self.explorer_box,
-        ]
+    def _add_panels(self, result: Any) -> None:
+        """Append the readers, feature-shift and failure panels the result has data for."""
         self.readers = None  # several readers per case: agreement table and plot (widgets.readers)
         if len(getattr(result, "reader_subgroups", ())):
             from medseg_xai.widgets.readers import ReaderAgreementView
@@ -246,8 +267,6 @@ class AuditDashboard(W.VBox):
 
             self.failure = FailurePanel(result, on_open=self.open_case)
             self.children = [*self.children, self.failure]
-        self.add_class("mx-audit-dashboard")
-        self.refresh()
 
     # ------------------------------------------------------------------ data
     def rows(self) -> pd.DataFrame:
