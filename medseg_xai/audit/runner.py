@@ -217,54 +217,23 @@ def _compute_case(
 
     The record's ``timing`` holds the seconds of each stage (:data:`STAGES`).
     """
-    from medseg_xai.decide import DecisionRules, foreground, lesion_table
+    from medseg_xai.decide import DecisionRules, lesion_table
     from medseg_xai.metrics import evaluate_case, lesion_summary
 
     clock = time.perf_counter
     t0 = clock()
-    case = load_case_from_paths(case_id, paths, labels=settings.get("labels"),
-                                binarize=bool(settings.get("binarize")),
-                                allow_missing_readers=bool(settings.get("allow_missing_readers")),
-                                read=settings.get("read"),
-                                reference_threshold=float(settings.get("reference_threshold",
-                                                                       REFERENCE_THRESHOLD)))
+    case = _load_case(case_id, paths, settings)
     timing: dict[str, float] = {"load_s": clock() - t0}
     labels = settings.get("labels")
-    class_probs = None
+    features = feature_layer = None
     if adapter is not None:
-        import torch
-
-        from medseg_xai.audit.model_checks import case_seed, check_output_channels
-
-        torch.manual_seed(case_seed(settings.get("seed", 0), case_id))  # stochastic layers
-        bind = getattr(adapter, "with_geometry", None)  # the case's spacing and affine
-        adapter = bind(case.spacing, case.affine) if callable(bind) else adapter
-        pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
-                                                          settings.get("feature_layer"),
-                                                          settings.get("threshold"))
-        check_output_channels(case_id, infer_timing.pop("n_channels"),
-                              getattr(adapter, "activation", "softmax"), labels,
-                              bool(settings.get("binarize")))
+        adapter, pred, fg_prob, class_probs, infer_timing = _model_outputs(case_id, case,
+                                                                           settings, adapter)
         features = infer_timing.pop("features", None)
         feature_layer = infer_timing.pop("feature_layer", None)
         timing.update(infer_timing)
     else:
-        if case.prediction is None:
-            raise ValueError(
-                f"case {case_id!r}: prediction: expected a stored prediction path or an adapter, "
-                "got neither"
-            )
-        pred = case.prediction
-        fg_prob = None
-        if case.probability is not None:
-            p = case.probability
-            if p.ndim == case.image.ndim - 1:
-                fg_prob = p
-            elif p.shape[0] == 1:
-                fg_prob = p[0]
-            else:
-                class_probs = p
-                fg_prob = 1.0 - p[0]
+        pred, fg_prob, class_probs = _stored_outputs(case_id, case)
     ref = case.label
     reader_ctx = None
     if case.readers or case.missing_readers or settings.get("reference"):
@@ -287,13 +256,7 @@ def _compute_case(
     )
     timing["metrics_s"] = clock() - t0
     t0 = clock()
-    if "lesion_labels" in settings:  # only the lesion classes (medseg_xai.classes)
-        from medseg_xai.classes import lesion_foreground
-
-        pred_fg = lesion_foreground(pred, settings["lesion_labels"])
-        ref_fg = lesion_foreground(ref, settings["lesion_labels"])
-    else:
-        pred_fg, ref_fg = foreground(pred, labels), foreground(ref, labels)
+    pred_fg, ref_fg = _lesion_foregrounds(pred, ref, settings)
     table = lesion_table(pred_fg, ref_fg, case.spacing, DecisionRules.from_settings(settings),
                          probabilities=None if fg_prob is None else np.clip(fg_prob, 0.0, 1.0))
     summary = lesion_summary(table, n_cases=1)
@@ -306,14 +269,7 @@ def _compute_case(
         reader_part = case_readers(pred_fg, ref_fg, reader_ctx, case.spacing, settings, table,
                                    {**metrics, **summary} if labels is None else None)
         timing["metrics_s"] += clock() - t0
-    record: dict[str, Any] = {"status": "ok", "error": ""}
-    record.update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()})
-    record.update(summary)
-    record["shape"] = "x".join(str(s) for s in ref.shape)
-    record["spacing"] = ",".join(f"{s:g}" for s in case.spacing)
-    if case.notes:  # what the readers assumed (default spacing, soft reference, binarize)
-        record["read_notes"] = "; ".join(case.notes)
-    record["lesions"] = _lesion_records(table)
+    record = _ok_record(case, ref, metrics, summary, table)
     if any(settings.get(k) for k in ("uncertainty", "calibration_bins", "properties")):
         from medseg_xai.audit.failure import case_parts  # issue 27: only when asked
 
@@ -325,6 +281,88 @@ def _compute_case(
         record["feature_layer"] = feature_layer
     record["timing"] = timing
     record.update(reader_part or {})
+    return record
+
+
+def _load_case(case_id: str, paths: Mapping[str, str | None], settings: Mapping[str, Any]) -> Any:
+    """Read one case's volumes with the reading options held in ``settings``."""
+    return load_case_from_paths(case_id, paths, labels=settings.get("labels"),
+                                binarize=bool(settings.get("binarize")),
+                                allow_missing_readers=bool(settings.get("allow_missing_readers")),
+                                read=settings.get("read"),
+                                reference_threshold=float(settings.get("reference_threshold",
+                                                                       REFERENCE_THRESHOLD)))
+
+
+def _model_outputs(
+    case_id: str, case: Any, settings: Mapping[str, Any], adapter: Any
+) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Run the adapter on a case: bound adapter, label map, probabilities and timing."""
+    import torch
+
+    from medseg_xai.audit.model_checks import case_seed, check_output_channels
+
+    torch.manual_seed(case_seed(settings.get("seed", 0), case_id))  # stochastic layers
+    bind = getattr(adapter, "with_geometry", None)  # the case's spacing and affine
+    adapter = bind(case.spacing, case.affine) if callable(bind) else adapter
+    pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
+                                                      settings.get("feature_layer"),
+                                                      settings.get("threshold"))
+    check_output_channels(case_id, infer_timing.pop("n_channels"),
+                          getattr(adapter, "activation", "softmax"), settings.get("labels"),
+                          bool(settings.get("binarize")))
+    return adapter, pred, fg_prob, class_probs, infer_timing
+
+
+def _stored_outputs(
+    case_id: str, case: Any
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A case's stored label map, foreground and class probabilities (no model)."""
+    if case.prediction is None:
+        raise ValueError(
+            f"case {case_id!r}: prediction: expected a stored prediction path or an adapter, "
+            "got neither"
+        )
+    pred = case.prediction
+    fg_prob = class_probs = None
+    if case.probability is not None:
+        p = case.probability
+        if p.ndim == case.image.ndim - 1:
+            fg_prob = p
+        elif p.shape[0] == 1:
+            fg_prob = p[0]
+        else:
+            class_probs = p
+            fg_prob = 1.0 - p[0]
+    return pred, fg_prob, class_probs
+
+
+def _lesion_foregrounds(
+    pred: np.ndarray, ref: np.ndarray, settings: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction and reference foregrounds that lesions are matched on."""
+    if "lesion_labels" in settings:  # only the lesion classes (medseg_xai.classes)
+        from medseg_xai.classes import lesion_foreground
+
+        return (lesion_foreground(pred, settings["lesion_labels"]),
+                lesion_foreground(ref, settings["lesion_labels"]))
+    from medseg_xai.decide import foreground
+
+    labels = settings.get("labels")
+    return foreground(pred, labels), foreground(ref, labels)
+
+
+def _ok_record(case: Any, ref: np.ndarray, metrics: Mapping[str, Any],
+               summary: Mapping[str, Any], table: Any) -> dict[str, Any]:
+    """An evaluated case's record: metrics, lesion summary, grid, reading notes, lesions."""
+    record: dict[str, Any] = {"status": "ok", "error": ""}
+    record.update({k: (v.item() if hasattr(v, "item") else v) for k, v in metrics.items()})
+    record.update(summary)
+    record["shape"] = "x".join(str(s) for s in ref.shape)
+    record["spacing"] = ",".join(f"{s:g}" for s in case.spacing)
+    if case.notes:  # what the readers assumed (default spacing, soft reference, binarize)
+        record["read_notes"] = "; ".join(case.notes)
+    record["lesions"] = _lesion_records(table)
     return record
 
 
@@ -397,6 +435,24 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(tid, None)
 
 
+def _open_cache(cache_dir: str | None) -> CaseCache | None:
+    """The per-case cache in ``cache_dir`` (None without one); failing to open it aborts."""
+    if not cache_dir:
+        return None
+    try:
+        return CaseCache(cache_dir)
+    except OSError as exc:
+        raise infrastructure_error(exc, "the cache") from exc
+
+
+def _cache_hit(hit: Mapping[str, Any], base: Mapping[str, Any], inferred: bool,
+               spent: float) -> dict[str, Any]:
+    """A cached record returned as is, its stage timings zero and the lookup time as cache."""
+    timing = {k: 0.0 for k in STAGES if k != "inference_s" or inferred}
+    timing.update(cache_s=spent, total_s=spent)
+    return {**hit, **base, "from_cache": True, "timing": timing}
+
+
 def _cache_write(cache: CaseCache, key: str, record: Mapping[str, Any]) -> None:
     try:
         cache.put(key, record)
@@ -454,18 +510,10 @@ def evaluate_task(
             settings = {**settings, "read": dict(task.read)}
         key = input_hash(task.paths, settings, cache_extra)
         base["input_hash"] = key[:16]
-        cache = None
-        if cache_dir:
-            try:
-                cache = CaseCache(cache_dir)
-            except OSError as exc:
-                raise infrastructure_error(exc, "the cache") from exc
-            hit = cache.get(key)
-            if hit is not None:
-                spent = clock() - start
-                timing = {k: 0.0 for k in STAGES if k != "inference_s" or adapter is not None}
-                timing.update(cache_s=spent, total_s=spent)
-                return {**hit, **base, "from_cache": True, "timing": timing}
+        cache = _open_cache(cache_dir)
+        hit = None if cache is None else cache.get(key)
+        if hit is not None:
+            return _cache_hit(hit, base, adapter is not None, clock() - start)
         hashed = clock() - start
         with _time_limit(case_timeout):
             record = _compute_case(task.case_id, task.paths, settings, adapter)
@@ -715,6 +763,74 @@ class RunInfo:
     stage_seconds: dict[str, float] | None = None
 
 
+def _start(
+    executor: str | Any, fn: Callable[..., dict[str, Any]], tasks: Iterable[CaseTask],
+    n_tasks: int, workers: int | None, adapter: Any, mp_context: str | None,
+    case_timeout: float | None,
+) -> tuple[RunInfo, Iterator[dict[str, Any]]]:
+    """Start the executor's stream of records and the run's :class:`RunInfo`."""
+    if executor in ("serial", "process") and case_timeout:
+        # killable workers: the limit holds for native code that never returns (isolated.py)
+        from medseg_xai.audit.isolated import isolated
+
+        n = 1 if executor == "serial" else int(workers or os.cpu_count() or 1)
+        info = RunInfo(executor, n)
+        stream = isolated(fn, tasks, n, adapter, case_timeout, mp_context, init=_init_worker,
+                          preload=_preload)
+    elif executor == "serial":
+        info = RunInfo("serial", 1)
+        stream = _serial(fn, tasks, adapter)
+    elif executor == "process":
+        n = int(workers or os.cpu_count() or 1)
+        info = RunInfo("process", n)
+        stream = _process(fn, tasks, n_tasks, n, adapter, mp_context)
+    elif executor == "dask" or hasattr(executor, "submit") and hasattr(executor, "scatter"):
+        client = executor
+        if executor == "dask":
+            from distributed import get_client
+
+            client = get_client()
+        info = RunInfo("dask", dask_slots(client))
+        stream = _dask(fn, tasks, n_tasks, client, adapter)
+    else:
+        raise ValueError(
+            f"executor: expected one of {EXECUTORS} or a distributed.Client, got {executor!r}"
+        )
+    return info, stream
+
+
+def _collect(
+    stream: Iterable[dict[str, Any]], info: RunInfo, n_tasks: int,
+    sink: Callable[[dict[str, Any]], None] | None, progress: bool,
+) -> tuple[dict[int, dict[str, Any]] | None, dict[str, float]]:
+    """Count each row's record once, into ``sink`` or a dict by row; summed stage seconds."""
+    from tqdm.auto import tqdm
+
+    collected: dict[int, dict[str, Any]] | None = {} if sink is None else None
+    seen = bytearray(n_tasks)  # one byte per row: a case is never counted twice
+    sums = dict.fromkeys(STAGES, 0.0)
+    with tqdm(total=n_tasks, desc="audit", unit="case", disable=not progress) as bar:
+        for rec in stream:
+            row = rec["row"]
+            if seen[row]:
+                continue
+            seen[row] = 1
+            info.n_cases += 1
+            info.n_from_cache += bool(rec.get("from_cache"))
+            for k, v in (rec.get("timing") or {}).items():
+                if k in sums and v == v:
+                    sums[k] += float(v)
+            if collected is not None:
+                collected[row] = rec
+            else:
+                sink(rec)  # type: ignore[misc]
+            bar.update(1)
+    if info.n_cases != n_tasks:  # pragma: no cover - every executor yields one record per task
+        missing = [i for i in range(n_tasks) if not seen[i]][:10]
+        raise RuntimeError(f"audit: no result for rows {missing}")
+    return collected, sums
+
+
 def run_tasks(
     tasks: Iterable[CaseTask],
     settings: Mapping[str, Any],
@@ -768,8 +884,6 @@ def run_tasks(
     ValueError
         Bad executor or worker count.
     """
-    from tqdm.auto import tqdm
-
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
                                 or workers < 1):
         raise ValueError(f"workers: expected a positive number of processes, got {workers!r}")
@@ -778,55 +892,9 @@ def run_tasks(
         n_tasks = len(tasks)
     fn = partial(evaluate_task, settings=dict(settings), cache_dir=cache_dir,
                  cache_extra=cache_extra, case_timeout=case_timeout)
-    if executor in ("serial", "process") and case_timeout:
-        # killable workers: the limit holds for native code that never returns (isolated.py)
-        from medseg_xai.audit.isolated import isolated
-
-        n = 1 if executor == "serial" else int(workers or os.cpu_count() or 1)
-        info = RunInfo(executor, n)
-        stream = isolated(fn, tasks, n, adapter, case_timeout, mp_context, init=_init_worker,
-                          preload=_preload)
-    elif executor == "serial":
-        info = RunInfo("serial", 1)
-        stream = _serial(fn, tasks, adapter)
-    elif executor == "process":
-        n = int(workers or os.cpu_count() or 1)
-        info = RunInfo("process", n)
-        stream = _process(fn, tasks, n_tasks, n, adapter, mp_context)
-    elif executor == "dask" or hasattr(executor, "submit") and hasattr(executor, "scatter"):
-        client = executor
-        if executor == "dask":
-            from distributed import get_client
-
-            client = get_client()
-        info = RunInfo("dask", dask_slots(client))
-        stream = _dask(fn, tasks, n_tasks, client, adapter)
-    else:
-        raise ValueError(
-            f"executor: expected one of {EXECUTORS} or a distributed.Client, got {executor!r}"
-        )
-    collected: dict[int, dict[str, Any]] | None = {} if sink is None else None
-    seen = bytearray(n_tasks)  # one byte per row: a case is never counted twice
-    sums = dict.fromkeys(STAGES, 0.0)
-    with tqdm(total=n_tasks, desc="audit", unit="case", disable=not progress) as bar:
-        for rec in stream:
-            row = rec["row"]
-            if seen[row]:
-                continue
-            seen[row] = 1
-            info.n_cases += 1
-            info.n_from_cache += bool(rec.get("from_cache"))
-            for k, v in (rec.get("timing") or {}).items():
-                if k in sums and v == v:
-                    sums[k] += float(v)
-            if collected is not None:
-                collected[row] = rec
-            else:
-                sink(rec)  # type: ignore[misc]
-            bar.update(1)
-    if info.n_cases != n_tasks:  # pragma: no cover - every executor yields one record per task
-        missing = [i for i in range(n_tasks) if not seen[i]][:10]
-        raise RuntimeError(f"audit: no result for rows {missing}")
+    info, stream = _start(executor, fn, tasks, n_tasks, workers, adapter, mp_context,
+                          case_timeout)
+    collected, sums = _collect(stream, info, n_tasks, sink, progress)
     info.stage_seconds = {k: round(v, 6) for k, v in sums.items()
                           if k != "inference_s" or adapter is not None}
     if collected is not None:
