@@ -330,6 +330,55 @@ def _lesion_probability(
     return ((p * weights).sum(dim=dims) / weights.sum()).float().cpu().numpy()
 
 
+def _check_curve_args(target: Any, steps: Any, batch_size: Any) -> None:
+    """Check deletion_insertion's target, steps and batch size."""
+    if not isinstance(target, Target):
+        raise ValueError(
+            f"target: deletion_insertion needs a medseg_xai.targets.Target (mask and class), "
+            f"got {type(target).__name__}"
+        )
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+
+
+def _curve_attribution(attribution: Any, target: Target, spatial: tuple[int, ...]) -> np.ndarray:
+    """The attribution map as float64, checked against the image's and the mask's shape."""
+    attr = np.asarray(
+        attribution.attribution if isinstance(attribution, Explanation) else attribution,
+        dtype=np.float64,
+    )
+    if attr.shape != spatial:
+        raise ValueError(
+            f"attribution: expected the image's spatial shape {spatial}, got {attr.shape}"
+        )
+    if target.mask.shape != spatial:
+        raise ValueError(
+            f"target: mask shape {target.mask.shape} differs from the image's spatial shape {spatial}"
+        )
+    if not np.all(np.isfinite(attr)):
+        raise ValueError("attribution: contains NaN or infinite values")
+    return attr
+
+
+def _curve(adapter: SegmentationAdapter, x: torch.Tensor, base: torch.Tensor, target: Target,
+           weights: torch.Tensor, rank_t: torch.Tensor, ks: torch.Tensor, chunk: int,
+           mode: str) -> np.ndarray:
+    """One curve: the lesion probability as the top-ranked voxels are deleted or inserted."""
+    spatial = tuple(x.shape[2:])
+    values = []
+    for start in range(0, len(ks), chunk):
+        k = ks[start : start + chunk]
+        top = (rank_t[None] < k.reshape(-1, *[1] * len(spatial)))[:, None]  # (B,1,*s)
+        if mode == "deletion":
+            batch = torch.where(top, base, x)
+        else:
+            batch = torch.where(top, x, base)
+        values.append(_lesion_probability(adapter, batch, target, weights))
+    return np.concatenate(values).astype(np.float64)
+
+
 def deletion_insertion(
     adapter: SegmentationAdapter,
     image: Any,
@@ -360,31 +409,10 @@ def deletion_insertion(
     batch_size : int, optional
         Perturbed images per forward pass (None: all at once).
     """
-    if not isinstance(target, Target):
-        raise ValueError(
-            f"target: deletion_insertion needs a medseg_xai.targets.Target (mask and class), "
-            f"got {type(target).__name__}"
-        )
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps: expected a positive int, got {steps!r}")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    _check_curve_args(target, steps, batch_size)
     x = prepare_image(adapter, image)
     spatial = tuple(x.shape[2:])
-    attr = np.asarray(
-        attribution.attribution if isinstance(attribution, Explanation) else attribution,
-        dtype=np.float64,
-    )
-    if attr.shape != spatial:
-        raise ValueError(
-            f"attribution: expected the image's spatial shape {spatial}, got {attr.shape}"
-        )
-    if target.mask.shape != spatial:
-        raise ValueError(
-            f"target: mask shape {target.mask.shape} differs from the image's spatial shape {spatial}"
-        )
-    if not np.all(np.isfinite(attr)):
-        raise ValueError("attribution: contains NaN or infinite values")
+    attr = _curve_attribution(attribution, target, spatial)
 
     n_vox = attr.size
     order = np.argsort(-attr.ravel(), kind="stable")
@@ -397,18 +425,8 @@ def deletion_insertion(
     base = torch.full_like(x, float(baseline))
     chunk = batch_size or len(fractions)
 
-    curves = {}
-    for mode in ("deletion", "insertion"):
-        values = []
-        for start in range(0, len(fractions), chunk):
-            k = ks[start : start + chunk]
-            top = (rank_t[None] < k.reshape(-1, *[1] * len(spatial)))[:, None]  # (B,1,*s)
-            if mode == "deletion":
-                batch = torch.where(top, base, x)
-            else:
-                batch = torch.where(top, x, base)
-            values.append(_lesion_probability(adapter, batch, target, weights))
-        curves[mode] = np.concatenate(values).astype(np.float64)
+    curves = {mode: _curve(adapter, x, base, target, weights, rank_t, ks, chunk, mode)
+              for mode in ("deletion", "insertion")}
 
     return FaithfulnessCurves(
         fractions=fractions,
