@@ -414,6 +414,25 @@ def _read_on_grid(case_id: str, what: str, path: str, image: Volume, read: Mappi
     return vol
 
 
+def _load_volume(case_id: str, what: str, path: str, image: Volume, read: Mapping[str, Any],
+                 labels: Any, binarize: bool, reference_threshold: float, notes: list[str]
+                 ) -> tuple[np.ndarray, dict[int, str]]:
+    """A label, prediction or probability file on the image's grid, checked (notes appended)."""
+    spatial, affine = image.spatial_shape, image.affine
+    vol = _read_on_grid(case_id, what, path, image, read, what == "probability")
+    notes += vol.notes
+    if what == "probability":
+        if not np.all(np.isfinite(vol.array)):
+            raise ValueError(f"case {case_id!r}: probability contains NaN or infinite values")
+        _check_grid(case_id, what, vol.array.shape[1:], vol.affine, spatial, affine)
+        return vol.array.astype(np.float32, copy=False), {}
+    _check_label_shape(case_id, what, vol, image)
+    mask = _as_mask(vol.array, what, case_id, labels, binarize, notes=notes,
+                    reference_threshold=reference_threshold if what == "label" else None)
+    _check_grid(case_id, what, mask.shape, vol.affine, spatial, affine)
+    return mask, dict(vol.class_names)
+
+
 def load_case_from_paths(
     case_id: str,
     paths: Mapping[str, str | None],
@@ -468,21 +487,10 @@ def load_case_from_paths(
         path = paths.get(what)
         if _empty(path):
             continue
-        vol = _read_on_grid(case_id, what, str(path), image, read, what == "probability")
-        notes += vol.notes
-        if what == "probability":
-            if not np.all(np.isfinite(vol.array)):
-                raise ValueError(f"case {case_id!r}: probability contains NaN or infinite values")
-            _check_grid(case_id, what, vol.array.shape[1:], vol.affine, spatial, affine)
-            volumes[what] = vol.array.astype(np.float32, copy=False)
-        else:
-            _check_label_shape(case_id, what, vol, image)
-            mask = _as_mask(vol.array, what, case_id, labels, binarize, notes=notes,
-                            reference_threshold=reference_threshold if what == "label" else None)
-            _check_grid(case_id, what, mask.shape, vol.affine, spatial, affine)
-            volumes[what] = mask
-            if what == "label":
-                class_names = dict(vol.class_names)
+        volumes[what], names = _load_volume(case_id, what, str(path), image, read, labels,
+                                            binarize, reference_threshold, notes)
+        if what == "label":
+            class_names = names
     readers, missing_readers = _load_readers(case_id, paths, image, read, labels, binarize,
                                              allow_missing_readers, reference_threshold, notes)
     if volumes["label"] is None and not reader_columns(paths):
@@ -631,6 +639,90 @@ def _empty(value: Any) -> bool:
     return isinstance(value, str) and value.strip() == ""
 
 
+def _check_manifest(manifest: Any, pseudonymise: bool, salt: str | bytes | None) -> list[str]:
+    """Check the manifest's type, required columns, rows and salt; its reader columns."""
+    if not isinstance(manifest, pd.DataFrame):
+        raise ValueError(f"manifest: expected a pandas DataFrame, got {type(manifest).__name__}")
+    readers = reader_columns(manifest.columns)
+    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns
+               and not (c == "label" and readers)]
+    if missing:
+        raise ValueError(
+            f"manifest: missing required column(s) {missing}; expected at least "
+            f"{list(REQUIRED_COLUMNS)}, got {list(map(str, manifest.columns))}"
+        )
+    if pseudonymise and salt is None:
+        raise ValueError("salt: expected a secret str or bytes when pseudonymise=True, got None")
+    if len(manifest) == 0:
+        raise ValueError(
+            "manifest: expected at least one case row, got a header only (columns "
+            f"{list(map(str, manifest.columns))[:12]})"
+        )
+    return readers
+
+
+def _checked_ids(manifest: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the manifest with non-empty, unique case ids as str."""
+    df = manifest.copy().reset_index(drop=True)
+    ids = df["case_id"]
+    empty_ids = [i for i, v in enumerate(ids) if _empty(v)]
+    if empty_ids:
+        raise ValueError(
+            f"manifest: case_id: expected a non-empty id in every row, got empty ids in rows "
+            f"{empty_ids[:10]}"
+        )
+    df["case_id"] = [str(v) if not isinstance(v, float) else f"{v:g}" for v in ids]
+    dup = df["case_id"][df["case_id"].duplicated()].unique().tolist()
+    if dup:
+        raise ValueError(
+            f"manifest: case_id: expected unique ids, got duplicates {dup[:10]}"
+            + (f" (and {len(dup) - 10} more)" if len(dup) > 10 else "")
+        )
+    return df
+
+
+def _resolve_paths(df: pd.DataFrame, base: Path, readers: Sequence[str],
+                   problems: list[dict[str, str]]) -> None:
+    """Resolve the path columns in place against ``base``; missing/odd files go to problems."""
+    for col in (*PATH_COLUMNS, *readers):
+        if col not in df.columns:
+            continue
+        resolved: list[object] = []
+        for cid, value in zip(df["case_id"], df[col]):
+            if _empty(value):
+                if col in REQUIRED_COLUMNS or col in readers:
+                    problems.append({"case_id": cid, "field": col, "message":
+                                     f"case {cid!r}: {col}: expected a file path, got an empty value"})
+                resolved.append(None)
+                continue
+            p = normalise_path(str(value), base)  # Windows "\\" separators too
+            if not p.exists():
+                problems.append({"case_id": cid, "field": col, "message":
+                                 f"case {cid!r}: {col} file not found: expected a file at {str(p)!r}"})
+            elif not (p.is_file() or p.is_dir()):  # a FIFO or device would hang the audit
+                problems.append({"case_id": cid, "field": col, "message":
+                                 f"case {cid!r}: {col}: expected a regular file, got "
+                                 f"{file_kind(p)} at {str(p)!r}"})
+            resolved.append(str(p))
+        # no dtype: pandas >= 3 stores the paths as Arrow strings (about half the memory
+        # of a Python str per row: 100,000 rows x 3 path columns were 25 MB as objects)
+        with system_arrow_pool():  # see medseg_xai._memory
+            df[col] = pd.Series(resolved, index=df.index)
+
+
+def _pseudonymise(df: pd.DataFrame, problems: list[dict[str, str]], salt: str | bytes) -> None:
+    """Replace case and patient ids by salted pseudonyms in place (problems too)."""
+    mapping = {cid: pseudonym(cid, salt, "c-") for cid in df["case_id"]}
+    df["case_id"] = df["case_id"].map(mapping)
+    for prob in problems:  # file names can carry the original ids too
+        prob["message"] = strip_file_names(prob["message"].replace(
+            repr(prob["case_id"]), repr(mapping[prob["case_id"]])))
+        prob["case_id"] = mapping[prob["case_id"]]
+    if "patient_id" in df.columns:
+        df["patient_id"] = [None if _empty(v) else pseudonym(v, salt, "p-")
+                            for v in df["patient_id"]]
+
+
 class Cohort:
     """A validated manifest of cases.
 
@@ -674,38 +766,8 @@ class Cohort:
         salt: str | bytes | None = None,
         source: str | None = None,
     ) -> None:
-        if not isinstance(manifest, pd.DataFrame):
-            raise ValueError(f"manifest: expected a pandas DataFrame, got {type(manifest).__name__}")
-        readers = reader_columns(manifest.columns)
-        missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns
-                   and not (c == "label" and readers)]
-        if missing:
-            raise ValueError(
-                f"manifest: missing required column(s) {missing}; expected at least "
-                f"{list(REQUIRED_COLUMNS)}, got {list(map(str, manifest.columns))}"
-            )
-        if pseudonymise and salt is None:
-            raise ValueError("salt: expected a secret str or bytes when pseudonymise=True, got None")
-        if len(manifest) == 0:
-            raise ValueError(
-                "manifest: expected at least one case row, got a header only (columns "
-                f"{list(map(str, manifest.columns))[:12]})"
-            )
-        df = manifest.copy().reset_index(drop=True)
-        ids = df["case_id"]
-        empty_ids = [i for i, v in enumerate(ids) if _empty(v)]
-        if empty_ids:
-            raise ValueError(
-                f"manifest: case_id: expected a non-empty id in every row, got empty ids in rows "
-                f"{empty_ids[:10]}"
-            )
-        df["case_id"] = [str(v) if not isinstance(v, float) else f"{v:g}" for v in ids]
-        dup = df["case_id"][df["case_id"].duplicated()].unique().tolist()
-        if dup:
-            raise ValueError(
-                f"manifest: case_id: expected unique ids, got duplicates {dup[:10]}"
-                + (f" (and {len(dup) - 10} more)" if len(dup) > 10 else "")
-            )
+        readers = _check_manifest(manifest, pseudonymise, salt)
+        df = _checked_ids(manifest)
         # looked for before identifier columns are dropped: "PatientID" is both
         self.repeated_patient_columns: list[str] = repeated_patient_columns(df)
         if self.repeated_patient_columns:
@@ -722,45 +784,14 @@ class Cohort:
         self.dropped_columns: list[str] = [str(c) for c in dropped]
         base = Path(root) if root is not None else Path.cwd()
         problems: list[dict[str, str]] = []
-        for col in (*PATH_COLUMNS, *readers):
-            if col not in df.columns:
-                continue
-            resolved: list[object] = []
-            for cid, value in zip(df["case_id"], df[col]):
-                if _empty(value):
-                    if col in REQUIRED_COLUMNS or col in readers:
-                        problems.append({"case_id": cid, "field": col, "message":
-                                         f"case {cid!r}: {col}: expected a file path, got an empty value"})
-                    resolved.append(None)
-                    continue
-                p = normalise_path(str(value), base)  # Windows "\\" separators too
-                if not p.exists():
-                    problems.append({"case_id": cid, "field": col, "message":
-                                     f"case {cid!r}: {col} file not found: expected a file at {str(p)!r}"})
-                elif not (p.is_file() or p.is_dir()):  # a FIFO or device would hang the audit
-                    problems.append({"case_id": cid, "field": col, "message":
-                                     f"case {cid!r}: {col}: expected a regular file, got "
-                                     f"{file_kind(p)} at {str(p)!r}"})
-                resolved.append(str(p))
-            # no dtype: pandas >= 3 stores the paths as Arrow strings (about half the memory
-            # of a Python str per row: 100,000 rows x 3 path columns were 25 MB as objects)
-            with system_arrow_pool():  # see medseg_xai._memory
-                df[col] = pd.Series(resolved, index=df.index)
+        _resolve_paths(df, base, readers, problems)
         if "frame_axis" in df.columns:
             df = _expand_frames(df, problems)
         if read_metadata:
             df = self._fill_metadata(df, problems)
         if pseudonymise:
             assert salt is not None
-            mapping = {cid: pseudonym(cid, salt, "c-") for cid in df["case_id"]}
-            df["case_id"] = df["case_id"].map(mapping)
-            for prob in problems:  # file names can carry the original ids too
-                prob["message"] = strip_file_names(prob["message"].replace(
-                    repr(prob["case_id"]), repr(mapping[prob["case_id"]])))
-                prob["case_id"] = mapping[prob["case_id"]]
-            if "patient_id" in df.columns:
-                df["patient_id"] = [None if _empty(v) else pseudonym(v, salt, "p-")
-                                    for v in df["patient_id"]]
+            _pseudonymise(df, problems, salt)
         _warn_shared_files(df)  # after pseudonymisation: the ids shown are the ones kept
         self.manifest: pd.DataFrame = df
         self.problems: pd.DataFrame = pd.DataFrame(problems, columns=["case_id", "field", "message"])
