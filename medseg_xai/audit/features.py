@@ -237,8 +237,6 @@ def _feature_shift(
         cases outside a declared reference with it) and the per-case columns
         (:data:`FEATURE_CASE_COLUMNS`, index of ``cases``).
     """
-    from sklearn.decomposition import PCA
-
     from medseg_xai.audit import stats
 
     if correction not in ("holm", "bh"):
@@ -251,17 +249,7 @@ def _feature_shift(
     has = np.isfinite(x).all(axis=1)
     is_ref_all = reference_mask(cases, reference)
     is_ref = is_ref_all & has
-    per_case = pd.DataFrame(np.nan, index=cases.index, columns=list(FEATURE_CASE_COLUMNS))
-    if is_ref.sum() >= 3:  # too few reference cases (a tiny cohort): scores stay NaN
-        per_case.loc[has, "ood_score"] = ood_scores(x[has], is_ref[has])
-    z_all = _standardise(x[is_ref] if is_ref.sum() >= 2 else x[has], x[has])
-    if has.sum() >= 3:
-        pcs = PCA(n_components=2, svd_solver="full").fit_transform(
-            _standardise(x[has], x[has]))
-        per_case.loc[has, "feature_pc1"] = pcs[:, 0]
-        per_case.loc[has, "feature_pc2"] = pcs[:, 1]
-    z = np.full_like(x, np.nan)
-    z[has] = z_all
+    per_case, z = _case_scores(x, has, is_ref, cases.index)
     ood = per_case["ood_score"].to_numpy()
     rows: list[dict[str, Any]] = []
     tests: list[tuple[str, pd.Series, Sequence[str]]] = list(groups)
@@ -273,24 +261,8 @@ def _feature_shift(
         lab = labels.reindex(cases.index).astype(object).to_numpy()
         for g_idx, group in enumerate(order):
             in_g = (lab == group) & has
-            comp = is_ref & ~in_g
-            nan = float("nan")
-            row: dict[str, Any] = {
-                "stratum": stratum, "group": str(group), "n": int(in_g.sum()),
-                "n_reference": int(comp.sum()),
-                "in_reference": float(is_ref[in_g].mean()) if in_g.any() else nan,
-                "median_ood_score": _median(ood[in_g]), "median_ood_reference": _median(ood[comp]),
-                "distance": nan, "distance_p_value": nan, "p_value": nan,
-                "flag": "insufficient data",
-            }
-            if min(row["n"], row["n_reference"]) >= max(int(min_n), 2):
-                sel = in_g | comp
-                rng = np.random.default_rng([int(seed), 17, s_idx, g_idx])
-                row["distance"], row["distance_p_value"] = _group_test(
-                    z[sel], in_g[sel], int(n_permutations), rng)
-                if np.isfinite(ood[sel]).all():
-                    row["p_value"] = _rank_test(ood[sel], in_g[sel], int(n_permutations), rng)
-            rows.append(row)
+            rows.append(_group_row(stratum, group, in_g, is_ref, ood, z, min_n, n_permutations,
+                                   [int(seed), 17, s_idx, g_idx]))
     table = pd.DataFrame(rows, columns=[c for c in FEATURE_SHIFT_COLUMNS if c != "p_adjusted"
                                         ] + ["p_adjusted"])
     adjust = stats.holm if correction == "holm" else stats.bh
@@ -298,6 +270,49 @@ def _feature_shift(
     tested = table["p_value"].notna()
     table.loc[tested, "flag"] = np.where(table.loc[tested, "p_adjusted"] < alpha, "shifted", "ok")
     return table[list(FEATURE_SHIFT_COLUMNS)], per_case
+
+
+def _case_scores(x: np.ndarray, has: np.ndarray, is_ref: np.ndarray,
+                 index: pd.Index) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per-case OOD score and feature PCs, and the features standardised on the reference."""
+    from sklearn.decomposition import PCA
+
+    per_case = pd.DataFrame(np.nan, index=index, columns=list(FEATURE_CASE_COLUMNS))
+    if is_ref.sum() >= 3:  # too few reference cases (a tiny cohort): scores stay NaN
+        per_case.loc[has, "ood_score"] = ood_scores(x[has], is_ref[has])
+    z_all = _standardise(x[is_ref] if is_ref.sum() >= 2 else x[has], x[has])
+    if has.sum() >= 3:
+        pcs = PCA(n_components=2, svd_solver="full").fit_transform(
+            _standardise(x[has], x[has]))
+        per_case.loc[has, "feature_pc1"] = pcs[:, 0]
+        per_case.loc[has, "feature_pc2"] = pcs[:, 1]
+    z = np.full_like(x, np.nan)
+    z[has] = z_all
+    return per_case, z
+
+
+def _group_row(stratum: str, group: Any, in_g: np.ndarray, is_ref: np.ndarray, ood: np.ndarray,
+               z: np.ndarray, min_n: int, n_permutations: int,
+               rng_key: list[int]) -> dict[str, Any]:
+    """One group's row: sizes, median OOD scores and, when large enough, its two tests."""
+    comp = is_ref & ~in_g
+    nan = float("nan")
+    row: dict[str, Any] = {
+        "stratum": stratum, "group": str(group), "n": int(in_g.sum()),
+        "n_reference": int(comp.sum()),
+        "in_reference": float(is_ref[in_g].mean()) if in_g.any() else nan,
+        "median_ood_score": _median(ood[in_g]), "median_ood_reference": _median(ood[comp]),
+        "distance": nan, "distance_p_value": nan, "p_value": nan,
+        "flag": "insufficient data",
+    }
+    if min(row["n"], row["n_reference"]) >= max(int(min_n), 2):
+        sel = in_g | comp
+        rng = np.random.default_rng(rng_key)
+        row["distance"], row["distance_p_value"] = _group_test(
+            z[sel], in_g[sel], int(n_permutations), rng)
+        if np.isfinite(ood[sel]).all():
+            row["p_value"] = _rank_test(ood[sel], in_g[sel], int(n_permutations), rng)
+    return row
 
 
 def monitor(
