@@ -57,6 +57,22 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _decision_rules(rules: Any) -> DecisionRules | None:
+    """An audit's rules as :class:`DecisionRules` (None when not given)."""
+    return None if rules is None else (
+        rules if isinstance(rules, DecisionRules) else DecisionRules.from_settings(rules))
+
+
+def _channel_names(channel_names: Any, n_ch: int) -> list[str]:
+    """The input channels' names (default ``"channel i"``), one per image channel."""
+    names = list(channel_names) if channel_names is not None else \
+        [f"channel {i}" for i in range(n_ch)]
+    if len(names) != n_ch:
+        raise ValueError(f"channel_names: expected {n_ch} names (one per image channel), "
+                         f"got {len(names)}")
+    return [str(n) for n in names]
+
+
 class CaseExplorer(W.VBox):
     """Explore one case: planes, overlays, lesions, explanations and the miss verdict.
 
@@ -153,8 +169,7 @@ class CaseExplorer(W.VBox):
         self.adapter = adapter
         self.case_id = case_id
         # an audit's rules (decide.DecisionRules, from_audit): its threshold, ids and statuses
-        self.rules = None if rules is None else (
-            rules if isinstance(rules, DecisionRules) else DecisionRules.from_settings(rules))
+        self.rules = _decision_rules(rules)
         if self.rules is not None and self.rules.threshold is not None:
             threshold = self.rules.threshold
         self.threshold = float(threshold)
@@ -169,18 +184,33 @@ class CaseExplorer(W.VBox):
         self.image, spatial = self._image(image, ref, pred, adapter)
         self.spacing = self._spacing(spacing, len(spatial), self.affine)
         self.geometry = Geometry(spatial, self.affine, self.spacing, convention=convention)
-        n_ch = self.image.shape[0]
-        names = list(channel_names) if channel_names is not None else \
-            [f"channel {i}" for i in range(n_ch)]
-        if len(names) != n_ch:
-            raise ValueError(f"channel_names: expected {n_ch} names (one per image channel), "
-                             f"got {len(names)}")
-        self.channel_names = [str(n) for n in names]
+        self.channel_names = _channel_names(channel_names, self.image.shape[0])
         # One forward pass gives the output channels (class_index check) and, when they are
         # not given, the prediction and the probability.
         probs = None if adapter is None else \
             adapter.probabilities(self.image).detach().cpu().numpy()[0]
         self.class_index = self._class_index(class_index)
+        self._init_masks(ref, pred, spatial, class_index, classes)
+        self.probability = self._probability(probability, spatial, self.class_index)
+        if probs is not None and (self.pred is None or self.probability is None):
+            self._predict(probs)
+
+        self._init_lesions(spatial)
+        self.detected_reference = detected_reference
+        self.selected_lesion: str | None = None
+        self.cache = ExplanationCache()
+        self.explanation: Any = None  # the Explanation (or None) shown as heatmap
+        self.explanation_key: tuple | None = None
+        self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
+        self.readout_voxel: tuple[int, ...] | None = None
+
+        self._init_view(spatial, px, readers)
+        self._build()
+        self.redraw()
+
+    def _init_masks(self, ref: Any, pred: Any, spatial: tuple[int, ...],
+                    class_index: int | None, classes: Any) -> None:
+        """Check the masks and set up the class selector (starting on ``class_index``)."""
         self.ref = None if ref is None else self._mask(ref, spatial, "ref")
         self.pred = None if pred is None else self._mask(pred, spatial, "pred")
         # the label maps as given: the class selector cuts one class out of them
@@ -191,24 +221,18 @@ class CaseExplorer(W.VBox):
         if class_index is not None and int(class_index) in self.class_options:
             self.selected_class = int(class_index)
             self.ref, self.pred = self._class_masks(self.selected_class)
-        self.probability = self._probability(probability, spatial, self.class_index)
-        if probs is not None and (self.pred is None or self.probability is None):
-            self._predict(probs)
 
+    def _init_lesions(self, spatial: tuple[int, ...]) -> None:
+        """The lesion table of the masks (None without any mask)."""
         self.lesions: CaseLesions | None = None
         if self.ref is not None or self.pred is not None:
             pred_mask = self.pred if self.pred is not None else np.zeros(spatial, bool)
             self.lesions = CaseLesions(self.image, pred=pred_mask, ref=self.ref,
                                        probability=self.probability, spacing=self.spacing,
                                        rules=self.rules)
-        self.detected_reference = detected_reference
-        self.selected_lesion: str | None = None
-        self.cache = ExplanationCache()
-        self.explanation: Any = None  # the Explanation (or None) shown as heatmap
-        self.explanation_key: tuple | None = None
-        self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
-        self.readout_voxel: tuple[int, ...] | None = None
 
+    def _init_view(self, spatial: tuple[int, ...], px: int, readers: Any) -> None:
+        """Window presets, view state, renderer and the readers' masks."""
         self.presets = window_presets(self.image[0])
         lo, hi = self.presets["auto (0.5-99.5 %)"]
         self.state = ViewState(spatial, vmin=float(lo), vmax=float(hi), geometry=self.geometry)
@@ -219,8 +243,6 @@ class CaseExplorer(W.VBox):
 
             self.renderer.set_readers(check_readers(readers, "readers", min_readers=1))
         self.readers: dict[str, np.ndarray] = dict(self.renderer.readers)
-        self._build()
-        self.redraw()
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -420,6 +442,44 @@ class CaseExplorer(W.VBox):
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
+        """Create the widgets (planes, view controls, lesions, explanation, export), lay them out."""
+        columns = self._build_planes()
+        self._build_window_controls()
+        dis = self._build_toggles()
+        self._build_opacity_zoom()
+        view_controls = W.VBox([
+            W.HBox([self.channel, self.class_select, self.preset, self.window,
+                    self.window_readout]),
+            W.HBox([cb for k, cb in self.toggles.items() if k != "disagreement"]),
+            W.HBox([*self.reader_toggles.values(), dis],
+                   layout=W.Layout(display="flex" if self.readers else "none")),
+            W.HBox([self.opacity, self.heat_opacity, self.prob_opacity]),
+            W.HBox([self.zoom, self.zoom_lesion]),
+        ])
+
+        self._build_lesion_widgets()
+        self._build_explanation_widgets()
+        save_png, save_nii = self._build_export_widgets()
+
+        header = W.HTML(self._header_html())
+        explain_box = W.VBox([
+            W.HTML("<b>Explanation</b>"),
+            W.HBox([self.method, self.layer, self.target]),
+            W.HBox([self.run_button, self.cancel_button, self.uncertainty_button,
+                    self.progress, self.status]),
+            self.montage, self.channel_panels, self.ablation_html,
+        ])
+        lesion_box = W.VBox([W.HTML("<b>Lesions</b>"), self.lesion_table, self.lesion_select,
+                             W.HTML("<b>Verdict</b>"), self.verdict_html, self.sweep_button])
+        export_box = W.HBox([self.export_path, save_png, save_nii])
+        self._build_model_tab(explain_box)
+        self.children = [header, W.HBox(columns), self.readout, view_controls, lesion_box,
+                         self.tabs, export_box]
+        self.add_class("mx-case-explorer")
+        self._update_window_readout()
+
+    def _build_planes(self) -> list[W.Widget]:
+        """One column per plane: its image and slice slider; the voxel readout below."""
         st = self.state
         self.plane_images: list[W.Image] = []
         self.sliders: dict[int, W.IntSlider] = {}
@@ -442,8 +502,11 @@ class CaseExplorer(W.VBox):
             columns.append(W.VBox(parts))
         self.readout = W.HTML("<i>Point at a plane to read the voxel under the cursor.</i>")
         self.readout.add_class("mx-readout")
+        return columns
 
-        # window / level
+    def _build_window_controls(self) -> None:
+        """Window / level slider, window presets, channel and class selectors."""
+        st = self.state
         lo_all, hi_all = self.presets["full range"]
         step = (hi_all - lo_all) / 200 if hi_all > lo_all else 0.01
         self.window = W.FloatRangeSlider(value=(st.vmin, st.vmax), min=lo_all,
@@ -471,6 +534,9 @@ class CaseExplorer(W.VBox):
         self.class_select.add_class("mx-class-select")
         self.class_select.observe(lambda change: self.set_class(int(change["new"])), "value")
 
+    def _build_toggles(self) -> W.Checkbox:
+        """Layer toggles and reader outlines; returns the disagreement toggle."""
+        st = self.state
         self.toggles: dict[str, W.Checkbox] = {}
         for key, label in (("reference", "reference"), ("prediction", "prediction"),
                            ("error", "error map (FN / FP)"), ("probability", "probability"),
@@ -501,6 +567,11 @@ class CaseExplorer(W.VBox):
         dis.add_class("mx-toggle-disagreement")
         dis.observe(functools.partial(self._on_toggle, "disagreement"), "value")
         self.toggles["disagreement"] = dis
+        return dis
+
+    def _build_opacity_zoom(self) -> None:
+        """Opacity sliders of the overlays, zoom slider and zoom-to-lesion button."""
+        st = self.state
 
         def opacity(layer: str, value: float, label: str) -> W.FloatSlider:
             sl = W.FloatSlider(value=value, min=0.0, max=1.0, step=0.05, description=label,
@@ -521,17 +592,9 @@ class CaseExplorer(W.VBox):
                                     disabled=self.lesions is None)
         self.zoom_lesion.add_class("mx-zoom-lesion")
         self.zoom_lesion.on_click(lambda _b: self.zoom_to_lesion())
-        view_controls = W.VBox([
-            W.HBox([self.channel, self.class_select, self.preset, self.window,
-                    self.window_readout]),
-            W.HBox([cb for k, cb in self.toggles.items() if k != "disagreement"]),
-            W.HBox([*self.reader_toggles.values(), dis],
-                   layout=W.Layout(display="flex" if self.readers else "none")),
-            W.HBox([self.opacity, self.heat_opacity, self.prob_opacity]),
-            W.HBox([self.zoom, self.zoom_lesion]),
-        ])
 
-        # lesions and verdict
+    def _build_lesion_widgets(self) -> None:
+        """Lesion table and selector, verdict and miss-analysis button."""
         self.lesion_table = W.HTML()
         self.lesion_table.add_class("mx-lesion-table")
         options: list[tuple[str, str | None]] = [("(no lesion selected)", None)]
@@ -551,7 +614,8 @@ class CaseExplorer(W.VBox):
         self.sweep_button.add_class("mx-miss-button")
         self.sweep_button.on_click(lambda _b: self.analyse(wait=not self.background))
 
-        # explanations
+    def _build_explanation_widgets(self) -> None:
+        """Method, layer and target choices, run / cancel / uncertainty buttons, outputs."""
         from medseg_xai.explain import LAYER_METHODS, METHODS
 
         self._layer_methods = set(LAYER_METHODS) | {ACTIVATIONS}
@@ -602,7 +666,8 @@ class CaseExplorer(W.VBox):
         self.ablation_html.add_class("mx-ablation")
         self._update_layer_enabled()
 
-        # export
+    def _build_export_widgets(self) -> tuple[W.Button, W.Button]:
+        """Export path and the PNG / NIfTI export buttons."""
         self.export_path = W.Text(value=self._default_export_name(), description="export to")
         save_png = W.Button(description="view PNG", icon="image")
         save_png.add_class("mx-export-png")
@@ -610,18 +675,10 @@ class CaseExplorer(W.VBox):
         save_nii = W.Button(description="attribution NIfTI", icon="download")
         save_nii.add_class("mx-export-nifti")
         save_nii.on_click(lambda _b: self._export_clicked("nifti"))
+        return save_png, save_nii
 
-        header = W.HTML(self._header_html())
-        explain_box = W.VBox([
-            W.HTML("<b>Explanation</b>"),
-            W.HBox([self.method, self.layer, self.target]),
-            W.HBox([self.run_button, self.cancel_button, self.uncertainty_button,
-                    self.progress, self.status]),
-            self.montage, self.channel_panels, self.ablation_html,
-        ])
-        lesion_box = W.VBox([W.HTML("<b>Lesions</b>"), self.lesion_table, self.lesion_select,
-                             W.HTML("<b>Verdict</b>"), self.verdict_html, self.sweep_button])
-        export_box = W.HBox([self.export_path, save_png, save_nii])
+    def _build_model_tab(self, explain_box: W.Widget) -> None:
+        """The explanation / model tabs (the model tab is filled when first opened)."""
         # "model" tab (layer table, kernels, activations, top channels): built when first opened
         self.model_tab: Any = None
         self._model_tab_stale = False
@@ -634,10 +691,6 @@ class CaseExplorer(W.VBox):
         self.tabs.set_title(1, "model")
         self.tabs.add_class("mx-tabs")
         self.tabs.observe(self._on_tab, "selected_index")
-        self.children = [header, W.HBox(columns), self.readout, view_controls, lesion_box,
-                         self.tabs, export_box]
-        self.add_class("mx-case-explorer")
-        self._update_window_readout()
 
     def _attach_events(self, img: W.Image, position: int) -> None:
         """Click and wheel on a plane (immediate), pointer moves (throttled) via ipyevents."""
