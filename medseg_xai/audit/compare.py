@@ -7,7 +7,7 @@ independent means. Intervals resample patients (or cases) with their pair intact
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,40 +108,16 @@ def compare(
     ValueError
         If the two audits do not cover the same case ids.
     """
-    if not isinstance(result_a, AuditResult) or not isinstance(result_b, AuditResult):
-        raise ValueError("compare: expected two AuditResult objects, got "
-                         f"{type(result_a).__name__} and {type(result_b).__name__}")
-    ids_a, ids_b = set(result_a.cases["case_id"]), set(result_b.cases["case_id"])
-    if ids_a != ids_b:
-        only_a, only_b = sorted(ids_a - ids_b)[:5], sorted(ids_b - ids_a)[:5]
-        raise ValueError(f"compare: expected audits of the same cohort; case ids only in A: "
-                         f"{only_a}, only in B: {only_b}")
+    _check_same_cohort(result_a, result_b)
     sa = result_a.settings
     strata_list = parse_strata(list(strata) if strata is not None else sa.get("strata", []))
     metric_names = list(metrics) if metrics is not None else list(sa.get("metrics") or [])
     dflt = analysis.STATS_DEFAULTS
-    seed = int(sa.get("seed", dflt["seed"]) if seed is None else seed)
-    n_resamples = int(sa.get("n_resamples", dflt["n_resamples"]) if n_resamples is None
-                      else n_resamples)
-    confidence = float(sa.get("confidence", dflt["confidence"]) if confidence is None
-                       else confidence)
-    min_n = int(sa.get("min_n", dflt["min_n"]) if min_n is None else min_n)
+    seed, n_resamples, confidence, min_n = _stats_settings(sa, seed, n_resamples, confidence,
+                                                           min_n)
 
-    a = result_a.cases.set_index("case_id")
-    b = result_b.cases.set_index("case_id")
-    both = [c for c in result_a.cases["case_id"]
-            if a.at[c, "status"] == "ok" and b.at[c, "status"] == "ok"]
-    metric_names = [m for m in metric_names if m in a.columns and m in b.columns]
-    paired = result_a.cases.set_index("case_id").loc[both].reset_index()
-    cases = pd.DataFrame({"case_id": both})
-    for m in metric_names:
-        va = pd.to_numeric(a.loc[both, m], errors="coerce").to_numpy(dtype=float)
-        vb = pd.to_numeric(b.loc[both, m], errors="coerce").to_numpy(dtype=float)
-        cases[f"{m}_a"], cases[f"{m}_b"], cases[f"{m}_diff"] = va, vb, vb - va
-    clustered = "patient_id" in paired.columns and paired["patient_id"].notna().any()
-    clusters = (paired["patient_id"].astype(object).where(paired["patient_id"].notna(),
-                                                         paired["case_id"]).astype(str).to_numpy()
-                if clustered else None)
+    both, metric_names, paired, cases = _paired_values(result_a, result_b, metric_names)
+    clusters = _clusters(paired)
     rows = []
     orders = analysis.prepare_cases(paired, sa.get("lesion_size_bins", dflt["lesion_size_bins"]))[1]
     prepared = paired  # derived strata columns are already stored in result.cases
@@ -158,11 +134,7 @@ def compare(
                     d, metric=m, clusters=None if clusters is None else clusters[sel],
                     n_resamples=n_resamples, confidence=confidence,
                     method=sa.get("ci_method", dflt["ci_method"]), rng=rng, difference=True)
-                p = float("nan")
-                if n >= min_n and np.any(d != 0):
-                    p = float(sps.wilcoxon(d).pvalue)
-                elif n >= min_n:
-                    p = 1.0
+                p = _wilcoxon_p(d, n, min_n)
                 rows.append({
                     "stratum": stratum.name, "group": str(g), "metric": m, "n": n,
                     "mean_a": float(np.nanmean(cases[f"{m}_a"].to_numpy()[sel])) if n else np.nan,
@@ -172,18 +144,81 @@ def compare(
                 })
     table = pd.DataFrame(rows, columns=[c for c in COMPARISON_COLUMNS if c not in ("p_adjusted", "flag")])
     table["p_adjusted"] = stats.holm(table["p_value"].to_numpy(dtype=float)) if len(table) else []
-    flags = []
-    for r in rows:
-        n, lo, hi = r["n"], r["ci_low"], r["ci_high"]
-        direction = stats.metric_direction(r["metric"])
-        if n < min_n:
-            flags.append(FLAG_INSUFFICIENT)
-        elif direction != 0 and np.isfinite(lo) and (lo > 0 or hi < 0):
-            flags.append(FLAG_BETTER if (lo > 0) == (direction > 0) else FLAG_WORSE)
-        else:
-            flags.append(FLAG_NO_CHANGE)
-    table["flag"] = flags
+    table["flag"] = [_flag(r, min_n) for r in rows]
     settings = {"name_a": name_a, "name_b": name_b, "seed": seed, "n_resamples": n_resamples,
                 "confidence": confidence, "min_n": min_n, "metrics": metric_names,
                 "strata": [s.name for s in strata_list], "n_paired": len(both)}
     return ComparisonResult(cases=cases, subgroups=table[COMPARISON_COLUMNS], settings=settings)
+
+
+def _check_same_cohort(result_a: Any, result_b: Any) -> None:
+    """Refuse anything but two AuditResults of the same case ids."""
+    if not isinstance(result_a, AuditResult) or not isinstance(result_b, AuditResult):
+        raise ValueError("compare: expected two AuditResult objects, got "
+                         f"{type(result_a).__name__} and {type(result_b).__name__}")
+    ids_a, ids_b = set(result_a.cases["case_id"]), set(result_b.cases["case_id"])
+    if ids_a != ids_b:
+        only_a, only_b = sorted(ids_a - ids_b)[:5], sorted(ids_b - ids_a)[:5]
+        raise ValueError(f"compare: expected audits of the same cohort; case ids only in A: "
+                         f"{only_a}, only in B: {only_b}")
+
+
+def _stats_settings(sa: Mapping[str, Any], seed: int | None, n_resamples: int | None,
+                    confidence: float | None, min_n: int | None) -> tuple[int, int, float, int]:
+    """The statistics settings given, else those of audit A, else the defaults."""
+    dflt = analysis.STATS_DEFAULTS
+    seed = int(sa.get("seed", dflt["seed"]) if seed is None else seed)
+    n_resamples = int(sa.get("n_resamples", dflt["n_resamples"]) if n_resamples is None
+                      else n_resamples)
+    confidence = float(sa.get("confidence", dflt["confidence"]) if confidence is None
+                       else confidence)
+    min_n = int(sa.get("min_n", dflt["min_n"]) if min_n is None else min_n)
+    return seed, n_resamples, confidence, min_n
+
+
+def _paired_values(
+    result_a: AuditResult, result_b: AuditResult, metric_names: Sequence[str]
+) -> tuple[list[Any], list[str], pd.DataFrame, pd.DataFrame]:
+    """Cases ok in both audits, the metrics both hold, A's rows of those cases, and the
+    per-case table: each metric in A, in B and their difference B - A."""
+    a = result_a.cases.set_index("case_id")
+    b = result_b.cases.set_index("case_id")
+    both = [c for c in result_a.cases["case_id"]
+            if a.at[c, "status"] == "ok" and b.at[c, "status"] == "ok"]
+    metric_names = [m for m in metric_names if m in a.columns and m in b.columns]
+    paired = result_a.cases.set_index("case_id").loc[both].reset_index()
+    cases = pd.DataFrame({"case_id": both})
+    for m in metric_names:
+        va = pd.to_numeric(a.loc[both, m], errors="coerce").to_numpy(dtype=float)
+        vb = pd.to_numeric(b.loc[both, m], errors="coerce").to_numpy(dtype=float)
+        cases[f"{m}_a"], cases[f"{m}_b"], cases[f"{m}_diff"] = va, vb, vb - va
+    return both, metric_names, paired, cases
+
+
+def _clusters(paired: pd.DataFrame) -> np.ndarray | None:
+    """Patient id per case (the case id where missing); None without patient ids."""
+    clustered = "patient_id" in paired.columns and paired["patient_id"].notna().any()
+    return (paired["patient_id"].astype(object).where(paired["patient_id"].notna(),
+                                                     paired["case_id"]).astype(str).to_numpy()
+            if clustered else None)
+
+
+def _wilcoxon_p(d: np.ndarray, n: int, min_n: int) -> float:
+    """Wilcoxon signed-rank p-value of the differences (1 when all zero, NaN when too few)."""
+    p = float("nan")
+    if n >= min_n and np.any(d != 0):
+        p = float(sps.wilcoxon(d).pvalue)
+    elif n >= min_n:
+        p = 1.0
+    return p
+
+
+def _flag(r: Mapping[str, Any], min_n: int) -> str:
+    """A row's flag: too few cases, better, worse or no change (the CI against zero)."""
+    n, lo, hi = r["n"], r["ci_low"], r["ci_high"]
+    direction = stats.metric_direction(r["metric"])
+    if n < min_n:
+        return FLAG_INSUFFICIENT
+    if direction != 0 and np.isfinite(lo) and (lo > 0 or hi < 0):
+        return FLAG_BETTER if (lo > 0) == (direction > 0) else FLAG_WORSE
+    return FLAG_NO_CHANGE
