@@ -6,6 +6,7 @@ once, with one KD-tree query per direction feeding HD, HD95, ASSD and NSD togeth
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,88 @@ def _binary_case(
     return out
 
 
+def _check_options(
+    empty: str, convention: str, use_subvoxels: bool, percentile: float | None,
+    tolerance: float, extra: Any,
+) -> tuple[float | None, float, tuple]:
+    """Check :func:`evaluate_case`'s options; the checked percentile, tolerance and extras."""
+    check_empty_policy(empty)
+    check_convention(convention)
+    if use_subvoxels and convention != "monai":
+        raise ValueError(
+            f"use_subvoxels: expected convention='monai' (MONAI's sub-voxel NSD), "
+            f"got convention={convention!r}"
+        )
+    percentile = _check_percentile(percentile)
+    tolerance = _check_tolerance(tolerance)
+    extra = tuple(extra)
+    unknown = [e for e in extra if e not in EXTRA_METRICS]
+    if unknown:
+        raise ValueError(f"extra: expected names from {EXTRA_METRICS}, got {unknown}")
+    return percentile, tolerance, extra
+
+
+def _class_probabilities(probabilities: Any, shape: tuple[int, ...], ndim: int,
+                         classes: dict) -> np.ndarray:
+    """Check ``(K, *spatial)`` class probabilities with a channel for every label."""
+    probs = check_probabilities(probabilities, "probabilities")
+    need = max(classes) + 1
+    if probs.ndim != ndim + 1 or probs.shape[1:] != shape or probs.shape[0] < need:
+        raise ValueError(
+            f"probabilities: expected shape (K >= {need}, *{shape}) with channel k for "
+            f"label k, got {tuple(probs.shape)}"
+        )
+    return probs
+
+
+def _mask_case(
+    pred: Any, ref: Any, spacing: Any, probabilities: Any,
+    one: Callable[[np.ndarray, np.ndarray, tuple, np.ndarray | None], dict[str, Any]],
+) -> dict[str, Any]:
+    """Metrics of two binary masks (``one`` scores them), checked first."""
+    pred_b = check_mask(pred, "pred")
+    ref_b = check_mask(ref, "ref")
+    check_same_shape(pred_b, ref_b, ("pred", "ref"))
+    sp = check_spacing(spacing, pred_b.ndim)
+    prob = None
+    if probabilities is not None:
+        prob = check_probabilities(probabilities, "probabilities", shape=pred_b.shape)
+    return one(pred_b, ref_b, sp, prob)
+
+
+def _label_map_case(
+    pred: Any, ref: Any, spacing: Any, labels: Any, probabilities: Any,
+    one: Callable[[np.ndarray, np.ndarray, tuple, np.ndarray | None], dict[str, Any]],
+) -> dict[str, Any]:
+    """Per-class metrics of two label maps (``one`` scores a class), and their class means."""
+    pred_l = check_label_map(pred, "pred")
+    ref_l = check_label_map(ref, "ref")
+    check_same_shape(pred_l, ref_l, ("pred", "ref"))
+    sp = check_spacing(spacing, pred_l.ndim)
+    present = _present_labels(pred_l) | _present_labels(ref_l)
+    classes = check_labels(labels, present)
+    probs = None
+    if probabilities is not None:
+        probs = _class_probabilities(probabilities, pred_l.shape, pred_l.ndim, classes)
+
+    out: dict[str, Any] = {}
+    per_class: dict[str, list[float]] = {}
+    cases: list[str] = []
+    for lab, name in classes.items():
+        res = one(pred_l == lab, ref_l == lab, sp, None if probs is None else probs[lab])
+        case = res.pop("edge_case")
+        out[f"edge_case_{name}"] = case
+        if case != "none":
+            cases.append(f"{name}:{case}")
+        for key, value in res.items():
+            out[f"{key}_{name}"] = value
+            per_class.setdefault(key, []).append(value)
+    for key, values in per_class.items():
+        out[key] = float(np.mean(values))
+    out["edge_case"] = ";".join(cases) if cases else "none"
+    return out
+
+
 def evaluate_case(
     pred: Any,
     ref: Any,
@@ -181,80 +264,17 @@ def evaluate_case(
         ``"none"``, else ``"name:case"`` entries of the other classes joined by ``";"``, and
         ``empty_policy`` and ``convention``.
     """
-    check_empty_policy(empty)
-    check_convention(convention)
-    if use_subvoxels and convention != "monai":
-        raise ValueError(
-            f"use_subvoxels: expected convention='monai' (MONAI's sub-voxel NSD), "
-            f"got convention={convention!r}"
-        )
-    percentile = _check_percentile(percentile)
-    tolerance = _check_tolerance(tolerance)
-    extra = tuple(extra)
-    unknown = [e for e in extra if e not in EXTRA_METRICS]
-    if unknown:
-        raise ValueError(f"extra: expected names from {EXTRA_METRICS}, got {unknown}")
+    percentile, tolerance, extra = _check_options(empty, convention, use_subvoxels, percentile,
+                                                  tolerance, extra)
+
+    def one(p: np.ndarray, r: np.ndarray, sp: tuple, prob: np.ndarray | None) -> dict[str, Any]:
+        return _binary_case(p, r, sp, tolerance, percentile, empty, prob, convention,
+                            use_subvoxels, extra, boundary_width)
+
     if labels is None:
-        pred_b = check_mask(pred, "pred")
-        ref_b = check_mask(ref, "ref")
-        check_same_shape(pred_b, ref_b, ("pred", "ref"))
-        sp = check_spacing(spacing, pred_b.ndim)
-        prob = None
-        if probabilities is not None:
-            prob = check_probabilities(probabilities, "probabilities", shape=pred_b.shape)
-        out = _binary_case(pred_b, ref_b, sp, tolerance, percentile, empty, prob, convention,
-                           use_subvoxels, extra, boundary_width)
-        out["empty_policy"] = empty
-        out["convention"] = convention
-        return out
-
-    pred_l = check_label_map(pred, "pred")
-    ref_l = check_label_map(ref, "ref")
-    check_same_shape(pred_l, ref_l, ("pred", "ref"))
-    sp = check_spacing(spacing, pred_l.ndim)
-    present = _present_labels(pred_l) | _present_labels(ref_l)
-    classes = check_labels(labels, present)
-    probs = None
-    if probabilities is not None:
-        probs = check_probabilities(probabilities, "probabilities")
-        need = max(classes) + 1
-        if (
-            probs.ndim != pred_l.ndim + 1
-            or probs.shape[1:] != pred_l.shape
-            or probs.shape[0] < need
-        ):
-            raise ValueError(
-                f"probabilities: expected shape (K >= {need}, *{pred_l.shape}) with channel k for "
-                f"label k, got {tuple(probs.shape)}"
-            )
-
-    out: dict[str, Any] = {}
-    per_class: dict[str, list[float]] = {}
-    cases: list[str] = []
-    for lab, name in classes.items():
-        res = _binary_case(
-            pred_l == lab,
-            ref_l == lab,
-            sp,
-            tolerance,
-            percentile,
-            empty,
-            None if probs is None else probs[lab],
-            convention,
-            use_subvoxels,
-            extra,
-            boundary_width,
-        )
-        case = res.pop("edge_case")
-        out[f"edge_case_{name}"] = case
-        if case != "none":
-            cases.append(f"{name}:{case}")
-        for key, value in res.items():
-            out[f"{key}_{name}"] = value
-            per_class.setdefault(key, []).append(value)
-    for key, values in per_class.items():
-        out[key] = float(np.mean(values))
-    out["edge_case"] = ";".join(cases) if cases else "none"
+        out = _mask_case(pred, ref, spacing, probabilities, one)
+    else:
+        out = _label_map_case(pred, ref, spacing, labels, probabilities, one)
     out["empty_policy"] = empty
     out["convention"] = convention
     return out
