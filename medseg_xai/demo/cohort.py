@@ -89,6 +89,29 @@ def _pick(rng: np.random.Generator, options: dict[str, float]) -> str:
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
+def _device_mixes(site_list: Sequence[Site], excluded: set[str]) -> dict[str, dict[str, float]]:
+    """Each site's device weights without the excluded devices (a site left with none fails)."""
+    mixes = {}
+    for site in site_list:
+        mix = {d: p for d, p in site.devices.items() if d not in excluded}
+        if not mix:
+            raise ValueError(
+                f"exclude_devices: site {site.name!r} has no device left "
+                f"(its devices {sorted(site.devices)}, excluded {sorted(excluded)})"
+            )
+        mixes[site.name] = mix
+    return mixes
+
+
+def _reader_masks(fraction: np.ndarray, device: Device, seed: int, patient: int, visit: int,
+                  readers: int) -> dict[str, np.ndarray]:
+    """Simulated readers' masks of one scan, from a random stream of their own."""
+    if not readers:
+        return {}
+    reader_rng = np.random.default_rng(np.random.SeedSequence([int(seed), patient, visit, 15]))
+    return simulate_readers(fraction, device.spacing, reader_rng, int(readers))
+
+
 def generate_cases(
     n_cases: int,
     seed: int = 0,
@@ -122,15 +145,7 @@ def generate_cases(
     shape = _check_shape(shape)
     excluded = {get_device(d).name for d in exclude_devices}
     site_list = [get_site(s) for s in (sites if sites is not None else SITES)]
-    mixes = {}
-    for site in site_list:
-        mix = {d: p for d, p in site.devices.items() if d not in excluded}
-        if not mix:
-            raise ValueError(
-                f"exclude_devices: site {site.name!r} has no device left "
-                f"(its devices {sorted(site.devices)}, excluded {sorted(excluded)})"
-            )
-        mixes[site.name] = mix
+    mixes = _device_mixes(site_list, excluded)
     site_weights = {s.name: s.weight for s in site_list}
 
     produced = 0
@@ -155,22 +170,11 @@ def generate_cases(
             device = DEVICES[_pick(rng, mixes[site.name])]
             image, label, affine, fraction = render(anatomy, lesions, device, rng,
                                                     return_fraction=True)
-            masks = {}
-            if readers:
-                reader_rng = np.random.default_rng(
-                    np.random.SeedSequence([int(seed), patient, visit, 15]))
-                masks = simulate_readers(fraction, device.spacing, reader_rng, int(readers))
+            masks = _reader_masks(fraction, device, seed, patient, visit, readers)
             produced += 1
             yield DemoCase(
-                case_id=f"case-{produced:04d}",
-                patient_id=f"P{patient + 1:04d}",
-                visit=visit,
-                site=site,
-                device=device,
-                age=age,
-                sex=sex,
-                image=image,
-                label=label,
+                case_id=f"case-{produced:04d}", patient_id=f"P{patient + 1:04d}", visit=visit,
+                site=site, device=device, age=age, sex=sex, image=image, label=label,
                 affine=affine,
                 lesion_radii_mm=tuple(lesion.radius_mm for lesion in lesions),
                 lesion_contrasts=tuple(lesion.contrast for lesion in lesions),

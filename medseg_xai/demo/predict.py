@@ -35,6 +35,39 @@ def _relative(path: Path, start: Path) -> str:
         return str(path)
 
 
+def _read_manifest(manifest: Path) -> pd.DataFrame:
+    """The manifest's rows, checked: the columns needed and ids usable as file names."""
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest: no file at {manifest}")
+    df = pd.read_csv(manifest, dtype={"case_id": str, "patient_id": str})
+    missing = {"case_id", "image"} - set(df.columns)
+    if missing:
+        raise ValueError(
+            f"manifest: expected columns case_id and image, {manifest} lacks {sorted(missing)}"
+        )
+    for cid in df["case_id"]:  # file names come from ids: refuse any that leave the folder
+        safe_file_name(cid, ".nii.gz")
+    return df
+
+
+def _predict_case(adapter: Any, case_id: str, image_value: Any, base: Path, out: Path
+                  ) -> tuple[Path, Path]:
+    """Predict one case and write its label and probability maps; their paths."""
+    image_path = _resolve(image_value, base, case_id, "image")
+    img = nib.load(str(image_path))
+    image = np.asarray(img.get_fdata(dtype=np.float32))
+    with torch.no_grad():
+        prob = adapter.probabilities(image)[0].cpu().numpy()
+    fg = prob[1] if prob.shape[0] > 1 else prob[0]
+    label = label_map(prob, None if prob.shape[0] > 1 else 0.5,
+                      activation=adapter.activation)  # the toolkit's one decision rule
+    pred_path = out / "predictions" / safe_file_name(case_id, ".nii.gz")
+    prob_path = out / "probabilities" / safe_file_name(case_id, ".nii.gz")
+    save_nifti(label.astype(np.uint8), img.affine, pred_path, "medseg-xai prediction")
+    save_nifti(fg.astype(np.float32), img.affine, prob_path, "medseg-xai probability")
+    return pred_path, prob_path
+
+
 def predict_cohort(
     manifest: str | Path,
     adapter: Any = None,
@@ -72,16 +105,7 @@ def predict_cohort(
         The new manifest CSV.
     """
     manifest = Path(manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest: no file at {manifest}")
-    df = pd.read_csv(manifest, dtype={"case_id": str, "patient_id": str})
-    missing = {"case_id", "image"} - set(df.columns)
-    if missing:
-        raise ValueError(
-            f"manifest: expected columns case_id and image, {manifest} lacks {sorted(missing)}"
-        )
-    for cid in df["case_id"]:  # file names come from ids: refuse any that leave the folder
-        safe_file_name(cid, ".nii.gz")
+    df = _read_manifest(manifest)
     if adapter is None:
         from medseg_xai.demo.model import load_model
 
@@ -95,19 +119,7 @@ def predict_cohort(
     predictions, probabilities = [], []
     rows = list(df.itertuples(index=False))
     for row in tqdm(rows, desc="predict", unit="case", disable=not progress):
-        case_id = str(row.case_id)
-        image_path = _resolve(row.image, base, case_id, "image")
-        img = nib.load(str(image_path))
-        image = np.asarray(img.get_fdata(dtype=np.float32))
-        with torch.no_grad():
-            prob = adapter.probabilities(image)[0].cpu().numpy()
-        fg = prob[1] if prob.shape[0] > 1 else prob[0]
-        label = label_map(prob, None if prob.shape[0] > 1 else 0.5,
-                          activation=adapter.activation)  # the toolkit's one decision rule
-        pred_path = out / "predictions" / safe_file_name(case_id, ".nii.gz")
-        prob_path = out / "probabilities" / safe_file_name(case_id, ".nii.gz")
-        save_nifti(label.astype(np.uint8), img.affine, pred_path, "medseg-xai prediction")
-        save_nifti(fg.astype(np.float32), img.affine, prob_path, "medseg-xai probability")
+        pred_path, prob_path = _predict_case(adapter, str(row.case_id), row.image, base, out)
         predictions.append(_relative(pred_path, out))
         probabilities.append(_relative(prob_path, out))
 

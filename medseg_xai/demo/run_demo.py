@@ -113,6 +113,59 @@ def _write_explanations(cohort: Any, analyses: dict[tuple[str, str], Any],
     return written
 
 
+def _audit_stage(manifest: Any, adapter: Any, n_cases: int, seed: int, workers: int | None,
+                 progress: bool) -> tuple[Any, Any]:
+    """The cohort of the predicted manifest and its audit by device, site and lesion size."""
+    from medseg_xai.audit import DEFAULT_CRITERIA, audit
+    from medseg_xai.audit.plan import AuditPlan
+    from medseg_xai.cohort import Cohort
+
+    cohort = Cohort.from_csv(manifest)
+    # Predictions were stored, so the audit never ran the model: name its weights in the config.
+    config = {**_REPORT_CONFIG, "model_fingerprint": adapter.fingerprint,
+              "command_line": f"medseg-xai demo --n-cases {int(n_cases)} --seed {int(seed)}"}
+    plan = AuditPlan.from_options(strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
+                                  lesion_size_bins=DEMO_LESION_SIZE_BINS)
+    return cohort, audit(cohort, plan, workers=workers, progress=progress, report=config)
+
+
+def _explain_stage(result: Any, cohort: Any, adapter: Any, seed: int, figures: Path
+                   ) -> tuple[dict[tuple[str, str], list[Path]], dict[str, Any]]:
+    """The failure gallery into the result; files and summary of the largest missed lesion."""
+    from medseg_xai.audit.explanations import explain_failures
+
+    worst = worst_missed_lesion(result.lesions)
+    extra = [] if worst is None else [(str(worst["case_id"]), str(worst["lesion_id"]))]
+    # The gallery lives in the result (and audit.json): the report only draws it. The largest
+    # missed lesion is one of its entries (explain_miss: probes re-run through the model), and
+    # the files below are written from those same analyses.
+    analyses: dict[tuple[str, str], Any] = {}
+    result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed,
+                                           max_explanations=2, analyses=analyses)
+    # Files for the largest missed lesion only (PNGs cost ~1 s each); the others are in the JSON.
+    written = _write_explanations(cohort, {k: analyses[k] for k in extra if k in analyses},
+                                  figures)
+    explained: dict[str, Any] = {}
+    if extra and extra[0] in analyses:
+        a = analyses[extra[0]]
+        explained = {"case_id": extra[0][0], "lesion_id": extra[0][1], "analysis": a,
+                     "volume_mm3": float(worst["volume_mm3"]), "files": written[extra[0]]}
+    return written, explained
+
+
+def _write_stage(result: Any, out: Path, any_written: bool, figures: Path
+                 ) -> tuple[dict[str, Any], Path]:
+    """Write the JSON, tables and report; the files written and the report's path."""
+    from medseg_xai.audit import write_outputs
+
+    files = write_outputs(result, out)
+    if any_written:  # CASE_LESION_miss.json, CASE_LESION_METHOD.nii.gz / .png
+        files["explanations"] = figures
+    report = Path(result.to_html(out / "report.html"))
+    files["html"] = report
+    return files, report
+
+
 def run_demo(
     out_dir: str | Path = "medseg-xai-demo",
     *,
@@ -146,10 +199,6 @@ def run_demo(
     -------
     DemoOutputs
     """
-    from medseg_xai.audit import DEFAULT_CRITERIA, audit, write_outputs
-    from medseg_xai.audit.explanations import explain_failures
-    from medseg_xai.audit.plan import AuditPlan
-    from medseg_xai.cohort import Cohort
     from medseg_xai.demo import load_model, make_cohort, predict_cohort
 
     say = echo or (lambda _line: None)
@@ -172,44 +221,19 @@ def run_demo(
 
     t0 = time.perf_counter()
     say("[3/5] auditing by device, site and lesion size ...")
-    cohort = Cohort.from_csv(manifest)
-    # Predictions were stored, so the audit never ran the model: name its weights in the config.
-    config = {**_REPORT_CONFIG, "model_fingerprint": adapter.fingerprint,
-              "command_line": f"medseg-xai demo --n-cases {int(n_cases)} --seed {int(seed)}"}
-    plan = AuditPlan.from_options(strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
-                                  lesion_size_bins=DEMO_LESION_SIZE_BINS)
-    result = audit(cohort, plan, workers=workers, progress=progress, report=config)
+    cohort, result = _audit_stage(manifest, adapter, n_cases, seed, workers, progress)
     timings["audit_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("[4/5] explaining the worst missed lesion and the failure gallery ...")
     figures = out / "explanations"
     figures.mkdir(exist_ok=True)
-    worst = worst_missed_lesion(result.lesions)
-    extra = [] if worst is None else [(str(worst["case_id"]), str(worst["lesion_id"]))]
-    # The gallery lives in the result (and audit.json): the report only draws it. The largest
-    # missed lesion is one of its entries (explain_miss: probes re-run through the model), and
-    # the files below are written from those same analyses.
-    analyses: dict[tuple[str, str], Any] = {}
-    result.explanations = explain_failures(result, cohort, adapter, extra=extra, seed=seed,
-                                           max_explanations=2, analyses=analyses)
-    # Files for the largest missed lesion only (PNGs cost ~1 s each); the others are in the JSON.
-    written = _write_explanations(cohort, {k: analyses[k] for k in extra if k in analyses},
-                                  figures)
-    explained: dict[str, Any] = {}
-    if extra and extra[0] in analyses:
-        a = analyses[extra[0]]
-        explained = {"case_id": extra[0][0], "lesion_id": extra[0][1], "analysis": a,
-                     "volume_mm3": float(worst["volume_mm3"]), "files": written[extra[0]]}
+    written, explained = _explain_stage(result, cohort, adapter, seed, figures)
     timings["explain_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     say("[5/5] writing the JSON, tables and report ...")
-    files = write_outputs(result, out)
-    if written:  # CASE_LESION_miss.json, CASE_LESION_METHOD.nii.gz / .png
-        files["explanations"] = figures
-    report = Path(result.to_html(out / "report.html"))
-    files["html"] = report
+    files, report = _write_stage(result, out, bool(written), figures)
     timings["report_s"] = time.perf_counter() - t0
 
     outputs = DemoOutputs(out_dir=out, manifest=Path(manifest), report=report, files=files,
