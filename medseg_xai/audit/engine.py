@@ -759,6 +759,123 @@ def _tables(cohort: Cohort, stream_path: str | Path, offsets: np.ndarray | None 
     return cases, coordinate_columns(lesions)
 
 
+def _bin_strata(cases: pd.DataFrame, strata_list: list[Any], orders: dict[str, Any],
+                settings: dict[str, Any]) -> tuple[pd.DataFrame, list[Any]]:
+    """Bin continuous strata, warning (and noting in ``settings``) what was binned."""
+    cases, strata_list, binned = bin_continuous_strata(cases, strata_list, orders)
+    if binned:
+        for note in binned:
+            warnings.warn(note, stacklevel=3)  # build_result's caller, as before the split
+        settings["statistics_warnings"] = [
+            *[w for w in settings.get("statistics_warnings") or [] if w not in binned], *binned]
+    return cases, strata_list
+
+
+def _insert_class_column(subgroups: pd.DataFrame, settings: Mapping[str, Any]) -> None:
+    """Add the ``class`` column to a multi-class audit's subgroup table (in place)."""
+    if settings.get("classes") and len(settings["classes"]) > 1 and len(subgroups):
+        from medseg_xai.classes import class_of_metric
+
+        # which class a row describes; the unlabelled mean names the classes it covers
+        subgroups.insert(subgroups.columns.get_loc("metric") + 1, "class", [
+            class_of_metric(m, settings["classes"], _PER_CLASS_KEYS) for m in subgroups["metric"]])
+
+
+def _with_feature_shift(
+    cases: pd.DataFrame, features: np.ndarray | None, strata_list: list[Any],
+    orders: dict[str, Any], settings: Mapping[str, Any], stat: Mapping[str, Any],
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The feature-shift table (None without features) and the cases with its columns."""
+    feature_table = None
+    if features is not None and features.shape[1] > 0:
+        from medseg_xai.audit.features import feature_shift
+
+        groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
+        feature_table, per_case = feature_shift(
+            features, cases, groups, reference=settings.get("feature_reference"),
+            seed=int(stat["seed"]), n_permutations=int(stat["n_resamples"]),
+            correction=stat["correction"], alpha=float(stat["alpha"]), min_n=int(stat["min_n"]))
+        timing = [c for c in TIMING_COLUMNS if c in cases.columns]
+        stale = [c for c in (*timing, *per_case.columns) if c in cases.columns]
+        cases = cases.drop(columns=stale).join(per_case).join(cases[timing])
+    return cases, feature_table
+
+
+def _with_failure(
+    cases: pd.DataFrame, strata_list: list[Any], orders: dict[str, Any],
+    settings: Mapping[str, Any], stat: Mapping[str, Any], features: np.ndarray | None,
+    calibration: tuple[np.ndarray, list[str]] | None, provenance: Mapping[str, Any],
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], Mapping[str, Any]]:
+    """Failure-detection tables when asked, the cases with their columns, the provenance."""
+    failure_tables: dict[str, pd.DataFrame] = {}
+    if settings.get("failure"):  # issue 27: failure detection, calibration, hidden strata
+        from medseg_xai.audit.failure import audit_tables
+
+        groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
+        failure_tables, per_case, searched = audit_tables(
+            cases, groups, settings, features=features, calibration=calibration,
+            categorical=[c for s in strata_list for c in s.columns], stat=stat)
+        if searched:
+            provenance = {**provenance, "hidden_strata": searched}
+        timing = [c for c in TIMING_COLUMNS if c in cases.columns]
+        cases = cases.drop(columns=[*timing, *[c for c in per_case if c in cases]]
+                           ).join(per_case).join(cases[timing])
+    return cases, failure_tables, provenance
+
+
+def _group_index(cases: pd.DataFrame, strata_list: list[Any],
+                 orders: dict[str, Any]) -> dict[tuple[str, str], pd.Index]:
+    """Index of the evaluated cases of each (stratum, group)."""
+    group_index = {}
+    for stratum in [analysis.OVERALL, *strata_list]:
+        labels, order = analysis.stratum_groups(cases, stratum, orders)
+        ok_labels = labels[cases["status"] == "ok"]
+        for g in order:
+            group_index[(stratum.name, str(g))] = ok_labels.index[ok_labels == g]
+    return group_index
+
+
+def _record_interval_settings(settings: dict[str, Any], metric_names: list[str],
+                              stat: Mapping[str, Any]) -> None:
+    """Note the metrics, and each one's interval method and minimum units, in ``settings``."""
+    settings["metrics"] = list(metric_names)
+    # the interval method each metric's means got, and from how many independent units an
+    # interval is shown (stats.MIN_INTERVAL_UNITS): reports print both
+    settings["ci_method"] = stat["ci_method"]
+    settings["interval_methods"] = {
+        m: stats_mod.interval_method(m, stat["ci_method"]) for m in metric_names}
+    settings["interval_min_units"] = {
+        m: int(stats_mod.MIN_INTERVAL_UNITS[meth])
+        for m, meth in settings["interval_methods"].items()}
+
+
+def _reader_tables(readers: Mapping[str, pd.DataFrame] | None, cases: pd.DataFrame,
+                   strata_list: list[Any], orders: dict[str, Any], stat: Mapping[str, Any],
+                   crit: list[Any]) -> dict[str, Any]:
+    """The per-case reader tables given and the agreement tables made from them."""
+    reader = dict(readers or {})
+    reader.update(_readers.reader_tables(
+        cases, reader.get("readers"), reader.get("reader_lesions"),
+        analysis._groups_iter(cases, strata_list, orders), stat, crit))
+    return reader
+
+
+def _case_provenance(cases: pd.DataFrame, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """Provenance with edge-case, reading-note and row counts of the cases."""
+    provenance = dict(provenance)
+    ok = cases["status"] == "ok"
+    edge = cases.loc[ok, "edge_case"].value_counts() if "edge_case" in cases else pd.Series(dtype=int)
+    provenance["edge_cases"] = {k: int(edge.get(k, 0))
+                                for k in ("none", "both_empty", "pred_empty", "ref_empty")}
+    if "read_notes" in cases:  # what the readers assumed (default spacing, soft reference...)
+        notes = [n for v in cases.loc[ok, "read_notes"].dropna() for n in str(v).split("; ") if n]
+        provenance["read_notes"] = {n: notes.count(n) for n in dict.fromkeys(notes)}
+    provenance["n_rows"] = len(cases)
+    provenance["n_evaluated"] = int(ok.sum())
+    provenance["n_failed"] = int((cases["status"] == "failed").sum())
+    return provenance
+
+
 def build_result(
     cases: pd.DataFrame,
     lesions: pd.DataFrame,
@@ -784,12 +901,7 @@ def build_result(
             **{k: v for k, v in settings.items() if k in analysis.STATS_DEFAULTS}}
     strata_list = parse_strata(settings.get("strata"))
     cases, orders = analysis.prepare_cases(cases, stat["lesion_size_bins"])
-    cases, strata_list, binned = bin_continuous_strata(cases, strata_list, orders)
-    if binned:
-        for note in binned:
-            warnings.warn(note, stacklevel=2)
-        settings["statistics_warnings"] = [
-            *[w for w in settings.get("statistics_warnings") or [] if w not in binned], *binned]
+    cases, strata_list = _bin_strata(cases, strata_list, orders, settings)
     release_memory()
     metric_names = [m for m in (settings.get("metrics") or DEFAULT_METRICS) if m in cases.columns]
     min_n = int(stat["min_n"])
@@ -800,12 +912,7 @@ def build_result(
         ci_method=stat["ci_method"], test=stat["test"], correction=stat["correction"],
         alpha=float(stat["alpha"]),
     )
-    if settings.get("classes") and len(settings["classes"]) > 1 and len(subgroups):
-        from medseg_xai.classes import class_of_metric
-
-        # which class a row describes; the unlabelled mean names the classes it covers
-        subgroups.insert(subgroups.columns.get_loc("metric") + 1, "class", [
-            class_of_metric(m, settings["classes"], _PER_CLASS_KEYS) for m in subgroups["metric"]])
+    _insert_class_column(subgroups, settings)
     # Each table's working arrays are freed when it is done; giving that heap back before the
     # next one keeps the peak at one table's work above the data (at 100,000 cases RSS
     # otherwise climbed by each table's leftovers: +45 MB by the detection table).
@@ -819,70 +926,21 @@ def build_result(
                                         confidence=confidence, min_n=min_n, **tests)
     agreement = analysis.volume_agreement_table(cases, strata_list, orders=orders,
                                                 confidence=confidence, min_n=min_n, **tests)
-    feature_table = None
-    if features is not None and features.shape[1] > 0:
-        from medseg_xai.audit.features import feature_shift
-
-        groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
-        feature_table, per_case = feature_shift(
-            features, cases, groups, reference=settings.get("feature_reference"),
-            seed=int(stat["seed"]), n_permutations=int(stat["n_resamples"]),
-            correction=stat["correction"], alpha=float(stat["alpha"]), min_n=min_n)
-        timing = [c for c in TIMING_COLUMNS if c in cases.columns]
-        stale = [c for c in (*timing, *per_case.columns) if c in cases.columns]
-        cases = cases.drop(columns=stale).join(per_case).join(cases[timing])
-    failure_tables: dict[str, pd.DataFrame] = {}
-    if settings.get("failure"):  # issue 27: failure detection, calibration, hidden strata
-        from medseg_xai.audit.failure import audit_tables
-
-        groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
-        failure_tables, per_case, searched = audit_tables(
-            cases, groups, settings, features=features, calibration=calibration,
-            categorical=[c for s in strata_list for c in s.columns], stat=stat)
-        if searched:
-            provenance = {**provenance, "hidden_strata": searched}
-        timing = [c for c in TIMING_COLUMNS if c in cases.columns]
-        cases = cases.drop(columns=[*timing, *[c for c in per_case if c in cases]]
-                           ).join(per_case).join(cases[timing])
-    group_index = {}
-    for stratum in [analysis.OVERALL, *strata_list]:
-        labels, order = analysis.stratum_groups(cases, stratum, orders)
-        ok_labels = labels[cases["status"] == "ok"]
-        for g in order:
-            group_index[(stratum.name, str(g))] = ok_labels.index[ok_labels == g]
+    cases, feature_table = _with_feature_shift(cases, features, strata_list, orders, settings,
+                                               stat)
+    cases, failure_tables, provenance = _with_failure(
+        cases, strata_list, orders, settings, stat, features, calibration, provenance)
+    group_index = _group_index(cases, strata_list, orders)
     crit = load_criteria(settings.get("criteria")) if settings.get("criteria") else []
-    from medseg_xai.audit import readers as _readers
-
-    reader = dict(readers or {})
-    reader.update(_readers.reader_tables(
-        cases, reader.get("readers"), reader.get("reader_lesions"),
-        analysis._groups_iter(cases, strata_list, orders), stat, crit))
+    reader = _reader_tables(readers, cases, strata_list, orders, stat, crit)
     criteria_table = evaluate_criteria(
         crit, subgroups=subgroups, cases=cases, lesions=lesions, false_positives=fps,
         group_index=group_index, audit_strata=[s.name for s in strata_list], min_n=min_n,
         confidence=confidence, noninferiority=reader["reader_noninferiority"])
     criteria_table = add_sample_size(criteria_table, crit, subgroups, cases, group_index,
                                      confidence=confidence, ci_method=stat["ci_method"])
-    settings["metrics"] = list(metric_names)
-    # the interval method each metric's means got, and from how many independent units an
-    # interval is shown (stats.MIN_INTERVAL_UNITS): reports print both
-    settings["ci_method"] = stat["ci_method"]
-    settings["interval_methods"] = {
-        m: stats_mod.interval_method(m, stat["ci_method"]) for m in metric_names}
-    settings["interval_min_units"] = {
-        m: int(stats_mod.MIN_INTERVAL_UNITS[meth])
-        for m, meth in settings["interval_methods"].items()}
-    provenance = dict(provenance)
-    ok = cases["status"] == "ok"
-    edge = cases.loc[ok, "edge_case"].value_counts() if "edge_case" in cases else pd.Series(dtype=int)
-    provenance["edge_cases"] = {k: int(edge.get(k, 0))
-                                for k in ("none", "both_empty", "pred_empty", "ref_empty")}
-    if "read_notes" in cases:  # what the readers assumed (default spacing, soft reference...)
-        notes = [n for v in cases.loc[ok, "read_notes"].dropna() for n in str(v).split("; ") if n]
-        provenance["read_notes"] = {n: notes.count(n) for n in dict.fromkeys(notes)}
-    provenance["n_rows"] = len(cases)
-    provenance["n_evaluated"] = int(ok.sum())
-    provenance["n_failed"] = int((cases["status"] == "failed").sum())
+    _record_interval_settings(settings, metric_names, stat)
+    provenance = _case_provenance(cases, provenance)
     return AuditResult(
         cases=cases, subgroups=subgroups, lesions=lesions, criteria=criteria_table,
         lesion_detection=detection, false_positives=fps, volume_agreement=agreement,
