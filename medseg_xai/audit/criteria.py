@@ -69,6 +69,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,135 @@ def _judged_on_empty(metric: str | None) -> bool:
 judged_on_empty = _judged_on_empty
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """An audit's tables and group lookups, as the criteria read them."""
+
+    subgroups: pd.DataFrame
+    cases: pd.DataFrame
+    lesions: pd.DataFrame
+    false_positives: pd.DataFrame
+    group_index: Mapping[tuple[str, str], pd.Index]
+    groups_by_stratum: dict[str, list[str]]
+    only_empty: dict[tuple[str, str], bool]
+    evaluated: bool
+    confidence: float
+    criteria: Sequence[Mapping[str, Any]]
+
+
+def _stratum_rows(t: _Tables, crit: Mapping[str, Any], base: dict[str, Any], stratum: str,
+                  need: int) -> list[dict[str, Any]]:
+    """One criterion's rows in one stratum (one per group, or one saying why none)."""
+    if crit["kind"] == "gap" and stratum == "overall":
+        return [{**base, "stratum": stratum, "group": "", "n": 0,
+                 "value": float("nan"), "status": NOT_EVALUATED,
+                 "reason": "the overall cohort has no gap to itself"}]
+    if stratum not in t.groups_by_stratum:
+        return [{**base, "stratum": stratum, "group": "", "n": 0,
+                 "value": float("nan"), "status": NOT_EVALUATED,
+                 "reason": f"stratum {stratum!r} was not audited"}]
+    if crit["kind"] in ("metric", "gap"):
+        sub = t.subgroups[(t.subgroups["stratum"] == stratum)
+                          & (t.subgroups["metric"] == crit["metric"])]
+        if sub.empty and not t.evaluated:  # no metric columns at all: every case failed
+            return [{**base, "stratum": stratum, "group": "", "n": 0,
+                     "value": float("nan"), "status": INSUFFICIENT,
+                     "reason": "no case was evaluated"}]
+        if sub.empty:
+            raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
+                             f"among the audit's metrics")
+        if not _judged_on_empty(crit["metric"]):
+            empty = sub["group"].astype(str).map(
+                lambda g, s=stratum: t.only_empty.get((s, g), False))
+        else:
+            empty = pd.Series(False, index=sub.index)
+        if crit["kind"] == "metric":
+            return _metric_rows(t, crit, base, stratum, sub, empty, need)
+        return _gap_rows(crit, base, stratum, sub, empty, need)
+    if crit["kind"] == "detection":
+        return _detection_rows(t, crit, base, stratum, need)
+    return _false_positive_rows(t, crit, base, stratum, need)
+
+
+def _metric_rows(t: _Tables, crit: Mapping[str, Any], base: dict[str, Any], stratum: str,
+                 sub: pd.DataFrame, empty: pd.Series, need: int) -> list[dict[str, Any]]:
+    """A metric criterion's row per group (groups without reference lesions not judged)."""
+    rows: list[dict[str, Any]] = []
+    for (_, r), is_empty in zip(sub.iterrows(), empty):
+        value = float(r[crit["statistic"]])
+        if is_empty:
+            rows.append({**base, "stratum": stratum, "group": r["group"],
+                         "n": int(r["n"]), "value": value, "status": NOT_EVALUATED,
+                         "reason": _empty_reason(crit["metric"], t.criteria)})
+            continue
+        rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n"]),
+                     "value": value,
+                     "status": _status(value, crit["op"], crit["threshold"], r["n"] >= need)})
+    return rows
+
+
+def _gap_rows(crit: Mapping[str, Any], base: dict[str, Any], stratum: str, sub: pd.DataFrame,
+              empty: pd.Series, need: int) -> list[dict[str, Any]]:
+    """A gap criterion's one row: the largest absolute gap among large enough groups."""
+    left_out = sorted(str(g) for g in sub.loc[empty.to_numpy(), "group"])
+    enough = sub[(sub["n"] >= need) & ~empty.to_numpy()]
+    reason = (f"leaves out group(s) without reference lesions: {', '.join(left_out)}"
+              if left_out else "")
+    col = crit["statistic"]
+    if len(enough) < 2 or not np.isfinite(enough[col].astype(float)).any():
+        return [{**base, "stratum": stratum, "group": "", "n": int(enough["n"].sum()),
+                 "value": float("nan"), "status": INSUFFICIENT,
+                 "reason": reason or f"fewer than two groups with n >= {need}"}]
+    absgap = enough[col].astype(float).abs()
+    worst = enough.loc[absgap.idxmax()]
+    value = float(absgap.max())
+    return [{**base, "stratum": stratum, "group": str(worst["group"]),
+             "n": int(enough["n"].sum()), "value": value, "reason": reason,
+             "status": _status(value, crit["op"], crit["threshold"], True)}]
+
+
+def _detection_rows(t: _Tables, crit: Mapping[str, Any], base: dict[str, Any], stratum: str,
+                    need: int) -> list[dict[str, Any]]:
+    """A detection criterion's row per group: detected reference lesions in the size range."""
+    lesions = t.lesions
+    ref = lesions[lesions["source"] == "reference"] if len(lesions) else lesions
+    if len(ref):
+        vol = ref["volume_mm3"].astype(float)
+        keep = pd.Series(True, index=ref.index)
+        if crit["min_volume_mm3"] is not None:
+            keep &= vol >= float(crit["min_volume_mm3"])
+        if crit["max_volume_mm3"] is not None:
+            keep &= vol < float(crit["max_volume_mm3"])
+        ref = ref[keep]
+    rows: list[dict[str, Any]] = []
+    for group in t.groups_by_stratum[stratum]:
+        ids = set(t.cases.loc[t.group_index[(stratum, group)], "case_id"])
+        sel = ref[ref["case_id"].isin(ids)] if len(ref) else ref
+        n = len(sel)
+        k = int((sel["status"] == "detected").sum()) if n else 0
+        lo, hi = rate_interval(k, n, t.confidence)
+        value = {"rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi}[crit["statistic"]]
+        rows.append({**base, "stratum": stratum, "group": group, "n": n, "value": value,
+                     "reason": "" if n else "no reference lesion in the size range",
+                     "status": _status(value, crit["op"], crit["threshold"], n >= need)})
+    return rows
+
+
+def _false_positive_rows(t: _Tables, crit: Mapping[str, Any], base: dict[str, Any],
+                         stratum: str, need: int) -> list[dict[str, Any]]:
+    """A false-positive criterion's row per group, from the false-positive table."""
+    sub = t.false_positives[t.false_positives["stratum"] == stratum]
+    col = {"rate": "fp_scan_rate", "ci_low": "ci_low", "ci_high": "ci_high"}[crit["statistic"]]
+    rows: list[dict[str, Any]] = []
+    for _, r in sub.iterrows():
+        value = float(r[col])
+        rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n_scans"]),
+                     "value": value,
+                     "reason": "" if r["n_scans"] else "no scan without reference lesions",
+                     "status": _status(value, crit["op"], crit["threshold"], r["n_scans"] >= need)})
+    return rows
+
+
 def evaluate_criteria(
     criteria: Sequence[Mapping[str, Any]],
     *,
@@ -335,6 +465,8 @@ def evaluate_criteria(
                if "volume_ref_mm3" in cases.columns else pd.Series(np.nan, index=cases.index))
     only_empty = {key: bool(len(idx)) and bool((ref_vol.loc[idx] == 0).all())
                   for key, idx in group_index.items()}
+    tables = _Tables(subgroups, cases, lesions, false_positives, group_index, groups_by_stratum,
+                     only_empty, evaluated, confidence, criteria)
     for crit in criteria:
         need = int(crit.get("min_n") or min_n)
         base = {"criterion": crit["name"], "kind": crit["kind"], "metric": crit["metric"] or "",
@@ -355,89 +487,7 @@ def evaluate_criteria(
                              "reason": "no strata were audited: a gap needs groups to compare"})
                 continue
         for stratum in names:
-            if crit["kind"] == "gap" and stratum == "overall":
-                rows.append({**base, "stratum": stratum, "group": "", "n": 0,
-                             "value": float("nan"), "status": NOT_EVALUATED,
-                             "reason": "the overall cohort has no gap to itself"})
-                continue
-            if stratum not in groups_by_stratum:
-                rows.append({**base, "stratum": stratum, "group": "", "n": 0,
-                             "value": float("nan"), "status": NOT_EVALUATED,
-                             "reason": f"stratum {stratum!r} was not audited"})
-                continue
-            if crit["kind"] in ("metric", "gap"):
-                sub = subgroups[(subgroups["stratum"] == stratum)
-                                & (subgroups["metric"] == crit["metric"])]
-                if sub.empty and not evaluated:  # no metric columns at all: every case failed
-                    rows.append({**base, "stratum": stratum, "group": "", "n": 0,
-                                 "value": float("nan"), "status": INSUFFICIENT,
-                                 "reason": "no case was evaluated"})
-                    continue
-                if sub.empty:
-                    raise ValueError(f"criteria {crit['name']!r}: metric {crit['metric']!r} is not "
-                                     f"among the audit's metrics")
-                if not _judged_on_empty(crit["metric"]):
-                    empty = sub["group"].astype(str).map(
-                        lambda g, s=stratum: only_empty.get((s, g), False))
-                else:
-                    empty = pd.Series(False, index=sub.index)
-            if crit["kind"] == "metric":
-                for (_, r), is_empty in zip(sub.iterrows(), empty):
-                    value = float(r[crit["statistic"]])
-                    if is_empty:
-                        rows.append({**base, "stratum": stratum, "group": r["group"],
-                                     "n": int(r["n"]), "value": value, "status": NOT_EVALUATED,
-                                     "reason": _empty_reason(crit["metric"], criteria)})
-                        continue
-                    rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n"]),
-                                 "value": value,
-                                 "status": _status(value, crit["op"], crit["threshold"], r["n"] >= need)})
-            elif crit["kind"] == "gap":
-                left_out = sorted(str(g) for g in sub.loc[empty.to_numpy(), "group"])
-                enough = sub[(sub["n"] >= need) & ~empty.to_numpy()]
-                reason = (f"leaves out group(s) without reference lesions: {', '.join(left_out)}"
-                          if left_out else "")
-                col = crit["statistic"]
-                if len(enough) < 2 or not np.isfinite(enough[col].astype(float)).any():
-                    rows.append({**base, "stratum": stratum, "group": "", "n": int(enough["n"].sum()),
-                                 "value": float("nan"), "status": INSUFFICIENT,
-                                 "reason": reason or f"fewer than two groups with n >= {need}"})
-                    continue
-                absgap = enough[col].astype(float).abs()
-                worst = enough.loc[absgap.idxmax()]
-                value = float(absgap.max())
-                rows.append({**base, "stratum": stratum, "group": str(worst["group"]),
-                             "n": int(enough["n"].sum()), "value": value, "reason": reason,
-                             "status": _status(value, crit["op"], crit["threshold"], True)})
-            elif crit["kind"] == "detection":
-                ref = lesions[lesions["source"] == "reference"] if len(lesions) else lesions
-                if len(ref):
-                    vol = ref["volume_mm3"].astype(float)
-                    keep = pd.Series(True, index=ref.index)
-                    if crit["min_volume_mm3"] is not None:
-                        keep &= vol >= float(crit["min_volume_mm3"])
-                    if crit["max_volume_mm3"] is not None:
-                        keep &= vol < float(crit["max_volume_mm3"])
-                    ref = ref[keep]
-                for group in groups_by_stratum[stratum]:
-                    ids = set(cases.loc[group_index[(stratum, group)], "case_id"])
-                    sel = ref[ref["case_id"].isin(ids)] if len(ref) else ref
-                    n = len(sel)
-                    k = int((sel["status"] == "detected").sum()) if n else 0
-                    lo, hi = rate_interval(k, n, confidence)
-                    value = {"rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi}[crit["statistic"]]
-                    rows.append({**base, "stratum": stratum, "group": group, "n": n, "value": value,
-                                 "reason": "" if n else "no reference lesion in the size range",
-                                 "status": _status(value, crit["op"], crit["threshold"], n >= need)})
-            else:  # false_positive
-                sub = false_positives[false_positives["stratum"] == stratum]
-                col = {"rate": "fp_scan_rate", "ci_low": "ci_low", "ci_high": "ci_high"}[crit["statistic"]]
-                for _, r in sub.iterrows():
-                    value = float(r[col])
-                    rows.append({**base, "stratum": stratum, "group": r["group"], "n": int(r["n_scans"]),
-                                 "value": value,
-                                 "reason": "" if r["n_scans"] else "no scan without reference lesions",
-                                 "status": _status(value, crit["op"], crit["threshold"], r["n_scans"] >= need)})
+            rows.extend(_stratum_rows(tables, crit, base, stratum, need))
     return pd.DataFrame(rows, columns=CRITERIA_COLUMNS)
 
 
