@@ -117,6 +117,50 @@ def _check_target(target: Any, spatial: tuple[int, ...]) -> None:
         )
 
 
+def _checked_input(adapter: SegmentationAdapter, image: Any, target: Any, method: str,
+                   layer: str | None, batch_size: Any) -> torch.Tensor:
+    """Check explain's arguments (method, batch size, target, layer); the prepared image."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    x = prepare_image(adapter, image)
+    spatial = tuple(x.shape[2:])
+    _check_target(target, spatial)
+    refuse_unavailable(adapter, method)
+    if layer is not None and method not in LAYER_METHODS:
+        raise ValueError(f"layer: only {list(LAYER_METHODS)} use a layer, got method {method!r}")
+    return x
+
+
+def _layer_attribution(adapter: SegmentationAdapter, x: torch.Tensor, target: Any, method: str,
+                       layer: str | None, kwargs: dict[str, Any]
+                       ) -> tuple[torch.Tensor, dict[str, Any], str]:
+    """A Grad-CAM(++) map upsampled to the input: (attribution, params, layer name)."""
+    relu = kwargs.pop("relu", True)
+    if kwargs:
+        raise ValueError(f"method {method!r}: unknown keyword arguments {sorted(kwargs)}; "
+                         f"expected only 'relu'")
+    if not isinstance(relu, bool):
+        raise ValueError(f"relu: expected True or False, got {relu!r}")
+    layer_name = layer if layer is not None else adapter.default_layer(tuple(x.shape))
+    module = adapter.get_layer(layer_name)
+    attr = layer_cam(adapter, x, target, module, plusplus=method == "gradcam++", relu=relu)
+    return attr, {"upsampling": "linear", "relu": relu}, layer_name
+
+
+def _plan_memory(adapter: SegmentationAdapter, x: torch.Tensor, method: str, max_memory: Any,
+                 batch_size: int | None) -> tuple[int | None, int | None, int | None]:
+    """(budget in bytes, windows per backward pass, examples per forward pass) of a budget."""
+    window_batch = None
+    budget = budget_bytes(max_memory, adapter.device)
+    if budget is not None:
+        window_batch, examples = plan_batches(adapter, tuple(x.shape), budget)
+        if batch_size is None and method in ("integrated_gradients", "smoothgrad"):
+            batch_size = examples
+    return budget, window_batch, batch_size
+
+
 @answer_oom("explain()")
 def explain(
     adapter: SegmentationAdapter,
@@ -165,38 +209,15 @@ def explain(
     The model runs in ``eval()`` mode with frozen parameters; its training flags,
     ``requires_grad`` and hooks are as before when this returns or raises.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
-    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
-        raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
-    x = prepare_image(adapter, image)
-    spatial = tuple(x.shape[2:])
-    _check_target(target, spatial)
-    refuse_unavailable(adapter, method)
-    if layer is not None and method not in LAYER_METHODS:
-        raise ValueError(f"layer: only {list(LAYER_METHODS)} use a layer, got method {method!r}")
+    x = _checked_input(adapter, image, target, method, layer, batch_size)
 
-    window_batch = None
-    budget = budget_bytes(max_memory, adapter.device)
-    if budget is not None:
-        window_batch, examples = plan_batches(adapter, tuple(x.shape), budget)
-        if batch_size is None and method in ("integrated_gradients", "smoothgrad"):
-            batch_size = examples
+    budget, window_batch, batch_size = _plan_memory(adapter, x, method, max_memory, batch_size)
     start = time.perf_counter()
     delta = None
     with adapter.frozen():
         if method in LAYER_METHODS:
-            relu = kwargs.pop("relu", True)
-            if kwargs:
-                raise ValueError(f"method {method!r}: unknown keyword arguments {sorted(kwargs)}; "
-                                 f"expected only 'relu'")
-            if not isinstance(relu, bool):
-                raise ValueError(f"relu: expected True or False, got {relu!r}")
-            layer_name = layer if layer is not None else adapter.default_layer(tuple(x.shape))
-            module = adapter.get_layer(layer_name)
-            attr = layer_cam(adapter, x, target, module, plusplus=method == "gradcam++",
-                             relu=relu)
-            params: dict[str, Any] = {"upsampling": "linear", "relu": relu}
+            attr, params, layer_name = _layer_attribution(adapter, x, target, method, layer,
+                                                          kwargs)
         else:
             layer_name = None
             attr, params, delta = attribute_input(method, adapter, x, target, batch_size, kwargs,
@@ -211,13 +232,7 @@ def explain(
         params["max_memory"] = int(budget)
         params["window_batch"] = window_batch
     return Explanation(
-        attribution=attribution.astype(np.float32),
-        channel_attribution=channel.astype(np.float32),
-        method=method,
-        target=target,
-        layer=layer_name,
-        params=params,
-        elapsed_s=elapsed,
-        provenance=provenance(adapter),
-        convergence_delta=delta,
+        attribution=attribution.astype(np.float32), channel_attribution=channel.astype(np.float32),
+        method=method, target=target, layer=layer_name, params=params, elapsed_s=elapsed,
+        provenance=provenance(adapter), convergence_delta=delta,
     )
