@@ -759,8 +759,7 @@ def show_slice(
         ``view.plane`` say how the image was oriented, ``view.annotations`` holds the letters.
     """
     img = _check_2d(image2d, "image2d")
-    if cut_axis is not None:
-        affine = _slice_affine(affine, cut_axis)
+    affine = affine if cut_axis is None else _slice_affine(affine, cut_axis)
     geometry = Geometry(img.shape, affine, spacing, convention=convention)
     plane = geometry.planes[0]
     orient = None if affine is None else functools.partial(geometry.slice, plane=plane)

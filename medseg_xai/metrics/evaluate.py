@@ -232,8 +232,7 @@ def evaluate_case(
     tolerance : float
         NSD tolerance in mm (default 1.0).
     percentile : float or None
-        Percentile of the ``hd95`` key (default 95; None or 100 = maximum). ``hd`` is always
-        the maximum.
+        Percentile of ``hd95`` (default 95; None or 100 = maximum); ``hd`` is always the maximum.
     empty : {"worst", "nan", "convention"}
         Empty-mask policy (see :mod:`medseg_xai.metrics.overlap` and
         :mod:`medseg_xai.metrics.surface`); ``"convention"`` gives the peer library's values.
