@@ -27,6 +27,7 @@ positives instead (:func:`rank_false_positive_scans`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -263,134 +264,212 @@ def subgroup_table(
     # arrays below span every row (-1 codes outside the evaluated cases), so each metric's
     # values are the column itself, not a masked copy per stratum.
     ok = (cases["status"] == "ok").to_numpy()
-    clusters_all, clustered = _clusters(cases)
+    cl_codes, n_cl, clustered = _cluster_codes(cases, ok)
+    has_ref = (~_empty_reference(cases)).to_numpy() if "volume_ref_mm3" in cases.columns \
+        else np.ones(len(cases), dtype=bool)
+    opts = {"seed": int(seed), "min_n": min_n, "n_resamples": n_resamples,
+            "confidence": confidence, "ci_method": ci_method, "test": test}
     rows: list[dict[str, Any]] = []
+    for s_idx, stratum in enumerate([OVERALL, *strata]):
+        rows.extend(_stratum_rows(cases, stratum, s_idx, metrics, orders, ok, cl_codes, n_cl,
+                                  clustered, has_ref, opts))
+    return _adjusted_and_flagged(rows, correction, min_n, alpha)
+
+
+def _cluster_codes(cases: pd.DataFrame, ok: np.ndarray) -> tuple[np.ndarray, int, bool]:
+    """Cluster code per row (-1 outside the evaluated cases), number of clusters, clustered."""
+    clusters_all, clustered = _clusters(cases)
     if clustered:  # codes of the evaluated cases' clusters, in order of appearance
         cl_ok, cl_names = pd.factorize(clusters_all[ok])
         n_cl = len(cl_names)
     else:  # each case is its own cluster: no hashing of 100,000 case ids (17 MB)
         n_cl = int(ok.sum())
         cl_ok = np.arange(n_cl)
-    has_ref = (~_empty_reference(cases)).to_numpy() if "volume_ref_mm3" in cases.columns \
-        else np.ones(len(cases), dtype=bool)
     cl_codes = np.full(len(cases), -1, dtype=np.int64)
     cl_codes[ok] = cl_ok
-    del cl_ok
-    for s_idx, stratum in enumerate([OVERALL, *strata]):
-        labels_all, order = stratum_groups(cases, stratum, orders)
-        g_codes = pd.Index(order).get_indexer(labels_all.to_numpy()).astype(np.int64)
-        g_codes[~ok] = -1
-        n_groups = len(order)
-        prepared = []
-        for m_idx, metric in enumerate(metrics):
-            if metric not in cases.columns:
-                continue
-            values = _float_values(cases[metric])
-            finite = np.isfinite(values) & ok
-            prepared.append((m_idx, metric, values, finite, finite & (g_codes >= 0)))
-        # One set of cluster resamples per stratum, shared by its metrics (a joint bootstrap):
-        # drawing the (B x clusters) counts is the slow part at 100,000 cases, so it is done
-        # once per stratum, block by block; each metric's per-cluster sums are rebuilt per
-        # block (O(n)) rather than held for every metric at once (O(n x groups x metrics)).
-        parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in prepared]
-        for w in stats.weight_blocks(n_cl, n_resamples, np.random.default_rng([int(seed), s_idx])):
-            for k, (_, _, values, finite, keep) in enumerate(prepared):
-                sums, counts = _cluster_sums(cl_codes[keep], g_codes[keep], values[keep],
-                                             n_cl, n_groups)
-                o_sums, o_counts = _cluster_sums(cl_codes[finite], None, values[finite], n_cl, 1)
-                parts[k].append((stats.weighted_means(w, sums, counts),
-                                 stats.weighted_means(w, o_sums[:, 0], o_counts[:, 0])))
-        # With patient ids, each group's interval resamples the group's patients: drawn once
-        # per group and shared by the metrics, like the gaps' resamples above.
-        methods = [stats.interval_method(p[1], ci_method) for p in prepared]
-        legacy = ci_method in ("BCa", "percentile")
-        group_boot = (_clustered_group_means(prepared, cl_codes, g_codes, n_groups,
-                                             n_resamples, [int(seed), s_idx])
-                      if clustered and legacy else {})
-        group_ci = ({} if legacy else _group_intervals(
-            prepared, methods, cl_codes, g_codes, n_groups, n_resamples=n_resamples,
-            confidence=confidence, seed=[int(seed), s_idx]))
-        for k, (m_idx, metric, values, finite, keep) in enumerate(prepared):
-            if parts[k]:
-                boot_groups = np.concatenate([g for g, _ in parts[k]])
-                boot_overall = np.concatenate([o for _, o in parts[k]])
-            else:
-                boot_groups, boot_overall = np.zeros((0, n_groups)), np.zeros(0)
-            parts[k] = []
-            # group intervals and tests: a stream per (stratum, metric), so tables do not shift
-            # when a metric or a stratum is added
-            rng = np.random.default_rng([int(seed), s_idx, m_idx])
-            overall = float(values[finite].mean()) if finite.any() else float("nan")
-            direction = stats.metric_direction(metric)
-            ests = np.array([values[keep & (g_codes == j)].mean() if (keep & (g_codes == j)).any()
-                             else np.nan for j in range(n_groups)])
-            ns = np.array([int((keep & (g_codes == j)).sum()) for j in range(n_groups)])
-            eligible = [j for j in range(n_groups) if ns[j] >= min_n and np.isfinite(ests[j])]
-            if not eligible:
-                eligible = [j for j in range(n_groups) if np.isfinite(ests[j])]
-            best = None
-            if eligible:
-                score = {1: -ests, -1: ests, 0: np.abs(ests)}[direction]
-                best = min(eligible, key=lambda j: score[j])  # noqa: B023 - used immediately
-            # scans without reference lesions take no part in the tests of a metric that means
-            # nothing on them (overlap, distances: their value is the empty-mask policy's)
-            judged = keep if judged_on_empty(metric) else keep & has_ref
-            n_judged = np.bincount(g_codes[judged], minlength=n_groups)
-            tested = [j for j in range(n_groups) if n_judged[j] >= min_n]
-            p_kw = (stats.kruskal_test([values[judged & (g_codes == j)] for j in tested])
-                    if stratum is not OVERALL and len(tested) >= 2 else float("nan"))
-            for j, group in enumerate(order):
-                sel = keep & (g_codes == j)
-                v = values[sel]
-                n = int(sel.sum())
-                n_units = int(len(np.unique(cl_codes[sel]))) if n else 0
-                if not legacy:
-                    ci = group_ci.get((k, j), (float("nan"), float("nan")))
-                elif not clustered:
-                    ci = stats.bootstrap_mean_ci(v, n_resamples=n_resamples,
-                                                 confidence=confidence, method=ci_method, rng=rng)
-                elif n_units < 2:
-                    ci = (float("nan"), float("nan"))
-                elif np.all(v == v[0]):  # every resample has the same mean
-                    ci = (float(v[0]), float(v[0]))
-                else:
-                    ci = stats.percentile_interval(group_boot[(k, j)], confidence)
-                est = float(ests[j])
-                if stratum is OVERALL:
-                    gap = gap_ci = (0.0, 0.0, 0.0)
-                else:
-                    gap_ci = (est - overall, *stats.percentile_interval(
-                        boot_groups[:, j] - boot_overall, confidence))
-                    gap = gap_ci
-                if best is None:
-                    gbest = (float("nan"),) * 3
-                elif best == j:
-                    gbest = (0.0, 0.0, 0.0)
-                else:
-                    gbest = (est - float(ests[best]), *stats.percentile_interval(
-                        boot_groups[:, j] - boot_groups[:, best], confidence))
-                p = float("nan")
-                untested = ""
-                if stratum is not OVERALL and n >= min_n and len(order) > 1:
-                    if n_judged[j] == 0:
-                        untested = FLAG_NOT_TESTED  # only scans without reference lesions
-                    elif n_judged[j] < min_n:
-                        untested = INSUFFICIENT
-                    else:
-                        rest = values[judged & (g_codes != j) & (g_codes >= 0)]
-                        p = stats.group_vs_rest_test(values[judged & (g_codes == j)], rest,
-                                                     test=test, n_resamples=n_resamples, rng=rng)
-                rows.append({
-                    "stratum": stratum.name, "group": str(group), "metric": metric, "n": n,
-                    "n_clusters": n_units,
-                    "estimate": est, "median": float(np.median(v)) if n else float("nan"),
-                    "ci_low": ci[0], "ci_high": ci[1],
-                    "gap": gap[0], "gap_ci_low": gap[1], "gap_ci_high": gap[2],
-                    "gap_best": gbest[0], "gap_best_ci_low": gbest[1], "gap_best_ci_high": gbest[2],
-                    "best_group": "" if best is None else str(order[best]),
-                    "p_value": p, "p_kruskal": p_kw, "_direction": direction,
-                    "_untested": untested,
-                })
+    return cl_codes, n_cl, clustered
+
+
+@dataclass(frozen=True)
+class _StratumRun:
+    """What the metrics of one stratum share: codes, group intervals and the settings."""
+
+    stratum: Stratum
+    order: list[Any]
+    cl_codes: np.ndarray
+    g_codes: np.ndarray
+    has_ref: np.ndarray
+    clustered: bool
+    legacy: bool
+    group_ci: dict[tuple[int, int], tuple[float, float]]
+    group_boot: dict[tuple[int, int], np.ndarray]
+    opts: Mapping[str, Any]
+
+
+def _stratum_rows(
+    cases: pd.DataFrame, stratum: Stratum, s_idx: int, metrics: Sequence[str],
+    orders: Mapping[str, list[str]], ok: np.ndarray, cl_codes: np.ndarray, n_cl: int,
+    clustered: bool, has_ref: np.ndarray, opts: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """Rows of every metric and group of one stratum (p-values not yet adjusted)."""
+    seed, n_resamples, ci_method = opts["seed"], opts["n_resamples"], opts["ci_method"]
+    labels_all, order = stratum_groups(cases, stratum, orders)
+    g_codes = pd.Index(order).get_indexer(labels_all.to_numpy()).astype(np.int64)
+    g_codes[~ok] = -1
+    n_groups = len(order)
+    prepared = []
+    for m_idx, metric in enumerate(metrics):
+        if metric not in cases.columns:
+            continue
+        values = _float_values(cases[metric])
+        finite = np.isfinite(values) & ok
+        prepared.append((m_idx, metric, values, finite, finite & (g_codes >= 0)))
+    # One set of cluster resamples per stratum, shared by its metrics (a joint bootstrap):
+    # drawing the (B x clusters) counts is the slow part at 100,000 cases, so it is done
+    # once per stratum, block by block; each metric's per-cluster sums are rebuilt per
+    # block (O(n)) rather than held for every metric at once (O(n x groups x metrics)).
+    parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in prepared]
+    for w in stats.weight_blocks(n_cl, n_resamples, np.random.default_rng([seed, s_idx])):
+        for k, (_, _, values, finite, keep) in enumerate(prepared):
+            sums, counts = _cluster_sums(cl_codes[keep], g_codes[keep], values[keep],
+                                         n_cl, n_groups)
+            o_sums, o_counts = _cluster_sums(cl_codes[finite], None, values[finite], n_cl, 1)
+            parts[k].append((stats.weighted_means(w, sums, counts),
+                             stats.weighted_means(w, o_sums[:, 0], o_counts[:, 0])))
+    # With patient ids, each group's interval resamples the group's patients: drawn once
+    # per group and shared by the metrics, like the gaps' resamples above.
+    methods = [stats.interval_method(p[1], ci_method) for p in prepared]
+    legacy = ci_method in ("BCa", "percentile")
+    group_boot = (_clustered_group_means(prepared, cl_codes, g_codes, n_groups,
+                                         n_resamples, [seed, s_idx])
+                  if clustered and legacy else {})
+    group_ci = ({} if legacy else _group_intervals(
+        prepared, methods, cl_codes, g_codes, n_groups, n_resamples=n_resamples,
+        confidence=opts["confidence"], seed=[seed, s_idx]))
+    run = _StratumRun(stratum, order, cl_codes, g_codes, has_ref, clustered, legacy, group_ci,
+                      group_boot, opts)
+    rows: list[dict[str, Any]] = []
+    for k, (m_idx, metric, values, finite, keep) in enumerate(prepared):
+        if parts[k]:
+            boot_groups = np.concatenate([g for g, _ in parts[k]])
+            boot_overall = np.concatenate([o for _, o in parts[k]])
+        else:
+            boot_groups, boot_overall = np.zeros((0, n_groups)), np.zeros(0)
+        parts[k] = []
+        # group intervals and tests: a stream per (stratum, metric), so tables do not shift
+        # when a metric or a stratum is added
+        rng = np.random.default_rng([seed, s_idx, m_idx])
+        rows.extend(_metric_rows(run, k, metric, values, finite, keep, boot_groups,
+                                 boot_overall, rng))
+    return rows
+
+
+def _best_group(ests: np.ndarray, ns: np.ndarray, min_n: int, direction: int) -> int | None:
+    """Index of the best group (large enough groups first), None without an estimate."""
+    n_groups = len(ests)
+    eligible = [j for j in range(n_groups) if ns[j] >= min_n and np.isfinite(ests[j])]
+    if not eligible:
+        eligible = [j for j in range(n_groups) if np.isfinite(ests[j])]
+    best = None
+    if eligible:
+        score = {1: -ests, -1: ests, 0: np.abs(ests)}[direction]
+        best = min(eligible, key=lambda j: score[j])
+    return best
+
+
+def _metric_rows(run: _StratumRun, k: int, metric: str, values: np.ndarray, finite: np.ndarray,
+                 keep: np.ndarray, boot_groups: np.ndarray, boot_overall: np.ndarray,
+                 rng: np.random.Generator) -> list[dict[str, Any]]:
+    """One metric's row per group of the stratum: estimate, intervals, gaps and test."""
+    g_codes, stratum, order = run.g_codes, run.stratum, run.order
+    min_n, confidence = run.opts["min_n"], run.opts["confidence"]
+    n_groups = len(order)
+    overall = float(values[finite].mean()) if finite.any() else float("nan")
+    direction = stats.metric_direction(metric)
+    ests = np.array([values[keep & (g_codes == j)].mean() if (keep & (g_codes == j)).any()
+                     else np.nan for j in range(n_groups)])
+    ns = np.array([int((keep & (g_codes == j)).sum()) for j in range(n_groups)])
+    best = _best_group(ests, ns, min_n, direction)
+    # scans without reference lesions take no part in the tests of a metric that means
+    # nothing on them (overlap, distances: their value is the empty-mask policy's)
+    judged = keep if judged_on_empty(metric) else keep & run.has_ref
+    n_judged = np.bincount(g_codes[judged], minlength=n_groups)
+    tested = [j for j in range(n_groups) if n_judged[j] >= min_n]
+    p_kw = (stats.kruskal_test([values[judged & (g_codes == j)] for j in tested])
+            if stratum is not OVERALL and len(tested) >= 2 else float("nan"))
+    rows = []
+    for j, group in enumerate(order):
+        sel = keep & (g_codes == j)
+        v = values[sel]
+        n = int(sel.sum())
+        n_units = int(len(np.unique(run.cl_codes[sel]))) if n else 0
+        ci = _group_ci(run, k, j, v, n_units, rng)
+        est = float(ests[j])
+        if stratum is OVERALL:
+            gap = (0.0, 0.0, 0.0)
+        else:
+            gap = (est - overall, *stats.percentile_interval(
+                boot_groups[:, j] - boot_overall, confidence))
+        if best is None:
+            gbest = (float("nan"),) * 3
+        elif best == j:
+            gbest = (0.0, 0.0, 0.0)
+        else:
+            gbest = (est - float(ests[best]), *stats.percentile_interval(
+                boot_groups[:, j] - boot_groups[:, best], confidence))
+        p, untested = _group_p(run, j, n, n_judged, values, judged, rng)
+        rows.append({
+            "stratum": stratum.name, "group": str(group), "metric": metric, "n": n,
+            "n_clusters": n_units,
+            "estimate": est, "median": float(np.median(v)) if n else float("nan"),
+            "ci_low": ci[0], "ci_high": ci[1],
+            "gap": gap[0], "gap_ci_low": gap[1], "gap_ci_high": gap[2],
+            "gap_best": gbest[0], "gap_best_ci_low": gbest[1], "gap_best_ci_high": gbest[2],
+            "best_group": "" if best is None else str(order[best]),
+            "p_value": p, "p_kruskal": p_kw, "_direction": direction,
+            "_untested": untested,
+        })
+    return rows
+
+
+def _group_ci(run: _StratumRun, k: int, j: int, v: np.ndarray, n_units: int,
+              rng: np.random.Generator) -> tuple[float, float]:
+    """Interval of one group's mean of one metric, by the stratum's interval method."""
+    if not run.legacy:
+        return run.group_ci.get((k, j), (float("nan"), float("nan")))
+    if not run.clustered:
+        return stats.bootstrap_mean_ci(v, n_resamples=run.opts["n_resamples"],
+                                       confidence=run.opts["confidence"],
+                                       method=run.opts["ci_method"], rng=rng)
+    if n_units < 2:
+        return (float("nan"), float("nan"))
+    if np.all(v == v[0]):  # every resample has the same mean
+        return (float(v[0]), float(v[0]))
+    return stats.percentile_interval(run.group_boot[(k, j)], run.opts["confidence"])
+
+
+def _group_p(run: _StratumRun, j: int, n: int, n_judged: np.ndarray, values: np.ndarray,
+             judged: np.ndarray, rng: np.random.Generator) -> tuple[float, str]:
+    """Group-vs-rest p-value of group ``j``, or why it was not tested."""
+    min_n, g_codes = run.opts["min_n"], run.g_codes
+    p = float("nan")
+    untested = ""
+    if run.stratum is not OVERALL and n >= min_n and len(run.order) > 1:
+        if n_judged[j] == 0:
+            untested = FLAG_NOT_TESTED  # only scans without reference lesions
+        elif n_judged[j] < min_n:
+            untested = INSUFFICIENT
+        else:
+            rest = values[judged & (g_codes != j) & (g_codes >= 0)]
+            p = stats.group_vs_rest_test(values[judged & (g_codes == j)], rest,
+                                         test=run.opts["test"],
+                                         n_resamples=run.opts["n_resamples"], rng=rng)
+    return p, untested
+
+
+def _adjusted_and_flagged(rows: list[dict[str, Any]], correction: str, min_n: int,
+                          alpha: float) -> pd.DataFrame:
+    """The subgroup table: rows with adjusted p-values and flags, in column order."""
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=SUBGROUP_COLUMNS)
