@@ -623,7 +623,7 @@ def _headline(lid: str, status: str, table: pd.DataFrame, st: dict[str, Any]) ->
         "predicted": f"{lid} is a region the model calls lesion (no reference given)",
     }[status]
     at = (f" at threshold {thr:.2f}" if thr is not None
-          else f", where class {st['class_index']} is the most probable class,")
+          else f", where class {st['class_index']} is the most probable class")
     return (f"{headline}: its highest class {st['class_index']} probability is "
             f"{_fmt_p(o['max_prob'])} (mean {_fmt_p(o['mean_prob'])}) and "
             f"{o['covered_fraction']:.0%} of its voxels are called lesion{at} ({ov:.0%} needed "
