@@ -351,12 +351,13 @@ def test_workers_without_a_model_do_not_import_torch():
     fork pool's parent builds MONAI's loaders first so that forked workers inherit them."""
     code = ("import sys; from medseg_xai.audit import runner; runner._fix_threads(False); "
             "print('torch' in sys.modules); runner._preload(); "
-            "from medseg_xai.io import nifti; print(sorted(nifti._LOADERS))")
+            "from medseg_xai.io import _monai; print(sorted(_monai.LOADERS))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout.split("\n")
     assert out[0] == "False"
-    assert out[1] == "[False, True]"  # the NIfTI loaders for labels and images
+    # the NIfTI loaders for labels and images
+    assert out[1] == "[('NibabelReader', False), ('NibabelReader', True)]"
 
 
 def test_dask_chunks_are_larger_than_pool_chunks():

@@ -11,24 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from medseg_xai.io._monai import monai_loader
 from medseg_xai.io.volume import Volume
 
 __all__ = ["dicom_header", "read_dicom"]
 
-_LOADERS: dict[bool, Any] = {}
 _FIELDS = ["Modality", "SamplesPerPixel", "FrameOfReferenceUID", "NumberOfFrames"]
 
 
 def _loader(is_image: bool) -> Any:
-    if is_image not in _LOADERS:
-        from monai.transforms import LoadImage
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _LOADERS[is_image] = LoadImage(image_only=False, ensure_channel_first=True,
-                                           reader="PydicomReader",
-                                           dtype=np.float32 if is_image else None)
-    return _LOADERS[is_image]
+    """MONAI's PydicomReader loader for an image (float32) or a label (stored type)."""
+    return monai_loader("PydicomReader", is_image)
 
 
 def dicom_header(p: Path) -> dict[str, Any]:

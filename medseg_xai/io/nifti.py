@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from medseg_xai._geometry_checks import nifti_datatype_problem, nifti_pixdim_problem
+from medseg_xai.io._monai import monai_loader
 from medseg_xai.io.volume import Volume
 
 __all__ = ["MAX_UNTIMED_CHANNELS", "check_nifti", "is_nifti", "read_nifti"]
 
 _NIFTI_MAGIC = {348: (344, (b"n+1\x00", b"ni1\x00")), 540: (4, (b"n+2\x00", b"ni2\x00"))}
-_LOADERS: dict[bool, Any] = {}
 #: A 4th NIfTI axis without a time unit is read as channels up to this many (MR modalities);
 #: longer ones are refused rather than silently becoming image channels.
 MAX_UNTIMED_CHANNELS = 4
@@ -34,16 +34,8 @@ def is_nifti(path: Path) -> bool:
 
 
 def _loader(is_image: bool) -> Any:
-    """Cached MONAI ``LoadImage`` (building one costs more than reading a small volume)."""
-    if is_image not in _LOADERS:
-        from monai.transforms import LoadImage
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _LOADERS[is_image] = LoadImage(image_only=False, ensure_channel_first=True,
-                                           reader="NibabelReader",
-                                           dtype=np.float32 if is_image else None)
-    return _LOADERS[is_image]
+    """MONAI's NibabelReader loader for an image (float32) or a label (stored type)."""
+    return monai_loader("NibabelReader", is_image)
 
 
 def _fail(case_id: str, what: str, name: str, text: str) -> ValueError:
