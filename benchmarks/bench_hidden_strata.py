@@ -34,7 +34,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def recovery(sizes: list[int]) -> None:
-    from medseg_xai.audit.hidden_strata import find_hidden_strata
+    from medseg_xai.audit.hidden_strata import HiddenStrataSettings, find_hidden_strata
     from medseg_xai.demo.planted import planted_settings, planted_table
 
     print("planted-slice recovery (24 settings per cell)")
@@ -48,7 +48,8 @@ def recovery(sizes: list[int]) -> None:
                 pc.cases["lesion_size"] = pd.qcut(pc.cases["prop_lesion_volume_mm3"], 3,
                                                   labels=False)
                 found = find_hidden_strata(pc.cases, categorical=["device", "site"],
-                                           seed=s["seed"], adjust_for=["device", "lesion_size"])
+                                           adjust_for=["device", "lesion_size"],
+                                           settings=HiddenStrataSettings(seed=s["seed"]))
                 ious = [_iou(m, pc.planted) for m in found.masks.values()]
                 hits.append(max(ious, default=0.0) >= 0.5)
                 first.append(bool(ious) and ious[0] >= 0.5)
@@ -58,13 +59,14 @@ def recovery(sizes: list[int]) -> None:
 
 
 def null(count: int) -> None:
-    from medseg_xai.audit.hidden_strata import find_hidden_strata
+    from medseg_xai.audit.hidden_strata import HiddenStrataSettings, find_hidden_strata
     from medseg_xai.demo.planted import planted_table
 
     total, any_group = 0, 0
     for i in range(count):
         pc = planted_table(1000, effect=0.0, honest=True, seed=10_000 + i)
-        k = len(find_hidden_strata(pc.cases, categorical=["device", "site"], seed=i).groups)
+        k = len(find_hidden_strata(pc.cases, categorical=["device", "site"],
+                                   settings=HiddenStrataSettings(seed=i)).groups)
         total += k
         any_group += k > 0
     print(f"honest cohorts (n=1000): {count}, groups reported {total}, cohorts with any "

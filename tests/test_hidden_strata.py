@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medseg_xai.audit.hidden_strata import find_hidden_strata
+from medseg_xai.audit.hidden_strata import HiddenStrataSettings, find_hidden_strata
 from medseg_xai.demo.planted import planted_settings, planted_table
 
 META = ["device", "site"]
@@ -24,8 +24,9 @@ def planted_runs() -> list[tuple[dict, object, np.ndarray]]:
         pc = planted_table(**s)
         # the audited strata (device, lesion-size tertiles) are known: searched beyond them
         pc.cases["lesion_size"] = pd.qcut(pc.cases["prop_lesion_volume_mm3"], 3, labels=False)
-        runs.append((s, find_hidden_strata(pc.cases, categorical=META, seed=s["seed"],
-                                           adjust_for=["device", "lesion_size"]), pc.planted))
+        runs.append((s, find_hidden_strata(pc.cases, categorical=META,
+                                           adjust_for=["device", "lesion_size"],
+                                           settings=HiddenStrataSettings(seed=s["seed"])), pc.planted))
     return runs
 
 
@@ -54,14 +55,15 @@ def test_honest_cohorts_yield_no_group() -> None:
     reported = 0
     for seed in range(20):
         pc = planted_table(600, effect=0.0, honest=True, seed=1000 + seed)
-        reported += len(find_hidden_strata(pc.cases, categorical=META, seed=seed).groups)
+        reported += len(find_hidden_strata(pc.cases, categorical=META,
+                                       settings=HiddenStrataSettings(seed=seed)).groups)
     assert reported <= 1  # Holm at 0.05 per cohort: expect ~1 in 20 at most; measured 0
 
 
 def test_small_or_missing_inputs() -> None:
     tiny = planted_table(30).cases
     assert find_hidden_strata(tiny, categorical=META).groups.empty
-    with pytest.raises(ValueError, match="metric 'nsd'"):
+    with pytest.raises(ValueError, match="outcome 'nsd'"):
         find_hidden_strata(tiny, "nsd")
     failed = planted_table(400, fraction=0.3, effect=0.3, seed=5)
     cases = failed.cases.copy()
@@ -72,3 +74,20 @@ def test_small_or_missing_inputs() -> None:
     assert not found.groups.empty and found.groups["failure_rate_group"].iloc[0] > \
         found.groups["failure_rate_rest"].iloc[0]
     assert isinstance(found.groups, pd.DataFrame)
+
+
+def test_settings_are_validated_and_clusters_stay_together() -> None:
+    from medseg_xai.audit.hidden_strata import _split
+
+    for bad, match in (({"alpha": 1.5}, "alpha"), ({"correction": "bonf"}, "correction"),
+                       ({"rank": "n"}, "rank"), ({"min_n": 1}, "min_n")):
+        with pytest.raises(ValueError, match=match):
+            HiddenStrataSettings(**bad)
+    # a lesion table: every lesion of a case lands in the same half
+    lesions = pd.DataFrame({"case_id": np.repeat([f"c{i}" for i in range(50)], 4)})
+    disc = _split(lesions, "case_id", 3)
+    assert lesions.groupby("case_id")["case_id"].transform("size").eq(4).all()
+    assert pd.Series(disc).groupby(lesions["case_id"]).nunique().eq(1).all()
+    assert 0 < disc.mean() < 1
+    # without the column (or with gaps) rows are split one by one
+    assert pd.Series(_split(lesions, "patient_id", 3)).groupby(lesions["case_id"]).nunique().max() == 2

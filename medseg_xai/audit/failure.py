@@ -514,6 +514,7 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
     """
     from medseg_xai.audit.hidden_strata import (
         HIDDEN_STRATA_COLUMNS,
+        HiddenStrataSettings,
         describable_columns,
         feature_directions,
         find_hidden_strata,
@@ -542,10 +543,11 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
                 frame[c] = dirs[c].to_numpy()
         numeric, cat = describable_columns(frame, [c for c in categorical if c in frame])
         found = find_hidden_strata(
-            frame, fs.metric, numeric=numeric, categorical=cat,
-            failed=failures(cases, fs.failure), seed=int(st.get("seed", 0)),
-            alpha=float(st.get("alpha", 0.05)), correction=str(st.get("correction", "holm")),
-            min_n=min_n, min_gap=fs.min_gap, max_depth=fs.max_depth, adjust_for=known)
+            frame, fs.metric, numeric=numeric, categorical=cat, adjust_for=known,
+            failed=failures(cases, fs.failure), settings=HiddenStrataSettings(
+                alpha=float(st.get("alpha", 0.05)), correction=str(st.get("correction", "holm")),
+                min_n=min_n, min_gap=fs.min_gap, max_depth=fs.max_depth,
+                seed=int(st.get("seed", 0))))
         tables["hidden_strata"] = found.groups
         per_case["hidden_stratum"] = found.membership.to_numpy()
         info = {"n_candidates": int(found.n_candidates), "n_groups": int(len(found.groups)),

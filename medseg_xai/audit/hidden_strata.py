@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["HIDDEN_STRATA_COLUMNS", "HiddenStrata", "describable_columns",
+__all__ = ["HIDDEN_STRATA_COLUMNS", "HiddenStrata", "HiddenStrataSettings", "describable_columns",
            "find_hidden_strata", "feature_directions"]
 
 HIDDEN_STRATA_COLUMNS = ("group_id", "rule", "description", "n", "n_confirmation", "metric",
@@ -192,11 +192,11 @@ def _candidates(x: np.ndarray, y: np.ndarray, spec: list, depth: int, leaf: int,
     return out
 
 
-def _split(frame: pd.DataFrame, seed: int) -> np.ndarray:
-    """True = discovery half (by patient when the cases carry one)."""
+def _split(frame: pd.DataFrame, clusters: str | None, seed: int) -> np.ndarray:
+    """True = discovery half (by cluster, e.g. patient, when the rows carry one)."""
     rng = np.random.default_rng([int(seed), 2718])
-    if "patient_id" in frame and frame["patient_id"].notna().all():
-        codes, uniq = pd.factorize(frame["patient_id"])
+    if clusters and clusters in frame and frame[clusters].notna().all():
+        codes, uniq = pd.factorize(frame[clusters])
         return (rng.random(len(uniq)) < 0.5)[codes]
     return rng.random(len(frame)) < 0.5
 
@@ -333,75 +333,119 @@ def _report(kept: list[tuple[int, dict[str, Any], np.ndarray, float]], use: np.n
                         pd.Series(membership, dtype=object), n_candidates, out_masks)
 
 
+@dataclass(frozen=True)
+class HiddenStrataSettings:
+    """How the hidden-strata search runs (plain data; the defaults are the audit's).
+
+    Attributes
+    ----------
+    alpha : float
+        Level of the adjusted held-out test (the chance that an honest model yields any group is
+        at most ``alpha`` with Holm).
+    correction : {"holm", "bh"}
+        Adjustment over the candidates tested on the confirmation half.
+    min_n : int
+        Smallest group in each half (and the trees' smallest leaf).
+    min_gap : float
+        Smallest metric gap (group below the rest) a group must show, in discovery and when
+        confirmed.
+    max_depth : int
+        Most conditions per rule.
+    rank : {"p", "gap"}
+        Order of the reported groups: adjusted p-value (ties: larger gap first) or gap.
+    seed : int
+        Seed of the discovery / confirmation split.
+    """
+
+    alpha: float = 0.05
+    correction: str = "holm"
+    min_n: int = 10
+    min_gap: float = 0.05
+    max_depth: int = 2
+    rank: str = "p"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"hidden strata: alpha: expected a level in (0, 1), got {self.alpha!r}")
+        if self.correction not in ("holm", "bh"):
+            raise ValueError("hidden strata: correction: expected 'holm' or 'bh', got "
+                             f"{self.correction!r}")
+        if self.rank not in ("p", "gap"):
+            raise ValueError(f"hidden strata: rank: expected 'p' or 'gap', got {self.rank!r}")
+        if int(self.min_n) < 2 or int(self.max_depth) < 1:
+            raise ValueError("hidden strata: min_n >= 2 and max_depth >= 1 expected, got "
+                             f"{self.min_n!r}, {self.max_depth!r}")
+
+
 def find_hidden_strata(
-    cases: pd.DataFrame,
-    metric: str = "dice",
+    table: pd.DataFrame,
+    outcome: str = "dice",
     *,
     numeric: Sequence[str] | None = None,
     categorical: Sequence[str] = (),
+    adjust_for: Sequence[str] = (),
+    clusters: str | None = "patient_id",
     failed: np.ndarray | None = None,
     labels: dict[str, str] | None = None,
-    seed: int = 0,
-    alpha: float = 0.05,
-    correction: str = "holm",
-    min_n: int = 10,
-    min_gap: float = 0.05,
-    max_depth: int = 2,
-    adjust_for: Sequence[str] = (),
-    rank: str = "p",
+    settings: HiddenStrataSettings | None = None,
 ) -> HiddenStrata:
-    """Groups where ``metric`` (higher = better) is lower, confirmed on held-out cases.
+    """Groups of rows (cases or lesions) where ``outcome`` (higher = better) is lower,
+    confirmed on held-out rows.
 
     Parameters
     ----------
-    cases : pandas.DataFrame
-        One row per case; rows with ``status != "ok"`` (when present) or a missing metric
-        are left out of the search and belong to no group.
-    metric : str
-        The column compared (higher is better; pass e.g. ``-hd95`` as its own column).
+    table : pandas.DataFrame
+        One row per unit (a case, or a lesion); rows with ``status != "ok"`` (when the column
+        is present) or a missing outcome are left out of the search and belong to no group.
+    outcome : str
+        The column compared (higher is better; pass e.g. ``-hd95`` or ``detected`` as its own
+        column).
     numeric, categorical : sequence of str
         Candidate columns (default :func:`describable_columns`).
-    failed : numpy.ndarray, optional
-        Per-case failure indicator (1/0/NaN) for the groups' failure rates.
-    labels : dict, optional
-        Column -> words for the descriptions (default the properties' labels).
-    seed, alpha, correction, min_n, min_gap, max_depth
-        Split seed, level, ``"holm" | "bh"``, smallest group in each half, smallest gap, and
-        the most conditions per rule.
     adjust_for : sequence of str
-        Known (audited) strata: the search runs on the metric minus their additive effects
+        Known (audited) strata: the search runs on the outcome minus their additive effects
         (least squares on their levels), so a group is reported only where the model does
         worse than the known strata already say (its ``adjusted_gap``).
-    rank : {"p", "gap"}
-        Order of the reported groups: adjusted p-value (ties: larger gap first) or gap.
+    clusters : str or None
+        Column whose values keep rows together in the discovery / confirmation split (a
+        patient's scans, a case's lesions); ignored when absent or incomplete (rows split
+        one by one).
+    failed : numpy.ndarray, optional
+        Per-row failure indicator (1/0/NaN) for the groups' failure rates.
+    labels : dict, optional
+        Column -> words for the descriptions (default the properties' labels).
+    settings : HiddenStrataSettings, optional
+        Level, correction, group size, gap, rule depth, ranking and seed.
     """
     from medseg_xai.audit import stats
     from medseg_xai.audit.properties import PROPERTY_LABELS
 
+    hs = settings if settings is not None else HiddenStrataSettings()
     words = {**PROPERTY_LABELS, **_SCORE_WORDS, **(labels or {})}
-    if metric not in cases:
-        raise ValueError(f"hidden strata: metric {metric!r} not in the cases table")
+    if outcome not in table:
+        raise ValueError(f"hidden strata: outcome {outcome!r} not in the table")
     if numeric is None:
-        numeric, auto_cat = describable_columns(cases, categorical)
-        categorical = auto_cat
+        numeric, categorical = describable_columns(table, categorical)
     numeric, categorical = list(numeric), list(categorical)
-    use, frame, raw, y = _prepare(cases, metric, adjust_for)
+    use, frame, raw, y = _prepare(table, outcome, adjust_for)
     empty = HiddenStrata(pd.DataFrame(columns=list(HIDDEN_STRATA_COLUMNS)),
-                         pd.Series("", index=cases.index, dtype=object))
-    if len(frame) < 4 * max(int(min_n), 2):
+                         pd.Series("", index=table.index, dtype=object))
+    min_n = int(hs.min_n)
+    if len(frame) < 4 * min_n:
         return empty
-    disc = _split(frame, seed)
-    x, spec, medians = _design(frame, numeric, categorical, int(min_n))
-    leaf = max(int(min_n), int(0.02 * disc.sum()))
-    rules = _candidates(x[disc], y[disc], spec, int(max_depth), leaf, int(seed))
-    rows, masks = _confirm(rules, frame, medians, y, raw, disc, int(min_n), float(min_gap))
+    disc = _split(frame, clusters, hs.seed)
+    x, spec, medians = _design(frame, numeric, categorical, min_n)
+    leaf = max(min_n, int(0.02 * disc.sum()))
+    rules = _candidates(x[disc], y[disc], spec, int(hs.max_depth), leaf, int(hs.seed))
+    rows, masks = _confirm(rules, frame, medians, y, raw, disc, min_n, float(hs.min_gap))
     if not rows:
         return HiddenStrata(empty.groups, empty.membership, 0)
-    p_adj = (stats.holm if correction == "holm" else stats.bh)(
+    p_adj = (stats.holm if hs.correction == "holm" else stats.bh)(
         np.array([r["p_value"] for r in rows]))
-    kept = _select(rows, masks, p_adj, alpha, min_gap, rank)
+    kept = _select(rows, masks, p_adj, hs.alpha, hs.min_gap, hs.rank)
     fail = None if failed is None else np.asarray(failed, dtype=float)[use]
     found = _report([(i, rows[i], masks[i], float(p_adj[i])) for i in kept], use, frame,
-                    (numeric, categorical), fail, metric, words, len(rows))
-    found.membership.index = cases.index
+                    (numeric, categorical), fail, outcome, words, len(rows))
+    found.membership.index = table.index
     return found
