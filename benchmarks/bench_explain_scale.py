@@ -35,7 +35,7 @@ import medseg_xai.explain.captum_methods as cm
 import medseg_xai.explain.miss as miss_mod
 from medseg_xai.adapters import SegmentationAdapter
 from medseg_xai.explain.core import explain
-from medseg_xai.explain.miss import explain_miss
+from medseg_xai.explain.miss import MissSettings, explain_miss
 from medseg_xai.targets import region
 
 NETS = {
@@ -129,7 +129,8 @@ def run(args) -> None:
     if "explain_miss" in args.works:
         ref = mask.astype(np.uint8)
         a, dt, gpu, host = measure(
-            lambda: explain_miss(ad, img, ref, "ref-1", seed=0, layer=layer), args.device)
+            lambda: explain_miss(ad, img, ref, "ref-1",
+                                 settings=MissSettings(seed=0, layer=layer)), args.device)
         _row("explain_miss (default)", dt, gpu, host)
         print(f"  status {a.status}, causes {a.causes}, {a.settings['n_model_images']} probe "
               f"images")
@@ -158,11 +159,12 @@ def whole(args, ad, img, target, layer, maps, mask) -> None:
         if "explain_miss" in args.works:
             ref = mask.astype(np.uint8)
             b, dt, gpu, host = measure(
-                lambda: explain_miss(ad, img, ref, "ref-1", seed=0, layer=layer), args.device)
+                lambda: explain_miss(ad, img, ref, "ref-1",
+                                     settings=MissSettings(seed=0, layer=layer)), args.device)
             _row("explain_miss (default)", dt, gpu, host)
             cm.WINDOWED_METHODS = saved
             miss_mod.LOCAL_PROBES = True
-            a = explain_miss(ad, img, ref, "ref-1", seed=0, layer=layer)
+            a = explain_miss(ad, img, ref, "ref-1", settings=MissSettings(seed=0, layer=layer))
             diff = np.abs(a.probes["mean_prob"].to_numpy() - b.probes["mean_prob"].to_numpy())
             print(f"  causes local {a.causes} / whole {b.causes}; largest probe difference "
                   f"{diff.max():.2e}")

@@ -39,6 +39,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "weights": ("medseg_xai.explain.weights", "weights"),
     "explain_miss": ("medseg_xai.explain.miss", "explain_miss"),
     "MissAnalysis": ("medseg_xai.explain.miss", "MissAnalysis"),
+    "MissSettings": ("medseg_xai.explain.miss_settings", "MissSettings"),
     "AuditResult": ("medseg_xai.audit", "AuditResult"),
     "AuditPlan": ("medseg_xai.audit.plan", "AuditPlan"),
     "compare": ("medseg_xai.audit", "compare"),
@@ -53,6 +54,7 @@ if TYPE_CHECKING:  # static tools see the real names
     from medseg_xai.audit.plan import AuditPlan
     from medseg_xai.cohort import Cohort
     from medseg_xai.explain import Explanation, activations
+    from medseg_xai.explain.miss_settings import MissSettings
     from medseg_xai.explain.weights import weights
 
 
@@ -73,4 +75,4 @@ def __dir__() -> list[str]:
 
 __all__ = ["__version__", "metrics", "SegmentationAdapter", "targets", "explain", "Explanation",
            "activations", "weights", "Cohort", "audit", "compare", "AuditResult",
-           "AuditPlan", "load_model"]
+           "AuditPlan", "load_model", "MissSettings"]

@@ -696,17 +696,18 @@ def _explain_miss_files(args: argparse.Namespace, adapter, inputs: tuple, case: 
     import numpy as np
 
     from medseg_xai.explain.miss import explain_miss
+    from medseg_xai.explain.miss_settings import MissSettings
     from medseg_xai.miss_files import write_miss_files
 
     image, ref, affine, spacing = inputs
     lesion = int(args.lesion) if str(args.lesion).isdigit() else args.lesion
     refs = [np.asarray(nib.load(r).dataobj, dtype=np.float32)
             for r in (args.reference_images or [])]
-    analysis = explain_miss(
-        adapter, image[None], ref, lesion, spacing=spacing, threshold=args.threshold,
-        reference_images=refs or None, methods=tuple(methods), class_index=args.class_index,
-        layer=args.layer, method_kwargs={m: _method_kwargs(args, m) for m in methods},
-        case_id=case)
+    settings = MissSettings(
+        threshold=args.threshold, methods=tuple(methods), class_index=args.class_index,
+        layer=args.layer, method_kwargs={m: _method_kwargs(args, m) for m in methods})
+    analysis = explain_miss(adapter, image[None], ref, lesion, spacing=spacing,
+                            reference_images=refs or None, case_id=case, settings=settings)
     # the outline drawn at the same --threshold as the analysis (decide.label_map)
     pred = adapter.predict(image[None], threshold=args.threshold).numpy()[0] == args.class_index
     written, warns = write_miss_files(analysis, out, case_id=case, image=image, pred=pred,

@@ -10,7 +10,7 @@ from monai.networks.nets import UNet
 import medseg_xai as mx
 from medseg_xai.explain.budget import OutOfMemory, parse_memory, plan_batches
 from medseg_xai.explain.core import explain
-from medseg_xai.explain.miss import explain_miss
+from medseg_xai.explain.miss import MissSettings, explain_miss
 from medseg_xai.targets import region
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,4 +62,4 @@ def test_out_of_memory_says_what_to_lower(case, monkeypatch) -> None:
         explain(ad, x, target, "saliency")
     ref = target.mask.astype(np.uint8)
     with pytest.raises(OutOfMemory, match=r"explain_miss\(\) ran out of host memory"):
-        explain_miss(ad, x, ref, "ref-1", methods=())
+        explain_miss(ad, x, ref, "ref-1", settings=MissSettings(methods=()))

@@ -206,18 +206,18 @@ def test_label_map_numpy_equals_torch_and_call_threshold() -> None:
 
 def test_explain_miss_wrong_class_is_not_a_detection() -> None:
     """A lesion of class 2 covered only by class-1 voxels is missed, not detected."""
-    from medseg_xai.explain.miss import explain_miss
+    from medseg_xai.explain.miss import MissSettings, explain_miss
 
     ref = np.zeros((8, 8, 8), np.uint8)
     ref[2:5, 2:5, 2:5] = 2
     pred = np.zeros_like(ref)
     pred[2:5, 2:5, 2:5] = 1
     image = np.zeros((8, 8, 8), np.float32)
-    a = explain_miss(_adapter(), image, ref, "ref-1", pred=pred, methods=("saliency",),
-                     probes={"contrast": (2.0,)})
+    a = explain_miss(_adapter(), image, ref, "ref-1", pred=pred,
+                     settings=MissSettings(methods=("saliency",), probes={"contrast": (2.0,)}))
     assert a.status == "missed"
-    b = explain_miss(_adapter(), image, ref, "ref-1", pred=(pred * 2), methods=("saliency",),
-                     probes={"contrast": (2.0,)})
+    b = explain_miss(_adapter(), image, ref, "ref-1", pred=(pred * 2),
+                     settings=MissSettings(methods=("saliency",), probes={"contrast": (2.0,)}))
     assert b.status == "detected"
 
 

@@ -369,7 +369,7 @@ def test_demo_detected_lesion_gradcam_is_enriched_and_passes_its_gates(demo_case
             break
     assert found is not None
     image, label, lid = found
-    a = mx.explain_miss(adapter, image, label, lid, probes=["contrast"])
+    a = mx.explain_miss(adapter, image, label, lid, settings=mx.MissSettings(probes=["contrast"]))
     ev = a.evidence.set_index("method")
     assert a.status == "detected"
     assert ev.loc["gradcam", "layer"] == "unet.model.0"

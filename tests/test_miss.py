@@ -25,7 +25,7 @@ from torch import nn
 import medseg_xai as mx
 from medseg_xai.adapters import SegmentationAdapter
 from medseg_xai.explain import probes as P
-from medseg_xai.explain.miss import CAUSES, MissAnalysis, explain_miss
+from medseg_xai.explain.miss import CAUSES, MissAnalysis, MissSettings, explain_miss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,7 +118,7 @@ def test_noise_sigma_estimates_white_noise_and_denoising_lowers_it(sigma, seed) 
 # ------------------------------------------------------------------------------ explain_miss
 def test_missed_faint_lesion_names_contrast_only(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.15), ((30, 32), 3, 0.45)], seed=3)
-    a = mx.explain_miss(contrast_model, img, lab, "ref-1", methods=())
+    a = mx.explain_miss(contrast_model, img, lab, "ref-1", settings=mx.MissSettings(methods=()))
     assert isinstance(a, MissAnalysis)
     assert a.status == "missed" and a.causes == ["contrast"]
     assert list(a.probes.columns[:6]) == ["probe", "setting", "value", "max_prob", "mean_prob",
@@ -138,11 +138,13 @@ def test_missed_faint_lesion_names_contrast_only(contrast_model) -> None:
 
 def test_threshold_is_used_throughout(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.15)], seed=3)
-    base = explain_miss(contrast_model, img, lab, "ref-1", methods=(), probes=["contrast"])
+    base = explain_miss(contrast_model, img, lab, "ref-1",
+                        settings=MissSettings(methods=(), probes=["contrast"]))
     p0 = float(base.probes["max_prob"].iloc[0])
     # a threshold just below its highest probability makes the same lesion partly called
-    low = explain_miss(contrast_model, img, lab, "ref-1", methods=(), probes=["contrast"],
-                       threshold=p0 * 0.5, overlap_threshold=0.01)
+    low = explain_miss(contrast_model, img, lab, "ref-1",
+                       settings=MissSettings(methods=(), probes=["contrast"], threshold=p0 * 0.5,
+                                             overlap_threshold=0.01))
     assert low.status == "detected" and low.causes == []
     assert low.settings["threshold"] == pytest.approx(p0 * 0.5)
 
@@ -154,13 +156,14 @@ def test_false_positive_and_no_reference(contrast_model) -> None:
     pred = contrast_model.probabilities(img).numpy()[0, 0] > 0.5
     lab, n = ndimage.label(pred, np.ones((3, 3)))
     k = int(lab[24, 20])
-    fp = explain_miss(contrast_model, img, empty, f"pred-{k}", methods=())
+    fp = explain_miss(contrast_model, img, empty, f"pred-{k}", settings=MissSettings(methods=()))
     assert fp.status == "false_positive" and fp.causes[0] == "contrast"
-    no_ref = explain_miss(contrast_model, img, None, f"pred-{k}", methods=())
+    no_ref = explain_miss(contrast_model, img, None, f"pred-{k}",
+                          settings=MissSettings(methods=()))
     assert no_ref.status == "predicted" and no_ref.causes == fp.causes
     # a drawn region the model does not call
     drawn = _disc((30, 8), 2)
-    d = explain_miss(contrast_model, img, None, drawn, methods=())
+    d = explain_miss(contrast_model, img, None, drawn, settings=MissSettings(methods=()))
     assert d.lesion_id == "region" and d.status == "missed" and d.causes == []
     assert "name no cause" in d.verdict
 
@@ -168,22 +171,25 @@ def test_false_positive_and_no_reference(contrast_model) -> None:
 def test_input_errors_name_the_field(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.45)])
     with pytest.raises(ValueError, match="lesion 'ref-3': the reference mask has 1"):
-        explain_miss(contrast_model, img, lab, "ref-3", methods=())
+        explain_miss(contrast_model, img, lab, "ref-3", settings=MissSettings(methods=()))
     with pytest.raises(ValueError, match="needs ref"):
-        explain_miss(contrast_model, img, None, "ref-1", methods=())
+        explain_miss(contrast_model, img, None, "ref-1", settings=MissSettings(methods=()))
     with pytest.raises(ValueError, match="lesion: expected"):
-        explain_miss(contrast_model, img, lab, "lesion-1", methods=())
+        explain_miss(contrast_model, img, lab, "lesion-1", settings=MissSettings(methods=()))
     with pytest.raises(ValueError, match="threshold"):
-        explain_miss(contrast_model, img, lab, "ref-1", threshold=1.5)
+        explain_miss(contrast_model, img, lab, "ref-1", settings=MissSettings(threshold=1.5))
     with pytest.raises(ValueError, match="methods: unknown"):
-        explain_miss(contrast_model, img, lab, "ref-1", methods=("gradcam", "lime"))
+        explain_miss(contrast_model, img, lab, "ref-1",
+                     settings=MissSettings(methods=("gradcam", "lime")))
     with pytest.raises(ValueError, match="probes: unknown probe 'blur'"):
-        explain_miss(contrast_model, img, lab, "ref-1", probes=["blur"], methods=())
+        explain_miss(contrast_model, img, lab, "ref-1",
+                     settings=MissSettings(probes=["blur"], methods=()))
 
 
 def test_to_dict_is_json_and_deterministic(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.15), ((30, 32), 3, 0.45)], seed=3)
-    runs = [explain_miss(contrast_model, img, lab, "ref-1", methods=("gradcam",), seed=1)
+    runs = [explain_miss(contrast_model, img, lab, "ref-1",
+                         settings=MissSettings(methods=("gradcam",), seed=1))
             for _ in range(2)]
     texts = [json.dumps(r.to_dict(), sort_keys=True, allow_nan=False) for r in runs]
     assert texts[0] == texts[1]
@@ -198,14 +204,14 @@ def test_to_dict_is_json_and_deterministic(contrast_model) -> None:
 def test_comparison_needs_the_stated_minimum(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.15)], seed=3)
     few = pd.DataFrame({"volume_mm3": [50.0, 60.0], "status": "detected"})
-    a = explain_miss(contrast_model, img, lab, "ref-1", methods=(), probes=["contrast"],
-                     detected_lesions=few)
+    a = explain_miss(contrast_model, img, lab, "ref-1", detected_lesions=few,
+                     settings=MissSettings(methods=(), probes=["contrast"]))
     assert not a.comparison["enough"] and "Too few detected lesions" in a.verdict
     cohort = pd.DataFrame({"volume_mm3": [10, 20, 40, 50, 80, 90, 5.0],
                            "cnr": [3, 4, 5, 6, 7, 8, 9.0],
                            "status": ["detected"] * 6 + ["missed"]})
-    b = explain_miss(contrast_model, img, lab, "ref-1", methods=(), probes=["contrast"],
-                     detected_lesions=cohort, spacing=(1.0, 1.0))
+    b = explain_miss(contrast_model, img, lab, "ref-1", detected_lesions=cohort,
+                     spacing=(1.0, 1.0), settings=MissSettings(methods=(), probes=["contrast"]))
     vol = b.measurements["volume_mm3"]
     assert b.comparison["n_detected"] == 6  # the missed row is not a detected lesion
     assert b.comparison["larger_share"] == pytest.approx(np.mean(np.array([10, 20, 40, 50, 80,
@@ -217,7 +223,7 @@ def test_comparison_needs_the_stated_minimum(contrast_model) -> None:
 def test_gates_exclude_constant_and_randomisation_proof_maps(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.15)], seed=3)
     a = explain_miss(contrast_model, img, lab, "ref-1",
-                     methods=("feature_ablation", "integrated_gradients"))
+                     settings=MissSettings(methods=("feature_ablation", "integrated_gradients")))
     ev = a.evidence.set_index("method")
     # one input channel: feature ablation attributes one number to every voxel
     assert not ev.loc["feature_ablation", "passed"]
@@ -232,8 +238,10 @@ def test_gates_exclude_constant_and_randomisation_proof_maps(contrast_model) -> 
 
 def test_zero_baseline_on_a_normalising_model_is_excluded(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.15)], seed=3)
-    a = explain_miss(contrast_model, img, lab, "ref-1", methods=("integrated_gradients",),
-                     method_kwargs={"integrated_gradients": {"baseline": 0.0}}, probes=[])
+    a = explain_miss(contrast_model, img, lab, "ref-1",
+                     settings=MissSettings(
+                         methods=("integrated_gradients",), probes=[],
+                         method_kwargs={"integrated_gradients": {"baseline": 0.0}}))
     row = a.evidence.iloc[0]
     assert not row["passed"] and "not finite at the baseline" in row["reason"]
 
@@ -255,8 +263,9 @@ class _Learned(nn.Module):
 def test_learned_model_maps_pass_the_gates() -> None:
     ad = SegmentationAdapter(_Learned().eval(), spatial_dims=2, activation="sigmoid")
     img, lab = scan([((24, 20), 4, 0.5)], seed=5)
-    a = explain_miss(ad, img, lab, "ref-1", methods=("gradcam", "integrated_gradients"),
-                     probes=["contrast"])
+    a = explain_miss(ad, img, lab, "ref-1",
+                     settings=MissSettings(methods=("gradcam", "integrated_gradients"),
+                                           probes=["contrast"]))
     ev = a.evidence.set_index("method")
     assert ev.loc["gradcam", "layer"] == "c1"  # the first block
     assert ev.loc["integrated_gradients", "completeness_error"] < 0.05
@@ -289,22 +298,25 @@ def test_3d_faint_and_small_lesions() -> None:
     m = (zz - 8) ** 2 + (yy - 14) ** 2 + (xx - 12) ** 2 <= 9
     img = (vol + 0.15 * m + rng.normal(0, 0.02, shape))[None].astype(np.float32)
     ad = SegmentationAdapter(_Contrast3D().eval(), spatial_dims=3, activation="sigmoid")
-    a = explain_miss(ad, img, m.astype(np.uint8), "ref-1", methods=(), spacing=(2.0, 1.0, 1.0))
+    a = explain_miss(ad, img, m.astype(np.uint8), "ref-1", spacing=(2.0, 1.0, 1.0),
+                     settings=MissSettings(methods=()))
     assert a.status == "missed" and a.causes == ["contrast"]
     assert a.measurements["volume_mm3"] == pytest.approx(2.0 * m.sum())
 
 
 def test_size_and_intensity_models_name_their_cause() -> None:
     img, lab = scan([((24, 20), 1.5, 0.6)], seed=21)
-    a = explain_miss(_adapter(SizeDetector()), img, lab, "ref-1", methods=())
+    a = explain_miss(_adapter(SizeDetector()), img, lab, "ref-1",
+                     settings=MissSettings(methods=()))
     assert a.causes == ["size"]
     refs = [scan([((22, 14), 3, 0.45)], seed=100)[0]]
     dark, lab2 = scan([((24, 20), 3, 0.6)], scale=0.6, noise=0.012, seed=41)
-    b = explain_miss(_adapter(IntensityDetector()), dark, lab2, "ref-1", methods=(),
-                     reference_images=refs)
+    b = explain_miss(_adapter(IntensityDetector()), dark, lab2, "ref-1", reference_images=refs,
+                     settings=MissSettings(methods=()))
     assert b.causes == ["intensity"]
     # without reference images the intensity probe cannot run, and nothing else explains it
-    c = explain_miss(_adapter(IntensityDetector()), dark, lab2, "ref-1", methods=())
+    c = explain_miss(_adapter(IntensityDetector()), dark, lab2, "ref-1",
+                     settings=MissSettings(methods=()))
     assert c.causes == [] and "intensity" not in set(c.probes["probe"])
 
 
@@ -315,8 +327,8 @@ def test_causes_are_known_words() -> None:
 
 def test_probe_settings_can_be_given_and_two_channel_images_work(contrast_model) -> None:
     img, lab = scan([((24, 20), 3, 0.15)], seed=3)
-    a = explain_miss(contrast_model, img, lab, "ref-1", methods=(),
-                     probes={"contrast": (3.0,), "size": None})
+    a = explain_miss(contrast_model, img, lab, "ref-1",
+                     settings=MissSettings(methods=(), probes={"contrast": (3.0,), "size": None}))
     assert a.probes["setting"].tolist() == ["as acquired", "contrast x3 over local background",
                                             "lesion resampled x1.5 per axis",
                                             "lesion resampled x2 per axis"]
@@ -333,8 +345,9 @@ def test_probe_settings_can_be_given_and_two_channel_images_work(contrast_model)
 
     ad = SegmentationAdapter(TwoChannel().eval(), spatial_dims=2, activation="softmax")
     two = np.concatenate([img, 2 * img])
-    b = explain_miss(ad, two, lab, "ref-1", methods=("integrated_gradients",),
-                     probes=["contrast", "location"])
+    b = explain_miss(ad, two, lab, "ref-1",
+                     settings=MissSettings(methods=("integrated_gradients",),
+                                           probes=["contrast", "location"]))
     assert b.settings["class_index"] == 1 and b.attributions["integrated_gradients"].shape == (40, 40)
     assert b.evidence["completeness_error"].iloc[0] < 0.05  # linear model: exact up to rounding
 
@@ -345,7 +358,7 @@ def test_probe_settings_can_be_given_and_two_channel_images_work(contrast_model)
 def test_any_lesion_position_and_size_gives_a_valid_analysis(cy, cx, radius, contrast) -> None:
     ad = _adapter(ContrastDetector())
     img, lab = scan([((cy, cx), radius, contrast)], seed=cy * 40 + cx)
-    a = explain_miss(ad, img, lab, "ref-1", methods=())
+    a = explain_miss(ad, img, lab, "ref-1", settings=MissSettings(methods=()))
     assert a.status in ("missed", "detected")
     assert set(a.causes) <= set(CAUSES) and len(set(a.causes)) == len(a.causes)
     if a.status == "detected":
@@ -359,8 +372,9 @@ def test_label_maps_with_several_classes(contrast_model) -> None:
     two = lab.copy()
     two[_disc((30, 32), 3)] = 2  # a second class: not the lesion class of a one-channel model
     with pytest.raises(ValueError, match=r"ref: labels \[1, 2\] do not include the lesion class 0"):
-        explain_miss(contrast_model, img, two, "ref-1", methods=())
-    a = explain_miss(contrast_model, img, (lab * 2).astype(np.uint8), "ref-1", methods=())
+        explain_miss(contrast_model, img, two, "ref-1", settings=MissSettings(methods=()))
+    a = explain_miss(contrast_model, img, (lab * 2).astype(np.uint8), "ref-1",
+                     settings=MissSettings(methods=()))
     assert a.causes == ["contrast"]  # one foreground value, whatever it is
 
 
@@ -374,10 +388,12 @@ def test_explain_miss_class_index_uses_only_that_class() -> None:
     ref[_disc((14, 14), 4)] = 2
     ref[_disc((28, 28), 4)] = 3
     only3 = np.where(ref > 0, 3, 0).astype(np.uint8)  # label 3 where the reference says 2 or 3
-    a = explain_miss(ad, img, ref, "ref-1", pred=only3, class_index=2, methods=(), probes=())
+    a = explain_miss(ad, img, ref, "ref-1", pred=only3,
+                     settings=MissSettings(class_index=2, methods=(), probes=()))
     assert a.status == "missed"  # was "detected": the single label 3 counted as class 2
     ones_and_threes = np.where(ref == 3, 3, 0).astype(np.uint8)
     ones_and_threes[_disc((14, 14), 2)] = 1
-    b = explain_miss(ad, img, ref, "ref-1", pred=ones_and_threes, class_index=2, methods=(),
-                     probes=())  # labels 1 and 3: no error, class 2 is simply absent
+    # labels 1 and 3: no error, class 2 is simply absent
+    b = explain_miss(ad, img, ref, "ref-1", pred=ones_and_threes,
+                     settings=MissSettings(class_index=2, methods=(), probes=()))
     assert b.status == "missed"

@@ -10,7 +10,7 @@ from torch import nn
 
 import medseg_xai.explain.miss as miss_mod
 from medseg_xai.adapters import SegmentationAdapter
-from medseg_xai.explain.miss import explain_miss
+from medseg_xai.explain.miss import MissSettings, explain_miss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,11 +50,13 @@ def test_local_probes_equal_the_whole_volume_probes(monkeypatch) -> None:
     calls: list[int] = []
     handle = ad.model.register_forward_hook(lambda _m, i, _o: calls.append(i[0].shape[0]))
     try:
-        local = explain_miss(ad, img, lab, "ref-1", methods=(), spacing=(2.0, 1.0, 1.0))
+        local = explain_miss(ad, img, lab, "ref-1", spacing=(2.0, 1.0, 1.0),
+                             settings=MissSettings(methods=()))
         n_local = sum(calls)
         calls.clear()
         monkeypatch.setattr(miss_mod, "LOCAL_PROBES", False)
-        whole = explain_miss(ad, img, lab, "ref-1", methods=(), spacing=(2.0, 1.0, 1.0))
+        whole = explain_miss(ad, img, lab, "ref-1", spacing=(2.0, 1.0, 1.0),
+                             settings=MissSettings(methods=()))
         n_whole = sum(calls)
     finally:
         handle.remove()

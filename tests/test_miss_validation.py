@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medseg_xai.adapters import SegmentationAdapter
-from medseg_xai.explain.miss import CAUSES, explain_miss
+from medseg_xai.explain.miss import CAUSES, MissSettings, explain_miss
 
 SHAPE = (40, 40)
 BAND = 8  # bright tissue rows at the top: makes the image's spread anatomy, not noise
@@ -164,7 +164,7 @@ def results(one_thread):
     out = []
     for planted, model, img, lab, lid in planted_cases():
         a = explain_miss(adapters[model], img, lab, lid, reference_images=refs,
-                         methods=(), seed=0)
+                         settings=MissSettings(methods=(), seed=0))
         out.append((planted, a))
     return out
 

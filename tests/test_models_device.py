@@ -15,7 +15,7 @@ from torch import nn
 import medseg_xai as mx
 from medseg_xai.adapters import resolve_device
 from medseg_xai.explain import explain
-from medseg_xai.explain.miss import explain_miss
+from medseg_xai.explain.miss import MissSettings, explain_miss
 
 
 def _unet() -> nn.Module:
@@ -70,10 +70,11 @@ def test_miss_analysis_on_a_fake_accelerator(case) -> None:
     ad = mx.SegmentationAdapter(_unet())
     with on_fake_device(ad):
         a = explain_miss(ad, img, ref, "ref-1",
-                         methods=("integrated_gradients", "gradcam", "occlusion"),
-                         probes=("contrast",),
-                         method_kwargs={"integrated_gradients": {"n_steps": 4},
-                                        "occlusion": {"window": 8}})
+                         settings=MissSettings(
+                             methods=("integrated_gradients", "gradcam", "occlusion"),
+                             probes=("contrast",),
+                             method_kwargs={"integrated_gradients": {"n_steps": 4},
+                                            "occlusion": {"window": 8}}))
     ev = a.evidence.set_index("method")
     assert not ev["reason"].str.contains("could not run").any(), ev["reason"].tolist()
     assert np.isfinite(ev.loc["integrated_gradients", "completeness_error"])
@@ -131,8 +132,9 @@ def test_torchscript_miss_analysis_and_randomisation_gate(case, traced) -> None:
     flags of leaf variables"): deepcopy of a ScriptModule clones parameters through autograd."""
     img, ref = case
     ad = mx.SegmentationAdapter(traced)
-    a = explain_miss(ad, img, ref, "ref-1", probes=("contrast",),
-                     method_kwargs={"integrated_gradients": {"n_steps": 4}})
+    a = explain_miss(ad, img, ref, "ref-1",
+                     settings=MissSettings(probes=("contrast",),
+                                           method_kwargs={"integrated_gradients": {"n_steps": 4}}))
     ev = a.evidence.set_index("method")
     assert list(ev.index) == ["integrated_gradients"]  # the default without hooks
     assert np.isfinite(ev.loc["integrated_gradients", "randomisation_spearman"])

@@ -28,7 +28,7 @@ import medseg_xai as mx
 import medseg_xai.explain.captum_methods as cm
 import medseg_xai.explain.miss as mm
 from medseg_xai.explain.core import explain
-from medseg_xai.explain.miss import explain_miss
+from medseg_xai.explain.miss import MissSettings, explain_miss
 from medseg_xai.targets import region
 
 work, scale, windowed = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
@@ -56,9 +56,9 @@ before = status("VmRSS:")
 if work == "saliency":
     explain(ad, x, region(1, mask, margin=True), "saliency")
 else:
-    explain_miss(ad, x, mask.astype(np.uint8), "ref-1", layer="model.0",
-                 methods=("gradcam", "integrated_gradients"),
-                 method_kwargs={"integrated_gradients": {"n_steps": 4}})
+    explain_miss(ad, x, mask.astype(np.uint8), "ref-1", settings=MissSettings(
+        layer="model.0", methods=("gradcam", "integrated_gradients"),
+        method_kwargs={"integrated_gradients": {"n_steps": 4}}))
 peak = status("VmHWM:")
 print(json.dumps({"peak": peak - before, "volume": x.nbytes}))
 """

@@ -122,11 +122,12 @@ def test_contrast_sweep_rejects_bad_input() -> None:
 def test_verdict_html_shows_only_what_the_analysis_holds() -> None:
     from test_miss_validation import ContrastDetector, _adapter, scan
 
-    from medseg_xai.explain.miss import explain_miss
+    from medseg_xai.explain.miss import MissSettings, explain_miss
     from medseg_xai.widgets.verdict import verdict_html
 
     img, lab = scan([((24, 20), 3, 0.15)], seed=3)
-    a = explain_miss(_adapter(ContrastDetector()), img, lab, "ref-1", methods=("feature_ablation",))
+    a = explain_miss(_adapter(ContrastDetector()), img, lab, "ref-1",
+                     settings=MissSettings(methods=("feature_ablation",)))
     page = verdict_html(a)
     assert page.startswith('<div class="mx-miss">') and page.endswith("</div>")
     assert f"<b>{a.verdict_lines[0]}</b>" in page

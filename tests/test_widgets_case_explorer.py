@@ -227,7 +227,7 @@ def test_activation_montage(explorer) -> None:
 
 @pytest.mark.slow
 def test_verdict_panel_shows_the_miss_analysis(explorer, case) -> None:
-    from medseg_xai.explain.miss import explain_miss
+    from medseg_xai.explain.miss import MissSettings, explain_miss
 
     img, ref, pred = case
     explorer.miss_options = {"methods": ("gradcam",)}  # one attribution method keeps it quick
@@ -236,7 +236,8 @@ def test_verdict_panel_shows_the_miss_analysis(explorer, case) -> None:
     assert explorer.last_error is None, explorer.status.value
     # The panel is a view of explain_miss, run on the explorer's own inputs.
     same = explain_miss(explorer.adapter, img, ref, "ref-2", pred=pred, spacing=SPACING,
-                        threshold=explorer.threshold, case_id="case-7", methods=("gradcam",))
+                        case_id="case-7",
+                        settings=MissSettings(threshold=explorer.threshold, methods=("gradcam",)))
     assert analysis.to_dict() == same.to_dict()
     panel = explorer.verdict_html.value
     assert analysis.verdict_lines[0].split(":")[0] in panel  # "ref-2 was missed"

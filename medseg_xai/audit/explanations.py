@@ -188,11 +188,13 @@ def _explain(adapter: Any, case: Any, ref: np.ndarray, pred: np.ndarray | None, 
              ) -> tuple[Any, np.ndarray | None, str]:
     """(MissAnalysis, the first method's attribution map, its name) of one lesion."""
     from medseg_xai.explain.miss import explain_miss  # the one way to explain a miss
+    from medseg_xai.explain.miss_settings import split_options
 
     bind = getattr(adapter, "with_geometry", None)  # models that resample need the geometry
     adapter = bind(case.spacing, case.affine) if callable(bind) else adapter
+    settings, inputs = split_options(explain_kwargs, seed=seed)
     analysis = explain_miss(adapter, case.image, ref, lesion_id, pred=pred, spacing=case.spacing,
-                            seed=seed, case_id=str(case.case_id), **dict(explain_kwargs))
+                            case_id=str(case.case_id), settings=settings, **inputs)
     maps = getattr(analysis, "attributions", None) or {}
     method = next(iter(maps), None)
     att = None if method is None else np.asarray(maps[method], dtype=np.float32)
@@ -239,7 +241,7 @@ def explain_failures(
     seed : int
         Seed of the explanations' randomness.
     explain_kwargs : mapping, optional
-        Passed to ``explain_miss`` (``methods=("gradcam",)``, ``reference_images=``...).
+        ``explain_miss`` inputs and ``MissSettings`` fields (``{"methods": ("gradcam",)}``).
     analyses : dict, optional
         When given, receives each :class:`~medseg_xai.explain.miss.MissAnalysis` under
         ``(case_id, lesion_id)`` (full-resolution maps and mask, e.g. for files the demo writes)

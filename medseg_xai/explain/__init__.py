@@ -10,12 +10,13 @@ from medseg_xai.explain.activations import activations
 from medseg_xai.explain.core import LAYER_METHODS, METHODS, Explanation, explain
 from medseg_xai.explain.features import channel_weights, pooled_features, top_channels
 from medseg_xai.explain.miss import MissAnalysis, explain_miss
+from medseg_xai.explain.miss_settings import MissSettings
 from medseg_xai.explain.weights import compare_weights
 
 # ``weights()`` is ``mx.weights`` / ``medseg_xai.explain.weights.weights``: binding it here
 # would shadow the ``explain.weights`` module.
 __all__ = ["explain", "Explanation", "activations", "METHODS", "LAYER_METHODS", "explain_miss",
-           "MissAnalysis", "compare_weights", "pooled_features", "channel_weights",
+           "MissAnalysis", "MissSettings", "compare_weights", "pooled_features", "channel_weights",
            "top_channels"]
 
 # ``mx.explain(...)`` calls explain(); the package stays importable (``explain.quality``).

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai._legacy import apply_legacy
 from medseg_xai.decide import (
     DecisionRules,
     components,
@@ -57,16 +58,15 @@ from medseg_xai.decide import (
 )
 from medseg_xai.explain import probes as P
 from medseg_xai.explain.budget import answer_oom
+from medseg_xai.explain.miss_settings import DEFAULT_MARGIN, MissSettings
 from medseg_xai.explain.registry import BASELINE_METHODS, PATH_METHODS, REGISTRY
 
-__all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "PROBES", "explain_miss"]
+__all__ = ["CAUSES", "DEFAULT_MARGIN", "MissAnalysis", "MissSettings", "PROBES", "explain_miss"]
 
 #: Cause words, in the order used to break ties.
 CAUSES: tuple[str, ...] = ("contrast", "size", "intensity", "noise", "location")
 #: Probe names (one per cause).
 PROBES: tuple[str, ...] = CAUSES
-#: Smallest change of the lesion probability (mean over the lesion) that counts as an effect.
-DEFAULT_MARGIN = 0.2
 #: Probes under sliding-window inference evaluate only the windows covering the mask they read
 #: (:mod:`medseg_xai.explain.local`); False runs every probe image whole (the reference).
 LOCAL_PROBES = True
@@ -960,13 +960,10 @@ def _evidence_stage(adapter: Any, img: np.ndarray, mask: np.ndarray, ci: int,
 @answer_oom("explain_miss()")
 def explain_miss(
     adapter: Any, image: Any, ref: Any, lesion: Any, *, pred: Any = None,
-    spacing: Sequence[float] | None = None, threshold: float = 0.5,
-    reference_images: Sequence[Any] | None = None, probes: Any = None,
-    methods: Sequence[str] | None = None, seed: int = 0, class_index: int | None = None,
-    detected_lesions: pd.DataFrame | None = None, min_comparison: int = 5,
-    margin: float = DEFAULT_MARGIN, overlap_threshold: float = 0.1, layer: str | None = None,
-    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None, case_id: str | None = None,
-    rules: DecisionRules | Mapping[str, Any] | None = None,
+    spacing: Sequence[float] | None = None, reference_images: Sequence[Any] | None = None,
+    detected_lesions: pd.DataFrame | None = None,
+    rules: DecisionRules | Mapping[str, Any] | None = None, case_id: str | None = None,
+    settings: MissSettings | Mapping[str, Any] | None = None, **legacy: Any,
 ) -> MissAnalysis:
     """Why did the model miss (or call) this lesion? Probes re-run through the model.
 
@@ -985,55 +982,48 @@ def explain_miss(
         The prediction the status is read from; default the model's call. Probes re-run it.
     spacing : sequence of float, optional
         Voxel size in mm (volumes).
-    threshold, overlap_threshold : float
-        Voxel call (``adapters.label_map``) and share of a lesion called for a detection.
     reference_images : sequence of arrays, optional
         Images from a group where the model works, for the intensity probe.
-    probes : None, sequence of str or mapping
-        Probes to run (default all of :data:`PROBES`); a mapping gives settings per probe.
-    methods : sequence of str, optional
-        Attribution methods (supporting evidence only); default ``explain.default_methods``.
-    seed : int
-        Seeds tie-breaking among positions and the parameter randomisation.
-    class_index : int, optional
-        Output channel of the lesion class (default 1, or 0 for a one-channel model).
     detected_lesions : pandas.DataFrame, optional
         A cohort's detected lesions (``volume_mm3``, ``cnr``) to compare with; default this image's.
-    min_comparison : int
-        Fewest detected lesions a comparison is made with.
-    margin : float
-        Smallest change of the mean lesion probability that counts as an effect.
-    layer : str, optional
-        Grad-CAM layer (default :func:`~medseg_xai.explain.gradcam.localising_layer`).
-    method_kwargs : mapping, optional
-        Per-method keyword arguments for ``explain`` (``{"integrated_gradients": {...}}``).
-    case_id : str, optional
-        Recorded in ``settings``.
     rules : DecisionRules or mapping, optional
         An audit's decision rules (replace both thresholds; ``ref-N`` gets the audit's status).
+    case_id : str, optional
+        Recorded in ``settings``.
+    settings : MissSettings or mapping, optional
+        How the analysis runs: ``probes``, ``methods``, ``layer``, ``method_kwargs``,
+        ``threshold``, ``overlap_threshold``, ``class_index``, ``margin``, ``min_comparison``,
+        ``seed`` (:class:`~medseg_xai.explain.miss_settings.MissSettings`, ``mx.MissSettings``;
+        default its defaults).
+    **legacy
+        Those settings as keywords (``methods=()``, ``seed=1``...): still accepted for one
+        release, with a ``FutureWarning`` naming ``settings=MissSettings(...)``. Any other
+        keyword is a ``TypeError``.
 
     Returns
     -------
     MissAnalysis
     """
     start = time.perf_counter()
-    rules, threshold, overlap_threshold = _check_rules(adapter, rules, threshold,
-                                                       overlap_threshold, margin)
-    methods, img, spacing, model, p0, ci = _prepare(adapter, image, spacing, methods,
-                                                    class_index, threshold)
+    opts = apply_legacy("explain_miss", MissSettings, settings, legacy)
+    rules, threshold, overlap_threshold = _check_rules(adapter, rules, opts.threshold,
+                                                       opts.overlap_threshold, opts.margin)
+    margin, seed = opts.margin, opts.seed
+    methods, img, spacing, model, p0, ci = _prepare(adapter, image, spacing, opts.methods,
+                                                    opts.class_index, threshold)
     rules, lid, mask, status, base, fgs = _locate(ref, pred, p0, lesion, ci, tuple(img.shape[1:]),
                                                   rules, overlap_threshold)
     table, spec, skipped, exclude, detected_rows, causes = _probe_stage(
-        model, img, p0, mask, base, status, fgs, spacing, overlap_threshold, rules, probes,
+        model, img, p0, mask, base, status, fgs, spacing, overlap_threshold, rules, opts.probes,
         reference_images, margin, seed)
-    target, rows, maps, evidence = _evidence_stage(adapter, img, mask, ci, methods, layer,
-                                                   method_kwargs, seed)
+    target, rows, maps, evidence = _evidence_stage(adapter, img, mask, ci, methods, opts.layer,
+                                                   opts.method_kwargs, seed)
     meas, comp = _compare(img, mask, exclude, base, spacing, detected_rows, detected_lesions,
-                          min_comparison)
-    settings = _settings(case_id, model, overlap_threshold, rules, margin, ci, methods, rows,
+                          opts.min_comparison)
+    recorded = _settings(case_id, model, overlap_threshold, rules, margin, ci, methods, rows,
                          spec, seed, target, reference_images)
-    verdict = _verdict(lid, status, causes, table, evidence, comp, meas, settings, skipped)
+    verdict = _verdict(lid, status, causes, table, evidence, comp, meas, recorded, skipped)
     return MissAnalysis(lesion_id=lid, status=status, causes=causes, probes=table,
                         evidence=evidence, verdict=verdict, measurements=meas, comparison=comp,
-                        settings=settings, attributions=maps, mask=mask,
+                        settings=recorded, attributions=maps, mask=mask,
                         elapsed_s=time.perf_counter() - start)

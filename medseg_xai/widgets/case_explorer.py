@@ -1113,6 +1113,7 @@ class CaseExplorer(W.VBox):
         ``wait=False`` runs it in a thread with progress and cancel.
         """
         from medseg_xai.explain.miss import explain_miss
+        from medseg_xai.explain.miss_settings import split_options
 
         lid = lesion_id or self.selected_lesion
         if lid is None or self.lesions is None or self.adapter is None:
@@ -1121,16 +1122,16 @@ class CaseExplorer(W.VBox):
         if lid in self.analyses:
             self.update_verdict()
             return self.analyses[lid]
-        opts = dict(self.miss_options)
+        settings, opts = split_options(
+            self.miss_options, threshold=self.threshold, class_index=self.class_index,
+            overlap_threshold=self.lesions.overlap_threshold)
         if self.detected_reference is not None:
             opts.setdefault("detected_lesions", self.detected_reference)
 
         def work(adapter: Any) -> Any:
             return explain_miss(adapter, self.image, self.ref, lid, pred=self.pred,
-                                spacing=self.spacing, threshold=self.threshold,
-                                class_index=self.class_index,
-                                overlap_threshold=self.lesions.overlap_threshold,
-                                case_id=self.case_id, rules=self.rules, **opts)
+                                spacing=self.spacing, case_id=self.case_id, rules=self.rules,
+                                settings=settings, **opts)
 
         def done(analysis: Any) -> None:
             self.analyses[lid] = analysis
