@@ -215,8 +215,7 @@ def _over(limit: int) -> dict[str, int]:
 
 # Being brought under the limit this round by their owners; each must still be over it (the
 # list only shrinks).
-_OVER_TWELVE_RATCHET = {"medseg_xai.audit.hidden_strata.find_hidden_strata",
-                        "medseg_xai.viz.three_plane", "medseg_xai.viz.show_slice",
+_OVER_TWELVE_RATCHET = {"medseg_xai.viz.three_plane", "medseg_xai.viz.show_slice",
                         "medseg_xai.widgets.render.compose_rgb",
                         "medseg_xai.widgets.case_explorer.CaseExplorer.__init__"}
 
