@@ -2,68 +2,200 @@
 
 Run by hand (not a test)::
 
-    .venv/bin/python benchmarks/bench_uncertainty.py [--shape 48 64 64] [--k 1 3 7] [--repeats 5]
+    .venv/bin/python benchmarks/bench_uncertainty.py [--shape 48 64 64] [--k 1 3 7]
+        [--repeats 7] [--threads 1 2] [--baseline OLD/uncertainty.py] [--memory 96 128 128]
 
-With the bundled demo 3D UNet on a demo-cohort image, one thread, the script times in
-interleaved, paired rounds
+With the bundled demo 3D UNet on a demo-cohort image, the script times in interleaved, paired
+rounds (for each torch thread count and each ``k``)
 
 - the plain pass (``adapter.probabilities``: what the audit already runs), and
 - the plain pass plus ``case_uncertainty`` with ``k`` flip augmentations reusing it
   (``base_probabilities``), i.e. everything an audit with ``uncertainty=`` runs per case,
+- with ``--baseline``, the same with another version of ``medseg_xai/explain/uncertainty.py``
+  (e.g. ``git show OLD:medseg_xai/explain/uncertainty.py > /tmp/old.py``) in the same rounds,
+  so machine load hits both versions alike,
 
-and prints per ``k`` the median paired ratio against the target ``k + 1`` (k extra forward
-passes plus the aggregation: entropy, member masks, pairwise Dice, lesion table).
+and prints per ``k`` the median paired ratio (plain + uncertainty) / plain against the target
+``k + 1``, and the aggregation's share of one plain pass: ``case_uncertainty`` timed with the
+model's real outputs replayed instantly (flips, sums, codes, scores; no forward pass).
+
+``--memory D H W`` also measures, in fresh processes, the peak resident memory of the plain pass
+alone and with the uncertainty of ``k`` flips at that size (ru_maxrss; one process per
+measurement, so each starts from the same state).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+SETTINGS = {1: {"flips": (0,)}, 3: {"flips": (0, 1, 2)},
+            7: {"flips": (0, 1, 2), "flip_combinations": True}}
+
+
+def _image(shape: list[int]) -> Any:
+    from medseg_xai.cohort import Cohort
+    from medseg_xai.demo import make_cohort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort = Cohort.from_csv(make_cohort(Path(tmp), n_cases=2, seed=0, shape=shape))
+        return cohort.load_case(cohort.case_ids[0]).image
+
+
+def _load(path: str) -> Any:
+    """Another version of the uncertainty module, imported under its own name."""
+    spec = importlib.util.spec_from_file_location("baseline_uncertainty", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _aggregation_s(fn: Any, adapter: Any, image: Any, settings: dict, base: Any,
+                   repeats: int) -> float:
+    """Median seconds of ``fn`` with the model's outputs recorded once and replayed."""
+    record: list[Any] = []
+    real = adapter.probabilities
+
+    def recording(x: Any) -> Any:
+        record.append(real(x))
+        return record[-1]
+
+    adapter.probabilities = recording
+    try:
+        fn(adapter, image, settings, base_probabilities=base)
+        calls = iter(record * (repeats + 1))
+        adapter.probabilities = lambda x: next(calls)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(adapter, image, settings, base_probabilities=base)
+            times.append(time.perf_counter() - t0)
+    finally:
+        del adapter.probabilities  # the bound method again
+    return statistics.median(times)
+
+
+def _rounds(versions: dict[str, Any], adapter: Any, image: Any, k: int, repeats: int
+            ) -> tuple[list[float], dict[str, list[float]]]:
+    """Paired rounds: a plain pass, then each version (order alternating) after its own."""
+    plain, ratios = [], {name: [] for name in versions}
+    names = list(versions)
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        adapter.probabilities(image)
+        plain_s = time.perf_counter() - t0
+        plain.append(plain_s)
+        for name in (names if r % 2 == 0 else names[::-1]):
+            t1 = time.perf_counter()
+            base = adapter.probabilities(image).numpy()[0]
+            versions[name](adapter, image, SETTINGS[k], base_probabilities=base)
+            ratios[name].append((time.perf_counter() - t1) / plain_s)
+    return plain, ratios
+
+
+def _timing(args: argparse.Namespace) -> None:
+    import torch
+
+    from medseg_xai.demo import load_model
+    from medseg_xai.explain.uncertainty import case_uncertainty
+
+    versions = {"new": case_uncertainty}
+    if args.baseline:
+        versions["baseline"] = _load(args.baseline).case_uncertainty
+    image = _image(args.shape)
+    adapter = load_model()
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        adapter.probabilities(image)  # warm-up
+        print(f"\nimage {tuple(image.shape)}, demo 3D UNet, {threads} thread(s), "
+              f"{args.repeats} paired rounds")
+        print(f"{'k':>3} {'version':>9} {'plain s':>8} {'ratio':>6} {'target':>6} "
+              f"{'ratio-(k+1)':>11} {'agg s':>7} {'agg/plain':>9}")
+        for k in args.k:
+            plain, ratios = _rounds(versions, adapter, image, k, args.repeats)
+            p = statistics.median(plain)
+            for name, fn in versions.items():
+                agg = _aggregation_s(fn, adapter, image, SETTINGS[k], adapter.probabilities(
+                    image).numpy()[0], args.repeats)
+                r = statistics.median(ratios[name])
+                print(f"{k:>3} {name:>9} {p:8.3f} {r:6.2f} {k + 1:6d} {r - (k + 1):+11.2f} "
+                      f"{agg:7.3f} {agg / p:9.3f}")
+
+
+def _memory_child(shape: list[int], k: int, baseline: str | None) -> None:
+    """One measurement: peak RSS after the plain pass, then after the uncertainty (MB)."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from medseg_xai.demo import load_model
+
+    if baseline:
+        fn = _load(baseline).case_uncertainty
+    else:
+        from medseg_xai.explain.uncertainty import case_uncertainty as fn
+    rng = np.random.default_rng(0)
+    image = (100 + 20 * rng.standard_normal((1, *shape))).astype(np.float32)
+    adapter = load_model()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = adapter.probabilities(image).numpy()[0]
+    plain = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    if k:
+        fn(adapter, image, SETTINGS[k], base_probabilities=base)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"start": start, "plain": plain, "peak": peak, "seconds": seconds}))
+
+
+def _memory(args: argparse.Namespace) -> None:
+    print(f"\npeak resident memory (MB, ru_maxrss), image {tuple([1, *args.memory])}, 1 thread; "
+          "'plain' = the plain pass alone, '+uncertainty' = extra peak over it")
+    print(f"{'k':>3} {'version':>9} {'plain pass':>10} {'+uncertainty':>12} {'seconds':>8}")
+    versions = [("new", None)] + ([("baseline", args.baseline)] if args.baseline else [])
+    for k in args.k:
+        for name, path in versions:
+            cmd = [sys.executable, __file__, "--memory-child", str(k),
+                   *(["--baseline", path] if path else []), "--shape", *map(str, args.memory)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            m = json.loads(out.strip().splitlines()[-1])
+            print(f"{k:>3} {name:>9} {m['plain'] - m['start']:10.0f} "
+                  f"{m['peak'] - m['plain']:12.0f} {m['seconds']:8.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[48, 64, 64])
     parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 7])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--baseline", help="another uncertainty.py timed in the same rounds")
+    parser.add_argument("--memory", type=int, nargs=3, metavar=("D", "H", "W"),
+                        help="also measure peak memory at this image size")
+    parser.add_argument("--no-timing", action="store_true", help="memory only")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(1)
-    from medseg_xai.cohort import Cohort
-    from medseg_xai.demo import load_model, make_cohort
-    from medseg_xai.explain.uncertainty import case_uncertainty
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cohort = Cohort.from_csv(make_cohort(Path(tmp), n_cases=2, seed=0, shape=args.shape))
-        image = cohort.load_case(cohort.case_ids[0]).image
-    adapter = load_model()
-    adapter.probabilities(image)  # warm-up
-    settings = {1: {"flips": (0,)}, 3: {"flips": (0, 1, 2)},
-                7: {"flips": (0, 1, 2), "flip_combinations": True}}
-    print(f"image {tuple(image.shape)}, demo 3D UNet, 1 thread, {args.repeats} paired rounds")
-    print(f"{'k':>3} {'plain s':>9} {'with TTA s':>11} {'ratio':>7} {'target':>7}")
-    for k in args.k:
-        if k not in settings:
-            raise SystemExit(f"--k: expected some of {sorted(settings)}")
-        ratios, plain_t, tta_t = [], [], []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            base = adapter.probabilities(image).numpy()[0]
-            t1 = time.perf_counter()
-            base2 = adapter.probabilities(image).numpy()[0]
-            case_uncertainty(adapter, image, settings[k], base_probabilities=base2)
-            t2 = time.perf_counter()
-            del base
-            plain_t.append(t1 - t0)
-            tta_t.append(t2 - t1)
-            ratios.append((t2 - t1) / (t1 - t0))
-        print(f"{k:>3} {statistics.median(plain_t):9.3f} {statistics.median(tta_t):11.3f} "
-              f"{statistics.median(ratios):7.2f} {k + 1:7d}")
+    bad = [k for k in args.k if k not in SETTINGS]
+    if bad:
+        raise SystemExit(f"--k: expected some of {sorted(SETTINGS)}, got {bad}")
+    if args.memory_child is not None:
+        _memory_child(args.shape, args.memory_child, args.baseline)
+        return
+    if not args.no_timing:
+        _timing(args)
+    if args.memory:
+        _memory(args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -99,13 +101,21 @@ def test_mc_dropout_needs_dropout_and_is_seeded() -> None:
 
 def test_reuses_base_probabilities_and_counts_passes() -> None:
     ad = _adapter()
-    calls = []
-    ad.model.register_forward_hook(lambda *a: calls.append(1))
+    calls = []  # images per model call
+    ad.model.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     base = ad.probabilities(_image()).numpy()[0]
     calls.clear()
-    u = case_uncertainty(ad, _image(), UncertaintySettings(flips=(0, 2), jitter=1),
-                         base_probabilities=base)
-    assert len(calls) == 3 and u.n_members == 4  # k = 3 augmentations, 3 extra passes
+    s = UncertaintySettings(flips=(0, 2), jitter=1)
+    u = case_uncertainty(ad, _image(), s, base_probabilities=base)
+    # k = 3 augmentations: 3 extra images, in one batched call
+    assert calls == [3] and u.n_members == 4
+    calls.clear()
+    voxels = _image()[0].size
+    case_uncertainty(ad, _image(), s, base_probabilities=base, batch_voxels=2 * voxels)
+    assert calls == [2, 1]  # chunked to the memory bound
+    calls.clear()
+    case_uncertainty(ad, _image(), s, base_probabilities=base, batch_voxels=1)
+    assert calls == [1, 1, 1]  # at least one copy a pass
 
 
 def test_bad_settings_are_named() -> None:
@@ -118,7 +128,7 @@ def test_bad_settings_are_named() -> None:
     assert len(UncertaintySettings(flip_combinations=True).flip_sets(3)) == 7
 
 
-from hypothesis import given  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -137,3 +147,128 @@ def test_foreground_equals_the_decision_rule(k: int, activation: str, threshold,
         p /= p.sum(0, keepdims=True)
     expected = np.asarray(label_map(p, threshold, activation=activation)) > 0
     np.testing.assert_array_equal(_foreground(p, activation, threshold), expected)
+
+
+# -- batched passes and the member-bit aggregation (issue 27's cost point) ------------------
+
+class _Conv(nn.Module):
+    """A small random convolutional net: not flip-equivariant, instance-normalised."""
+
+    def __init__(self, spatial_dims: int = 3, classes: int = 2) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        norm = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.net = nn.Sequential(conv(1, 4, 3, padding=1), norm(4), nn.ReLU(),
+                                     conv(4, classes, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@functools.cache
+def _conv_adapter(dims: int, activation: str) -> SegmentationAdapter:
+    return SegmentationAdapter(_Conv(dims), spatial_dims=dims, divisor=1, activation=activation)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([2, 3]), st.booleans(), st.integers(0, 1),
+       st.sampled_from(["softmax", "sigmoid"]))
+def test_batched_passes_equal_one_at_a_time(seed: int, dims: int, combos: bool, jitter: int,
+                                            activation: str) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (1, 6, 7, 5)[:dims + 1]
+    img = rng.normal(size=shape).astype(np.float32)
+    ad = _conv_adapter(dims, activation)
+    s = {"flips": tuple(range(dims)), "flip_combinations": combos, "jitter": jitter}
+    one = case_uncertainty(ad, img, s, batch_voxels=1)
+    batched = case_uncertainty(ad, img, s, batch_voxels=10**9)
+    np.testing.assert_allclose(batched.mean_probability, one.mean_probability, atol=1e-6)
+    for k, v in one.scores.items():
+        assert batched.scores[k] == pytest.approx(v, abs=1e-6)
+    assert batched.members == one.members and batched.n_members == one.n_members
+
+
+def _brute_force(maps: list[np.ndarray], activation: str, threshold, connectivity=None):
+    """The member aggregation written out plainly: stacked masks, a loop over pairs."""
+    from scipy import ndimage
+
+    from medseg_xai.explain.uncertainty import _foreground
+    from medseg_xai.metrics.lesions import label_lesions
+
+    masks = np.stack([_foreground(p, activation, threshold) for p in maps])
+    mean = np.mean(np.stack(maps).astype(np.float64), axis=0).astype(np.float32)
+    entropy = normalised_entropy(mean, activation)
+    predicted = _foreground(mean, activation, threshold)
+
+    def dice(a, b):
+        return 1.0 if a.sum() + b.sum() == 0 else 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    pairs = [(i, j) for i in range(len(masks)) for j in range(i + 1, len(masks))]
+    region = predicted if predicted.any() else masks.any(axis=0)
+    vols = masks.reshape(len(masks), -1).sum(axis=1).astype(float)
+    scores = {"unc_entropy": float(entropy[region].mean()) if region.any() else 0.0,
+              "unc_disagreement": 1 - np.mean([dice(masks[i], masks[j]) for i, j in pairs])
+              if pairs else 0.0,
+              "unc_volume_cv": vols.std() / vols.mean() if vols.mean() > 0 else 0.0}
+    lab, n = label_lesions(predicted, connectivity)
+    rows = []
+    for les, box in zip(range(1, n + 1), ndimage.find_objects(lab)):
+        inside = lab == les
+        m = masks & inside
+        rows.append({"volume_voxels": int(inside.sum()),
+                     "mean_entropy": float(entropy[inside].astype(float).mean()),
+                     "member_detection": float(np.mean([x.any() for x in m])),
+                     "disagreement": 1 - np.mean([dice(m[i], m[j]) for i, j in pairs])
+                     if pairs else 0.0,
+                     "bbox": [[sl.start, sl.stop] for sl in box]})
+    return masks, mean, scores, rows
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([1, 2, 3, 9, 17, 40, 70]),
+       st.sampled_from(["softmax", "sigmoid"]), st.sampled_from([None, 0.3]),
+       st.sampled_from([1, 2, 3]))
+def test_member_bits_equal_brute_force(seed: int, m: int, activation: str, threshold,
+                                       classes: int) -> None:
+    from medseg_xai.explain.member_bits import MemberBits
+    from medseg_xai.explain.uncertainty import _finish, _foreground
+
+    rng = np.random.default_rng(seed)
+    shape = (classes, 5, 6, 4)
+    # a few members share one random map, so masks overlap, agree and differ
+    pool = [rng.random(shape).astype(np.float32) ** 3 for _ in range(3)]
+    maps = [pool[int(rng.integers(3))] * rng.uniform(0.5, 1.5) for _ in range(m)]
+    maps = [np.clip(p, 0, 1).astype(np.float32) for p in maps]
+    if activation == "softmax" and classes > 1:
+        maps = [p / p.sum(0, keepdims=True) for p in maps]
+    bits = MemberBits(m, lambda p: _foreground(p, activation, threshold))
+    for p in maps:
+        bits.add(p[:, ::-1][:, ::-1])  # views are fine
+    u = _finish(bits, activation, threshold, [str(i) for i in range(m)], None)
+    masks, mean, scores, rows = _brute_force(maps, activation, threshold)
+    np.testing.assert_allclose(u.mean_probability, mean, atol=1e-6)
+    np.testing.assert_array_equal(u.predicted, _foreground(mean, activation, threshold))
+    np.testing.assert_allclose(u.vote, masks.mean(axis=0), rtol=1e-6)
+    for k, v in scores.items():
+        assert u.scores[k] == pytest.approx(v, abs=1e-6), k
+    assert len(u.lesions) == len(rows)
+    for got, want in zip(u.lesions.to_dict(orient="records"), rows):
+        for k, v in want.items():
+            assert got[k] == (pytest.approx(v, abs=1e-6) if isinstance(v, float) else v), k
+    box = (slice(1, 4), slice(0, 6), slice(2, 3))
+    np.testing.assert_allclose(u.box_vote(box), u.vote[box])
+    np.testing.assert_allclose(u.box_entropy(box), normalised_entropy(mean, activation)[box],
+                               atol=1e-5)
+
+
+def test_member_scores_equal_brute_force_pairs() -> None:
+    rng = np.random.default_rng(5)
+    masks = rng.random((6, 7, 8)) < 0.3
+    masks[2] = False  # an empty member
+    _, _, scores, _ = _brute_force([np.stack([~m, m]).astype(np.float32) for m in masks],
+                                   "softmax", None)
+    got = member_scores(masks, np.zeros((7, 8), np.float32), np.zeros((7, 8), bool))
+    assert got["unc_disagreement"] == pytest.approx(scores["unc_disagreement"], abs=1e-12)
+    assert got["unc_volume_cv"] == pytest.approx(scores["unc_volume_cv"], abs=1e-12)

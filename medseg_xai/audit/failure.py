@@ -453,8 +453,8 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
         for les in lesion_rows:
             box = tuple(slice(int(a), int(b)) for a, b in (les.get("bbox") or []))
             if box:
-                les["unc_entropy"] = float(u.entropy[box].mean())
-                les["unc_max_vote"] = float(u.vote[box].max())
+                les["unc_entropy"] = float(u.box_entropy(box).mean())  # boxes, not maps
+                les["unc_max_vote"] = float(u.box_vote(box).max())
     bins = int(settings.get("calibration_bins") or 0)
     if bins and probs_eval is not None:
         out.update(case_calibration(probs_eval, ref, labels, bins))

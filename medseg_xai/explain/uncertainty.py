@@ -30,17 +30,27 @@ one case (``benchmarks/bench_uncertainty.py`` measures it).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["UNCERTAINTY_COLUMNS", "LESION_UNCERTAINTY_COLUMNS", "CaseUncertainty",
-           "UncertaintySettings", "case_uncertainty", "member_scores"]
+from medseg_xai.explain.member_bits import (
+    MemberBits,
+    gram,
+    lesion_rows,
+    mean_pairwise_dice,
+    pack_masks,
+    popcount,
+)
+
+__all__ = ["BATCH_VOXELS", "UNCERTAINTY_COLUMNS", "LESION_UNCERTAINTY_COLUMNS", "CaseUncertainty",
+           "UncertaintySettings", "case_uncertainty", "member_scores", "normalised_entropy"]
 
 #: Per-case columns, larger = less certain.
 UNCERTAINTY_COLUMNS = ("unc_entropy", "unc_disagreement", "unc_volume_cv")
@@ -128,17 +138,77 @@ class UncertaintySettings:
         return n_adapters * (1 + len(self.flip_sets(spatial_dims)) + self.jitter + self.mc_dropout)
 
 
+#: Input voxels (copies x voxels) one batched forward pass of augmented copies may hold. The
+#: copies of a small image go through the model together (one call instead of k: the per-call
+#: cost is paid once); an image of more voxels goes alone, so a batch never holds more
+#: activations than one pass of a 128^3 image (demo UNet: ~130 bytes a voxel, ~270 MB).
+BATCH_VOXELS = 2 ** 21
+
+
 @dataclass
 class CaseUncertainty:
-    """Uncertainty of one case: voxel maps, case scores and the lesion table."""
+    """Uncertainty of one case: voxel maps, case scores and the lesion table.
+
+    The member maps are not kept: ``codes`` holds one bit per member and voxel (which members
+    call it foreground, :mod:`.member_bits`). The voxel maps ``entropy`` and ``vote`` and the
+    ``lesions`` table are computed on first use (the audit reads boxes only:
+    :meth:`box_entropy`, :meth:`box_vote`).
+    """
 
     mean_probability: np.ndarray          # (K, *spatial) float32
-    entropy: np.ndarray                   # (*spatial) float32 in [0, 1]
-    vote: np.ndarray                      # (*spatial) float32: fraction of members calling fg
     scores: dict[str, float]
-    lesions: pd.DataFrame
     n_members: int
     members: list[str] = field(default_factory=list)
+    codes: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), np.uint8), repr=False)
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros(0, bool), repr=False)
+    activation: str = "softmax"
+    connectivity: int | None = None
+
+    @functools.cached_property
+    def entropy(self) -> np.ndarray:
+        """``(*spatial)`` float32 in [0, 1]: normalised entropy of the mean probability."""
+        return normalised_entropy(self.mean_probability, self.activation)
+
+    @functools.cached_property
+    def vote(self) -> np.ndarray:
+        """``(*spatial)`` float32: the fraction of members calling each voxel foreground."""
+        return popcount(self.codes).astype(np.float32) / np.float32(self.n_members)
+
+    def box_entropy(self, box: tuple[slice, ...]) -> np.ndarray:
+        """``entropy[box]`` without the whole map (unless it is already there)."""
+        if "entropy" in self.__dict__:
+            return self.entropy[box]
+        return normalised_entropy(self.mean_probability[(slice(None), *box)], self.activation)
+
+    def box_vote(self, box: tuple[slice, ...]) -> np.ndarray:
+        """``vote[box]`` without the whole map."""
+        if "vote" in self.__dict__:
+            return self.vote[box]
+        counts = popcount(self.codes[(slice(None), *box)])
+        return counts.astype(np.float32) / np.float32(self.n_members)
+
+    @functools.cached_property
+    def lesions(self) -> pd.DataFrame:
+        """One row per component of the mean prediction: volume, mean entropy, the fraction
+        of members that overlap it, and the disagreement of the members inside it."""
+        from scipy import ndimage
+
+        from medseg_xai.metrics.lesions import label_lesions
+
+        lab, n = label_lesions(self.predicted, self.connectivity)
+        if n == 0:
+            return pd.DataFrame(columns=list(LESION_UNCERTAINTY_COLUMNS))
+        sel = lab > 0
+        ids = lab[sel]
+        ent = normalised_entropy(self.mean_probability[:, sel], self.activation)
+        rows = lesion_rows(self.codes, self.n_members, lab, n)
+        mean_ent = np.bincount(ids, weights=ent, minlength=n + 1)[1:] / rows["volume"]
+        return pd.DataFrame({
+            "lesion": [f"pred-{i}" for i in range(1, n + 1)],
+            "volume_voxels": rows["volume"], "mean_entropy": mean_ent,
+            "member_detection": rows["member_detection"], "disagreement": rows["disagreement"],
+            "bbox": [[[sl.start, sl.stop] for sl in box] for box in ndimage.find_objects(lab)],
+        }, columns=list(LESION_UNCERTAINTY_COLUMNS))
 
 
 def _activation(adapter: Any) -> str:
@@ -154,29 +224,33 @@ def _foreground(p: np.ndarray, activation: str, threshold: float | None) -> np.n
         return p[0] > t
     if activation == "sigmoid":
         return p.max(axis=0) > t
-    best = p[1:].max(axis=0)
+    best = p[1] if p.shape[0] == 2 else p[1:].max(axis=0)
     # softmax argmax: background wins ties (first index); a threshold tests the best class
     return best > p[0] if threshold is None else best > t
 
 
 def normalised_entropy(p: np.ndarray, activation: str) -> np.ndarray:
-    """Predictive entropy per voxel in [0, 1] of class probabilities ``(K, *spatial)``
-    (float32 throughout: a per-voxel display and mean, not a sum over millions)."""
+    """Predictive entropy per voxel in [0, 1] of class probabilities ``(K, ...)``
+    (float32 throughout, in place where it can: a per-voxel display and mean)."""
     q = np.clip(p, 1e-12, 1.0, dtype=np.float32)
     if p.shape[0] == 1 or activation == "sigmoid":  # independent channels: binary entropy
         r = np.clip(1.0 - p, 1e-12, 1.0, dtype=np.float32)
         h = -(q * np.log(q) + r * np.log(r)) / np.float32(math.log(2.0))
         return h.mean(axis=0, dtype=np.float32)
-    h = -(q * np.log(q)).sum(axis=0) / np.float32(math.log(p.shape[0]))
-    return np.clip(h, 0.0, 1.0).astype(np.float32, copy=False)
+    lq = np.log(q)
+    lq *= q
+    h = lq.sum(axis=0)
+    h /= np.float32(-math.log(p.shape[0]))
+    return np.clip(h, 0.0, 1.0, out=h)
 
 
 def _dropout_modules(model: Any) -> list[Any]:
     return [m for m in model.modules() if type(m).__name__ in _DROPOUT]
 
 
-def _mc_dropout(adapter: Any, image: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
-    """``n`` probability maps with the dropout layers in training mode (the rest in eval)."""
+def _mc_dropout(adapter: Any, image: np.ndarray, n: int, seed: int) -> Iterator[np.ndarray]:
+    """``n`` probability maps with the dropout layers in training mode (the rest in eval),
+    one pass at a time (the seeded masks stay those of the unbatched passes)."""
     import torch
 
     drops = _dropout_modules(adapter.model)
@@ -184,100 +258,121 @@ def _mc_dropout(adapter: Any, image: np.ndarray, n: int, seed: int) -> list[np.n
         raise ValueError("uncertainty.mc_dropout: the model has no dropout layer (expected "
                          "torch.nn.Dropout / Dropout2d / Dropout3d...); use flips or an ensemble")
     t, _ = adapter.as_batch(image)
-    out = []
     with torch.random.fork_rng(devices=[]), torch.no_grad(), \
             adapter.frozen(freeze_parameters=False):
         torch.manual_seed(int(seed))
         for m in drops:
             m.train()
         for _ in range(n):
-            out.append(adapter._activate(adapter.forward_logits(t)).cpu().numpy()[0])
-    return out
+            yield adapter._activate(adapter.forward_logits(t)).cpu().numpy()[0]
 
 
-def _members(adapter: Any, image: np.ndarray, settings: UncertaintySettings, rng: np.random.Generator,
-             base: np.ndarray | None) -> tuple[list[np.ndarray], list[str]]:
-    """Probability maps ``(K, *spatial)`` of one adapter: plain, flipped, jittered, dropout."""
-    spatial = image.ndim - 1
-    maps = [base if base is not None else adapter.probabilities(image).numpy()[0]]
-    names = ["plain"]
-    for axes in settings.flip_sets(spatial):
-        ax = tuple(1 + a for a in axes)
-        p = adapter.probabilities(np.ascontiguousarray(np.flip(image, ax))).numpy()[0]
-        maps.append(np.ascontiguousarray(np.flip(p, ax)))
-        names.append("flip" + "".join(str(a) for a in axes))
-    sd = float(image.std()) or 1.0
+class _Copy(NamedTuple):
+    """One augmented copy: its name, the axes flipped (input and, back, output), jitter."""
+
+    name: str
+    axes: tuple[int, ...]
+    jitter: tuple[float, float] | None = None
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        if self.jitter is not None:
+            a, b = self.jitter
+            return (image * a + b).astype(image.dtype)
+        return np.flip(image, self.axes)
+
+
+def _copies(image: np.ndarray, settings: UncertaintySettings, rng: np.random.Generator
+            ) -> list[_Copy]:
+    out = [_Copy("flip" + "".join(str(a) for a in axes), tuple(1 + a for a in axes))
+           for axes in settings.flip_sets(image.ndim - 1)]
+    sd = float(image.std()) if settings.jitter else 1.0
+    sd = sd or 1.0
     for j in range(settings.jitter):
         a = rng.normal(1.0, settings.jitter_scale)
         b = rng.normal(0.0, settings.jitter_scale) * sd
-        maps.append(adapter.probabilities((image * a + b).astype(image.dtype)).numpy()[0])
-        names.append(f"jitter{j}")
+        out.append(_Copy(f"jitter{j}", (), (a, b)))
+    return out
+
+
+def _batchable(adapter: Any, image: np.ndarray) -> bool:
+    """A toolkit adapter taking the image as one ``(C, *spatial)`` sample: copies can be
+    stacked on the batch axis (any other object gets one numpy image at a time)."""
+    from medseg_xai.adapters import SegmentationAdapter
+
+    return isinstance(adapter, SegmentationAdapter) and image.ndim == adapter.spatial_dims + 1
+
+
+def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxels: int
+               ) -> Iterator[tuple[str, np.ndarray]]:
+    """Probability maps ``(K, *spatial)`` of the copies, mapped back to the image's grid
+    (flipped views, not copies), from forward passes of at most ``batch_voxels`` input voxels
+    (always at least one copy). The model sees exactly the float32 inputs of one-at-a-time
+    passes; only the batch axis differs."""
+    import torch
+
+    per = max(1, int(batch_voxels) // max(1, math.prod(image.shape[1:])))
+    if not _batchable(adapter, image):
+        per = 1
+    for start in range(0, len(copies), per):
+        chunk = copies[start:start + per]
+        if _batchable(adapter, image):
+            x = np.empty((len(chunk), *image.shape), np.float32)
+            for row, c in zip(x, chunk):
+                row[...] = c.model_input(image)
+            probs = adapter.probabilities(torch.from_numpy(x)).detach().cpu().numpy()
+            del x
+        else:
+            probs = [adapter.probabilities(np.ascontiguousarray(c.model_input(image))).numpy()[0]
+                     for c in chunk]
+        for p, c in zip(probs, chunk):
+            yield c.name, (np.flip(p, c.axes) if c.axes else p)
+
+
+def _members(adapter: Any, image: np.ndarray, settings: UncertaintySettings,
+             rng: np.random.Generator, base: np.ndarray | None, batch_voxels: int
+             ) -> Iterator[tuple[str, np.ndarray]]:
+    """Probability maps ``(K, *spatial)`` of one adapter: plain, flipped, jittered, dropout."""
+    yield "plain", base if base is not None else adapter.probabilities(image).numpy()[0]
+    yield from _augmented(adapter, image, _copies(image, settings, rng), batch_voxels)
     if settings.mc_dropout:
-        maps += _mc_dropout(adapter, image, settings.mc_dropout, int(rng.integers(2**31)))
-        names += [f"dropout{j}" for j in range(settings.mc_dropout)]
-    return maps, names
+        maps = _mc_dropout(adapter, image, settings.mc_dropout, int(rng.integers(2**31)))
+        for j, p in enumerate(maps):
+            yield f"dropout{j}", p
 
 
-def _pairwise_dice(masks: np.ndarray) -> float:
-    """Mean Dice over member pairs of ``(M, V)`` bool masks (both empty: 1)."""
-    m = masks.reshape(len(masks), -1).astype(np.float32)
-    if len(m) < 2:
-        return 1.0
-    inter = m @ m.T  # (M, M) intersections: one BLAS call, not M^2 passes
-    vol = np.diag(inter)
-    denom = vol[:, None] + vol[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        d = np.where(denom > 0, 2.0 * inter / np.where(denom > 0, denom, 1.0), 1.0)
-    iu = np.triu_indices(len(m), 1)
-    return float(d[iu].mean())
+def _scores(bits: MemberBits, mean_p: np.ndarray, predicted: np.ndarray, activation: str
+            ) -> dict[str, float]:
+    """The case scores from the members' codes: one Gram matrix over their union."""
+    assert bits.codes is not None
+    union = bits.codes[0] != 0 if len(bits.codes) == 1 else bits.codes.any(axis=0)
+    g = gram(bits.codes, bits.count, union)
+    region = predicted if predicted.any() else union
+    vols = np.diag(g)
+    mean_vol = vols.mean()
+    ent = normalised_entropy(mean_p[:, region], activation) if region.any() else None
+    return {
+        "unc_entropy": float(ent.mean()) if ent is not None else 0.0,
+        "unc_disagreement": 1.0 - mean_pairwise_dice(g),
+        "unc_volume_cv": float(vols.std() / mean_vol) if mean_vol > 0 else 0.0,
+    }
 
 
 def member_scores(masks: np.ndarray, entropy: np.ndarray, predicted: np.ndarray
                   ) -> dict[str, float]:
     """The case scores (:data:`UNCERTAINTY_COLUMNS`) from the members' foreground masks
     ``(M, *spatial)``, the entropy map and the mean prediction's foreground mask."""
-    region = predicted if predicted.any() else masks.any(axis=0)
-    vols = masks.reshape(len(masks), -1).sum(axis=1).astype(np.float64)
+    masks = np.asarray(masks, bool)
+    codes = pack_masks(masks)
+    union = masks.any(axis=0)
+    g = gram(codes, len(masks), union)
+    region = predicted if predicted.any() else union
+    vols = np.diag(g)
     mean_vol = vols.mean()
     return {
         "unc_entropy": float(entropy[region].mean()) if region.any() else 0.0,
-        "unc_disagreement": 1.0 - _pairwise_dice(masks),
+        "unc_disagreement": 1.0 - mean_pairwise_dice(g),
         "unc_volume_cv": float(vols.std() / mean_vol) if mean_vol > 0 else 0.0,
     }
-
-
-def _lesion_table(masks: np.ndarray, entropy: np.ndarray, predicted: np.ndarray,
-                  connectivity: int | None) -> pd.DataFrame:
-    """One row per component of the mean prediction, by label counts over its voxels (no
-    per-lesion loop over the volume: a speckled prediction has thousands of components)."""
-    from scipy import ndimage
-
-    from medseg_xai.metrics.lesions import label_lesions
-
-    lab, n = label_lesions(predicted, connectivity)
-    if n == 0:
-        return pd.DataFrame(columns=list(LESION_UNCERTAINTY_COLUMNS))
-    sel = lab > 0
-    ids = lab[sel]
-    count = np.bincount(ids, minlength=n + 1).astype(np.float64)
-    ent = np.bincount(ids, weights=entropy[sel], minlength=n + 1) / np.maximum(count, 1.0)
-    inside = masks[:, sel]  # (M, lesion voxels)
-    per = np.stack([np.bincount(ids[m], minlength=n + 1) for m in inside]).astype(np.float64)
-    dice_sum, pairs = np.zeros(n + 1), 0
-    for i, j in itertools.combinations(range(len(inside)), 2):
-        inter = np.bincount(ids[inside[i] & inside[j]], minlength=n + 1)
-        denom = per[i] + per[j]
-        dice_sum += np.where(denom > 0, 2.0 * inter / np.where(denom > 0, denom, 1.0), 1.0)
-        pairs += 1
-    disagreement = 1.0 - dice_sum / pairs if pairs else np.zeros(n + 1)
-    detection = (per > 0).mean(axis=0)
-    boxes = ndimage.find_objects(lab)
-    return pd.DataFrame({
-        "lesion": [f"pred-{i}" for i in range(1, n + 1)],
-        "volume_voxels": count[1:].astype(np.int64), "mean_entropy": ent[1:],
-        "member_detection": detection[1:], "disagreement": disagreement[1:],
-        "bbox": [[[sl.start, sl.stop] for sl in box] for box in boxes],
-    }, columns=list(LESION_UNCERTAINTY_COLUMNS))
 
 
 def case_uncertainty(
@@ -287,6 +382,7 @@ def case_uncertainty(
     *,
     base_probabilities: np.ndarray | None = None,
     connectivity: int | None = None,
+    batch_voxels: int = BATCH_VOXELS,
 ) -> CaseUncertainty:
     """Members, voxel maps, case scores and lesion table of one image.
 
@@ -303,6 +399,10 @@ def case_uncertainty(
         reused instead of a second forward pass.
     connectivity : int, optional
         Lesion connectivity (``metrics.label_lesions``).
+    batch_voxels : int
+        Memory bound of the batched passes: augmented copies go through the model together
+        while copies x voxels stay within it (:data:`BATCH_VOXELS`; 1: one copy a pass).
+        Results do not depend on it beyond float rounding of the model's batched kernels.
 
     Returns
     -------
@@ -322,24 +422,24 @@ def case_uncertainty(
         raise ValueError(f"adapters: expected one activation for the ensemble, got {sorted(acts)}")
     act = acts.pop()
     rng = np.random.default_rng([int(s.seed), 27])
-    total = np.zeros(0)
-    masks, names = [], []
+    bits = MemberBits(s.n_members(len(members), image.ndim - 1),
+                      functools.partial(_foreground, activation=act, threshold=s.threshold))
+    names = []
     for i, adapter in enumerate(members):
-        maps, labels = _members(adapter, image, s, rng, base_probabilities if i == 0 else None)
-        for p, name in zip(maps, labels):
-            total = p.astype(np.float64) if total.size == 0 else total + p
-            if p.shape != total.shape:
-                raise ValueError(f"adapters: member {i} ({name}) gave shape {p.shape}, expected "
-                                 f"{total.shape}")
-            masks.append(_foreground(p, act, s.threshold))
+        for name, p in _members(adapter, image, s, rng, base_probabilities if i == 0 else None,
+                                batch_voxels):
+            bits.add(p, f"{i} ({name})")
             names.append(f"{i}:{name}")
-        del maps
-    mean_p = (total / len(masks)).astype(np.float32)
-    stack = np.stack(masks)
-    entropy = normalised_entropy(mean_p, act)
-    predicted = _foreground(mean_p, act, s.threshold)
+    return _finish(bits, act, s.threshold, names, connectivity)
+
+
+def _finish(bits: MemberBits, activation: str, threshold: float | None, names: list[str],
+            connectivity: int | None) -> CaseUncertainty:
+    """The mean (the running sum divided in place), its foreground and the case scores."""
+    assert bits.total is not None and bits.codes is not None
+    mean_p = np.divide(bits.total, np.float32(bits.count), out=bits.total)
+    predicted = _foreground(mean_p, activation, threshold)
     return CaseUncertainty(
-        mean_probability=mean_p, entropy=entropy, vote=stack.mean(axis=0, dtype=np.float32),
-        scores=member_scores(stack, entropy, predicted),
-        lesions=_lesion_table(stack, entropy, predicted, connectivity),
-        n_members=len(masks), members=names)
+        mean_probability=mean_p, scores=_scores(bits, mean_p, predicted, activation),
+        n_members=bits.count, members=names, codes=bits.codes, predicted=predicted,
+        activation=activation, connectivity=connectivity)
