@@ -191,6 +191,7 @@ def _add_audit(sub: argparse._SubParsersAction) -> None:
                         "spatial axes (e.g. 0 1 2; turns --failure on with 'dice < 0.5')")
     p.add_argument("--mc-dropout", type=int, default=None, metavar="N",
                    help="with --model: N Monte-Carlo dropout passes as uncertainty members")
+    _add_member_options(p)
     _add_plan_options(p)
     p.set_defaults(func=_run_audit)
 
@@ -220,6 +221,34 @@ def _failure_options(args: argparse.Namespace) -> dict[str, object]:
     if getattr(args, "failure", None):
         out["failure"] = args.failure
     return out
+
+
+def _add_member_options(p: argparse.ArgumentParser) -> None:
+    members = p.add_mutually_exclusive_group()
+    members.add_argument("--uncertainty-members", choices=["folds"], default=None,
+                         help="with an nnU-Net --model: uncertainty from the disagreement of "
+                              "its fold models (each with the --uncertainty-flips given; the "
+                              "metrics stay the fold ensemble's)")
+    members.add_argument("--ensemble-model", action="append", default=None, metavar="PATH",
+                         help="with --model: another model of the same task (repeatable; "
+                              "loaded with the --model options); uncertainty from the "
+                              "disagreement of --model and these (the metrics stay --model's)")
+
+
+def _uncertainty_members(args: argparse.Namespace, adapter: object) -> dict[str, object]:
+    """``uncertainty_members=`` of the audit from --uncertainty-members / --ensemble-model
+    (the extra models loaded with the --model options)."""
+    folds, paths = getattr(args, "uncertainty_members", None), getattr(args, "ensemble_model",
+                                                                        None)
+    if not folds and not paths:
+        return {}
+    flag = "--uncertainty-members" if folds else "--ensemble-model"
+    if adapter is None:
+        raise InputError(f"{flag}: expected --model (the members are models run on each "
+                         "case), got stored predictions only")
+    if folds:
+        return {"uncertainty_members": folds}
+    return {"uncertainty_members": [adapter, *(_load_model(p, args) for p in paths)]}
 
 
 def _add_plan_options(p: argparse.ArgumentParser) -> None:
@@ -423,7 +452,7 @@ def _audit_into(args: argparse.Namespace, config: dict, out, plan) -> int:
                    dask_scheduler=args.dask_scheduler, cache_dir=args.cache,
                    progress=not args.quiet, report=config, case_timeout=args.case_timeout,
                    stream=out / "cases.jsonl", allow_missing_readers=args.allow_missing_readers,
-                   **_failure_options(args))
+                   **_failure_options(args), **_uncertainty_members(args, adapter))
     result.explanations = explain_failures(result, cohort, adapter, max_cases=args.gallery,
                                            seed=plan.statistics.seed)
     written = write_outputs(result, out)

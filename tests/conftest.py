@@ -177,3 +177,46 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     return run_demo(out, n_cases=12, seed=1, workers=1, progress=False)
+
+
+# -- a real nnU-Net v2 results folder (tests/nnunet_fixture.py), once per session -------------
+#: scan grids (shape, spacing mm) of the fixture's cases: the model's own and two others
+NNUNET_GRIDS = [((20, 18, 12), (1.0, 1.0, 2.0)), ((16, 22, 10), (1.3, 0.8, 2.5)),
+                ((24, 14, 16), (0.8, 1.2, 1.5))]
+
+
+@pytest.fixture(scope="session")
+def nnunet(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``{"folder", "cases", "dir"}``: the results folder nnU-Net's own planner and trainer
+    made (one fold), three cases on :data:`NNUNET_GRIDS` and their manifest."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("nnunetv2")
+    root = tmp_path_factory.mktemp("nnunet")
+    reuse = os.environ.get("MEDSEG_XAI_NNUNET_FOLDER")  # a folder built before (development)
+    if reuse:
+        return _nnunet_cases(Path(reuse), root)
+    # a subprocess: nnU-Net reads its folders from the environment at import time, and its
+    # fingerprint extraction needs a spawn-safe main module
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    here = Path(__file__).parent
+    out = subprocess.run([sys.executable, str(here / "nnunet_fixture.py"), str(root)],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return _nnunet_cases(Path(out.stdout.strip().splitlines()[-1]), root)
+
+
+def _nnunet_cases(folder: Path, root: Path) -> dict:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import nnunet_fixture as fx
+
+    cases = root / "cases"
+    cases.mkdir()
+    written = [fx.write_case(cases, f"t{i}", 100 + i, shape, sp)
+               for i, (shape, sp) in enumerate(NNUNET_GRIDS)]
+    (cases / "manifest.csv").write_text("case_id,image,label\n" + "".join(
+        f"t{i},{a.name},{b.name}\n" for i, (a, b) in enumerate(written)))
+    return {"folder": folder, "cases": written, "dir": cases}

@@ -10,9 +10,6 @@ pipeline that forgets nnU-Net's axis order fails the alignment gate.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -27,37 +24,9 @@ from medseg_xai.cli import main  # noqa: E402
 from medseg_xai.metrics import dice  # noqa: E402
 
 pytestmark = pytest.mark.slow  # nnU-Net's planner runs once per session (tens of seconds)
-HERE = Path(__file__).parent
-GRIDS = [((20, 18, 12), (1.0, 1.0, 2.0)), ((16, 22, 10), (1.3, 0.8, 2.5)),
-         ((24, 14, 16), (0.8, 1.2, 1.5))]
-
-
-@pytest.fixture(scope="session")
-def nnunet(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("nnunet")
-    reuse = os.environ.get("MEDSEG_XAI_NNUNET_FOLDER")  # a folder built before (development)
-    if reuse:
-        return _with_cases(Path(reuse), root)
-    # a subprocess: nnU-Net reads its folders from the environment at import time, and its
-    # fingerprint extraction needs a spawn-safe main module
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    out = subprocess.run([sys.executable, str(HERE / "nnunet_fixture.py"), str(root)],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return _with_cases(Path(out.stdout.strip().splitlines()[-1]), root)
-
-
-def _with_cases(folder: Path, root: Path) -> dict:
-    sys.path.insert(0, str(HERE))
-    import nnunet_fixture as fx
-
-    cases = root / "cases"
-    cases.mkdir()
-    written = [fx.write_case(cases, f"t{i}", 100 + i, shape, sp)
-               for i, (shape, sp) in enumerate(GRIDS)]
-    (cases / "manifest.csv").write_text("case_id,image,label\n" + "".join(
-        f"t{i},{a.name},{b.name}\n" for i, (a, b) in enumerate(written)))
-    return {"folder": folder, "cases": written, "dir": cases}
+# the session fixture ``nnunet`` (folder, cases on these grids) is in conftest.py: shared
+# with tests/test_ensemble_members.py, so nnU-Net's planner runs once per session
+from conftest import NNUNET_GRIDS as GRIDS  # noqa: E402
 
 
 @pytest.fixture(scope="session")

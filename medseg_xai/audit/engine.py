@@ -54,7 +54,8 @@ def _versions() -> dict[str, str]:
 
 
 #: Keywords of ``audit()`` that are not part of the analysis plan (how it runs, not what it finds).
-RUN_OPTIONS = ("dask_scheduler", "mp_context", "allow_missing_readers", "uncertainty", "failure")
+RUN_OPTIONS = ("dask_scheduler", "mp_context", "allow_missing_readers", "uncertainty", "failure",
+               "uncertainty_members")
 
 
 @system_arrow_pool()
@@ -94,8 +95,8 @@ def audit(
     report : mapping, optional
         Report configuration stored in the result (``intended_use``, ``model_name``...).
     **options
-        ``dask_scheduler``, ``mp_context``, ``allow_missing_readers``, ``uncertainty``
-        (:mod:`medseg_xai.explain.uncertainty`) and ``failure`` (:mod:`medseg_xai.audit.failure`).
+        ``dask_scheduler``, ``mp_context``, ``allow_missing_readers``, ``uncertainty``,
+        ``uncertainty_members`` (:mod:`medseg_xai.audit.members`) and ``failure``.
         The old plan keywords (``strata=``, ``criteria=``, ``confidence=``...,
         :data:`medseg_xai.audit.plan.OPTION_FIELDS`) work for one release with a
         ``FutureWarning``, mapped into the plan.
@@ -117,19 +118,19 @@ def audit(
     plan = resolve_plan(plan, options)
     _check_execution(workers=workers, case_timeout=case_timeout)
     cohort, checked, extra_settings = _check_all(cohort, plan, adapter, run_opts)
-    fingerprint = getattr(adapter, "fingerprint", None) if adapter is not None else None
     determinism = _determinism(adapter, cohort, int(plan.statistics.seed), case_timeout,
                                run_opts.get("mp_context"))
     cases, lesions, reader_cases, info, elapsed = _run(
-        cohort, checked["task_settings"], adapter, run_opts,
+        cohort, checked["task_settings"], checked["run_adapter"], run_opts,
         {"executor": executor, "workers": workers, "cache_dir": cache_dir, "progress": progress,
          "stream": stream, "case_timeout": case_timeout})
     cases, features, layer, calibration = _pop_arrays(cases)
     warning = repeated_patient_warning(list(getattr(cohort, "repeated_patient_columns", [])))
     settings = {**_settings(plan, checked, adapter, layer), **extra_settings,
                 **({"statistics_warnings": [warning]} if warning else {})}
-    provenance = _provenance(plan, cohort, cases, fingerprint, report)
-    provenance.update({} if determinism is None else {"model_determinism": determinism})
+    provenance = _provenance(plan, cohort, cases, getattr(adapter, "fingerprint", None), report)
+    provenance.update({**({} if determinism is None else {"model_determinism": determinism}),
+                       **_member_provenance(settings)})
     run = _run_record(info, elapsed, cache_dir, case_timeout, cases, cohort.pseudonymised)
     result = build_result(cases, lesions, settings, provenance, run, report=report,
                           readers=reader_cases, features=features, calibration=calibration)
@@ -143,9 +144,12 @@ def audit(
 def _check_all(cohort: Cohort, plan: AuditPlan, adapter: Any, run_opts: Mapping[str, Any]
                ) -> tuple[Cohort, dict[str, Any], dict[str, Any]]:
     """Every check that can fail before a case runs; the case settings to run with."""
-    extra = _failure_settings(run_opts.get("uncertainty"), run_opts.get("failure"), adapter)
+    extra = _failure_settings(run_opts.get("uncertainty"), run_opts.get("failure"), adapter,
+                              run_opts.get("uncertainty_members"))
     cohort, checked = _prepare(cohort, plan, adapter, bool(run_opts.get("allow_missing_readers")))
     checked["task_settings"].update(extra.pop("task"))  # only when asked: cache keys unchanged
+    # the cases run with a copy of the adapter that carries the ensemble members, if any
+    checked["run_adapter"] = _attach_members(adapter, extra.pop("members"))
     return cohort, checked, extra
 
 
@@ -404,12 +408,35 @@ def _provenance(plan: AuditPlan, cohort: Cohort, cases: pd.DataFrame, fingerprin
     }
 
 
-def _failure_settings(uncertainty: Any, failure: Any, adapter: Any) -> dict[str, Any]:
-    """``settings`` entries of ``uncertainty=`` / ``failure=`` and (key ``"task"``) what the
-    per-case work needs of them."""
+def _attach_members(adapter: Any, members: list[Any] | None) -> Any:
+    """The adapter the cases run with: a copy carrying the ensemble members, if any."""
+    from medseg_xai.audit.members import attach
+
+    return attach(adapter, members)
+
+
+def _member_provenance(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``provenance["uncertainty_members"]``: the member fingerprints (ensembles only)."""
+    source = settings.get("uncertainty_source") or {}
+    if source.get("kind", "augmentations") == "augmentations":
+        return {}
+    return {"uncertainty_members": [m["fingerprint"] for m in source["models"]]}
+
+
+def _failure_settings(uncertainty: Any, failure: Any, adapter: Any,
+                      members: Any = None) -> dict[str, Any]:
+    """``settings`` entries of ``uncertainty=`` / ``uncertainty_members=`` / ``failure=``, what
+    the per-case work needs of them (key ``"task"``) and the member adapters (key
+    ``"members"``, None without)."""
     from medseg_xai.audit.failure import FailureSettings
+    from medseg_xai.audit.members import resolve_members, uncertainty_source
 
     unc = None
+    if uncertainty is False and members is not None:
+        raise ValueError("uncertainty_members: expected uncertainty= to be on (True, a mapping "
+                         "or None), got uncertainty=False")
+    if uncertainty is None and members is not None:
+        uncertainty = {"flips": ()}  # the members alone, no test-time variants
     if uncertainty is not None and uncertainty is not False:  # loads the explain package
         from medseg_xai.explain.uncertainty import UncertaintySettings
 
@@ -417,12 +444,17 @@ def _failure_settings(uncertainty: Any, failure: Any, adapter: Any) -> dict[str,
     if unc is not None and adapter is None:
         raise ValueError("uncertainty: expected an adapter (the members are forward passes of "
                          "the model), got stored predictions only")
+    member_list, kind = resolve_members(members if unc is not None else None, adapter)
     fail = FailureSettings.from_value(failure)
     if fail is None and unc is not None:
         fail = FailureSettings()
-    out: dict[str, Any] = {"task": {}}
+    out: dict[str, Any] = {"task": {}, "members": member_list}
     if unc is not None:
         out["uncertainty"] = out["task"]["uncertainty"] = unc.to_dict()
+        source = uncertainty_source(kind, member_list, adapter, unc)
+        out["uncertainty_source"] = source
+        if member_list is not None:  # in the cache key only when given
+            out["task"]["uncertainty_members"] = [m["fingerprint"] for m in source["models"]]
     if fail is not None:
         out["failure"] = fail.to_dict()
         if fail.calibration_bins:
@@ -430,7 +462,6 @@ def _failure_settings(uncertainty: Any, failure: Any, adapter: Any) -> dict[str,
         if fail.hidden_strata:
             out["task"]["properties"] = True
     return out
-
 
 
 def _pop_features(cases: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray | None, str | None]:

@@ -429,7 +429,8 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
     the seconds the uncertainty members took.
 
     - ``settings["uncertainty"]`` (with an adapter): the :data:`UNCERTAINTY_COLUMNS` scores
-      (the audit's own pass is reused as the plain member); each lesion row gains
+      (the audit's own pass is reused as the plain member; with ensemble members carried by
+      the adapter, :mod:`.members`, those are the models); each lesion row gains
       ``unc_entropy`` (mean entropy in its box) and ``unc_max_vote`` (largest fraction of
       members calling a voxel of its box foreground);
     - ``settings["calibration_bins"]`` (with probabilities): :func:`case_calibration`;
@@ -441,11 +442,15 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
     seconds = 0.0
     labels = settings.get("labels")
     if settings.get("uncertainty") and adapter is not None:
+        from medseg_xai.audit.members import case_members
         from medseg_xai.explain.uncertainty import case_uncertainty
 
         t0 = time.perf_counter()
-        u = case_uncertainty(adapter, case.image, settings["uncertainty"],
-                             base_probabilities=class_probs,
+        # members: the fold models / ensemble when given (the audited pass reused only when
+        # the audited model is the first member), else the audited model's own variants
+        members, reuse = case_members(adapter)
+        u = case_uncertainty(members or adapter, case.image, settings["uncertainty"],
+                             base_probabilities=class_probs if reuse else None,
                              connectivity=settings.get("connectivity"))
         seconds = time.perf_counter() - t0
         out.update(u.scores)

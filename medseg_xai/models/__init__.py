@@ -23,7 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "detect_format", "load_model", "model_info"]
+from medseg_xai.models.members import fold_members  # light: imports nnU-Net only when called
+
+__all__ = ["FORMATS", "detect_format", "fold_members", "load_model", "model_info"]
 
 FORMATS = ("torchscript", "checkpoint", "onnx", "monai_bundle", "nnunet")
 

@@ -75,6 +75,9 @@ class NnUNetPipeline(nn.Module):
         self.spacing: tuple[float, ...] | None = None
         self._single = False
         self._last: dict[str, Any] | None = None
+        #: fold names and checkpoint files, in the order of ``networks`` (set by :func:`load`)
+        self.fold_names: list[str] = [str(i) for i in range(len(networks))]
+        self.fold_files: list[Path] = []
 
     # ------------------------------------------------------------------ geometry
     def with_geometry(self, spacing: Any, affine: Any) -> NnUNetPipeline:  # noqa: D102
@@ -253,6 +256,36 @@ class NnUNetPipeline(nn.Module):
         got = np.unravel_index(int(back.argmax()), back.shape)
         return float(np.linalg.norm(np.subtract(got, p)))
 
+    # ------------------------------------------------------------------ fold members
+    def fold_pipelines(self) -> list[NnUNetPipeline]:
+        """One pipeline per fold, each what nnU-Net predicts with that fold alone (its
+        mirroring included), sharing this pipeline's networks, plans and state dicts: nothing
+        is loaded again. The exact path of the whole pipeline averages the folds' logits, so
+        ``softmax(mean of the folds' log-probabilities)`` is its probability (tested).
+        Fingerprint of each: the sha256 of its checkpoint file, as a load of that fold alone
+        gives."""
+        import copy
+
+        from medseg_xai.models._common import files_hash
+
+        params = list(getattr(self._predictor, "list_of_parameters", None) or [])
+        if len(params) != len(self.networks):
+            raise ValueError(f"nnU-Net model: {len(params)} state dicts for "
+                             f"{len(self.networks)} fold networks; cannot split into folds")
+        out = []
+        for i, net in enumerate(self.networks):
+            twin = copy.copy(self)
+            twin._modules = {**self._modules, "networks": nn.ModuleList([net])}
+            predictor = copy.copy(self._predictor)  # shares nnU-Net's one network object
+            predictor.list_of_parameters = [params[i]]
+            twin._predictor = predictor
+            twin.fold_names = [self.fold_names[i]]
+            twin.fold_files = self.fold_files[i:i + 1]
+            twin.fingerprint = (files_hash(twin.fold_files) if twin.fold_files
+                                else f"{self.fingerprint}:fold{self.fold_names[i]}")
+            out.append(twin)
+        return out
+
     # ------------------------------------------------------------------ exact path
     @torch.no_grad()
     def exact_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,6 +380,8 @@ def load(path: Path, device: torch.device, configuration: str | None = None,
                                     [ck["network_weights"] for ck in ckpts], dataset_json,
                                     ckpts[0]["trainer_name"], mirror)
     pipe = NnUNetPipeline(nets, pm, cm, dataset_json, mirror, files_hash(files), predictor)
+    pipe.fold_names = [f.parent.name.removeprefix("fold_") for f in files]
+    pipe.fold_files = list(files)
     labels = dataset_json.get("labels", {})
     names = [str(k) for k, _ in sorted(labels.items(), key=lambda kv: _label_value(kv[1]))]
     adapter = SegmentationAdapter(pipe, spatial_dims=len(cm.patch_size), activation="softmax",
