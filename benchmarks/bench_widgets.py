@@ -29,7 +29,7 @@ from monai.networks.nets import UNet  # noqa: E402
 
 from medseg_xai import viz  # noqa: E402
 from medseg_xai.adapters import SegmentationAdapter  # noqa: E402
-from medseg_xai.widgets import CaseExplorer  # noqa: E402
+from medseg_xai.widgets import CaseExplorer, ExplorerOptions  # noqa: E402
 
 REDRAW_TARGET_S = 0.050
 CLICK_TARGET_S = 0.080
@@ -70,7 +70,7 @@ def main() -> None:
     affine = np.zeros((4, 4))  # the demo's layout: stored axis 0 is the axial slice index
     affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = 0.9, 0.9, 3.0, 1.0
     ex = CaseExplorer(adapter, img, ref, pred, (3.0, 0.9, 0.9), affine=affine, case_id="bench",
-                      background=False)
+                      options=ExplorerOptions(background=False))
     print(f"case {shape}, explorer built in {time.perf_counter() - t0:.2f} s")
 
     # all overlays on, with an attribution heatmap

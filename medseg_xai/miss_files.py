@@ -25,7 +25,8 @@ def explanation_png(path: Path, image: np.ndarray, mask: np.ndarray, pred: np.nd
 
     geometry = {"spacing": spacing} if affine is None else {"affine": np.asarray(affine, float)}
     fig = viz.three_plane(image, center=viz.lesion_centre(mask), ref=mask, pred=pred,
-                          heatmap=heatmap, contours=True, title=title, **geometry)
+                          heatmap=heatmap, style=viz.SliceStyle(contours=True, title=title),
+                          **geometry)
     h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64))
     hmax = float(np.abs(h).max())
     if hmax > 0:  # viz colours the map as RGBA: the same scale as a colour bar (viz's rule)

@@ -16,6 +16,7 @@ import functools
 import io
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from scipy import ndimage
 
+from medseg_xai._legacy import apply_legacy
+
 __all__ = [
     "ERROR_COLOURS",
     "ERROR_LABELS",
@@ -33,6 +36,7 @@ __all__ = [
     "REF_COLOUR",
     "CONVENTIONS",
     "Geometry",
+    "SliceStyle",
     "SliceView",
     "add_scale_bar",
     "annotate_plane",
@@ -522,6 +526,54 @@ def annotate_plane(ax: Axes, geometry: Geometry, plane: str, *, note: bool = Tru
     return out
 
 
+# --------------------------------------------------------------------------- style
+@dataclass(frozen=True)
+class SliceStyle:
+    """How :func:`show_slice` and :func:`three_plane` draw (not what): one frozen object, so
+    a figure's look is set once and reused (``dataclasses.replace`` changes one field).
+
+    Parameters
+    ----------
+    vmin, vmax : float, optional
+        Grey window (default: the image's 0.5 and 99.5 percentiles; in :func:`three_plane`
+        the volume's, shared by the three planes).
+    cmap : str
+        Colour map of the image.
+    heatmap_cmap : str, optional
+        Colour map of the heatmap (default: diverging for signed maps, else warm).
+    hmax : float, optional
+        Fixes the heatmap's colour scale (default: the largest |value|, shared by the planes).
+    contours : bool, optional
+        Draw the reference / prediction outlines; default only when the error map is off (it
+        shows both masks).
+    convention : {"radiological", "neurological"}
+        Display convention of anatomical planes (see :class:`Geometry`).
+    annotate : bool
+        Orientation letters, mm scale bar and geometry note.
+    title : str, optional
+        :func:`three_plane` only: the figure's title.
+    channel : int
+        :func:`three_plane` only: the channel of a ``(C, D, H, W)`` image shown.
+    crosshair : bool
+        :func:`three_plane` only: mark where the other two planes cut each panel.
+    panel_size : float
+        :func:`three_plane` only: height of a panel in inches.
+    """
+
+    vmin: float | None = None
+    vmax: float | None = None
+    cmap: str = "gray"
+    heatmap_cmap: str | None = None
+    hmax: float | None = None
+    contours: bool | None = None
+    convention: str = "radiological"
+    annotate: bool = True
+    title: str | None = None
+    channel: int = 0
+    crosshair: bool = True
+    panel_size: float = 2.6
+
+
 # --------------------------------------------------------------------------- one slice
 class SliceView:
     """One image slice with its overlays, kept as artists so redraws only swap data.
@@ -705,17 +757,11 @@ def show_slice(
     heatmap: Any = None,
     alpha: float = 0.5,
     *,
-    vmin: float | None = None,
-    vmax: float | None = None,
     spacing: Sequence[float] | None = None,
-    contours: bool | None = None,
-    cmap: str = "gray",
-    heatmap_cmap: str | None = None,
-    hmax: float | None = None,
     affine: Any = None,
-    convention: str = "radiological",
-    annotate: bool = True,
     cut_axis: int | None = None,
+    style: SliceStyle | None = None,
+    **legacy: Any,
 ) -> SliceView:
     """Draw one 2D image with optional outlines, error map and attribution heatmap.
 
@@ -736,21 +782,23 @@ def show_slice(
         Fill the error map (:data:`ERROR_COLOURS`), opacity ``alpha``; needs ``ref``, ``pred``.
     heatmap : array_like, shape (H, W), optional
         Attribution; opacity scales with |value| up to ``alpha``; signed maps use a diverging
-        colour map; ``hmax`` fixes the colour scale.
+        colour map; ``style.hmax`` fixes the colour scale.
     alpha : float
         Overlay opacity in [0, 1].
     spacing : (float, float), optional
         Pixel size of stored axes (0, 1) in mm (default: ``affine``'s, else 1): aspect, scale bar.
-    contours : bool, optional
-        Draw outlines; default: only when ``error`` is off (the error map shows both masks).
     affine : array_like, optional
         ``4x4`` (NIfTI) or ``3x3`` voxel-to-world affine of the 2D image. With ``cut_axis`` it
         is the affine of the *volume* the image was cut from (``np.take(volume, k, cut_axis)``).
     cut_axis : int, optional
         Volume axis (0, 1 or 2) the slice was cut along (its axes: the others, in order).
-    convention : {"radiological", "neurological"}
-    annotate : bool
-        Orientation letters, mm scale bar and geometry note.
+    style : SliceStyle, optional
+        Window (``vmin``, ``vmax``), colour maps, ``hmax``, ``contours``, ``convention``,
+        ``annotate``; default :class:`SliceStyle`'s defaults.
+    **legacy
+        Those style fields as keywords (``vmin=0``, ``contours=True``...): accepted for one
+        release with a ``FutureWarning`` naming ``style=SliceStyle(...)``; any other keyword
+        is a ``TypeError``.
 
     Returns
     -------
@@ -758,18 +806,20 @@ def show_slice(
         The artists, for fast :meth:`SliceView.update` calls; ``view.geometry`` and
         ``view.plane`` say how the image was oriented, ``view.annotations`` holds the letters.
     """
+    st = apply_legacy("show_slice", SliceStyle, style, legacy, param="style")
     img = _check_2d(image2d, "image2d")
     affine = affine if cut_axis is None else _slice_affine(affine, cut_axis)
-    geometry = Geometry(img.shape, affine, spacing, convention=convention)
+    geometry = Geometry(img.shape, affine, spacing, convention=st.convention)
     plane = geometry.planes[0]
     orient = None if affine is None else functools.partial(geometry.slice, plane=plane)
-    view = SliceView(ax, img, cmap=cmap, vmin=vmin, vmax=vmax, heatmap_cmap=heatmap_cmap,
-                     spacing=geometry.pixel_spacing(plane), orient=orient)
+    view = SliceView(ax, img, cmap=st.cmap, vmin=st.vmin, vmax=st.vmax,
+                     heatmap_cmap=st.heatmap_cmap, spacing=geometry.pixel_spacing(plane),
+                     orient=orient)
     view.geometry, view.plane = geometry, plane
-    view.annotations = annotate_plane(ax, geometry, plane) if annotate else {}
+    view.annotations = annotate_plane(ax, geometry, plane) if st.annotate else {}
     view.update(ref=ref, pred=pred, error=error,
-                contours=(not error) if contours is None else contours,
-                heatmap=heatmap, alpha=alpha, hmax=hmax)
+                contours=(not error) if st.contours is None else st.contours,
+                heatmap=heatmap, alpha=alpha, hmax=st.hmax)
     return view
 
 
@@ -853,10 +903,10 @@ def _three_plane_axes(geo: Geometry, panel_size: float, fig: Figure | None) -> t
 def _plane_panel(
     ax: Axes, geo: Geometry, plane: str, c: tuple[int, ...],
     arrays: tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None], *,
-    error: bool, alpha: float, window: tuple[float, float], contours: bool | None,
-    hmax: float | None, annotate: bool, crosshair: bool,
+    error: bool, alpha: float, style: SliceStyle,
 ) -> SliceView:
-    """Draw one plane of :func:`three_plane` through voxel ``c`` on ``ax``."""
+    """Draw one plane of :func:`three_plane` through voxel ``c`` on ``ax`` (``style`` holds
+    the shared window and heatmap scale)."""
     idx = c[geo.cut_axis(plane)]
 
     def cut(a: np.ndarray | None) -> np.ndarray | None:
@@ -865,13 +915,12 @@ def _plane_panel(
     vol, r, p, h = arrays
     view = show_slice(
         ax, cut(vol), ref=cut(r), pred=cut(p), error=error, heatmap=cut(h), alpha=alpha,
-        vmin=window[0], vmax=window[1], spacing=geo.pixel_spacing(plane), contours=contours,
-        hmax=hmax, annotate=False,
+        spacing=geo.pixel_spacing(plane), style=replace(style, annotate=False),
     )
     view.geometry, view.plane = geo, plane
-    view.annotations = annotate_plane(ax, geo, plane, note=False) if annotate else {}
+    view.annotations = annotate_plane(ax, geo, plane, note=False) if style.annotate else {}
     ax.set_title(f"{plane} {idx}", fontsize="small")
-    if crosshair:
+    if style.crosshair:
         # Lines mark where the other two planes cut this one.
         row, col = geo.to_display(plane, c)
         for line in (ax.axhline(row), ax.axvline(col)):
@@ -902,28 +951,21 @@ def three_plane(
     spacing: Sequence[float] | None = None,
     alpha: float = 0.5,
     *,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    contours: bool | None = None,
-    crosshair: bool = True,
-    title: str | None = None,
-    panel_size: float = 2.6,
-    fig: Figure | None = None,
     affine: Any = None,
-    convention: str = "radiological",
-    channel: int = 0,
-    annotate: bool = True,
+    fig: Figure | None = None,
+    style: SliceStyle | None = None,
+    **legacy: Any,
 ) -> Figure:
     """Axial, coronal and sagittal slices of a volume through one point.
 
     Parameters
     ----------
     image : array_like, shape (D, H, W) or (C, D, H, W)
-        The volume on its stored grid (channel ``channel`` shown).
+        The volume on its stored grid (channel ``style.channel`` shown).
     center : (int, int, int), optional
         Stored voxel the planes pass through; default the centre of the largest reference
         lesion, else of the largest predicted lesion, else the volume centre.
-    ref, pred, error, heatmap, alpha, vmin, vmax, contours
+    ref, pred, error, heatmap, alpha
         As in :func:`show_slice`; masks and heatmap have the volume's shape. The window and the
         heatmap's colour scale are shared by the three planes.
     spacing : (float, float, float), optional
@@ -934,8 +976,13 @@ def three_plane(
         ``convention`` (see :class:`Geometry`), with orientation letters on every edge; without
         it axis 0 is taken as the axial slice index and the figure says "voxel axes,
         orientation unknown". Display only: nothing is resampled.
-    annotate : bool
-        Orientation letters, scale bars and the geometry note.
+    fig : matplotlib.figure.Figure, optional
+        Draw into this figure (default a new one sized to the planes).
+    style : SliceStyle, optional
+        As in :func:`show_slice`, plus ``title``, ``channel``, ``crosshair`` and ``panel_size``.
+    **legacy
+        Those style fields as keywords: accepted for one release with a ``FutureWarning``
+        naming ``style=SliceStyle(...)``; any other keyword is a ``TypeError``.
 
     Returns
     -------
@@ -943,21 +990,22 @@ def three_plane(
         With three axes; ``fig.slice_views`` holds the :class:`SliceView` of each plane,
         ``fig.geometry`` the :class:`Geometry`, ``fig.planes`` the plane names.
     """
-    vol, r, p, h = _three_plane_inputs(image, ref, pred, heatmap, channel)
+    st = apply_legacy("three_plane", SliceStyle, style, legacy, param="style")
+    vol, r, p, h = _three_plane_inputs(image, ref, pred, heatmap, st.channel)
     shape = vol.shape
-    geo = Geometry(shape, affine, spacing, convention=convention)
+    geo = Geometry(shape, affine, spacing, convention=st.convention)
     c = _three_plane_centre(center, r, p, shape)
-    lo, hi = _window(vol, vmin, vmax)
-    hmax = None
-    if h is not None:
+    lo, hi = _window(vol, st.vmin, st.vmax)
+    hmax = st.hmax
+    if h is not None and hmax is None:
         hmax = float(np.nanmax(np.abs(h))) or None
-    fig, axes = _three_plane_axes(geo, panel_size, fig)
+    shared = replace(st, vmin=lo, vmax=hi, hmax=hmax)  # one window and heat scale for all
+    fig, axes = _three_plane_axes(geo, st.panel_size, fig)
     views = []
     for ax, plane in zip(axes, _PLANES):
-        views.append(_plane_panel(
-            ax, geo, plane, c, (vol, r, p, h), error=error, alpha=alpha, window=(lo, hi),
-            contours=contours, hmax=hmax, annotate=annotate, crosshair=crosshair))
-    _three_plane_frame(fig, geo, title, annotate)
+        views.append(_plane_panel(ax, geo, plane, c, (vol, r, p, h), error=error, alpha=alpha,
+                                  style=shared))
+    _three_plane_frame(fig, geo, st.title, st.annotate)
     fig.slice_views = views  # type: ignore[attr-defined]
     fig.center = c  # type: ignore[attr-defined]
     fig.geometry = geo  # type: ignore[attr-defined]

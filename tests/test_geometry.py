@@ -127,7 +127,8 @@ def test_reoriented_copies_display_the_same_arrays_and_letters(mni, copies, name
 def test_neurological_convention_mirrors_left_and_right(mni) -> None:
     data, aff = mni
     rad = viz.three_plane(data, center=(60, 70, 40), affine=aff)
-    neu = viz.three_plane(data, center=(60, 70, 40), affine=aff, convention="neurological")
+    neu = viz.three_plane(data, center=(60, 70, 40), affine=aff,
+                          style=viz.SliceStyle(convention="neurological"))
     for a, b in zip(rad.slice_views, neu.slice_views):
         if a.plane == "sagittal":
             np.testing.assert_array_equal(a.image.get_array(), b.image.get_array())

@@ -43,7 +43,7 @@ def crop():
 
 @pytest.mark.slow
 def test_attribution_maps_land_on_the_same_world_coordinates(crop, tmp_path) -> None:
-    from medseg_xai.widgets import CaseExplorer
+    from medseg_xai.widgets import CaseExplorer, ExplorerOptions
 
     data, aff = crop
     mask = np.zeros(data.shape, bool)
@@ -59,7 +59,8 @@ def test_attribution_maps_land_on_the_same_world_coordinates(crop, tmp_path) -> 
     }
     canon = {}
     for name, (img, m, a) in copies.items():
-        ex = CaseExplorer(ad, img, m > 0, m > 0, affine=a, case_id=name, background=False)
+        ex = CaseExplorer(ad, img, m > 0, m > 0, affine=a, case_id=name,
+                          options=ExplorerOptions(background=False))
         ex.select_lesion("ref-1")
         ex.method.value = "saliency"
         exp = ex.run_explanation()

@@ -361,7 +361,7 @@ def test_notebook_01_explorer_in_jupyterlab(lab: LabServer, browser: object) -> 
 _TWO_CHANNEL_CELLS = [
     "import numpy as np, torch\n"
     "from medseg_xai.adapters import SegmentationAdapter\n"
-    "from medseg_xai.widgets import CaseExplorer\n"
+    "from medseg_xai.widgets import CaseExplorer, ExplorerOptions\n"
     "torch.manual_seed(0)\n"
     "shape = (12, 40, 40)\n"
     "g = np.indices(shape)\n"
@@ -372,9 +372,10 @@ _TWO_CHANNEL_CELLS = [
     "net = torch.nn.Sequential(torch.nn.Conv3d(2, 8, 3, padding=1), torch.nn.ReLU(),\n"
     "                          torch.nn.Conv3d(8, 2, 1))\n"
     "aff = np.zeros((4, 4)); aff[0, 2] = aff[1, 1] = 1.0; aff[2, 0] = 3.0; aff[3, 3] = 1.0\n"
-    "ex = CaseExplorer(SegmentationAdapter(net), x, ref, None, affine=aff,\n"
-    "                  channel_names=['T1', 'FLAIR'], case_id='two-channel', px=240,\n"
-    "                  method_options={'occlusion': {'window': 1, 'stride': 1}})\n"
+    "ex = CaseExplorer(SegmentationAdapter(net), x, ref, None, affine=aff, case_id='two-channel',\n"
+    "                  options=ExplorerOptions(\n"
+    "                      channel_names=['T1', 'FLAIR'], px=240,\n"
+    "                      method_options={'occlusion': {'window': 1, 'stride': 1}}))\n"
     "ex.select_lesion('ref-1')\n"
     "ex",
 ]
@@ -462,15 +463,15 @@ def test_two_channel_explorer_navigation_and_cancel(lab: LabServer, browser: obj
 
 _CLASS_CELLS = [
     "import numpy as np\n"
-    "from medseg_xai.widgets import CaseExplorer\n"
+    "from medseg_xai.widgets import CaseExplorer, ExplorerOptions\n"
     "shape = (12, 40, 40)\n"
     "g = np.indices(shape)\n"
     "ref = np.zeros(shape, np.uint8)\n"
     "ref[((g[0] - 6) ** 2 + (g[1] - 12) ** 2 + (g[2] - 12) ** 2) <= 16] = 2\n"
     "ref[((g[0] - 6) ** 2 + (g[1] - 28) ** 2 + (g[2] - 27) ** 2) <= 25] = 3\n"
     "x = (np.random.default_rng(0).normal(size=shape) + 2.0 * (ref > 0)).astype(np.float32)\n"
-    "ex = CaseExplorer(None, x, ref, ref, classes={2: 'tumour', 3: 'cyst'}, class_index=2,\n"
-    "                  case_id='classes', px=240)\n"
+    "ex = CaseExplorer(None, x, ref, ref, case_id='classes', options=ExplorerOptions(\n"
+    "                  classes={2: 'tumour', 3: 'cyst'}, class_index=2, px=240))\n"
     "ex",
 ]
 

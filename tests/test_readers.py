@@ -445,9 +445,9 @@ def test_reader_case_view_and_dashboard_tab(cohort_dir, staple_result):
     assert view.slices()[0].shape == img.shape
     dash = AuditDashboard(staple_result)
     assert dash.readers is not None and dash.readers.widget in dash.children
-    from medseg_xai.widgets import CaseExplorer
+    from medseg_xai.widgets import CaseExplorer, ExplorerOptions
 
-    explorer = CaseExplorer.from_cohort(cohort, cid, background=False)
+    explorer = CaseExplorer.from_cohort(cohort, cid, options=ExplorerOptions(background=False))
     assert sorted(explorer.readers) == ["r1", "r2", "r3"]
     assert explorer.reader_view().choose.options == ("r1", "r2", "r3")
 

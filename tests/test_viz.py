@@ -128,7 +128,8 @@ def test_show_slice_error_overlay_colours_each_voxel_class():
 def test_show_slice_outlines_and_window():
     img, ref, pred = _slice_case()
     fig = Figure()
-    view = viz.show_slice(fig.add_subplot(), img, ref=ref, pred=pred, vmin=-1, vmax=2)
+    view = viz.show_slice(fig.add_subplot(), img, ref=ref, pred=pred,
+                          style=viz.SliceStyle(vmin=-1, vmax=2))
     out = np.asarray(view.outlines.get_array())
     ref_only = viz.outline(ref) & ~viz.outline(pred)
     np.testing.assert_allclose(
@@ -255,7 +256,7 @@ def test_negative_only_heatmap_is_drawn_cold_not_warm() -> None:
     """Signed Grad-CAM of a missed lesion can be all negative: it must read as evidence
     against (blue), never as warm positive attention."""
     from medseg_xai.viz import _heatmap_rgba
-    from medseg_xai.widgets.render import compose_rgb
+    from medseg_xai.widgets.render import BlendStyle, compose_rgb
 
     heat = np.zeros((8, 8), np.float32)
     heat[2:6, 2:6] = -1.0
@@ -263,7 +264,8 @@ def test_negative_only_heatmap_is_drawn_cold_not_warm() -> None:
     strong = rgba[3, 3]
     assert strong[2] > strong[0] and strong[3] > 0.9
     assert rgba[0, 0, 3] == 0.0  # zero attribution stays transparent
-    rgb = compose_rgb(np.full((8, 8), 0.5, np.float32), heatmap=heat, alpha=1.0, vmin=0.0, vmax=1.0)
+    rgb = compose_rgb(np.full((8, 8), 0.5, np.float32), heatmap=heat, vmin=0.0, vmax=1.0,
+                      style=BlendStyle(alpha=1.0))
     assert int(rgb[3, 3, 2]) > int(rgb[3, 3, 0])
     positive = _heatmap_rgba(-heat, 1.0, None, None)[3, 3]
     assert positive[0] > positive[2]  # positive attribution stays warm

@@ -15,7 +15,7 @@ from monai.networks.nets import UNet
 
 from medseg_xai import metrics
 from medseg_xai.adapters import SegmentationAdapter
-from medseg_xai.widgets import CaseExplorer
+from medseg_xai.widgets import CaseExplorer, ExplorerOptions
 from medseg_xai.widgets import case_explorer as ce_mod
 from medseg_xai.widgets.verdict import contrast_to_noise
 
@@ -413,7 +413,7 @@ def test_zoom_to_lesion_selected_outline_and_separate_opacities(explorer) -> Non
 def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
     img, ref, _ = case
     t = torch.from_numpy(img)[None, None]  # (1, 1, D, H, W), as explain() takes it
-    ex = CaseExplorer(adapter, t, background=False)
+    ex = CaseExplorer(adapter, t, options=ExplorerOptions(background=False))
     assert ex.image.shape == (1, *SHAPE) and ex.ref is None and ex.pred is not None
     assert ex.toggles["reference"].disabled and ex.toggles["error"].disabled
     assert "No reference" in ex.verdict_html.value
@@ -434,8 +434,8 @@ def test_tensor_batch_input_and_a_case_without_reference(adapter, case) -> None:
 
 def test_threshold_drives_the_prediction(adapter, case) -> None:
     img, ref, _ = case
-    low = CaseExplorer(adapter, img, ref, threshold=0.2)
-    high = CaseExplorer(adapter, img, ref, threshold=0.8)
+    low = CaseExplorer(adapter, img, ref, options=ExplorerOptions(threshold=0.2))
+    high = CaseExplorer(adapter, img, ref, options=ExplorerOptions(threshold=0.8))
     p = adapter.probabilities(img[None]).numpy()[0, 1]
     np.testing.assert_array_equal(low.pred, p > 0.2)
     np.testing.assert_array_equal(high.pred, p > 0.8)
@@ -480,7 +480,7 @@ def two_channel(case):
         np.float32)
     ad = SegmentationAdapter(_TwoChannel())
     return CaseExplorer(ad, x, ref, None, SPACING, affine=_demo_affine(),
-                        channel_names=["T1", "FLAIR"], background=False)
+                        options=ExplorerOptions(channel_names=["T1", "FLAIR"], background=False))
 
 
 def test_channel_selector_changes_picture_contrast_and_readout(two_channel) -> None:
@@ -572,7 +572,7 @@ def test_hostile_case_id_and_channel_names_are_escaped_and_cannot_pick_the_expor
         adapter, case, hostile, tmp_path, monkeypatch) -> None:
     img, ref, pred = case
     ex = CaseExplorer(None, np.stack([img, img]), ref, pred, SPACING, case_id=hostile,
-                      channel_names=[hostile, "<b>T2</b>"])
+                      options=ExplorerOptions(channel_names=[hostile, "<b>T2</b>"]))
 
     def html_values(widget) -> list[str]:
         out = [widget.value] if type(widget).__name__ == "HTML" else []
@@ -712,7 +712,7 @@ def test_a_demo_cohort_case_shows_its_readers_in_the_explorer(tmp_path) -> None:
     cohort = mx.Cohort.from_csv(manifest)
     cases = [cohort.load_case(str(c)) for c in cohort.manifest["case_id"]]
     case = next(c for c in cases if reader_votes(c.readers)[1].any())  # readers differ here
-    ex = CaseExplorer.from_cohort(cohort, case.case_id, background=False)
+    ex = CaseExplorer.from_cohort(cohort, case.case_id, options=ExplorerOptions(background=False))
     assert list(ex.reader_toggles) == ["r1", "r2", "r3"] == list(case.readers)
     _, dis = reader_votes(case.readers)
     ex.centre_on(tuple(int(v) for v in np.argwhere(dis)[0]))  # a voxel where readers differ
@@ -734,7 +734,8 @@ def test_class_selector_changes_the_reference_outline() -> None:
     ref[((g[0] - 28) ** 2 + (g[1] - 26) ** 2) <= 36] = 3
     pred = np.where(ref == 3, 3, 0).astype(np.uint8)
     img = np.random.default_rng(2).normal(size=(40, 40)).astype(np.float32) + 2.0 * (ref > 0)
-    ex = CaseExplorer(None, img, ref, pred, classes={2: "tumour", 3: "cyst"}, class_index=2)
+    ex = CaseExplorer(None, img, ref, pred,
+                      options=ExplorerOptions(classes={2: "tumour", 3: "cyst"}, class_index=2))
     assert ex.selected_class == 2 and int(ex.ref.sum()) == int((ref == 2).sum())
     assert not ex.pred.any() and ex.lesions.status("ref-1") == "missed"
     two = ex.renderer.render()[0]

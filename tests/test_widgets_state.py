@@ -114,7 +114,7 @@ def test_compose_rgb_layers_and_colours() -> None:
     from matplotlib.colors import to_rgb
 
     from medseg_xai.viz import ERROR_COLOURS, PRED_COLOUR, REF_COLOUR
-    from medseg_xai.widgets.render import compose_rgb
+    from medseg_xai.widgets.render import BlendStyle, compose_rgb
 
     img = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     grey = compose_rgb(img, 0.0, 1.0)
@@ -128,7 +128,7 @@ def test_compose_rgb_layers_and_colours() -> None:
     ref[1:5, 1:5] = True
     pred = np.zeros((8, 8), bool)
     pred[3:7, 3:7] = True
-    err = compose_rgb(img, 0.0, 1.0, ref=ref, pred=pred, error=True, alpha=1.0)
+    err = compose_rgb(img, 0.0, 1.0, ref=ref, pred=pred, style=BlendStyle(error=True, alpha=1.0))
     for code, where in ((1, ref & pred), (2, ref & ~pred), (3, pred & ~ref)):
         expected = np.round(np.array(to_rgb(ERROR_COLOURS[code])) * 255)
         assert (np.abs(err[where].astype(int) - expected) <= 1).all()
@@ -141,10 +141,10 @@ def test_compose_rgb_layers_and_colours() -> None:
 
     heat = np.zeros((8, 8), np.float32)
     heat[0, 0] = 2.0
-    hot = compose_rgb(img, 0.0, 1.0, heatmap=heat, alpha=0.5)
+    hot = compose_rgb(img, 0.0, 1.0, heatmap=heat, style=BlendStyle(alpha=0.5))
     assert not np.array_equal(hot[0, 0], grey[0, 0])
     assert np.array_equal(hot[1:], grey[1:])  # zero attribution is fully transparent
     with pytest.raises(ValueError, match="error=True"):
-        compose_rgb(img, 0.0, 1.0, ref=ref, error=True)
+        compose_rgb(img, 0.0, 1.0, ref=ref, style=BlendStyle(error=True))
     with pytest.raises(ValueError, match="window"):
         compose_rgb(img, 1.0, 1.0)

@@ -252,11 +252,13 @@ def gallery_figure(payload: dict[str, Any], *, method: str | None = None) -> Fig
         ref = decode_plane(plane.get("target")) if plane.get("target") else decode_plane(plane["ref"])
         pred = decode_plane(plane.get("pred"))
         if heat is not None and hmax > 0:
-            kw = {"ref": ref, "pred": pred, "heatmap": heat, "contours": True, "alpha": 0.7,
-                  "spacing": plane.get("spacing"), "hmax": hmax}
+            kw = {"ref": ref, "pred": pred, "heatmap": heat, "alpha": 0.7,
+                  "spacing": plane.get("spacing"),
+                  "style": viz.SliceStyle(contours=True, hmax=hmax)}
         else:
             kw = {"ref": decode_plane(plane["ref"]), "pred": pred, "error": pred is not None,
-                  "contours": True, "alpha": 0.45, "spacing": plane.get("spacing")}
+                  "alpha": 0.45, "spacing": plane.get("spacing"),
+                  "style": viz.SliceStyle(contours=True)}
         oriented = affine is not None and _accepts(viz.show_slice, "affine")
         if oriented:  # anatomical plane, orientation letters and scale bar
             kw.pop("spacing")

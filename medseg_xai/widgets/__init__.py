@@ -6,5 +6,6 @@ figures rendered to PNG, so no ipympl or other front-end extension beyond ipywid
 
 from medseg_xai.widgets.case_explorer import CaseExplorer
 from medseg_xai.widgets.dashboard import AuditDashboard
+from medseg_xai.widgets.options import ExplorerOptions
 
-__all__ = ["AuditDashboard", "CaseExplorer"]
+__all__ = ["AuditDashboard", "CaseExplorer", "ExplorerOptions"]

@@ -16,7 +16,8 @@ import html
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,16 @@ import ipywidgets as W
 import numpy as np
 import pandas as pd
 
+from medseg_xai._legacy import apply_legacy, as_settings
 from medseg_xai.adapters import Cancelled
 from medseg_xai.decide import DecisionRules, label_map
 from medseg_xai.viz import Geometry
 from medseg_xai.widgets.lesion_table import CaseLesions
-from medseg_xai.widgets.render import PlaneRenderer
+from medseg_xai.widgets.options import ExplorerOptions
+from medseg_xai.widgets.render import BlendStyle, PlaneRenderer
 from medseg_xai.widgets.state import ExplanationCache, ViewState, window_presets
 
-__all__ = ["CaseExplorer", "TARGETS"]
+__all__ = ["CaseExplorer", "ExplorerOptions", "TARGETS"]
 
 #: Explanation targets offered in the panel: (label, key).
 TARGETS: tuple[tuple[str, str], ...] = (
@@ -55,6 +58,16 @@ def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             return None
 
     return wrapper
+
+
+def _option_defaults(kwargs: dict[str, Any], **defaults: Any) -> None:
+    """Fill the :class:`ExplorerOptions` fields a caller of ``from_cohort`` / ``from_audit``
+    left unset (None) in ``kwargs["options"]``; one given in the old spelling (a keyword of
+    its own) is left to the constructor, which warns and applies it."""
+    opts = as_settings(ExplorerOptions, kwargs.get("options"), "options")
+    fill = {k: v for k, v in defaults.items() if k not in kwargs and getattr(opts, k) is None}
+    if fill:
+        kwargs["options"] = replace(opts, **fill)
 
 
 def _decision_rules(rules: Any) -> DecisionRules | None:
@@ -98,43 +111,29 @@ class CaseExplorer(W.VBox):
         Voxel size in mm (default: from ``affine``, else 1.0 per axis).
     probability : numpy.ndarray, optional
         Foreground probability, spatial shape or ``(K, *spatial)`` (one channel, or channel
-        ``class_index``); computed with the adapter when omitted.
+        ``options.class_index``); computed with the adapter when omitted.
     affine : numpy.ndarray, optional
         4x4 affine of the source image: orients the views and is written into exported
         attribution NIfTI files. Without it the views say "voxel axes, orientation unknown".
     case_id : str, optional
-    class_index : int, optional
-        Foreground class explained and measured (default 1, or 0 for a one-channel model).
-    threshold : float
-        Decision threshold: drives the prediction (when the adapter makes it) and the verdict.
-    detected_reference : pandas.DataFrame, optional
-        Detected lesions (``volume_mm3``, optionally ``cnr``) the verdict compares against;
-        default the lesions detected in this case.
-    px : int
-        Size of each plane picture in pixels.
-    miss_options : dict, optional
-        Keyword arguments for :func:`~medseg_xai.explain.miss.explain_miss` (``probes``,
-        ``methods``, ``reference_images``, ``margin``, ...).
-    channel_names : sequence of str, optional
-        Names of the input channels (e.g. ``["T1", "T1c", "T2", "FLAIR"]``).
-    convention : {"radiological", "neurological"}
-    background : bool
-        Run explanations and miss analyses started from the buttons in a thread (the kernel stays
-        responsive; progress bar and cancel button). Method calls wait unless ``wait=False``.
-    method_options : dict, optional
-        Keyword arguments per explanation method, passed to
-        :func:`~medseg_xai.explain.explain` (e.g. ``{"occlusion": {"window": 4, "stride": 4}}``).
     readers : mapping, optional
         Several readers' masks (reader -> mask of the image's spatial shape), e.g. a cohort
         case's ``label_<reader>`` files (:meth:`from_cohort` passes them): each reader's
         outline is a toggle in the planes, and with two or more readers a "disagreement"
         overlay marks the voxels some but not all readers marked (display layers of the
         loaded masks, :mod:`medseg_xai.widgets.readers`).
-    classes : mapping, optional
-        Label value -> class name of multi-class ``ref`` / ``pred`` label maps. A "class"
-        selector then shows one class at a time (reference and prediction outlines, lesion
-        table); it starts on ``class_index`` when that is one of the label values, else on all
-        classes. Without names the values found are offered.
+    rules : DecisionRules or mapping, optional
+        An audit's decision rules (:meth:`from_audit` passes them): its threshold, lesion ids
+        and statuses.
+    options : ExplorerOptions or mapping, optional
+        ``threshold``, ``class_index``, ``classes``, ``channel_names``,
+        ``detected_reference``, ``miss_options``, ``method_options``, ``convention``, ``px``,
+        ``background`` (:class:`~medseg_xai.widgets.options.ExplorerOptions`,
+        ``mx.widgets.ExplorerOptions``; default its defaults).
+    **legacy
+        Those options as keywords (``threshold=0.3``, ``px=256``...): accepted for one release
+        with a ``FutureWarning`` naming ``options=ExplorerOptions(...)``; any other keyword is
+        a ``TypeError``.
     """
 
     def __init__(
@@ -148,55 +147,48 @@ class CaseExplorer(W.VBox):
         probability: Any = None,
         affine: Any = None,
         case_id: str | None = None,
-        class_index: int | None = None,
-        threshold: float = 0.5,
-        detected_reference: pd.DataFrame | None = None,
-        px: int = 320,
-        miss_options: dict[str, Any] | None = None,
-        channel_names: Any = None,
-        convention: str = "radiological",
-        background: bool = True,
-        method_options: dict[str, dict[str, Any]] | None = None,
         readers: Any = None,
-        classes: Any = None,
         rules: Any = None,
+        options: ExplorerOptions | Mapping[str, Any] | None = None,
+        **legacy: Any,
     ) -> None:
         super().__init__()
+        opts = apply_legacy("CaseExplorer", ExplorerOptions, options, legacy, param="options")
         if image is None:
             raise ValueError("image: expected an array (C, *spatial) or (*spatial), got None")
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold: expected a probability in [0, 1], got {threshold!r}")
+        self.options = opts
         self.adapter = adapter
         self.case_id = case_id
         # an audit's rules (decide.DecisionRules, from_audit): its threshold, ids and statuses
         self.rules = _decision_rules(rules)
+        threshold = opts.threshold
         if self.rules is not None and self.rules.threshold is not None:
             threshold = self.rules.threshold
         self.threshold = float(threshold)
         self.affine = None if affine is None else np.asarray(affine, dtype=float)
-        self.miss_options = dict(miss_options or {})
-        self.background = bool(background)
-        self.method_options = {str(k): dict(v) for k, v in (method_options or {}).items()}
+        self.miss_options = dict(opts.miss_options or {})
+        self.background = bool(opts.background)
+        self.method_options = {str(k): dict(v) for k, v in (opts.method_options or {}).items()}
         self.last_error: Exception | None = None
         self._moving = False
         self._job: threading.Thread | None = None
         self._cancel = threading.Event()
         self.image, spatial = self._image(image, ref, pred, adapter)
         self.spacing = self._spacing(spacing, len(spatial), self.affine)
-        self.geometry = Geometry(spatial, self.affine, self.spacing, convention=convention)
-        self.channel_names = _channel_names(channel_names, self.image.shape[0])
+        self.geometry = Geometry(spatial, self.affine, self.spacing, convention=opts.convention)
+        self.channel_names = _channel_names(opts.channel_names, self.image.shape[0])
         # One forward pass gives the output channels (class_index check) and, when they are
         # not given, the prediction and the probability.
         probs = None if adapter is None else \
             adapter.probabilities(self.image).detach().cpu().numpy()[0]
-        self.class_index = self._class_index(class_index)
-        self._init_masks(ref, pred, spatial, class_index, classes)
+        self.class_index = self._class_index(opts.class_index)
+        self._init_masks(ref, pred, spatial, opts.class_index, opts.classes)
         self.probability = self._probability(probability, spatial, self.class_index)
         if probs is not None and (self.pred is None or self.probability is None):
             self._predict(probs)
 
         self._init_lesions(spatial)
-        self.detected_reference = detected_reference
+        self.detected_reference = opts.detected_reference
         self.selected_lesion: str | None = None
         self.cache = ExplanationCache()
         self.explanation: Any = None  # the Explanation (or None) shown as heatmap
@@ -204,7 +196,7 @@ class CaseExplorer(W.VBox):
         self.analyses: dict[str, Any] = {}  # lesion id -> MissAnalysis
         self.readout_voxel: tuple[int, ...] | None = None
 
-        self._init_view(spatial, px, readers)
+        self._init_view(spatial, int(opts.px), readers)
         self._build()
         self.redraw()
 
@@ -255,7 +247,7 @@ class CaseExplorer(W.VBox):
         if case.readers:
             kwargs.setdefault("readers", dict(case.readers))
         if case.class_names or isinstance(load.get("labels"), dict):
-            kwargs.setdefault("classes", case.class_names or load["labels"])
+            _option_defaults(kwargs, classes=case.class_names or load["labels"])
         return cls(adapter, case.image, case.label, case.prediction, case.spacing,
                    probability=case.probability, affine=case.affine, case_id=case.case_id,
                    **kwargs)
@@ -302,11 +294,10 @@ class CaseExplorer(W.VBox):
             pred = predict(adapter, case.image, rules)
         pred = audited(pred)
         if isinstance(rules.label_setting, dict):
-            kwargs.setdefault("classes", rules.label_setting)
-        if "detected_reference" not in kwargs:
-            les = getattr(result, "lesions", None)
-            if isinstance(les, pd.DataFrame) and "status" in les and "volume_mm3" in les:
-                kwargs["detected_reference"] = les[les["status"] == "detected"]
+            _option_defaults(kwargs, classes=rules.label_setting)
+        les = getattr(result, "lesions", None)
+        if isinstance(les, pd.DataFrame) and "status" in les and "volume_mm3" in les:
+            _option_defaults(kwargs, detected_reference=les[les["status"] == "detected"])
         if case.readers:
             kwargs.setdefault("readers", dict(case.readers))
         return cls(adapter, case.image, ref, pred, case.spacing, probability=case.probability,
@@ -1411,7 +1402,7 @@ class CaseExplorer(W.VBox):
             img = geo.slice(self.image[c], name, index)
             lo, hi = window_presets(self.image[c])["auto (0.5-99.5 %)"]
             ax.imshow(compose_rgb(img, lo, hi, heatmap=geo.slice(multi[c], name, index),
-                                  hmax=hmax, heat_alpha=self.state.heat_alpha),
+                                  style=BlendStyle(hmax=hmax, heat_alpha=self.state.heat_alpha)),
                       interpolation="nearest", aspect=np.divide(*geo.pixel_spacing(name)))
             ax.set_title(f"{self.channel_names[c]} · {name} {index}", fontsize=7)
             ax.set_axis_off()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from medseg_xai._legacy import apply_legacy
 from medseg_xai.viz import (
     ERROR_COLOURS,
     ERROR_LABELS,
@@ -41,8 +43,8 @@ from medseg_xai.viz import (
 )
 from medseg_xai.widgets.state import ViewState
 
-__all__ = ["DISAGREE_COLOUR", "HIGHLIGHT_COLOUR", "PROB_CMAP", "READER_OUTLINES", "PlaneRenderer",
-           "compose_rgb"]
+__all__ = ["DISAGREE_COLOUR", "HIGHLIGHT_COLOUR", "PROB_CMAP", "READER_OUTLINES", "BlendStyle",
+           "PlaneRenderer", "compose_rgb"]
 
 _CROSS = {"color": "#FFFFFF", "linewidth": 0.6, "alpha": 0.6}
 #: Outline of the selected lesion: white, apart from every other layer's hue.
@@ -71,6 +73,32 @@ def _blend(rgb: np.ndarray, values: np.ndarray, lut: str, weight: np.ndarray) ->
     return (1 - w) * rgb + w * _LUTS[lut][idx]
 
 
+@dataclass(frozen=True)
+class BlendStyle:
+    """How :func:`compose_rgb` blends the layers of a slice (not which layers there are).
+
+    Parameters
+    ----------
+    error : bool
+        Fill the error map (true positive, false negative, false positive) instead of drawing
+        the reference and prediction outlines; needs both masks.
+    alpha : float
+        Opacity of the error map, and the heatmap's largest opacity unless ``heat_alpha``.
+    heat_alpha : float, optional
+        Largest opacity of the heatmap (default ``alpha``).
+    prob_alpha : float
+        Opacity of the probability layer at p = 1 (it scales with p).
+    hmax : float, optional
+        |value| at which the heatmap's colour saturates (default: the slice's largest).
+    """
+
+    error: bool = False
+    alpha: float = 0.5
+    heat_alpha: float | None = None
+    prob_alpha: float = 0.5
+    hmax: float | None = None
+
+
 def compose_rgb(
     image2d: np.ndarray,
     vmin: float,
@@ -78,29 +106,31 @@ def compose_rgb(
     *,
     ref: np.ndarray | None = None,
     pred: np.ndarray | None = None,
-    error: bool = False,
     heatmap: np.ndarray | None = None,
-    hmax: float | None = None,
-    alpha: float = 0.5,
-    heat_alpha: float | None = None,
     probability: np.ndarray | None = None,
-    prob_alpha: float = 0.5,
     highlight: np.ndarray | None = None,
     readers: Sequence[tuple[np.ndarray, str]] = (),
     disagreement: np.ndarray | None = None,
+    style: BlendStyle | None = None,
+    **legacy: Any,
 ) -> np.ndarray:
     """Blend one slice and its overlays into a ``uint8`` RGB picture of the slice's shape.
 
     Layers, bottom to top: the grey image windowed to ``vmin..vmax``; the error map fill
-    (``viz.ERROR_COLOURS``: true positive, false negative, false positive) at opacity ``alpha``
-    when ``error``; the probability (:data:`PROB_CMAP`, opacity ``prob_alpha * p``); the
-    heatmap, whose opacity grows with |value| up to ``heat_alpha`` (default ``alpha``; a
-    diverging map for signed attributions, ``inferno`` otherwise, scaled by ``hmax``); the
-    outlines of ``ref`` (``viz.REF_COLOUR``) and ``pred`` (``viz.PRED_COLOUR``), unless
-    ``error`` is on; the ``disagreement`` voxels as a stipple (:data:`DISAGREE_COLOUR` on
-    every other pixel); each ``(mask, colour)`` of ``readers`` as an outline; and the outline
-    of the selected lesion ``highlight`` (:data:`HIGHLIGHT_COLOUR`).
+    (``viz.ERROR_COLOURS``: true positive, false negative, false positive) at opacity
+    ``style.alpha`` when ``style.error``; the probability (:data:`PROB_CMAP`, opacity
+    ``style.prob_alpha * p``); the heatmap, whose opacity grows with |value| up to
+    ``style.heat_alpha`` (default ``style.alpha``; a diverging map for signed attributions,
+    ``inferno`` otherwise, scaled by ``style.hmax``); the outlines of ``ref``
+    (``viz.REF_COLOUR``) and ``pred`` (``viz.PRED_COLOUR``), unless the error map is on; the
+    ``disagreement`` voxels as a stipple (:data:`DISAGREE_COLOUR` on every other pixel); each
+    ``(mask, colour)`` of ``readers`` as an outline; and the outline of the selected lesion
+    ``highlight`` (:data:`HIGHLIGHT_COLOUR`). ``style`` is a :class:`BlendStyle` (default its
+    defaults); its fields as keywords (``error=True``, ``alpha=0.3``...) are accepted for one
+    release with a ``FutureWarning``, any other keyword is a ``TypeError``.
     """
+    st = apply_legacy("compose_rgb", BlendStyle, style, legacy, param="style")
+    error, alpha, hmax = st.error, st.alpha, st.hmax
     img = np.asarray(image2d, dtype=np.float32)
     if vmax <= vmin:
         raise ValueError(f"window: expected vmin < vmax, got {vmin!r}, {vmax!r}")
@@ -114,9 +144,9 @@ def compose_rgb(
         rgb[hit] = (1 - alpha) * rgb[hit] + alpha * _ERROR_RGB[codes[hit]]
     if probability is not None:
         p = np.clip(np.nan_to_num(np.asarray(probability, dtype=np.float32)), 0.0, 1.0)
-        rgb = _blend(rgb, p, PROB_CMAP, prob_alpha * p)
+        rgb = _blend(rgb, p, PROB_CMAP, st.prob_alpha * p)
     if heatmap is not None:
-        ha = alpha if heat_alpha is None else heat_alpha
+        ha = alpha if st.heat_alpha is None else st.heat_alpha
         h = np.nan_to_num(np.asarray(heatmap, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         scale = float(hmax) if hmax else float(np.abs(h).max())
         if scale > 0:
@@ -319,10 +349,11 @@ class PlaneRenderer:
         readers = [(self._slice(m, position), self.reader_colours[k])
                    for k, m in self.readers.items() if st.readers.get(k)]
         dis = self._slice(self.disagreement, position) if self._disagreement_on() else None
+        blend = BlendStyle(error=error, alpha=st.alpha, heat_alpha=st.heat_alpha,
+                           prob_alpha=st.prob_alpha, hmax=self.hmax)
         return compose_rgb(self._slice(self.image, position), st.vmin, st.vmax, ref=ref,
-                           pred=pred, error=error, heatmap=heat, hmax=self.hmax, alpha=st.alpha,
-                           heat_alpha=st.heat_alpha, probability=prob, prob_alpha=st.prob_alpha,
-                           highlight=hl, readers=readers, disagreement=dis)
+                           pred=pred, heatmap=heat, probability=prob, highlight=hl,
+                           readers=readers, disagreement=dis, style=blend)
 
     def _error_on(self) -> bool:
         return bool(self.state.toggles["error"] and self.ref is not None and self.pred is not None)
