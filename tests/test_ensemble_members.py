@@ -129,6 +129,12 @@ def test_audit_with_fold_members(nnunet, folds3, fold_audit, tmp_path) -> None:
     doc = json.loads((tmp_path / "audit.json").read_text())
     assert doc["settings"]["uncertainty_source"] == src
     assert doc["provenance"]["uncertainty_members"] == fps
+    # the report's failure-detection section names the source (from the JSON: same words)
+    from medseg_xai.audit.result import AuditResult
+
+    html = AuditResult.from_json(tmp_path / "audit.json").to_html(tmp_path / "r.html")
+    text = Path(html).read_text()
+    assert f"Uncertainty scores (<code>unc_*</code>): {src['description']}." in text
 
 
 def test_cli_ensemble_model_and_errors(nnunet, folds3, no_probe, tmp_path, capsys) -> None:

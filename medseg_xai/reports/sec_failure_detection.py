@@ -98,4 +98,6 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
                      "mean_rest": "mean elsewhere", "adjusted_gap": "gap beyond known strata",
                      "failure_rate_group": "failure rate in group",
                      "failure_rate_rest": "failure rate elsewhere", "p_adjusted": "adjusted p"})
+    # where the uncertainty scores come from (augmentations, fold models, several models)
+    out["source"] = (result.settings.get("uncertainty_source") or {}).get("description")
     return out

@@ -67,7 +67,8 @@ def build(result: Any, config: Mapping[str, Any] | None = None) -> dict[str, Any
         out["layers"] = table_from_frame(layers, "model-layers", _LAYER_COLUMNS,
                                          headers=_HEADERS, max_rows=40,
                                          caption="Layers with weights, in definition order")
-    for stratum, rows in shift.groupby("stratum", sort=False):
+    # an audit without strata has a feature-shift table without rows or columns
+    for stratum, rows in (shift.groupby("stratum", sort=False) if "stratum" in shift else ()):
         out["shift_tables"].append(table_from_frame(
             rows, f"feature-shift-{stratum}", _SHIFT_COLUMNS, headers=_HEADERS,
             caption=f"Feature shift by {stratum}"))
