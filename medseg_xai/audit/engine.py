@@ -461,6 +461,7 @@ def _failure_settings(uncertainty: Any, failure: Any, adapter: Any,
             out["task"]["calibration_bins"] = int(fail.calibration_bins)
         if fail.hidden_strata:
             out["task"]["properties"] = True
+            out["task"]["lesion_properties"] = True  # lesion-level hidden strata
     return out
 
 
@@ -854,6 +855,28 @@ def _with_failure(
     return cases, failure_tables, provenance
 
 
+def _with_lesion_strata(
+    cases: pd.DataFrame, lesions: pd.DataFrame, strata_list: list[Any], orders: dict[str, Any],
+    settings: Mapping[str, Any], stat: Mapping[str, Any], tables: dict[str, pd.DataFrame],
+    provenance: Mapping[str, Any],
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], Mapping[str, Any]]:
+    """Lesion-level hidden strata when the failure settings search hidden strata: the table,
+    the lesions with their ``hidden_stratum`` and ``provenance["lesion_hidden_strata"]``."""
+    fail = settings.get("failure") or {}
+    if not fail or not fail.get("hidden_strata", True) or not fail.get("lesion_strata", True):
+        return lesions, tables, provenance
+    from medseg_xai.audit.lesion_strata import lesion_hidden_strata
+
+    groups = [(s.name, *analysis.stratum_groups(cases, s, orders)) for s in strata_list]
+    table, membership, info = lesion_hidden_strata(
+        lesions, cases, groups, settings, stat,
+        categorical=[c for s in strata_list for c in s.columns])
+    lesions = lesions.assign(hidden_stratum=membership.to_numpy())
+    if info:
+        provenance = {**provenance, "lesion_hidden_strata": info}
+    return lesions, {**tables, "lesion_hidden_strata": table}, provenance
+
+
 def _group_index(cases: pd.DataFrame, strata_list: list[Any],
                  orders: dict[str, Any]) -> dict[tuple[str, str], pd.Index]:
     """Index of the evaluated cases of each (stratum, group)."""
@@ -961,6 +984,8 @@ def build_result(
                                                stat)
     cases, failure_tables, provenance = _with_failure(
         cases, strata_list, orders, settings, stat, features, calibration, provenance)
+    lesions, failure_tables, provenance = _with_lesion_strata(
+        cases, lesions, strata_list, orders, settings, stat, failure_tables, provenance)
     group_index = _group_index(cases, strata_list, orders)
     crit = load_criteria(settings.get("criteria")) if settings.get("criteria") else []
     reader = _reader_tables(readers, cases, strata_list, orders, stat, crit)

@@ -83,6 +83,9 @@ class FailureSettings:
         Smallest metric gap (group below the rest) a hidden stratum must show.
     max_depth : int
         Depth of the rules describing hidden strata (conditions per group).
+    lesion_strata : bool
+        With ``hidden_strata``, also search groups of reference lesions missed more often
+        (:mod:`medseg_xai.audit.lesion_strata`).
     curve_points : int
         Points of each stored risk-coverage curve.
     """
@@ -96,6 +99,7 @@ class FailureSettings:
     min_gap: float = 0.05
     max_depth: int = 2
     curve_points: int = 50
+    lesion_strata: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "coverages", tuple(float(c) for c in self.coverages))
@@ -434,7 +438,9 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
       ``unc_entropy`` (mean entropy in its box) and ``unc_max_vote`` (largest fraction of
       members calling a voxel of its box foreground);
     - ``settings["calibration_bins"]`` (with probabilities): :func:`case_calibration`;
-    - ``settings["properties"]``: the ``prop_*`` numbers (:mod:`.properties`).
+    - ``settings["properties"]``: the ``prop_*`` numbers (:mod:`.properties`);
+    - ``settings["lesion_properties"]``: each reference lesion row gains the ``lprop_*``
+      numbers (:mod:`.lesion_properties`).
     """
     import time
 
@@ -469,6 +475,10 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
         out.update(case_properties(case.image, ref if labels is None else np.isin(
             ref, list(labels.keys()) if isinstance(labels, Mapping) else list(labels)),
             case.spacing))
+    if settings.get("lesion_properties"):  # lesion-level hidden strata (lesion_strata.py)
+        from medseg_xai.audit.lesion_properties import case_lesion_properties
+
+        case_lesion_properties(case, ref, settings, lesion_rows)
     return out, seconds
 
 

@@ -50,7 +50,7 @@ MODEL_TABLES = ("feature_shift", "model_layers")
 #: Failure detection, calibration and hidden strata (issue 27, ``audit(failure=...)``):
 #: empty otherwise, read as empty from documents that lack them.
 FAILURE_TABLES = ("calibration", "reliability", "failure_detection", "risk_coverage",
-                  "selective", "hidden_strata")
+                  "selective", "hidden_strata", "lesion_hidden_strata")
 TIMING_COLUMNS = ("load_s", "inference_s", "metrics_s", "lesions_s", "cache_s", "total_s",
                   "peak_memory_mb", "peak_gpu_memory_mb", "uncertainty_s")
 VOLATILE_KEYS = ("run", "timings")
@@ -261,6 +261,8 @@ class AuditResult:
     risk_coverage: pd.DataFrame = field(default_factory=pd.DataFrame)
     selective: pd.DataFrame = field(default_factory=pd.DataFrame)
     hidden_strata: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: lesion-level hidden strata (``audit.lesion_strata``; the lesions' ``hidden_stratum``)
+    lesion_hidden_strata: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     # -- counts and views --------------------------------------------------------------------
 

@@ -1,0 +1,178 @@
+"""Interpretable properties of each reference lesion: the vocabulary of lesion-level hidden
+strata (:mod:`medseg_xai.audit.lesion_strata`).
+
+Computed in the runner's per-case part (``audit(failure=...)`` with hidden strata) from the image
+(first channel) and the reference, on the grid they are stored on; none needs the model. Every
+number is computed in the lesion's own bounding box (plus a two-voxel margin), except the body
+outline, which is found once per case on a grid strided to at most ~1 M voxels, so the cost and
+memory stay bounded at clinical sizes. Names start with ``lprop_``; :data:`LESION_PROPERTY_LABELS`
+says each in words.
+
+- ``lprop_contrast``: (mean in the lesion - mean in a 2-voxel ring around it, other reference
+  voxels left out) / the body's intensity SD (as ``prop_lesion_contrast`` of the case, per lesion);
+- ``lprop_intensity``: (mean in the lesion - the body's mean) / the body's SD;
+- ``lprop_edge_mm``: distance in mm from the lesion's nearest voxel to the body's outline (the
+  voxels above 10% of the robust intensity range, holes filled), measured on the strided grid
+  (resolution: the stride times the spacing);
+- ``lprop_centrality``: distance of the lesion's centroid from the image centre as a fraction of
+  the half-diagonal (0 centre, 1 corner);
+- ``lprop_position{k}``: the centroid's position along voxel axis ``k`` as a fraction (0-1);
+- ``lprop_elongation``: square root of the largest over the smallest eigenvalue of the lesion's
+  voxel-coordinate covariance in mm (each voxel counted as a uniform box, so 1 = round, a
+  single voxel included).
+
+The lesion's own volume (``volume_mm3``) and the per-lesion uncertainty (``unc_entropy``) are
+already columns of the lesion rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LESION_PROPERTY_LABELS", "case_lesion_properties", "lesion_properties"]
+
+LESION_PROPERTY_LABELS = {
+    "lprop_contrast": "lesion contrast",
+    "lprop_intensity": "lesion intensity (body SDs from the body mean)",
+    "lprop_edge_mm": "distance to the body edge (mm)",
+    "lprop_centrality": "lesion distance from the image centre",
+    "lprop_position0": "position along voxel axis 0 (0-1)",
+    "lprop_position1": "position along voxel axis 1 (0-1)",
+    "lprop_position2": "position along voxel axis 2 (0-1)",
+    "lprop_elongation": "lesion elongation",
+    "volume_mm3": "lesion volume (mm3)",
+    "unc_entropy": "lesion predictive entropy",
+}
+_MAX_COARSE = 1_000_000  # voxels of the strided grid the body outline is found on
+
+
+def _body(x: np.ndarray, spacing: np.ndarray) -> tuple[float, float, float, np.ndarray, int]:
+    """Body threshold, mean and SD (from a strided sample) and the distance (mm) of each voxel
+    of the strided grid to the body's outline, with the stride."""
+    from scipy import ndimage
+
+    stride = max(1, int(np.ceil((x.size / _MAX_COARSE) ** (1.0 / x.ndim))))
+    coarse = x[tuple(slice(None, None, stride) for _ in range(x.ndim))].astype(np.float32)
+    lo, hi = np.percentile(coarse, [1, 99])
+    thr = float(lo + 0.1 * (hi - lo))
+    body = coarse > thr
+    if body.sum() < 8:
+        body = np.ones_like(body)
+    vals = coarse[body]
+    # the outline, not internal holes (ventricles, air cavities): fill before measuring
+    filled = ndimage.binary_fill_holes(body)
+    dist = ndimage.distance_transform_edt(filled, sampling=spacing * stride)
+    return thr, float(vals.mean()), float(vals.std()), dist.astype(np.float32), stride
+
+
+def _lesion_mask(crop_fg: np.ndarray, row: Mapping[str, Any], connectivity: int | None
+                 ) -> np.ndarray:
+    """The row's lesion inside its box: the component of the box's reference foreground with
+    the lesion's voxel count that spans the box (a component lies inside its own box)."""
+    from medseg_xai.metrics.components import label_lesions
+
+    lab, n = label_lesions(crop_fg, connectivity)
+    if n == 1:
+        return lab == 1
+    counts = np.bincount(lab.ravel(), minlength=n + 1)
+    want = int(row.get("volume_voxels") or 0)
+    for k in np.flatnonzero(counts == want):
+        if k == 0:
+            continue
+        m = lab == k
+        if all(m.any(axis=tuple(j for j in range(m.ndim) if j != a))[[0, -1]].all()
+               for a in range(m.ndim)):
+            return m
+    return lab == int(np.argmax(counts[1:]) + 1)
+
+
+def _elongation(coords: np.ndarray, spacing: np.ndarray) -> float:
+    mm = coords * spacing
+    cov = np.cov(mm, rowvar=False) if len(mm) > 1 else np.zeros((len(spacing),) * 2)
+    cov = np.atleast_2d(cov) + np.diag(spacing ** 2 / 12.0)  # each voxel a uniform box
+    ev = np.linalg.eigvalsh(cov)
+    return float(np.sqrt(ev[-1] / ev[0])) if ev[0] > 0 else float("nan")
+
+
+def _one_lesion(x: np.ndarray, ref_fg: np.ndarray, row: Mapping[str, Any], body: tuple,
+                spacing: np.ndarray, connectivity: int | None) -> dict[str, float]:
+    from scipy import ndimage
+
+    thr, mean, sd, dist, stride = body
+    bbox = [(int(a), int(b)) for a, b in row["bbox"]]
+    outer = tuple(slice(max(a - 2, 0), min(b + 2, s)) for (a, b), s in zip(bbox, x.shape))
+    fg = ref_fg[outer]
+    inner = tuple(slice(a - o.start, b - o.start) for (a, b), o in zip(bbox, outer))
+    m = np.zeros_like(fg)
+    m[inner] = _lesion_mask(fg[inner], row, connectivity)
+    xb = x[outer].astype(np.float32)
+    ring = ndimage.binary_dilation(m, iterations=2) & ~fg
+    inside = float(xb[m].mean())
+    coords = np.argwhere(m) + np.array([o.start for o in outer])
+    coarse = np.minimum(coords // stride, np.array(dist.shape) - 1)
+    shape = np.asarray(x.shape, dtype=float)
+    centroid = coords.mean(axis=0)
+    centre = (shape - 1) / 2.0
+    half = float(np.linalg.norm(centre * spacing)) or 1.0
+    out = {
+        "lprop_contrast": float((inside - xb[ring].mean()) / sd) if ring.any() and sd > 0
+        else float("nan"),
+        "lprop_intensity": float((inside - mean) / sd) if sd > 0 else float("nan"),
+        "lprop_edge_mm": float(dist[tuple(coarse.T)].min()),
+        "lprop_centrality": float(np.linalg.norm((centroid - centre) * spacing) / half),
+        "lprop_elongation": _elongation(coords.astype(float), spacing),
+    }
+    for k in range(x.ndim):
+        out[f"lprop_position{k}"] = float(centroid[k] / max(shape[k] - 1, 1.0))
+    return out
+
+
+def lesion_properties(image: Any, reference_fg: Any, lesion_rows: list[dict[str, Any]],
+                      spacing: Any = None, connectivity: int | None = None) -> None:
+    """Add the ``lprop_*`` numbers to each reference lesion row (``source == "reference"``,
+    ``bbox`` as the lesion table gives it), in place; other rows are left alone.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(C, *spatial)`` or ``(*spatial)``; the first channel is described.
+    reference_fg : numpy.ndarray
+        The reference foreground the lesions were labelled from (bool, the image's grid).
+    lesion_rows : list of dict
+        The case's lesion rows (``metrics.lesions`` records).
+    spacing : sequence of float, optional
+        Voxel size in mm (default 1).
+    connectivity : int, optional
+        The audit's lesion connectivity (``decide.DecisionRules``), so a lesion is the same
+        voxels its ``lesion_id`` names.
+    """
+    rows = [r for r in lesion_rows if r.get("source") == "reference" and r.get("bbox")]
+    if not rows:
+        return
+    ref = np.asarray(reference_fg).astype(bool, copy=False)
+    x = np.asarray(image)
+    if x.ndim == ref.ndim + 1:
+        x = x[0]
+    if x.shape != ref.shape:
+        raise ValueError(f"image: expected the reference's shape {ref.shape}, got {x.shape}")
+    sp = np.ones(ref.ndim) if spacing is None else np.asarray(spacing, dtype=float)
+    body = _body(x, sp)
+    for row in rows:
+        row.update(_one_lesion(x, ref, row, body, sp, connectivity))
+
+
+def case_lesion_properties(case: Any, ref: np.ndarray, settings: Mapping[str, Any],
+                           lesion_rows: list[dict[str, Any]]) -> None:
+    """The runner's part: :func:`lesion_properties` on the reference foreground the audit
+    matched lesions on, with its connectivity."""
+    from medseg_xai.audit.runner import _lesion_foregrounds
+    from medseg_xai.decide import DecisionRules
+
+    if not any(r.get("source") == "reference" for r in lesion_rows):
+        return
+    ref_fg = _lesion_foregrounds(ref, ref, settings)[1]
+    lesion_properties(case.image, ref_fg, lesion_rows, case.spacing,
+                      DecisionRules.from_settings(settings).connectivity)
