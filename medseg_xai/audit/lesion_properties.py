@@ -168,11 +168,15 @@ def case_lesion_properties(case: Any, ref: np.ndarray, settings: Mapping[str, An
                            lesion_rows: list[dict[str, Any]]) -> None:
     """The runner's part: :func:`lesion_properties` on the reference foreground the audit
     matched lesions on, with its connectivity."""
-    from medseg_xai.audit.runner import _lesion_foregrounds
-    from medseg_xai.decide import DecisionRules
+    from medseg_xai.decide import DecisionRules, foreground
 
     if not any(r.get("source") == "reference" for r in lesion_rows):
         return
-    ref_fg = _lesion_foregrounds(ref, ref, settings)[1]
+    if "lesion_labels" in settings:  # as the runner's _lesion_foregrounds, reference only
+        from medseg_xai.classes import lesion_foreground
+
+        ref_fg = lesion_foreground(ref, settings["lesion_labels"])
+    else:
+        ref_fg = foreground(ref, settings.get("labels"))
     lesion_properties(case.image, ref_fg, lesion_rows, case.spacing,
                       DecisionRules.from_settings(settings).connectivity)

@@ -1,6 +1,7 @@
 """Failure detection, calibration per subgroup and hidden strata (issue 27): a view of
 ``result.selective``, ``failure_detection``, ``risk_coverage``, ``calibration``,
-``reliability`` and ``hidden_strata``. Left out when the audit ran without ``failure=``."""
+``reliability``, ``hidden_strata`` and ``lesion_hidden_strata``. Left out when the audit ran
+without ``failure=``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from medseg_xai.reports import figures
 from medseg_xai.reports.common import stratum_title
 from medseg_xai.reports.figures_failure import reliability_plot, risk_coverage_plot
-from medseg_xai.reports.tables import fmt, table_from_frame
+from medseg_xai.reports.tables import fmt, fmt_p, table_from_frame
 
 TITLE = "Failure detection, calibration and hidden strata"
 #: Subgroups below this many scans get no reliability panel (and are marked in the table).
@@ -53,16 +54,53 @@ def _calibration(result: Any) -> dict[str, Any] | None:
             "bins": result.settings.get("failure", {}).get("calibration_bins")}
 
 
+def lesion_sentences(result: Any) -> list[str]:
+    """One sentence per lesion-level hidden stratum (``result.lesion_hidden_strata``)."""
+    ls = getattr(result, "lesion_hidden_strata", None)
+    if ls is None or ls.empty:
+        return []
+    return [f"Missed lesions concentrate in: {r['rule']} (group {r['group_id']}: n = {r['n']} "
+            f"lesions in {r['n_cases']} scans; detection {fmt(r['mean_group'], 2)} vs "
+            f"{fmt(r['mean_rest'], 2)} elsewhere on the held-out scans, "
+            f"{fmt(r['adjusted_gap'], 2)} beyond the audited strata and lesion size; "
+            f"adjusted p = {fmt_p(r['p_adjusted'])})." for r in ls.to_dict("records")]
+
+
+def _lesion_hidden(result: Any) -> dict[str, Any] | None:
+    info = result.provenance.get("lesion_hidden_strata")
+    ls = getattr(result, "lesion_hidden_strata", None)
+    if not info and (ls is None or ls.empty):
+        return None
+    table = None
+    if ls is not None and len(ls):
+        table = table_from_frame(
+            ls, "lesion-hidden-strata",
+            ["group_id", "description", "n", "n_cases", "mean_group", "mean_rest",
+             "adjusted_gap", "failure_rate_group", "failure_rate_rest", "dice_group",
+             "dice_rest", "p_adjusted"],
+            headers={"group_id": "group", "n": "lesions", "n_cases": "scans",
+                     "mean_group": "detection in group (held-out)",
+                     "mean_rest": "detection elsewhere (held-out)",
+                     "adjusted_gap": "gap beyond strata and size",
+                     "failure_rate_group": "missed in group",
+                     "failure_rate_rest": "missed elsewhere", "dice_group": "lesion Dice in group",
+                     "dice_rest": "lesion Dice elsewhere", "p_adjusted": "adjusted p"})
+    return {"info": info, "sentences": lesion_sentences(result), "table": table}
+
+
 def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
     fd = result.failure_detection
     settings = result.settings.get("failure")
-    if not settings or fd is None or fd.empty and (result.calibration is None
-                                                   or result.calibration.empty):
+    searched = (result.provenance.get("hidden_strata")
+                or result.provenance.get("lesion_hidden_strata"))
+    if not settings or (fd is None or fd.empty) and (
+            result.calibration is None or result.calibration.empty) and not searched:
         return None
     out: dict[str, Any] = {"failure": settings.get("failure"), "sentences": _sentences(result),
                            "target": settings.get("target_coverage"), "overall": None,
                            "figure": None, "subgroups": None, "calibration": _calibration(result),
                            "hidden": None, "hidden_info": result.provenance.get("hidden_strata"),
+                           "lesion_hidden": _lesion_hidden(result),
                            "alpha": result.settings.get("alpha"),
                            "min_gap": settings.get("min_gap")}
     if fd is not None and len(fd):

@@ -1,9 +1,12 @@
 """The dashboard's failure-detection panel: the sentences, the score table, calibration, and
-the hidden strata with drill-down (each member case opens in a CaseExplorer).
+the hidden strata of cases and of lesions with drill-down (each member case opens in a
+CaseExplorer; each member lesion opens its case with that lesion selected).
 
 A view: sentences, tables and groups come from ``AuditResult.selective``,
-``failure_detection``, ``calibration`` and ``hidden_strata``; a group's cases are the rows whose
-``hidden_stratum`` names it, worst first by the core ranking (``audit.analysis.rank_worst``).
+``failure_detection``, ``calibration``, ``hidden_strata`` and ``lesion_hidden_strata``; a group's
+cases are the rows whose ``hidden_stratum`` names it, worst first by the core ranking
+(``audit.analysis.rank_worst``), its lesions the lesion rows whose ``hidden_stratum`` names it,
+missed first (``audit.lesion_strata.rank_group_lesions``).
 """
 
 from __future__ import annotations
@@ -33,15 +36,20 @@ class FailurePanel(W.VBox):
     result : AuditResult
         Audited with ``failure=`` (or ``uncertainty=``).
     on_open : callable, optional
-        ``on_open(case_id)`` opens a case (``AuditDashboard.open_case``).
+        ``on_open(case_id)`` opens a case (``AuditDashboard.open_case``); when it returns a
+        CaseExplorer, a lesion's button also selects the lesion there.
     n : int
-        Cases listed per hidden stratum.
+        Cases (and lesions) listed per hidden stratum.
+    on_open_lesion : callable, optional
+        ``on_open_lesion(case_id, lesion_id)`` instead of ``on_open`` + ``select_lesion``.
     """
 
     def __init__(self, result: Any, on_open: Callable[[str], Any] | None = None, *,
-                 n: int = 8) -> None:
+                 n: int = 8,
+                 on_open_lesion: Callable[[str, str], Any] | None = None) -> None:
         super().__init__()
         self.result, self.on_open, self.n = result, on_open, int(n)
+        self.on_open_lesion = on_open_lesion
         fd = result.failure_detection
         sel = result.selective
         lines = []
@@ -77,11 +85,71 @@ class FailurePanel(W.VBox):
         self.members = W.VBox()
         self.members.add_class("mx-hidden-members")
         self.group.observe(lambda _c: self.refresh(), "value")
+        lesion_part = self._lesion_widgets()
         self.children = [W.HTML("<b>Failure detection</b>"), self.sentences, self.scores,
                          W.HTML("<b>Calibration</b>"), self.calibration,
-                         W.HTML("<b>Hidden strata</b>"), self.hidden, self.group, self.members]
+                         W.HTML("<b>Hidden strata</b>"), self.hidden, self.group, self.members,
+                         *lesion_part]
         self.add_class("mx-failure-panel")
         self.refresh()
+        self.refresh_lesions()
+
+    def _lesion_widgets(self) -> list[W.Widget]:
+        """Sentences, table, group dropdown and member list of the lesion-level strata."""
+        ls = getattr(self.result, "lesion_hidden_strata", None)
+        has = ls is not None and len(ls) > 0
+        options = ([(f"{r['group_id']}: {r['description']}", r["group_id"])
+                    for r in ls.to_dict("records")] if has else [])
+        self.lesion_group = W.Dropdown(options=options, description="lesion stratum",
+                                       layout=W.Layout(width="95%"))
+        self.lesion_group.add_class("mx-lesion-group")
+        cols = ["group_id", "n", "n_cases", "mean_group", "mean_rest", "adjusted_gap",
+                "p_adjusted"]
+        text = "<br>".join(html.escape(
+            f"Missed lesions concentrate in: {r['rule']} ({r['group_id']}: {r['n']} lesions in "
+            f"{r['n_cases']} scans; detection {r['mean_group']:.2f} vs {r['mean_rest']:.2f} "
+            f"elsewhere, adjusted p = {r['p_adjusted']:.3g}).")
+            for r in (ls.to_dict("records") if has else []))
+        self.lesion_hidden = W.HTML(
+            (text + _html_table(ls[[c for c in cols if c in ls]])) if has else
+            "<i>No hidden stratum of lesions at the stated false-discovery level.</i>")
+        self.lesion_hidden.add_class("mx-lesion-strata")
+        self.lesion_members = W.VBox()
+        self.lesion_members.add_class("mx-lesion-members")
+        self.lesion_group.observe(lambda _c: self.refresh_lesions(), "value")
+        if ls is None and not self.result.provenance.get("lesion_hidden_strata"):
+            return []  # an audit without lesion-level search (or an older document)
+        return [W.HTML("<b>Hidden strata of lesions</b>"), self.lesion_hidden,
+                self.lesion_group, self.lesion_members]
+
+    def lesions(self) -> pd.DataFrame:
+        """The chosen lesion stratum's lesions, missed first, then lowest lesion Dice."""
+        from medseg_xai.audit.lesion_strata import rank_group_lesions
+
+        if self.lesion_group.value is None:
+            return pd.DataFrame()
+        return rank_group_lesions(self.result.lesions, str(self.lesion_group.value), self.n)
+
+    def open_lesion(self, case_id: str, lesion_id: str) -> Any:
+        """Open ``case_id`` and select ``lesion_id`` in its CaseExplorer."""
+        if self.on_open_lesion is not None:
+            return self.on_open_lesion(case_id, lesion_id)
+        explorer = self.on_open(case_id) if self.on_open else None
+        if explorer is not None and hasattr(explorer, "select_lesion"):
+            explorer.select_lesion(lesion_id)
+        return explorer
+
+    def refresh_lesions(self) -> None:
+        buttons = []
+        for r in self.lesions().to_dict("records"):
+            cid, lid = str(r["case_id"]), str(r["lesion_id"])
+            b = W.Button(description=f"{cid} {lid} ({r['status']}, "
+                                     f"{float(r['volume_mm3']):.0f} mm3)",
+                         layout=W.Layout(width="auto"))
+            b.add_class("mx-open-lesion")
+            b.on_click(lambda _b, c=cid, lesion=lid: self.open_lesion(c, lesion))
+            buttons.append(b)
+        self.lesion_members.children = buttons
 
     def cases(self) -> pd.DataFrame:
         """The chosen hidden stratum's cases, worst first by the failure metric."""
