@@ -153,7 +153,7 @@ def test_lesions_of_one_patient_share_a_half() -> None:
     cases["patient_id"] = [f"p{i // 2}" for i in range(len(cases))]  # two scans a patient
     frame = lesion_frame(lesions, cases, [("device", cases["device"])], (0, 100, 1000))
     assert len(frame) == (lesions["source"] == "reference").sum()
-    disc = _split(frame, 0)
+    disc = _split(frame, "patient_id", 0)
     halves = pd.Series(disc).groupby(frame["patient_id"].to_numpy()).nunique()
     assert (halves == 1).all() and 0.3 < disc.mean() < 0.7
     assert {"_stratum0", "_size", "detected", "case_prop_noise"} <= set(frame.columns)

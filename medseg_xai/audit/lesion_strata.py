@@ -157,7 +157,7 @@ def lesion_hidden_strata(lesions: pd.DataFrame, cases: pd.DataFrame,
         :data:`LESION_STRATA_COLUMNS` rows; per lesion row the group id ("" outside any, and
         for false-positive rows); what was searched (``provenance["lesion_hidden_strata"]``).
     """
-    from medseg_xai.audit.hidden_strata import find_hidden_strata
+    from medseg_xai.audit.hidden_strata import HiddenStrataSettings, find_hidden_strata
 
     fs = dict(settings.get("failure") or {})
     empty = pd.DataFrame(columns=list(LESION_STRATA_COLUMNS))
@@ -169,12 +169,14 @@ def lesion_hidden_strata(lesions: pd.DataFrame, cases: pd.DataFrame,
     numeric = _numeric_columns(frame)
     cat = [c for c in categorical if c in frame.columns]
     known = [c for c in frame.columns if c.startswith("_stratum") or c == "_size"]
-    found = find_hidden_strata(
-        frame, "detected", numeric=numeric, categorical=cat, failed=1.0 - frame["detected"],
-        labels=_words(), seed=int(stat.get("seed", 0)), alpha=float(stat.get("alpha", 0.05)),
+    knobs = HiddenStrataSettings(
+        seed=int(stat.get("seed", 0)), alpha=float(stat.get("alpha", 0.05)),
         correction=str(stat.get("correction", "holm")), min_n=int(stat.get("min_n", 10)),
-        min_gap=float(fs.get("min_gap", 0.05)), max_depth=int(fs.get("max_depth", 2)),
-        adjust_for=known)
+        min_gap=float(fs.get("min_gap", 0.05)), max_depth=int(fs.get("max_depth", 2)))
+    found = find_hidden_strata(
+        frame, "detected", numeric=numeric, categorical=cat, adjust_for=known,
+        clusters="patient_id", failed=(1.0 - frame["detected"]).to_numpy(), labels=_words(),
+        settings=knobs)
     table = _group_rows(found, frame) if len(found.groups) else empty
     rows = frame["_row"].to_numpy()
     member = found.membership.to_numpy()
