@@ -304,28 +304,28 @@ def _batchable(adapter: Any, image: np.ndarray) -> bool:
 
 def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxels: int
                ) -> Iterator[tuple[str, np.ndarray]]:
-    """Probability maps ``(K, *spatial)`` of the copies, mapped back to the image's grid
-    (flipped views, not copies), from forward passes of at most ``batch_voxels`` input voxels
-    (always at least one copy). The model sees exactly the float32 inputs of one-at-a-time
-    passes; only the batch axis differs."""
+    """Probability maps ``(K, *spatial)`` of the copies, flipped back to the image's grid,
+    from forward passes of at most ``batch_voxels`` input voxels (always at least one copy).
+    The model sees exactly the float32 inputs of one-at-a-time passes; only the batch axis
+    differs. Flips are torch copies: numpy ufuncs on a view reversed along the last axis
+    run ~20x slower than on a contiguous map."""
     import torch
 
-    per = max(1, int(batch_voxels) // max(1, math.prod(image.shape[1:])))
     if not _batchable(adapter, image):
-        per = 1
+        for c in copies:
+            p = adapter.probabilities(np.ascontiguousarray(c.model_input(image))).numpy()[0]
+            yield c.name, (np.ascontiguousarray(np.flip(p, c.axes)) if c.axes else p)
+        return
+    per = max(1, int(batch_voxels) // max(1, math.prod(image.shape[1:])))
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     for start in range(0, len(copies), per):
         chunk = copies[start:start + per]
-        if _batchable(adapter, image):
-            x = np.empty((len(chunk), *image.shape), np.float32)
-            for row, c in zip(x, chunk):
-                row[...] = c.model_input(image)
-            probs = adapter.probabilities(torch.from_numpy(x)).detach().cpu().numpy()
-            del x
-        else:
-            probs = [adapter.probabilities(np.ascontiguousarray(c.model_input(image))).numpy()[0]
-                     for c in chunk]
+        x = torch.stack([torch.flip(t, c.axes) if c.jitter is None else torch.from_numpy(
+            np.ascontiguousarray(c.model_input(image), dtype=np.float32)) for c in chunk])
+        probs = adapter.probabilities(x).detach().cpu()
+        del x
         for p, c in zip(probs, chunk):
-            yield c.name, (np.flip(p, c.axes) if c.axes else p)
+            yield c.name, (torch.flip(p, c.axes) if c.axes else p).numpy()
 
 
 def _members(adapter: Any, image: np.ndarray, settings: UncertaintySettings,
