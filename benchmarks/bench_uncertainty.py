@@ -4,6 +4,7 @@ Run by hand (not a test)::
 
     .venv/bin/python benchmarks/bench_uncertainty.py [--shape 48 64 64] [--k 1 3 7]
         [--repeats 7] [--threads 1 2] [--baseline OLD/uncertainty.py] [--memory 96 128 128]
+        [--audit 12]
 
 With the bundled demo 3D UNet on a demo-cohort image, the script times in interleaved, paired
 rounds (for each torch thread count and each ``k``)
@@ -21,7 +22,10 @@ model's real outputs replayed instantly (flips, sums, codes, scores; no forward 
 
 ``--memory D H W`` also measures, in fresh processes, the peak resident memory of the plain pass
 alone and with the uncertainty of ``k`` flips at that size (ru_maxrss; one process per
-measurement, so each starts from the same state).
+measurement, so each starts from the same state). ``--audit N`` runs ``mx.audit`` with the
+uncertainty on ``N`` demo cases (one worker, the first ``--threads`` value) and prints per case
+(inference + uncertainty) / inference from the audit's own ``timing`` columns; run it with
+``PYTHONPATH`` pointing at another checkout to time that version.
 """
 
 from __future__ import annotations
@@ -174,6 +178,35 @@ def _memory(args: argparse.Namespace) -> None:
                   f"{m['peak'] - m['plain']:12.0f} {m['seconds']:8.2f}")
 
 
+def _audit(args: argparse.Namespace) -> None:
+    """Per case inside ``mx.audit``: ``inference_s`` (the audit's own pass) and
+    ``uncertainty_s`` (the members, aggregation and lesion-row columns), one worker."""
+    import warnings
+
+    import torch
+
+    from medseg_xai.audit import audit
+    from medseg_xai.cohort import Cohort
+    from medseg_xai.demo import load_model, make_cohort
+
+    torch.set_num_threads(args.threads[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        cohort = Cohort.from_csv(make_cohort(Path(tmp), n_cases=args.audit, seed=1,
+                                             shape=args.shape))
+        for k in args.k:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                r = audit(cohort, adapter=load_model(), progress=False, workers=1,
+                          n_resamples=50, uncertainty=SETTINGS[k])
+            ok = r.cases[r.cases["status"] == "ok"]
+            inf, unc = ok["inference_s"], ok["uncertainty_s"]
+            ratio = ((inf + unc) / inf).median()
+            print(f"audit k={k}: {len(ok)} cases, {args.threads[0]} thread(s): inference "
+                  f"{inf.mean():.3f} s, uncertainty {unc.mean():.3f} s per case; ratio "
+                  f"(inference + uncertainty) / inference: median per case {ratio:.2f}, of "
+                  f"means {(inf.mean() + unc.mean()) / inf.mean():.2f}; target {k + 1}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=[48, 64, 64])
@@ -183,7 +216,9 @@ def main() -> None:
     parser.add_argument("--baseline", help="another uncertainty.py timed in the same rounds")
     parser.add_argument("--memory", type=int, nargs=3, metavar=("D", "H", "W"),
                         help="also measure peak memory at this image size")
-    parser.add_argument("--no-timing", action="store_true", help="memory only")
+    parser.add_argument("--audit", type=int, metavar="N",
+                        help="also time uncertainty inside mx.audit on N demo cases")
+    parser.add_argument("--no-timing", action="store_true", help="skip the paired rounds")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     bad = [k for k in args.k if k not in SETTINGS]
@@ -196,6 +231,8 @@ def main() -> None:
         _timing(args)
     if args.memory:
         _memory(args)
+    if args.audit:
+        _audit(args)
 
 
 if __name__ == "__main__":

@@ -272,3 +272,17 @@ def test_member_scores_equal_brute_force_pairs() -> None:
     got = member_scores(masks, np.zeros((7, 8), np.float32), np.zeros((7, 8), bool))
     assert got["unc_disagreement"] == pytest.approx(scores["unc_disagreement"], abs=1e-12)
     assert got["unc_volume_cv"] == pytest.approx(scores["unc_volume_cv"], abs=1e-12)
+
+
+def test_out_of_gpu_memory_falls_back_to_one_copy_a_pass() -> None:
+    class _Small(_Threshold):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().forward(x)
+
+    ad = SegmentationAdapter(_Small(), spatial_dims=3, divisor=1)
+    u = case_uncertainty(ad, _image(), {"flips": (0, 1, 2)})
+    ref = case_uncertainty(_adapter(), _image(), {"flips": (0, 1, 2)}, batch_voxels=1)
+    assert u.n_members == 4 and u.scores == ref.scores
+    np.testing.assert_array_equal(u.mean_probability, ref.mean_probability)

@@ -317,15 +317,31 @@ def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxel
             yield c.name, (np.ascontiguousarray(np.flip(p, c.axes)) if c.axes else p)
         return
     per = max(1, int(batch_voxels) // max(1, math.prod(image.shape[1:])))
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    device = adapter.device
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     for start in range(0, len(copies), per):
         chunk = copies[start:start + per]
         x = torch.stack([torch.flip(t, c.axes) if c.jitter is None else torch.from_numpy(
-            np.ascontiguousarray(c.model_input(image), dtype=np.float32)) for c in chunk])
-        probs = adapter.probabilities(x).detach().cpu()
+            np.ascontiguousarray(c.model_input(image), dtype=np.float32)).to(device)
+            for c in chunk])
+        probs = _batch_probabilities(adapter, x)
         del x
         for p, c in zip(probs, chunk):
-            yield c.name, (torch.flip(p, c.axes) if c.axes else p).numpy()
+            yield c.name, (torch.flip(p, c.axes) if c.axes else p).cpu().numpy()
+
+
+def _batch_probabilities(adapter: Any, x: Any) -> Any:
+    """``adapter.probabilities`` of a batch of copies; when the batch does not fit the GPU's
+    memory, the same copies one at a time (what the unbatched path needed)."""
+    import torch
+
+    try:
+        return adapter.probabilities(x).detach()
+    except torch.cuda.OutOfMemoryError:
+        if len(x) == 1:
+            raise
+        torch.cuda.empty_cache()
+        return torch.cat([adapter.probabilities(x[i:i + 1]).detach() for i in range(len(x))])
 
 
 def _members(adapter: Any, image: np.ndarray, settings: UncertaintySettings,
