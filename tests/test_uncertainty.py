@@ -116,6 +116,9 @@ def test_reuses_base_probabilities_and_counts_passes() -> None:
     calls.clear()
     case_uncertainty(ad, _image(), s, base_probabilities=base, batch_voxels=1)
     assert calls == [1, 1, 1]  # at least one copy a pass
+    calls.clear()
+    case_uncertainty(ad, _image(), s)
+    assert calls == [4]  # no audit pass to reuse: the plain member goes in the batch
 
 
 def test_bad_settings_are_named() -> None:

@@ -321,9 +321,10 @@ def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxel
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     for start in range(0, len(copies), per):
         chunk = copies[start:start + per]
-        x = torch.stack([torch.flip(t, c.axes) if c.jitter is None else torch.from_numpy(
-            np.ascontiguousarray(c.model_input(image), dtype=np.float32)).to(device)
-            for c in chunk])
+        x = torch.stack([(torch.flip(t, c.axes) if c.axes else t) if c.jitter is None else
+                         torch.from_numpy(np.ascontiguousarray(c.model_input(image),
+                                                               dtype=np.float32)).to(device)
+                         for c in chunk])
         probs = _batch_probabilities(adapter, x)
         del x
         for p, c in zip(probs, chunk):
@@ -347,9 +348,14 @@ def _batch_probabilities(adapter: Any, x: Any) -> Any:
 def _members(adapter: Any, image: np.ndarray, settings: UncertaintySettings,
              rng: np.random.Generator, base: np.ndarray | None, batch_voxels: int
              ) -> Iterator[tuple[str, np.ndarray]]:
-    """Probability maps ``(K, *spatial)`` of one adapter: plain, flipped, jittered, dropout."""
-    yield "plain", base if base is not None else adapter.probabilities(image).numpy()[0]
-    yield from _augmented(adapter, image, _copies(image, settings, rng), batch_voxels)
+    """Probability maps ``(K, *spatial)`` of one adapter: plain, flipped, jittered, dropout.
+    Without ``base`` the plain pass goes in the batch with the copies."""
+    copies = _copies(image, settings, rng)
+    if base is not None:
+        yield "plain", base
+    else:
+        copies.insert(0, _Copy("plain", ()))
+    yield from _augmented(adapter, image, copies, batch_voxels)
     if settings.mc_dropout:
         maps = _mc_dropout(adapter, image, settings.mc_dropout, int(rng.integers(2**31)))
         for j, p in enumerate(maps):
