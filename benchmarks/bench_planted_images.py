@@ -1,117 +1,262 @@
 """Planted slices in real images through the real model: hidden-strata recovery end to end.
 
-Run by hand (not a test; minutes per setting on 2 cores)::
+Run by hand (not a test; about a minute per setting at 240 scans on 2 cores)::
 
-    .venv/bin/python benchmarks/bench_planted_images.py [--cases 160] [--settings 20]
+    .venv/bin/python benchmarks/bench_planted_images.py [--cases 240] [--settings 24]
+        [--seed-base 100] [--out planted_images.jsonl]
 
-Each setting generates a demo cohort (``demo.make_cohort``, 48 x 64 x 64), then plants an
-*unrecorded* acquisition fault on a random share of the scans across every device: a smooth
-multiplicative bias field (strength 0.3-0.6) or a lesion-contrast drop (lesion voxels pulled
-towards their surroundings by 40-70%). No manifest column says which scans. The bundled demo
-3D UNet predicts every scan inside ``mx.audit(..., adapter=, failure=True)`` (properties
-measured from the images, OOD score from pooled features); the audit's own strata are device
-and site. Printed per setting: the Dice drop the fault caused on the planted scans (the model
-must actually degrade), the groups reported, the best IoU with the planted scans and the first
-group's rule; then recovery (best IoU >= 0.5) over the settings where the fault degraded the
-model by at least 0.05 Dice, precision@1, and the groups reported with nothing planted.
+Each setting generates its own demo cohort (``demo.make_cohort``, 48 x 64 x 64 mm, seed
+``seed-base + i``) and audits it twice with the bundled demo 3D UNet inside
+``mx.audit(..., adapter=, failure=True)`` (audited strata: device and site; properties measured
+from the images, OOD score and feature directions from the model's pooled features):
+
+1. *clean*: nothing planted. Any group reported here is a false discovery of the planted kind
+   (a group the search finds in an unmodified cohort is either a real effect of the demo beyond
+   device and site, or a false discovery; both count against us);
+2. *planted*: an unrecorded acquisition fault written into a random share of the scans across
+   every device (no manifest column says which): a smooth multiplicative bias field, a
+   lesion-contrast drop, added Rician noise or a blur (:data:`FAULTS`). The clean run's cache
+   serves the untouched scans, so only the planted ones are predicted again.
+
+Per setting (one JSON line in ``--out`` as it finishes): the paired Dice drop on the planted
+scans (clean minus planted, same scans), groups reported, the best IoU of a reported group with
+the planted scans (recovered when >= 0.5), precision@1 (the first group has IoU >= 0.5),
+precision@k (share of the k reported groups with IoU >= 0.5), the first group's case precision
+(planted share of its scans) and rule; then totals. ``--capture DIR`` pickles the inputs of the
+failure tables of every audit (for looking at the search offline).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+#: fault -> its two strengths: bias-field log-amplitude (SD of the log field), share of the
+#: lesion-to-surround contrast removed, added Rician noise SD relative to the body's median,
+#: Gaussian blur SD in mm.
+FAULTS = {"bias_field": (0.4, 0.6), "contrast_drop": (0.5, 0.7), "noise": (0.3, 0.45),
+          "blur": (1.0, 1.5)}
+SHARES = (0.15, 0.25, 0.35)
+_FIELD_MM = 16.0  # correlation length of the planted bias field
 
-def _plant(manifest: Path, kind: str, share: float, strength: float, seed: int) -> np.ndarray:
-    import nibabel as nib
-    import pandas as pd
+
+def _fault(x: np.ndarray, lab: np.ndarray, zooms: tuple, kind: str, strength: float,
+           rng: np.random.Generator) -> np.ndarray:
     from scipy import ndimage
 
+    if kind == "bias_field":  # smooth in mm, whatever the device's voxel size
+        sigma = [_FIELD_MM / z for z in zooms]
+        field = ndimage.gaussian_filter(rng.normal(size=x.shape), sigma=sigma, mode="wrap")
+        return x * np.exp(strength * (field - field.mean()) / (field.std() + 1e-9))
+    if kind == "contrast_drop":
+        if lab.any():
+            ring = ndimage.binary_dilation(lab, iterations=3) & ~lab
+            x[lab] = x[lab] - strength * (x[lab] - x[ring].mean())
+        return x
+    if kind == "noise":
+        sd = strength * float(np.median(x[x > np.percentile(x, 60)]))
+        return np.hypot(x + rng.normal(0, sd, x.shape), rng.normal(0, sd, x.shape))
+    if kind == "blur":
+        return ndimage.gaussian_filter(x, sigma=[strength / z for z in zooms])
+    raise ValueError(f"kind: expected one of {tuple(FAULTS)}, got {kind!r}")
+
+
+def plant(manifest: Path, kind: str, share: float, strength: float, seed: int) -> np.ndarray:
+    """Write the fault into a random ``share`` of the cohort's images; the planted mask."""
+    import nibabel as nib
+    import pandas as pd
+
     df = pd.read_csv(manifest)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 77])
     planted = rng.random(len(df)) < share
     root = manifest.parent
     for i in np.flatnonzero(planted):
         img = nib.load(root / df.loc[i, "image"])
-        x = np.asarray(img.dataobj).astype(np.float32)
-        if kind == "bias_field":
-            field = ndimage.gaussian_filter(rng.normal(size=x.shape), sigma=min(x.shape) / 3)
-            field = (field - field.mean()) / (field.std() + 1e-9)
-            x = x * np.exp(strength * field)
-        else:
-            lab = np.asarray(nib.load(root / df.loc[i, "label"]).dataobj) > 0
-            if lab.any():
-                ring = ndimage.binary_dilation(lab, iterations=3) & ~lab
-                x[lab] = x[lab] - strength * (x[lab] - x[ring].mean())
-        nib.save(nib.Nifti1Image(np.round(x).astype(np.int16), img.affine, img.header),
-                 root / df.loc[i, "image"])
+        x = np.asarray(img.dataobj).astype(np.float64)
+        lab = np.asarray(nib.load(root / df.loc[i, "label"]).dataobj) > 0
+        x = _fault(x, lab, img.header.get_zooms()[:3], kind, strength, rng)
+        out = nib.Nifti1Image(np.clip(np.round(x), -32768, 32767).astype(np.int16), img.affine,
+                              img.header)
+        nib.save(out, root / df.loc[i, "image"])
     return planted
 
 
-def run_setting(n: int, kind: str, share: float, strength: float, seed: int,
-                keep: list | None = None) -> dict:
-    import pandas as pd
-
-    from medseg_xai.audit import audit
+def _audit(manifest: Path, seed: int, cache: Path, capture: Path | None, tag: str,
+           inputs: list | None = None):
+    """The audit; the inputs of its failure tables pickled to ``capture`` and/or appended to
+    ``inputs``."""
+    from medseg_xai.audit import audit, failure
     from medseg_xai.cohort import Cohort
-    from medseg_xai.demo import load_model, make_cohort
+    from medseg_xai.demo import load_model
 
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_cohort(Path(tmp), n_cases=n, seed=seed)
-        planted = (_plant(manifest, kind, share, strength, seed) if kind != "none"
-                   else np.zeros(n, bool))
+    original = failure.audit_tables
+
+    def keep(*args, **kwargs):
+        if capture is not None:
+            with open(capture / f"{tag}.pkl", "wb") as fh:
+                pickle.dump((args, kwargs), fh)
+        if inputs is not None:
+            inputs.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    failure.audit_tables = keep
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = audit(Cohort.from_csv(manifest), strata=["device", "site"], adapter=load_model(),
-                      seed=seed, progress=False, workers=1, n_resamples=200, failure=True)
-    cases = r.cases.reset_index(drop=True)
-    if keep is not None:  # the result and the planted mask, for a look by hand
-        keep += [r, planted]
-    dice = cases["dice"].to_numpy(dtype=float)
-    drop = float(np.nanmean(dice[~planted]) - np.nanmean(dice[planted])) if planted.any() else 0.0
-    ious = []
-    for g in r.hidden_strata["group_id"]:
-        m = (cases["hidden_stratum"] == g).to_numpy()
+            return audit(Cohort.from_csv(manifest), strata=["device", "site"],
+                         adapter=load_model(), seed=seed, progress=False, workers=1,
+                         n_resamples=200, failure=True, cache_dir=cache)
+    finally:
+        failure.audit_tables = original
+
+
+def _scores(result, planted: np.ndarray) -> dict:
+    cases = result.cases.reset_index(drop=True)
+    ious, prec = [], []
+    for g in result.hidden_strata["group_id"]:
+        m = (cases["hidden_stratum"] == g).to_numpy()  # first group a case belongs to
         ious.append(float((m & planted).sum() / max((m | planted).sum(), 1)))
-    rule = r.hidden_strata["rule"].iloc[0] if len(r.hidden_strata) else ""
-    return {"kind": kind, "share": share, "strength": strength, "seed": seed, "drop": drop,
-            "groups": len(ious), "best_iou": max(ious, default=0.0),
-            "first_iou": ious[0] if ious else 0.0, "rule": rule,
-            "n_planted": int(planted.sum()), "dice_mean": float(pd.Series(dice).mean())}
+        prec.append(float((m & planted).sum() / max(m.sum(), 1)))
+    k = len(ious)
+    return {"groups": k, "best_iou": max(ious, default=0.0),
+            "first_iou": ious[0] if k else 0.0,
+            "precision_at_1": float(k > 0 and ious[0] >= 0.5),
+            "precision_at_k": float(np.mean([i >= 0.5 for i in ious])) if k else 0.0,
+            "first_case_precision": prec[0] if k else 0.0,
+            "rules": list(result.hidden_strata["rule"])}
+
+
+def permutation_nulls(inputs: tuple, reps: int, seed: int) -> list[int]:
+    """Groups reported when the clean cohort's Dice is permuted within each device: the same
+    scans, properties and model features, and a model whose errors relate to nothing beyond
+    the device (an honest model): every group reported is a false discovery."""
+    from medseg_xai.audit.failure import audit_tables
+
+    (cases, *rest), kwargs = inputs
+    rng = np.random.default_rng([seed, 99])
+    found = []
+    for _ in range(reps):
+        idx = np.arange(len(cases))
+        for rows in cases.groupby("device").indices.values():
+            idx[rows] = rng.permutation(rows)
+        shuffled = cases.copy()
+        shuffled["dice"] = cases["dice"].to_numpy()[idx]
+        found.append(len(audit_tables(shuffled, *rest, **kwargs)[0]["hidden_strata"]))
+    return found
+
+
+def run_base(n: int, seed: int, settings: list[tuple[str, float, float, int]],
+             capture: Path | None = None, permutations: int = 0) -> Iterator[dict]:
+    """One generated cohort: its clean audit (nothing planted) and one planted audit per
+    setting ``(kind, share, strength, plant_seed)``, each on a fresh copy of the clean files."""
+    import shutil
+
+    from medseg_xai.demo import make_cohort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = make_cohort(Path(tmp) / "base", n_cases=n, seed=seed)
+        cache = Path(tmp) / "cache"  # keyed by file content: untouched scans are reused
+        inputs: list = []
+        clean = _audit(manifest, seed, cache, capture, f"{seed}_clean", inputs)
+        d0 = clean.cases["dice"].to_numpy(float)
+        yield {"run": "clean", "seed": seed, "n": n, **_scores(clean, np.zeros(n, bool)),
+               "groups_detail": clean.hidden_strata[["rule", "n", "gap", "adjusted_gap",
+                                                     "p_adjusted"]].to_dict("records"),
+               "permutation_groups": permutation_nulls(inputs[0], permutations, seed)}
+        for kind, share, strength, plant_seed in settings:
+            work = Path(tmp) / "planted"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(manifest.parent, work, ignore=shutil.ignore_patterns("cache"))
+            planted = plant(work / manifest.name, kind, share, strength, plant_seed)
+            tag = f"{seed}_{kind}_{share}_{strength}_{plant_seed}"
+            dirty = _audit(work / manifest.name, seed, cache, capture, f"{tag}_planted")
+            d1 = dirty.cases["dice"].to_numpy(float)
+            if capture is not None:
+                np.save(capture / f"{tag}_mask.npy", planted)
+            yield {"run": "planted", "seed": seed, "n": n, "kind": kind, "share": share,
+                   "strength": strength, "plant_seed": plant_seed,
+                   "n_planted": int(planted.sum()),
+                   "drop": float(np.nanmean(d0[planted] - d1[planted])),
+                   "dice_planted": float(np.nanmean(d1[planted])),
+                   "dice_rest": float(np.nanmean(d1[~planted])),
+                   "from_cache": int(dirty.run.get("n_from_cache", 0)),
+                   **_scores(dirty, planted)}
+
+
+def grid(count: int) -> list[tuple[str, float, float]]:
+    """``count`` settings cycling through kind x share x strength (24 distinct)."""
+    full = [(k, sh, st) for k, sts in FAULTS.items() for sh in SHARES for st in sts]
+    return [full[i % len(full)] for i in range(count)]
+
+
+def summarise(rows: list[dict]) -> None:
+    planted = [r for r in rows if r["run"] == "planted"]
+    nulls = [r for r in rows if r["run"] == "clean"]
+    degraded = [r for r in planted if r["drop"] >= 0.05]
+    print(f"\nsettings {len(planted)}, degraded (paired Dice drop >= 0.05) {len(degraded)}")
+    if degraded:
+        rec = np.mean([r["best_iou"] >= 0.5 for r in degraded])
+        reported = [r for r in degraded if r["groups"]]
+        print(f"recovered (best IoU >= 0.5): {rec:.0%}; precision@1 "
+              f"{np.mean([r['precision_at_1'] for r in degraded]):.0%}; precision@k "
+              f"(settings with a group) {np.mean([r['precision_at_k'] for r in reported]) if reported else 0:.0%}; "
+              f"groups reported mean {np.mean([r['groups'] for r in degraded]):.2f}")
+        for kind in FAULTS:
+            sub = [r for r in degraded if r["kind"] == kind]
+            if sub:
+                print(f"  {kind:>13}: {sum(r['best_iou'] >= 0.5 for r in sub)}/{len(sub)} "
+                      f"recovered, Dice drop {np.mean([r['drop'] for r in sub]):.3f}")
+    print(f"nothing planted: {len(nulls)} cohorts, groups {sum(r['groups'] for r in nulls)}, "
+          f"cohorts with any {sum(r['groups'] > 0 for r in nulls)}: "
+          f"{[rule for r in nulls for rule in r['rules']]}")
+    perm = [k for r in nulls for k in r.get("permutation_groups", [])]
+    if perm:
+        print(f"honest model (Dice permuted within device): {len(perm)} nulls, groups "
+              f"{sum(perm)}, nulls with any {sum(k > 0 for k in perm)} "
+              f"({np.mean([k > 0 for k in perm]):.1%}; Holm at 0.05 allows 5%)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=160)
-    parser.add_argument("--settings", type=int, default=20)
-    parser.add_argument("--null", type=int, default=3)
+    parser.add_argument("--cases", type=int, default=240)
+    parser.add_argument("--settings", type=int, default=24)
+    parser.add_argument("--bases", type=int, default=6, help="generated cohorts")
+    parser.add_argument("--seed-base", type=int, default=100)
+    parser.add_argument("--only", default="", help="comma-separated fault kinds")
+    parser.add_argument("--out", type=Path, default=Path("planted_images.jsonl"))
+    parser.add_argument("--capture", type=Path, default=None)
+    parser.add_argument("--permutations", type=int, default=20,
+                        help="honest-model nulls per clean cohort (Dice permuted within device)")
     args = parser.parse_args()
-    grid = [(k, sh, st) for k, sts in (("bias_field", (0.4, 0.6)), ("contrast_drop", (0.5, 0.7)))
-            for sh in (0.15, 0.25, 0.35) for st in sts]
+    if args.capture:
+        args.capture.mkdir(parents=True, exist_ok=True)
+    todo = grid(len(FAULTS) * len(SHARES) * 2 if args.only else args.settings)
+    if args.only:
+        todo = [s for s in todo if s[0] in args.only.split(",")][:args.settings]
     rows = []
-    for i in range(args.settings):
-        kind, share, strength = grid[i % len(grid)]
+    for b in range(args.bases):
+        mine = [(*s, args.seed_base * 100 + i) for i, s in enumerate(todo) if i % args.bases == b]
         t0 = time.perf_counter()
-        row = run_setting(args.cases, kind, share, strength, seed=100 + i)
-        rows.append(row)
-        print(f"{kind:>13} share {share:.2f} strength {strength:.1f}: Dice drop "
-              f"{row['drop']:+.3f} on {row['n_planted']} scans, groups {row['groups']}, best IoU "
-              f"{row['best_iou']:.2f}, first IoU {row['first_iou']:.2f} ({time.perf_counter() - t0:.0f} s)"
-              f"  {row['rule']}", flush=True)
-    degraded = [r for r in rows if r["drop"] >= 0.05]
-    if degraded:
-        print(f"degraded settings: {len(degraded)} of {len(rows)}; recovered (best IoU >= 0.5): "
-              f"{np.mean([r['best_iou'] >= 0.5 for r in degraded]):.0%}; precision@1: "
-              f"{np.mean([r['first_iou'] >= 0.5 for r in degraded]):.0%}")
-    nulls = [run_setting(args.cases, "none", 0.0, 0.0, seed=900 + j) for j in range(args.null)]
-    print(f"nothing planted: {len(nulls)} cohorts, groups reported "
-          f"{[r['groups'] for r in nulls]} (the demo's own held-out-scanner effect is an audited "
-          f"stratum; groups here are real effects beyond it, not planted ones)")
+        for r in run_base(args.cases, args.seed_base + b, mine, args.capture,
+                          args.permutations):
+            rows.append(r)
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            what = ("clean" if r["run"] == "clean" else
+                    f"{r['kind']:>13} share {r['share']:.2f} strength {r['strength']:.1f}: drop "
+                    f"{r['drop']:+.3f} on {r['n_planted']}, best IoU {r['best_iou']:.2f}, "
+                    f"P@1 {r['precision_at_1']:.0f}")
+            print(f"cohort {args.seed_base + b} {what}, groups {r['groups']} "
+                  f"({time.perf_counter() - t0:.0f} s) {r['rules'][:2]}", flush=True)
+    summarise(rows)
 
 
 if __name__ == "__main__":

@@ -548,10 +548,11 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
     with_scores = cases.join(per_case)
     if fs.hidden_strata and fs.metric in cases:
         frame = with_scores.copy()
-        known = []
-        for i, (_name, labels, _order) in enumerate(groups):
+        known, names = [], {}
+        for i, (name, labels, _order) in enumerate(groups):
             frame[f"_stratum{i}"] = labels.reindex(cases.index).astype(str).to_numpy()
             known.append(f"_stratum{i}")
+            names[f"_stratum{i}"] = str(name)
         if features is not None and features.shape[1] > 1:
             dirs = feature_directions(features)
             for c in dirs.columns:
@@ -559,7 +560,7 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
         numeric, cat = describable_columns(frame, [c for c in categorical if c in frame])
         found = find_hidden_strata(
             frame, fs.metric, numeric=numeric, categorical=cat, adjust_for=known,
-            failed=failures(cases, fs.failure), settings=HiddenStrataSettings(
+            failed=failures(cases, fs.failure), labels=names, settings=HiddenStrataSettings(
                 alpha=float(st.get("alpha", 0.05)), correction=str(st.get("correction", "holm")),
                 min_n=min_n, min_gap=fs.min_gap, max_depth=fs.max_depth,
                 seed=int(st.get("seed", 0))))

@@ -234,29 +234,50 @@ def _describe(mask: np.ndarray, frame: pd.DataFrame, numeric: list[str],
     return text
 
 
-def _prepare(cases: pd.DataFrame, metric: str, adjust_for: Sequence[str]
-             ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, np.ndarray]:
-    """Usable rows, their frame, the raw metric and the searched one (residual of the known
-    strata's additive effects when ``adjust_for`` names any)."""
-    y_all = cases[metric].to_numpy(dtype=float)
-    use = np.isfinite(y_all)
-    if "status" in cases:
-        use &= (cases["status"] == "ok").to_numpy()
-    frame = cases.loc[use].reset_index(drop=True)
-    raw = y_all[use]
+def _known_design(frame: pd.DataFrame, adjust_for: Sequence[str]) -> np.ndarray | None:
+    """Intercept plus one-hot levels of each known stratum (additive: joint cells of several
+    strata hold a handful of rows each and would absorb any effect); None without strata."""
     known = [c for c in adjust_for if c in frame.columns]
-    if not known or not len(raw):
-        return use, frame, raw, raw.copy()
-    # additive effects of the known strata (least squares on their one-hot levels): joint
-    # cells of several strata hold a handful of cases each and would absorb any effect
+    if not known or not len(frame):
+        return None
     cols = [np.ones(len(frame))]
     for c in known:
         codes, uniq = pd.factorize(frame[c], use_na_sentinel=False)
         cols += [(codes == k).astype(float) for k in range(1, len(uniq))]
-    design = np.column_stack(cols)
-    beta = np.linalg.lstsq(design, raw, rcond=None)[0]
-    y = raw - design @ beta + raw.mean()
-    return use, frame, raw, y
+    return np.column_stack(cols)
+
+
+def _adjusted(design: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``v`` minus the known strata's additive effects (least squares on the finite rows),
+    plus its overall mean, so values stay in ``v``'s units; NaN stays NaN."""
+    ok = np.isfinite(v)
+    out = np.full(len(v), np.nan)
+    if ok.sum() > design.shape[1]:
+        beta = np.linalg.lstsq(design[ok], v[ok], rcond=None)[0]
+        out[ok] = v[ok] - design[ok] @ beta + v[ok].mean()
+    else:
+        out[ok] = v[ok]
+    return out
+
+
+def _prepare(table: pd.DataFrame, outcome: str, adjust_for: Sequence[str],
+             numeric: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, np.ndarray]:
+    """Usable rows, their frame, the raw outcome and the searched one (residual of the known
+    strata's additive effects when ``adjust_for`` names any). With ``numeric`` the frame's
+    candidate columns are adjusted alike: a scanner's own bias field is then not "non-uniform",
+    only more than that scanner's usual is."""
+    y_all = table[outcome].to_numpy(dtype=float)
+    use = np.isfinite(y_all)
+    if "status" in table:
+        use &= (table["status"] == "ok").to_numpy()
+    frame = table.loc[use].reset_index(drop=True)
+    raw = y_all[use]
+    design = _known_design(frame, adjust_for)
+    if design is None:
+        return use, frame, raw, raw.copy()
+    for c in numeric:
+        frame[c] = _adjusted(design, frame[c].to_numpy(dtype=float))
+    return use, frame, raw, _adjusted(design, raw)
 
 
 def _confirm(rules: list[list[_Cond]], frame: pd.DataFrame, medians: dict[str, float],
@@ -284,17 +305,25 @@ def _confirm(rules: list[list[_Cond]], frame: pd.DataFrame, medians: dict[str, f
     return rows, masks
 
 
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of the smaller group inside the other: a refinement of a reported group (or a
+    group around it) repeats it."""
+    return float((a & b).sum() / max(min(a.sum(), b.sum()), 1))
+
+
 def _select(rows: list[dict[str, Any]], masks: list[np.ndarray], p_adj: np.ndarray,
             alpha: float, min_gap: float, rank: str) -> list[int]:
-    """Confirmed groups in report order, overlapping ones (Jaccard > 0.5) dropped."""
+    """Confirmed groups in report order (adjusted p, then raw p, then gap; or gap), each
+    dropped when more than half of it, or of an earlier kept group, lies in the other."""
     gaps = np.nan_to_num(np.array([r["adjusted_gap"] for r in rows]), nan=-np.inf)
-    order = np.argsort(-gaps, kind="stable") if rank == "gap" else np.lexsort((-gaps, p_adj))
+    raw_p = np.array([r["p_value"] for r in rows])
+    order = (np.argsort(-gaps, kind="stable") if rank == "gap"
+             else np.lexsort((-gaps, raw_p, p_adj)))
     kept: list[int] = []
     for i in order:
         if p_adj[i] >= alpha or not gaps[i] >= min_gap:
             continue
-        if any((masks[i] & masks[j]).sum() / max((masks[i] | masks[j]).sum(), 1) > 0.5
-               for j in kept):
+        if any(_overlap(masks[i], masks[j]) > 0.5 for j in kept):
             continue
         kept.append(i)
         if len(kept) >= _MAX_GROUPS:
@@ -355,6 +384,13 @@ class HiddenStrataSettings:
         Order of the reported groups: adjusted p-value (ties: larger gap first) or gap.
     seed : int
         Seed of the discovery / confirmation split.
+    within_strata : bool
+        With known strata (``adjust_for``), search the numeric candidates adjusted like the
+        outcome (minus the strata's additive effects, plus the overall mean): a scanner whose
+        images are always more non-uniform does not make "non-uniformity > t" a hidden group.
+    cross_fit : bool
+        Discover on each half and confirm on the other; the candidates of both directions are
+        adjusted together (Holm stays valid under any dependence between them).
     """
 
     alpha: float = 0.05
@@ -364,6 +400,8 @@ class HiddenStrataSettings:
     max_depth: int = 2
     rank: str = "p"
     seed: int = 0
+    within_strata: bool = True
+    cross_fit: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < float(self.alpha) < 1.0:
@@ -428,17 +466,26 @@ def find_hidden_strata(
     if numeric is None:
         numeric, categorical = describable_columns(table, categorical)
     numeric, categorical = list(numeric), list(categorical)
-    use, frame, raw, y = _prepare(table, outcome, adjust_for)
+    within = list(numeric) if hs.within_strata else []
+    use, frame, raw, y = _prepare(table, outcome, adjust_for, within)
+    known = [words.get(c, c) for c in adjust_for if c in frame.columns]
+    if within and known:
+        words.update({c: f"{words.get(c, c)} (relative to {', '.join(known)})" for c in within})
     empty = HiddenStrata(pd.DataFrame(columns=list(HIDDEN_STRATA_COLUMNS)),
                          pd.Series("", index=table.index, dtype=object))
     min_n = int(hs.min_n)
     if len(frame) < 4 * min_n:
         return empty
-    disc = _split(frame, clusters, hs.seed)
+    half = _split(frame, clusters, hs.seed)
     x, spec, medians = _design(frame, numeric, categorical, min_n)
-    leaf = max(min_n, int(0.02 * disc.sum()))
-    rules = _candidates(x[disc], y[disc], spec, int(hs.max_depth), leaf, int(hs.seed))
-    rows, masks = _confirm(rules, frame, medians, y, raw, disc, min_n, float(hs.min_gap))
+    rows, masks = [], []
+    # cross-fitting: each half discovers, the other confirms; one correction over both
+    for disc in ((half, ~half) if hs.cross_fit else (half,)):
+        leaf = max(min_n, int(0.02 * disc.sum()))
+        rules = _candidates(x[disc], y[disc], spec, int(hs.max_depth), leaf, int(hs.seed))
+        r, m = _confirm(rules, frame, medians, y, raw, disc, min_n, float(hs.min_gap))
+        rows += r
+        masks += m
     if not rows:
         return HiddenStrata(empty.groups, empty.membership, 0)
     p_adj = (stats.holm if hs.correction == "holm" else stats.bh)(
