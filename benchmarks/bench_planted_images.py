@@ -39,54 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: fault -> its two strengths: bias-field log-amplitude (SD of the log field), share of the
-#: lesion-to-surround contrast removed, added Rician noise SD relative to the body's median,
-#: Gaussian blur SD in mm.
-FAULTS = {"bias_field": (0.4, 0.6), "contrast_drop": (0.5, 0.7), "noise": (0.3, 0.45),
-          "blur": (1.0, 1.5)}
+from medseg_xai.demo.planted import IMAGE_FAULTS as FAULTS
+from medseg_xai.demo.planted import plant_images
+
 SHARES = (0.15, 0.25, 0.35)
-_FIELD_MM = 16.0  # correlation length of the planted bias field
-
-
-def _fault(x: np.ndarray, lab: np.ndarray, zooms: tuple, kind: str, strength: float,
-           rng: np.random.Generator) -> np.ndarray:
-    from scipy import ndimage
-
-    if kind == "bias_field":  # smooth in mm, whatever the device's voxel size
-        sigma = [_FIELD_MM / z for z in zooms]
-        field = ndimage.gaussian_filter(rng.normal(size=x.shape), sigma=sigma, mode="wrap")
-        return x * np.exp(strength * (field - field.mean()) / (field.std() + 1e-9))
-    if kind == "contrast_drop":
-        if lab.any():
-            ring = ndimage.binary_dilation(lab, iterations=3) & ~lab
-            x[lab] = x[lab] - strength * (x[lab] - x[ring].mean())
-        return x
-    if kind == "noise":
-        sd = strength * float(np.median(x[x > np.percentile(x, 60)]))
-        return np.hypot(x + rng.normal(0, sd, x.shape), rng.normal(0, sd, x.shape))
-    if kind == "blur":
-        return ndimage.gaussian_filter(x, sigma=[strength / z for z in zooms])
-    raise ValueError(f"kind: expected one of {tuple(FAULTS)}, got {kind!r}")
-
-
-def plant(manifest: Path, kind: str, share: float, strength: float, seed: int) -> np.ndarray:
-    """Write the fault into a random ``share`` of the cohort's images; the planted mask."""
-    import nibabel as nib
-    import pandas as pd
-
-    df = pd.read_csv(manifest)
-    rng = np.random.default_rng([seed, 77])
-    planted = rng.random(len(df)) < share
-    root = manifest.parent
-    for i in np.flatnonzero(planted):
-        img = nib.load(root / df.loc[i, "image"])
-        x = np.asarray(img.dataobj).astype(np.float64)
-        lab = np.asarray(nib.load(root / df.loc[i, "label"]).dataobj) > 0
-        x = _fault(x, lab, img.header.get_zooms()[:3], kind, strength, rng)
-        out = nib.Nifti1Image(np.clip(np.round(x), -32768, 32767).astype(np.int16), img.affine,
-                              img.header)
-        nib.save(out, root / df.loc[i, "image"])
-    return planted
 
 
 def _audit(manifest: Path, seed: int, cache: Path, capture: Path | None, tag: str,
@@ -175,7 +131,7 @@ def run_base(n: int, seed: int, settings: list[tuple[str, float, float, int]],
             work = Path(tmp) / "planted"
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(manifest.parent, work, ignore=shutil.ignore_patterns("cache"))
-            planted = plant(work / manifest.name, kind, share, strength, plant_seed)
+            planted = plant_images(work / manifest.name, kind, share, strength, plant_seed)
             tag = f"{seed}_{kind}_{share}_{strength}_{plant_seed}"
             dirty = _audit(work / manifest.name, seed, cache, capture, f"{tag}_planted")
             d1 = dirty.cases["dice"].to_numpy(float)
