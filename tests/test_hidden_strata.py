@@ -26,7 +26,9 @@ def planted_runs() -> list[tuple[dict, object, np.ndarray]]:
         pc.cases["lesion_size"] = pd.qcut(pc.cases["prop_lesion_volume_mm3"], 3, labels=False)
         runs.append((s, find_hidden_strata(pc.cases, categorical=META,
                                            adjust_for=["device", "lesion_size"],
-                                           settings=HiddenStrataSettings(seed=s["seed"])), pc.planted))
+                                           settings=HiddenStrataSettings(
+                                               seed=s["seed"], within_strata=True)),
+                     pc.planted))
     return runs
 
 
@@ -56,7 +58,9 @@ def test_honest_cohorts_yield_no_group() -> None:
     for seed in range(20):
         pc = planted_table(600, effect=0.0, honest=True, seed=1000 + seed)
         reported += len(find_hidden_strata(pc.cases, categorical=META,
-                                       settings=HiddenStrataSettings(seed=seed)).groups)
+                                       adjust_for=["device"],
+                                       settings=HiddenStrataSettings(
+                                           seed=seed, within_strata=True)).groups)
     assert reported <= 1  # Holm at 0.05 per cohort: expect ~1 in 20 at most; measured 0
 
 

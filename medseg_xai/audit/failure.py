@@ -563,7 +563,7 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
             failed=failures(cases, fs.failure), labels=names, settings=HiddenStrataSettings(
                 alpha=float(st.get("alpha", 0.05)), correction=str(st.get("correction", "holm")),
                 min_n=min_n, min_gap=fs.min_gap, max_depth=fs.max_depth,
-                seed=int(st.get("seed", 0))))
+                seed=int(st.get("seed", 0)), within_strata=True))
         tables["hidden_strata"] = found.groups
         per_case["hidden_stratum"] = found.membership.to_numpy()
         info = {"n_candidates": int(found.n_candidates), "n_groups": int(len(found.groups)),
