@@ -87,14 +87,15 @@ def check_members(members: Sequence[Any], adapter: Any) -> list[dict[str, Any]]:
     Raises
     ------
     ValueError
-        Fewer than two members, a member that is not an adapter, or an activation other than
-        the audited model's.
+        Fewer than two members, a member that is not an adapter, or an activation or a number
+        of classes (when both are named) other than the audited model's.
     """
     members = list(members)
     if len(members) < 2:
         raise ValueError(f"uncertainty members: expected at least 2 models (an ensemble), got "
                          f"{len(members)}")
     act = str(getattr(adapter, "activation", "softmax"))
+    classes = getattr(adapter, "class_names", None)
     out = []
     for i, m in enumerate(members):
         if not callable(getattr(m, "probabilities", None)):
@@ -104,6 +105,11 @@ def check_members(members: Sequence[Any], adapter: Any) -> list[dict[str, Any]]:
         if got != act:
             raise ValueError(f"uncertainty members: {member_name(m, i)} has activation {got!r}; "
                              f"expected the audited model's {act!r}")
+        got_classes = getattr(m, "class_names", None)
+        if classes and got_classes and len(got_classes) != len(classes):
+            raise ValueError(f"uncertainty members: {member_name(m, i)} has {len(got_classes)} "
+                             f"output classes ({', '.join(map(str, got_classes))}); expected "
+                             f"the audited model's {len(classes)}")
         out.append({"name": member_name(m, i), "fingerprint": str(getattr(m, "fingerprint", "")),
                     "audited": m is adapter})
     return out
