@@ -182,15 +182,16 @@ def planted_audit(tmp_path_factory: pytest.TempPathFactory, one_thread: None):
     planted = plant_lesions(manifest, "contrast", share=0.4, strength=0.85, seed=7)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = audit(Cohort.from_csv(manifest), strata=["device"], adapter=load_model(),
+        cohort = Cohort.from_csv(manifest)
+        result = audit(cohort, strata=["device"], adapter=load_model(),
                        progress=False, workers=1, min_n=5, n_resamples=50,
                        failure={"calibration_bins": 0})
-    return result, planted
+    return result, planted, cohort
 
 
 @pytest.mark.slow
 def test_audit_finds_the_planted_lesions(planted_audit) -> None:
-    r, planted = planted_audit
+    r, planted, _ = planted_audit
     ref = r.lesions[r.lesions["source"] == "reference"]
     assert {"lprop_contrast", "lprop_edge_mm", "hidden_stratum"} <= set(r.lesions.columns)
     assert ref["lprop_contrast"].notna().all()
@@ -215,7 +216,7 @@ def test_json_report_and_dashboard_drill_down(planted_audit, tmp_path) -> None:
     from medseg_xai.audit.result import AuditResult
     from medseg_xai.widgets.failure_view import FailurePanel
 
-    r, _ = planted_audit
+    r, _, _ = planted_audit
     r.write_json(tmp_path / "audit.json")
     doc = json.loads((tmp_path / "audit.json").read_text())
     assert "lesion_hidden_strata" in doc["tables"]
@@ -244,3 +245,18 @@ def test_json_report_and_dashboard_drill_down(planted_audit, tmp_path) -> None:
     old = AuditResult.from_json(tmp_path / "old.json")
     assert old.lesion_hidden_strata.empty
     assert FailurePanel(old).lesion_members.children == ()
+
+
+@pytest.mark.slow
+def test_dashboard_opens_the_lesion_in_the_case_explorer(planted_audit) -> None:
+    from medseg_xai.demo import load_model
+    from medseg_xai.widgets import AuditDashboard
+
+    r, _, cohort = planted_audit
+    dash = AuditDashboard(r, cohort=cohort, adapter=load_model())
+    panel = dash.failure
+    first = panel.lesions().iloc[0]
+    panel.lesion_members.children[0].click()  # the real path: open_case, then select_lesion
+    explorer = dash.explorer
+    assert explorer.selected_lesion == first["lesion_id"]
+    assert explorer.lesions.status(first["lesion_id"]) == first["status"] == "missed"

@@ -55,7 +55,7 @@ def _planted_in_image(x: np.ndarray, label: np.ndarray, kind: str, strength: flo
 
 
 def plant_lesions(manifest: str | Path, kind: str = "contrast", share: float = 0.3,
-                  strength: float = 0.7, *, region: float = 0.4, seed: int = 0) -> pd.DataFrame:
+                  strength: float = 0.7, *, region: float = 0.5, seed: int = 0) -> pd.DataFrame:
     """Plant a lesion-level fault into a demo cohort's images (in place).
 
     Parameters
