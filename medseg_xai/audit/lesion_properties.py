@@ -49,23 +49,44 @@ LESION_PROPERTY_LABELS = {
 _MAX_COARSE = 1_000_000  # voxels of the strided grid the body outline is found on
 
 
-def _body(x: np.ndarray, spacing: np.ndarray) -> tuple[float, float, float, np.ndarray, int]:
-    """Body threshold, mean and SD (from a strided sample) and the distance (mm) of each voxel
-    of the strided grid to the body's outline, with the stride."""
-    from scipy import ndimage
+def _outline_points(body: np.ndarray, step: np.ndarray) -> Any:
+    """A KD-tree of the background voxels (connected to the array's border: the body's holes
+    are not outside) that touch the body along an axis, in mm; None when nothing is outside.
 
+    The nearest background voxel of a body voxel always has a face neighbour in the body (one
+    step towards the body voxel is closer), so the nearest of these points gives the exact
+    Euclidean distance transform's value at a fraction of its cost."""
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
+    lab, _ = ndimage.label(~body)
+    faces = np.concatenate([np.take(lab, i, axis=a).ravel() for a in range(lab.ndim)
+                            for i in (0, -1)])
+    border = np.setdiff1d(np.unique(faces), [0])
+    if not border.size:
+        return None
+    outside = np.isin(lab, border)
+    edge = np.zeros_like(outside)
+    for a in range(outside.ndim):
+        lo = tuple(slice(None, -1) if j == a else slice(None) for j in range(outside.ndim))
+        hi = tuple(slice(1, None) if j == a else slice(None) for j in range(outside.ndim))
+        edge[lo] |= outside[lo] & ~outside[hi]
+        edge[hi] |= outside[hi] & ~outside[lo]
+    return cKDTree(np.argwhere(edge) * step) if edge.any() else None
+
+
+def _body(x: np.ndarray, spacing: np.ndarray) -> tuple[float, float, Any, int]:
+    """Body mean and SD (from a strided sample), the body outline's points (mm) on the strided
+    grid, and the stride."""
     stride = max(1, int(np.ceil((x.size / _MAX_COARSE) ** (1.0 / x.ndim))))
     coarse = x[tuple(slice(None, None, stride) for _ in range(x.ndim))].astype(np.float32)
     lo, hi = np.percentile(coarse, [1, 99])
-    thr = float(lo + 0.1 * (hi - lo))
-    body = coarse > thr
+    body = coarse > float(lo + 0.1 * (hi - lo))
     if body.sum() < 8:
         body = np.ones_like(body)
     vals = coarse[body]
-    # the outline, not internal holes (ventricles, air cavities): fill before measuring
-    filled = ndimage.binary_fill_holes(body)
-    dist = ndimage.distance_transform_edt(filled, sampling=spacing * stride)
-    return thr, float(vals.mean()), float(vals.std()), dist.astype(np.float32), stride
+    tree = _outline_points(body, spacing * stride)
+    return float(vals.mean()), float(vals.std()), tree, stride
 
 
 def _lesion_mask(crop_fg: np.ndarray, row: Mapping[str, Any], connectivity: int | None
@@ -101,7 +122,7 @@ def _one_lesion(x: np.ndarray, ref_fg: np.ndarray, row: Mapping[str, Any], body:
                 spacing: np.ndarray, connectivity: int | None) -> dict[str, float]:
     from scipy import ndimage
 
-    thr, mean, sd, dist, stride = body
+    mean, sd, tree, stride = body
     bbox = [(int(a), int(b)) for a, b in row["bbox"]]
     outer = tuple(slice(max(a - 2, 0), min(b + 2, s)) for (a, b), s in zip(bbox, x.shape))
     fg = ref_fg[outer]
@@ -112,7 +133,7 @@ def _one_lesion(x: np.ndarray, ref_fg: np.ndarray, row: Mapping[str, Any], body:
     ring = ndimage.binary_dilation(m, iterations=2) & ~fg
     inside = float(xb[m].mean())
     coords = np.argwhere(m) + np.array([o.start for o in outer])
-    coarse = np.minimum(coords // stride, np.array(dist.shape) - 1)
+    coarse = np.unique(coords // stride, axis=0)  # the lesion's voxels on the strided grid
     shape = np.asarray(x.shape, dtype=float)
     centroid = coords.mean(axis=0)
     centre = (shape - 1) / 2.0
@@ -121,7 +142,8 @@ def _one_lesion(x: np.ndarray, ref_fg: np.ndarray, row: Mapping[str, Any], body:
         "lprop_contrast": float((inside - xb[ring].mean()) / sd) if ring.any() and sd > 0
         else float("nan"),
         "lprop_intensity": float((inside - mean) / sd) if sd > 0 else float("nan"),
-        "lprop_edge_mm": float(dist[tuple(coarse.T)].min()),
+        "lprop_edge_mm": (float(tree.query(coarse * spacing * stride)[0].min())
+                          if tree is not None else float("nan")),
         "lprop_centrality": float(np.linalg.norm((centroid - centre) * spacing) / half),
         "lprop_elongation": _elongation(coords.astype(float), spacing),
     }
