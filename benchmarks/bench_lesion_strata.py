@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--settings", type=int, default=8)
     parser.add_argument("--null", type=int, default=3)
     parser.add_argument("--resamples", type=int, default=25)
+    parser.add_argument("--null-seed", type=int, default=900)
     parser.add_argument("--cost", action="store_true")
     args = parser.parse_args()
     if args.cost:
@@ -165,7 +166,7 @@ def main() -> None:
               f"{np.mean([r['best_iou'] >= 0.5 for r in degraded]):.0%}; precision@1: "
               f"{np.mean([r['first_iou'] >= 0.5 for r in degraded]):.0%}")
     kept: list = []
-    nulls = [run_setting(args.cases, "none", 0.0, 0.0, seed=900 + j, keep=kept)
+    nulls = [run_setting(args.cases, "none", 0.0, 0.0, seed=args.null_seed + j, keep=kept)
              for j in range(args.null)]
     print(f"nothing planted: {len(nulls)} cohorts, lesion groups reported "
           f"{[r['groups'] for r in nulls]}  {[r['rule'] for r in nulls]} (real effects of the "
