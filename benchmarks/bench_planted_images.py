@@ -1,22 +1,28 @@
 """Planted slices in real images through the real model: hidden-strata recovery end to end.
 
-Run by hand (not a test; about a minute per setting at 240 scans on 2 cores)::
+Run by hand (not a test; on 2 shared cores about 3 minutes per generated cohort of 240 scans
+plus 20 s per planted setting; the default 6 cohorts x 4 settings took about 30 minutes)::
 
     .venv/bin/python benchmarks/bench_planted_images.py [--cases 240] [--settings 24]
-        [--seed-base 100] [--out planted_images.jsonl]
+        [--bases 6] [--permutations 20] [--seed-base 100] [--out planted_images.jsonl]
 
-Each setting generates its own demo cohort (``demo.make_cohort``, 48 x 64 x 64 mm, seed
-``seed-base + i``) and audits it twice with the bundled demo 3D UNet inside
-``mx.audit(..., adapter=, failure=True)`` (audited strata: device and site; properties measured
-from the images, OOD score and feature directions from the model's pooled features):
+``--bases`` demo cohorts are generated (``demo.make_cohort``, 48 x 64 x 64 mm, seeds
+``seed-base + b``); the ``--settings`` settings (fault x share 15/25/35% x two strengths,
+:data:`medseg_xai.demo.planted.IMAGE_FAULTS`) are dealt out over them. Every audit is
+``mx.audit(..., adapter=<bundled demo 3D UNet>, failure=True)`` with strata device and site
+(properties measured from the images, OOD score and feature directions from the model's pooled
+features):
 
-1. *clean*: nothing planted. Any group reported here is a false discovery of the planted kind
-   (a group the search finds in an unmodified cohort is either a real effect of the demo beyond
-   device and site, or a false discovery; both count against us);
-2. *planted*: an unrecorded acquisition fault written into a random share of the scans across
-   every device (no manifest column says which): a smooth multiplicative bias field, a
-   lesion-contrast drop, added Rician noise or a blur (:data:`FAULTS`). The clean run's cache
-   serves the untouched scans, so only the planted ones are predicted again.
+1. *clean*: each generated cohort as it is, nothing planted. A group reported here is either a
+   real effect of the demo beyond device and site (e.g. naturally faint lesions) or a false
+   discovery; both are listed. Then ``--permutations`` honest-model nulls: the clean cohort's
+   Dice permuted within each device (same scans, properties and features; errors related to
+   nothing but the device), where every group is a false discovery;
+2. *planted*: per setting, a fresh copy of the clean files with an unrecorded acquisition fault
+   written into a random share of the scans across every device (no manifest column says
+   which): a smooth multiplicative bias field, a lesion-contrast drop, added Rician noise or a
+   blur (:func:`medseg_xai.demo.planted.plant_images`). The clean run's cache (keyed by file
+   content) serves the untouched scans, so only the planted ones are predicted again.
 
 Per setting (one JSON line in ``--out`` as it finishes): the paired Dice drop on the planted
 scans (clean minus planted, same scans), groups reported, the best IoU of a reported group with

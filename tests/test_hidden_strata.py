@@ -95,3 +95,26 @@ def test_settings_are_validated_and_clusters_stay_together() -> None:
     assert 0 < disc.mean() < 1
     # without the column (or with gaps) rows are split one by one
     assert pd.Series(_split(lesions, "patient_id", 3)).groupby(lesions["case_id"]).nunique().max() == 2
+
+
+def test_confirmation_test_is_mann_whitney_within_strata() -> None:
+    from scipy.stats import mannwhitneyu
+
+    from medseg_xai.audit.hidden_strata import _StratifiedRanks
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # one cell: scipy's asymptotic Mann-Whitney with the tie correction
+        y, m = np.round(rng.random(200), 1), rng.random(200) < 0.3
+        ref = mannwhitneyu(y[m], y[~m], alternative="less", method="asymptotic",
+                           use_continuity=False).pvalue
+        assert _StratifiedRanks(y, np.zeros(200, int)).p_less(m) == pytest.approx(ref, rel=1e-9)
+    # a group made mostly of the worse stratum is no worse *within* its strata: the pooled
+    # test calls it significant, the stratified one does not
+    cell = np.repeat([0, 1], 300)
+    y = np.where(cell == 0, 0.9, 0.5) + rng.normal(0, 0.05, 600)
+    group = rng.random(600) < np.where(cell == 1, 0.6, 0.1)
+    assert mannwhitneyu(y[group], y[~group], alternative="less").pvalue < 1e-10
+    assert _StratifiedRanks(y, cell).p_less(group) > 0.05
+    # and a real within-stratum effect is still found
+    y2 = y - 0.05 * group
+    assert _StratifiedRanks(y2, cell).p_less(group) < 1e-6

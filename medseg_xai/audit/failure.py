@@ -57,8 +57,9 @@ CALIBRATION_COLUMNS = ("stratum", "group", "class", "n", "n_voxels", "ece", "ace
                        "ece_pooled", "ace_pooled", "mce_pooled")
 RELIABILITY_COLUMNS = ("stratum", "group", "class", "bin", "bin_centre", "count",
                        "mean_probability", "observed")
-HIDDEN_STRATA_METHOD = ("regression-tree rules on a seeded discovery half; one-sided "
-                        "Mann-Whitney on the held-out half, {}-adjusted")
+HIDDEN_STRATA_METHOD = ("regression-tree rules on a seeded discovery half, candidates relative "
+                        "to the audited strata; one-sided rank-sum test within the strata "
+                        "(van Elteren) on the held-out half, {}-adjusted")
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 

@@ -15,8 +15,9 @@ the cases carry one):
    ``max(min_n, 2%)`` cases) on the metric gives every non-root node as a rule, and a depth-1
    tree per column gives each column's best single threshold (or category);
 2. *confirmation* half: every candidate that looked worse by ``min_gap`` in discovery is
-   applied to the other half and tested there (one-sided Mann-Whitney: the group's metric is
-   lower than the rest's); the p-values are adjusted together (Holm by default: the chance
+   applied to the other half and tested there (one-sided rank-sum test within the cells of the
+   known strata, van Elteren's: the group's metric is lower than the rest's in its own
+   cells); the p-values are adjusted together (Holm by default: the chance
    that an honest model yields any group is at most ``alpha``) and a group is reported when
    the adjusted p-value is below ``alpha`` *and* its confirmed gap is at least ``min_gap``.
 
@@ -24,8 +25,9 @@ With ``adjust_for`` (the audit passes its own strata) the search runs on the met
 known strata's additive effects (least squares on their levels): a group is "hidden" only where
 the model does worse than the named strata already say.
 
-Reported groups are ranked by their confirmed gap; one overlapping an earlier (worse) group by
-Jaccard > 0.5 is dropped, and at most five are kept. Work is a
+Reported groups are ranked by adjusted p (ties: raw p, then gap); one more than half inside an
+earlier reported group (or holding more than half of one) is dropped, and at most five are
+kept. Work is a
 few tree fits and rank tests over one table: 100,000 cases take seconds with memory linear in
 the table (``benchmarks/bench_hidden_strata.py``).
 """
@@ -280,22 +282,67 @@ def _prepare(table: pd.DataFrame, outcome: str, adjust_for: Sequence[str],
     return use, frame, raw, _adjusted(design, raw)
 
 
-def _confirm(rules: list[list[_Cond]], frame: pd.DataFrame, medians: dict[str, float],
-             y: np.ndarray, raw: np.ndarray, disc: np.ndarray, min_n: int, min_gap: float
-             ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """Candidates worse by ``min_gap`` in discovery, tested on the confirmation half."""
-    from scipy.stats import mannwhitneyu
+def _cells(frame: pd.DataFrame, adjust_for: Sequence[str]) -> np.ndarray:
+    """Joint cell code of the known strata per row (all 0 without strata)."""
+    known = [c for c in adjust_for if c in frame.columns]
+    if not known:
+        return np.zeros(len(frame), dtype=np.int64)
+    keys = frame[known].astype(str).agg("\x1f".join, axis=1)
+    return pd.factorize(keys)[0].astype(np.int64)
 
+
+class _StratifiedRanks:
+    """Van Elteren's stratified rank-sum test on the confirmation half: ranks within each
+    known-strata cell, so a group whose mix of strata differs from the rest's is compared
+    with its own cells only (a rank test on the residualised outcome pooled over cells is not
+    exact then: honest-model nulls reported a group in 7.5% of 120 at alpha 0.05)."""
+
+    def __init__(self, y: np.ndarray, cells: np.ndarray) -> None:
+        from scipy.stats import rankdata
+
+        self.cells = cells
+        k = int(cells.max()) + 1 if len(cells) else 0
+        self.size = np.bincount(cells, minlength=k).astype(float)
+        self.ranks = np.empty(len(y))
+        self.ties = np.zeros(k)  # sum of t^3 - t over tie groups per cell
+        for c in np.flatnonzero(self.size):
+            idx = np.flatnonzero(cells == c)
+            self.ranks[idx] = rankdata(y[idx])
+            _, t = np.unique(y[idx], return_counts=True)
+            self.ties[c] = float((t.astype(float) ** 3 - t).sum())
+
+    def p_less(self, mask: np.ndarray) -> float:
+        """One-sided p that the masked rows rank lower than the others within their cells."""
+        from scipy.stats import norm
+
+        k = len(self.size)
+        ng = np.bincount(self.cells[mask], minlength=k).astype(float)
+        w = np.bincount(self.cells[mask], weights=self.ranks[mask], minlength=k)
+        n, nr = self.size, self.size - ng
+        ok = (ng > 0) & (nr > 0)
+        n, ng, nr, w, ties = n[ok], ng[ok], nr[ok], w[ok], self.ties[ok]
+        var = ng * nr / 12.0 * ((n + 1) - ties / np.maximum(n * (n - 1), 1))
+        num = ((w - ng * (n + 1) / 2.0) / (n + 1)).sum()
+        den = np.sqrt((var / (n + 1) ** 2).sum())
+        return float(norm.cdf(num / den)) if den > 0 else 1.0
+
+
+def _confirm(rules: list[list[_Cond]], frame: pd.DataFrame, medians: dict[str, float],
+             outcome: tuple[np.ndarray, np.ndarray, np.ndarray], disc: np.ndarray, min_n: int,
+             min_gap: float) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Candidates worse by ``min_gap`` in discovery, tested on the confirmation half
+    (``outcome``: searched, raw, known-strata cell per row)."""
+    y, raw, cells = outcome
     rows, masks = [], []
     conf = ~disc
+    test = _StratifiedRanks(raw[conf], cells[conf])
     for rule in rules:
         mask = np.logical_and.reduce([c.apply(frame, medians) for c in rule])
         d_in, d_out = mask & disc, ~mask & disc
         if not d_in.any() or not d_out.any() or y[d_out].mean() - y[d_in].mean() < min_gap:
             continue  # not worse in discovery: never tested, costs no power
         g, r = y[mask & conf], y[~mask & conf]
-        p = (float(mannwhitneyu(g, r, alternative="less").pvalue)
-             if len(g) >= min_n and len(r) >= min_n else 1.0)
+        p = test.p_less(mask[conf]) if len(g) >= min_n and len(r) >= min_n else 1.0
         rg, rr = raw[mask & conf], raw[~mask & conf]
         rows.append({"rule": rule, "p_value": p, "n_confirmation": int(len(g)),
                      "adjusted_gap": float(r.mean() - g.mean()) if len(g) and len(r) else np.nan,
@@ -481,13 +528,15 @@ def find_hidden_strata(
     if len(frame) < 4 * min_n:
         return empty
     half = _split(frame, clusters, hs.seed)
+    cells = _cells(frame, adjust_for)
     x, spec, medians = _design(frame, numeric, categorical, min_n)
     rows, masks = [], []
     # cross-fitting: each half discovers, the other confirms; one correction over both
     for disc in ((half, ~half) if hs.cross_fit else (half,)):
         leaf = max(min_n, int(0.02 * disc.sum()))
         rules = _candidates(x[disc], y[disc], spec, int(hs.max_depth), leaf, int(hs.seed))
-        r, m = _confirm(rules, frame, medians, y, raw, disc, min_n, float(hs.min_gap))
+        r, m = _confirm(rules, frame, medians, (y, raw, cells), disc, min_n,
+                        float(hs.min_gap))
         rows += r
         masks += m
     if not rows:
