@@ -287,8 +287,11 @@ def _cells(frame: pd.DataFrame, adjust_for: Sequence[str]) -> np.ndarray:
     known = [c for c in adjust_for if c in frame.columns]
     if not known:
         return np.zeros(len(frame), dtype=np.int64)
-    keys = frame[known].astype(str).agg("\x1f".join, axis=1)
-    return pd.factorize(keys)[0].astype(np.int64)
+    code = np.zeros(len(frame), dtype=np.int64)
+    for c in known:  # mixed-radix code of the levels, then compacted
+        levels, uniq = pd.factorize(frame[c], use_na_sentinel=False)
+        code = pd.factorize(code * len(uniq) + levels)[0].astype(np.int64)
+    return code
 
 
 class _StratifiedRanks:
@@ -298,18 +301,14 @@ class _StratifiedRanks:
     exact then: honest-model nulls reported a group in 7.5% of 120 at alpha 0.05)."""
 
     def __init__(self, y: np.ndarray, cells: np.ndarray) -> None:
-        from scipy.stats import rankdata
-
         self.cells = cells
         k = int(cells.max()) + 1 if len(cells) else 0
         self.size = np.bincount(cells, minlength=k).astype(float)
-        self.ranks = np.empty(len(y))
-        self.ties = np.zeros(k)  # sum of t^3 - t over tie groups per cell
-        for c in np.flatnonzero(self.size):
-            idx = np.flatnonzero(cells == c)
-            self.ranks[idx] = rankdata(y[idx])
-            _, t = np.unique(y[idx], return_counts=True)
-            self.ties[c] = float((t.astype(float) ** 3 - t).sum())
+        self.ranks = pd.Series(y).groupby(cells).rank(method="average").to_numpy(dtype=float)
+        t = pd.DataFrame({"cell": cells, "y": y}).groupby(["cell", "y"]).size()
+        t3 = (t.to_numpy(dtype=float) ** 3 - t.to_numpy(dtype=float))
+        self.ties = np.bincount(t.index.get_level_values("cell").to_numpy(dtype=np.int64),
+                                weights=t3, minlength=k)  # sum of t^3 - t per cell
 
     def p_less(self, mask: np.ndarray) -> float:
         """One-sided p that the masked rows rank lower than the others within their cells."""
