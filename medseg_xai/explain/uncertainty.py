@@ -23,9 +23,14 @@ for each MC sample. From the members:
   of members that overlap it, and the disagreement (1 - mean pairwise Dice) of the members
   restricted to its voxels.
 
-Cost: with one adapter, ``k`` augmentations and the audit's own pass reused
-(``base_probabilities``), ``k`` extra forward passes: at most ``(k + 1)x`` the inference of
-one case (``benchmarks/bench_uncertainty.py`` measures it).
+Cost (issue 27: ``k`` augmentations within ``(k + 1)x`` one inference): the audit's own pass is
+reused (``base_probabilities``); the ``k`` augmented copies go through the model as batched
+passes (:data:`BATCH_VOXELS` bounds copies x voxels a pass, so memory stays that of one pass of
+a 128^3 image), which costs less than ``k`` single passes where per-call costs matter (small
+images, several threads); the members are folded into a float32 running sum and one bit per
+member and voxel (:mod:`.member_bits`): no member map is kept, the pairwise Dice of all members
+comes from one Gram matrix of their bit patterns, and the entropy / vote maps and the lesion
+table are computed only when read. ``benchmarks/bench_uncertainty.py`` measures the ratio.
 """
 
 from __future__ import annotations
@@ -327,7 +332,7 @@ def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxel
         chunk = copies[start:start + per]
         x = np.empty((len(chunk), *image.shape), np.float32)
         for row, c in zip(x, chunk):
-            row[...] = c.model_input(image) if c.jitter is not None else _flipped(image, c.axes)
+            row[...] = c.model_input(image)  # one copy of the (flipped) view
         probs = _batch_probabilities(adapter, torch.from_numpy(x)).cpu().numpy()
         del x
         for p, c in zip(probs, chunk):
