@@ -15,6 +15,8 @@ rounds (for each torch thread count and each ``k``)
 - with ``--baseline``, the same with another version of ``medseg_xai/explain/uncertainty.py``
   (e.g. ``git show OLD:medseg_xai/explain/uncertainty.py > /tmp/old.py``) in the same rounds,
   so machine load hits both versions alike,
+- with ``--standalone`` (row ``no-base``), ``case_uncertainty`` alone without
+  ``base_probabilities``: the plain member goes in the batch with the copies,
 
 and prints per ``k`` the median paired ratio (plain + uncertainty) / plain against the target
 ``k + 1``, and the aggregation's share of one plain pass: ``case_uncertainty`` timed with the
@@ -42,6 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+STANDALONE = "no-base"
 SETTINGS = {1: {"flips": (0,)}, 3: {"flips": (0, 1, 2)},
             7: {"flips": (0, 1, 2), "flip_combinations": True}}
 
@@ -102,8 +105,11 @@ def _rounds(versions: dict[str, Any], adapter: Any, image: Any, k: int, repeats:
         plain.append(plain_s)
         for name in (names if r % 2 == 0 else names[::-1]):
             t1 = time.perf_counter()
-            base = adapter.probabilities(image).numpy()[0]
-            versions[name](adapter, image, SETTINGS[k], base_probabilities=base)
+            if name == STANDALONE:  # the plain member computed inside, with the copies
+                versions[name](adapter, image, SETTINGS[k])
+            else:
+                base = adapter.probabilities(image).numpy()[0]
+                versions[name](adapter, image, SETTINGS[k], base_probabilities=base)
             ratios[name].append((time.perf_counter() - t1) / plain_s)
     return plain, ratios
 
@@ -115,6 +121,8 @@ def _timing(args: argparse.Namespace) -> None:
     from medseg_xai.explain.uncertainty import case_uncertainty
 
     versions = {"new": case_uncertainty}
+    if args.standalone:
+        versions[STANDALONE] = case_uncertainty
     if args.baseline:
         versions["baseline"] = _load(args.baseline).case_uncertainty
     image = _image(args.shape)
@@ -130,6 +138,10 @@ def _timing(args: argparse.Namespace) -> None:
             plain, ratios = _rounds(versions, adapter, image, k, args.repeats)
             p = statistics.median(plain)
             for name, fn in versions.items():
+                if name == STANDALONE:
+                    r = statistics.median(ratios[name])
+                    print(f"{k:>3} {name:>9} {p:8.3f} {r:6.2f} {k + 1:6d} {r - (k + 1):+11.2f}")
+                    continue
                 agg = _aggregation_s(fn, adapter, image, SETTINGS[k], adapter.probabilities(
                     image).numpy()[0], args.repeats)
                 r = statistics.median(ratios[name])
@@ -214,6 +226,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--baseline", help="another uncertainty.py timed in the same rounds")
+    parser.add_argument("--standalone", action="store_true",
+                        help="also time case_uncertainty without base_probabilities (the plain "
+                             "member batched with the copies: CaseExplorer, standalone use)")
     parser.add_argument("--memory", type=int, nargs=3, metavar=("D", "H", "W"),
                         help="also measure peak memory at this image size")
     parser.add_argument("--audit", type=int, metavar="N",
