@@ -117,8 +117,8 @@ def mean_pairwise_dice(g: np.ndarray) -> float:
 class MemberBits:
     """Running aggregate of ``n_members`` probability maps ``(K, *spatial)``.
 
-    ``add`` takes each map once (nothing is copied but the first; contiguous maps are fastest);
-    ``total`` is the float32 sum, ``codes`` the members' foreground bits.
+    ``add`` takes each map once (nothing is copied but the first); ``total`` is the float32
+    sum, ``codes`` the members' foreground bits.
     """
 
     def __init__(self, n_members: int, foreground: Any) -> None:
@@ -129,11 +129,16 @@ class MemberBits:
         self._scratch: np.ndarray | None = None
         self.count = 0
 
-    def add(self, p: np.ndarray, name: str = "") -> None:
+    def add(self, p: np.ndarray, name: str = "", axes: tuple[int, ...] = ()) -> None:
+        """Fold in member ``p`` ``(K, *spatial)``, given in the frame of its input: ``axes``
+        (of ``p``, so spatial axis ``a`` is ``1 + a``) flip it back to the image's grid. The
+        flip is never copied: the sum reads the reversed view, and the foreground is tested on
+        ``p`` as it is (contiguous) and flipped as a 1-byte mask."""
         if self.count >= self.n_members:
             raise ValueError(f"members: more than the {self.n_members} expected")
+        back = np.flip(p, axes) if axes else p
         if self.total is None:
-            self.total = np.array(p, dtype=np.float32, order="C")
+            self.total = np.array(back, dtype=np.float32, order="C")
             dt, words = code_dtype(self.n_members)
             self.codes = np.zeros((words, *p.shape[1:]), dt)
             self._scratch = np.empty(p.shape[1:], dt)
@@ -141,9 +146,12 @@ class MemberBits:
             raise ValueError(f"adapters: member {name} gave shape {p.shape}, expected "
                              f"{self.total.shape}")
         else:
-            np.add(self.total, p, out=self.total)
+            np.add(self.total, back, out=self.total)
         assert self.codes is not None
-        _set_bit(self.codes, self.count, self.foreground(p), self._scratch)
+        mask = self.foreground(p)
+        if axes:
+            mask = np.flip(mask, tuple(a - 1 for a in axes))
+        _set_bit(self.codes, self.count, mask, self._scratch)
         self.count += 1
         if self.count == self.n_members:
             self._scratch = None

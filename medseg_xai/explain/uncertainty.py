@@ -143,11 +143,12 @@ class UncertaintySettings:
         return n_adapters * (1 + len(self.flip_sets(spatial_dims)) + self.jitter + self.mc_dropout)
 
 
-#: Input voxels (copies x voxels) one batched forward pass of augmented copies may hold. The
-#: copies of a small image go through the model together (one call instead of k: the per-call
-#: cost is paid once); an image of more voxels goes alone, so a batch never holds more
-#: activations than one pass of a 128^3 image (demo UNet: ~130 bytes a voxel, ~270 MB).
-BATCH_VOXELS = 2 ** 21
+#: Input voxels (copies x voxels) one batched forward pass of augmented copies may hold (read at
+#: each call: set it lower for a large model on a small GPU). The copies of a small image go
+#: through the model together (one call instead of k: the per-call cost is paid once; 2-3 copies
+#: of a 96x128x128 image cost 7% less CPU together than apart with one thread); an image of more
+#: voxels goes alone. Demo UNet: ~130 bytes of activations a voxel, so <= ~550 MB a pass.
+BATCH_VOXELS = 2 ** 22
 
 
 @dataclass
@@ -307,17 +308,11 @@ def _batchable(adapter: Any, image: np.ndarray) -> bool:
     return isinstance(adapter, SegmentationAdapter) and image.ndim == adapter.spatial_dims + 1
 
 
-def _flipped(a: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """A contiguous copy of ``np.flip(a, axes)`` (``axes`` of ``(C, *spatial)``): numpy, single
-    threaded (torch's flip waits on its thread pool when the cores are shared: 15-20 ms a map
-    measured on 2 busy cores); the sums and tests that follow run on contiguous maps."""
-    return np.ascontiguousarray(np.flip(a, axes)) if axes else a
-
-
 def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxels: int
-               ) -> Iterator[tuple[str, np.ndarray]]:
-    """Probability maps ``(K, *spatial)`` of the copies, flipped back to the image's grid,
-    from forward passes of at most ``batch_voxels`` input voxels (always at least one copy).
+               ) -> Iterator[tuple[str, np.ndarray, tuple[int, ...]]]:
+    """Probability maps ``(K, *spatial)`` of the copies with the axes that flip each back to
+    the image's grid (:meth:`MemberBits.add` reads it reversed, no copy), from forward passes
+    of at most ``batch_voxels`` input voxels (always at least one copy).
     The model sees exactly the float32 inputs of one-at-a-time passes; only the batch axis
     differs."""
     import torch
@@ -325,7 +320,7 @@ def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxel
     if not _batchable(adapter, image):
         for c in copies:
             p = adapter.probabilities(np.ascontiguousarray(c.model_input(image))).numpy()[0]
-            yield c.name, _flipped(p, c.axes)
+            yield c.name, p, c.axes
         return
     per = max(1, int(batch_voxels) // max(1, math.prod(image.shape[1:])))
     for start in range(0, len(copies), per):
@@ -336,7 +331,7 @@ def _augmented(adapter: Any, image: np.ndarray, copies: list[_Copy], batch_voxel
         probs = _batch_probabilities(adapter, torch.from_numpy(x)).cpu().numpy()
         del x
         for p, c in zip(probs, chunk):
-            yield c.name, _flipped(p, c.axes)
+            yield c.name, p, c.axes
 
 
 def _batch_probabilities(adapter: Any, x: Any) -> Any:
@@ -355,19 +350,19 @@ def _batch_probabilities(adapter: Any, x: Any) -> Any:
 
 def _members(adapter: Any, image: np.ndarray, settings: UncertaintySettings,
              rng: np.random.Generator, base: np.ndarray | None, batch_voxels: int
-             ) -> Iterator[tuple[str, np.ndarray]]:
+             ) -> Iterator[tuple[str, np.ndarray, tuple[int, ...]]]:
     """Probability maps ``(K, *spatial)`` of one adapter: plain, flipped, jittered, dropout.
     Without ``base`` the plain pass goes in the batch with the copies."""
     copies = _copies(image, settings, rng)
     if base is not None:
-        yield "plain", base
+        yield "plain", base, ()
     else:
         copies.insert(0, _Copy("plain", ()))
     yield from _augmented(adapter, image, copies, batch_voxels)
     if settings.mc_dropout:
         maps = _mc_dropout(adapter, image, settings.mc_dropout, int(rng.integers(2**31)))
         for j, p in enumerate(maps):
-            yield f"dropout{j}", p
+            yield f"dropout{j}", p, ()
 
 
 def _scores(bits: MemberBits, mean_p: np.ndarray, predicted: np.ndarray, activation: str
@@ -412,7 +407,7 @@ def case_uncertainty(
     *,
     base_probabilities: np.ndarray | None = None,
     connectivity: int | None = None,
-    batch_voxels: int = BATCH_VOXELS,
+    batch_voxels: int | None = None,
 ) -> CaseUncertainty:
     """Members, voxel maps, case scores and lesion table of one image.
 
@@ -429,9 +424,10 @@ def case_uncertainty(
         reused instead of a second forward pass.
     connectivity : int, optional
         Lesion connectivity (``metrics.label_lesions``).
-    batch_voxels : int
+    batch_voxels : int, optional
         Memory bound of the batched passes: augmented copies go through the model together
-        while copies x voxels stay within it (:data:`BATCH_VOXELS`; 1: one copy a pass).
+        while copies x voxels stay within it (default :data:`BATCH_VOXELS`; 1: one copy a
+        pass).
         Results do not depend on it beyond float rounding of the model's batched kernels.
 
     Returns
@@ -452,13 +448,14 @@ def case_uncertainty(
         raise ValueError(f"adapters: expected one activation for the ensemble, got {sorted(acts)}")
     act = acts.pop()
     rng = np.random.default_rng([int(s.seed), 27])
+    batch_voxels = BATCH_VOXELS if batch_voxels is None else int(batch_voxels)
     bits = MemberBits(s.n_members(len(members), image.ndim - 1),
                       functools.partial(_foreground, activation=act, threshold=s.threshold))
     names = []
     for i, adapter in enumerate(members):
-        for name, p in _members(adapter, image, s, rng, base_probabilities if i == 0 else None,
-                                batch_voxels):
-            bits.add(p, f"{i} ({name})")
+        for name, p, axes in _members(adapter, image, s, rng,
+                                      base_probabilities if i == 0 else None, batch_voxels):
+            bits.add(p, f"{i} ({name})", axes)
             names.append(f"{i}:{name}")
     return _finish(bits, act, s.threshold, names, connectivity)
 
