@@ -466,6 +466,24 @@ class HiddenStrataSettings:
                              f"{self.min_n!r}, {self.max_depth!r}")
 
 
+def _search(frame: pd.DataFrame, outcome: tuple[np.ndarray, np.ndarray, np.ndarray],
+            half: np.ndarray, columns: tuple[list[str], list[str]], hs: HiddenStrataSettings
+            ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Candidates proposed on the discovery half and tested on the other (with ``cross_fit``
+    both ways round: one correction then covers both directions' candidates)."""
+    min_n = int(hs.min_n)
+    x, spec, medians = _design(frame, columns[0], columns[1], min_n)
+    rows, masks = [], []
+    for disc in ((half, ~half) if hs.cross_fit else (half,)):
+        leaf = max(min_n, int(0.02 * disc.sum()))
+        rules = _candidates(x[disc], outcome[0][disc], spec, int(hs.max_depth), leaf,
+                            int(hs.seed))
+        r, m = _confirm(rules, frame, medians, outcome, disc, min_n, float(hs.min_gap))
+        rows += r
+        masks += m
+    return rows, masks
+
+
 def find_hidden_strata(
     table: pd.DataFrame,
     outcome: str = "dice",
@@ -526,18 +544,8 @@ def find_hidden_strata(
     min_n = int(hs.min_n)
     if len(frame) < 4 * min_n:
         return empty
-    half = _split(frame, clusters, hs.seed)
-    cells = _cells(frame, adjust_for)
-    x, spec, medians = _design(frame, numeric, categorical, min_n)
-    rows, masks = [], []
-    # cross-fitting: each half discovers, the other confirms; one correction over both
-    for disc in ((half, ~half) if hs.cross_fit else (half,)):
-        leaf = max(min_n, int(0.02 * disc.sum()))
-        rules = _candidates(x[disc], y[disc], spec, int(hs.max_depth), leaf, int(hs.seed))
-        r, m = _confirm(rules, frame, medians, (y, raw, cells), disc, min_n,
-                        float(hs.min_gap))
-        rows += r
-        masks += m
+    rows, masks = _search(frame, (y, raw, _cells(frame, adjust_for)),
+                          _split(frame, clusters, hs.seed), (numeric, categorical), hs)
     if not rows:
         return HiddenStrata(empty.groups, empty.membership, 0)
     p_adj = (stats.holm if hs.correction == "holm" else stats.bh)(
