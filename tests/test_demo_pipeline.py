@@ -81,3 +81,72 @@ def test_demo_end_to_end(demo_run) -> None:
                    for line in lines)
         assert f"  {a.verdict_lines[0]}" in lines
         assert e["case_id"] in html
+
+
+def test_demo_audit_holds_failure_detection_and_shows_it(demo_run) -> None:
+    # Issue 27 in the main job: the demo audits with its model, one test-time flip, failure
+    # detection for "dice < 0.5" and the OOD score referenced to the training scanners.
+    from medseg_xai.demo import UNSEEN_DEVICE, load_model
+    from medseg_xai.demo.run_demo import (
+        DEMO_FAILURE,
+        DEMO_UNCERTAINTY_FLIPS,
+        failure_lines,
+        training_devices,
+    )
+
+    out, result = demo_run, demo_run.result
+    manifest = pd.read_csv(out.manifest, dtype=str)
+    trained = training_devices(manifest)
+    assert trained and UNSEEN_DEVICE not in trained
+    assert result.settings["feature_reference"] == {"device": trained}
+    assert tuple(result.settings["uncertainty"]["flips"]) == DEMO_UNCERTAINTY_FLIPS
+    assert result.settings["failure"]["failure"] == DEMO_FAILURE
+    # the model audited is the one whose predictions are stored, and provenance names it
+    assert result.settings["inference"] is True
+    fingerprint = load_model().fingerprint
+    assert result.provenance["model_fingerprint"] == result.report["model_fingerprint"] == (
+        fingerprint)
+    ok = result.cases[result.cases["status"] == "ok"]
+    # the audit's own pass is the plain member: 1 + one flip = 2 members per scan
+    assert (ok["unc_members"] == 1 + len(DEMO_UNCERTAINTY_FLIPS)).all()
+    for col in ("unc_entropy", "unc_disagreement", "ood_score", "unc_combined", "ece"):
+        assert ok[col].notna().all(), col
+    fd, cal = result.failure_detection, result.calibration
+    assert len(fd) and len(cal) and len(result.selective) and len(result.risk_coverage)
+    assert {"unc_entropy", "unc_disagreement", "unc_volume_cv", "ood_score",
+            "unc_combined"} <= set(fd["score"])
+    assert fd["best"].any() and "overall" in set(cal["stratum"])  # groups: >= min_n scans
+    n_fail = int((ok["dice"] < 0.5).sum())
+    assert int(fd.loc[(fd["stratum"] == "overall"), "n_failures"].iloc[0]) == n_fail
+    # audit.json and the CSV tables hold them; the report has the section
+    data = json.loads(out.files["json"].read_text(encoding="utf-8"))
+    for name in ("failure_detection", "calibration", "selective"):
+        assert data["tables"][name]["data"], name
+        assert len(pd.read_csv(out.files[name])) == len(getattr(result, name)), name
+    html = out.report.read_text(encoding="utf-8")
+    assert "Failure detection, calibration and hidden strata" in html
+    assert 'id="failure-detection-overall"' in html and 'id="calibration-table"' in html
+    # the printed summary: the best score's sentence at the target coverage, from the tables
+    lines = failure_lines(result)
+    assert lines and lines == [x for x in out.summary if x in lines]
+    sel = result.selective
+    row = sel[sel["best"] & (sel["coverage_target"] == 0.8)].iloc[0]
+    assert lines[0].startswith(f"failure detection ({DEMO_FAILURE}, {n_fail} of {len(ok)} scans)")
+    assert f"{row['score']} above {row['threshold']:.3g}" in lines[0]
+    assert f"mean dice {row['retained_metric']:.3f}" in lines[0]
+    assert lines[1].startswith(f"  held-out scanner {UNSEEN_DEVICE}")
+
+
+def test_demo_stored_predictions_are_the_audited_ones(demo_run) -> None:
+    # The files written for the other jobs and the audit's own inference agree case by case.
+    from medseg_xai.metrics import dice
+
+    manifest = pd.read_csv(demo_run.manifest, dtype=str)
+    cases = demo_run.result.cases.set_index("case_id")
+    base = demo_run.manifest.parent
+    for row in manifest.itertuples():
+        pred = np.asarray(nib.load(str(base / row.prediction)).dataobj) > 0
+        ref = np.asarray(nib.load(str(base / row.label)).dataobj) > 0
+        expected = cases.loc[row.case_id, "dice"]
+        got = dice(pred, ref, empty=demo_run.result.settings["empty"])
+        assert got == pytest.approx(expected, abs=1e-9, nan_ok=True), row.case_id

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from medseg_xai._io import write_csv
-from medseg_xai.audit.result import MODEL_TABLES, READER_TABLES, TABLES, AuditResult
+from medseg_xai.audit.result import (
+    FAILURE_TABLES,
+    MODEL_TABLES,
+    READER_TABLES,
+    TABLES,
+    AuditResult,
+)
 
 __all__ = ["read_cohort", "write_outputs"]
 
@@ -32,7 +38,8 @@ def write_outputs(result: AuditResult, out_dir: str | Path) -> dict[str, Path]:
         path = out / f"{name}.csv"
         write_csv(getattr(result, name), path)
         written[name] = path
-    for name in (*READER_TABLES, *MODEL_TABLES):  # several readers / a model only
+    # several readers / a model / failure detection (uncertainty=, failure=) only
+    for name in (*READER_TABLES, *MODEL_TABLES, *FAILURE_TABLES):
         if len(getattr(result, name)):
             path = out / f"{name}.csv"
             write_csv(getattr(result, name), path)

@@ -1,10 +1,13 @@
 """``medseg-xai demo``: every job end to end on the embedded default (cohort + bundled model).
 
-The pipeline: generate the synthetic multi-site cohort, predict it with the bundled 3D UNet,
-audit by device, site and lesion size against the default acceptance criteria, explain the
-failure gallery (``explain_miss`` on the largest missed lesion and the gallery's worst cases:
-probes, gated attribution evidence, causes, verdict) in the result, and write the JSON, CSV
-tables, report and, from the same analyses, the explanation files.
+The pipeline: generate the synthetic multi-site cohort, predict it with the bundled 3D UNet
+(the prediction and probability files the other jobs read), audit it with the same model by
+device, site and lesion size against the default acceptance criteria -- with per-case
+uncertainty from a test-time flip, failure detection for "dice < 0.5", calibration per subgroup,
+hidden strata and the OOD score referenced to the training scanners --, explain the failure
+gallery (``explain_miss`` on the largest missed lesion and the gallery's worst cases: probes,
+gated attribution evidence, causes, verdict) in the result, and write the JSON, CSV tables,
+report and, from the same analyses, the explanation files.
 
 The report is a view of ``audit.json``: ``medseg-xai report audit.json --out report.html``
 re-renders the same page, and ``medseg-xai audit`` on the demo's manifest with the settings
@@ -13,6 +16,7 @@ re-renders the same page, and ``medseg-xai audit`` on the demo's manifest with t
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DemoOutputs", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA", "audit_command", "run_demo",
-           "worst_missed_lesion"]
+__all__ = ["DemoOutputs", "DEMO_FAILURE", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA",
+           "DEMO_UNCERTAINTY_FLIPS", "audit_command", "failure_lines", "run_demo",
+           "training_devices", "worst_missed_lesion"]
 
 #: Strata of the demo audit: the acquisition device (one was absent from training), the site
 #: (confounded with device and lesion size, as in practice) and the derived lesion-size bins.
@@ -32,6 +37,12 @@ DEMO_STRATA: tuple[str, ...] = ("device", "site", "lesion_size")
 DEMO_LESION_SIZE_BINS: tuple[float, ...] = (0.0, 250.0, 1000.0)
 #: Simulated readers per scan (``make_cohort(readers=...)``): the report's reader section.
 DEMO_READERS = 3
+#: Test-time augmentation of the demo audit's uncertainty: one left-right flip (the last axis:
+#: the heads' own symmetry, and the bundled model's training augmentation). The audit's own
+#: pass is the plain member, so this costs one extra forward pass per scan.
+DEMO_UNCERTAINTY_FLIPS: tuple[int, ...] = (2,)
+#: The failure the demo's failure detection looks for (``FailureSettings``' default).
+DEMO_FAILURE = "dice < 0.5"
 
 _REPORT_CONFIG: dict[str, Any] = {
     "title": "medseg-xai demo: audit of the bundled lesion segmentation model",
@@ -113,20 +124,58 @@ def _write_explanations(cohort: Any, analyses: dict[tuple[str, str], Any],
     return written
 
 
+def training_devices(manifest: pd.DataFrame) -> list[str]:
+    """The demo cohort's scanners the bundled model was trained on (every one but
+    ``demo.UNSEEN_DEVICE``), in the cohort: the reference of the audit's feature shift and
+    OOD score. Empty when fewer than 3 of its scans come from them (too few to estimate a
+    reference: the whole cohort is the reference then)."""
+    from medseg_xai.demo import DEVICES, UNSEEN_DEVICE
+
+    present = manifest["device"].astype(str) if "device" in manifest else pd.Series(dtype=str)
+    trained = [d for d in DEVICES if d != UNSEEN_DEVICE and (present == d).any()]
+    return trained if int(present.isin(trained).sum()) >= 3 else []
+
+
+def _audit_plan(manifest: pd.DataFrame, seed: int) -> Any:
+    """The demo audit's plan: strata, the default criteria, the lesion-size bins and the
+    feature-shift reference (the training scanners)."""
+    from medseg_xai.audit import DEFAULT_CRITERIA
+    from medseg_xai.audit.plan import AuditPlan
+
+    trained = training_devices(manifest)
+    return AuditPlan.from_options(strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
+                                  lesion_size_bins=DEMO_LESION_SIZE_BINS,
+                                  feature_reference={"device": trained} if trained else None)
+
+
+def _audit_workers(workers: int | None, device: Any) -> int:
+    """The audit's processes: as asked, else all cores on a CPU (an audit with a model runs
+    serially unless told otherwise) and one with the model on a GPU."""
+    if workers is not None:
+        return int(workers)
+    return 1 if str(device).startswith("cuda") else (os.cpu_count() or 1)
+
+
 def _audit_stage(manifest: Any, adapter: Any, n_cases: int, seed: int, workers: int | None,
                  progress: bool) -> tuple[Any, Any]:
-    """The cohort of the predicted manifest and its audit by device, site and lesion size."""
-    from medseg_xai.audit import DEFAULT_CRITERIA, audit
-    from medseg_xai.audit.plan import AuditPlan
+    """The cohort of the predicted manifest and its audit, with the model, by device, site and
+    lesion size, with uncertainty and failure detection.
+
+    The stored predictions are the same model's; the audit runs it again (its pooled features
+    feed the OOD score, and its probabilities are the plain member of the test-time flips, so
+    the flips cost one forward pass each: nothing else is run twice).
+    """
+    from medseg_xai.audit import audit
     from medseg_xai.cohort import Cohort
 
     cohort = Cohort.from_csv(manifest)
-    # Predictions were stored, so the audit never ran the model: name its weights in the config.
     config = {**_REPORT_CONFIG, "model_fingerprint": adapter.fingerprint,
               "command_line": f"medseg-xai demo --n-cases {int(n_cases)} --seed {int(seed)}"}
-    plan = AuditPlan.from_options(strata=list(DEMO_STRATA), seed=seed, criteria=DEFAULT_CRITERIA,
-                                  lesion_size_bins=DEMO_LESION_SIZE_BINS)
-    return cohort, audit(cohort, plan, workers=workers, progress=progress, report=config)
+    plan = _audit_plan(cohort.manifest, seed)
+    result = audit(cohort, plan, adapter=adapter, workers=workers, progress=progress,
+                   report=config, uncertainty={"flips": DEMO_UNCERTAINTY_FLIPS},
+                   failure=DEMO_FAILURE)
+    return cohort, result
 
 
 def _explain_stage(result: Any, cohort: Any, adapter: Any, seed: int, figures: Path
@@ -187,7 +236,7 @@ def run_demo(
     seed : int
         Seed of the cohort and of the audit's bootstrap.
     workers : int, optional
-        Processes for the audit (default: all cores).
+        Processes for the audit (default: all cores; one with the model on a GPU).
     progress : bool
         Show progress bars.
     echo : callable, optional
@@ -220,8 +269,10 @@ def run_demo(
     timings["predict_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    say("[3/5] auditing by device, site and lesion size ...")
-    cohort, result = _audit_stage(manifest, adapter, n_cases, seed, workers, progress)
+    say(f"[3/5] auditing with the model by device, site and lesion size (test-time flips: "
+        f"{len(DEMO_UNCERTAINTY_FLIPS)}, failure: {DEMO_FAILURE}) ...")
+    cohort, result = _audit_stage(manifest, adapter, n_cases, seed,
+                                  _audit_workers(workers, device), progress)
     timings["audit_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -246,10 +297,15 @@ def run_demo(
 
 
 def audit_command(manifest: str | Path, out_dir: str | Path, seed: int = 0) -> list[str]:
-    """``medseg-xai audit`` arguments that reproduce the demo's audit tables on its manifest."""
+    """``medseg-xai audit`` arguments that reproduce the demo's audit tables on its manifest
+    (with the demo model, its test-time flip, failure definition and feature reference)."""
     bins = [f"{b:g}" for b in DEMO_LESION_SIZE_BINS]
+    trained = training_devices(pd.read_csv(manifest, dtype=str))
+    reference = ["--feature-reference", "device=" + ",".join(trained)] if trained else []
     return ["audit", str(manifest), "--out", str(out_dir), "--strata", *DEMO_STRATA,
-            "--criteria", "default", "--lesion-size-bins", *bins, "--seed", str(int(seed))]
+            "--criteria", "default", "--lesion-size-bins", *bins, "--seed", str(int(seed)),
+            "--model", "demo", "--uncertainty-flips", *map(str, DEMO_UNCERTAINTY_FLIPS),
+            "--failure", DEMO_FAILURE, *reference]
 
 
 def summary_lines(outputs: DemoOutputs) -> list[str]:
@@ -282,6 +338,7 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
         lines.append(f"  {r['status']:<17} {r['criterion']} ({r['n_pass']} pass, {r['n_fail']} "
                      f"fail, {r['n_insufficient']} insufficient, {r['n_not_evaluated']} not "
                      "evaluated)")
+    lines += failure_lines(result)
     if outputs.explained:
         e = outputs.explained
         a = e["analysis"]
@@ -296,3 +353,51 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
     total = sum(outputs.timings.values())
     lines.append(f"done in {total:.1f} s")
     return lines
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None or not np.isfinite(float(value)) else f"{float(value):.0%}"
+
+
+def failure_lines(result: Any) -> list[str]:
+    """The failure-detection lines of the summary, shown as ``result`` holds them.
+
+    The best score's sentence at the target coverage (``result.selective``: what is referred
+    to a human, the kept scans' mean metric and failures, the failures caught) with its AURC
+    and Spearman correlation (``result.failure_detection``, overall), and what that threshold
+    does on the held-out scanner (its ``device`` row; with the OOD score's row beside it).
+    Empty when the audit ran without failure detection.
+    """
+    from medseg_xai.demo import UNSEEN_DEVICE
+
+    settings = result.settings.get("failure") or {}
+    sel, fd = result.selective, result.failure_detection
+    if not settings or sel is None or sel.empty or fd is None or fd.empty:
+        return []
+    target = float(settings.get("target_coverage", 0.8))
+    rows = sel[sel["best"].astype(bool) & np.isclose(sel["coverage_target"], target)]
+    overall = fd[(fd["stratum"] == "overall") & fd["best"].astype(bool)]
+    if rows.empty or overall.empty:
+        return []
+    r, o = rows.iloc[0], overall.iloc[0]
+    lines = [f"failure detection ({r['failure']}, {int(o['n_failures'])} of {int(o['n'])} scans): "
+             f"sending the {_pct(r['referred'])} of scans with {r['score']} above "
+             f"{r['threshold']:.3g} to a human leaves mean {r['metric']} "
+             f"{r['retained_metric']:.3f} on the other {_pct(r['coverage'])} "
+             f"({_pct(r['retained_risk'])} failures) and catches {_pct(r['caught'])} of the "
+             f"failures; AURC {o['aurc']:.3f} (random {o['aurc_random']:.3f}), Spearman with "
+             f"{r['metric']} {o['spearman_metric']:+.2f}"]
+    held = fd[(fd["stratum"] == "device") & (fd["group"] == UNSEEN_DEVICE)]
+    best = held[held["score"] == r["score"]]
+    if best.empty:
+        lines.append(f"  held-out scanner {UNSEEN_DEVICE}: no failure-detection row (absent, or "
+                     f"fewer than {result.settings.get('min_n')} scans)")
+        return lines
+    b = best.iloc[0]
+    line = (f"  held-out scanner {UNSEEN_DEVICE} ({int(b['n'])} scans, {int(b['n_failures'])} "
+            f"failures): that threshold refers {_pct(b['referred'])} of its scans and catches "
+            f"{_pct(b['caught'])} of its failures")
+    ood = held[held["score"] == "ood_score"]
+    if r["score"] != "ood_score" and len(ood):
+        line += f" (ood_score at its own threshold: {_pct(ood.iloc[0]['caught'])})"
+    return lines + [line]
