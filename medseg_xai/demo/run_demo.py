@@ -16,7 +16,6 @@ re-renders the same page, and ``medseg-xai audit`` on the demo's manifest with t
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,14 +147,6 @@ def _audit_plan(manifest: pd.DataFrame, seed: int) -> Any:
                                   feature_reference={"device": trained} if trained else None)
 
 
-def _audit_workers(workers: int | None, device: Any) -> int:
-    """The audit's processes: as asked, else all cores on a CPU (an audit with a model runs
-    serially unless told otherwise) and one with the model on a GPU."""
-    if workers is not None:
-        return int(workers)
-    return 1 if str(device).startswith("cuda") else (os.cpu_count() or 1)
-
-
 def _audit_stage(manifest: Any, adapter: Any, n_cases: int, seed: int, workers: int | None,
                  progress: bool) -> tuple[Any, Any]:
     """The cohort of the predicted manifest and its audit, with the model, by device, site and
@@ -236,7 +227,8 @@ def run_demo(
     seed : int
         Seed of the cohort and of the audit's bootstrap.
     workers : int, optional
-        Processes for the audit (default: all cores; one with the model on a GPU).
+        Processes for the audit (default: one, as for any audit with a model: on the demo's
+        small scans the workers' start-up, a torch import each, costs more than they save).
     progress : bool
         Show progress bars.
     echo : callable, optional
@@ -271,8 +263,7 @@ def run_demo(
     t0 = time.perf_counter()
     say(f"[3/5] auditing with the model by device, site and lesion size (test-time flips: "
         f"{len(DEMO_UNCERTAINTY_FLIPS)}, failure: {DEMO_FAILURE}) ...")
-    cohort, result = _audit_stage(manifest, adapter, n_cases, seed,
-                                  _audit_workers(workers, device), progress)
+    cohort, result = _audit_stage(manifest, adapter, n_cases, seed, workers, progress)
     timings["audit_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
