@@ -14,12 +14,15 @@ devices (as ``bench_failure_demo.py``):
 - **flips**: the bundled model with ``k`` test-time flips (``k`` extra passes per scan);
 - **ensemble**: ``uncertainty_members=[bundled, *others]`` without flips (``members - 1`` extra
   passes: the audited model's own pass is reused);
-- **ensemble + flips**: the same members each with one flip (``2 * members - 1`` extra passes).
+- **ensemble + flip**: the same members each with one flip along ``--member-flip`` (default
+  axis 2, the left-right flip the demo models were trained with; ``2 * members - 1`` extra
+  passes).
 
 Printed: per score AURC, AUROC and Spearman with Dice (overall); the held-out scanner's failures
 caught at the overall 80%-coverage threshold; the per-case seconds (inference, uncertainty) and
-their ratio; and a check that the case metrics are the same in every audit (members only feed
-the uncertainty).
+their ratio; a check that the case metrics are the same in every audit (members only feed
+the uncertainty); and a paired bootstrap (scans resampled, 2000 times) of the AURC difference
+of each score between each audit and the flips audit.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def main() -> None:
     parser.add_argument("--weights", default=str(Path(tempfile.gettempdir()) / "ens_members"))
     parser.add_argument("--k", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--member-flip", type=int, default=2)
     args = parser.parse_args()
 
     import numpy as np
@@ -117,15 +121,37 @@ def main() -> None:
                                         uncertainty={"flips": tuple(range(args.k))}),
             f"ensemble ({args.members} models)": _audit(
                 cohort, members[0], args.seed, uncertainty_members=members),
-            f"ensemble ({args.members} models) + 1 flip": _audit(
+            f"ensemble ({args.members} models) + flip {args.member_flip}": _audit(
                 cohort, members[0], args.seed, uncertainty_members=members,
-                uncertainty={"flips": (0,)}),
+                uncertainty={"flips": (args.member_flip,)}),
         }
     ok = [r.cases.loc[r.cases["status"] == "ok", "dice"].to_numpy() for r, _ in runs.values()]
     print(f"demo cohort: {len(ok[0])} scans; case Dice identical across the audits: "
           f"{all(np.array_equal(ok[0], o) for o in ok)}")
     for name, (r, elapsed) in runs.items():
         _print(name, r, elapsed)
+    _paired(runs)
+
+
+def _paired(runs: dict, n_boot: int = 2000) -> None:
+    """AURC(audit) - AURC(flips) per score, with a paired bootstrap 95% interval over scans."""
+    import numpy as np
+
+    from medseg_xai.audit.failure import aurc
+
+    tables = [r.cases[r.cases["status"] == "ok"].reset_index(drop=True) for r, _ in runs.values()]
+    failed = (tables[0]["dice"] < 0.5).to_numpy()
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(failed), size=(n_boot, len(failed)))
+    names = list(runs)
+    print("\nAURC difference to the flips audit (negative: better), paired bootstrap 95% CI:")
+    for name, t in zip(names[1:], tables[1:]):
+        for score in ("unc_disagreement", "unc_entropy", "unc_combined"):
+            a, b = t[score].to_numpy(), tables[0][score].to_numpy()
+            d = aurc(a, failed) - aurc(b, failed)
+            boot = [aurc(a[i], failed[i]) - aurc(b[i], failed[i]) for i in idx]
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            print(f"  {name:32s} {score:17s} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]")
 
 
 if __name__ == "__main__":
