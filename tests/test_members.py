@@ -58,6 +58,24 @@ def test_members_are_checked_before_any_case() -> None:
     assert kind == "models" and members[0] is a
 
 
+def test_mc_dropout_refused_before_any_case(tmp_path) -> None:
+    from medseg_xai.demo import make_cohort
+
+    a = mx.load_model("demo", device="cpu")  # MONAI's UNet: Dropout(p=0) layers only
+    cohort = mx.Cohort.from_csv(make_cohort(tmp_path, n_cases=2, seed=3, shape=(16, 32, 32)))
+    with pytest.raises(ValueError, match=r"mc_dropout: the model has only dropout layers with "
+                                         r"p = 0 \(9\)"):
+        mx.audit(cohort, adapter=a, uncertainty={"flips": (), "mc_dropout": 2}, progress=False)
+    b = copy.deepcopy(a)
+    for m in b.model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.2
+    bare = mx.SegmentationAdapter(torch.nn.Conv3d(1, 2, 1), divisor=None)
+    with pytest.raises(ValueError, match="mc_dropout: model 2 has no dropout layer"):
+        mx.audit(cohort, adapter=b, uncertainty={"mc_dropout": 1},
+                 uncertainty_members=[b, bare], progress=False)
+
+
 @pytest.fixture(scope="module")
 def two_models():
     a = mx.load_model("demo", device="cpu")

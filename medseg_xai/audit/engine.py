@@ -429,7 +429,7 @@ def _failure_settings(uncertainty: Any, failure: Any, adapter: Any,
     the per-case work needs of them (key ``"task"``) and the member adapters (key
     ``"members"``, None without)."""
     from medseg_xai.audit.failure import FailureSettings
-    from medseg_xai.audit.members import resolve_members, uncertainty_source
+    from medseg_xai.audit.members import check_dropout, resolve_members, uncertainty_source
 
     unc = None
     if uncertainty is False and members is not None:
@@ -452,6 +452,7 @@ def _failure_settings(uncertainty: Any, failure: Any, adapter: Any,
     if unc is not None:
         out["uncertainty"] = out["task"]["uncertainty"] = unc.to_dict()
         source = uncertainty_source(kind, member_list, adapter, unc)
+        check_dropout(member_list or [adapter], unc)
         out["uncertainty_source"] = source
         if member_list is not None:  # in the cache key only when given
             out["task"]["uncertainty_members"] = [m["fingerprint"] for m in source["models"]]

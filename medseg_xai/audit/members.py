@@ -19,7 +19,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["KINDS", "resolve_members", "uncertainty_source", "attach", "case_members"]
+__all__ = ["KINDS", "resolve_members", "uncertainty_source", "check_dropout", "attach",
+           "case_members"]
 
 #: ``settings["uncertainty_source"]["kind"]``
 KINDS = ("augmentations", "folds", "models")
@@ -98,6 +99,28 @@ def uncertainty_source(kind: str, members: list[Any] | None, adapter: Any,
             else f"{who} on the image as given (1 member: no disagreement)")
     return {"kind": kind, "n_models": n, "members_per_model": per, "n_members": n * per,
             "models": models, "description": text}
+
+
+def check_dropout(models: list[Any], unc: Any) -> None:
+    """Before any case runs: with ``mc_dropout`` every model must have a dropout layer with
+    ``p > 0`` (without one every row would fail with the same message; with only ``p = 0``
+    layers, as MONAI's UNet builds by default, the samples would be identical and the
+    disagreement silently 0)."""
+    if not unc.mc_dropout:
+        return
+    from medseg_xai.explain.uncertainty import _dropout_modules
+    from medseg_xai.models.members import member_name
+
+    for i, m in enumerate(models):
+        model = getattr(m, "model", None)
+        drops = _dropout_modules(model) if model is not None else []
+        if not any(float(getattr(d, "p", 0.0)) > 0 for d in drops):
+            who = "the model" if len(models) == 1 else member_name(m, i)
+            what = (f"only dropout layers with p = 0 ({len(drops)})" if drops
+                    else "no dropout layer")
+            raise ValueError(f"uncertainty.mc_dropout: {who} has {what} (expected "
+                             "torch.nn.Dropout / Dropout2d / Dropout3d with p > 0); use flips "
+                             "or an ensemble")
 
 
 def attach(adapter: Any, members: list[Any] | None) -> Any:
