@@ -94,24 +94,28 @@ def _aggregation_s(fn: Any, adapter: Any, image: Any, settings: dict, base: Any,
 
 
 def _rounds(versions: dict[str, Any], adapter: Any, image: Any, k: int, repeats: int
-            ) -> tuple[list[float], dict[str, list[float]]]:
-    """Paired rounds: a plain pass, then each version (order alternating) after its own."""
+            ) -> tuple[list[float], dict[str, list[float]], dict[str, list[float]]]:
+    """Paired rounds: a plain pass, then each version (order alternating) after its own.
+    Ratios in wall-clock and in CPU time of this process (``time.process_time``: not what
+    other processes on shared cores take, so steadier; with one thread, the work done)."""
     plain, ratios = [], {name: [] for name in versions}
+    cpu = {name: [] for name in versions}
     names = list(versions)
     for r in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         adapter.probabilities(image)
-        plain_s = time.perf_counter() - t0
+        plain_s, plain_c = time.perf_counter() - t0, time.process_time() - c0
         plain.append(plain_s)
         for name in (names if r % 2 == 0 else names[::-1]):
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             if name == STANDALONE:  # the plain member computed inside, with the copies
                 versions[name](adapter, image, SETTINGS[k])
             else:
                 base = adapter.probabilities(image).numpy()[0]
                 versions[name](adapter, image, SETTINGS[k], base_probabilities=base)
             ratios[name].append((time.perf_counter() - t1) / plain_s)
-    return plain, ratios
+            cpu[name].append((time.process_time() - c1) / plain_c)
+    return plain, ratios, cpu
 
 
 def _timing(args: argparse.Namespace) -> None:
@@ -133,20 +137,19 @@ def _timing(args: argparse.Namespace) -> None:
         print(f"\nimage {tuple(image.shape)}, demo 3D UNet, {threads} thread(s), "
               f"{args.repeats} paired rounds")
         print(f"{'k':>3} {'version':>9} {'plain s':>8} {'ratio':>6} {'target':>6} "
-              f"{'ratio-(k+1)':>11} {'agg s':>7} {'agg/plain':>9}")
+              f"{'ratio-(k+1)':>11} {'cpu ratio':>9} {'agg s':>7} {'agg/plain':>9}")
         for k in args.k:
-            plain, ratios = _rounds(versions, adapter, image, k, args.repeats)
+            plain, ratios, cpu = _rounds(versions, adapter, image, k, args.repeats)
             p = statistics.median(plain)
             for name, fn in versions.items():
+                r, c = statistics.median(ratios[name]), statistics.median(cpu[name])
+                row = f"{k:>3} {name:>9} {p:8.3f} {r:6.2f} {k + 1:6d} {r - (k + 1):+11.2f} {c:9.2f}"
                 if name == STANDALONE:
-                    r = statistics.median(ratios[name])
-                    print(f"{k:>3} {name:>9} {p:8.3f} {r:6.2f} {k + 1:6d} {r - (k + 1):+11.2f}")
+                    print(row)
                     continue
                 agg = _aggregation_s(fn, adapter, image, SETTINGS[k], adapter.probabilities(
                     image).numpy()[0], args.repeats)
-                r = statistics.median(ratios[name])
-                print(f"{k:>3} {name:>9} {p:8.3f} {r:6.2f} {k + 1:6d} {r - (k + 1):+11.2f} "
-                      f"{agg:7.3f} {agg / p:9.3f}")
+                print(f"{row} {agg:7.3f} {agg / p:9.3f}")
 
 
 def _memory_child(shape: list[int], k: int, baseline: str | None) -> None:
