@@ -290,3 +290,20 @@ def test_out_of_gpu_memory_falls_back_to_one_copy_a_pass() -> None:
     ref = case_uncertainty(_adapter(), _image(), {"flips": (0, 1, 2)}, batch_voxels=1)
     assert u.n_members == 4 and u.scores == ref.scores
     np.testing.assert_array_equal(u.mean_probability, ref.mean_probability)
+
+
+@pytest.mark.parametrize("mode", ["sliding_window", "slice_axis"])
+def test_batched_passes_through_sliding_windows_and_slices(mode: str) -> None:
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(1, 6, 7, 5)).astype(np.float32)
+    if mode == "sliding_window":
+        ad = SegmentationAdapter(_Conv(3), spatial_dims=3, divisor=1,
+                                 sliding_window={"roi_size": (4, 4, 4), "overlap": 0.25})
+    else:
+        ad = SegmentationAdapter(_Conv(2), spatial_dims=3, divisor=1, slice_axis=0)
+    s = {"flips": (0, 1, 2), "flip_combinations": True}
+    one = case_uncertainty(ad, img, s, batch_voxels=1)
+    batched = case_uncertainty(ad, img, s)
+    np.testing.assert_allclose(batched.mean_probability, one.mean_probability, atol=1e-6)
+    for k, v in one.scores.items():
+        assert batched.scores[k] == pytest.approx(v, abs=1e-6)
