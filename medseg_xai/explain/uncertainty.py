@@ -144,11 +144,12 @@ class UncertaintySettings:
 
 
 #: Input voxels (copies x voxels) one batched forward pass of augmented copies may hold (read at
-#: each call: set it lower for a large model on a small GPU). The copies of a small image go
-#: through the model together (one call instead of k: the per-call cost is paid once; 2-3 copies
-#: of a 96x128x128 image cost 7% less CPU together than apart with one thread); an image of more
-#: voxels goes alone. Demo UNet: ~130 bytes of activations a voxel, so <= ~550 MB a pass.
-BATCH_VOXELS = 2 ** 22
+#: each call). The copies of a small image go through the model together (one call instead of k:
+#: the per-call cost is paid once); an image of more voxels goes alone, so a batch holds no more
+#: activations than one pass of a 128^3 image (demo UNet: ~130 bytes a voxel, ~270 MB). Raising
+#: it trades memory for speed: two 96x128x128 copies together cost 7% less CPU than apart (one
+#: thread) and one pass's activations more (+200 MB with the demo UNet).
+BATCH_VOXELS = 2 ** 21
 
 
 @dataclass
