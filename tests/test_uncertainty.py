@@ -307,3 +307,15 @@ def test_batched_passes_through_sliding_windows_and_slices(mode: str) -> None:
     np.testing.assert_allclose(batched.mean_probability, one.mean_probability, atol=1e-6)
     for k, v in one.scores.items():
         assert batched.scores[k] == pytest.approx(v, abs=1e-6)
+
+
+def test_bitcount_table_equals_numpy() -> None:
+    from medseg_xai.explain import member_bits
+
+    rng = np.random.default_rng(0)
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        w = rng.integers(0, np.iinfo(dt).max, size=(3, 5), dtype=dt, endpoint=True)
+        want = np.array([[bin(int(v)).count("1") for v in row] for row in w])
+        np.testing.assert_array_equal(member_bits._bitcount(w), want)
+        by = w.view(np.uint8).reshape(*w.shape, w.dtype.itemsize)  # the pre-2.0 path
+        np.testing.assert_array_equal(member_bits._BYTE_BITS[by].sum(axis=-1), want)

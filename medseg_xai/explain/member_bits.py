@@ -58,11 +58,22 @@ def pack_masks(masks: np.ndarray) -> np.ndarray:
     return codes
 
 
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _bitcount(word: np.ndarray) -> np.ndarray:
+    """Set bits of each element (``np.bitwise_count``; a byte table before numpy 2.0)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(word)
+    by = np.ascontiguousarray(word).view(np.uint8).reshape(*word.shape, word.dtype.itemsize)
+    return _BYTE_BITS[by].sum(axis=-1, dtype=np.uint8)
+
+
 def popcount(codes: np.ndarray) -> np.ndarray:
     """Members calling each voxel foreground, ``(*spatial)`` (uint8 up to 255 members)."""
-    counts = np.bitwise_count(codes[0])
+    counts = _bitcount(codes[0])
     for w in codes[1:]:
-        counts = counts + np.bitwise_count(w)
+        counts = counts + _bitcount(w)
     return counts
 
 
