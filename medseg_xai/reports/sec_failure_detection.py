@@ -63,7 +63,13 @@ def lesion_sentences(result: Any) -> list[str]:
             f"lesions in {r['n_cases']} scans; detection {fmt(r['mean_group'], 2)} vs "
             f"{fmt(r['mean_rest'], 2)} elsewhere on the held-out scans, "
             f"{fmt(r['adjusted_gap'], 2)} beyond the audited strata and lesion size; "
-            f"adjusted p = {fmt_p(r['p_adjusted'])})." for r in ls.to_dict("records")]
+            f"adjusted p {_p_text(r['p_adjusted'])})." for r in ls.to_dict("records")]
+
+
+def _p_text(p: Any) -> str:
+    """``= 0.012`` or ``< 0.001`` (after "adjusted p")."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _lesion_hidden(result: Any) -> dict[str, Any] | None:

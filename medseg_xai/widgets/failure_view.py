@@ -28,6 +28,10 @@ def _html_table(df: pd.DataFrame) -> str:
                       float_format=lambda v: f"{v:.3g}")
 
 
+def _p_text(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
 class FailurePanel(W.VBox):
     """Failure detection and hidden strata of an audit, with drill-down to cases.
 
@@ -108,7 +112,7 @@ class FailurePanel(W.VBox):
         text = "<br>".join(html.escape(
             f"Missed lesions concentrate in: {r['rule']} ({r['group_id']}: {r['n']} lesions in "
             f"{r['n_cases']} scans; detection {r['mean_group']:.2f} vs {r['mean_rest']:.2f} "
-            f"elsewhere, adjusted p = {r['p_adjusted']:.3g}).")
+            f"elsewhere, adjusted p {_p_text(r['p_adjusted'])}).")
             for r in (ls.to_dict("records") if has else []))
         self.lesion_hidden = W.HTML(
             (text + _html_table(ls[[c for c in cols if c in ls]])) if has else
