@@ -48,15 +48,6 @@ def folds3(nnunet, tmp_path_factory) -> dict:
     return {"folder": folder, "adapter": adapter, "members": mx.models.fold_members(adapter)}
 
 
-@pytest.fixture(scope="module")
-def no_probe():
-    """The audit's two-pass determinism probe runs nnU-Net's differentiable path without the
-    case's geometry (seconds per fold on this tiny model) and is not what these tests check."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("medseg_xai.audit.engine._determinism", lambda *a, **k: None)
-        yield
-
-
 def _image(path: Path) -> tuple[np.ndarray, np.ndarray]:
     nii = nib.load(path)
     return np.asarray(nii.dataobj, np.float32)[None], nii.affine
@@ -100,7 +91,7 @@ def test_folds_refused_for_other_models(nnunet) -> None:
 
 
 @pytest.fixture(scope="module")
-def fold_audit(nnunet, folds3, no_probe):
+def fold_audit(nnunet, folds3):
     cohort = mx.Cohort.from_csv(nnunet["dir"] / "manifest.csv")
     return mx.audit(cohort, adapter=folds3["adapter"], uncertainty={"flips": (0,)},
                     uncertainty_members="folds", failure={"hidden_strata": False},
@@ -138,7 +129,7 @@ def test_audit_with_fold_members(nnunet, folds3, fold_audit, tmp_path) -> None:
     assert f"Uncertainty scores (<code>unc_*</code>): {src['description']}." in text
 
 
-def test_cli_ensemble_model_and_errors(nnunet, folds3, no_probe, tmp_path, capsys) -> None:
+def test_cli_ensemble_model_and_errors(nnunet, folds3, tmp_path, capsys) -> None:
     manifest, folder = str(nnunet["dir"] / "manifest.csv"), str(folds3["folder"])
     base = ["audit", manifest, "--device", "cpu", "--quiet", "--no-html", "--workers", "1",
             "--gallery", "0", "--feature-layer", "none"]
@@ -167,3 +158,30 @@ def test_cli_ensemble_model_and_errors(nnunet, folds3, no_probe, tmp_path, capsy
         main([*base, "--model", folder, "--uncertainty-members", "folds", "--ensemble-model",
               folder, "--out", str(tmp_path / "d")])
     assert exc.value.code == 2
+
+
+def test_determinism_probe_runs_the_exact_path_on_the_scans_geometry(nnunet, folds3,
+                                                                    monkeypatch) -> None:
+    """The audit's two-pass probe predicts as the audit does: nnU-Net's own predictor on the
+    scan's spacing, never the differentiable path (which cost seconds per fold here)."""
+    from medseg_xai.audit.model_checks import probe_model
+    from medseg_xai.models.nnunet import NnUNetPipeline
+
+    seen = []
+    real = NnUNetPipeline.exact_logits
+
+    def exact(self, x):
+        seen.append(self.spacing)
+        return real(self, x)
+
+    def refuse(self, x):
+        raise AssertionError("the probe took the differentiable path")
+
+    monkeypatch.setattr(NnUNetPipeline, "exact_logits", exact)
+    monkeypatch.setattr(NnUNetPipeline, "forward", refuse)
+    cohort = mx.Cohort.from_csv(nnunet["dir"] / "manifest.csv")
+    rec = probe_model(folds3["adapter"], cohort, seed=0)
+    assert rec is not None and rec["deterministic"] is True
+    _, affine = _image(Path(cohort.paths(rec["case_id"])["image"]))
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    assert seen and all(s == pytest.approx(spacing) for s in seen)

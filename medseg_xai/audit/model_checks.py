@@ -68,14 +68,31 @@ def determinism_probe(adapter: Any, image: np.ndarray, seed: int) -> float:
     return _two_passes(adapter, image, seed)["max_abs_diff"]
 
 
-def _two_passes(adapter: Any, image: np.ndarray, seed: int) -> dict[str, Any]:
+def _logits(adapter: Any, image: np.ndarray) -> np.ndarray:
+    """The logits of the path the audit predicts with: a framework's own inference
+    (``exact_logits``: nnU-Net's predictor) when the model has one, else ``adapter.logits``."""
     import torch
 
+    exact = getattr(getattr(adapter, "model", None), "exact_logits", None)
+    if callable(exact):
+        t, _ = adapter.as_batch(image)
+        with torch.no_grad(), adapter.frozen(freeze_parameters=False):
+            return exact(t).detach().cpu().numpy()
+    with torch.no_grad():
+        return adapter.logits(image).detach().cpu().numpy()
+
+
+def _two_passes(adapter: Any, image: np.ndarray, seed: int,
+                affine: np.ndarray | None = None) -> dict[str, Any]:
+    import torch
+
+    # bound to the scan's geometry as the runner does (nnU-Net resamples from its spacing)
+    bind = getattr(adapter, "with_geometry", None)
+    adapter = bind(None, affine) if callable(bind) and affine is not None else adapter
     outs = []
     for s in (seed, seed + 1):
         torch.manual_seed(s)
-        with torch.no_grad():
-            outs.append(adapter.logits(image).detach().cpu().numpy())
+        outs.append(_logits(adapter, image))
     probs = [adapter._activate(torch.from_numpy(o)).numpy() for o in outs]
     diff = float(np.max(np.abs(probs[0] - probs[1]))) if probs[0].size else 0.0
     return {"max_abs_diff": diff, "n_channels": int(outs[0].shape[1])}
@@ -101,8 +118,8 @@ def _probe_task(task: _ProbeTask, adapter: Any = None) -> dict[str, Any]:
 
     model = workerstate.resolve(adapter)
     try:
-        image, _ = load_volume(task.path, what="image", case_id=task.case_id)
-        return {"status": "ok", **_two_passes(model, image, task.seed)}
+        image, affine = load_volume(task.path, what="image", case_id=task.case_id)
+        return {"status": "ok", **_two_passes(model, image, task.seed, affine)}
     except Exception as exc:  # noqa: BLE001 - the case's row reports its own fault
         return {"status": "failed", "error": str(exc)}
 
