@@ -23,7 +23,7 @@ and prints per ``k`` the median paired ratio (plain + uncertainty) / plain again
 model's real outputs replayed instantly (flips, sums, codes, scores; no forward pass).
 
 ``--memory D H W`` also measures, in fresh processes, the peak resident memory of the plain pass
-alone and with the uncertainty of ``k`` flips at that size (ru_maxrss; one process per
+alone and with the uncertainty of ``k`` flips at that size (VmHWM; one process per
 measurement, so each starts from the same state). ``--audit N`` runs ``mx.audit`` with the
 uncertainty on ``N`` demo cases (one worker, the first ``--threads`` value) and prints per case
 (inference + uncertainty) / inference from the audit's own ``timing`` columns; run it with
@@ -152,6 +152,18 @@ def _timing(args: argparse.Namespace) -> None:
                 print(f"{row} {agg:7.3f} {agg / p:9.3f}")
 
 
+def _peak_mb() -> float:
+    """This process's peak resident memory, MB: ``VmHWM`` (its own address space's high-water
+    mark; ru_maxrss would start at the parent's peak when a large parent forked it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _memory_child(shape: list[int], k: int, baseline: str | None) -> None:
     """One measurement: peak RSS after the plain pass, then after the uncertainty (MB)."""
     import numpy as np
@@ -167,19 +179,19 @@ def _memory_child(shape: list[int], k: int, baseline: str | None) -> None:
     rng = np.random.default_rng(0)
     image = (100 + 20 * rng.standard_normal((1, *shape))).astype(np.float32)
     adapter = load_model()
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = _peak_mb()
     base = adapter.probabilities(image).numpy()[0]
-    plain = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    plain = _peak_mb()
     t0 = time.perf_counter()
     if k:
         fn(adapter, image, SETTINGS[k], base_probabilities=base)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     print(json.dumps({"start": start, "plain": plain, "peak": peak, "seconds": seconds}))
 
 
 def _memory(args: argparse.Namespace) -> None:
-    print(f"\npeak resident memory (MB, ru_maxrss), image {tuple([1, *args.memory])}, 1 thread; "
+    print(f"\npeak resident memory (MB, VmHWM), image {tuple([1, *args.memory])}, 1 thread; "
           "'plain' = the plain pass alone, '+uncertainty' = extra peak over it")
     print(f"{'k':>3} {'version':>9} {'plain pass':>10} {'+uncertainty':>12} {'seconds':>8}")
     versions = [("new", None)] + ([("baseline", args.baseline)] if args.baseline else [])
