@@ -131,10 +131,27 @@ def test_demo_audit_holds_failure_detection_and_shows_it(demo_run) -> None:
     assert lines and lines == [x for x in out.summary if x in lines]
     sel = result.selective
     row = sel[sel["best"] & (sel["coverage_target"] == 0.8)].iloc[0]
-    assert lines[0].startswith(f"failure detection ({DEMO_FAILURE}, {n_fail} of {len(ok)} scans)")
-    assert f"{row['score']} above {row['threshold']:.3g}" in lines[0]
-    assert f"mean dice {row['retained_metric']:.3f}" in lines[0]
-    assert lines[1].startswith(f"  held-out scanner {UNSEEN_DEVICE}")
+    assert lines[0].startswith(f"failure detection: Failure was pre-specified as Dice < 0.5 "
+                               f"({n_fail} of {len(ok)} scans failed). {row['sentence']} AURC ")
+    assert f"above {row['threshold']:.3g}, go to a human" in lines[0]
+    assert f"mean Dice {row['retained_metric']:.3f}" in lines[0]
+    assert not any(t in x for x in lines for t in ("unc_", "ood_score", "dice"))
+    # the worst-caught group (>= MIN_GROUP_FAILURES failures) at the target threshold, recounted
+    from medseg_xai.audit.failure import MIN_GROUP_FAILURES, percent
+
+    sub = fd[(fd["stratum"] != "overall") & (fd["score"] == row["score"])
+             & (fd["n_failures"] >= MIN_GROUP_FAILURES)]
+    if sub.empty:  # the 12-scan session demo: no group with that many failures
+        assert row["worst_group"] == "" and len(lines) == 2
+    else:
+        w = sub.sort_values(["caught", "n_failures"], ascending=[True, False],
+                            kind="stable").iloc[0]
+        assert lines[1] == (f"  {row['worst_group']}") and row["worst_group"].startswith(
+            f"At the threshold for 80% coverage ({row['score_label']} above "
+            f"{row['threshold']:.3g}), {w['stratum']} {w['group']} has the lowest share of its "
+            f"failures caught: {percent(w['caught'])} ({int(w['n_caught'])} of "
+            f"{int(w['n_failures'])})")
+    assert lines[-1].startswith(f"  held-out scanner {UNSEEN_DEVICE}")
 
 
 def test_demo_stored_predictions_are_the_audited_ones(demo_run) -> None:

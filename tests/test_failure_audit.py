@@ -86,6 +86,7 @@ def test_uncertainty_needs_an_adapter(small) -> None:
 
 def test_report_section_shows_the_json_numbers(small, tmp_path) -> None:
     import json
+    from html import escape as html_escape
 
     from report_html import _compare, json_rows, parse, records
 
@@ -97,12 +98,12 @@ def test_report_section_shows_the_json_numbers(small, tmp_path) -> None:
     text = html.read_text()
     assert "Failure detection, calibration and hidden strata" in text
     best = [row for row in json_rows(doc, "selective") if row["best"]]
-    assert best and f"If the scans with {best[0]['score']} above" in text
+    assert best and all(html_escape(row["sentence"]) in text for row in best)
     p = parse(text)
     overall = [row for row in json_rows(doc, "failure_detection") if row["stratum"] == "overall"]
     assert _compare(records(p.tables["failure-detection-overall"]), overall,
-                    {0: "score", 1: "n", 2: "n_failures", 3: "aurc", 4: "e_aurc", 6: "auroc",
-                     7: "spearman_metric"}) == 7 * len(overall)
+                    {0: "score_label", 1: "score", 2: "n", 3: "n_failures", 4: "aurc",
+                     5: "e_aurc", 7: "auroc", 8: "spearman_metric"}) == 8 * len(overall)
     cal = json_rows(doc, "calibration")
     assert _compare(records(p.tables["calibration-table"]), cal,
                     {1: "group", 3: "n", 5: "ece", 6: "ace", 7: "mce"}) == 5 * len(cal)
@@ -112,6 +113,7 @@ def test_report_section_shows_the_json_numbers(small, tmp_path) -> None:
 
 def test_dashboard_failure_panel_drills_down(small) -> None:
     import dataclasses
+    import html
 
     import pandas as pd
 
@@ -121,7 +123,11 @@ def test_dashboard_failure_panel_drills_down(small) -> None:
 
     _, _, r = small
     dash = AuditDashboard(r)
-    assert dash.failure is not None and "If the scans with" in dash.failure.sentences.value
+    assert dash.failure is not None and "Failure was pre-specified as Dice &lt; 0.5" in (
+        dash.failure.sentences.value)
+    best = r.selective[r.selective["best"]]
+    assert all(html.escape(t) in dash.failure.sentences.value for t in best["sentence"])
+    assert "unc_" not in dash.failure.sentences.value
     assert "aurc" in dash.failure.scores.value and "ece" in dash.failure.calibration.value
     # drill-down mechanics on the engine's cases with one stratum marked by hand
     cases = r.cases.copy()
@@ -158,3 +164,110 @@ def test_cli_failure_options(tmp_path) -> None:
     assert "hidden_strata" in doc["tables"] and "prop_noise" in doc["tables"]["cases"]["columns"]
     # stored predictions: no probabilities, no uncertainty -> no score, no calibration rows
     assert doc["tables"]["failure_detection"]["data"] == []
+
+
+def _section_prose(text: str) -> list[str]:
+    """The failure section's paragraphs (sentences and method notes), tags stripped."""
+    import html
+    import re
+
+    start = text.index("Failure detection, calibration and hidden strata</h2>")
+    end = text.find("<h2", start)
+    section = text[start:end if end > 0 else None]
+    paras = re.findall(r'<p class="(?:sentence|muted)">(.*?)</p>', section, flags=re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", p)) for p in paras]
+
+
+def test_sentences_are_words_and_hold_the_tables_numbers(small, tmp_path) -> None:
+    # Read by quality staff: no raw column name in the prose, one percentage format, and every
+    # number of a sentence is the JSON table's (recounted here from the cases).
+    import json
+    import re
+
+    from report_html import json_rows
+
+    from medseg_xai.audit.failure import percent, score_label
+
+    _, _, r = small
+    r.write_json(tmp_path / "audit.json")
+    doc = json.loads((tmp_path / "audit.json").read_text())
+    AuditResult.from_json(tmp_path / "audit.json").to_html(tmp_path / "r.html")
+    prose = _section_prose((tmp_path / "r.html").read_text())
+    assert len(prose) >= 3
+    for para in prose:
+        assert not re.search(r"\bunc_|ood_score|\bdice\b|Mann-Whitney|\d\.\d%", para), para
+    ok = r.cases[r.cases["status"] == "ok"]
+    failed = (ok["dice"] < 0.5).to_numpy()
+    rows = json_rows(doc, "selective")
+    assert rows
+    for row in rows:
+        n, sent = row["n"], row["sentence"]
+        referred = ok[row["score"]].to_numpy() > row["threshold"]
+        n_ref, n_caught = int(referred.sum()), int((referred & failed).sum())
+        assert row["failure_sentence"] == (f"Failure was pre-specified as Dice < 0.5 "
+                                           f"({int(failed.sum())} of {len(ok)} scans failed).")
+        assert row["failure_sentence"] in prose
+        assert sent.startswith(f"If the {percent(row['referred'])} of scans ({n_ref} of {n}) "
+                               f"scoring highest on the {score_label(row['score'])} (")
+        assert f"above {row['threshold']:.3g}, go to a human, the other {n - n_ref} " in sent
+        assert f"reach mean Dice {row['retained_metric']:.3f} with " in sent
+        kept_fail = int((~referred & failed).sum())
+        assert f"{percent(row['retained_risk'])} failures ({kept_fail} of {n - n_ref})" in sent
+        assert sent.endswith(f"and {percent(row['caught'])} of all failures ({n_caught} of "
+                             f"{int(failed.sum())}) are caught.")
+        if row["best"]:
+            assert sent in prose
+
+
+def test_worst_group_sentence_names_the_group_whose_failures_escape(small, monkeypatch) -> None:
+    # On the engine's cases: the group the overall threshold catches least, recounted here.
+    import pandas as pd
+
+    from medseg_xai.audit import failure as fmod
+
+    _, _, r = small
+    monkeypatch.setattr(fmod, "MIN_GROUP_FAILURES", 1)  # a 16-scan cohort has few failures
+    cases = r.cases
+    devices = sorted(cases["device"].dropna().unique())
+    settings = fmod.FailureSettings(coverages=(0.5,), target_coverage=0.5)
+    table, _, sel, per_case = fmod.failure_tables(
+        cases, [("device", cases["device"], devices)], settings, min_n=1)
+    row = sel[sel["best"]].iloc[0]
+    ok = (cases["status"] == "ok").to_numpy()
+    score = (per_case[row["score"]] if row["score"] in per_case else cases[row["score"]])
+    referred = score.to_numpy() > row["threshold"]
+    failed = ok & (cases["dice"] < 0.5).to_numpy()
+    shares = {}
+    for d in devices:
+        f = failed & (cases["device"] == d).to_numpy()
+        if f.sum():
+            shares[d] = ((f & referred).sum() / f.sum(), int((f & referred).sum()), int(f.sum()))
+    if not shares:
+        assert row["worst_group"] == ""
+        return
+    low = min(s[0] for s in shares.values())
+    named = [d for d, s in shares.items() if s[0] == low]
+    assert any(row["worst_group"].startswith(
+        f"At the threshold for 50% coverage ({row['score_label']} above {row['threshold']:.3g}), "
+        f"device {d} has the lowest share of its failures caught: ")
+               for d in named), row["worst_group"]
+    d = next(d for d in named if f"device {d} " in row["worst_group"])
+    share, k, m = shares[d]
+    assert f"{fmod.percent(share)} ({k} of {m}), against {fmod.percent(row['caught'])} overall" \
+        in row["worst_group"]
+    assert isinstance(table, pd.DataFrame) and "score_label" in table
+
+
+def test_words_of_scores_and_failures() -> None:
+    from medseg_xai.audit.failure import failure_label, percent, score_label, score_phrase
+
+    assert failure_label("dice < 0.5") == "Dice < 0.5"
+    assert failure_label("hd95 >= 10") == "HD95 (mm) >= 10"
+    assert failure_label("missed lesion") == "a missed reference lesion"
+    assert score_label("unc_disagreement") == "member disagreement"
+    assert score_label("my_score") == "my_score"
+    assert score_phrase("unc_combined", ["unc_entropy", "ood_score"]) == (
+        "combined uncertainty score (mean rank of predictive entropy and the feature-shift "
+        "(OOD) score)")
+    assert [percent(x) for x in (0.2, 0.1, 0.004, 0.0, float("nan"))] == [
+        "20%", "10%", "0.4%", "0%", "n/a"]

@@ -39,28 +39,68 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["CALIBRATION_COLUMNS", "FAILURE_COLUMNS", "RISK_COVERAGE_COLUMNS", "SCORE_COLUMNS",
+from medseg_xai.audit.score_words import (
+    CORRECTION_NAMES,
+    SCORE_WORDS,
+    correction_name,
+    percent,
+    score_label,
+    score_phrase,
+)
+
+__all__ = ["CALIBRATION_COLUMNS", "CORRECTION_NAMES", "FAILURE_COLUMNS", "MIN_GROUP_FAILURES",
+           "RISK_COVERAGE_COLUMNS", "SCORE_COLUMNS", "SCORE_WORDS", "SELECTIVE_COLUMNS",
            "FailureSettings", "audit_tables", "aurc", "calibration_tables", "case_calibration",
-           "case_parts", "decode_sums", "expected_risks", "failure_tables", "failures",
-           "parse_failure",
-           "pop_calibration"]
+           "case_parts", "correction_name", "decode_sums", "expected_risks", "failure_label",
+           "failure_tables", "failures", "parse_failure", "percent", "pop_calibration",
+           "score_label", "score_phrase"]
 
 #: Per-case score columns considered (those present), larger = less trustworthy.
 SCORE_COLUMNS = ("unc_entropy", "unc_disagreement", "unc_volume_cv", "ood_score")
-FAILURE_COLUMNS = ("stratum", "group", "score", "n", "n_failures", "failure_rate", "aurc",
-                   "e_aurc", "aurc_random", "auroc", "spearman_metric", "coverage_target",
-                   "threshold", "coverage", "referred", "caught", "retained_metric",
-                   "retained_risk", "best")
+FAILURE_COLUMNS = ("stratum", "group", "score", "score_label", "n", "n_failures",
+                   "failure_rate", "aurc", "e_aurc", "aurc_random", "auroc", "spearman_metric",
+                   "coverage_target", "threshold", "coverage", "referred", "caught", "n_caught",
+                   "retained_metric", "retained_risk", "best")
+#: The selective-prediction sentences, one row per score and coverage target (overall): the
+#: numbers, and the sentences the views print as they are (``failure_sentence``: the stated
+#: failure; ``sentence``: what the threshold gives; ``worst_group``: on the target-coverage
+#: rows, the audited group whose failures that threshold catches least, "" elsewhere).
+SELECTIVE_COLUMNS = ("score", "score_label", "failure", "metric", "n", "n_failures",
+                     "coverage_target", "threshold", "coverage", "referred", "caught",
+                     "n_caught", "retained_metric", "retained_risk", "best",
+                     "failure_sentence", "sentence", "worst_group")
+#: Groups with fewer failures than this are not named as the one whose failures escape most
+#: (a share of two failures says little).
+MIN_GROUP_FAILURES = 5
 RISK_COVERAGE_COLUMNS = ("stratum", "group", "score", "coverage", "risk", "threshold",
                          "retained_metric")
 CALIBRATION_COLUMNS = ("stratum", "group", "class", "n", "n_voxels", "ece", "ace", "mce",
                        "ece_pooled", "ace_pooled", "mce_pooled")
 RELIABILITY_COLUMNS = ("stratum", "group", "class", "bin", "bin_centre", "count",
                        "mean_probability", "observed")
-HIDDEN_STRATA_METHOD = ("regression-tree rules on a seeded discovery half, candidates relative "
-                        "to the audited strata; one-sided rank-sum test within the strata "
-                        "(van Elteren) on the held-out half, {}-adjusted")
+#: What the case-level search runs, in words (``provenance["hidden_strata"]["method"]``).
+HIDDEN_STRATA_METHOD = ("regression-tree rules found on a seeded half of the scans (candidates "
+                        "measured relative to the audited strata), each confirmed on the other "
+                        "half by a one-sided van Elteren test (rank-sum within the cells of the "
+                        "audited strata), p-values {}-adjusted over all candidates")
 _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def failure_label(failure: str) -> str:
+    """The stated failure in words: ``"dice < 0.5"`` -> ``"Dice < 0.5"``, ``"missed lesion"``
+    -> ``"a missed reference lesion"``."""
+    from medseg_xai.metrics.metadata import metric_label
+
+    name, op, value = parse_failure(failure)
+    if op is None:
+        return "a missed reference lesion"
+    sign = {v: k for k, v in _OPS.items()}[op]
+    return f"{metric_label(name)} {sign} {value:g}"
+
+
+def _number(v: float) -> str:
+    """A threshold as sentences print it (3 significant digits; the table keeps it exact)."""
+    return f"{float(v):.3g}" if np.isfinite(v) else "n/a"
 
 
 @dataclass(frozen=True)
@@ -226,6 +266,7 @@ def _sentence(s: np.ndarray, f: np.ndarray, metric: np.ndarray, coverage: float
     return {"coverage_target": float(coverage), "threshold": t,
             "coverage": float(keep.mean()), "referred": float(1.0 - keep.mean()),
             "caught": float(fails[~keep].sum() / fails.sum()) if fails.any() else float("nan"),
+            "n_caught": int(fails[~keep].sum()),
             "retained_metric": float(np.nanmean(metric[keep])) if keep.any() else float("nan"),
             "retained_risk": float(f[keep].mean()) if keep.any() else float("nan")}
 
@@ -265,6 +306,7 @@ def _score_row(s: np.ndarray, f: np.ndarray, metric: np.ndarray, global_t: float
         sent.update({"threshold": global_t, "coverage": float(keep.mean()),
                      "referred": float(1.0 - keep.mean()),
                      "caught": float(fails[~keep].sum() / fails.sum()) if fails.any() else np.nan,
+                     "n_caught": int(fails[~keep].sum()),
                      "retained_metric": float(np.nanmean(metric[keep])) if keep.any() else np.nan,
                      "retained_risk": float(f[keep].mean()) if keep.any() else np.nan})
     row.update(sent)
@@ -324,11 +366,13 @@ def failure_tables(cases: pd.DataFrame,
                 s, f, m = s_all[sel], f_all[sel], metric_all[sel]
                 glob = None if stratum == "overall" else thresholds.get(name)
                 row = _score_row(s, f, m, glob, settings.target_coverage)
-                rows.append({"stratum": stratum, "group": str(g), "score": name, **row})
+                rows.append({"stratum": stratum, "group": str(g), "score": name,
+                             "score_label": score_label(name), **row})
                 if stratum == "overall":
                     thresholds[name] = row["threshold"]
-                    sentences += [{"score": name, "failure": settings.failure,
-                                   "metric": settings.metric, "n": int(sel.sum()),
+                    sentences += [{"score": name, "score_label": score_label(name),
+                                   "failure": settings.failure, "metric": settings.metric,
+                                   "n": int(sel.sum()), "n_failures": int(f.sum()),
                                    **_sentence(s, f, m, c)} for c in settings.coverages]
                 curves += [{"stratum": stratum, "group": str(g), "score": name, **p}
                            for p in _curve(s, f, m, settings.curve_points)]
@@ -341,7 +385,53 @@ def failure_tables(cases: pd.DataFrame,
     sent = pd.DataFrame(sentences)
     if len(sent):
         sent["best"] = sent["score"].isin(table.loc[table["best"], "score"])
+        sent = _with_sentences(sent, table, settings, [c for c in scores if c != "unc_combined"])
     return table, pd.DataFrame(curves, columns=list(RISK_COVERAGE_COLUMNS)), sent, per_case
+
+
+def _with_sentences(sent: pd.DataFrame, table: pd.DataFrame, settings: FailureSettings,
+                    parts: Sequence[str]) -> pd.DataFrame:
+    """The selective rows with the sentences the views print (:data:`SELECTIVE_COLUMNS`):
+    every word and number comes from the row (or, for ``worst_group``, the subgroup rows of
+    the failure-detection table at the same threshold)."""
+    from medseg_xai.metrics.metadata import metric_label
+
+    out = []
+    for r in sent.to_dict("records"):
+        n, n_fail, n_caught = int(r["n"]), int(r["n_failures"]), int(r["n_caught"])
+        n_ref = int(round(r["referred"] * n))
+        kept_fail = int(round(r["retained_risk"] * (n - n_ref))) if n > n_ref else 0
+        r["failure_sentence"] = (f"Failure was pre-specified as {failure_label(r['failure'])} "
+                                 f"({n_fail} of {n} scans failed).")
+        r["sentence"] = (
+            f"If the {percent(r['referred'])} of scans ({n_ref} of {n}) scoring highest on the "
+            f"{score_phrase(r['score'], parts)}, above {_number(r['threshold'])}, go to a "
+            f"human, the other {n - n_ref} reach mean {metric_label(r['metric'])} "
+            f"{r['retained_metric']:.3f} with {percent(r['retained_risk'])} failures "
+            f"({kept_fail} of {n - n_ref}), and {percent(r['caught'])} of all failures "
+            f"({n_caught} of {n_fail}) are caught.")
+        r["worst_group"] = (_worst_group(table, r["score"], r["caught"], r["coverage_target"],
+                                         r["threshold"])
+                            if np.isclose(r["coverage_target"], settings.target_coverage) else "")
+        out.append(r)
+    return pd.DataFrame(out, columns=list(SELECTIVE_COLUMNS))
+
+
+def _worst_group(table: pd.DataFrame, score: str, overall_caught: float, coverage: float,
+                 threshold: float) -> str:
+    """The audited group (at least :data:`MIN_GROUP_FAILURES` failures) whose failures the
+    overall threshold catches least, as a sentence; "" when no group qualifies. Ties: the
+    group with more failures."""
+    rows = table[(table["stratum"] != "overall") & (table["score"] == score)
+                 & (table["n_failures"] >= MIN_GROUP_FAILURES) & table["caught"].notna()]
+    if rows.empty:
+        return ""
+    w = rows.sort_values(["caught", "n_failures"], ascending=[True, False], kind="stable").iloc[0]
+    return (f"At the threshold for {percent(coverage)} coverage ({score_label(score)} above "
+            f"{_number(threshold)}), {w['stratum']} {w['group']} has the lowest share of its "
+            f"failures caught: {percent(w['caught'])} ({int(w['n_caught'])} of "
+            f"{int(w['n_failures'])}), against {percent(overall_caught)} overall (groups with at "
+            f"least {MIN_GROUP_FAILURES} failures).")
 
 
 # -- calibration ---------------------------------------------------------------------------
@@ -570,7 +660,7 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
         info = {"n_candidates": int(found.n_candidates), "n_groups": int(len(found.groups)),
                 "searched": list(numeric) + list(cat), "adjusted_for": list(settings.get(
                     "strata") or []), "method": HIDDEN_STRATA_METHOD.format(
-                    st.get("correction", "holm"))}
+                    correction_name(st.get("correction", "holm")))}
     else:
         tables["hidden_strata"] = pd.DataFrame(columns=list(HIDDEN_STRATA_COLUMNS))
         info = {}

@@ -41,18 +41,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai.audit.score_words import SCORE_WORDS
+
 __all__ = ["HIDDEN_STRATA_COLUMNS", "HiddenStrata", "HiddenStrataSettings", "describable_columns",
            "find_hidden_strata", "feature_directions"]
 
 HIDDEN_STRATA_COLUMNS = ("group_id", "rule", "description", "n", "n_confirmation", "metric",
                          "mean_group", "mean_rest", "gap", "adjusted_gap", "relative_gap",
                          "failure_rate_group", "failure_rate_rest", "p_value", "p_adjusted",
-                         "n_candidates")
+                         "n_candidates", "rule_exact")
 _MAX_LEVELS = 20
-_SCORE_WORDS = {"ood_score": "feature-shift score", "unc_entropy": "predictive entropy",
-                "unc_disagreement": "member disagreement",
-                "unc_volume_cv": "predicted-volume variation",
-                "unc_combined": "combined uncertainty",
+# the scores' words are failure.py's (one place for every view and description)
+_SCORE_WORDS = {**{c: words[0] for c, words in SCORE_WORDS.items()},
                 **{f"feature_dir{i}": f"model-feature direction {i}" for i in range(1, 6)}}
 _MAX_GROUPS = 5
 
@@ -84,10 +84,24 @@ class _Cond:
         return x <= self.value if self.op == "<=" else x > self.value
 
     def text(self, labels: dict[str, str]) -> str:
+        """In words, the threshold to 3 significant digits (``rule_exact`` keeps it exact)."""
         name = labels.get(self.column, self.column)
         if self.op in ("==", "!="):
             return f"{name} {'=' if self.op == '==' else '!='} {self.value}"
-        return f"{name} {'<=' if self.op == '<=' else '>'} {self.value:.4g}"
+        return f"{name} {'<=' if self.op == '<=' else '>'} {_rounded(float(self.value))}"
+
+    def exact(self) -> str:
+        """The column name and the exact threshold, as audit.json's columns hold them."""
+        value = repr(float(self.value)) if self.op in ("<=", ">") else str(self.value)
+        return f"{self.column} {self.op} {value}"
+
+
+def _rounded(v: float) -> str:
+    """3 significant digits without an exponent for everyday magnitudes (0.713, 373, 1.3e+06)."""
+    text = f"{v:.3g}"
+    if "e" in text and 1e-4 <= abs(v) < 1e6:
+        text = f"{float(text):f}".rstrip("0").rstrip(".")
+    return text
 
 
 def _simplify(conds: list[_Cond]) -> list[_Cond]:
@@ -403,7 +417,8 @@ def _report(kept: list[tuple[int, dict[str, Any], np.ndarray, float]], use: np.n
             "relative_gap": ((row["mean_rest"] - row["mean_group"]) / abs(row["mean_rest"])
                              if row["mean_rest"] else np.nan),
             "failure_rate_group": rate(mask), "failure_rate_rest": rate(~mask),
-            "p_value": row["p_value"], "p_adjusted": p_adj, "n_candidates": n_candidates})
+            "p_value": row["p_value"], "p_adjusted": p_adj, "n_candidates": n_candidates,
+            "rule_exact": " and ".join(c.exact() for c in row["rule"])})
     return HiddenStrata(pd.DataFrame(out, columns=list(HIDDEN_STRATA_COLUMNS)),
                         pd.Series(membership, dtype=object), n_candidates, out_masks)
 

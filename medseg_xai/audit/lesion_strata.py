@@ -9,8 +9,9 @@ by its scan's (``prop_*`` intensity, noise and bias field, lesion count, the cas
 and feature-shift scores, prefixed ``case_``) and metadata (the audit's strata columns).
 
 The same engine finds and confirms the groups (:func:`~medseg_xai.audit.hidden_strata.
-find_hidden_strata`: rules on a seeded discovery half, one-sided Mann-Whitney on the held-out
-half, Holm/BH over every candidate), with two differences that matter for lesions:
+find_hidden_strata`: rules on a seeded discovery half, confirmed on the held-out half by a
+one-sided van Elteren test -- the rank-sum test within the cells of the known strata --, Holm/BH
+over every candidate), with two differences that matter for lesions:
 
 - the split is by *scan* (by patient where the cases carry ``patient_id``): lesions of one scan
   share its acquisition and are not independent, so none of them may sit on both sides;
@@ -41,10 +42,13 @@ __all__ = ["LESION_CASE_COLUMNS", "LESION_STRATA_COLUMNS", "LESION_STRATA_METHOD
 LESION_STRATA_COLUMNS = ("group_id", "rule", "description", "n", "n_cases", "n_confirmation",
                          "metric", "mean_group", "mean_rest", "gap", "adjusted_gap",
                          "relative_gap", "failure_rate_group", "failure_rate_rest",
-                         "dice_group", "dice_rest", "p_value", "p_adjusted", "n_candidates")
-LESION_STRATA_METHOD = ("regression-tree rules on a discovery half of the scans (by patient "
-                        "when known); one-sided Mann-Whitney of detection on the held-out "
-                        "scans' lesions, {}-adjusted")
+                         "dice_group", "dice_rest", "p_value", "p_adjusted", "n_candidates",
+                         "rule_exact")
+LESION_STRATA_METHOD = ("regression-tree rules found on half of the scans (split by patient "
+                        "when known), each confirmed on the other half's lesions by a one-sided "
+                        "van Elteren test of detection (rank-sum within the cells of the "
+                        "audited strata and lesion-size bins), p-values {}-adjusted over all "
+                        "candidates")
 #: Case columns a lesion inherits (``case_`` + name); the case's lesion aggregates are left out
 #: (the lesion's own ``lprop_*`` say it better).
 LESION_CASE_COLUMNS = ("prop_intensity_mean", "prop_intensity_sd", "prop_noise",
@@ -158,6 +162,7 @@ def lesion_hidden_strata(lesions: pd.DataFrame, cases: pd.DataFrame,
         for false-positive rows); what was searched (``provenance["lesion_hidden_strata"]``).
     """
     from medseg_xai.audit.hidden_strata import HiddenStrataSettings, find_hidden_strata
+    from medseg_xai.audit.score_words import correction_name
 
     fs = dict(settings.get("failure") or {})
     empty = pd.DataFrame(columns=list(LESION_STRATA_COLUMNS))
@@ -186,7 +191,7 @@ def lesion_hidden_strata(lesions: pd.DataFrame, cases: pd.DataFrame,
             "n_units": int(frame["patient_id"].nunique()),
             "searched": numeric + cat,
             "adjusted_for": [*list(settings.get("strata") or []), "lesion size"],
-            "method": LESION_STRATA_METHOD.format(stat.get("correction", "holm"))}
+            "method": LESION_STRATA_METHOD.format(correction_name(stat.get("correction", "holm")))}
     return table, membership, info
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai.audit.failure import percent, score_label
+
 __all__ = ["DemoOutputs", "DEMO_FAILURE", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA",
            "DEMO_UNCERTAINTY_FLIPS", "audit_command", "failure_lines", "run_demo",
            "training_devices", "worst_missed_lesion"]
@@ -346,10 +348,6 @@ def summary_lines(outputs: DemoOutputs) -> list[str]:
     return lines
 
 
-def _pct(value: Any) -> str:
-    return "n/a" if value is None or not np.isfinite(float(value)) else f"{float(value):.0%}"
-
-
 def failure_lines(result: Any) -> list[str]:
     """The failure-detection lines of the summary, shown as ``result`` holds them.
 
@@ -360,6 +358,7 @@ def failure_lines(result: Any) -> list[str]:
     Empty when the audit ran without failure detection.
     """
     from medseg_xai.demo import UNSEEN_DEVICE
+    from medseg_xai.metrics.metadata import metric_label
 
     settings = result.settings.get("failure") or {}
     sel, fd = result.selective, result.failure_detection
@@ -371,13 +370,11 @@ def failure_lines(result: Any) -> list[str]:
     if rows.empty or overall.empty:
         return []
     r, o = rows.iloc[0], overall.iloc[0]
-    lines = [f"failure detection ({r['failure']}, {int(o['n_failures'])} of {int(o['n'])} scans): "
-             f"sending the {_pct(r['referred'])} of scans with {r['score']} above "
-             f"{r['threshold']:.3g} to a human leaves mean {r['metric']} "
-             f"{r['retained_metric']:.3f} on the other {_pct(r['coverage'])} "
-             f"({_pct(r['retained_risk'])} failures) and catches {_pct(r['caught'])} of the "
-             f"failures; AURC {o['aurc']:.3f} (random {o['aurc_random']:.3f}), Spearman with "
-             f"{r['metric']} {o['spearman_metric']:+.2f}"]
+    lines = [f"failure detection: {r['failure_sentence']} {r['sentence']} AURC {o['aurc']:.3f} "
+             f"(random {o['aurc_random']:.3f}), Spearman with {metric_label(r['metric'])} "
+             f"{o['spearman_metric']:+.2f}."]
+    if r.get("worst_group"):
+        lines.append(f"  {r['worst_group']}")
     held = fd[(fd["stratum"] == "device") & (fd["group"] == UNSEEN_DEVICE)]
     best = held[held["score"] == r["score"]]
     if best.empty:
@@ -386,9 +383,17 @@ def failure_lines(result: Any) -> list[str]:
         return lines
     b = best.iloc[0]
     line = (f"  held-out scanner {UNSEEN_DEVICE} ({int(b['n'])} scans, {int(b['n_failures'])} "
-            f"failures): that threshold refers {_pct(b['referred'])} of its scans and catches "
-            f"{_pct(b['caught'])} of its failures")
+            f"failures): that threshold refers {percent(b['referred'])} of its scans and "
+            f"catches {_caught(b)} of its failures")
     ood = held[held["score"] == "ood_score"]
     if r["score"] != "ood_score" and len(ood):
-        line += f" (ood_score at its own threshold: {_pct(ood.iloc[0]['caught'])})"
+        line += (f" (the {score_label('ood_score')} at its own overall threshold: "
+                 f"{_caught(ood.iloc[0])})")
     return lines + [line]
+
+
+def _caught(row: Any) -> str:
+    """``"76% (16 of 21)"`` from a failure-detection row (the share alone for old tables)."""
+    if "n_caught" in row and pd.notna(row["n_caught"]):
+        return f"{percent(row['caught'])} ({int(row['n_caught'])} of {int(row['n_failures'])})"
+    return percent(row["caught"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from medseg_xai.audit.failure import failure_label, score_label
 from medseg_xai.reports.figures import FONT
 
 __all__ = ["reliability_plot", "risk_coverage_plot"]
@@ -22,9 +23,9 @@ def risk_coverage_plot(curves: pd.DataFrame, failure: str) -> Figure:
     ax = fig.add_subplot()
     for i, (score, rows) in enumerate(curves.groupby("score", sort=False)):
         ax.plot(rows["coverage"], rows["risk"], color=_COLOURS[i % len(_COLOURS)], lw=1.4,
-                label=str(score))
+                label=score_label(str(score)))
     ax.set_xlabel("coverage (share of scans kept automatic)", fontsize=FONT)
-    ax.set_ylabel(f"risk: share with {failure}", fontsize=FONT)
+    ax.set_ylabel(f"risk: share with {failure_label(failure)}", fontsize=FONT)
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
     ax.tick_params(labelsize=FONT)

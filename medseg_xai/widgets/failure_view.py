@@ -32,6 +32,16 @@ def _p_text(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
+def _sentences(sel: pd.DataFrame | None) -> list[str]:
+    """The stated failure, then the best score's sentences, as ``result.selective`` holds
+    them (the same words as the report)."""
+    if sel is None or sel.empty or "sentence" not in sel:
+        return []
+    best = sel[sel["best"]].to_dict("records")
+    return ([str(sel["failure_sentence"].iloc[0])] + [r["sentence"] for r in best]
+            + [r["worst_group"] for r in best if r.get("worst_group")])
+
+
 class FailurePanel(W.VBox):
     """Failure detection and hidden strata of an audit, with drill-down to cases.
 
@@ -56,20 +66,13 @@ class FailurePanel(W.VBox):
         self.on_open_lesion = on_open_lesion
         fd = result.failure_detection
         sel = result.selective
-        lines = []
-        if sel is not None and len(sel) and "best" in sel:
-            for r in sel[sel["best"]].to_dict("records"):
-                lines.append(
-                    f"If the scans with {r['score']} above {r['threshold']:.3g} go to a human "
-                    f"({r['referred']:.0%}), the rest reach mean {r['metric']} "
-                    f"{r['retained_metric']:.3f} with {r['retained_risk']:.1%} failures; "
-                    f"{r['caught']:.0%} of the failures are caught.")
+        lines = _sentences(sel)
         self.sentences = W.HTML("<br>".join(html.escape(s) for s in lines) or
                                 "<i>no failure-detection scores</i>")
         self.sentences.add_class("mx-failure-sentences")
         overall = fd[fd["stratum"] == "overall"] if fd is not None and len(fd) else pd.DataFrame()
-        cols = [c for c in ("score", "n", "n_failures", "aurc", "e_aurc", "auroc",
-                            "spearman_metric") if c in overall]
+        cols = [c for c in ("score_label", "score", "n", "n_failures", "aurc", "e_aurc",
+                            "auroc", "spearman_metric") if c in overall]
         self.scores = W.HTML(_html_table(overall[cols]) if len(overall) else "<i>no rows</i>")
         self.scores.add_class("mx-failure-scores")
         cal = result.calibration
