@@ -271,3 +271,19 @@ def test_words_of_scores_and_failures() -> None:
         "(OOD) score)")
     assert [percent(x) for x in (0.2, 0.1, 0.004, 0.0, float("nan"))] == [
         "20%", "10%", "0.4%", "0%", "n/a"]
+
+
+def test_hidden_stratum_sentence_holds_the_row_numbers() -> None:
+    import pandas as pd
+
+    from medseg_xai.audit.failure import _hidden_sentences
+    from medseg_xai.audit.hidden_strata import HIDDEN_STRATA_COLUMNS
+
+    row = dict.fromkeys(HIDDEN_STRATA_COLUMNS)
+    row.update(group_id="H1", rule="lesion contrast <= 0.713", n=27, mean_group=0.4641,
+               mean_rest=0.6349, adjusted_gap=0.1992, failure_rate_group=0.5185,
+               failure_rate_rest=0.2366, p_adjusted=0.0049)
+    text = _hidden_sentences(pd.DataFrame([row]), "dice")["sentence"].iloc[0]
+    assert text == ("Hidden stratum H1: the 27 scans with lesion contrast <= 0.713 reach mean "
+                    "Dice 0.464 against 0.635 elsewhere on the held-out half, 0.199 lower beyond "
+                    "the audited strata; failures 52% against 24%; adjusted p = 0.005.")

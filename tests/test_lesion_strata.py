@@ -230,6 +230,13 @@ def test_json_report_and_dashboard_drill_down(planted_audit, tmp_path) -> None:
     text = (tmp_path / "r.html").read_text()
     top = r.lesion_hidden_strata.iloc[0]
     assert html.escape(f"Missed lesions concentrate in: {top['rule']}") in text
+    # the sentence the core holds, shares as percentages of the table's rates
+    from medseg_xai.audit.score_words import percent
+
+    assert html.escape(top["sentence"]) in text and "Mann-Whitney" not in text
+    assert (f"detected {percent(top['mean_group'])} against {percent(top['mean_rest'])} "
+            f"elsewhere") in top["sentence"]
+    assert f"{int(top['n'])} lesions in {int(top['n_cases'])} scans" in top["sentence"]
     rows = records(parse(text).tables["lesion-hidden-strata"])
     assert len(rows) == len(r.lesion_hidden_strata)
     opened: list[tuple[str, str]] = []

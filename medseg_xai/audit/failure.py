@@ -43,6 +43,7 @@ from medseg_xai.audit.score_words import (
     CORRECTION_NAMES,
     SCORE_WORDS,
     correction_name,
+    p_words,
     percent,
     score_label,
     score_phrase,
@@ -434,6 +435,21 @@ def _worst_group(table: pd.DataFrame, score: str, overall_caught: float, coverag
             f"least {MIN_GROUP_FAILURES} failures).")
 
 
+def _hidden_sentences(groups: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The hidden strata with the sentence the views print (``sentence``)."""
+    from medseg_xai.metrics.metadata import metric_label
+
+    out = groups.copy()
+    out["sentence"] = [
+        f"Hidden stratum {r['group_id']}: the {int(r['n'])} scans with {r['rule']} reach mean "
+        f"{metric_label(metric)} {r['mean_group']:.3f} against {r['mean_rest']:.3f} elsewhere "
+        f"on the held-out half, {r['adjusted_gap']:.3f} lower beyond the audited strata; "
+        f"failures {percent(r['failure_rate_group'])} against "
+        f"{percent(r['failure_rate_rest'])}; adjusted p {p_words(r['p_adjusted'])}."
+        for r in out.to_dict("records")]
+    return out
+
+
 # -- calibration ---------------------------------------------------------------------------
 
 def case_calibration(probabilities: np.ndarray, reference: np.ndarray, labels: Any,
@@ -655,7 +671,7 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
                 alpha=float(st.get("alpha", 0.05)), correction=str(st.get("correction", "holm")),
                 min_n=min_n, min_gap=fs.min_gap, max_depth=fs.max_depth,
                 seed=int(st.get("seed", 0)), within_strata=True))
-        tables["hidden_strata"] = found.groups
+        tables["hidden_strata"] = _hidden_sentences(found.groups, fs.metric)
         per_case["hidden_stratum"] = found.membership.to_numpy()
         info = {"n_candidates": int(found.n_candidates), "n_groups": int(len(found.groups)),
                 "searched": list(numeric) + list(cat), "adjusted_for": list(settings.get(

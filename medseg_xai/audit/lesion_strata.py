@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medseg_xai.audit.score_words import p_words, percent
+
 __all__ = ["LESION_CASE_COLUMNS", "LESION_STRATA_COLUMNS", "LESION_STRATA_METHOD",
            "lesion_frame", "lesion_hidden_strata", "rank_group_lesions"]
 
@@ -43,7 +45,7 @@ LESION_STRATA_COLUMNS = ("group_id", "rule", "description", "n", "n_cases", "n_c
                          "metric", "mean_group", "mean_rest", "gap", "adjusted_gap",
                          "relative_gap", "failure_rate_group", "failure_rate_rest",
                          "dice_group", "dice_rest", "p_value", "p_adjusted", "n_candidates",
-                         "rule_exact")
+                         "rule_exact", "sentence")
 LESION_STRATA_METHOD = ("regression-tree rules found on half of the scans (split by patient "
                         "when known), each confirmed on the other half's lesions by a one-sided "
                         "van Elteren test of detection (rank-sum within the cells of the "
@@ -132,6 +134,13 @@ def _group_rows(found: Any, frame: pd.DataFrame) -> pd.DataFrame:
                      "dice_group": float(np.nanmean(d_in)) if np.isfinite(d_in).any() else np.nan,
                      "dice_rest": float(np.nanmean(d_out)) if np.isfinite(d_out).any()
                      else np.nan})
+    for row in rows:  # the sentence the views print (shares as percentages)
+        row["sentence"] = (
+            f"Missed lesions concentrate in: {row['rule']} (group {row['group_id']}: "
+            f"{int(row['n'])} lesions in {row['n_cases']} scans; detected "
+            f"{percent(row['mean_group'])} against {percent(row['mean_rest'])} elsewhere on the "
+            f"held-out scans, {row['adjusted_gap'] * 100:.0f} percentage points lower beyond "
+            f"the audited strata and lesion size; adjusted p {p_words(row['p_adjusted'])}).")
     return pd.DataFrame(rows, columns=list(LESION_STRATA_COLUMNS))
 
 

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["CORRECTION_NAMES", "SCORE_WORDS", "correction_name", "percent", "score_label",
-           "score_phrase"]
+__all__ = ["CORRECTION_NAMES", "SCORE_WORDS", "correction_name", "p_words", "percent",
+           "score_label", "score_phrase"]
 
 #: Each score's words, (label, what it measures): reports, the dashboard and the CLI print these
 #: (``score_phrase``); the tables keep the column name (``score``) for traceability to audit.json.
@@ -60,3 +60,11 @@ def percent(fraction: float) -> str:
     if not np.isfinite(v):
         return "n/a"
     return f"{v:.1f}%" if 0.0 < abs(v) < 1.0 else f"{v:.0f}%"
+
+
+def p_words(p: float) -> str:
+    """A p-value after "p": ``"< 0.001"`` or ``"= 0.012"`` (``"n/a"`` for NaN)."""
+    v = float(p)
+    if not np.isfinite(v):
+        return "n/a"
+    return "< 0.001" if v < 0.001 else f"= {v:.3f}"

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medseg_xai.audit.failure import percent, score_label
+from medseg_xai.audit.failure import failure_label, percent, score_label
 
 __all__ = ["DemoOutputs", "DEMO_FAILURE", "DEMO_LESION_SIZE_BINS", "DEMO_STRATA",
            "DEMO_UNCERTAINTY_FLIPS", "audit_command", "failure_lines", "run_demo",
@@ -264,7 +264,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     say(f"[3/5] auditing with the model by device, site and lesion size (test-time flips: "
-        f"{len(DEMO_UNCERTAINTY_FLIPS)}, failure: {DEMO_FAILURE}) ...")
+        f"{len(DEMO_UNCERTAINTY_FLIPS)}, failure: {failure_label(DEMO_FAILURE)}) ...")
     cohort, result = _audit_stage(manifest, adapter, n_cases, seed, workers, progress)
     timings["audit_s"] = time.perf_counter() - t0
 
@@ -387,8 +387,8 @@ def failure_lines(result: Any) -> list[str]:
             f"catches {_caught(b)} of its failures")
     ood = held[held["score"] == "ood_score"]
     if r["score"] != "ood_score" and len(ood):
-        line += (f" (the {score_label('ood_score')} at its own overall threshold: "
-                 f"{_caught(ood.iloc[0])})")
+        line += (f"; the {score_label('ood_score')}, at its own overall threshold, catches "
+                 f"{_caught(ood.iloc[0])}")
     return lines + [line]
 
 

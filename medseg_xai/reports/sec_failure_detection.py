@@ -12,7 +12,7 @@ from medseg_xai.metrics.metadata import metric_label
 from medseg_xai.reports import figures
 from medseg_xai.reports.common import stratum_title
 from medseg_xai.reports.figures_failure import reliability_plot, risk_coverage_plot
-from medseg_xai.reports.tables import fmt, fmt_p, table_from_frame
+from medseg_xai.reports.tables import table_from_frame
 
 TITLE = "Failure detection, calibration and hidden strata"
 #: Subgroups below this many scans get no reliability panel (and are marked in the table).
@@ -88,21 +88,20 @@ def _calibration(result: Any) -> dict[str, Any] | None:
 
 
 def lesion_sentences(result: Any) -> list[str]:
-    """One sentence per lesion-level hidden stratum (``result.lesion_hidden_strata``)."""
+    """One sentence per lesion-level hidden stratum, as ``result.lesion_hidden_strata``
+    holds it."""
     ls = getattr(result, "lesion_hidden_strata", None)
-    if ls is None or ls.empty:
+    if ls is None or ls.empty or "sentence" not in ls:
         return []
-    return [f"Missed lesions concentrate in: {r['rule']} (group {r['group_id']}: n = {r['n']} "
-            f"lesions in {r['n_cases']} scans; detection {fmt(r['mean_group'], 2)} vs "
-            f"{fmt(r['mean_rest'], 2)} elsewhere on the held-out scans, "
-            f"{fmt(r['adjusted_gap'], 2)} beyond the audited strata and lesion size; "
-            f"adjusted p {_p_text(r['p_adjusted'])})." for r in ls.to_dict("records")]
+    return [str(t) for t in ls["sentence"]]
 
 
-def _p_text(p: Any) -> str:
-    """``= 0.012`` or ``< 0.001`` (after "adjusted p")."""
-    text = fmt_p(p)
-    return text if text.startswith("<") else f"= {text}"
+def _hidden_sentences(result: Any) -> list[str]:
+    """One sentence per case-level hidden stratum (``result.hidden_strata.sentence``)."""
+    hs = result.hidden_strata
+    if hs is None or hs.empty or "sentence" not in hs:
+        return []
+    return [str(t) for t in hs["sentence"]]
 
 
 def _lesion_hidden(result: Any) -> dict[str, Any] | None:
@@ -143,6 +142,7 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
                            "overall": None,
                            "figure": None, "subgroups": None, "calibration": _calibration(result),
                            "hidden": None, "hidden_info": result.provenance.get("hidden_strata"),
+                           "hidden_sentences": _hidden_sentences(result),
                            "lesion_hidden": _lesion_hidden(result),
                            "alpha": result.settings.get("alpha"),
                            "min_gap": settings.get("min_gap")}

@@ -28,10 +28,6 @@ def _html_table(df: pd.DataFrame) -> str:
                       float_format=lambda v: f"{v:.3g}")
 
 
-def _p_text(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
-
-
 def _sentences(sel: pd.DataFrame | None) -> list[str]:
     """The stated failure, then the best score's sentences, as ``result.selective`` holds
     them (the same words as the report)."""
@@ -85,8 +81,11 @@ class FailurePanel(W.VBox):
         self.group = W.Dropdown(options=options, description="hidden stratum",
                                 layout=W.Layout(width="95%"))
         self.group.add_class("mx-hidden-group")
-        self.hidden = W.HTML(_html_table(hs[["group_id", "n", "mean_group", "mean_rest", "gap",
-                                             "adjusted_gap", "p_adjusted"]]) if options else
+        said = "<br>".join(html.escape(str(t)) for t in (
+            hs["sentence"] if options and "sentence" in hs else []))
+        self.hidden = W.HTML(said + _html_table(hs[["group_id", "n", "mean_group", "mean_rest",
+                                                    "gap", "adjusted_gap", "p_adjusted"]])
+                             if options else
                              "<i>No hidden stratum at the stated false-discovery level.</i>")
         self.hidden.add_class("mx-hidden-strata")
         self.members = W.VBox()
@@ -112,11 +111,8 @@ class FailurePanel(W.VBox):
         self.lesion_group.add_class("mx-lesion-group")
         cols = ["group_id", "n", "n_cases", "mean_group", "mean_rest", "adjusted_gap",
                 "p_adjusted"]
-        text = "<br>".join(html.escape(
-            f"Missed lesions concentrate in: {r['rule']} ({r['group_id']}: {r['n']} lesions in "
-            f"{r['n_cases']} scans; detection {r['mean_group']:.2f} vs {r['mean_rest']:.2f} "
-            f"elsewhere, adjusted p {_p_text(r['p_adjusted'])}).")
-            for r in (ls.to_dict("records") if has else []))
+        text = "<br>".join(html.escape(str(t)) for t in (
+            ls["sentence"] if has and "sentence" in ls else []))
         self.lesion_hidden = W.HTML(
             (text + _html_table(ls[[c for c in cols if c in ls]])) if has else
             "<i>No hidden stratum of lesions at the stated false-discovery level.</i>")
