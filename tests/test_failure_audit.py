@@ -287,3 +287,27 @@ def test_hidden_stratum_sentence_holds_the_row_numbers() -> None:
     assert text == ("Hidden stratum H1: the 27 scans with lesion contrast <= 0.713 reach mean "
                     "Dice 0.464 against 0.635 elsewhere on the held-out half, 0.199 lower beyond "
                     "the audited strata; failures 52% against 24%; adjusted p = 0.005.")
+
+
+def test_rule_words_round_and_rule_exact_keeps_the_threshold() -> None:
+    # Words carry 3 significant digits; rule_exact the column and the threshold that defines
+    # membership (recounted here).
+    import re
+
+    import pandas as pd
+
+    from medseg_xai.audit.hidden_strata import HiddenStrataSettings, find_hidden_strata
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1000, 600)
+    y = 0.8 - 0.4 * (x <= 373.4567) + rng.normal(0, 0.05, 600)
+    table = pd.DataFrame({"prop_intensity_sd": x, "dice": y})
+    found = find_hidden_strata(table, "dice", numeric=["prop_intensity_sd"], categorical=[],
+                               settings=HiddenStrataSettings(max_depth=1))
+    row = found.groups.iloc[0]
+    m = re.fullmatch(r"prop_intensity_sd <= (\S+)", row["rule_exact"])
+    assert m, row["rule_exact"]
+    exact = float(m.group(1))
+    assert abs(exact - 373.4567) < 20
+    assert row["rule"].endswith(f"<= {float(f'{exact:.3g}'):g}") and "e+" not in row["rule"]
+    assert row["n"] == int((x <= exact).sum())

@@ -418,7 +418,9 @@ def _report(kept: list[tuple[int, dict[str, Any], np.ndarray, float]], use: np.n
                              if row["mean_rest"] else np.nan),
             "failure_rate_group": rate(mask), "failure_rate_rest": rate(~mask),
             "p_value": row["p_value"], "p_adjusted": p_adj, "n_candidates": n_candidates,
-            "rule_exact": " and ".join(c.exact() for c in row["rule"])})
+            "rule_exact": " and ".join(c.exact() + (  # within_strata: the adjusted column
+                " (adjusted for the known strata)" if "(relative to" in words.get(c.column, "")
+                else "") for c in row["rule"])})
     return HiddenStrata(pd.DataFrame(out, columns=list(HIDDEN_STRATA_COLUMNS)),
                         pd.Series(membership, dtype=object), n_candidates, out_masks)
 
