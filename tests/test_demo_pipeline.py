@@ -148,7 +148,7 @@ def test_demo_audit_holds_failure_detection_and_shows_it(demo_run) -> None:
                             kind="stable").iloc[0]
         assert lines[1] == (f"  {row['worst_group']}") and row["worst_group"].startswith(
             f"At the threshold for 80% coverage ({row['score_label']} above "
-            f"{row['threshold']:.3g}), {w['stratum']} {w['group']} has the lowest share of its "
+            f"{row['threshold']:.3g}), {w['stratum'].replace('_', ' ')} {w['group']} has the lowest share of its "
             f"failures caught: {percent(w['caught'])} ({int(w['n_caught'])} of "
             f"{int(w['n_failures'])})")
     assert lines[-1].startswith(f"  held-out scanner {UNSEEN_DEVICE}")

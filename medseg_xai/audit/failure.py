@@ -429,7 +429,8 @@ def _worst_group(table: pd.DataFrame, score: str, overall_caught: float, coverag
         return ""
     w = rows.sort_values(["caught", "n_failures"], ascending=[True, False], kind="stable").iloc[0]
     return (f"At the threshold for {percent(coverage)} coverage ({score_label(score)} above "
-            f"{_number(threshold)}), {w['stratum']} {w['group']} has the lowest share of its "
+            f"{_number(threshold)}), {str(w['stratum']).replace('_', ' ')} {w['group']} has the "
+            f"lowest share of its "
             f"failures caught: {percent(w['caught'])} ({int(w['n_caught'])} of "
             f"{int(w['n_failures'])}), against {percent(overall_caught)} overall (groups with at "
             f"least {MIN_GROUP_FAILURES} failures).")
@@ -659,7 +660,7 @@ def audit_tables(cases: pd.DataFrame, groups: Sequence[tuple[str, pd.Series, Seq
         for i, (name, labels, _order) in enumerate(groups):
             frame[f"_stratum{i}"] = labels.reindex(cases.index).astype(str).to_numpy()
             known.append(f"_stratum{i}")
-            names[f"_stratum{i}"] = str(name)
+            names[f"_stratum{i}"] = str(name).replace("_", " ")  # words in descriptions
         if features is not None and features.shape[1] > 1:
             dirs = feature_directions(features)
             for c in dirs.columns:

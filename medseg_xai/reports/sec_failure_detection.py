@@ -44,7 +44,7 @@ def _labelled(frame: Any) -> Any:
     return frame.assign(score_label=frame["score"].map(score_label))
 
 
-def _subgroup_table(best: Any) -> Any:
+def _subgroup_table(best: Any, metric: str) -> Any:
     """The per-subgroup rows with the shares as the sentences print them (percentages)."""
     view = _labelled(best).copy()
     view["referred"] = view["referred"].map(percent)
@@ -60,7 +60,7 @@ def _subgroup_table(best: Any) -> Any:
          "caught", "retained_metric"],
         headers={"score_label": "score", "n_failures": "failures", "aurc": "AURC",
                  "auroc": "AUROC", "referred": "referred at the overall threshold",
-                 "caught": "failures caught", "retained_metric": "mean of the kept"})
+                 "caught": "failures caught", "retained_metric": f"mean {metric_label(metric)} of the kept"})
 
 
 def _calibration(result: Any) -> dict[str, Any] | None:
@@ -163,7 +163,7 @@ def build(result: Any, config: dict[str, Any]) -> dict[str, Any] | None:
             out["figure"] = figures.to_uri(risk_coverage_plot(curves, out["failure"]))
         best = fd[fd["best"] & (fd["stratum"] != "overall")]
         if len(best):
-            out["subgroups"] = _subgroup_table(best)
+            out["subgroups"] = _subgroup_table(best, settings.get("metric", "dice"))
     hs = result.hidden_strata
     if hs is not None and len(hs):
         out["hidden"] = table_from_frame(
