@@ -311,3 +311,54 @@ def test_rule_words_round_and_rule_exact_keeps_the_threshold() -> None:
     assert abs(exact - 373.4567) < 20
     assert row["rule"].endswith(f"<= {float(f'{exact:.3g}'):g}") and "e+" not in row["rule"]
     assert row["n"] == int((x <= exact).sum())
+
+
+def test_plain_pass_batched_with_the_copies_changes_no_result(monkeypatch, one_thread) -> None:
+    """The audit's own pass goes in one batch with its flipped copy (k = 1 within 2x): Dice,
+    probabilities (calibration), features / ood_score and the uncertainty columns equal those
+    of the separate plain pass to float rounding."""
+    import tempfile
+    from pathlib import Path
+
+    from medseg_xai.audit import runner
+    from medseg_xai.cohort import Cohort
+    from medseg_xai.demo import load_model, make_cohort
+
+    joined: list[int] = []
+    real = runner._joint_tta
+
+    def spy(adapter, image, settings):
+        out = real(adapter, image, settings)
+        joined.append(out is not None)
+        return out
+
+    features: dict[str, list] = {"joint": [], "separate": []}
+    compute = runner._compute_case
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cohort = Cohort.from_csv(make_cohort(Path(tmp), n_cases=6, seed=2, shape=(24, 32, 32)))
+        for mode in ("joint", "separate"):
+            monkeypatch.setattr(runner, "_joint_tta",
+                                spy if mode == "joint" else lambda *a: None)
+            monkeypatch.setattr(runner, "_compute_case", lambda *a, _m=mode, **k: features[
+                _m].append(compute(*a, **k)) or features[_m][-1])
+            results[mode] = audit(cohort, adapter=load_model(), progress=False, workers=1,
+                                  n_resamples=20, uncertainty={"flips": (2,), "jitter": 1},
+                                  feature_layer="auto", failure={"calibration_bins": 10})
+    assert joined == [True] * 6
+    a, b = results["joint"], results["separate"]
+    ok = a.cases["status"] == "ok"
+    assert ok.all() and (a.cases["unc_members"] == 3).all()
+    for col in ("dice", "hd95", "ece", "unc_entropy", "unc_disagreement", "unc_volume_cv"):
+        np.testing.assert_allclose(a.cases[col], b.cases[col], atol=1e-6, err_msg=col)
+    fa, fb = ([r["features"] for r in features[m]] for m in ("joint", "separate"))
+    assert len(fa) == 6 and len(fa[0]) > 1
+    # batched kernels round differently: within 1e-6 of the features' scale (~100)
+    np.testing.assert_allclose(fa, fb, rtol=0, atol=1e-6 * np.abs(fb).max())
+    # the squared Mahalanobis distance of 6 cases amplifies the features' 1e-7 rounding
+    np.testing.assert_allclose(a.cases["ood_score"], b.cases["ood_score"], rtol=1e-4)
+    for col in ("unc_entropy", "unc_max_vote"):
+        np.testing.assert_allclose(a.lesions[col], b.lesions[col], atol=1e-6, err_msg=col)
+    t = a.cases[["inference_s", "uncertainty_s"]]
+    assert (t > 0).all().all()  # the plain image's share of the batch, and the rest

@@ -319,3 +319,120 @@ def test_bitcount_table_equals_numpy() -> None:
         np.testing.assert_array_equal(member_bits._bitcount(w), want)
         by = w.view(np.uint8).reshape(*w.shape, w.dtype.itemsize)  # the pre-2.0 path
         np.testing.assert_array_equal(member_bits._BYTE_BITS[by].sum(axis=-1), want)
+
+
+# -- the audit's plain pass in the batch with the copies (plain_and_uncertainty) -------------
+
+def _single(ad: SegmentationAdapter, img: np.ndarray, s: dict, layer: str = "net.2"):
+    """Today's audit: one plain pass (with its feature hook), then the copies reusing it."""
+    from medseg_xai.explain.features import FeatureHook
+
+    with FeatureHook(ad, layer) as hook:
+        base = ad.probabilities(img).numpy()[0]
+    return base, hook.vector, case_uncertainty(ad, img, s, base_probabilities=base)
+
+
+def _assert_same(joint, base, vector, ref, hook) -> None:
+    np.testing.assert_allclose(joint.probabilities, base, atol=1e-6)
+    np.testing.assert_allclose(hook.vector, vector, rtol=1e-6, atol=1e-6)
+    u = joint.uncertainty
+    np.testing.assert_allclose(u.mean_probability, ref.mean_probability, atol=1e-6)
+    for k, v in ref.scores.items():
+        assert u.scores[k] == pytest.approx(v, abs=1e-6)
+    assert u.members == ref.members and u.n_members == ref.n_members
+    np.testing.assert_array_equal(u.codes, ref.codes)
+
+
+@pytest.mark.parametrize("mode", ["plain", "sliding_window", "slice_axis"])
+def test_plain_pass_in_the_batch_equals_the_separate_pass(mode: str) -> None:
+    from medseg_xai.explain.features import FeatureHook
+    from medseg_xai.explain.uncertainty import plain_and_uncertainty
+
+    img = np.random.default_rng(5).normal(size=(1, 6, 7, 5)).astype(np.float32)
+    ad = {"plain": lambda: _conv_adapter(3, "softmax"),
+          # sw_batch_size 3: windows of the plain image and of a copy share model calls
+          "sliding_window": lambda: SegmentationAdapter(
+              _Conv(3), spatial_dims=3, divisor=1,
+              sliding_window={"roi_size": (4, 4, 4), "overlap": 0.25, "sw_batch_size": 3}),
+          "slice_axis": lambda: SegmentationAdapter(_Conv(2), spatial_dims=3, divisor=1,
+                                                    slice_axis=0)}[mode]()
+    s = {"flips": (0, 2), "jitter": 1}
+    base, vector, ref = _single(ad, img, s)
+    calls = []  # images per model call
+    handle = ad.model.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    hook = FeatureHook(ad, "net.2")
+    joint = plain_and_uncertainty(ad, img, s, hook=hook)
+    handle.remove()
+    assert joint.batch == 4 and hook.samples == 4
+    if mode == "plain":
+        assert calls == [4]  # the plain image and its 3 copies: one forward pass
+    _assert_same(joint, base, vector, ref, hook)
+    # the features are the plain image's alone: a hook pooling a batch's rows would not be
+    other = np.random.default_rng(8).gamma(1.0, size=img.shape).astype(np.float32)
+    with FeatureHook(ad, "net.2") as every:
+        ad.probabilities(torch.from_numpy(np.stack([img, other])))
+    assert not np.allclose(hook.vector, every.vector, rtol=1e-3)
+
+
+def test_plain_pass_chunks_and_k1_is_one_call() -> None:
+    from medseg_xai.explain.features import FeatureHook
+    from medseg_xai.explain.uncertainty import plain_and_uncertainty
+
+    ad = _conv_adapter(3, "sigmoid")
+    img = np.random.default_rng(6).normal(size=(1, 6, 7, 5)).astype(np.float32)
+    calls = []
+    handle = ad.model.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    try:
+        r = plain_and_uncertainty(ad, img, {"flips": (1,)})
+        assert calls == [2] and r.batch == 2  # k = 1: the plain pass and the flip together
+        assert 0 < r.plain_seconds <= r.seconds
+        calls.clear()
+        s = {"flips": (0, 1, 2)}
+        base, vector, ref = _single(ad, img, s)
+        calls.clear()
+        hook = FeatureHook(ad, "net.2")
+        r = plain_and_uncertainty(ad, img, s, hook=hook, batch_voxels=img.size)
+        assert calls == [1, 1, 1, 1] and r.batch == 1 and hook.samples == 1
+        _assert_same(r, base, vector, ref, hook)
+    finally:
+        handle.remove()
+
+
+def test_plain_pass_out_of_gpu_memory_keeps_the_plain_features() -> None:
+    from medseg_xai.explain.features import FeatureHook
+    from medseg_xai.explain.uncertainty import plain_and_uncertainty
+
+    class _Small(_Conv):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.net[:2](x)  # the hooked layer has run before the "GPU" gives up
+            if x.shape[0] > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.net[2:](y)
+
+    ad = SegmentationAdapter(_Small(3), spatial_dims=3, divisor=1)
+    img = np.random.default_rng(7).normal(size=(1, 6, 7, 5)).astype(np.float32)
+    s = {"flips": (0, 1)}
+    base, vector, ref = _single(ad, img, s, layer="net.1")
+    hook = FeatureHook(ad, "net.1")
+    r = plain_and_uncertainty(ad, img, s, hook=hook)
+    _assert_same(r, base, vector, ref, hook)
+
+
+def test_plain_pass_joins_only_plain_tta_of_a_toolkit_adapter() -> None:
+    from medseg_xai.explain.uncertainty import joins_plain_pass, plain_and_uncertainty
+
+    img = _image()
+    assert joins_plain_pass(_adapter(), img, {"flips": (0,)})
+    assert joins_plain_pass(_adapter(), img, None)
+    assert not joins_plain_pass(_adapter(dropout=0.5), img, {"mc_dropout": 2})
+    assert not joins_plain_pass(_adapter(), img[0], {"flips": (0,)})  # no channel axis
+
+    class _Callable:  # not a SegmentationAdapter: one numpy image at a time
+        activation = "softmax"
+
+        def probabilities(self, x):
+            return _adapter().probabilities(x)
+
+    assert not joins_plain_pass(_Callable(), img, {"flips": (0,)})
+    with pytest.raises(ValueError, match="case_uncertainty"):
+        plain_and_uncertainty(_adapter(dropout=0.5), img, {"mc_dropout": 2})

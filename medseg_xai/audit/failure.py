@@ -536,7 +536,8 @@ def calibration_tables(sums: np.ndarray, classes: Sequence[str], cases: pd.DataF
 
 def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter: Any,
                class_probs: np.ndarray | None, probs_eval: np.ndarray | None,
-               lesion_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], float]:
+               lesion_rows: list[dict[str, Any]], uncertainty: tuple[Any, float] | None = None
+               ) -> tuple[dict[str, Any], float]:
     """What a case record gains from the audit's ``uncertainty`` / ``failure`` settings, and
     the seconds the uncertainty members took.
 
@@ -544,7 +545,9 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
       (the audit's own pass is reused as the plain member; with ensemble members carried by
       the adapter, :mod:`.members`, those are the models); each lesion row gains
       ``unc_entropy`` (mean entropy in its box) and ``unc_max_vote`` (largest fraction of
-      members calling a voxel of its box foreground);
+      members calling a voxel of its box foreground); ``uncertainty``, ``(CaseUncertainty,
+      seconds)``, is one the runner already computed with its own pass
+      (:func:`~medseg_xai.explain.uncertainty.plain_and_uncertainty`);
     - ``settings["calibration_bins"]`` (with probabilities): :func:`case_calibration`;
     - ``settings["properties"]``: the ``prop_*`` numbers (:mod:`.properties`);
     - ``settings["lesion_properties"]``: each reference lesion row gains the ``lprop_*``
@@ -553,9 +556,9 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
     import time
 
     out: dict[str, Any] = {}
-    seconds = 0.0
     labels = settings.get("labels")
-    if settings.get("uncertainty") and adapter is not None:
+    u, seconds = uncertainty if uncertainty is not None else (None, 0.0)
+    if u is None and settings.get("uncertainty") and adapter is not None:
         from medseg_xai.audit.members import case_members
         from medseg_xai.explain.uncertainty import case_uncertainty
 
@@ -567,6 +570,7 @@ def case_parts(case: Any, ref: np.ndarray, settings: Mapping[str, Any], adapter:
                              base_probabilities=class_probs if reuse else None,
                              connectivity=settings.get("connectivity"))
         seconds = time.perf_counter() - t0
+    if u is not None:
         out.update(u.scores)
         out["unc_members"] = u.n_members
         for les in lesion_rows:

@@ -161,14 +161,19 @@ def _peak_rss_mb() -> float:
 
 
 def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None,
-           threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+           threshold: float | None = None, tta: Any = None, connectivity: int | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Run the model once: label map, foreground probability, class probabilities, timing.
 
     With ``feature_layer`` a forward hook pools that layer's output during the same pass
-    (``timing["features"]``, ``timing["feature_layer"]``; popped by the caller).
+    (``timing["features"]``, ``timing["feature_layer"]``; popped by the caller). With ``tta``
+    (uncertainty settings for which :func:`~medseg_xai.explain.uncertainty.joins_plain_pass`
+    holds) the image goes through the model in one batch with its augmented copies
+    (:func:`~medseg_xai.explain.uncertainty.plain_and_uncertainty`): ``timing["joint"]`` holds
+    ``(CaseUncertainty, seconds)`` for the caller, ``inference_s`` is the plain image's share
+    of that batch (its seconds / batch size) and the seconds are the rest of the call, so
+    ``inference_s + uncertainty_s`` is all the model time of the case.
     """
-    import contextlib
-
     import torch
 
     hook: Any = None
@@ -181,15 +186,9 @@ def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None,
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     _peak_reset()
-    start = time.perf_counter()
-    with hook or contextlib.nullcontext():
-        probs = adapter.probabilities(image)
-    if cuda:
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    p, elapsed, joint = _forward(adapter, image, hook, tta, connectivity, cuda)
     from medseg_xai.decide import DecisionRules, labels_from_probabilities
 
-    p = probs.detach().cpu().numpy()[0]
     activation = getattr(adapter, "activation", "softmax")
     # the toolkit's one decision rule: the plan's threshold, else the adapter's, else 0.5 / argmax
     pred = labels_from_probabilities(p, DecisionRules(threshold=threshold),
@@ -200,14 +199,44 @@ def _infer(adapter: Any, image: np.ndarray, feature_layer: str | None = None,
         fg = p.max(axis=0)
     else:
         fg = 1.0 - p[0]
-    timing = {"inference_s": elapsed, "peak_memory_mb": _peak_rss_mb()}
+    timing: dict[str, Any] = {"inference_s": elapsed, "peak_memory_mb": _peak_rss_mb()}
     timing["n_channels"] = int(p.shape[0])  # checked against activation and labels
     if cuda:
         timing["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    if hook is not None and hook.error is None and hook._count:
-        timing["features"] = [float(v) for v in hook.vector]
+    if joint is not None:
+        timing["joint"] = joint
+    vector = None
+    if hook is not None:
+        try:
+            vector = hook.vector
+        except ValueError:  # the layer never ran or gave no feature map: no features
+            vector = None
+    if vector is not None:
+        timing["features"] = [float(v) for v in vector]
         timing["feature_layer"] = hook.layer
     return pred, fg.astype(np.float32), p, timing
+
+
+def _forward(adapter: Any, image: np.ndarray, hook: Any, tta: Any, connectivity: int | None,
+             cuda: bool) -> tuple[np.ndarray, float, tuple[Any, float] | None]:
+    """The plain probabilities ``(K, *spatial)``, the plain pass's seconds and, with ``tta``,
+    ``(CaseUncertainty, seconds of the rest)`` from the same batched passes."""
+    import contextlib
+
+    import torch
+
+    if tta is not None:
+        from medseg_xai.explain.uncertainty import plain_and_uncertainty
+
+        r = plain_and_uncertainty(adapter, image, tta, connectivity=connectivity, hook=hook)
+        return r.probabilities, r.plain_seconds, (r.uncertainty, r.seconds - r.plain_seconds)
+    start = time.perf_counter()
+    with hook or contextlib.nullcontext():
+        probs = adapter.probabilities(image)
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return probs.detach().cpu().numpy()[0], elapsed, None
 
 
 def _compute_case(
@@ -225,10 +254,11 @@ def _compute_case(
     case = _load_case(case_id, paths, settings)
     timing: dict[str, float] = {"load_s": clock() - t0}
     labels = settings.get("labels")
-    features = feature_layer = None
+    features = feature_layer = joint = None
     if adapter is not None:
         adapter, pred, fg_prob, class_probs, infer_timing = _model_outputs(case_id, case,
                                                                            settings, adapter)
+        joint = infer_timing.pop("joint", None)
         features = infer_timing.pop("features", None)
         feature_layer = infer_timing.pop("feature_layer", None)
         timing.update(infer_timing)
@@ -274,7 +304,8 @@ def _compute_case(
         from medseg_xai.audit.failure import case_parts  # issue 27: only when asked
 
         extra, timing["uncertainty_s"] = case_parts(case, ref, settings, adapter, class_probs,
-                                                    probs_eval, record["lesions"])
+                                                    probs_eval, record["lesions"],
+                                                    uncertainty=joint)
         record.update(extra)
     if adapter is not None and features is not None:
         record["features"] = features
@@ -307,11 +338,27 @@ def _model_outputs(
     adapter = bind(case.spacing, case.affine) if callable(bind) else adapter
     pred, fg_prob, class_probs, infer_timing = _infer(adapter, case.image,
                                                       settings.get("feature_layer"),
-                                                      settings.get("threshold"))
+                                                      settings.get("threshold"),
+                                                      _joint_tta(adapter, case.image, settings),
+                                                      settings.get("connectivity"))
     check_output_channels(case_id, infer_timing.pop("n_channels"),
                           getattr(adapter, "activation", "softmax"), settings.get("labels"),
                           bool(settings.get("binarize")))
     return adapter, pred, fg_prob, class_probs, infer_timing
+
+
+def _joint_tta(adapter: Any, image: np.ndarray, settings: Mapping[str, Any]) -> Any:
+    """The uncertainty settings when the audit's own pass can go in one batch with the
+    augmented copies (test-time augmentation of the audited model alone, no MC dropout, a
+    toolkit adapter), else None (the uncertainty runs after, reusing the pass)."""
+    unc = settings.get("uncertainty")
+    if not unc:
+        return None
+    from medseg_xai.audit.members import case_members
+    from medseg_xai.explain.uncertainty import joins_plain_pass
+
+    members, _ = case_members(adapter)
+    return unc if members is None and joins_plain_pass(adapter, image, unc) else None
 
 
 def _stored_outputs(

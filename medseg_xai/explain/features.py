@@ -95,6 +95,11 @@ class FeatureHook:
         self._count = 0
         self._handle: Any = None
         self.error: str | None = None
+        #: Images of equal shape in each batch the caller runs (the audit's plain image first,
+        #: then its augmented copies, :func:`~medseg_xai.explain.uncertainty.plain_and_uncertainty`):
+        #: above 1 the vector is the first image's alone.
+        self.samples = 1
+        self._rows: list[Any] = []
 
     @classmethod
     def for_audit(cls, adapter: Any, input_shape: Sequence[int], layer: str
@@ -119,6 +124,9 @@ class FeatureHook:
                           f"(N, F, *spatial), got {type(out).__name__}")
             return
         pooled = out.detach().float().mean(dim=tuple(range(2, out.ndim)))  # (N, F)
+        if self.samples > 1:  # rows come image by image (batch, slices, windows): keep them
+            self._rows.append(pooled.double().cpu())
+            return
         total = pooled.sum(0).double().cpu()
         self._sum = total if self._sum is None else self._sum + total
         self._count += pooled.shape[0]
@@ -132,9 +140,31 @@ class FeatureHook:
             self._handle.remove()
             self._handle = None
 
+    def reset(self) -> None:
+        """Forget what was pooled (a pass that failed and is redone)."""
+        self._sum, self._count, self._rows = None, 0, []
+
+    def _first_sample(self) -> None:
+        """Fold the first image's rows into the mean: the rows of a batch of ``samples``
+        equal-shape images come image by image (the batch axis, slice-wise models fold
+        slices image-major, MONAI's sliding window orders windows by image), so the first
+        image owns the first ``1 / samples`` of them."""
+        import torch
+
+        rows = torch.cat(self._rows)
+        self._rows = []
+        if len(rows) % self.samples:
+            self.error = (f"feature layer {self.layer!r}: {len(rows)} pooled rows for a batch "
+                          f"of {self.samples} images")
+            return
+        per = len(rows) // self.samples
+        self._sum, self._count = rows[:per].sum(0), per
+
     @property
     def vector(self) -> np.ndarray:
         """Pooled features ``(F,)`` float64 (ValueError when the layer never ran)."""
+        if self._rows:
+            self._first_sample()
         if self.error:
             raise ValueError(self.error)
         if self._sum is None:
