@@ -24,10 +24,13 @@ model's real outputs replayed instantly (flips, sums, codes, scores; no forward 
 
 ``--memory D H W`` also measures, in fresh processes, the peak resident memory of the plain pass
 alone and with the uncertainty of ``k`` flips at that size (VmHWM; one process per
-measurement, so each starts from the same state). ``--audit N`` runs ``mx.audit`` with the
-uncertainty on ``N`` demo cases (one worker, the first ``--threads`` value) and prints per case
-(inference + uncertainty) / inference from the audit's own ``timing`` columns; run it with
-``PYTHONPATH`` pointing at another checkout to time that version.
+measurement, so each starts from the same state). ``--audit N`` runs ``mx.audit`` on ``N``
+demo cases (one worker, the first ``--threads`` value) in paired rounds (``--audit-rounds``):
+per ``k`` and round an audit without uncertainty (the plain pass alone: ``inference_s``), then
+the audit with the uncertainty with the plain pass batched with the copies ("joint", what the
+audit does) and with it run alone before them ("separate", the code before; order
+alternating); it prints per round the median over cases of all the model time of a case with
+the uncertainty (``inference_s + uncertainty_s``) over its plain pass alone.
 """
 
 from __future__ import annotations
@@ -205,33 +208,64 @@ def _memory(args: argparse.Namespace) -> None:
                   f"{m['peak'] - m['plain']:12.0f} {m['seconds']:8.2f}")
 
 
-def _audit(args: argparse.Namespace) -> None:
-    """Per case inside ``mx.audit``: ``inference_s`` (the audit's own pass) and
-    ``uncertainty_s`` (the members, aggregation and lesion-row columns), one worker."""
+def _audit_once(cohort: Any, adapter: Any, k: int | None, joint: bool) -> Any:
+    """``mx.audit`` of the cohort, one worker: without uncertainty (``k`` None), or with ``k``
+    flips, the plain pass batched with the copies (``joint``) or run alone before them."""
     import warnings
+
+    from medseg_xai.audit import audit, runner
+
+    real = runner._joint_tta
+    if not joint:
+        runner._joint_tta = lambda *a: None  # the separate plain pass (main before this change)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = audit(cohort, adapter=adapter, progress=False, workers=1, n_resamples=50,
+                      uncertainty=None if k is None else SETTINGS[k])
+    finally:
+        runner._joint_tta = real
+    ok = r.cases[r.cases["status"] == "ok"].set_index("case_id")
+    if k is None:
+        return ok["inference_s"]
+    return ok["inference_s"] + ok["uncertainty_s"]
+
+
+def _audit(args: argparse.Namespace) -> None:
+    """Per case inside ``mx.audit`` (one worker): all model time of a case with the
+    uncertainty (``inference_s + uncertainty_s``) over its plain pass alone (``inference_s``
+    of an audit without uncertainty), in paired rounds: per ``k`` and round, an audit without
+    uncertainty, then the audit with it twice, the plain pass batched with the copies
+    ("joint") and run alone before them ("separate", the code before), order alternating."""
+    import statistics
 
     import torch
 
-    from medseg_xai.audit import audit
     from medseg_xai.cohort import Cohort
     from medseg_xai.demo import load_model, make_cohort
 
     torch.set_num_threads(args.threads[0])
+    adapter = load_model()
     with tempfile.TemporaryDirectory() as tmp:
         cohort = Cohort.from_csv(make_cohort(Path(tmp), n_cases=args.audit, seed=1,
                                              shape=args.shape))
+        _audit_once(cohort, adapter, None, True)  # warm-up
+        print(f"\nmx.audit, {args.audit} demo cases {tuple(args.shape)}, {args.threads[0]} "
+              f"thread(s), {args.audit_rounds} paired rounds; per round the median over cases "
+              "of (inference_s + uncertainty_s) / inference_s of the audit without uncertainty")
+        print(f"{'k':>3} {'plain s':>8} {'joint: rounds':>24} {'separate: rounds':>24} "
+              f"{'target':>6}")
         for k in args.k:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                r = audit(cohort, adapter=load_model(), progress=False, workers=1,
-                          n_resamples=50, uncertainty=SETTINGS[k])
-            ok = r.cases[r.cases["status"] == "ok"]
-            inf, unc = ok["inference_s"], ok["uncertainty_s"]
-            ratio = ((inf + unc) / inf).median()
-            print(f"audit k={k}: {len(ok)} cases, {args.threads[0]} thread(s): inference "
-                  f"{inf.mean():.3f} s, uncertainty {unc.mean():.3f} s per case; ratio "
-                  f"(inference + uncertainty) / inference: median per case {ratio:.2f}, of "
-                  f"means {(inf.mean() + unc.mean()) / inf.mean():.2f}; target {k + 1}")
+            plains, ratios = [], {"joint": [], "separate": []}
+            for r in range(args.audit_rounds):
+                plain = _audit_once(cohort, adapter, None, True)
+                plains.append(plain.mean())
+                for name in (("joint", "separate") if r % 2 == 0 else ("separate", "joint")):
+                    total = _audit_once(cohort, adapter, k, name == "joint")
+                    ratios[name].append(float((total / plain).median()))
+            cells = {n: ", ".join(f"{v:.2f}" for v in vals) for n, vals in ratios.items()}
+            print(f"{k:>3} {statistics.median(plains):8.3f} {cells['joint']:>24} "
+                  f"{cells['separate']:>24} {k + 1:6d}")
 
 
 def main() -> None:
@@ -248,6 +282,8 @@ def main() -> None:
                         help="also measure peak memory at this image size")
     parser.add_argument("--audit", type=int, metavar="N",
                         help="also time uncertainty inside mx.audit on N demo cases")
+    parser.add_argument("--audit-rounds", type=int, default=3,
+                        help="paired rounds of --audit (default 3)")
     parser.add_argument("--no-timing", action="store_true", help="skip the paired rounds")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

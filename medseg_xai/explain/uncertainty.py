@@ -24,7 +24,9 @@ for each MC sample. From the members:
   restricted to its voxels.
 
 Cost (issue 27: ``k`` augmentations within ``(k + 1)x`` one inference): the audit's own pass is
-reused (``base_probabilities``); the ``k`` augmented copies go through the model as batched
+reused (``base_probabilities``), or, for test-time augmentation of one adapter, runs in the batch
+with the copies (:func:`plain_and_uncertainty`, what the audit runner uses: ``k = 1`` is then
+one call of two images); the ``k`` augmented copies go through the model as batched
 passes (:data:`BATCH_VOXELS` bounds copies x voxels a pass, so memory stays that of one pass of
 a 128^3 image), which costs less than ``k`` single passes where per-call costs matter (small
 images, several threads); the members are folded into a float32 running sum and one bit per
