@@ -126,7 +126,9 @@ def test_audit_with_fold_members(nnunet, folds3, fold_audit, tmp_path) -> None:
 
     html = AuditResult.from_json(tmp_path / "audit.json").to_html(tmp_path / "r.html")
     text = Path(html).read_text()
-    assert f"Uncertainty scores (<code>unc_*</code>): {src['description']}." in text
+    import html as html_lib
+
+    assert f"Where the uncertainty scores come from: {html_lib.escape(src['description'])}." in text
 
 
 def test_cli_ensemble_model_and_errors(nnunet, folds3, tmp_path, capsys) -> None:
