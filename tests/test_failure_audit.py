@@ -200,15 +200,19 @@ def test_sentences_are_words_and_hold_the_tables_numbers(small, tmp_path) -> Non
     failed = (ok["dice"] < 0.5).to_numpy()
     rows = json_rows(doc, "selective")
     assert rows
+    defined = set()
     for row in rows:
         n, sent = row["n"], row["sentence"]
+        # a score is defined (its words in brackets) in its first sentence only
+        after = " (" if row["score"] not in defined else ", above"
+        defined.add(row["score"])
         referred = ok[row["score"]].to_numpy() > row["threshold"]
         n_ref, n_caught = int(referred.sum()), int((referred & failed).sum())
         assert row["failure_sentence"] == (f"Failure was pre-specified as Dice < 0.5 "
                                            f"({int(failed.sum())} of {len(ok)} scans failed).")
         assert row["failure_sentence"] in prose
         assert sent.startswith(f"If the {percent(row['referred'])} of scans ({n_ref} of {n}) "
-                               f"scoring highest on the {score_label(row['score'])} (")
+                               f"scoring highest on the {score_label(row['score'])}{after}")
         assert f"above {row['threshold']:.3g}, go to a human, the other {n - n_ref} " in sent
         assert f"reach mean Dice {row['retained_metric']:.3f} with " in sent
         kept_fail = int((~referred & failed).sum())

@@ -397,16 +397,20 @@ def _with_sentences(sent: pd.DataFrame, table: pd.DataFrame, settings: FailureSe
     the failure-detection table at the same threshold)."""
     from medseg_xai.metrics.metadata import metric_label
 
-    out = []
+    out, defined = [], set()
     for r in sent.to_dict("records"):
         n, n_fail, n_caught = int(r["n"]), int(r["n_failures"]), int(r["n_caught"])
+        # a score's definition once, in its first sentence; the later ones name it
+        words = score_label(r["score"]) if r["score"] in defined else score_phrase(r["score"],
+                                                                                    parts)
+        defined.add(r["score"])
         n_ref = int(round(r["referred"] * n))
         kept_fail = int(round(r["retained_risk"] * (n - n_ref))) if n > n_ref else 0
         r["failure_sentence"] = (f"Failure was pre-specified as {failure_label(r['failure'])} "
                                  f"({n_fail} of {n} scans failed).")
         r["sentence"] = (
             f"If the {percent(r['referred'])} of scans ({n_ref} of {n}) scoring highest on the "
-            f"{score_phrase(r['score'], parts)}, above {_number(r['threshold'])}, go to a "
+            f"{words}, above {_number(r['threshold'])}, go to a "
             f"human, the other {n - n_ref} reach mean {metric_label(r['metric'])} "
             f"{r['retained_metric']:.3f} with {percent(r['retained_risk'])} failures "
             f"({kept_fail} of {n - n_ref}), and {percent(r['caught'])} of all failures "
