@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from medseg_xai.audit.score_words import score_label
+from medseg_xai.metrics.metadata import metric_label
 from medseg_xai.reports.tables import table_from_frame
 
 __all__ = ["TEMPLATE", "TITLE", "build"]
@@ -26,9 +28,13 @@ _SHIFT_COLUMNS = ["group", "n", "n_reference", "in_reference", "median_ood_score
 _HEADERS = {"n_params": "parameters", "weight_norm": "weight norm",
             "near_zero_share": "near-zero share", "n_out_channels": "out channels",
             "dead_channels": "dead channels", "n_reference": "n reference",
-            "in_reference": "share in reference", "median_ood_score": "median ood score",
-            "median_ood_reference": "median ood score (reference)",
-            "distance": "mean-shift distance", "p_value": "p", "p_adjusted": "p adjusted"}
+            "in_reference": "share in reference",
+            "median_ood_score": f"median {score_label('ood_score')}",
+            "median_ood_reference": f"median {score_label('ood_score')} (reference)",
+            "distance": "mean-shift distance", "p_value": "p", "p_adjusted": "p adjusted",
+            # the least-typical cases table: words, as the failure-detection section prints them
+            "case_id": "case", "ood_score": score_label("ood_score"),
+            "dice": metric_label("dice"), "recall": metric_label("recall")}
 
 
 def _frame(result: Any, name: str) -> pd.DataFrame:
