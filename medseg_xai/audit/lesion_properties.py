@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from medseg_xai.audit.properties import body_mask, centrality
+
 __all__ = ["LESION_PROPERTY_LABELS", "case_lesion_properties", "lesion_properties"]
 
 LESION_PROPERTY_LABELS = {
@@ -80,10 +82,7 @@ def _body(x: np.ndarray, spacing: np.ndarray) -> tuple[float, float, Any, int]:
     grid, and the stride."""
     stride = max(1, int(np.ceil((x.size / _MAX_COARSE) ** (1.0 / x.ndim))))
     coarse = x[tuple(slice(None, None, stride) for _ in range(x.ndim))].astype(np.float32)
-    lo, hi = np.percentile(coarse, [1, 99])
-    body = coarse > float(lo + 0.1 * (hi - lo))
-    if body.sum() < 8:
-        body = np.ones_like(body)
+    body = body_mask(coarse, coarse)
     vals = coarse[body]
     tree = _outline_points(body, spacing * stride)
     return float(vals.mean()), float(vals.std()), tree, stride
@@ -136,15 +135,13 @@ def _one_lesion(x: np.ndarray, ref_fg: np.ndarray, row: Mapping[str, Any], body:
     coarse = np.unique(coords // stride, axis=0)  # the lesion's voxels on the strided grid
     shape = np.asarray(x.shape, dtype=float)
     centroid = coords.mean(axis=0)
-    centre = (shape - 1) / 2.0
-    half = float(np.linalg.norm(centre * spacing)) or 1.0
     out = {
         "lprop_contrast": float((inside - xb[ring].mean()) / sd) if ring.any() and sd > 0
         else float("nan"),
         "lprop_intensity": float((inside - mean) / sd) if sd > 0 else float("nan"),
         "lprop_edge_mm": (float(tree.query(coarse * spacing * stride)[0].min())
                           if tree is not None else float("nan")),
-        "lprop_centrality": float(np.linalg.norm((centroid - centre) * spacing) / half),
+        "lprop_centrality": centrality(centroid, x.shape, spacing),
         "lprop_elongation": _elongation(coords.astype(float), spacing),
     }
     for k in range(x.ndim):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PROPERTY_LABELS", "case_properties"]
+__all__ = ["PROPERTY_LABELS", "body_mask", "case_properties", "centrality"]
 
 PROPERTY_LABELS = {
     "prop_intensity_mean": "mean intensity",
@@ -37,6 +37,23 @@ PROPERTY_LABELS = {
     "prop_lesion_centrality": "lesion distance from the image centre",
 }
 _BLOCKS = 4
+
+
+def body_mask(x: np.ndarray, sample: np.ndarray) -> np.ndarray:
+    """The body: voxels of ``x`` above 10% of the robust (1st-99th percentile) range of
+    ``sample`` (a subsample of ``x``: air does not count); every voxel when fewer than 8 pass.
+    The one rule both the case and the lesion properties use."""
+    lo, hi = np.percentile(sample, [1, 99])
+    body = x > lo + 0.1 * (hi - lo)
+    return body if body.sum() >= 8 else np.ones(x.shape, dtype=bool)
+
+
+def centrality(point: np.ndarray, shape: Any, spacing: np.ndarray) -> float:
+    """Distance of ``point`` (voxel coordinates) from the grid's centre in mm, as a fraction of
+    the half-diagonal (0 centre, 1 corner)."""
+    centre = (np.asarray(shape, dtype=float) - 1) / 2.0
+    half = float(np.linalg.norm(centre * spacing)) or 1.0
+    return float(np.linalg.norm((np.asarray(point, dtype=float) - centre) * spacing) / half)
 
 
 def _block_means(x: np.ndarray, body: np.ndarray) -> np.ndarray:
@@ -76,10 +93,7 @@ def case_properties(image: Any, reference: Any, spacing: Any = None) -> dict[str
     # robust range from at most ~1 M voxels (a fixed stride): a CT-size volume otherwise
     # costs a full partition per percentile
     flat = x.ravel()
-    lo, hi = np.percentile(flat[:: max(1, flat.size // 1_000_000)], [1, 99])
-    body = x > lo + 0.1 * (hi - lo)
-    if body.sum() < 8:
-        body = np.ones_like(ref)
+    body = body_mask(x, flat[:: max(1, flat.size // 1_000_000)])
     vals = x[body]
     mean, sd = float(vals.mean()), float(vals.std())
     diff = np.diff(x, axis=-1)
@@ -101,8 +115,6 @@ def case_properties(image: Any, reference: Any, spacing: Any = None) -> dict[str
         ring = ndimage.binary_dilation(r, iterations=2) & ~r
         if ring.any() and sd > 0:
             out["prop_lesion_contrast"] = float((xb[r].mean() - xb[ring].mean()) / sd)
-        centre = (np.asarray(ref.shape) - 1) / 2.0
-        com = np.asarray(ndimage.center_of_mass(ref))
-        half = np.linalg.norm(centre * spacing) or 1.0
-        out["prop_lesion_centrality"] = float(np.linalg.norm((com - centre) * spacing) / half)
+        out["prop_lesion_centrality"] = centrality(np.asarray(ndimage.center_of_mass(ref)),
+                                                   ref.shape, spacing)
     return out
