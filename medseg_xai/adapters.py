@@ -643,13 +643,26 @@ class SegmentationAdapter:
         with self.frozen(freeze_parameters=False):
             return self.forward_logits(t)
 
+    def inference_logits(self, x: Any) -> torch.Tensor:
+        """Per-class logits ``(N, K, *spatial)`` of the path :meth:`probabilities` and
+        :meth:`predict` take: the framework's own inference when the model has one (nnU-Net's
+        predictor), else the model's forward; no gradients, ``eval()`` mode. A numpy image
+        returns a CPU tensor."""
+        t, from_numpy = self.as_batch(x)
+        with torch.no_grad(), self.frozen(freeze_parameters=False):
+            out = self._inference(t)
+        return out.cpu() if from_numpy else out
+
     def probabilities(self, x: Any) -> torch.Tensor:
         """Class probabilities ``(N, K, *spatial)`` (softmax, sigmoid or the raw output)."""
         t, from_numpy = self.as_batch(x)
-        exact = getattr(self.model, "exact_logits", None)  # the framework's own inference
         with torch.no_grad(), self.frozen(freeze_parameters=False):
-            p = self._activate(exact(t) if callable(exact) else self.forward_logits(t))
+            p = self._activate(self._inference(t))
         return p.cpu() if from_numpy else p
+
+    def _inference(self, t: torch.Tensor) -> torch.Tensor:
+        exact = getattr(self.model, "exact_logits", None)  # the framework's own inference
+        return exact(t) if callable(exact) else self.forward_logits(t)
 
     def predict(self, x: Any, threshold: float | None = None) -> torch.Tensor:
         """Label map ``(N, *spatial)`` (int64) by :func:`label_map`.

@@ -68,20 +68,6 @@ def determinism_probe(adapter: Any, image: np.ndarray, seed: int) -> float:
     return _two_passes(adapter, image, seed)["max_abs_diff"]
 
 
-def _logits(adapter: Any, image: np.ndarray) -> np.ndarray:
-    """The logits of the path the audit predicts with: a framework's own inference
-    (``exact_logits``: nnU-Net's predictor) when the model has one, else ``adapter.logits``."""
-    import torch
-
-    exact = getattr(getattr(adapter, "model", None), "exact_logits", None)
-    if callable(exact):
-        t, _ = adapter.as_batch(image)
-        with torch.no_grad(), adapter.frozen(freeze_parameters=False):
-            return exact(t).detach().cpu().numpy()
-    with torch.no_grad():
-        return adapter.logits(image).detach().cpu().numpy()
-
-
 def _two_passes(adapter: Any, image: np.ndarray, seed: int,
                 affine: np.ndarray | None = None) -> dict[str, Any]:
     import torch
@@ -92,7 +78,8 @@ def _two_passes(adapter: Any, image: np.ndarray, seed: int,
     outs = []
     for s in (seed, seed + 1):
         torch.manual_seed(s)
-        outs.append(_logits(adapter, image))
+        # the path the audit predicts with (nnU-Net: its own predictor)
+        outs.append(adapter.inference_logits(image).detach().cpu().numpy())
     probs = [adapter._activate(torch.from_numpy(o)).numpy() for o in outs]
     diff = float(np.max(np.abs(probs[0] - probs[1]))) if probs[0].size else 0.0
     return {"max_abs_diff": diff, "n_channels": int(outs[0].shape[1])}
